@@ -1,0 +1,529 @@
+"""The async client: one-shot streams, multiplexed sessions, and typed per-request iterators."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Generic, Self, TypeVar
+
+import grpc
+
+from rillet.client import _convert
+from rillet.client._errors import ProtocolError, RilletError, UnavailableError, error_from_rpc, error_from_status
+from rillet.client._types import (
+    AudioChunk,
+    ChatMessage,
+    Finished,
+    GenerateResult,
+    Model,
+    SynthesizeResult,
+    TokenDelta,
+)
+from rillet.v1 import common_pb2, inference_service_pb2, inference_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Metadata = Sequence[tuple[str, str]]
+Prompt = str | Sequence[int] | Sequence[ChatMessage]
+E = TypeVar("E", TokenDelta, AudioChunk)
+
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+)
+
+
+class RequestStream(Generic[E]):
+    """The outputs of one request: iterate it for deltas or chunks, then one Finished; errors are raised.
+
+    Leaving the `async for` early, `aclose()`, or leaving `async with` cancels the request on the server (at
+    once with `async with`/`aclose`; otherwise when the abandoned iterator is finalized). Iterate it once.
+    """
+
+    def __init__(
+        self, request_id: str, source: AsyncIterator[E | Finished], cancel: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.request_id = request_id
+        self.finished: Finished | None = None
+        self._source = source
+        self._cancel = cancel
+        self._ended = False
+        self._iterated = False
+
+    def __aiter__(self) -> AsyncIterator[E | Finished]:
+        if self._iterated:
+            raise RuntimeError("a RequestStream can be iterated only once")
+        self._iterated = True
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[E | Finished]:
+        try:
+            async for item in self._source:
+                if isinstance(item, Finished):
+                    self.finished = item
+                    self._ended = True
+                yield item
+        except RilletError:
+            self._ended = True
+            raise
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel the request unless it already ended."""
+        if not self._ended:
+            self._ended = True
+            await self._cancel()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class GenerateStream(RequestStream[TokenDelta]):
+    """The token deltas of one generation request, then its Finished."""
+
+    async def collect(self) -> GenerateResult:
+        """Consume the stream and return the whole text."""
+        text: list[str] = []
+        ids: list[int] = []
+        async for item in self:
+            if isinstance(item, TokenDelta):
+                text.append(item.text)
+                ids.extend(item.token_ids)
+        assert self.finished is not None
+        return GenerateResult("".join(text), tuple(ids), self.finished)
+
+
+class SynthesizeStream(RequestStream[AudioChunk]):
+    """The audio chunks of one synthesis request, then its Finished."""
+
+    def __init__(
+        self,
+        request_id: str,
+        source: AsyncIterator[AudioChunk | Finished],
+        cancel: Callable[[], Awaitable[None]],
+        send: Callable[[inference_service_pb2.SessionRequest], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(request_id, source, cancel)
+        self._send = send
+
+    async def append_text(self, text: str) -> None:
+        """Send more input text (streaming-input requests started in a session)."""
+        await self._session_send()(
+            inference_service_pb2.SessionRequest(
+                request_id=self.request_id, append_text=inference_service_pb2.AppendText(text=text)
+            )
+        )
+
+    async def end_input(self) -> None:
+        """Mark the input complete; the rest is synthesized and the request finishes."""
+        await self._session_send()(
+            inference_service_pb2.SessionRequest(request_id=self.request_id, end_input=inference_service_pb2.EndInput())
+        )
+
+    def _session_send(self) -> Callable[[inference_service_pb2.SessionRequest], Awaitable[None]]:
+        if self._send is None:
+            raise RuntimeError("only session requests started with streaming_input=True take more text")
+        return self._send
+
+    async def collect(self) -> SynthesizeResult:
+        """Consume the stream and return the whole audio."""
+        pcm = bytearray()
+        rate, channels = 0, 1
+        async for item in self:
+            if isinstance(item, AudioChunk):
+                pcm += item.audio
+                rate, channels = item.sample_rate_hertz, item.channel_count
+        assert self.finished is not None
+        return SynthesizeResult(bytes(pcm), rate, channels, self.finished)
+
+
+def _check_seq(request_id: str, expected: int, seq: int) -> None:
+    if seq != expected:
+        raise ProtocolError(f"request {request_id!r}: expected seq {expected}, got {seq}", request_id=request_id)
+
+
+class Client:
+    """A connection to a Rillet server. Use `async with Client.connect(target) as client:`.
+
+    One Client holds one gRPC channel, which multiplexes every call and session. It is safe to use from many
+    tasks of one event loop; it is not thread-safe and does not survive a fork.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, *, metadata: Metadata = (), owns_channel: bool = False) -> None:
+        self._channel = channel
+        self._stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        self._metadata = tuple(metadata)
+        self._owns_channel = owns_channel
+
+    @classmethod
+    def connect(
+        cls,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Metadata = (),
+        options: Sequence[tuple[str, str | int]] = (),
+    ) -> Client:
+        """A client for `target` ("host:port"), TLS when `credentials` are given. `metadata` goes on every call;
+        `options` are extra gRPC channel arguments."""
+        merged = dict(DEFAULT_CHANNEL_OPTIONS)
+        merged.update(dict(options))
+        channel_options = list(merged.items())
+        channel = (
+            grpc.aio.secure_channel(target, credentials, options=channel_options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=channel_options)
+        )
+        return cls(channel, metadata=metadata, owns_channel=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel (when the client created it); calls still open are cancelled."""
+        if self._owns_channel:
+            await self._channel.close()
+
+    def _meta(self, metadata: Metadata | None) -> tuple[tuple[str, str], ...]:
+        return self._metadata + tuple(metadata or ())
+
+    async def list_models(self, *, timeout: float | None = 10.0, metadata: Metadata | None = None) -> list[Model]:
+        """Every model and voice the server serves."""
+        try:
+            response = await self._stub.ListModels(
+                inference_service_pb2.ListModelsRequest(), timeout=timeout, metadata=self._meta(metadata)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+        return [_convert.model(m) for m in response.models]
+
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        model: str = "",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        top_logprobs: int | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> GenerateStream:
+        """Generate text: `async for` yields TokenDelta then one Finished. `timeout` is the call's deadline.
+
+        Prompt: text, token ids, or ChatMessages (models with a chat template only). Unset sampling fields take
+        the server's defaults.
+        """
+        params = _convert.generate_params(
+            prompt,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+            top_logprobs=top_logprobs,
+        )
+        call = self._stub.Generate(
+            inference_service_pb2.GenerateRequest(params=params), timeout=timeout, metadata=self._meta(metadata)
+        )
+        return GenerateStream("", self._one_shot(call, _convert.token_delta, "token_delta"), _cancel_call(call))
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        voice: str = "",
+        sample_rate_hertz: int = 0,
+        max_chunk_s: float | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> SynthesizeStream:
+        """Synthesize speech: `async for` yields AudioChunk (PCM16) then one Finished."""
+        params = _convert.synthesize_params(
+            text, voice=voice, sample_rate_hertz=sample_rate_hertz, max_chunk_s=max_chunk_s
+        )
+        call = self._stub.Synthesize(
+            inference_service_pb2.SynthesizeRequest(params=params), timeout=timeout, metadata=self._meta(metadata)
+        )
+        return SynthesizeStream("", self._one_shot(call, _convert.audio_chunk, "audio_chunk"), _cancel_call(call))
+
+    @staticmethod
+    async def _one_shot(
+        call: grpc.aio.UnaryStreamCall[object, object], convert: Callable[[object], E], output_field: str
+    ) -> AsyncIterator[E | Finished]:
+        expected = 0
+        try:
+            async for response in call:
+                _check_seq("", expected, response.seq)  # type: ignore[attr-defined]
+                expected += 1
+                kind = response.WhichOneof("kind")  # type: ignore[attr-defined]
+                if kind == output_field:
+                    yield convert(getattr(response, output_field))
+                elif kind == "finished":
+                    yield _convert.finished(response.finished)  # type: ignore[attr-defined]
+                    return
+                else:
+                    raise ProtocolError(f"unexpected message kind {kind!r}")
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+        raise ProtocolError("the stream ended without a finished message")
+
+    def session(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> Session:
+        """A bidirectional session on which many requests run at once. Use `async with client.session() as s:`.
+
+        `timeout` is the deadline of the whole session call; give per-request limits to each request instead.
+        """
+        return Session(self._stub, timeout=timeout, metadata=self._meta(metadata))
+
+
+def _cancel_call(call: grpc.aio.Call) -> Callable[[], Awaitable[None]]:
+    async def cancel() -> None:
+        call.cancel()
+
+    return cancel
+
+
+_Item = TokenDelta | AudioChunk | Finished | RilletError
+
+
+@dataclass
+class _Pending:
+    queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
+    next_seq: int = 0
+
+
+class Session:
+    """A multiplexed bidirectional session. Start requests with `generate` and `synthesize`; each returns its own
+    stream. Leaving `async with` (or `aclose()`) cancels the call and with it every request still running.
+
+    `rejections` keeps the last server replies to client messages that could not be applied (e.g. a cancel that
+    raced with the request's end); they never affect a request.
+    """
+
+    def __init__(
+        self, stub: inference_service_pb2_grpc.InferenceServiceStub, *, timeout: float | None, metadata: Metadata
+    ) -> None:
+        self._call = stub.Session(timeout=timeout, metadata=metadata)
+        self._pending: dict[str, _Pending] = {}
+        self._write_lock = asyncio.Lock()
+        self._ids = itertools.count()
+        self._failure: RilletError | None = None
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self.rejections: collections.deque[RilletError] = collections.deque(maxlen=32)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel the session call; the server aborts every request still running."""
+        self._call.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Half-close: no new requests; wait until the requests in flight finish and the server ends the call."""
+        async with self._write_lock:
+            await self._call.done_writing()
+        await self._reader
+        if self._failure is not None:
+            raise self._failure
+
+    async def generate(
+        self,
+        prompt: Prompt,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        traceparent: str = "",
+        tracestate: str = "",
+        model: str = "",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        top_logprobs: int | None = None,
+    ) -> GenerateStream:
+        """Start a generation request in this session. `timeout` is this request's own limit."""
+        params = _convert.generate_params(
+            prompt,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+            top_logprobs=top_logprobs,
+        )
+        start = inference_service_pb2.StartGenerate(
+            params=params, trace_context=common_pb2.TraceContext(traceparent=traceparent, tracestate=tracestate)
+        )
+        if timeout is not None:
+            start.timeout.CopyFrom(_convert.duration(timeout))
+        rid = request_id or self._new_id()
+        source = self._register(rid)
+        await self._send(inference_service_pb2.SessionRequest(request_id=rid, start_generate=start))
+        return GenerateStream(rid, self._iterate(rid, source, TokenDelta), self._canceller(rid))
+
+    async def synthesize(
+        self,
+        text: str = "",
+        *,
+        voice: str = "",
+        streaming_input: bool = False,
+        text_from: RequestStream[TokenDelta] | str | None = None,
+        sample_rate_hertz: int = 0,
+        max_chunk_s: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        traceparent: str = "",
+        tracestate: str = "",
+    ) -> SynthesizeStream:
+        """Start a synthesis request. With `streaming_input`, send more text with `append_text` and finish with
+        `end_input`. With `text_from` (a generate request of this session), the server speaks its tokens as
+        they are generated."""
+        start = inference_service_pb2.StartSynthesize(
+            params=_convert.synthesize_params(
+                text, voice=voice, sample_rate_hertz=sample_rate_hertz, max_chunk_s=max_chunk_s
+            ),
+            trace_context=common_pb2.TraceContext(traceparent=traceparent, tracestate=tracestate),
+            streaming_input=streaming_input,
+            text_from_request_id=text_from if isinstance(text_from, str) else text_from.request_id if text_from else "",
+        )
+        if timeout is not None:
+            start.timeout.CopyFrom(_convert.duration(timeout))
+        rid = request_id or self._new_id()
+        source = self._register(rid)
+        await self._send(inference_service_pb2.SessionRequest(request_id=rid, start_synthesize=start))
+        return SynthesizeStream(rid, self._iterate(rid, source, AudioChunk), self._canceller(rid), self._send)
+
+    async def cancel(self, request_id: str) -> None:
+        """Ask the server to cancel a request; it then ends with Finished(reason=CANCELLED)."""
+        await self._send(
+            inference_service_pb2.SessionRequest(request_id=request_id, cancel=inference_service_pb2.Cancel())
+        )
+
+    def _new_id(self) -> str:
+        return f"r{next(self._ids)}"
+
+    def _register(self, request_id: str) -> _Pending:
+        if self._failure is not None:
+            raise self._failure
+        if request_id in self._pending:
+            raise ValueError(f"request id {request_id!r} is already in flight in this session")
+        pending = _Pending()
+        self._pending[request_id] = pending
+        return pending
+
+    def _canceller(self, request_id: str) -> Callable[[], Awaitable[None]]:
+        async def cancel() -> None:
+            if request_id in self._pending and self._failure is None and not self._call.done():
+                try:
+                    await self.cancel(request_id)
+                except RilletError:
+                    pass  # the call is ending anyway; the server aborts everything then
+
+        return cancel
+
+    async def _send(self, message: inference_service_pb2.SessionRequest) -> None:
+        if self._failure is not None:
+            raise self._failure
+        try:
+            async with self._write_lock:
+                await self._call.write(message)
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+        except asyncio.InvalidStateError:
+            raise self._failure or UnavailableError("the session has ended") from None
+
+    @staticmethod
+    async def _iterate(request_id: str, pending: _Pending, output: type[E]) -> AsyncIterator[E | Finished]:
+        while True:
+            item = await pending.queue.get()
+            if isinstance(item, RilletError):
+                raise item
+            if not isinstance(item, output | Finished):
+                raise ProtocolError(f"request {request_id!r} received a {type(item).__name__}", request_id=request_id)
+            yield item
+            if isinstance(item, Finished):
+                return
+
+    async def _read(self) -> None:
+        try:
+            async for response in self._call:
+                self._dispatch(response)
+            failure: RilletError = UnavailableError("the session ended before the request finished")
+        except grpc.aio.AioRpcError as error:
+            failure = error_from_rpc(error)
+        except asyncio.CancelledError:
+            failure = UnavailableError("the session was closed")
+        except RilletError as error:
+            failure = error
+        self._failure = failure
+        for pending in self._pending.values():
+            pending.queue.put_nowait(failure)
+        self._pending.clear()
+
+    def _dispatch(self, response: inference_service_pb2.SessionResponse) -> None:
+        rid = response.request_id
+        kind = response.WhichOneof("kind")
+        if kind == "rejected":
+            rejection = error_from_status(response.rejected, request_id=rid)
+            log.debug("server rejected a message: %s", rejection)
+            self.rejections.append(rejection)
+            return
+        pending = self._pending.get(rid)
+        if pending is None:
+            raise ProtocolError(f"a {kind} message for unknown request {rid!r}", request_id=rid)
+        _check_seq(rid, pending.next_seq, response.seq)
+        pending.next_seq += 1
+        item: _Item
+        if kind == "token_delta":
+            item = _convert.token_delta(response.token_delta)
+        elif kind == "audio_chunk":
+            item = _convert.audio_chunk(response.audio_chunk)
+        elif kind == "finished":
+            item = _convert.finished(response.finished)
+        elif kind == "error":
+            item = error_from_status(response.error, request_id=rid)
+        else:
+            raise ProtocolError(f"unexpected message kind {kind!r}", request_id=rid)
+        pending.queue.put_nowait(item)
+        if isinstance(item, Finished | RilletError):
+            del self._pending[rid]

@@ -1,0 +1,152 @@
+"""The SDK's exceptions, one per canonical status code, built from a google.rpc.Status or a failed call.
+
+RilletError
+├── InvalidArgumentError      INVALID_ARGUMENT
+├── NotFoundError             NOT_FOUND
+├── AlreadyExistsError        ALREADY_EXISTS
+├── ResourceExhaustedError    RESOURCE_EXHAUSTED (retry_after set when the server sent RetryInfo)
+├── UnavailableError          UNAVAILABLE
+├── DeadlineExceededError     DEADLINE_EXCEEDED
+├── CancelledError            CANCELLED
+├── UnauthenticatedError      UNAUTHENTICATED
+├── InternalError             INTERNAL
+├── UnknownError              any other code
+└── ProtocolError             the server broke the stream contract (sequence gap, unexpected message)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+
+class RilletError(Exception):
+    """A failed request or call. `reason` and `metadata` come from the server's google.rpc.ErrorInfo."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+        request_id: str = "",
+    ) -> None:
+        super().__init__(f"{self.code.name}: {message}" + (f" [{reason}]" if reason else ""))
+        self.message = message
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_after = retry_after
+        self.request_id = request_id
+
+
+class InvalidArgumentError(RilletError):
+    """The request is malformed or outside the server's limits."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFoundError(RilletError):
+    """A named model, voice or request does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExistsError(RilletError):
+    """A request id is already in flight in the session."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ResourceExhaustedError(RilletError):
+    """The server is over capacity; `retry_after` says when to try again."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnavailableError(RilletError):
+    """The server is starting, draining or unreachable."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceededError(RilletError):
+    """The call's deadline or the request's timeout passed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class CancelledError(RilletError):
+    """The call was cancelled."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class UnauthenticatedError(RilletError):
+    """Credentials are missing or wrong."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class InternalError(RilletError):
+    """The server failed."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class UnknownError(RilletError):
+    """A status code the SDK has no class for."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+
+class ProtocolError(RilletError):
+    """The server broke the stream contract (a sequence gap, a message for an unknown request)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+_BY_CODE: dict[grpc.StatusCode, type[RilletError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        ResourceExhaustedError,
+        UnavailableError,
+        DeadlineExceededError,
+        CancelledError,
+        UnauthenticatedError,
+        InternalError,
+    )
+}
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def error_from_status(status: status_pb2.Status, *, request_id: str = "") -> RilletError:
+    """The exception for a google.rpc.Status, with ErrorInfo and RetryInfo unpacked."""
+    reason, metadata, retry_after = "", {}, None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+    cls = _BY_CODE.get(_CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN), UnknownError)
+    return cls(status.message, reason=reason, metadata=metadata, retry_after=retry_after, request_id=request_id)
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError) -> RilletError:
+    """The exception for a failed call, using the rich status in its trailers when the server sent one."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            return error_from_status(status_pb2.Status.FromString(value))
+    cls = _BY_CODE.get(error.code(), UnknownError)
+    return cls(error.details() or "")

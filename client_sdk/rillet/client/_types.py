@@ -1,0 +1,140 @@
+"""Frozen result types the SDK yields: token deltas, audio chunks, the terminal Finished, and model metadata."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class FinishReason(enum.Enum):
+    """Why a request ended without error."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    STOP_SEQUENCE = "stop_sequence"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A token id and its natural-log probability."""
+
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """Log-probabilities of one emitted token and its most likely alternatives."""
+
+    token: TokenLogprob
+    top: tuple[TokenLogprob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDelta:
+    """New generated text since the previous delta (never cumulative)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprobs, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """Synthesized PCM16 audio placed at `offset_samples` (per channel) from the start of the request's audio."""
+
+    audio: bytes
+    sample_rate_hertz: int
+    channel_count: int
+    offset_samples: int
+    text: str = ""
+
+    @property
+    def samples(self) -> int:
+        """Number of samples per channel in this chunk."""
+        return len(self.audio) // (2 * max(self.channel_count, 1))
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.sample_rate_hertz if self.sample_rate_hertz else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a request consumed and produced."""
+
+    input_tokens: int
+    output_tokens: int
+    input_characters: int
+    output_audio_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Server-side timings in seconds; None where the server did not measure them."""
+
+    queue_s: float
+    prefill_s: float | None
+    time_to_first_output_s: float | None
+    total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The terminal message of a request that ended without error."""
+
+    reason: FinishReason
+    usage: Usage
+    timings: Timings
+    stop_sequence: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    """A whole generation, collected from its deltas."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finished: Finished
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesizeResult:
+    """A whole synthesis, collected from its chunks."""
+
+    audio: bytes
+    sample_rate_hertz: int
+    channel_count: int
+    finished: Finished
+
+
+class ModelKind(enum.Enum):
+    """What a model does."""
+
+    TEXT_GENERATION = "text_generation"
+    SPEECH_SYNTHESIS = "speech_synthesis"
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A model or voice the server serves."""
+
+    name: str
+    kind: ModelKind
+    engine: str
+    is_default: bool
+    is_test_engine: bool
+    description: str
+    context_length: int
+    sample_rate_hertz: int
+    supports_chat: bool
+    max_tokens_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a chat prompt."""
+
+    role: str
+    content: str

@@ -1,0 +1,1 @@
+"""The Rillet server: transport → session → scheduler → engine, each layer importing only downward."""

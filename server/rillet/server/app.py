@@ -1,0 +1,118 @@
+"""Assembles and runs the server: engines, gRPC services, health, reflection, and the drain on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
+from rillet.server.engine.base import Engine
+from rillet.server.scheduler import Router
+from rillet.server.session import Lifecycle
+from rillet.server.transport.servicer import InferenceServicer
+from rillet.v1 import inference_service_pb2, inference_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def build_engines(settings: Settings) -> list[Engine]:
+    """The engines the settings ask for, text first. Heavy backends are imported only when selected."""
+    engines: list[Engine] = []
+    if settings.text_engine is TextEngineKind.SYNTHETIC:
+        from rillet.server.engine.synthetic import SyntheticEngine
+
+        engines.append(SyntheticEngine(settings.synthetic))
+    if settings.speech_engine is SpeechEngineKind.PIPER:
+        raise NotImplementedError("the piper engine is not wired yet")
+    return engines
+
+
+class RilletServer:
+    """One gRPC server process. Health is NOT_SERVING until the engines are warm and again from the drain on."""
+
+    def __init__(self, settings: Settings, engines: Sequence[Engine] | None = None) -> None:
+        self.settings = settings
+        self.router = Router(engines if engines is not None else build_engines(settings), settings.scheduler)
+        self.lifecycle = Lifecycle(on_engine_dead=self._on_engine_dead)
+        self.health = HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Bind, serve health and reflection at once, then warm the engines and report SERVING; returns the port."""
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1),
+            ]
+        )
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(self.router, self.settings.limits, self.lifecycle), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection([SERVICE_NAME, health_name, reflection.SERVICE_NAME], server)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, NOT_SERVING)
+        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+        await server.start()
+        self._server = server
+        await self.router.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, SERVING)
+        log.info("serving %s on %s:%d", ", ".join(m.name for m, _ in self.router.models()), self.settings.host, self.port)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new work, let requests in flight finish within the grace, then cancel them."""
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._drain(self.settings.drain_grace_s if grace_s is None else grace_s))
+        await asyncio.shield(self._stopping)
+
+    async def _drain(self, grace_s: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        self.lifecycle.begin_drain()
+        in_flight = self.lifecycle.in_flight()
+        log.info("draining: %d requests in flight, grace %.1fs", in_flight, grace_s)
+        if not await self.lifecycle.wait_drained(grace_s):
+            log.warning("grace period over: cancelling %d requests", self.lifecycle.in_flight())
+            self.lifecycle.cancel_all()
+            await self.lifecycle.wait_drained(5.0)
+        if self._server is not None:
+            await self._server.stop(1.0)
+        await self.router.aclose()
+        log.info("stopped")
+
+    def _on_engine_dead(self) -> None:
+        log.error("an engine died: draining")
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._drain(self.settings.drain_grace_s))
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop."""
+    server = RilletServer(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("signal received")
+    await server.stop()

@@ -1,0 +1,143 @@
+"""The `rillet` command: serve, generate, models."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
+
+app = typer.Typer(help="Rillet: streaming inference over gRPC.", no_args_is_help=True, add_completion=False)
+err = Console(stderr=True)
+
+Target = Annotated[str, typer.Option("--target", "-t", envvar="RILLET_TARGET", help="server address host:port")]
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    """Flags override RILLET_* variables, which override defaults. Built once, here."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        err.print(f"[red]invalid configuration:[/red]\n{error}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to bind [RILLET_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="port to bind, 0 for any [RILLET_PORT]")] = None,
+    text_engine: Annotated[TextEngineKind | None, typer.Option(help="text backend [RILLET_TEXT_ENGINE]")] = None,
+    speech_engine: Annotated[
+        SpeechEngineKind | None, typer.Option(help="speech backend [RILLET_SPEECH_ENGINE]")
+    ] = None,
+    drain_grace_s: Annotated[float | None, typer.Option(help="grace for in-flight requests on SIGTERM")] = None,
+    log_level: Annotated[str | None, typer.Option(help="logging level [RILLET_LOG_LEVEL]")] = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    settings = _settings(
+        {
+            "host": host,
+            "port": port,
+            "text_engine": text_engine,
+            "speech_engine": speech_engine,
+            "drain_grace_s": drain_grace_s,
+            "log_level": log_level,
+        }
+    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.text_engine is TextEngineKind.SYNTHETIC:
+        err.print("[yellow]text engine: SYNTHETIC TEST ENGINE — deterministic words, not a language model[/yellow]")
+    from rillet.server.app import serve as run_server  # heavy imports after logging is configured
+
+    asyncio.run(run_server(settings))
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="completion prompt")],
+    target: Target = "127.0.0.1:50051",
+    model: Annotated[str, typer.Option(help="model name; empty for the server's default")] = "",
+    max_tokens: Annotated[int | None, typer.Option(help="tokens to generate")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 for greedy")] = None,
+    top_p: Annotated[float | None, typer.Option()] = None,
+    top_k: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
+    timeout: Annotated[float | None, typer.Option(help="deadline in seconds")] = None,
+) -> None:
+    """Stream a completion to the terminal, then print TTFT and tokens/s."""
+    from rillet.client import Client, Finished, RilletError
+
+    async def run() -> None:
+        async with Client.connect(target) as client:
+            started = time.perf_counter()
+            first: float | None = None
+            tokens = 0
+            stream = client.generate(
+                prompt,
+                model=model,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                seed=seed,
+                stop=stop or (),
+                timeout=timeout,
+            )
+            sys.stdout.write(prompt)
+            async for event in stream:
+                if isinstance(event, Finished):
+                    elapsed = time.perf_counter() - started
+                    ttft = first - started if first is not None else elapsed
+                    decode = elapsed - ttft
+                    rate = (tokens - 1) / decode if tokens > 1 and decode > 0 else 0.0
+                    sys.stdout.write("\n")
+                    err.print(
+                        f"[dim]{event.reason.value} · {tokens} tokens · TTFT {ttft * 1000:.0f} ms · "
+                        f"{rate:.1f} tok/s · server queue {event.timings.queue_s * 1000:.1f} ms[/dim]"
+                    )
+                    return
+                if first is None:
+                    first = time.perf_counter()
+                tokens += len(event.token_ids)
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+
+    try:
+        asyncio.run(run())
+    except RilletError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def models(target: Target = "127.0.0.1:50051") -> None:
+    """List the models and voices a server serves."""
+    from rillet.client import Client, RilletError
+
+    async def run() -> None:
+        async with Client.connect(target) as client:
+            listed = await client.list_models()
+        table = Table("name", "kind", "engine", "default", "context", "note")
+        for m in listed:
+            note = "TEST ENGINE" if m.is_test_engine else m.description
+            table.add_row(m.name, m.kind.value, m.engine, "✓" if m.is_default else "", str(m.context_length or ""), note)
+        Console().print(table)
+
+    try:
+        asyncio.run(run())
+    except RilletError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,97 @@
+"""Typed server configuration, built once at the entrypoint from flags and RILLET_* environment variables."""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TextEngineKind(str, enum.Enum):
+    """Which backend serves text generation."""
+
+    LLAMACPP = "llamacpp"
+    SYNTHETIC = "synthetic"
+
+
+class SpeechEngineKind(str, enum.Enum):
+    """Which backend serves speech synthesis."""
+
+    PIPER = "piper"
+    NONE = "none"
+
+
+class SyntheticConfig(BaseModel, frozen=True):
+    """The synthetic TEST engine: deterministic text at a set rate. Never a real model."""
+
+    model_name: str = "synthetic-test"
+    first_output_delay_s: float = Field(0.02, ge=0)
+    tokens_per_second: float = Field(200.0, gt=0)
+    slots: int = Field(64, ge=1)
+    context_length: int = Field(8192, ge=16)
+
+
+class LlamaCppConfig(BaseModel, frozen=True):
+    """The llama.cpp CPU engine (continuous batching over the low-level API)."""
+
+    model_path: str | None = Field(None, description="a GGUF file; unset assembles Gemma 3 270M from its PyPI package")
+    model_name: str = Field("gemma-3-270m", description="the name clients use; defaults follow the model file")
+    slots: int = Field(8, ge=1, le=64, description="sequences decoded together")
+    context_length: int = Field(4096, ge=256, description="total KV cells shared by all slots")
+    n_threads: int = Field(1, ge=1, description="CPU threads; 1 is safe on a busy 2-core machine")
+    prefill_budget: int = Field(256, ge=16, description="prompt tokens prefilled per step, beside the decodes")
+    cache_dir: str | None = Field(None, description="where the assembled GGUF is kept")
+
+
+class PiperConfig(BaseModel, frozen=True):
+    """The piper text-to-speech engine."""
+
+    voice_paths: tuple[str, ...] = Field((), description="extra .onnx voices (config beside as .onnx.json)")
+    workers: int = Field(2, ge=1, description="synthesis threads; each runs one request at a time")
+    max_chunk_ms: int = Field(160, ge=20, le=2000, description="default upper bound on one audio chunk")
+    max_segment_chars: int = Field(160, ge=20, description="a run of text without a boundary is cut here")
+
+
+class LimitsConfig(BaseModel, frozen=True):
+    """Per-request validation limits."""
+
+    max_tokens: int = Field(2048, ge=1, description="upper bound on a request's max_tokens")
+    default_max_tokens: int = Field(128, ge=1)
+    max_prompt_chars: int = Field(256 * 1024, ge=1, description="larger prompts fail with INVALID_ARGUMENT")
+    max_stop_strings: int = Field(8, ge=0)
+    max_top_logprobs: int = Field(20, ge=0)
+    max_request_id_chars: int = Field(128, ge=1)
+    max_requests_per_session: int = Field(256, ge=1, description="requests in flight on one session")
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> LimitsConfig:
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError("default_max_tokens must not exceed max_tokens")
+        return self
+
+
+class SchedulerConfig(BaseModel, frozen=True):
+    """Admission control in front of each engine."""
+
+    max_queue: int = Field(64, ge=0, description="requests waiting for a slot; past it RESOURCE_EXHAUSTED")
+    retry_after_s: float = Field(1.0, gt=0, description="retry hint sent with RESOURCE_EXHAUSTED")
+
+
+class Settings(BaseSettings):
+    """Everything the server needs; built once by the CLI and passed down, never read from the environment below."""
+
+    model_config = SettingsConfigDict(env_prefix="RILLET_", env_nested_delimiter="__", frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    text_engine: TextEngineKind = TextEngineKind.SYNTHETIC
+    speech_engine: SpeechEngineKind = SpeechEngineKind.NONE
+    synthetic: SyntheticConfig = SyntheticConfig()
+    llamacpp: LlamaCppConfig = LlamaCppConfig()
+    piper: PiperConfig = PiperConfig()
+    limits: LimitsConfig = LimitsConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    drain_grace_s: float = Field(10.0, ge=0, description="time in-flight requests get to finish on shutdown")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="transport limit on one message")
+    log_level: str = "INFO"

@@ -1,0 +1,1 @@
+"""Engines: one protocol, several backends (synthetic for tests; real ones for serving)."""

@@ -1,0 +1,139 @@
+"""The one error model of the server: domain errors, each bound to a canonical gRPC code and a reason.
+
+RilletError
+├── InvalidArgument      INVALID_ARGUMENT    bad field, empty prompt, limits exceeded
+├── NotFound             NOT_FOUND           unknown model, voice or request id
+├── AlreadyExists        ALREADY_EXISTS      duplicate request id in a session
+├── ResourceExhausted    RESOURCE_EXHAUSTED  admission queue full (carries a retry hint)
+├── Unavailable          UNAVAILABLE         starting, draining, engine not ready
+├── DeadlineExceeded     DEADLINE_EXCEEDED   a request's own timeout passed
+├── Unauthenticated      UNAUTHENTICATED     missing or bad credentials
+└── Internal             INTERNAL            a bug or an engine failure for this request
+    └── EngineDead       INTERNAL            the engine cannot serve anything any more (fatal)
+
+Per-request errors travel in-band on a session; only whole-call failures become the RPC status.
+The transport alone turns these into google.rpc.Status (with ErrorInfo and RetryInfo).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+__all__ = [
+    "AlreadyExists",
+    "Code",
+    "DeadlineExceeded",
+    "EngineDead",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "ResourceExhausted",
+    "RilletError",
+    "Unauthenticated",
+    "Unavailable",
+]
+
+
+class Code(enum.IntEnum):
+    """The canonical status codes Rillet uses (values are google.rpc.Code numbers)."""
+
+    CANCELLED = 1
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    RESOURCE_EXHAUSTED = 8
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+class RilletError(Exception):
+    """Base of every domain error. `reason` is a stable UPPER_SNAKE_CASE identifier clients can match on."""
+
+    code: Code = Code.INTERNAL
+    default_reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(RilletError):
+    """The request is malformed or outside the server's limits; retrying it unchanged will fail again."""
+
+    code = Code.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self, message: str, *, field: str = "", reason: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        meta = dict(metadata or {})
+        if field:
+            meta.setdefault("field", field)
+        super().__init__(message, reason=reason, metadata=meta)
+        self.field = field
+
+
+class NotFound(RilletError):
+    """A named model, voice or request does not exist."""
+
+    code = Code.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(RilletError):
+    """A request id is already in flight in this session."""
+
+    code = Code.ALREADY_EXISTS
+    default_reason = "DUPLICATE_REQUEST_ID"
+
+
+class ResourceExhausted(RilletError):
+    """Over capacity. `retry_after` (seconds) is a hint for when a retry may succeed."""
+
+    code = Code.RESOURCE_EXHAUSTED
+    default_reason = "QUEUE_FULL"
+
+    def __init__(
+        self, message: str, *, retry_after: float, reason: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
+
+
+class Unavailable(RilletError):
+    """The server cannot take work right now (starting, draining); retry elsewhere or later."""
+
+    code = Code.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(RilletError):
+    """A request's own timeout passed before it finished."""
+
+    code = Code.DEADLINE_EXCEEDED
+    default_reason = "REQUEST_TIMEOUT"
+
+
+class Unauthenticated(RilletError):
+    """Credentials are missing or wrong."""
+
+    code = Code.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class Internal(RilletError):
+    """A failure that is the server's fault; the request ended, other requests are unaffected."""
+
+    code = Code.INTERNAL
+    default_reason = "INTERNAL"
+
+
+class EngineDead(Internal):
+    """The engine can no longer serve any request: health flips to NOT_SERVING and the server drains."""
+
+    default_reason = "ENGINE_DEAD"

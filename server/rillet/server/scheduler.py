@@ -1,0 +1,138 @@
+"""Admission control in front of each engine, and the routing of model names to engines."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from rillet.server.config import SchedulerConfig
+from rillet.server.engine.base import Engine
+from rillet.server.errors import NotFound, ResourceExhausted
+from rillet.server.types import ModelInfo, ModelKind
+
+
+class Admission:
+    """FIFO admission: at most `slots` requests run at once, at most `max_queue` wait, the rest are refused.
+
+    Invariant: `running` never exceeds `slots`; a released slot passes directly to the oldest waiter, so a
+    newcomer can never overtake the queue.
+    """
+
+    def __init__(self, slots: int, max_queue: int, retry_after_s: float) -> None:
+        self._slots = slots
+        self._max_queue = max_queue
+        self._retry_after_s = retry_after_s
+        self._running = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold a slot for the duration of the block; raises ResourceExhausted when the queue is full."""
+        if self._running < self._slots and not self._waiters:
+            self._running += 1
+        else:
+            if len(self._waiters) >= self._max_queue:
+                raise ResourceExhausted(
+                    f"all {self._slots} slots busy and {len(self._waiters)} requests queued; retry later",
+                    retry_after=self._retry_after_s,
+                    metadata={"slots": str(self._slots), "queued": str(len(self._waiters))},
+                )
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # the slot was handed to us just as we were cancelled: pass it on
+                else:
+                    self._waiters.remove(waiter)
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot moves to the waiter; `running` is unchanged
+                return
+        self._running -= 1
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request for one model goes."""
+
+    model: ModelInfo
+    engine: Engine
+    admission: Admission
+
+
+class Router:
+    """Maps model and voice names to their engine and admission queue; owns the engines' lifecycle."""
+
+    def __init__(self, engines: Sequence[Engine], config: SchedulerConfig) -> None:
+        self._engines = tuple(engines)
+        self._routes: dict[str, Route] = {}
+        self._defaults: dict[ModelKind, str] = {}
+        for engine in self._engines:
+            admission = Admission(engine.slots, config.max_queue, config.retry_after_s)
+            for model in engine.models:
+                if model.name in self._routes:
+                    raise ValueError(f"model name {model.name!r} is served by two engines")
+                self._routes[model.name] = Route(model, engine, admission)
+                self._defaults.setdefault(model.kind, model.name)
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        return self._engines
+
+    def models(self) -> list[tuple[ModelInfo, bool]]:
+        """Every model with whether it is the default of its kind."""
+        return [(r.model, self._defaults.get(r.model.kind) == name) for name, r in self._routes.items()]
+
+    def resolve(self, name: str, kind: ModelKind) -> Route:
+        """The route for `name` ("" selects the default of `kind`); NotFound when none matches."""
+        noun = "model" if kind is ModelKind.TEXT_GENERATION else "voice"
+        if not name:
+            default = self._defaults.get(kind)
+            if default is None:
+                raise NotFound(f"this server serves no {noun}", reason="NO_DEFAULT_MODEL")
+            name = default
+        route = self._routes.get(name)
+        if route is None or route.model.kind is not kind:
+            known = sorted(n for n, r in self._routes.items() if r.model.kind is kind)
+            raise NotFound(
+                f"unknown {noun} {name!r}; served: {', '.join(known) or 'none'}",
+                reason="MODEL_NOT_FOUND",
+                metadata={"model": name},
+            )
+        return route
+
+    def healthy(self) -> bool:
+        return all(engine.healthy() for engine in self._engines)
+
+    def active(self) -> int:
+        """Requests holding engine resources across all engines."""
+        return sum(engine.active for engine in self._engines)
+
+    async def start(self) -> None:
+        for engine in self._engines:
+            await engine.start()
+
+    async def aclose(self) -> None:
+        for engine in self._engines:
+            await engine.aclose()

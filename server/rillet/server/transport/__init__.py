@@ -1,0 +1,1 @@
+"""The gRPC transport: servicer, proto⇄domain converters and status mapping; the only layer that sees *_pb2."""

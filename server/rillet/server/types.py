@@ -1,0 +1,295 @@
+"""Domain types shared by every layer below the transport: requests, engine events and results."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from rillet.server.errors import RilletError
+
+
+class FinishReason(enum.Enum):
+    """Why a request ended without error (mirrors rillet.v1.FinishReason)."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    STOP_SEQUENCE = "stop_sequence"
+    CANCELLED = "cancelled"
+
+
+class ModelKind(enum.Enum):
+    """What a model does."""
+
+    TEXT_GENERATION = "text_generation"
+    SPEECH_SYNTHESIS = "speech_synthesis"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model or voice an engine serves."""
+
+    name: str
+    kind: ModelKind
+    engine: str
+    description: str = ""
+    is_test_engine: bool = False
+    context_length: int = 0
+    sample_rate_hertz: int = 0
+    supports_chat: bool = False
+    max_tokens_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a chat prompt."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling settings, already validated and defaulted."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+Prompt = str | tuple[int, ...] | tuple[ChatMessage, ...]
+"""Text, token ids, or chat messages. Never empty."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One validated text-generation request, as an engine receives it."""
+
+    request_id: str
+    model: str
+    prompt: Prompt
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisRequest:
+    """One validated speech-synthesis request. Its text arrives as an async stream of pieces."""
+
+    request_id: str
+    voice: str
+    text: AsyncIterator[str]
+    sample_rate_hertz: int
+    max_chunk_samples: int
+
+
+EngineRequest = GenerationRequest | SynthesisRequest
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A token id and its log-probability."""
+
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """Log-probabilities for one emitted token and its top alternatives."""
+
+    token: TokenLogprob
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDelta:
+    """New generated output since the previous delta. Never cumulative."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprobs, ...] = ()
+
+    def merge(self, later: TokenDelta) -> TokenDelta:
+        """Coalesce a later delta into this one (used when the client reads slower than the engine)."""
+        return TokenDelta(self.text + later.text, self.token_ids + later.token_ids, self.logprobs + later.logprobs)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """A piece of synthesized PCM16 audio, placed exactly by its sample offset."""
+
+    pcm: bytes
+    sample_rate_hertz: int
+    channel_count: int
+    offset_samples: int
+    text: str = ""
+
+    @property
+    def samples(self) -> int:
+        return len(self.pcm) // (2 * self.channel_count)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a request consumed and produced."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_characters: int = 0
+    output_audio_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Server-side timings of one request, in seconds."""
+
+    queue: float
+    prefill: float | None
+    time_to_first_output: float | None
+    total: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngineFinished:
+    """The terminal event of an engine stream."""
+
+    reason: FinishReason
+    usage: Usage
+    stop_sequence: str = ""
+    prefill_seconds: float | None = None
+
+
+EngineEvent = TokenDelta | AudioChunk | EngineFinished
+"""What an engine stream yields: outputs, then exactly one EngineFinished (or it raises)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The terminal result of a request, as the session reports it."""
+
+    reason: FinishReason
+    usage: Usage
+    timings: Timings
+    stop_sequence: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """W3C trace context carried by one request."""
+
+    traceparent: str
+    tracestate: str = ""
+
+
+
+class AudioEncoding(enum.Enum):
+    """Encodings the server can produce."""
+
+    LINEAR16 = "linear16"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateSpec:
+    """A generation request as the client sent it: unset fields are None, nothing validated yet."""
+
+    model: str = ""
+    prompt: Prompt | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesizeSpec:
+    """A synthesis request as the client sent it, nothing validated yet. `encoding` None is the default."""
+
+    voice: str = ""
+    text: str = ""
+    sample_rate_hertz: int = 0
+    encoding: AudioEncoding | None = None
+    unknown_encoding: int | None = None
+    max_chunk_seconds: float | None = None
+    streaming_input: bool = False
+    text_from_request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Session command: start a request."""
+
+    request_id: str
+    spec: GenerateSpec | SynthesizeSpec
+    trace: TraceContext | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendText:
+    """Session command: more input text for a streaming-input synthesize request."""
+
+    request_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndInput:
+    """Session command: the input of a streaming-input synthesize request is complete."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Session command: cancel a request."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """Session command that could not be understood (e.g. no kind set); answered with `Rejected`."""
+
+    request_id: str
+    error: RilletError
+
+
+Command = Start | AppendText | EndInput | Cancel | Malformed
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Terminal output: the request failed with `error`."""
+
+    error: RilletError
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Non-terminal output: a client message about this request id could not be applied."""
+
+    error: RilletError
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One message of a session's output stream. `seq` is contiguous per request (0 for Rejected)."""
+
+    request_id: str
+    seq: int
+    payload: TokenDelta | AudioChunk | Finished | Failed | Rejected

@@ -1,0 +1,112 @@
+"""Turns client specs into validated engine requests: limits, ranges, defaults and model resolution."""
+
+from __future__ import annotations
+
+import math
+
+from rillet.server.config import LimitsConfig
+from rillet.server.errors import InvalidArgument
+from rillet.server.scheduler import Route, Router
+from rillet.server.types import GenerateSpec, GenerationRequest, ModelKind, SamplingParams
+
+
+def validate_request_id(request_id: str, limits: LimitsConfig) -> None:
+    if not request_id:
+        raise InvalidArgument("request_id must not be empty", field="request_id", reason="MISSING_REQUEST_ID")
+    if len(request_id) > limits.max_request_id_chars:
+        raise InvalidArgument(
+            f"request_id is longer than {limits.max_request_id_chars} characters",
+            field="request_id",
+            reason="REQUEST_ID_TOO_LONG",
+        )
+
+
+def _check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False) -> None:
+    if value is None:
+        return
+    below = value <= low if low_open else value < low
+    if math.isnan(value) or below or value > high:
+        bracket = "(" if low_open else "["
+        raise InvalidArgument(
+            f"sampling.{name} = {value} is outside {bracket}{low:g}, {high:g}]",
+            field=f"params.sampling.{name}",
+            reason="SAMPLING_OUT_OF_RANGE",
+        )
+
+
+def validate_generate(request_id: str, spec: GenerateSpec, limits: LimitsConfig, router: Router) -> tuple[
+    Route, GenerationRequest
+]:
+    """Resolve the model and check every field; raises InvalidArgument or NotFound naming the field."""
+    route = router.resolve(spec.model, ModelKind.TEXT_GENERATION)
+    prompt = spec.prompt
+    if prompt is None or len(prompt) == 0:
+        raise InvalidArgument("the prompt must not be empty", field="params.prompt", reason="EMPTY_PROMPT")
+    if isinstance(prompt, str):
+        if len(prompt) > limits.max_prompt_chars:
+            raise InvalidArgument(
+                f"the prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars}",
+                field="params.prompt",
+                reason="PROMPT_TOO_LARGE",
+            )
+    elif all(isinstance(p, int) for p in prompt):
+        if any(isinstance(p, int) and p < 0 for p in prompt):
+            raise InvalidArgument("token ids must not be negative", field="params.token_ids", reason="BAD_TOKEN_ID")
+    else:
+        if not route.model.supports_chat:
+            raise InvalidArgument(
+                f"model {route.model.name!r} has no chat template; send a text or token-id prompt",
+                field="params.chat",
+                reason="CHAT_TEMPLATE_MISSING",
+            )
+        if sum(len(getattr(m, "content", "")) for m in prompt) > limits.max_prompt_chars:
+            raise InvalidArgument(
+                f"the chat prompt exceeds {limits.max_prompt_chars} characters",
+                field="params.chat",
+                reason="PROMPT_TOO_LARGE",
+            )
+    limit = min(limits.max_tokens, route.model.max_tokens_limit or limits.max_tokens)
+    max_tokens = spec.max_tokens if spec.max_tokens is not None else min(limits.default_max_tokens, limit)
+    if not 1 <= max_tokens <= limit:
+        raise InvalidArgument(
+            f"max_tokens = {max_tokens} is outside [1, {limit}]", field="params.max_tokens", reason="MAX_TOKENS_OUT_OF_RANGE"
+        )
+    _check_range("temperature", spec.temperature, 0.0, 2.0)
+    _check_range("top_p", spec.top_p, 0.0, 1.0, low_open=True)
+    _check_range("min_p", spec.min_p, 0.0, 1.0)
+    _check_range("repetition_penalty", spec.repetition_penalty, 0.0, 2.0, low_open=True)
+    if spec.top_k is not None and spec.top_k < 0:
+        raise InvalidArgument(
+            f"sampling.top_k = {spec.top_k} must be ≥ 0", field="params.sampling.top_k", reason="SAMPLING_OUT_OF_RANGE"
+        )
+    if len(spec.stop) > limits.max_stop_strings:
+        raise InvalidArgument(
+            f"{len(spec.stop)} stop strings; at most {limits.max_stop_strings}", field="params.stop", reason="TOO_MANY_STOPS"
+        )
+    if any(not s for s in spec.stop):
+        raise InvalidArgument("stop strings must not be empty", field="params.stop", reason="EMPTY_STOP")
+    if spec.top_logprobs is not None and spec.top_logprobs > limits.max_top_logprobs:
+        raise InvalidArgument(
+            f"top_logprobs = {spec.top_logprobs}; at most {limits.max_top_logprobs}",
+            field="params.top_logprobs",
+            reason="TOP_LOGPROBS_OUT_OF_RANGE",
+        )
+    defaults = SamplingParams()
+    sampling = SamplingParams(
+        temperature=defaults.temperature if spec.temperature is None else spec.temperature,
+        top_p=defaults.top_p if spec.top_p is None else spec.top_p,
+        top_k=defaults.top_k if spec.top_k is None else spec.top_k,
+        min_p=defaults.min_p if spec.min_p is None else spec.min_p,
+        repetition_penalty=defaults.repetition_penalty if spec.repetition_penalty is None else spec.repetition_penalty,
+        seed=spec.seed,
+    )
+    request = GenerationRequest(
+        request_id=request_id,
+        model=route.model.name,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        sampling=sampling,
+        stop=spec.stop,
+        top_logprobs=spec.top_logprobs,
+    )
+    return route, request
