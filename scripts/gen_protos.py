@@ -72,13 +72,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         fresh, committed = generated_files(Path(tmp)), generated_files(OUT_DIR)
-        stale = sorted(
+        stale_names = sorted(
             name
             for name in fresh.keys() | committed.keys()
-            if name not in fresh or name not in committed or not filecmp.cmp(fresh[name], committed[name], shallow=False)
+            if name not in fresh
+            or name not in committed
+            or not filecmp.cmp(fresh[name], committed[name], shallow=False)
         )
-    if stale:
-        sys.exit(f"generated code is stale ({', '.join(stale)}): run `make proto` and commit the result")
+    if stale_names:
+        sys.exit(f"generated code is stale ({', '.join(stale_names)}): run `make proto` and commit the result")
     print(f"generated code is fresh ({len(fresh)} files)")
 
 

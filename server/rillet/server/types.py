@@ -191,7 +191,6 @@ class TraceContext:
     tracestate: str = ""
 
 
-
 class AudioEncoding(enum.Enum):
     """Encodings the server can produce."""
 

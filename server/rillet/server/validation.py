@@ -34,9 +34,9 @@ def _check_range(name: str, value: float | None, low: float, high: float, *, low
         )
 
 
-def validate_generate(request_id: str, spec: GenerateSpec, limits: LimitsConfig, router: Router) -> tuple[
-    Route, GenerationRequest
-]:
+def validate_generate(
+    request_id: str, spec: GenerateSpec, limits: LimitsConfig, router: Router
+) -> tuple[Route, GenerationRequest]:
     """Resolve the model and check every field; raises InvalidArgument or NotFound naming the field."""
     route = router.resolve(spec.model, ModelKind.TEXT_GENERATION)
     prompt = spec.prompt
@@ -69,7 +69,9 @@ def validate_generate(request_id: str, spec: GenerateSpec, limits: LimitsConfig,
     max_tokens = spec.max_tokens if spec.max_tokens is not None else min(limits.default_max_tokens, limit)
     if not 1 <= max_tokens <= limit:
         raise InvalidArgument(
-            f"max_tokens = {max_tokens} is outside [1, {limit}]", field="params.max_tokens", reason="MAX_TOKENS_OUT_OF_RANGE"
+            f"max_tokens = {max_tokens} is outside [1, {limit}]",
+            field="params.max_tokens",
+            reason="MAX_TOKENS_OUT_OF_RANGE",
         )
     _check_range("temperature", spec.temperature, 0.0, 2.0)
     _check_range("top_p", spec.top_p, 0.0, 1.0, low_open=True)
@@ -81,7 +83,9 @@ def validate_generate(request_id: str, spec: GenerateSpec, limits: LimitsConfig,
         )
     if len(spec.stop) > limits.max_stop_strings:
         raise InvalidArgument(
-            f"{len(spec.stop)} stop strings; at most {limits.max_stop_strings}", field="params.stop", reason="TOO_MANY_STOPS"
+            f"{len(spec.stop)} stop strings; at most {limits.max_stop_strings}",
+            field="params.stop",
+            reason="TOO_MANY_STOPS",
         )
     if any(not s for s in spec.stop):
         raise InvalidArgument("stop strings must not be empty", field="params.stop", reason="EMPTY_STOP")

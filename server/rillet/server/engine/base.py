@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
 from rillet.server.types import EngineEvent, EngineRequest, ModelInfo
@@ -53,6 +53,6 @@ class Engine(Protocol):
         """False once the engine can no longer serve (EngineDead)."""
         ...
 
-    def stream(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         """Run one request; see the class docstring for the contract."""
         ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.text import StopMatcher
@@ -18,6 +18,7 @@ from rillet.server.types import (
     GenerationRequest,
     ModelInfo,
     ModelKind,
+    Prompt,
     TokenDelta,
     TokenLogprob,
     TokenLogprobs,
@@ -36,9 +37,15 @@ def synthetic_token(seed: int, index: int) -> int:
     return (seed + 7 * index) % len(VOCABULARY)
 
 
-def prompt_seed(request: GenerationRequest) -> int:
+def prompt_seed(prompt: Prompt, seed: int | None = None) -> int:
     """A stable seed from the prompt, so the same prompt always yields the same text."""
-    return zlib.crc32(repr(request.prompt).encode()) + (request.sampling.seed or 0)
+    return zlib.crc32(repr(prompt).encode()) + (seed or 0)
+
+
+def synthetic_text(prompt: Prompt, tokens: int, seed: int | None = None) -> str:
+    """The text the engine emits for `prompt` over `tokens` tokens (what tests compare streams against)."""
+    start = prompt_seed(prompt, seed)
+    return "".join(VOCABULARY[synthetic_token(start, i)] + " " for i in range(tokens))
 
 
 class SyntheticEngine:
@@ -83,19 +90,19 @@ class SyntheticEngine:
     def healthy(self) -> bool:
         return True
 
-    def stream(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         if not isinstance(request, GenerationRequest):
             raise InvalidArgument("the synthetic engine only generates text", reason="UNSUPPORTED_REQUEST")
         return self._generate(request)
 
-    async def _generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
         prompt_tokens = self._count_prompt(request)
         self._active += 1
         try:
             started = time.perf_counter()
             await asyncio.sleep(self._config.first_output_delay_s)
             prefill = time.perf_counter() - started
-            seed = prompt_seed(request)
+            seed = prompt_seed(request.prompt, request.sampling.seed)
             stops = StopMatcher(request.stop)
             interval = 1.0 / self._config.tokens_per_second
             for index in range(request.max_tokens):

@@ -8,7 +8,6 @@ from contextlib import aclosing
 from typing import NoReturn, TypeVar
 
 import grpc
-
 from rillet.server.config import LimitsConfig
 from rillet.server.errors import RilletError
 from rillet.server.scheduler import Router
@@ -46,28 +45,28 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def _session(self) -> Session:
         return Session(self._router, self._limits, self._lifecycle)
 
-    async def Session(  # noqa: N802 (gRPC method name)
+    async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SessionResponse]:
         commands = (convert.session_command(message) async for message in request_iterator)
         async for response in self._serve(self._session().run(commands), convert.session_response, context):
             yield response
 
-    async def Generate(  # noqa: N802
+    async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.GenerateResponse]:
         start = Start(_one_shot_id(), convert.generate_spec(request.params))
         async for response in self._serve(self._session().run_one(start), convert.generate_response, context):
             yield response
 
-    async def Synthesize(  # noqa: N802
+    async def Synthesize(
         self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SynthesizeResponse]:
         start = Start(_one_shot_id(), convert.synthesize_spec(request.params))
         async for response in self._serve(self._session().run_one(start), convert.synthesize_response, context):
             yield response
 
-    async def ListModels(  # noqa: N802
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[convert.model(info, default) for info, default in self._router.models()])
