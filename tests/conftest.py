@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -13,6 +14,9 @@ from rillet.server.app import RilletServer
 from rillet.server.config import Settings
 from rillet.server.engine.base import Engine
 from rillet.v1 import inference_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from rillet.v1.inference_service_pb2_grpc import InferenceServiceAsyncStub
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -63,5 +67,5 @@ async def channel(server: RilletServer) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def stub(channel: grpc.aio.Channel) -> inference_service_pb2_grpc.InferenceServiceStub:
+def stub(channel: grpc.aio.Channel) -> InferenceServiceAsyncStub:
     return inference_service_pb2_grpc.InferenceServiceStub(channel)

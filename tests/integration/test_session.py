@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -19,6 +21,9 @@ from rillet.server.app import RilletServer
 from rillet.server.engine.synthetic import synthetic_text
 from rillet.v1 import generation_pb2, inference_service_pb2, inference_service_pb2_grpc
 from tests.conftest import ServerFactory, eventually
+
+if TYPE_CHECKING:
+    from rillet.v1.inference_service_pb2_grpc import InferenceServiceAsyncStub
 
 SLOW = {"synthetic": {"tokens_per_second": 20.0, "first_output_delay_s": 0.0}}
 
@@ -37,18 +42,18 @@ async def test_generate_streams_deltas_then_finished(client: Client) -> None:
 
 
 async def test_session_seq_is_contiguous_and_requests_interleave(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: InferenceServiceAsyncStub,
 ) -> None:
     prompts = {f"q{i}": f"prompt number {i}" for i in range(4)}
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[inference_service_pb2.SessionRequest]:
         for rid, text in prompts.items():
             params = generation_pb2.GenerateParams(text=text, max_tokens=16)
             yield inference_service_pb2.SessionRequest(
                 request_id=rid, start_generate=inference_service_pb2.StartGenerate(params=params)
             )
 
-    order: list[tuple[str, str]] = []
+    order: list[tuple[str, str | None]] = []
     seqs: dict[str, list[int]] = {rid: [] for rid in prompts}
     texts: dict[str, str] = dict.fromkeys(prompts, "")
     finished: dict[str, int] = {}

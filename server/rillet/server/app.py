@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+
 from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
 from rillet.server.engine.base import Engine
 from rillet.server.scheduler import Router
@@ -67,11 +68,11 @@ class RilletServer:
         reflection.enable_server_reflection([SERVICE_NAME, health_name, reflection.SERVICE_NAME], server)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, NOT_SERVING)
-        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
-        if self.port == 0:
+        port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if port == 0:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await server.start()
-        self._server = server
+        self._server, self.port = server, port
         await self.router.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, SERVING)

@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+
 from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
 
 app = typer.Typer(help="Rillet: streaming inference over gRPC.", no_args_is_help=True, add_completion=False)
@@ -138,6 +139,35 @@ def models(target: Target = "127.0.0.1:50051") -> None:
     except RilletError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
+
+
+@app.command()
+def health(
+    target: Target = "127.0.0.1:50051",
+    wait: Annotated[float, typer.Option(help="seconds to wait for SERVING; 0 checks once")] = 0.0,
+) -> None:
+    """Exit 0 when the server reports SERVING (grpc.health.v1), 1 otherwise."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async def check() -> bool:
+        deadline = time.monotonic() + wait
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return True
+                except grpc.aio.AioRpcError:
+                    pass
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.2)
+
+    if not asyncio.run(check()):
+        err.print(f"[red]{target} is not serving[/red]")
+        raise typer.Exit(1)
 
 
 def main() -> None:

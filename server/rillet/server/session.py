@@ -231,6 +231,7 @@ class Session:
         """
         self._lifecycle._add(self)
         reader = asyncio.create_task(self._read(commands))
+        reader.add_done_callback(self._input_ended)
         try:
             while True:
                 if not self._requests and self._ready.empty():
@@ -270,12 +271,12 @@ class Session:
             yield output
 
     async def _read(self, commands: AsyncIterator[Command]) -> None:
-        try:
-            async for command in commands:
-                self._dispatch(command)
-        finally:
-            self._input_closed = True
-            self.wake()
+        async for command in commands:
+            self._dispatch(command)
+
+    def _input_ended(self, reader: asyncio.Task[None]) -> None:
+        self._input_closed = True
+        self.wake()  # runs once the reader task is done, so the writer sees how it ended
 
     def _dispatch(self, command: Command) -> None:
         if isinstance(command, Start):

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# `make run`: serve the default engines, wait until healthy, stream a demo completion, then keep serving.
+set -euo pipefail
+BIN=.venv/bin
+TARGET="${RILLET_HOST:-127.0.0.1}:${RILLET_PORT:-50051}"
+"$BIN/rillet" serve &
+server=$!
+trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" || true' EXIT
+"$BIN/rillet" health --target "$TARGET" --wait 600
+"$BIN/rillet" models --target "$TARGET"
+"$BIN/rillet" generate --target "$TARGET" --max-tokens 48 "The river ran past the old mill, and"
+echo
+echo "Serving on $TARGET. Try: $BIN/rillet generate --target $TARGET \"Once upon a time\"   (Ctrl-C stops the server)"
+wait "$server"
