@@ -1,0 +1,68 @@
+"""Admission: FIFO slot hand-off, a bounded queue, and no leaked slot when a waiter is cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rillet.server.errors import ResourceExhausted
+from rillet.server.scheduler import Admission
+
+
+async def hold(admission: Admission, started: list[str], name: str, release: asyncio.Event) -> None:
+    async with admission.admit():
+        started.append(name)
+        await release.wait()
+
+
+async def test_slots_then_fifo_queue_then_refusal() -> None:
+    admission = Admission(slots=2, max_queue=2, retry_after_s=0.5)
+    release = asyncio.Event()
+    started: list[str] = []
+    tasks = [asyncio.create_task(hold(admission, started, n, release)) for n in "abcd"]
+    await asyncio.sleep(0)
+    assert (admission.running, admission.queued) == (2, 2)
+    with pytest.raises(ResourceExhausted) as caught:
+        async with admission.admit():
+            pass
+    assert caught.value.retry_after == 0.5
+    release.set()
+    await asyncio.gather(*tasks)
+    assert started == ["a", "b", "c", "d"]
+    assert (admission.running, admission.queued) == (0, 0)
+
+
+async def test_cancelled_waiter_leaves_no_trace() -> None:
+    admission = Admission(slots=1, max_queue=4, retry_after_s=1.0)
+    release = asyncio.Event()
+    started: list[str] = []
+    first = asyncio.create_task(hold(admission, started, "first", release))
+    waiter = asyncio.create_task(hold(admission, started, "cancelled", release))
+    last = asyncio.create_task(hold(admission, started, "last", release))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.sleep(0)
+    assert admission.queued == 1
+    release.set()
+    await asyncio.gather(first, last)
+    assert started == ["first", "last"]
+    assert admission.running == 0
+
+
+async def test_waiter_cancelled_after_the_hand_off_passes_the_slot_on() -> None:
+    admission = Admission(slots=1, max_queue=4, retry_after_s=1.0)
+    released = asyncio.Event()
+    released.set()
+    started: list[str] = []
+    async with admission.admit():
+        second = asyncio.create_task(hold(admission, started, "second", released))
+        third = asyncio.create_task(hold(admission, started, "third", released))
+        await asyncio.sleep(0)
+        assert admission.queued == 2
+    # Leaving the block handed the slot to `second`, which has not run yet; cancel it right now.
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
+    await third
+    assert started == ["third"]
+    assert (admission.running, admission.queued) == (0, 0)
