@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import grpc
+
 from rillet.client import _convert
 from rillet.client._errors import ProtocolError, RilletError, UnavailableError, error_from_rpc, error_from_status
 from rillet.client._types import (
@@ -333,9 +334,7 @@ class Session:
     raced with the request's end); they never affect a request.
     """
 
-    def __init__(
-        self, stub: InferenceServiceAsyncStub, *, timeout: float | None, metadata: Metadata
-    ) -> None:
+    def __init__(self, stub: InferenceServiceAsyncStub, *, timeout: float | None, metadata: Metadata) -> None:
         self._call = stub.Session(timeout=timeout, metadata=tuple(metadata))
         self._pending: dict[str, _Pending] = {}
         self._write_lock = asyncio.Lock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from google.protobuf import duration_pb2
+
 from rillet.client._types import (
     AudioChunk,
     ChatMessage,

@@ -36,12 +36,18 @@ class LlamaCppConfig(BaseModel, frozen=True):
     """The llama.cpp CPU engine (continuous batching over the low-level API)."""
 
     model_path: str | None = Field(None, description="a GGUF file; unset assembles Gemma 3 270M from its PyPI package")
-    model_name: str = Field("gemma-3-270m", description="the name clients use; defaults follow the model file")
+    model_name: str = Field(
+        "gemma-3-270m", description="the name clients use; when unset and model_path is set, the file's stem"
+    )
     slots: int = Field(8, ge=1, le=64, description="sequences decoded together")
     context_length: int = Field(4096, ge=256, description="total KV cells shared by all slots")
+    kv_unified: bool = Field(
+        True,
+        description="one KV buffer for all slots: any sequence may use the whole context_length (else context/slots)",
+    )
     n_threads: int = Field(1, ge=1, description="CPU threads; 1 is safe on a busy 2-core machine")
     prefill_budget: int = Field(256, ge=16, description="prompt tokens prefilled per step, beside the decodes")
-    cache_dir: str | None = Field(None, description="where the assembled GGUF is kept")
+    cache_dir: str | None = Field(None, description="where the assembled GGUF is kept (default ~/.cache/...)")
 
 
 class PiperConfig(BaseModel, frozen=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import json
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import onnxruntime  # type: ignore[import-untyped]
 from piper import PiperConfig as VoiceConfig
 from piper import PiperVoice
+
 from rillet.server.config import PiperConfig
 from rillet.server.engine.segment import Segmenter, segments
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, NotFound, RilletError, Unavailable
@@ -126,9 +128,12 @@ def render(voice: PiperVoice, text: str) -> bytes:
 class _Job:
     deadline: float
     seq: int
-    run: Callable[[], None] | None = field(compare=False)
-    """None tells the worker that takes it to exit."""
-    cancel: Callable[[], bool] = field(compare=False)
+    run: Callable[[bool], None] | None = field(compare=False)
+    """Runs the job, or with True fails it because the pool is closing; None tells a worker to exit."""
+
+
+def _closed_error() -> Unavailable:
+    return Unavailable("the piper engine is shutting down", reason="ENGINE_CLOSED")
 
 
 class DeadlinePool:
@@ -139,7 +144,8 @@ class DeadlinePool:
     overtakes segments that are not needed yet, and under load every stream stays ahead of its playback.
 
     Invariants: a job cancelled before a worker takes it never runs; a running job always completes its future
-    (its caller may have stopped waiting and drops the result); after `close` nothing new starts.
+    (its caller may have stopped waiting and drops the result); after `close` nothing new starts, and every
+    future not yet running fails with Unavailable.
     """
 
     def __init__(self, workers: int, name: str) -> None:
@@ -155,11 +161,14 @@ class DeadlinePool:
     def submit(self, deadline: float, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Queue `fn` to run when no job with an earlier deadline waits; cancelling the future unqueues it."""
         if self._closed:
-            raise RuntimeError("the synthesis pool is closed")
+            raise _closed_error()
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
-        def run() -> None:
+        def run(closing: bool) -> None:
             if not future.set_running_or_notify_cancel():
+                return
+            if closing:
+                future.set_exception(_closed_error())
                 return
             try:
                 result = fn()
@@ -168,20 +177,21 @@ class DeadlinePool:
             else:
                 future.set_result(result)
 
-        self._queue.put(_Job(deadline, next(self._seq), run, future.cancel))
+        self._queue.put(_Job(deadline, next(self._seq), run))
         return future
 
     def close(self) -> None:
-        """Cancel queued jobs and stop the workers once their current job is done (non-blocking)."""
+        """Fail queued jobs and stop the workers once their current job is done (non-blocking)."""
         self._closed = True
         while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            job.cancel()
+            if job.run is not None:
+                job.run(True)
         for _ in self._threads:
-            self._queue.put(_Job(-math.inf, next(self._seq), None, lambda: False))
+            self._queue.put(_Job(-math.inf, next(self._seq), None))
 
     def join(self, timeout: float) -> None:
         """Wait (blocking) up to `timeout` seconds in all for the workers to exit."""
@@ -194,7 +204,7 @@ class DeadlinePool:
             job = self._queue.get()
             if job.run is None:
                 return
-            job.run()
+            job.run(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +334,8 @@ class PiperEngine:
     ) -> AsyncIterator[EngineEvent]:
         """Consume rendered segments from a producer task and slice them into chunks.
 
-        Invariants: chunk offsets are contiguous from 0; memory per request is bounded by one segment being
+        Invariants: chunk offsets are contiguous from 0; every segment's text rides on the first chunk of its
+        audio (or of the next audio, if it rendered to none); memory per request is bounded by one segment being
         rendered, one waiting in `rendered` and one being sliced; on close or cancellation the producer is
         cancelled before `active` drops, so no further segment starts.
         """
@@ -337,27 +348,33 @@ class PiperEngine:
         )
         try:
             offset = 0
+            unspoken = ""  # text of segments that rendered to no audio, not yet carried by a chunk
             time_to_first_audio: float | None = None
             step = request.max_chunk_samples * SAMPLE_WIDTH * CHANNELS
             while (item := await rendered.get()) is not None:
-                if isinstance(item, RilletError):
+                if isinstance(item, RilletError | asyncio.CancelledError):
                     raise item
                 if isinstance(item, BaseException):
                     raise Internal(
                         f"speech synthesis failed: {type(item).__name__}", reason="SYNTHESIS_FAILED"
                     ) from item
+                label = f"{unspoken} {item.text}" if unspoken else item.text
+                if not item.pcm:  # e.g. only punctuation: its text labels the next audio instead
+                    unspoken = label
+                    continue
+                unspoken = ""
                 for start in range(0, len(item.pcm), step):
                     pcm = item.pcm[start : start + step]
                     if time_to_first_audio is None:
                         time_to_first_audio = time.perf_counter() - started
-                    yield AudioChunk(pcm, rate, CHANNELS, offset, item.text if start == 0 else "")
+                    yield AudioChunk(pcm, rate, CHANNELS, offset, label if start == 0 else "")
                     offset += len(pcm) // (SAMPLE_WIDTH * CHANNELS)
             usage = Usage(input_characters=segmenter.characters, output_audio_seconds=offset / rate)
             yield EngineFinished(FinishReason.STOP, usage, prefill_seconds=time_to_first_audio)
         finally:
             producer.cancel()
-            await asyncio.wait([producer])
             self._active -= 1
+            await asyncio.wait([producer])
 
     @staticmethod
     async def _produce(
@@ -376,22 +393,26 @@ class PiperEngine:
         try:
             first_ready: float | None = None
             audio_seconds = 0.0
-            async for segment in segments(text, segmenter):
-                deadline = time.monotonic() if first_ready is None else first_ready + audio_seconds
-                future = pool.submit(deadline, functools.partial(render, voice, segment))
-                pcm = await asyncio.wrap_future(future)
-                if first_ready is None:
-                    first_ready = time.monotonic()
-                audio_seconds += len(pcm) / (SAMPLE_WIDTH * CHANNELS * rate)
-                await rendered.put(_Rendered(segment, pcm))
+            async with contextlib.aclosing(segments(text, segmenter)) as texts:
+                async for segment in texts:
+                    deadline = time.monotonic() if first_ready is None else first_ready + audio_seconds
+                    future = pool.submit(deadline, functools.partial(render, voice, segment))
+                    pcm = await asyncio.wrap_future(future)
+                    if first_ready is None:
+                        first_ready = time.monotonic()
+                    audio_seconds += len(pcm) / (SAMPLE_WIDTH * CHANNELS * rate)
+                    await rendered.put(_Rendered(segment, pcm))
             if segmenter.emitted == 0:
                 await rendered.put(
                     InvalidArgument("the text to synthesize is empty", field="text", reason="EMPTY_TEXT")
                 )
             else:
                 await rendered.put(None)  # the end
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the consumer is gone: nothing to hand over
+            await rendered.put(exc)  # the text stream was cancelled under us: the consumer re-raises it
         except Exception as exc:
             if not isinstance(exc, RilletError):
                 log.exception("piper synthesis failed")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 __all__ = ["Segmenter", "segments"]
 
@@ -180,7 +180,7 @@ class Segmenter:
         return word.isdigit() and match.start() == 0
 
 
-async def segments(pieces: AsyncIterator[str], segmenter: Segmenter | None = None) -> AsyncIterator[str]:
+async def segments(pieces: AsyncIterator[str], segmenter: Segmenter | None = None) -> AsyncGenerator[str, None]:
     """Segments of an async stream of text pieces, each yielded as soon as it is complete; the rest at the end."""
     cutter = segmenter if segmenter is not None else Segmenter()
     async for piece in pieces:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+
 from rillet.server.errors import InvalidArgument, ResourceExhausted, RilletError
 from rillet.server.types import (
     AppendText,

@@ -8,6 +8,7 @@ from contextlib import aclosing
 from typing import NoReturn, TypeVar
 
 import grpc
+
 from rillet.server.config import LimitsConfig
 from rillet.server.errors import RilletError
 from rillet.server.scheduler import Router

@@ -1,0 +1,315 @@
+"""The piper engine on the real joe-us voice: audio shape, streaming input, cancellation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from piper import PiperVoice
+
+import rillet.server.engine.piper as piper_module
+from rillet.server.config import PiperConfig
+from rillet.server.engine.piper import DeadlinePool, PiperEngine
+from rillet.server.errors import InvalidArgument, NotFound, Unavailable
+from rillet.server.types import (
+    AudioChunk,
+    EngineEvent,
+    EngineFinished,
+    FinishReason,
+    GenerationRequest,
+    ModelKind,
+    SynthesisRequest,
+)
+
+pytestmark = [pytest.mark.voice, pytest.mark.asyncio(loop_scope="module")]
+
+VOICE = "en_US-joe-medium"
+RATE = 22050
+CHUNK = 2205  # 100 ms
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine() -> AsyncIterator[PiperEngine]:
+    engine = PiperEngine(PiperConfig())
+    await engine.start()
+    yield engine
+    await engine.aclose()
+
+
+async def pieces(items: Iterable[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+def request(text: AsyncIterator[str], *, rate: int = 0, chunk: int = CHUNK) -> SynthesisRequest:
+    return SynthesisRequest("r1", VOICE, text, rate, chunk)
+
+
+async def collect(stream: AsyncIterator[EngineEvent]) -> tuple[list[AudioChunk], EngineFinished]:
+    chunks: list[AudioChunk] = []
+    finished: list[EngineFinished] = []
+    async for event in stream:
+        assert not finished, "nothing may follow EngineFinished"
+        if isinstance(event, AudioChunk):
+            chunks.append(event)
+        else:
+            assert isinstance(event, EngineFinished)
+            finished.append(event)
+    assert len(finished) == 1
+    return chunks, finished[0]
+
+
+def assert_contiguous(chunks: list[AudioChunk], max_samples: int) -> int:
+    """Offsets start at 0 with no gap or overlap; returns the total number of samples."""
+    offset = 0
+    for chunk in chunks:
+        assert chunk.offset_samples == offset
+        assert chunk.sample_rate_hertz == RATE
+        assert chunk.channel_count == 1
+        assert len(chunk.pcm) % 2 == 0
+        assert 0 < chunk.samples <= max_samples
+        offset += chunk.samples
+    return offset
+
+
+async def test_the_voice_is_listed_with_its_sample_rate(engine: PiperEngine) -> None:
+    [model] = engine.models
+    assert model.name == VOICE
+    assert model.kind is ModelKind.SPEECH_SYNTHESIS
+    assert model.engine == "piper"
+    assert model.sample_rate_hertz == RATE
+    assert not model.is_test_engine
+    assert engine.healthy()
+
+
+async def test_speech_is_contiguous_bounded_and_plausibly_long(engine: PiperEngine) -> None:
+    text = "The river runs quietly past the mill. Light falls on the old stone bridge, and birds sing."
+    chunks, finished = await collect(engine.stream(request(pieces([text]))))
+    total = assert_contiguous(chunks, CHUNK)
+    seconds = total / RATE
+    assert 0.03 * len(text) <= seconds <= 0.15 * len(text)
+    audio = np.frombuffer(b"".join(c.pcm for c in chunks), dtype=np.int16)
+    assert np.abs(audio).max() > 1000  # speech, not silence
+    assert finished.reason is FinishReason.STOP
+    assert finished.usage.input_characters == len(text)
+    assert finished.usage.output_audio_seconds == pytest.approx(seconds)
+    assert finished.prefill_seconds is not None
+    assert finished.prefill_seconds > 0
+    labelled = [c.text for c in chunks if c.text]
+    assert chunks[0].text == labelled[0] == "The river runs quietly past the mill."
+    assert " ".join(labelled).split() == text.split()
+    assert engine.active == 0
+
+
+async def test_the_native_rate_may_be_asked_for_explicitly(engine: PiperEngine) -> None:
+    chunks, _ = await collect(engine.stream(request(pieces(["Yes."]), rate=RATE, chunk=512)))
+    assert_contiguous(chunks, 512)
+    assert chunks
+
+
+async def test_text_that_renders_no_audio_labels_the_next_chunk(engine: PiperEngine) -> None:
+    chunks, finished = await collect(engine.stream(request(pieces(["... ", "Then words."]))))
+    assert [c.text for c in chunks if c.text] == ["... Then words."]
+    assert finished.usage.input_characters == len("... Then words.")
+
+
+async def test_streaming_input_gets_audio_before_the_input_ends(engine: PiperEngine) -> None:
+    first_audio = asyncio.Event()
+    log: list[str] = []
+
+    async def text() -> AsyncIterator[str]:
+        yield "This is the first sentence. "
+        try:
+            await asyncio.wait_for(first_audio.wait(), timeout=30)
+        except TimeoutError:
+            log.append("input timed out waiting for audio")
+        log.append("input resumed")
+        yield "And this is the second one, which arrives later."
+
+    chunks: list[AudioChunk] = []
+    async for event in engine.stream(request(text())):
+        if isinstance(event, AudioChunk):
+            if not chunks:
+                log.append("first audio")
+                first_audio.set()
+            chunks.append(event)
+    assert log == ["first audio", "input resumed"]
+    assert_contiguous(chunks, CHUNK)
+    assert [c.text for c in chunks if c.text] == [
+        "This is the first sentence.",
+        "And this is the second one, which arrives later.",
+    ]
+
+
+async def test_concurrent_requests_each_stay_contiguous(engine: PiperEngine) -> None:
+    texts = ["One request, first of three.", "Another one speaks at once.", "And a third."]
+    results = await asyncio.gather(*(collect(engine.stream(request(pieces([t])))) for t in texts))
+    for chunks, finished in results:
+        assert finished.usage.output_audio_seconds == pytest.approx(assert_contiguous(chunks, CHUNK) / RATE)
+    assert engine.active == 0
+
+
+@pytest.fixture
+def render_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records the text of every segment the engine renders."""
+    calls: list[str] = []
+    real = piper_module.render
+
+    def counting(voice: PiperVoice, text: str) -> bytes:
+        calls.append(text)
+        return real(voice, text)
+
+    monkeypatch.setattr(piper_module, "render", counting)
+    return calls
+
+
+LONG_TEXT = " ".join(f"This is sentence number {n}, which the engine should never reach." for n in range(12))
+
+
+async def assert_no_more_renders(calls: list[str], engine: PiperEngine) -> None:
+    """No segment starts after the cancel: wait long enough for several and check none did."""
+    assert engine.active == 0
+    started = len(calls)
+    await asyncio.sleep(1.0)
+    assert len(calls) == started
+    assert started < 4
+    chunks, _ = await collect(engine.stream(request(pieces(["Still working."]))))  # the engine still serves
+    assert chunks
+
+
+async def test_closing_the_stream_stops_synthesis(engine: PiperEngine, render_calls: list[str]) -> None:
+    stream = engine.stream(request(pieces([LONG_TEXT])))
+    assert isinstance(stream, AsyncIterator)
+    first = await anext(stream)
+    assert isinstance(first, AudioChunk)
+    assert engine.active == 1
+    await stream.aclose()  # type: ignore[attr-defined]
+    await assert_no_more_renders(render_calls, engine)
+
+
+async def test_cancelling_the_consumer_task_stops_synthesis(engine: PiperEngine, render_calls: list[str]) -> None:
+    got_audio = asyncio.Event()
+
+    async def consume() -> None:
+        async for event in engine.stream(request(pieces([LONG_TEXT]))):
+            if isinstance(event, AudioChunk):
+                got_audio.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_audio.wait(), timeout=30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await assert_no_more_renders(render_calls, engine)
+
+
+async def test_cancel_while_waiting_for_input_frees_the_engine(engine: PiperEngine) -> None:
+    never = asyncio.Event()
+
+    async def text() -> AsyncIterator[str]:
+        yield "Half a sen"
+        await never.wait()
+        yield "tence."
+
+    stream = engine.stream(request(text()))
+    task = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.05)
+    assert engine.active == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.active == 0
+
+
+async def test_empty_text_is_an_error(engine: PiperEngine) -> None:
+    stream = engine.stream(request(pieces(["", "  ", "\n\t"])))
+    with pytest.raises(InvalidArgument) as error:
+        await anext(stream)  # the error comes before any output
+    assert error.value.reason == "EMPTY_TEXT"
+    assert engine.active == 0
+
+
+async def test_an_unsupported_sample_rate_is_refused_before_any_work(engine: PiperEngine) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        engine.stream(request(pieces(["Hello."]), rate=16000))
+    assert error.value.reason == "UNSUPPORTED_SAMPLE_RATE"
+    assert error.value.metadata["supported_sample_rate_hertz"] == str(RATE)
+    assert engine.active == 0
+
+
+async def test_text_generation_is_refused(engine: PiperEngine) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        engine.stream(GenerationRequest("g1", VOICE, "hello", max_tokens=4))
+    assert error.value.reason == "UNSUPPORTED_REQUEST"
+
+
+async def test_errors_from_the_text_stream_reach_the_consumer(engine: PiperEngine) -> None:
+    async def failing() -> AsyncIterator[str]:
+        yield "Some text, then"
+        raise NotFound("the chained request is gone", reason="REQUEST_NOT_FOUND")
+
+    with pytest.raises(NotFound, match="chained request"):
+        await collect(engine.stream(request(failing())))
+    assert engine.active == 0
+
+
+async def test_a_stream_cut_by_engine_shutdown_fails_unavailable() -> None:
+    engine = PiperEngine(PiperConfig(workers=1))
+    with pytest.raises(Unavailable):
+        engine.stream(request(pieces(["Not started yet."])))
+    await engine.start()
+    stream = engine.stream(request(pieces([LONG_TEXT])))
+    assert isinstance(await anext(stream), AudioChunk)
+    await engine.aclose()
+    assert not engine.healthy()
+    with pytest.raises(Unavailable) as error:
+        async for _ in stream:
+            pass
+    assert error.value.reason == "ENGINE_CLOSED"
+    assert engine.active == 0
+
+
+def _blocked_pool() -> tuple[DeadlinePool, threading.Event]:
+    """A one-worker pool whose worker is busy until the returned event is set."""
+    pool = DeadlinePool(1, "test-pool")
+    release = threading.Event()
+    pool.submit(0.0, release.wait)
+    return pool, release
+
+
+def _recorder(order: list[str], name: str) -> Callable[[], str]:
+    def run() -> str:
+        order.append(name)
+        return name
+
+    return run
+
+
+async def test_the_pool_runs_the_earliest_deadline_first_and_skips_cancelled_jobs() -> None:
+    pool, release = _blocked_pool()
+    order: list[str] = []
+    late = pool.submit(3.0, _recorder(order, "late"))
+    cancelled = pool.submit(0.5, _recorder(order, "cancelled"))
+    soon = pool.submit(1.0, _recorder(order, "soon"))
+    middle = pool.submit(2.0, _recorder(order, "middle"))
+    assert cancelled.cancel()
+    release.set()
+    assert [f.result(timeout=10) for f in (soon, middle, late)] == ["soon", "middle", "late"]
+    assert order == ["soon", "middle", "late"]
+    pool.close()
+    pool.join(10)
+
+
+async def test_closing_the_pool_fails_queued_jobs_and_refuses_new_ones() -> None:
+    pool, release = _blocked_pool()
+    queued = pool.submit(1.0, lambda: "never")
+    pool.close()
+    assert isinstance(queued.exception(timeout=0), Unavailable)
+    with pytest.raises(Unavailable):
+        pool.submit(1.0, lambda: "refused")
+    release.set()
+    pool.join(10)
