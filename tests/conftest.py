@@ -38,7 +38,8 @@ async def make_server() -> AsyncIterator[ServerFactory]:
     started: list[RilletServer] = []
 
     async def make(engines: Sequence[Engine] | None = None, **overrides: object) -> RilletServer:
-        settings = Settings(**{"port": 0, **overrides})  # type: ignore[arg-type]
+        defaults = {"port": 0, "text_engine": "synthetic", "speech_engine": "none"}
+        settings = Settings(**{**defaults, **overrides})  # type: ignore[arg-type]
         server = RilletServer(settings, engines)
         started.append(server)
         await server.start()

@@ -187,7 +187,7 @@ async def test_closing_the_stream_stops_synthesis(engine: PiperEngine, render_ca
     first = await anext(stream)
     assert isinstance(first, AudioChunk)
     assert engine.active == 1
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     await assert_no_more_renders(render_calls, engine)
 
 

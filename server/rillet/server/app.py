@@ -34,7 +34,9 @@ def build_engines(settings: Settings) -> list[Engine]:
 
         engines.append(SyntheticEngine(settings.synthetic))
     if settings.speech_engine is SpeechEngineKind.PIPER:
-        raise NotImplementedError("the piper engine is not wired yet")
+        from rillet.server.engine.piper import PiperEngine
+
+        engines.append(PiperEngine(settings.piper))
     return engines
 
 

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import sys
 import time
+import wave
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -119,6 +121,65 @@ def generate(
 
 
 @app.command()
+def speak(
+    text: Annotated[str, typer.Argument(help="text to speak, or the prompt with --from-generate")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="WAV file to write")] = Path("out.wav"),
+    from_generate: Annotated[
+        bool, typer.Option("--from-generate", help="generate from TEXT and speak the tokens as they arrive")
+    ] = False,
+    target: Target = "127.0.0.1:50051",
+    voice: Annotated[str, typer.Option(help="voice name; empty for the server's default")] = "",
+    max_tokens: Annotated[int, typer.Option(help="tokens to generate with --from-generate")] = 48,
+    timeout: Annotated[float | None, typer.Option(help="deadline in seconds")] = None,
+) -> None:
+    """Synthesize speech into a WAV file and print the time to first audio (TTFA)."""
+    from rillet.client import AudioChunk, Client, RilletError, SynthesizeStream, TokenDelta
+
+    async def write(stream: SynthesizeStream, started: float) -> None:
+        first: float | None = None
+        with wave.open(str(output), "wb") as wav:
+            async for event in stream:
+                if isinstance(event, AudioChunk):
+                    if first is None:
+                        first = time.perf_counter() - started
+                        wav.setnchannels(event.channel_count)
+                        wav.setsampwidth(2)
+                        wav.setframerate(event.sample_rate_hertz)
+                    wav.writeframes(event.audio)
+                else:
+                    audio_s = event.usage.output_audio_s
+                    elapsed = time.perf_counter() - started
+                    err.print(
+                        f"[dim]{output}: {audio_s:.2f}s of audio · TTFA {(first or elapsed) * 1000:.0f} ms · "
+                        f"real-time factor {elapsed / audio_s if audio_s else 0:.3f}[/dim]"
+                    )
+
+    async def run() -> None:
+        async with Client.connect(target) as client:
+            started = time.perf_counter()
+            if not from_generate:
+                await write(client.synthesize(text, voice=voice, timeout=timeout), started)
+                return
+            async with client.session(timeout=timeout) as session:
+                generation = await session.generate(text, max_tokens=max_tokens)
+                speech = await session.synthesize(voice=voice, text_from=generation)
+                writer = asyncio.create_task(write(speech, started))
+                sys.stdout.write(text)
+                async for event in generation:
+                    if isinstance(event, TokenDelta):
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                sys.stdout.write("\n")
+                await writer
+
+    try:
+        asyncio.run(run())
+    except RilletError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def models(target: Target = "127.0.0.1:50051") -> None:
     """List the models and voices a server serves."""
     from rillet.client import Client, RilletError
@@ -172,3 +233,7 @@ def health(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -46,7 +46,9 @@ class LlamaCppConfig(BaseModel, frozen=True):
         description="one KV buffer for all slots: any sequence may use the whole context_length (else context/slots)",
     )
     n_threads: int = Field(1, ge=1, description="CPU threads; 1 is safe on a busy 2-core machine")
-    prefill_budget: int = Field(256, ge=16, description="prompt tokens prefilled per step, beside the decodes")
+    prefill_budget: int = Field(
+        128, ge=16, description="prompt tokens prefilled per step beside the decodes; bounds a long prompt's stall"
+    )
     cache_dir: str | None = Field(None, description="where the assembled GGUF is kept (default ~/.cache/...)")
 
 
@@ -58,7 +60,6 @@ class PiperConfig(BaseModel, frozen=True):
     slots: int = Field(16, ge=1, description="requests streamed at once; they share the workers segment by segment")
     workers: int = Field(2, ge=1, description="synthesis threads; each renders one text segment at a time")
     threads_per_worker: int = Field(1, ge=1, description="onnxruntime threads per synthesis; 1 is safe on 2 cores")
-    max_chunk_ms: int = Field(160, ge=20, le=2000, description="default upper bound on one audio chunk")
     first_segment_chars: int = Field(20, ge=1, description="the first segment may end at a clause from this length")
     clause_segment_chars: int = Field(80, ge=1, description="later segments end at a clause only from this length")
     max_segment_chars: int = Field(160, ge=20, description="a run of text without a boundary is cut here")
@@ -82,6 +83,8 @@ class LimitsConfig(BaseModel, frozen=True):
     max_top_logprobs: int = Field(20, ge=0)
     max_request_id_chars: int = Field(128, ge=1)
     max_requests_per_session: int = Field(256, ge=1, description="requests in flight on one session")
+    default_chunk_ms: int = Field(160, ge=10, le=2000, description="audio chunk bound when a request sets none")
+    max_synthesis_chars: int = Field(100_000, ge=1, description="text one synthesis request may speak in total")
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> LimitsConfig:
@@ -105,7 +108,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     text_engine: TextEngineKind = TextEngineKind.SYNTHETIC
-    speech_engine: SpeechEngineKind = SpeechEngineKind.NONE
+    speech_engine: SpeechEngineKind = SpeechEngineKind.PIPER
     synthetic: SyntheticConfig = SyntheticConfig()
     llamacpp: LlamaCppConfig = LlamaCppConfig()
     piper: PiperConfig = PiperConfig()

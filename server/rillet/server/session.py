@@ -24,7 +24,6 @@ from rillet.server.errors import (
 )
 from rillet.server.scheduler import Route, Router
 from rillet.server.types import (
-    AppendText,
     AudioChunk,
     Cancel,
     Command,
@@ -43,7 +42,7 @@ from rillet.server.types import (
     TokenDelta,
     Usage,
 )
-from rillet.server.validation import validate_generate, validate_request_id
+from rillet.server.validation import validate_generate, validate_request_id, validate_synthesize
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,7 @@ MAX_BUFFERED_AUDIO_CHUNKS = 8
 
 class _CancelReason(enum.Enum):
     CLIENT = "client"  # a Cancel message: the request ends with FINISH_REASON_CANCELLED
+    UPSTREAM = "upstream"  # the request it took its text from was cancelled or failed: FINISH_REASON_CANCELLED
     SHUTDOWN = "shutdown"  # the drain grace period ran out: the request fails with UNAVAILABLE
     GONE = "gone"  # the call ended: nobody is listening, nothing is sent
 
@@ -122,14 +122,48 @@ class _Request:
         self.output_audio_seconds = 0.0
         self.cancel_reason: _CancelReason | None = None
         self.task: asyncio.Task[None] | None = None
+        # Generation requests: their text so far, and the synthesize requests speaking it as it comes.
+        self.text_so_far: list[str] = []
+        self.dependents: list[_Request] = []
+        self.source: _Request | None = None
+        # Synthesize requests: input text pieces for the engine (None ends the input).
+        self.input: asyncio.Queue[str | None] | None = None
+        self.accepts_appends = False
+        self.input_ended = False
+        self.input_chars = 0
         self._ready = ready
         self._queued = False
         self._space = asyncio.Event()
+
+    @property
+    def is_generation(self) -> bool:
+        return self.input is None
 
     def cancel(self, reason: _CancelReason) -> None:
         if self.task is not None and not self.task.done() and self.cancel_reason is None:
             self.cancel_reason = reason
             self.task.cancel()
+
+    def feed(self, text: str) -> None:
+        """Add input text (synthesize requests)."""
+        if self.input is not None and not self.input_ended and text:
+            self.input_chars += len(text)
+            self.input.put_nowait(text)
+
+    def end_input(self) -> None:
+        if self.input is not None and not self.input_ended:
+            self.input_ended = True
+            self.input.put_nowait(None)
+
+    def follow(self, source: _Request) -> None:
+        """Speak `source`'s generated text: what exists now, then every delta as it is generated."""
+        self.source = source
+        for text in source.text_so_far:
+            self.feed(text)
+        if source.terminal is None:
+            source.dependents.append(self)
+        else:
+            self.end_input()
 
     async def push(self, event: TokenDelta | AudioChunk) -> None:
         """Hand an output to the writer. Token deltas coalesce while the writer is behind; audio waits for space."""
@@ -137,6 +171,10 @@ class _Request:
             if not event.text and not event.token_ids:
                 return
             self.output_tokens += len(event.token_ids)
+            if event.text:
+                self.text_so_far.append(event.text)
+                for dependent in self.dependents:
+                    dependent.feed(event.text)
             self.delta = event if self.delta is None else self.delta.merge(event)
             self._signal()
             return
@@ -152,9 +190,19 @@ class _Request:
         return Usage(output_tokens=self.output_tokens, output_audio_seconds=self.output_audio_seconds)
 
     def end(self, terminal: EngineFinished | Failed) -> None:
-        if self.terminal is None:
-            self.terminal = terminal
-            self._signal()
+        if self.terminal is not None:
+            return
+        self.terminal = terminal
+        self._signal()
+        complete = isinstance(terminal, EngineFinished) and terminal.reason is not FinishReason.CANCELLED
+        for dependent in self.dependents:
+            if complete:
+                dependent.end_input()
+            else:
+                dependent.cancel(_CancelReason.UPSTREAM)
+        self.dependents.clear()
+        if self.source is not None and self in self.source.dependents:
+            self.source.dependents.remove(self)
 
     def drain(self) -> list[Output]:
         """Everything ready to send, in order, with contiguous sequence numbers. Called by the writer only."""
@@ -256,8 +304,11 @@ class Session:
             tasks = [r.task for r in self._requests.values() if r.task is not None]
             for request in self._requests.values():
                 request.cancel(_CancelReason.GONE)
-            await asyncio.gather(reader, *tasks, return_exceptions=True)
-            self._lifecycle._remove(self)
+            # The call may be cancelled again while we wait here: the shield keeps the clean-up going, and the
+            # session leaves the lifecycle only once every engine stream has really been closed.
+            cleanup = asyncio.gather(reader, *tasks, return_exceptions=True)
+            cleanup.add_done_callback(lambda _: self._lifecycle._remove(self))
+            await asyncio.shield(cleanup)
 
     async def run_one(self, start: Start) -> AsyncIterator[Output]:
         """Serve a single request (the one-shot RPCs). Its failure is raised instead of yielded."""
@@ -276,6 +327,9 @@ class Session:
 
     def _input_ended(self, reader: asyncio.Task[None]) -> None:
         self._input_closed = True
+        for request in self._requests.values():
+            if request.accepts_appends:
+                request.end_input()  # half-close ends every open streaming input
         self.wake()  # runs once the reader task is done, so the writer sees how it ended
 
     def _dispatch(self, command: Command) -> None:
@@ -296,7 +350,8 @@ class Session:
             return
         if isinstance(command, Cancel):
             request.cancel(_CancelReason.CLIENT)  # a request already ending just sends its terminal output
-        elif isinstance(command, AppendText | EndInput):
+            return
+        if not request.accepts_appends:
             self._reject(
                 command.request_id,
                 InvalidArgument(
@@ -304,6 +359,23 @@ class Session:
                     reason="NOT_STREAMING_INPUT",
                 ),
             )
+        elif request.input_ended:
+            self._reject(
+                command.request_id,
+                InvalidArgument(f"the input of request {command.request_id!r} has already ended", reason="INPUT_ENDED"),
+            )
+        elif isinstance(command, EndInput):
+            request.end_input()
+        elif request.input_chars + len(command.text) > self._limits.max_synthesis_chars:
+            self._reject(
+                command.request_id,
+                InvalidArgument(
+                    f"request {command.request_id!r} would exceed {self._limits.max_synthesis_chars} characters",
+                    reason="TEXT_TOO_LARGE",
+                ),
+            )
+        else:
+            request.feed(command.text)
 
     def _start(self, command: Start) -> None:
         try:
@@ -328,16 +400,51 @@ class Session:
                     retry_after=1.0,
                     reason="TOO_MANY_REQUESTS_IN_SESSION",
                 )
-            route, engine_request = self._prepare(command)
+            route, engine_request = self._prepare(command, request)
         except RilletError as error:
             request.end(Failed(error))
             return
         request.task = asyncio.create_task(self._pump(request, route, engine_request, command.timeout_s))
 
-    def _prepare(self, command: Start) -> tuple[Route, EngineRequest]:
-        if isinstance(command.spec, GenerateSpec):
-            return validate_generate(command.request_id, command.spec, self._limits, self._router)
-        raise InvalidArgument("speech synthesis is not served by this server yet", reason="UNSUPPORTED_REQUEST")
+    def _prepare(self, command: Start, request: _Request) -> tuple[Route, EngineRequest]:
+        spec = command.spec
+        if isinstance(spec, GenerateSpec):
+            return validate_generate(command.request_id, spec, self._limits, self._router)
+        request.input = asyncio.Queue()
+        route, engine_request = validate_synthesize(
+            command.request_id, spec, _pieces(request.input), self._limits, self._router
+        )
+        request.feed(spec.text)
+        if spec.text_from_request_id:
+            request.follow(self._source(spec.text_from_request_id))
+        elif spec.streaming_input:
+            request.accepts_appends = True
+        else:
+            request.end_input()
+        return route, engine_request
+
+    def _source(self, request_id: str) -> _Request:
+        """The generation request a synthesize request speaks; it must be in flight in this session."""
+        source = self._requests.get(request_id)
+        if source is None:
+            raise NotFound(
+                f"no request {request_id!r} is in flight in this session to take text from",
+                reason="UNKNOWN_SOURCE_REQUEST",
+                metadata={"source_request_id": request_id},
+            )
+        if not source.is_generation:
+            raise InvalidArgument(
+                f"request {request_id!r} is not a generation request",
+                field="text_from_request_id",
+                reason="SOURCE_NOT_GENERATE",
+            )
+        if isinstance(source.terminal, Failed) or (
+            isinstance(source.terminal, EngineFinished) and source.terminal.reason is FinishReason.CANCELLED
+        ):
+            raise InvalidArgument(
+                f"request {request_id!r} was cancelled or failed", field="text_from_request_id", reason="SOURCE_ENDED"
+            )
+        return source
 
     async def _pump(
         self, request: _Request, route: Route, engine_request: EngineRequest, timeout_s: float | None
@@ -357,7 +464,7 @@ class Session:
             if request.cancel_reason in (None, _CancelReason.GONE):
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            if request.cancel_reason is _CancelReason.CLIENT:
+            if request.cancel_reason in (_CancelReason.CLIENT, _CancelReason.UPSTREAM):
                 request.end(EngineFinished(FinishReason.CANCELLED, request.usage_so_far()))
             else:
                 request.end(Failed(Unavailable("the server shut down before the request finished")))
@@ -374,3 +481,9 @@ class Session:
 
     def _reject(self, request_id: str, error: RilletError) -> None:
         self._ready.put_nowait(Output(request_id, 0, Rejected(error)))
+
+
+async def _pieces(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
+    """The text pieces of a synthesize request, until its input ends."""
+    while (piece := await queue.get()) is not None:
+        yield piece

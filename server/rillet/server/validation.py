@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
 
 from rillet.server.config import LimitsConfig
 from rillet.server.errors import InvalidArgument
 from rillet.server.scheduler import Route, Router
-from rillet.server.types import GenerateSpec, GenerationRequest, ModelKind, SamplingParams
+from rillet.server.types import (
+    ChatMessage,
+    GenerateSpec,
+    GenerationRequest,
+    ModelKind,
+    SamplingParams,
+    SynthesisRequest,
+    SynthesizeSpec,
+)
 
 
 def validate_request_id(request_id: str, limits: LimitsConfig) -> None:
@@ -59,7 +68,7 @@ def validate_generate(
                 field="params.chat",
                 reason="CHAT_TEMPLATE_MISSING",
             )
-        if sum(len(getattr(m, "content", "")) for m in prompt) > limits.max_prompt_chars:
+        if sum(len(m.content) for m in prompt if isinstance(m, ChatMessage)) > limits.max_prompt_chars:
             raise InvalidArgument(
                 f"the chat prompt exceeds {limits.max_prompt_chars} characters",
                 field="params.chat",
@@ -112,5 +121,56 @@ def validate_generate(
         sampling=sampling,
         stop=spec.stop,
         top_logprobs=spec.top_logprobs,
+    )
+    return route, request
+
+
+def validate_synthesize(
+    request_id: str, spec: SynthesizeSpec, text: AsyncIterator[str], limits: LimitsConfig, router: Router
+) -> tuple[Route, SynthesisRequest]:
+    """Resolve the voice and check every field; the text itself arrives later through `text`."""
+    route = router.resolve(spec.voice, ModelKind.SPEECH_SYNTHESIS)
+    if spec.unknown_encoding is not None:
+        raise InvalidArgument(
+            f"audio encoding {spec.unknown_encoding} is not supported; use AUDIO_ENCODING_LINEAR16",
+            field="params.encoding",
+            reason="UNSUPPORTED_ENCODING",
+        )
+    native = route.model.sample_rate_hertz
+    if spec.sample_rate_hertz not in (0, native):
+        raise InvalidArgument(
+            f"voice {route.model.name!r} produces {native} Hz; {spec.sample_rate_hertz} Hz is not supported",
+            field="params.sample_rate_hertz",
+            reason="UNSUPPORTED_SAMPLE_RATE",
+            metadata={"supported_sample_rate_hertz": str(native)},
+        )
+    chunk_s = limits.default_chunk_ms / 1000 if spec.max_chunk_seconds is None else spec.max_chunk_seconds
+    if not 0.01 <= chunk_s <= 2.0:
+        raise InvalidArgument(
+            f"max_chunk_duration {chunk_s:g}s is outside [0.01s, 2s]",
+            field="params.max_chunk_duration",
+            reason="CHUNK_DURATION_OUT_OF_RANGE",
+        )
+    if len(spec.text) > limits.max_synthesis_chars:
+        raise InvalidArgument(
+            f"the text has {len(spec.text)} characters; the limit is {limits.max_synthesis_chars}",
+            field="params.text",
+            reason="TEXT_TOO_LARGE",
+        )
+    if spec.text_from_request_id:
+        if spec.text or spec.streaming_input:
+            raise InvalidArgument(
+                "text_from_request_id excludes params.text and streaming_input",
+                field="text_from_request_id",
+                reason="CONFLICTING_TEXT_SOURCES",
+            )
+    elif not spec.streaming_input and not spec.text.strip():
+        raise InvalidArgument("the text must not be empty", field="params.text", reason="EMPTY_TEXT")
+    request = SynthesisRequest(
+        request_id=request_id,
+        voice=route.model.name,
+        text=text,
+        sample_rate_hertz=native,
+        max_chunk_samples=max(1, round(native * chunk_s)),
     )
     return route, request

@@ -13,7 +13,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -292,7 +292,7 @@ class PiperEngine:
     def healthy(self) -> bool:
         return not self._closed
 
-    def stream(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         """Validate at once (raising before any output), then stream the request's audio."""
         if not isinstance(request, SynthesisRequest):
             raise InvalidArgument("the piper engine only synthesizes speech", reason="UNSUPPORTED_REQUEST")
@@ -331,7 +331,7 @@ class PiperEngine:
 
     async def _synthesize(
         self, request: SynthesisRequest, voice: PiperVoice, rate: int, pool: DeadlinePool
-    ) -> AsyncIterator[EngineEvent]:
+    ) -> AsyncGenerator[EngineEvent, None]:
         """Consume rendered segments from a producer task and slice them into chunks.
 
         Invariants: chunk offsets are contiguous from 0; every segment's text rides on the first chunk of its

