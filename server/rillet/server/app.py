@@ -29,7 +29,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def build_engines(settings: Settings) -> list[Engine]:
     """The engines the settings ask for, text first. Heavy backends are imported only when selected."""
     engines: list[Engine] = []
-    if settings.text_engine is TextEngineKind.SYNTHETIC:
+    if settings.text_engine is TextEngineKind.LLAMACPP:
+        from rillet.server.engine.llamacpp import LlamaCppEngine
+
+        engines.append(LlamaCppEngine(settings.llamacpp))
+    elif settings.text_engine is TextEngineKind.SYNTHETIC:
         from rillet.server.engine.synthetic import SyntheticEngine
 
         engines.append(SyntheticEngine(settings.synthetic))

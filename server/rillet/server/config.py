@@ -61,6 +61,9 @@ class PiperConfig(BaseModel, frozen=True):
     workers: int = Field(2, ge=1, description="synthesis threads; each renders one text segment at a time")
     threads_per_worker: int = Field(1, ge=1, description="onnxruntime threads per synthesis; 1 is safe on 2 cores")
     first_segment_chars: int = Field(20, ge=1, description="the first segment may end at a clause from this length")
+    first_segment_max_chars: int = Field(
+        64, ge=8, description="the first segment is cut at a space past this length: earlier audio, plainer prosody"
+    )
     clause_segment_chars: int = Field(80, ge=1, description="later segments end at a clause only from this length")
     max_segment_chars: int = Field(160, ge=20, description="a run of text without a boundary is cut here")
 
@@ -68,8 +71,11 @@ class PiperConfig(BaseModel, frozen=True):
     def _consistent(self) -> PiperConfig:
         if not self.bundled_voice and not self.voice_paths:
             raise ValueError("no piper voice: keep bundled_voice or set voice_paths")
-        if max(self.first_segment_chars, self.clause_segment_chars) > self.max_segment_chars:
-            raise ValueError("first_segment_chars and clause_segment_chars must not exceed max_segment_chars")
+        if (
+            max(self.first_segment_chars, self.clause_segment_chars, self.first_segment_max_chars)
+            > self.max_segment_chars
+        ):
+            raise ValueError("first_segment_* and clause_segment_chars must not exceed max_segment_chars")
         return self
 
 
@@ -107,7 +113,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
-    text_engine: TextEngineKind = TextEngineKind.SYNTHETIC
+    text_engine: TextEngineKind = TextEngineKind.LLAMACPP
     speech_engine: SpeechEngineKind = SpeechEngineKind.PIPER
     synthetic: SyntheticConfig = SyntheticConfig()
     llamacpp: LlamaCppConfig = LlamaCppConfig()

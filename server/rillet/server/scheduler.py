@@ -86,15 +86,22 @@ class Router:
 
     def __init__(self, engines: Sequence[Engine], config: SchedulerConfig) -> None:
         self._engines = tuple(engines)
+        self._config = config
         self._routes: dict[str, Route] = {}
         self._defaults: dict[ModelKind, str] = {}
+
+    def _build_routes(self) -> None:
+        """Index the engines' models; run after start, when engines know what they loaded (context, template)."""
+        routes: dict[str, Route] = {}
+        defaults: dict[ModelKind, str] = {}
         for engine in self._engines:
-            admission = Admission(engine.slots, config.max_queue, config.retry_after_s)
+            admission = Admission(engine.slots, self._config.max_queue, self._config.retry_after_s)
             for model in engine.models:
-                if model.name in self._routes:
+                if model.name in routes:
                     raise ValueError(f"model name {model.name!r} is served by two engines")
-                self._routes[model.name] = Route(model, engine, admission)
-                self._defaults.setdefault(model.kind, model.name)
+                routes[model.name] = Route(model, engine, admission)
+                defaults.setdefault(model.kind, model.name)
+        self._routes, self._defaults = routes, defaults
 
     @property
     def engines(self) -> tuple[Engine, ...]:
@@ -132,6 +139,7 @@ class Router:
     async def start(self) -> None:
         for engine in self._engines:
             await engine.start()
+        self._build_routes()
 
     async def aclose(self) -> None:
         for engine in self._engines:

@@ -327,6 +327,7 @@ class PiperEngine:
             max_chars=config.max_segment_chars,
             clause_chars=config.clause_segment_chars,
             first_clause_chars=config.first_segment_chars,
+            first_max_chars=config.first_segment_max_chars,
         )
 
     async def _synthesize(
