@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import cast
 
 import pytest
 import pytest_asyncio
@@ -175,10 +174,7 @@ async def test_eight_run_together_while_two_more_wait_for_a_slot(engine: LlamaCp
 
 async def test_closing_a_stream_frees_its_slot_and_the_others_finish(engine: LlamaCppEngine) -> None:
     others = [asyncio.create_task(collect(engine.stream(request(max_tokens=12, request_id=f"o{i}")))) for i in range(2)]
-    stream = cast(
-        AsyncGenerator[EngineEvent, None],
-        engine.stream(request("A long story begins", max_tokens=200, request_id="cancelled")),
-    )
+    stream = engine.stream(request("A long story begins", max_tokens=200, request_id="cancelled"))
     first = await anext(stream)
     assert isinstance(first, TokenDelta)
     await eventually(lambda: engine.active == 3)

@@ -12,7 +12,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -634,12 +634,12 @@ class LlamaCppEngine:
         if thread is not None and thread.is_alive():
             await asyncio.to_thread(thread.join)
 
-    def stream(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         if not isinstance(request, GenerationRequest):
             raise InvalidArgument("the llamacpp engine only generates text", reason="UNSUPPORTED_REQUEST")
         return self._generate(request)
 
-    async def _generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
         seq = _Sequence(request, _Sink(asyncio.get_running_loop()), StopMatcher(request.stop))
         self._mailbox.submit(seq)
         ended = False
