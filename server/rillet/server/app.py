@@ -64,6 +64,13 @@ class RilletServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 1),
+                # Find clients that vanished without closing (a dead peer holds engine work until noticed) ...
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                # ... and accept the SDK's 30 s pings instead of answering them with GOAWAY ENHANCE_YOUR_CALM.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_ping_strikes", 0),
             ]
         )
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
