@@ -89,6 +89,9 @@ class LimitsConfig(BaseModel, frozen=True):
     max_top_logprobs: int = Field(20, ge=0)
     max_request_id_chars: int = Field(128, ge=1)
     max_requests_per_session: int = Field(256, ge=1, description="requests in flight on one session")
+    stall_timeout_s: float = Field(
+        30.0, ge=0, description="a client that takes no output for this long loses its requests; 0 never"
+    )
     default_chunk_ms: int = Field(160, ge=10, le=2000, description="audio chunk bound when a request sets none")
     max_synthesis_chars: int = Field(100_000, ge=1, description="text one synthesis request may speak in total")
 

@@ -55,6 +55,7 @@ class _CancelReason(enum.Enum):
     UPSTREAM = "upstream"  # the request it took its text from was cancelled or failed: FINISH_REASON_CANCELLED
     SHUTDOWN = "shutdown"  # the drain grace period ran out: the request fails with UNAVAILABLE
     GONE = "gone"  # the call ended: nobody is listening, nothing is sent
+    STALLED = "stalled"  # the client stopped reading: the request fails with DEADLINE_EXCEEDED (CLIENT_STALLED)
 
 
 class Lifecycle:
@@ -258,6 +259,7 @@ class Session:
         self._requests: dict[str, _Request] = {}
         self._ready: asyncio.Queue[_Request | Output | None] = asyncio.Queue()
         self._input_closed = False
+        self._writing_since: float | None = None  # set while an output waits for the transport to take it
 
     @property
     def in_flight(self) -> int:
@@ -280,6 +282,7 @@ class Session:
         self._lifecycle._add(self)
         reader = asyncio.create_task(self._read(commands))
         reader.add_done_callback(self._input_ended)
+        watchdog = asyncio.create_task(self._watch_stalls()) if self._limits.stall_timeout_s else None
         try:
             while True:
                 if not self._requests and self._ready.empty():
@@ -296,11 +299,15 @@ class Session:
                     yield item
                     continue
                 for output in item.drain():
+                    self._writing_since = time.monotonic()
                     yield output
+                    self._writing_since = None
                 if item.emitted_terminal and self._requests.get(item.request_id) is item:
                     del self._requests[item.request_id]
         finally:
             reader.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
             tasks = [r.task for r in self._requests.values() if r.task is not None]
             for request in self._requests.values():
                 request.cancel(_CancelReason.GONE)
@@ -309,6 +316,22 @@ class Session:
             cleanup = asyncio.gather(reader, *tasks, return_exceptions=True)
             cleanup.add_done_callback(lambda _: self._lifecycle._remove(self))
             await asyncio.shield(cleanup)
+
+    async def _watch_stalls(self) -> None:
+        """Cancel every request when an output has waited `stall_timeout_s` for the client to take it.
+
+        Only the time a ready output waits to be pulled counts, so a slow engine is never mistaken for a stalled
+        client. The requests' engine streams close at once; their errors are sent if the client ever reads again.
+        """
+        limit = self._limits.stall_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            since = self._writing_since
+            if since is not None and time.monotonic() - since > limit:
+                log.warning("client stopped reading for %.1fs: cancelling %d requests", limit, len(self._requests))
+                for request in list(self._requests.values()):
+                    request.cancel(_CancelReason.STALLED)
+                return
 
     async def run_one(self, start: Start) -> AsyncIterator[Output]:
         """Serve a single request (the one-shot RPCs). Its failure is raised instead of yielded."""
@@ -466,6 +489,11 @@ class Session:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             if request.cancel_reason in (_CancelReason.CLIENT, _CancelReason.UPSTREAM):
                 request.end(EngineFinished(FinishReason.CANCELLED, request.usage_so_far()))
+            elif request.cancel_reason is _CancelReason.STALLED:
+                stalled = self._limits.stall_timeout_s
+                request.end(
+                    Failed(DeadlineExceeded(f"the client read nothing for {stalled:g}s", reason="CLIENT_STALLED"))
+                )
             else:
                 request.end(Failed(Unavailable("the server shut down before the request finished")))
         except TimeoutError:
