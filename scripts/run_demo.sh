@@ -9,6 +9,7 @@ trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" || true' EXIT
 "$BIN/rillet" health --target "$TARGET" --wait 600
 "$BIN/rillet" models --target "$TARGET"
 "$BIN/rillet" generate --target "$TARGET" --max-tokens 48 "The river ran past the old mill, and"
+"$BIN/rillet" speak --target "$TARGET" --from-generate --max-tokens 32 -o demo.wav "A short weather report: today will be"
 echo
 echo "Serving on $TARGET. Try: $BIN/rillet generate --target $TARGET \"Once upon a time\"   (Ctrl-C stops the server)"
 wait "$server"
