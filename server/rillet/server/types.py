@@ -88,7 +88,7 @@ class SynthesisRequest:
     request_id: str
     voice: str
     text: AsyncIterator[str]
-    sample_rate_hertz: int
+    sample_rate_hertz: int  # 0: the voice's native rate; the engine refuses a rate it cannot produce
     max_chunk_samples: int
 
 

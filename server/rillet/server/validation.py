@@ -136,14 +136,7 @@ def validate_synthesize(
             field="params.encoding",
             reason="UNSUPPORTED_ENCODING",
         )
-    native = route.model.sample_rate_hertz
-    if spec.sample_rate_hertz not in (0, native):
-        raise InvalidArgument(
-            f"voice {route.model.name!r} produces {native} Hz; {spec.sample_rate_hertz} Hz is not supported",
-            field="params.sample_rate_hertz",
-            reason="UNSUPPORTED_SAMPLE_RATE",
-            metadata={"supported_sample_rate_hertz": str(native)},
-        )
+    rate = spec.sample_rate_hertz or route.model.sample_rate_hertz  # the engine refuses rates it cannot produce
     chunk_s = limits.default_chunk_ms / 1000 if spec.max_chunk_seconds is None else spec.max_chunk_seconds
     if not 0.01 <= chunk_s <= 2.0:
         raise InvalidArgument(
@@ -170,7 +163,7 @@ def validate_synthesize(
         request_id=request_id,
         voice=route.model.name,
         text=text,
-        sample_rate_hertz=native,
-        max_chunk_samples=max(1, round(native * chunk_s)),
+        sample_rate_hertz=spec.sample_rate_hertz,
+        max_chunk_samples=max(1, round(rate * chunk_s)),
     )
     return route, request

@@ -311,7 +311,7 @@ class PiperEngine:
         if request.sample_rate_hertz not in (0, native):
             raise InvalidArgument(
                 f"voice {request.voice!r} produces {native} Hz audio; {request.sample_rate_hertz} Hz is not supported",
-                field="sample_rate_hertz",
+                field="params.sample_rate_hertz",
                 reason="UNSUPPORTED_SAMPLE_RATE",
                 metadata={"supported_sample_rate_hertz": str(native)},
             )
