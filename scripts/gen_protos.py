@@ -7,7 +7,6 @@ import filecmp
 import shutil
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 from grpc_tools import protoc
@@ -24,12 +23,18 @@ KEEP = {"__init__.py", "py.typed", "GENERATED.md"}
 
 def stage_imports() -> None:
     """Copy the google/* protos the contract imports from installed wheels (buf cannot reach its registry)."""
-    wkt = Path(str(resources.files("grpc_tools") / "_proto" / "google" / "protobuf"))
-    rpc = Path(str(resources.files("google.rpc")))
+    import grpc_tools
+    from google.rpc import status_pb2
+
+    wkt = Path(grpc_tools.__file__).parent / "_proto" / "google" / "protobuf"
+    rpc = Path(status_pb2.__file__).parent  # google.rpc is a namespace package: ask a module where it lives
     for src, dst in ((wkt, "google/protobuf"), (rpc, "google/rpc")):
         target = THIRD_PARTY / dst
         target.mkdir(parents=True, exist_ok=True)
-        for proto in src.glob("*.proto"):
+        protos = list(src.glob("*.proto"))
+        if not protos:
+            sys.exit(f"no .proto files in {src}")
+        for proto in protos:
             shutil.copy2(proto, target / proto.name)
 
 
