@@ -187,13 +187,15 @@ def models(target: Target = "127.0.0.1:50051") -> None:
     async def run() -> None:
         async with Client.connect(target) as client:
             listed = await client.list_models()
-        table = Table("name", "kind", "engine", "default", "context", "note")
+        table = Table("name", "kind", "engine", "default", "limits")
         for m in listed:
-            note = "TEST ENGINE" if m.is_test_engine else m.description
-            table.add_row(
-                m.name, m.kind.value, m.engine, "✓" if m.is_default else "", str(m.context_length or ""), note
-            )
-        Console().print(table)
+            limits = f"{m.context_length} tokens" if m.context_length else f"{m.sample_rate_hertz} Hz"
+            kind = m.kind.value.replace("_", " ") + (" [yellow](TEST ENGINE)[/yellow]" if m.is_test_engine else "")
+            table.add_row(m.name, kind, m.engine, "✓" if m.is_default else "", limits)
+        console = Console()
+        console.print(table)
+        for m in listed:
+            console.print(f"[bold]{m.name}[/bold]: {m.description}", highlight=False)
 
     try:
         asyncio.run(run())
