@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,10 +37,34 @@ Metadata = Sequence[tuple[str, str]]
 Prompt = str | Sequence[int] | Sequence[ChatMessage]
 E = TypeVar("E", TokenDelta, AudioChunk)
 
-DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+# gRPC retries UNAVAILABLE only until the first response message arrives: ListModels, and one-shot streams
+# before their first token or chunk. A stream that has started is never replayed (it would duplicate output);
+# sessions are not retried at all.
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "rillet.v1.InferenceService", "method": method}
+                    for method in ("ListModels", "Generate", "Synthesize")
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, str | int], ...] = (
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", SERVICE_CONFIG),
 )
 
 
