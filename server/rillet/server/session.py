@@ -96,11 +96,11 @@ class Lifecycle:
         for session in list(self._sessions):
             session.shutdown()
 
-    def _add(self, session: Session) -> None:
+    def register(self, session: Session) -> None:
         self._sessions.add(session)
         self._idle.clear()
 
-    def _remove(self, session: Session) -> None:
+    def unregister(self, session: Session) -> None:
         self._sessions.discard(session)
         if not self._sessions:
             self._idle.set()
@@ -279,7 +279,7 @@ class Session:
 
         Raises Unavailable when the server drains.
         """
-        self._lifecycle._add(self)
+        self._lifecycle.register(self)
         reader = asyncio.create_task(self._read(commands))
         reader.add_done_callback(self._input_ended)
         watchdog = asyncio.create_task(self._watch_stalls()) if self._limits.stall_timeout_s else None
@@ -314,7 +314,7 @@ class Session:
             # The call may be cancelled again while we wait here: the shield keeps the clean-up going, and the
             # session leaves the lifecycle only once every engine stream has really been closed.
             cleanup = asyncio.gather(reader, *tasks, return_exceptions=True)
-            cleanup.add_done_callback(lambda _: self._lifecycle._remove(self))
+            cleanup.add_done_callback(lambda _: self._lifecycle.unregister(self))
             await asyncio.shield(cleanup)
 
     async def _watch_stalls(self) -> None:
