@@ -173,7 +173,7 @@ async def soak(port: int, pid: int, opts: argparse.Namespace, console: Console) 
         after = await slot_check(client, opts.slots, opts.max_tokens)
         fresh = await client.generate(PROMPTS[0], max_tokens=16, temperature=0.0).collect()
     warm = [s.rss_mb for s in samples if s.done >= opts.warm_requests]
-    growth = warm[-1] - warm[0] if len(warm) >= 2 else 0.0
+    growth = max(warm) - warm[0] if warm else 0.0  # the peak, not the last sample: a late release hides nothing
     return {
         "requests_done": done,
         "outcomes": outcomes,
@@ -279,7 +279,8 @@ def main() -> None:
         "|---|---|---|",
         *(f"| {s['done']} | {s['rss_mb']:.1f} | {s['elapsed_s']:.0f} |" for s in result["samples"]),
         "",
-        f"RSS growth from request {opts.warm_requests} to the end: {result['rss_growth_after_warmup_mb']:+.1f} MB "
+        f"RSS growth from request {opts.warm_requests} (peak of later samples minus that sample): "
+        f"{result['rss_growth_after_warmup_mb']:+.1f} MB "
         f"(allowed {opts.max_growth_mb} MB); peak {result['rss_max_mb']:.1f} MB.",
         "",
         f"Slots (no admin API; checked from outside): {opts.slots} concurrent requests before the soak started within "

@@ -45,7 +45,12 @@ class LlamaCppConfig(BaseModel, frozen=True):
         True,
         description="one KV buffer for all slots: any sequence may use the whole context_length (else context/slots)",
     )
-    n_threads: int = Field(1, ge=1, description="CPU threads; 1 is safe on a busy 2-core machine")
+    n_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads; 0 adapts: every available core while other processes leave them free, one fewer "
+        "per core they keep busy (llama.cpp's spinning threads collapse when the cores are oversubscribed)",
+    )
     prefill_budget: int = Field(
         128, ge=16, description="prompt tokens prefilled per step beside the decodes; bounds a long prompt's stall"
     )
