@@ -50,7 +50,11 @@ run: install
 	scripts/run_demo.sh
 
 bench: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+	bench/build_llama_server.sh
 	$(PY) bench/bench_cpu.py
+	$(PY) bench/soak_cpu.py
+	$(PY) bench/bench_speech.py
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache proto/third_party
