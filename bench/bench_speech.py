@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench_cpu import percentile  # bench/ is on sys.path when a script in it runs
 from rich.console import Console
 from rich.table import Table
 
@@ -42,11 +43,6 @@ PROMPTS = (
     "The weather forecast for tomorrow:",
     "A tour guide describes the old city:",
 )
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @dataclass
