@@ -7,8 +7,10 @@ counts k gaps of 1/k), aggregate tokens/s (tokens of the level / its wall time),
 client CPU-seconds. The whole sweep is repeated (`--sweeps`, system order rotated each time) so machine noise shows:
 the tables give the median over sweeps and the min-max spread.
 
-Needs bench/build_llama_server.sh (the llama-server binary) and, for llama_cpp.server, its server dependencies in
-bench/.build/peer-site (see --peer-site); a system whose prerequisites are missing is skipped with a note.
+Needs bench/build_llama_server.sh (the llama-server binary) and, for llama_cpp.server, its server dependencies: the
+`bench` extra (pip install -e ".[bench]"), or a folder given by --peer-site (put first on that server's PYTHONPATH,
+e.g. pip install --target bench/.build/peer-site --no-deps ...). A system whose prerequisites are missing is
+skipped with a note.
 Run: .venv/bin/python bench/bench_cpu.py [--threads 2] [--sweeps 3] [--systems rillet llama-server llama_cpp.server]
 """
 
@@ -556,12 +558,17 @@ def available(system: str, opts: argparse.Namespace) -> str | None:
     if system == "llama_cpp.server":
         probe = subprocess.run(
             [sys.executable, "-c", "import fastapi, uvicorn, sse_starlette, starlette_context"],
-            env={**os.environ, "PYTHONPATH": str(opts.peer_site)},
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(p for p in (str(opts.peer_site), os.environ.get("PYTHONPATH", "")) if p),
+            },
             capture_output=True,
             check=False,
         )
         if probe.returncode != 0:
-            return f"llama_cpp.server's dependencies are not importable (--peer-site {opts.peer_site})"
+            return (
+                f"llama_cpp.server's dependencies are not importable (the bench extra, or --peer-site {opts.peer_site})"
+            )
     return None
 
 
