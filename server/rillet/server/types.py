@@ -59,10 +59,6 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
 
 Prompt = str | tuple[int, ...] | tuple[ChatMessage, ...]
 """Text, token ids, or chat messages. Never empty."""
