@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from rillet.server.config import SchedulerConfig
 from rillet.server.engine.base import Engine
-from rillet.server.errors import NotFound, ResourceExhausted
+from rillet.server.errors import NotFound, ResourceExhausted, clip
 from rillet.server.types import ModelInfo, ModelKind
 
 
@@ -123,9 +123,9 @@ class Router:
         if route is None or route.model.kind is not kind:
             known = sorted(n for n, r in self._routes.items() if r.model.kind is kind)
             raise NotFound(
-                f"unknown {noun} {name!r}; served: {', '.join(known) or 'none'}",
+                f"unknown {noun} {clip(name)!r}; served: {', '.join(known) or 'none'}",
                 reason="MODEL_NOT_FOUND",
-                metadata={"model": name},
+                metadata={"model": clip(name)},
             )
         return route
 
