@@ -13,6 +13,7 @@ RilletError
 
 Per-request errors travel in-band on a session; only whole-call failures become the RPC status.
 The transport alone turns these into google.rpc.Status (with ErrorInfo and RetryInfo).
+A client's string echoed in a message or in metadata always goes through `clip`, so no reply grows with its input.
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ __all__ = [
     "RilletError",
     "Unauthenticated",
     "Unavailable",
+    "clip",
 ]
+
+ECHO_CHARS = 64
+"""How much of a client's string an error message or metadata value repeats."""
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters, marked with a trailing "…" when cut: safe to echo whatever its size."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class Code(enum.IntEnum):
