@@ -71,18 +71,17 @@ async def test_waiter_cancelled_after_the_hand_off_passes_the_slot_on() -> None:
 async def test_waiters_cancelled_while_a_slot_is_released_leave_cleanly() -> None:
     admission = Admission(slots=1, max_queue=8, retry_after_s=1.0)
     release = asyncio.Event()
-    started: list[str] = []
-    first = asyncio.create_task(hold(admission, started, "first", release))
-    queued = [asyncio.create_task(hold(admission, started, f"q{i}", release)) for i in range(3)]
-    await asyncio.sleep(0)
-    assert admission.queued == 3
-    # Cancel the queued waiters and release the slot in the same tick: `_release` pops the cancelled waiters
-    # before their tasks run their clean-up, which must not fail (it raised ValueError before).
-    for task in queued[:2]:
-        task.cancel()
     release.set()
-    await asyncio.sleep(0)
-    results = await asyncio.gather(first, *queued, return_exceptions=True)
-    assert [type(r).__name__ for r in results] == ["NoneType", "CancelledError", "CancelledError", "NoneType"]
-    assert started == ["first", "q2"]
+    started: list[str] = []
+    async with admission.admit():
+        queued = [asyncio.create_task(hold(admission, started, f"q{i}", release)) for i in range(3)]
+        await asyncio.sleep(0)
+        assert admission.queued == 3
+        # Cancel two waiters, then release the slot in the same tick: `_release` skips (and pops) the cancelled
+        # waiters before their tasks run their clean-up, which must not fail (it raised ValueError before).
+        for task in queued[:2]:
+            task.cancel()
+    results = await asyncio.gather(*queued, return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["CancelledError", "CancelledError", "NoneType"]
+    assert started == ["q2"]
     assert (admission.running, admission.queued) == (0, 0)

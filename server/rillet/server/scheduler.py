@@ -55,7 +55,8 @@ class Admission:
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._release()  # the slot was handed to us just as we were cancelled: pass it on
-                else:
+                elif waiter in self._waiters:
+                    # A cancelled waiter may already have been skipped (and popped) by `_release`.
                     self._waiters.remove(waiter)
                 raise
         try:
