@@ -163,6 +163,7 @@ class EngineFinished:
     usage: Usage
     stop_sequence: str = ""
     prefill_seconds: float | None = None
+    engine_queue_seconds: float = 0.0  # time the engine held the request before scheduling it (after admission)
 
 
 EngineEvent = TokenDelta | AudioChunk | EngineFinished
