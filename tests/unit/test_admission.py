@@ -85,3 +85,66 @@ async def test_waiters_cancelled_while_a_slot_is_released_leave_cleanly() -> Non
     assert [type(r).__name__ for r in results] == ["CancelledError", "CancelledError", "NoneType"]
     assert started == ["q2"]
     assert (admission.running, admission.queued) == (0, 0)
+
+
+async def hold_as(admission: Admission, tenant: str, started: list[str], name: str, release: asyncio.Event) -> None:
+    async with admission.admit(tenant):
+        started.append(name)
+        await release.wait()
+
+
+async def test_a_tenant_may_fill_only_its_share_of_the_queue() -> None:
+    admission = Admission(slots=1, max_queue=6, retry_after_s=0.5, tenant_queue_share=0.5)
+    release = asyncio.Event()
+    started: list[str] = []
+    # The running request does not count toward the share; only waiters do.
+    tasks = [asyncio.create_task(hold_as(admission, "a", started, f"a{i}", release)) for i in range(4)]
+    await asyncio.sleep(0)
+    assert (admission.running, admission.queued) == (1, 3)
+    with pytest.raises(ResourceExhausted) as caught:
+        async with admission.admit("a"):
+            pass
+    assert caught.value.reason == "TENANT_QUEUE_SHARE"
+    assert caught.value.retry_after == 0.5
+    assert caught.value.metadata == {"tenant": "a", "share": "3"}
+    # Another tenant still gets in; so does the unauthenticated "" tenant, which is never limited by share.
+    tasks.append(asyncio.create_task(hold_as(admission, "b", started, "b0", release)))
+    tasks += [asyncio.create_task(hold_as(admission, "", started, f"x{i}", release)) for i in range(2)]
+    await asyncio.sleep(0)
+    assert admission.queued == 6
+    with pytest.raises(ResourceExhausted) as full:
+        async with admission.admit("c"):
+            pass
+    assert full.value.reason == "QUEUE_FULL"
+    release.set()
+    await asyncio.gather(*tasks)
+    assert started == ["a0", "a1", "a2", "a3", "b0", "x0", "x1"]
+    assert (admission.running, admission.queued) == (0, 0)
+
+
+async def test_a_tenants_share_frees_as_its_waiters_leave() -> None:
+    admission = Admission(slots=1, max_queue=2, retry_after_s=1.0, tenant_queue_share=0.5)
+    release = asyncio.Event()
+    started: list[str] = []
+    async with admission.admit("a"):
+        waiting = asyncio.create_task(hold_as(admission, "a", started, "waiting", release))
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhausted):
+            async with admission.admit("a"):
+                pass
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        # The cancelled waiter gave its place back: the tenant may queue again.
+        again = asyncio.create_task(hold_as(admission, "a", started, "again", release))
+        await asyncio.sleep(0)
+        assert admission.queued == 1
+    release.set()
+    await again
+    # Admitted waiters free their place too: the next one of the tenant queues behind a running request.
+    async with admission.admit("a"):
+        last = asyncio.create_task(hold_as(admission, "a", started, "last", release))
+        await asyncio.sleep(0)
+        assert admission.queued == 1
+    await last
+    assert started == ["again", "last"]
+    assert (admission.running, admission.queued) == (0, 0)

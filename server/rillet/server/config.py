@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -112,6 +112,54 @@ class SchedulerConfig(BaseModel, frozen=True):
 
     max_queue: int = Field(64, ge=0, description="requests waiting for a slot; past it RESOURCE_EXHAUSTED")
     retry_after_s: float = Field(1.0, gt=0, description="retry hint sent with RESOURCE_EXHAUSTED")
+    tenant_queue_share: float = Field(
+        0.5, gt=0, le=1, description="the part of each engine's queue one tenant's waiters may fill (with auth on)"
+    )
+
+
+class TlsConfig(BaseModel, frozen=True):
+    """TLS on the listening port (PEM files); with client_ca_file, mutual TLS: every client must show a certificate."""
+
+    cert_file: FilePath | None = Field(None, description="the server's certificate chain")
+    key_file: FilePath | None = Field(None, description="the server's private key")
+    client_ca_file: FilePath | None = Field(None, description="CA bundle client certificates must chain to (mTLS)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("TLS needs both cert_file and key_file")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("mutual TLS (client_ca_file) needs the server's cert_file and key_file")
+        return self
+
+
+class TenantConfig(BaseModel, frozen=True):
+    """One tenant: the bearer tokens that act for it and its own limits."""
+
+    tokens: tuple[SecretStr, ...] = Field(min_length=1, description="several allow rotation without downtime")
+    max_sessions: int = Field(64, ge=1, description="calls (sessions and one-shot streams) open at once")
+    max_requests: int = Field(256, ge=1, description="requests in flight across all its calls")
+
+
+class SecurityConfig(BaseModel, frozen=True):
+    """TLS, bearer tokens mapped to tenants, reflection, and the server-wide connection and call limits.
+
+    Token auth is on when any tenant is configured, in `tenants` (RILLET_SECURITY__TENANTS as JSON) or in
+    `tenants_file` (TOML: one [tenants.<name>] table per tenant, the same fields); a tenant may not be in both.
+    """
+
+    tls: TlsConfig = TlsConfig()
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    tenants_file: FilePath | None = Field(None, description="TOML file of [tenants.<name>] tables")
+    reflection: bool = Field(True, description="serve gRPC reflection (behind a token when auth is on)")
+    max_connections: int = Field(256, ge=1, description="TCP connections at once; more are closed at accept")
+    max_calls: int = Field(
+        1024, ge=1, description="Session, Generate and Synthesize calls open at once on this server, every tenant"
+    )
 
 
 class Settings(BaseSettings):
@@ -128,6 +176,7 @@ class Settings(BaseSettings):
     piper: PiperConfig = PiperConfig()
     limits: LimitsConfig = LimitsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    security: SecurityConfig = SecurityConfig()
     drain_grace_s: float = Field(10.0, ge=0, description="time in-flight requests get to finish on shutdown")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="transport limit on one message")
     log_level: str = "INFO"

@@ -17,16 +17,19 @@ from rillet.server.types import ModelInfo, ModelKind
 class Admission:
     """FIFO admission: at most `slots` requests run at once, at most `max_queue` wait, the rest are refused.
 
-    Invariant: `running` never exceeds `slots`; a released slot passes directly to the oldest waiter, so a
-    newcomer can never overtake the queue.
+    Invariants: `running` never exceeds `slots`; a released slot passes directly to the oldest waiter, so a
+    newcomer can never overtake the queue. A tenant other than "" never has more than its share
+    (`tenant_queue_share` of `max_queue`, at least 1) of requests waiting, so one tenant cannot fill the queue.
     """
 
-    def __init__(self, slots: int, max_queue: int, retry_after_s: float) -> None:
+    def __init__(self, slots: int, max_queue: int, retry_after_s: float, tenant_queue_share: float = 1.0) -> None:
         self._slots = slots
         self._max_queue = max_queue
         self._retry_after_s = retry_after_s
+        self._tenant_share = max(1, int(max_queue * tenant_queue_share))
         self._running = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiting: collections.Counter[str] = collections.Counter()  # tasks waiting in `admit`, by tenant
 
     @property
     def running(self) -> int:
@@ -37,8 +40,8 @@ class Admission:
         return len(self._waiters)
 
     @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Hold a slot for the duration of the block; raises ResourceExhausted when the queue is full."""
+    async def admit(self, tenant: str = "") -> AsyncIterator[None]:
+        """Hold a slot for the duration of the block; ResourceExhausted when the queue or the tenant's share is full."""
         if self._running < self._slots and not self._waiters:
             self._running += 1
         else:
@@ -48,8 +51,16 @@ class Admission:
                     retry_after=self._retry_after_s,
                     metadata={"slots": str(self._slots), "queued": str(len(self._waiters))},
                 )
+            if tenant and self._waiting[tenant] >= self._tenant_share:
+                raise ResourceExhausted(
+                    f"tenant {tenant!r} already has {self._tenant_share} requests queued for this engine, its share",
+                    retry_after=self._retry_after_s,
+                    reason="TENANT_QUEUE_SHARE",
+                    metadata={"tenant": tenant, "share": str(self._tenant_share)},
+                )
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
+            self._waiting[tenant] += 1
             try:
                 await waiter
             except asyncio.CancelledError:
@@ -59,6 +70,10 @@ class Admission:
                     # A cancelled waiter may already have been skipped (and popped) by `_release`.
                     self._waiters.remove(waiter)
                 raise
+            finally:
+                self._waiting[tenant] -= 1
+                if not self._waiting[tenant]:
+                    del self._waiting[tenant]
         try:
             yield
         finally:
@@ -96,7 +111,9 @@ class Router:
         routes: dict[str, Route] = {}
         defaults: dict[ModelKind, str] = {}
         for engine in self._engines:
-            admission = Admission(engine.slots, self._config.max_queue, self._config.retry_after_s)
+            admission = Admission(
+                engine.slots, self._config.max_queue, self._config.retry_after_s, self._config.tenant_queue_share
+            )
             for model in engine.models:
                 if model.name in routes:
                     raise ValueError(f"model name {model.name!r} is served by two engines")

@@ -1,0 +1,155 @@
+"""The tenant ledger: calls open and requests in flight, per tenant and for the whole server, refused past limits."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from rillet.server.errors import ResourceExhausted
+
+__all__ = ["TenantLedger", "TenantLimits", "TenantQuota", "current_quota", "use_quota"]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """What one tenant may hold at once. None is no limit (the "" tenant of a server without auth)."""
+
+    max_sessions: int | None
+    max_requests: int | None
+
+
+UNLIMITED = TenantLimits(None, None)
+
+
+@dataclass(slots=True)
+class _Counters:
+    limits: TenantLimits
+    sessions: int = 0
+    requests: int = 0
+
+
+class TenantQuota:
+    """One call's handle on its tenant's counters; the session takes and returns request slots through it.
+
+    Invariant: the requests this quota holds are counted in its tenant's counter exactly once; closing the call
+    returns any the session did not end, so a tenant's counters come back to zero when its calls end.
+    """
+
+    def __init__(self, tenant: str, counters: _Counters, retry_after_s: float) -> None:
+        self.tenant = tenant
+        self._counters = counters
+        self._retry_after_s = retry_after_s
+        self._held = 0
+        self._closed = False
+
+    @property
+    def requests(self) -> int:
+        """Requests this call holds now."""
+        return self._held
+
+    def start_request(self) -> None:
+        """Count one more request in flight; ResourceExhausted(TENANT_REQUEST_LIMIT) when the tenant is at its limit."""
+        if self._closed:
+            raise RuntimeError("start_request on a call that has ended")
+        limit = self._counters.limits.max_requests
+        if limit is not None and self._counters.requests >= limit:
+            raise ResourceExhausted(
+                f"tenant {self.tenant!r} has {limit} requests in flight, its limit; retry when one ends",
+                retry_after=self._retry_after_s,
+                reason="TENANT_REQUEST_LIMIT",
+                metadata={"tenant": self.tenant, "limit": str(limit)},
+            )
+        self._counters.requests += 1
+        self._held += 1
+
+    def end_request(self) -> None:
+        """Return one request's slot. After the call has closed (which returned them all) this does nothing."""
+        if self._held == 0:
+            if self._closed:
+                return
+            raise RuntimeError("end_request without a matching start_request")
+        self._held -= 1
+        self._counters.requests -= 1
+
+    def _close(self) -> None:
+        self._counters.requests -= self._held
+        self._counters.sessions -= 1
+        self._held = 0
+        self._closed = True
+
+
+class TenantLedger:
+    """Counts the calls (sessions and one-shot streams) and requests of every tenant, and of the server.
+
+    Invariants, enforced in `call` and `TenantQuota.start_request` (all on the event loop, so without locks): the
+    server's open calls never exceed `max_calls`; a tenant's open calls and requests in flight never exceed its
+    limits. Every count returns to zero when the calls end.
+    """
+
+    def __init__(self, limits: Mapping[str, TenantLimits], *, max_calls: int, retry_after_s: float) -> None:
+        self._limits = dict(limits)
+        self._max_calls = max_calls
+        self._retry_after_s = retry_after_s
+        self._calls = 0
+        self._tenants: dict[str, _Counters] = {}
+
+    @property
+    def calls(self) -> int:
+        """Calls open now, every tenant."""
+        return self._calls
+
+    def usage(self, tenant: str) -> tuple[int, int]:
+        """(calls open, requests in flight) of one tenant."""
+        counters = self._tenants.get(tenant)
+        return (counters.sessions, counters.requests) if counters is not None else (0, 0)
+
+    @contextmanager
+    def call(self, tenant: str) -> Iterator[TenantQuota]:
+        """Hold a call for `tenant` ("" without auth: no tenant limits) for the block; ResourceExhausted past limits.
+
+        Tenants other than "" must be among the configured ones.
+        """
+        if self._calls >= self._max_calls:
+            raise ResourceExhausted(
+                f"the server has {self._max_calls} calls open, its limit; retry later",
+                retry_after=self._retry_after_s,
+                reason="SERVER_SESSION_LIMIT",
+                metadata={"limit": str(self._max_calls)},
+            )
+        counters = self._tenants.get(tenant)
+        if counters is None:
+            limits = UNLIMITED if tenant == "" else self._limits[tenant]
+            counters = self._tenants[tenant] = _Counters(limits)
+        limit = counters.limits.max_sessions
+        if limit is not None and counters.sessions >= limit:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} has {limit} calls open, its limit; retry when one ends",
+                retry_after=self._retry_after_s,
+                reason="TENANT_SESSION_LIMIT",
+                metadata={"tenant": tenant, "limit": str(limit)},
+            )
+        counters.sessions += 1
+        self._calls += 1
+        quota = TenantQuota(tenant, counters, self._retry_after_s)
+        try:
+            yield quota
+        finally:
+            quota._close()
+            self._calls -= 1
+            if counters.sessions == 0:
+                del self._tenants[tenant]  # idle tenants cost nothing
+
+
+_current: contextvars.ContextVar[TenantQuota | None] = contextvars.ContextVar("rillet_tenant_quota", default=None)
+
+
+def current_quota() -> TenantQuota | None:
+    """The quota of the call being handled: set by the auth interceptor in the handler's own task."""
+    return _current.get()
+
+
+def use_quota(quota: TenantQuota) -> None:
+    """Make `quota` the current call's (the interceptor calls this in the handler's task, before the handler)."""
+    _current.set(quota)
