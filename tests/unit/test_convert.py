@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from rillet.client import ResourceExhaustedError
 from rillet.client._errors import error_from_status
+from rillet.server.config import LimitsConfig
 from rillet.server.errors import InvalidArgument, ResourceExhausted
 from rillet.server.transport import convert
 from rillet.server.types import AppendText, ChatMessage, GenerateSpec, Malformed, Start
 from rillet.v1 import generation_pb2, inference_service_pb2
 
+LIMITS = LimitsConfig()
+
 
 def test_unset_fields_become_none_and_set_zeroes_survive() -> None:
-    spec = convert.generate_spec(generation_pb2.GenerateParams(text="hi"))
+    spec = convert.generate_spec(generation_pb2.GenerateParams(text="hi"), LIMITS)
     assert spec == GenerateSpec(prompt="hi")
     params = generation_pb2.GenerateParams(
         token_ids=generation_pb2.TokenIds(ids=[1, 2]),
         max_tokens=0,
         sampling=generation_pb2.SamplingParams(temperature=0.0, seed=0),
     )
-    spec = convert.generate_spec(params)
+    spec = convert.generate_spec(params, LIMITS)
     assert spec.prompt == (1, 2)
     assert spec.max_tokens == 0
     assert spec.temperature == 0.0
@@ -32,7 +35,7 @@ def test_chat_prompt_and_commands() -> None:
         request_id="r",
         start_generate=inference_service_pb2.StartGenerate(params=generation_pb2.GenerateParams(chat=chat)),
     )
-    command = convert.session_command(message)
+    command = convert.session_command(message, LIMITS)
     assert isinstance(command, Start)
     assert isinstance(command.spec, GenerateSpec)
     assert command.spec.prompt == (ChatMessage("user", "hi"),)
@@ -40,8 +43,8 @@ def test_chat_prompt_and_commands() -> None:
     append = inference_service_pb2.SessionRequest(
         request_id="r", append_text=inference_service_pb2.AppendText(text="x")
     )
-    assert convert.session_command(append) == AppendText("r", "x")
-    malformed = convert.session_command(inference_service_pb2.SessionRequest(request_id="r"))
+    assert convert.session_command(append, LIMITS) == AppendText("r", "x")
+    malformed = convert.session_command(inference_service_pb2.SessionRequest(request_id="r"), LIMITS)
     assert isinstance(malformed, Malformed)
     assert malformed.error.reason == "MISSING_KIND"
 

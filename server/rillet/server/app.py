@@ -16,12 +16,10 @@ from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
 from rillet.server.engine.base import Engine
 from rillet.server.scheduler import Router
 from rillet.server.session import Lifecycle
-from rillet.server.transport.servicer import InferenceServicer
-from rillet.v1 import inference_service_pb2, inference_service_pb2_grpc
+from rillet.server.transport.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -73,9 +71,7 @@ class RilletServer:
                 ("grpc.http2.max_ping_strikes", 0),
             ]
         )
-        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(self.router, self.settings.limits, self.lifecycle), server
-        )
+        add_to_server(InferenceServicer(self.router, self.settings.limits, self.lifecycle), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection([SERVICE_NAME, health_name, reflection.SERVICE_NAME], server)

@@ -92,7 +92,12 @@ class LimitsConfig(BaseModel, frozen=True):
     max_prompt_chars: int = Field(256 * 1024, ge=1, description="larger prompts fail with INVALID_ARGUMENT")
     max_stop_strings: int = Field(8, ge=0)
     max_top_logprobs: int = Field(20, ge=0)
-    max_request_id_chars: int = Field(128, ge=1)
+    max_request_id_chars: int = Field(128, ge=1, description="request ids of every message kind")
+    max_name_chars: int = Field(256, ge=1, description="model and voice names")
+    max_stop_chars: int = Field(256, ge=1, description="the length of each stop string")
+    max_chat_messages: int = Field(1024, ge=1, description="messages in one chat prompt")
+    max_chat_role_chars: int = Field(64, ge=1, description="the length of a chat message's role")
+    max_text_piece_chars: int = Field(16 * 1024, ge=1, description="the text of one AppendText message")
     max_requests_per_session: int = Field(256, ge=1, description="requests in flight on one session")
     stall_timeout_s: float = Field(
         30.0, ge=0, description="a client that takes no output for this long loses its requests; 0 never"

@@ -1,4 +1,8 @@
-"""Turns client specs into validated engine requests: limits, ranges, defaults and model resolution."""
+"""Turns client specs into validated engine requests: limits, ranges, defaults and model resolution.
+
+Every field a client sends is bounded here or at the transport's edge (request ids, AppendText pieces), and no
+message repeats more of a client's string than `clip` allows.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import math
 from collections.abc import AsyncIterator
 
 from rillet.server.config import LimitsConfig
-from rillet.server.errors import InvalidArgument
+from rillet.server.errors import InvalidArgument, clip
 from rillet.server.scheduler import Route, Router
 from rillet.server.types import (
     ChatMessage,
@@ -30,6 +34,52 @@ def validate_request_id(request_id: str, limits: LimitsConfig) -> None:
         )
 
 
+def validate_text_piece(text: str, limits: LimitsConfig) -> None:
+    """One AppendText message's text: bounded, and free of NUL (which the speech engines cannot take)."""
+    if len(text) > limits.max_text_piece_chars:
+        raise InvalidArgument(
+            f"the text piece has {len(text)} characters; the limit is {limits.max_text_piece_chars}",
+            field="append_text.text",
+            reason="TEXT_PIECE_TOO_LARGE",
+        )
+    _check_no_nul(text, "append_text.text")
+
+
+def _check_no_nul(text: str, field: str) -> None:
+    if "\0" in text:
+        raise InvalidArgument(f"{field} contains a NUL character", field=field, reason="NUL_CHARACTER")
+
+
+def _check_name(name: str, field: str, limits: LimitsConfig) -> None:
+    if len(name) > limits.max_name_chars:
+        raise InvalidArgument(
+            f"{field} {clip(name)!r} is longer than {limits.max_name_chars} characters",
+            field=field,
+            reason="NAME_TOO_LONG",
+        )
+
+
+def _check_chat(messages: tuple[ChatMessage, ...], limits: LimitsConfig) -> None:
+    if len(messages) > limits.max_chat_messages:
+        raise InvalidArgument(
+            f"the chat prompt has more than {limits.max_chat_messages} messages",
+            field="params.chat",
+            reason="TOO_MANY_CHAT_MESSAGES",
+        )
+    if any(len(m.role) > limits.max_chat_role_chars for m in messages):
+        raise InvalidArgument(
+            f"a chat role is longer than {limits.max_chat_role_chars} characters",
+            field="params.chat.role",
+            reason="CHAT_ROLE_TOO_LONG",
+        )
+    if sum(len(m.content) + len(m.role) for m in messages) > limits.max_prompt_chars:
+        raise InvalidArgument(
+            f"the chat prompt exceeds {limits.max_prompt_chars} characters",
+            field="params.chat",
+            reason="PROMPT_TOO_LARGE",
+        )
+
+
 def _check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False) -> None:
     if value is None:
         return
@@ -46,7 +96,11 @@ def _check_range(name: str, value: float | None, low: float, high: float, *, low
 def validate_generate(
     request_id: str, spec: GenerateSpec, limits: LimitsConfig, router: Router
 ) -> tuple[Route, GenerationRequest]:
-    """Resolve the model and check every field; raises InvalidArgument or NotFound naming the field."""
+    """Resolve the model and check every field; raises InvalidArgument or NotFound naming the field.
+
+    Repeated fields may arrive cut one item past their limit (see convert.generate_spec): messages say "more than".
+    """
+    _check_name(spec.model, "params.model", limits)
     route = router.resolve(spec.model, ModelKind.TEXT_GENERATION)
     prompt = spec.prompt
     if prompt is None or len(prompt) == 0:
@@ -58,8 +112,14 @@ def validate_generate(
                 field="params.prompt",
                 reason="PROMPT_TOO_LARGE",
             )
-    elif all(isinstance(p, int) for p in prompt):
-        if any(isinstance(p, int) and p < 0 for p in prompt):
+    elif isinstance(prompt[0], int):  # tuples are homogeneous (the converter builds them): O(1), not a scan
+        if len(prompt) > limits.max_prompt_chars:
+            raise InvalidArgument(
+                f"the prompt has more than {limits.max_prompt_chars} token ids",
+                field="params.token_ids",
+                reason="PROMPT_TOO_LARGE",
+            )
+        if min(prompt) < 0:
             raise InvalidArgument("token ids must not be negative", field="params.token_ids", reason="BAD_TOKEN_ID")
     else:
         if not route.model.supports_chat:
@@ -68,12 +128,7 @@ def validate_generate(
                 field="params.chat",
                 reason="CHAT_TEMPLATE_MISSING",
             )
-        if sum(len(m.content) for m in prompt if isinstance(m, ChatMessage)) > limits.max_prompt_chars:
-            raise InvalidArgument(
-                f"the chat prompt exceeds {limits.max_prompt_chars} characters",
-                field="params.chat",
-                reason="PROMPT_TOO_LARGE",
-            )
+        _check_chat(prompt, limits)
     limit = min(limits.max_tokens, route.model.max_tokens_limit or limits.max_tokens)
     max_tokens = spec.max_tokens if spec.max_tokens is not None else min(limits.default_max_tokens, limit)
     if not 1 <= max_tokens <= limit:
@@ -92,12 +147,18 @@ def validate_generate(
         )
     if len(spec.stop) > limits.max_stop_strings:
         raise InvalidArgument(
-            f"{len(spec.stop)} stop strings; at most {limits.max_stop_strings}",
+            f"more than {limits.max_stop_strings} stop strings",
             field="params.stop",
             reason="TOO_MANY_STOPS",
         )
     if any(not s for s in spec.stop):
         raise InvalidArgument("stop strings must not be empty", field="params.stop", reason="EMPTY_STOP")
+    if any(len(s) > limits.max_stop_chars for s in spec.stop):
+        raise InvalidArgument(
+            f"a stop string is longer than {limits.max_stop_chars} characters",
+            field="params.stop",
+            reason="STOP_TOO_LONG",
+        )
     if spec.top_logprobs is not None and spec.top_logprobs > limits.max_top_logprobs:
         raise InvalidArgument(
             f"top_logprobs = {spec.top_logprobs}; at most {limits.max_top_logprobs}",
@@ -129,6 +190,7 @@ def validate_synthesize(
     request_id: str, spec: SynthesizeSpec, text: AsyncIterator[str], limits: LimitsConfig, router: Router
 ) -> tuple[Route, SynthesisRequest]:
     """Resolve the voice and check every field; the text itself arrives later through `text`."""
+    _check_name(spec.voice, "params.voice", limits)
     route = router.resolve(spec.voice, ModelKind.SPEECH_SYNTHESIS)
     if spec.unknown_encoding is not None:
         raise InvalidArgument(
@@ -149,6 +211,13 @@ def validate_synthesize(
             f"the text has {len(spec.text)} characters; the limit is {limits.max_synthesis_chars}",
             field="params.text",
             reason="TEXT_TOO_LARGE",
+        )
+    _check_no_nul(spec.text, "params.text")
+    if len(spec.text_from_request_id) > limits.max_request_id_chars:
+        raise InvalidArgument(
+            f"text_from_request_id is longer than {limits.max_request_id_chars} characters",
+            field="text_from_request_id",
+            reason="REQUEST_ID_TOO_LONG",
         )
     if spec.text_from_request_id:
         if spec.text or spec.streaming_input:

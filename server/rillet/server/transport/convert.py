@@ -1,11 +1,20 @@
-"""Pure converters between rillet.v1 protos and domain types; unset optional fields become None."""
+"""Pure converters between rillet.v1 protos and domain types; unset optional fields become None.
+
+Client input arrives as raw bytes: `parse` turns a frame that is not a valid message into InvalidArgument
+(UNDECODABLE_MESSAGE), and the converters raise nothing but RilletError, so no Python exception of a bad message
+reaches gRPC. `session_command` never raises at all: what it cannot apply becomes a Malformed command.
+"""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
-from rillet.server.errors import InvalidArgument, ResourceExhausted, RilletError
+from rillet.server.config import LimitsConfig
+from rillet.server.errors import InvalidArgument, ResourceExhausted, RilletError, clip
 from rillet.server.types import (
     AppendText,
     AudioChunk,
@@ -30,9 +39,19 @@ from rillet.server.types import (
     TraceContext,
     Usage,
 )
+from rillet.server.validation import validate_text_piece
 from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, speech_pb2
 
 ERROR_DOMAIN = "rillet.dev"
+
+MAX_DURATION_SECONDS = 315_576_000_000
+"""The range google.protobuf.Duration documents (±10,000 years); beyond it a Duration is invalid."""
+MAX_TRACEPARENT_CHARS = 256
+MAX_TRACESTATE_CHARS = 512
+"""W3C trace context bounds (tracestate: 512 characters); a context beyond them is ignored, as W3C asks of an
+invalid one, and the request goes on untraced."""
+
+M = TypeVar("M", bound=Message)
 
 _FINISH_REASONS = {
     FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
@@ -49,15 +68,46 @@ _MODEL_KINDS = {
 # ---- proto → domain ------------------------------------------------------------------------------------------
 
 
-def generate_spec(params: generation_pb2.GenerateParams) -> GenerateSpec:
+def parse(data: bytes, message_type: type[M]) -> M:
+    """Parse one client frame; InvalidArgument (UNDECODABLE_MESSAGE) when it is not a valid `message_type`.
+
+    Invalid UTF-8 in a string field, a truncated or mis-typed field and stray end-group tags all fail here.
+    """
+    message = message_type()
+    try:
+        message.ParseFromString(data)
+    except DecodeError:
+        raise InvalidArgument(
+            f"the message is not a valid {message_type.DESCRIPTOR.full_name}", reason="UNDECODABLE_MESSAGE"
+        ) from None
+    return message
+
+
+def _seconds(message: duration_pb2.Duration, field: str) -> float:
+    """A Duration's seconds; InvalidArgument when it breaks the Duration's own rules (range, nanos and sign)."""
+    seconds, nanos = message.seconds, message.nanos
+    if abs(seconds) > MAX_DURATION_SECONDS or abs(nanos) >= 1_000_000_000 or seconds * nanos < 0:
+        raise InvalidArgument(
+            f"{field} is not a valid google.protobuf.Duration", field=field, reason="INVALID_DURATION"
+        )
+    return seconds + nanos / 1e9
+
+
+def generate_spec(params: generation_pb2.GenerateParams, limits: LimitsConfig) -> GenerateSpec:
+    """The spec as sent, except that a repeated field keeps at most one item past its limit.
+
+    That is enough for validation to refuse it, and bounds the work a huge message makes: turning 400,000 chat
+    messages into objects took 340 ms; a limit's worth takes well under a millisecond.
+    """
     prompt: Prompt | None
     match params.WhichOneof("prompt"):
         case "text":
             prompt = params.text
         case "token_ids":
-            prompt = tuple(params.token_ids.ids)
+            prompt = tuple(params.token_ids.ids[: limits.max_prompt_chars + 1])
         case "chat":
-            prompt = tuple(ChatMessage(m.role, m.content) for m in params.chat.messages)
+            messages = params.chat.messages[: limits.max_chat_messages + 1]
+            prompt = tuple(ChatMessage(m.role, m.content) for m in messages)
         case _:
             prompt = None
     sampling = params.sampling
@@ -71,7 +121,7 @@ def generate_spec(params: generation_pb2.GenerateParams) -> GenerateSpec:
         min_p=sampling.min_p if sampling.HasField("min_p") else None,
         repetition_penalty=sampling.repetition_penalty if sampling.HasField("repetition_penalty") else None,
         seed=sampling.seed if sampling.HasField("seed") else None,
-        stop=tuple(params.stop),
+        stop=tuple(params.stop[: limits.max_stop_strings + 1]),
         top_logprobs=params.top_logprobs if params.HasField("top_logprobs") else None,
     )
 
@@ -91,7 +141,7 @@ def synthesize_spec(
         sample_rate_hertz=params.sample_rate_hertz,
         encoding=encoding,
         unknown_encoding=unknown,
-        max_chunk_seconds=params.max_chunk_duration.ToTimedelta().total_seconds()
+        max_chunk_seconds=_seconds(params.max_chunk_duration, "params.max_chunk_duration")
         if params.HasField("max_chunk_duration")
         else None,
         streaming_input=streaming_input,
@@ -100,46 +150,61 @@ def synthesize_spec(
 
 
 def _trace(message: common_pb2.TraceContext) -> TraceContext | None:
-    return TraceContext(message.traceparent, message.tracestate) if message.traceparent else None
+    if not message.traceparent:
+        return None
+    if len(message.traceparent) > MAX_TRACEPARENT_CHARS or len(message.tracestate) > MAX_TRACESTATE_CHARS:
+        return None
+    return TraceContext(message.traceparent, message.tracestate)
 
 
-def _seconds(message: duration_pb2.Duration) -> float:
-    return message.seconds + message.nanos / 1e9
+def _timeout(message: inference_service_pb2.StartGenerate | inference_service_pb2.StartSynthesize) -> float | None:
+    return _seconds(message.timeout, "timeout") if message.HasField("timeout") else None
 
 
-def session_command(message: inference_service_pb2.SessionRequest) -> Command:
-    """Convert one client message; a message with no kind becomes Malformed (answered with `rejected`)."""
+def session_command(message: inference_service_pb2.SessionRequest, limits: LimitsConfig) -> Command:
+    """Convert one client message. Never raises: what cannot be applied becomes Malformed (answered `rejected`).
+
+    Invariant (enforced here, for every message kind): no command carries a request id longer than
+    `limits.max_request_id_chars`; a longer one becomes Malformed under a clipped id, so nothing downstream holds
+    or echoes a client's huge id.
+    """
+    request_id = message.request_id
+    if len(request_id) > limits.max_request_id_chars:
+        return Malformed(
+            clip(request_id),
+            InvalidArgument(
+                f"request_id has {len(request_id)} characters; the limit is {limits.max_request_id_chars}",
+                field="request_id",
+                reason="REQUEST_ID_TOO_LONG",
+            ),
+        )
+    try:
+        return _command(message, limits)
+    except RilletError as error:
+        return Malformed(request_id, error)
+
+
+def _command(message: inference_service_pb2.SessionRequest, limits: LimitsConfig) -> Command:
     request_id = message.request_id
     match message.WhichOneof("kind"):
         case "start_generate":
             start = message.start_generate
-            return Start(
-                request_id,
-                generate_spec(start.params),
-                _trace(start.trace_context),
-                _seconds(start.timeout) if start.HasField("timeout") else None,
-            )
+            return Start(request_id, generate_spec(start.params, limits), _trace(start.trace_context), _timeout(start))
         case "start_synthesize":
             synth = message.start_synthesize
-            return Start(
-                request_id,
-                synthesize_spec(
-                    synth.params, streaming_input=synth.streaming_input, text_from_request_id=synth.text_from_request_id
-                ),
-                _trace(synth.trace_context),
-                _seconds(synth.timeout) if synth.HasField("timeout") else None,
+            spec = synthesize_spec(
+                synth.params, streaming_input=synth.streaming_input, text_from_request_id=synth.text_from_request_id
             )
+            return Start(request_id, spec, _trace(synth.trace_context), _timeout(synth))
         case "append_text":
+            validate_text_piece(message.append_text.text, limits)
             return AppendText(request_id, message.append_text.text)
         case "end_input":
             return EndInput(request_id)
         case "cancel":
             return Cancel(request_id)
         case _:
-            return Malformed(
-                request_id,
-                InvalidArgument("the message has no kind set", field="kind", reason="MISSING_KIND"),
-            )
+            raise InvalidArgument("the message has no kind set", field="kind", reason="MISSING_KIND")
 
 
 # ---- domain → proto ------------------------------------------------------------------------------------------

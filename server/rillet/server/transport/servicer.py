@@ -1,24 +1,43 @@
-"""The InferenceService servicer: parse, delegate to a Session, emit. Nothing else lives here."""
+"""The InferenceService servicer: parse, delegate to a Session, emit. Nothing else lives here.
+
+Errors at the edge: requests arrive as raw bytes (see `add_to_server`) and are parsed here, so an undecodable frame
+gets INVALID_ARGUMENT (in a Session: a `rejected` for that frame alone, the session goes on). No exception reaches
+gRPC unmapped: a RilletError ends the call with its canonical code, anything else with INTERNAL, logged once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from rillet.server.config import LimitsConfig
-from rillet.server.errors import RilletError
+from rillet.server.errors import Internal, InvalidArgument, RilletError, clip
 from rillet.server.scheduler import Router
 from rillet.server.session import Lifecycle, Session
 from rillet.server.transport import convert
-from rillet.server.types import Output, Start
+from rillet.server.types import Command, GenerateSpec, Malformed, Output, Start, SynthesizeSpec
 from rillet.v1 import inference_service_pb2 as pb
-from rillet.v1 import inference_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+PARSE_INLINE_MAX_BYTES = 64 * 1024
+"""Frames up to this size are parsed and converted on the event loop; larger ones in a worker thread.
+
+Measured on a 2-core machine: a 3.2 MB Start with 400,000 chat messages stalled every other stream of the server
+386 ms when converted on the loop, 36 ms in a thread (the Python-level work yields the GIL to the loop). Parsing
+alone is a single C call that keeps the GIL (1-15 ms for 4 MB), and a frame under 64 KiB takes well under a
+millisecond, for which a thread hop would cost more than it saves.
+"""
 
 
 async def abort(context: grpc.aio.ServicerContext[object, object], error: RilletError) -> NoReturn:
@@ -35,7 +54,30 @@ async def abort(context: grpc.aio.ServicerContext[object, object], error: Rillet
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class InferenceServicer(pb_grpc.InferenceServiceServicer):
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the service with no request deserializer: each method receives the raw bytes and parses them.
+
+    gRPC's own deserialization failure would end the call UNKNOWN, and on a Session end every request in it.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Session": grpc.stream_stream_rpc_method_handler(
+            servicer.Session, response_serializer=pb.SessionResponse.SerializeToString
+        ),
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate, response_serializer=pb.GenerateResponse.SerializeToString
+        ),
+        "Synthesize": grpc.unary_stream_rpc_method_handler(
+            servicer.Synthesize, response_serializer=pb.SynthesizeResponse.SerializeToString
+        ),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels, response_serializer=pb.ListModelsResponse.SerializeToString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+class InferenceServicer:
     """Maps each RPC onto a Session; converters do the proto work, the session does the rest."""
 
     def __init__(self, router: Router, limits: LimitsConfig, lifecycle: Lifecycle) -> None:
@@ -47,30 +89,55 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return Session(self._router, self._limits, self._lifecycle)
 
     async def Session(
-        self, request_iterator: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext[object, object]
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SessionResponse]:
-        commands = (convert.session_command(message) async for message in request_iterator)
+        commands = (await _off_loop(frame, self._command) async for frame in request_iterator)
         async for response in self._serve(self._session().run(commands), convert.session_response, context):
             yield response
 
     async def Generate(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: bytes, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.GenerateResponse]:
-        start = Start(_one_shot_id(), convert.generate_spec(request.params))
-        async for response in self._serve(self._session().run_one(start), convert.generate_response, context):
+        outputs = _one_shot(self._session(), request, self._generate_spec)
+        async for response in self._serve(outputs, convert.generate_response, context):
             yield response
 
     async def Synthesize(
-        self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: bytes, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SynthesizeResponse]:
-        start = Start(_one_shot_id(), convert.synthesize_spec(request.params))
-        async for response in self._serve(self._session().run_one(start), convert.synthesize_response, context):
+        outputs = _one_shot(self._session(), request, self._synthesize_spec)
+        async for response in self._serve(outputs, convert.synthesize_response, context):
             yield response
 
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: bytes, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[convert.model(info, default) for info, default in self._router.models()])
+        try:
+            convert.parse(request, pb.ListModelsRequest)
+            return pb.ListModelsResponse(
+                models=[convert.model(info, default) for info, default in self._router.models()]
+            )
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort(context, _canonical(error))
+
+    def _command(self, frame: bytes) -> Command:
+        """One Session frame as a command; never raises, so one bad frame cannot end the session."""
+        try:
+            message = convert.parse(frame, pb.SessionRequest)
+        except InvalidArgument as error:
+            return Malformed("", error)
+        try:
+            return convert.session_command(message, self._limits)
+        except Exception as error:  # a bug in conversion: this message alone fails
+            return Malformed(clip(message.request_id), _canonical(error))
+
+    def _generate_spec(self, frame: bytes) -> GenerateSpec:
+        return convert.generate_spec(convert.parse(frame, pb.GenerateRequest).params, self._limits)
+
+    def _synthesize_spec(self, frame: bytes) -> SynthesizeSpec:
+        return convert.synthesize_spec(convert.parse(frame, pb.SynthesizeRequest).params)
 
     @staticmethod
     async def _serve(
@@ -83,9 +150,32 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             async with aclosing(outputs) as stream:  # type: ignore[type-var]
                 async for output in stream:
                     yield to_proto(output)
-        except RilletError as error:
-            await abort(context, error)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort(context, _canonical(error))
 
 
-def _one_shot_id() -> str:
-    return uuid.uuid4().hex
+def _canonical(error: Exception) -> RilletError:
+    """The error to send for `error`: a RilletError as it is; anything else is a bug, logged here (once): INTERNAL."""
+    if isinstance(error, RilletError):
+        return error
+    log.error("unexpected error in the InferenceService transport", exc_info=error)
+    return Internal("the server failed unexpectedly; the error is logged")
+
+
+async def _off_loop(frame: bytes, parse: Callable[[bytes], T]) -> T:
+    """`parse(frame)`: inline when the frame is small, in a worker thread when large (PARSE_INLINE_MAX_BYTES)."""
+    if len(frame) <= PARSE_INLINE_MAX_BYTES:
+        return parse(frame)
+    return await asyncio.to_thread(parse, frame)
+
+
+async def _one_shot(
+    session: Session, frame: bytes, to_spec: Callable[[bytes], GenerateSpec | SynthesizeSpec]
+) -> AsyncIterator[Output]:
+    """The outputs of a one-shot RPC's single request; a frame that fails to parse raises InvalidArgument."""
+    start = Start(uuid.uuid4().hex, await _off_loop(frame, to_spec))
+    async with aclosing(session.run_one(start)) as outputs:  # type: ignore[type-var]
+        async for output in outputs:
+            yield output
