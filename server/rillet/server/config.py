@@ -104,6 +104,21 @@ class LimitsConfig(BaseModel, frozen=True):
     )
     default_chunk_ms: int = Field(160, ge=10, le=2000, description="audio chunk bound when a request sets none")
     max_synthesis_chars: int = Field(100_000, ge=1, description="text one synthesis request may speak in total")
+    input_idle_timeout_s: float = Field(
+        30.0, ge=0, description="a streaming-input synthesis whose engine waits this long for text fails; 0 never"
+    )
+    max_request_buffer_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="output one request may hold for a slow client (text coalesces into one message up to this size, "
+        "~6 s of 22 kHz audio); past it the request's engine stream pauses",
+    )
+    max_session_buffer_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="output and `rejected` replies one session may hold for its client; past it the session stops "
+        "reading client messages and its engine streams pause",
+    )
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> LimitsConfig:

@@ -1,0 +1,166 @@
+"""What a session's writer holds: each request's outbox (seq, coalescing, a byte bound) and the session's budget."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+
+from rillet.server.types import AudioChunk, Failed, Finished, Output, TokenDelta
+
+Payload = TokenDelta | AudioChunk | Finished | Failed
+
+
+def wire_size(payload: TokenDelta | AudioChunk) -> int:
+    """Approximate bytes an output takes on the wire; what the bounds count."""
+    if isinstance(payload, AudioChunk):
+        return len(payload.pcm) + len(payload.text) + 32
+    return len(payload.text) + 8 * len(payload.token_ids) + 16 * sum(1 + len(lp.top) for lp in payload.logprobs)
+
+
+class OutboundBudget:
+    """The session-wide bound on everything its writer holds: every request's pending outputs and `rejected` replies.
+
+    Invariant: a producer (an engine pump, or the reader queueing a rejection) waits while the budget is at or over
+    its limit, so the session holds at most `limit_bytes` plus one output per producer. When the reader waits, the
+    session stops reading client messages and gRPC's flow control pushes back on the client.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.used = 0
+        self._space = asyncio.Event()
+        self._space.set()
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.limit_bytes
+
+    def add(self, size: int) -> None:
+        self.used += size
+        if self.full:
+            self._space.clear()
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        if not self.full:
+            self._space.set()
+
+    async def wait_for_space(self) -> None:
+        while self.full:
+            await self._space.wait()
+
+
+class Outbox:
+    """One request's outputs waiting for the writer.
+
+    Invariants (each enforced here and nowhere else):
+    - `seq` numbers the request's outputs 0, 1, 2, ... with no gap; numbers are assigned when the writer takes
+      outputs, so outputs discarded before that (a stalled client's) never leave a hole.
+    - Token deltas coalesce while the writer is behind (one pending delta at most); audio chunks queue in order.
+    - The pending bytes stay under `limit_bytes` (plus one output): `put` waits while this outbox or the session's
+      budget is full, which pauses the request's engine stream.
+    - The terminal output is taken exactly once, after every other output.
+    - `waiting_since` is when the oldest output not yet taken by the client became ready: the stall watchdog's
+      only clock, so a slow engine is never mistaken for a client that stopped reading.
+    """
+
+    def __init__(
+        self, request_id: str, budget: OutboundBudget, limit_bytes: int, on_ready: Callable[[Outbox], None]
+    ) -> None:
+        self.request_id = request_id
+        self.waiting_since: float | None = None
+        self._budget = budget
+        self._limit_bytes = limit_bytes
+        self._on_ready = on_ready
+        self._seq = 0
+        self._delta: TokenDelta | None = None
+        self._audio: collections.deque[AudioChunk] = collections.deque()
+        self._pending_bytes = 0  # in `_delta` and `_audio`
+        self._taken_bytes = 0  # taken by the writer, not yet delivered to the transport
+        self._terminal: Finished | Failed | None = None
+        self._terminal_taken = False
+        self._queued = False
+        self._signalled_at = 0.0
+        self._space = asyncio.Event()
+        self._space.set()
+
+    @property
+    def done(self) -> bool:
+        """The terminal output was taken: the request is over for the client."""
+        return self._terminal_taken
+
+    async def put(self, payload: TokenDelta | AudioChunk) -> None:
+        """Queue an output for the writer; waits while this outbox or the session budget is full."""
+        size = wire_size(payload)
+        if isinstance(payload, TokenDelta):
+            self._delta = payload if self._delta is None else self._delta.merge(payload)
+        else:
+            self._audio.append(payload)
+        self._pending_bytes += size
+        self._budget.add(size)
+        if self._pending_bytes >= self._limit_bytes:
+            self._space.clear()
+        self._signal()
+        while self._pending_bytes >= self._limit_bytes or self._budget.full:
+            if self._pending_bytes >= self._limit_bytes:
+                await self._space.wait()
+            else:
+                await self._budget.wait_for_space()
+
+    def end(self, terminal: Finished | Failed) -> None:
+        """Set the terminal output (the first call wins); it follows whatever is pending."""
+        if self._terminal is None:
+            self._terminal = terminal
+            self._signal()
+
+    def discard(self) -> None:
+        """Drop the pending outputs (a stalled client will only get the terminal error)."""
+        self._delta = None
+        self._audio.clear()
+        self._free_pending()
+
+    def take(self) -> list[Output]:
+        """Everything ready, numbered. Called by the writer only; `delivered` must follow once they are sent."""
+        self._queued = False
+        payloads: list[Payload] = []
+        if self._delta is not None:
+            payloads.append(self._delta)
+            self._delta = None
+        payloads.extend(self._audio)
+        self._audio.clear()
+        self._taken_bytes += self._pending_bytes
+        self._pending_bytes = 0
+        self._space.set()
+        if self._terminal is not None and not self._terminal_taken:
+            self._terminal_taken = True
+            payloads.append(self._terminal)
+        outputs = [Output(self.request_id, self._seq + i, p) for i, p in enumerate(payloads)]
+        self._seq += len(outputs)
+        return outputs
+
+    def delivered(self) -> None:
+        """The transport took what `take` returned: release its bytes and restart the stall clock."""
+        self._budget.release(self._taken_bytes)
+        self._taken_bytes = 0
+        self.waiting_since = self._signalled_at if self._queued else None
+
+    def close(self) -> None:
+        """Return every byte to the budget (the session is ending)."""
+        self._free_pending()
+        self._budget.release(self._taken_bytes)
+        self._taken_bytes = 0
+
+    def _free_pending(self) -> None:
+        self._budget.release(self._pending_bytes)
+        self._pending_bytes = 0
+        self._space.set()
+
+    def _signal(self) -> None:
+        if not self._queued:
+            self._queued = True
+            self._signalled_at = time.monotonic()
+            if self.waiting_since is None:
+                self.waiting_since = self._signalled_at
+            self._on_ready(self)

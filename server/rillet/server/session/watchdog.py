@@ -1,0 +1,55 @@
+"""The per-request watchdog: a client that stopped reading, or a streaming input that stopped coming."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from rillet.server.session.request import CancelReason, Request, State
+
+log = logging.getLogger(__name__)
+
+
+class Watchdog:
+    """Cancels each request whose client stopped reading or whose streaming input went idle, for the whole session.
+
+    Two clocks, both per request and both measured where their state lives:
+    - stall: how long the oldest output not yet taken by the client has waited (Outbox.waiting_since). Only pull
+      time counts, so a slow engine is never mistaken for a stalled client; a writer blocked on another request's
+      output, or on a `rejected`, stalls every request waiting behind it.
+    - idle input: how long the engine has waited for streaming text that did not come (TextInput.idle_since).
+    A limit of 0 turns a clock off. The sweep runs every quarter of the shorter limit (at most every second), so a
+    request is cancelled between its limit and 1.25 times it.
+    """
+
+    def __init__(self, stall_s: float, idle_input_s: float, requests: Callable[[], Iterable[Request]]) -> None:
+        self._stall_s = stall_s
+        self._idle_input_s = idle_input_s
+        self._requests = requests
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._stall_s or self._idle_input_s)
+
+    async def run(self) -> None:
+        period = min(1.0, min(limit for limit in (self._stall_s, self._idle_input_s) if limit) / 4)
+        while True:
+            await asyncio.sleep(period)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        """Cancel every request past a limit at `now` (monotonic seconds)."""
+        for request in list(self._requests()):
+            if request.state is State.ENDED:
+                continue
+            waiting = request.outbox.waiting_since
+            if self._stall_s and waiting is not None and now - waiting > self._stall_s:
+                log.warning("request %s: client read nothing for %.1fs, cancelling", request.request_id, now - waiting)
+                request.cancel(CancelReason.STALLED)
+                continue
+            idle = request.input.idle_since if request.input is not None else None
+            if self._idle_input_s and idle is not None and request.source is None and now - idle > self._idle_input_s:
+                log.info("request %s: no input text for %.1fs, cancelling", request.request_id, now - idle)
+                request.cancel(CancelReason.INPUT_IDLE)
