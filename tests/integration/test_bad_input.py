@@ -3,31 +3,60 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from rillet.client import Client, InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from rillet.server.app import RilletServer
 from rillet.server.engine.synthetic import synthetic_text
-from rillet.v1 import generation_pb2, inference_service_pb2, inference_service_pb2_grpc
+from rillet.server.transport import convert
+from rillet.server.transport.servicer import PARSE_INLINE_MAX_BYTES
+from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, inference_service_pb2_grpc, speech_pb2
 from tests.conftest import ServerFactory, eventually
-
-if TYPE_CHECKING:
-    from rillet.v1.inference_service_pb2_grpc import InferenceServiceAsyncStub
 
 GP = generation_pb2.GenerateParams
 SP = generation_pb2.SamplingParams
 SR = inference_service_pb2.SessionRequest
+CM = generation_pb2.ChatMessage
 NEIGHBOUR_TOKENS = 40
+SERVICE = "/rillet.v1.InferenceService/"
+Frame = inference_service_pb2.SessionRequest | bytes
 
 
-def start(rid: str, params: generation_pb2.GenerateParams) -> inference_service_pb2.SessionRequest:
-    return inference_service_pb2.SessionRequest(
-        request_id=rid, start_generate=inference_service_pb2.StartGenerate(params=params)
+def start(
+    rid: str, params: generation_pb2.GenerateParams, timeout: duration_pb2.Duration | None = None
+) -> inference_service_pb2.SessionRequest:
+    return SR(request_id=rid, start_generate=inference_service_pb2.StartGenerate(params=params, timeout=timeout))
+
+
+def synth(rid: str, **fields: Any) -> inference_service_pb2.SessionRequest:
+    params = speech_pb2.SynthesizeParams(**{"text": "Hello.", **fields.pop("params", {})})
+    return SR(request_id=rid, start_synthesize=inference_service_pb2.StartSynthesize(params=params, **fields))
+
+
+def chat(*messages: tuple[str, str]) -> generation_pb2.ChatPrompt:
+    return generation_pb2.ChatPrompt(messages=[CM(role=r, content=c) for r, c in messages])
+
+
+def raw(message: Message | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def raw_session(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.StreamStreamMultiCallable[Frame, inference_service_pb2.SessionResponse]:
+    """The Session RPC taking raw frames (bytes or messages): how a client with a broken encoder looks."""
+    return channel.stream_stream(
+        SERVICE + "Session",
+        request_serializer=raw,
+        response_deserializer=inference_service_pb2.SessionResponse.FromString,
     )
 
 
@@ -38,6 +67,32 @@ def reason(status: status_pb2.Status) -> str:
             assert info.domain == "rillet.dev"
             return info.reason
     raise AssertionError("no ErrorInfo in the status")
+
+
+def call_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The google.rpc.Status a failed call carries in its trailers."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            assert isinstance(value, bytes)
+            return status_pb2.Status.FromString(value)
+    raise AssertionError(f"no google.rpc.Status in the trailers of {error.code()}: {error.details()}")
+
+
+async def one_shot(channel: grpc.aio.Channel, method: str, request: Message | bytes) -> None:
+    """Call a one-shot RPC with a raw request and read it to its end."""
+    if method == "ListModels":
+        await channel.unary_unary(SERVICE + method, request_serializer=raw)(request)
+        return
+    call: grpc.aio.UnaryStreamCall[Message | bytes, bytes] = channel.unary_stream(
+        SERVICE + method, request_serializer=raw
+    )(request)
+    async for _ in call:
+        pass
+
+
+def nested(depth: int) -> bytes:
+    """`depth` nested groups (field 9, wire types 3 and 4): deeper than protobuf's recursion limit."""
+    return b"\x4b" * depth + b"\x4c" * depth
 
 
 # (bad message, expected kind, expected code, expected reason)
@@ -85,6 +140,45 @@ BAD_STARTS = [
     (SR(request_id="neighbour", append_text=inference_service_pb2.AppendText(text="a")),
      "rejected", code_pb2.INVALID_ARGUMENT, "NOT_STREAMING_INPUT"),
     (SR(request_id="nokind"), "rejected", code_pb2.INVALID_ARGUMENT, "MISSING_KIND"),
+    # Frames that are not a SessionRequest at all: answered `rejected`, the session goes on.
+    (b"\xff\xff\xff\xff", "rejected", code_pb2.INVALID_ARGUMENT, "UNDECODABLE_MESSAGE"),
+    (b"\x0a\x02\xc3\x28", "rejected", code_pb2.INVALID_ARGUMENT, "UNDECODABLE_MESSAGE"),  # bad UTF-8 request_id
+    (b"\x12\x06\x0a\x04\x12\x02\xc3\x28", "rejected", code_pb2.INVALID_ARGUMENT, "UNDECODABLE_MESSAGE"),  # in text
+    (b"\x0a\x03\xed\xa0\x80", "rejected", code_pb2.INVALID_ARGUMENT, "UNDECODABLE_MESSAGE"),  # an encoded surrogate
+    (b"\x0c", "rejected", code_pb2.INVALID_ARGUMENT, "UNDECODABLE_MESSAGE"),  # a stray end-group tag
+    (nested(200), "rejected", code_pb2.INVALID_ARGUMENT, "UNDECODABLE_MESSAGE"),
+    (b"\x0a\x05ab", "rejected", code_pb2.INVALID_ARGUMENT, "UNDECODABLE_MESSAGE"),  # truncated
+    # Conversion errors fail their message alone (a Duration past its documented range overflowed timedelta).
+    (synth("bad", params={"max_chunk_duration": duration_pb2.Duration(seconds=90_000_000_000_000)}), "rejected",
+     code_pb2.INVALID_ARGUMENT, "INVALID_DURATION"),
+    (start("bad", GP(text="x"), timeout=duration_pb2.Duration(seconds=2**62)), "rejected",
+     code_pb2.INVALID_ARGUMENT, "INVALID_DURATION"),
+    (start("bad", GP(text="x"), timeout=duration_pb2.Duration(seconds=1, nanos=-1)), "rejected",
+     code_pb2.INVALID_ARGUMENT, "INVALID_DURATION"),
+    # Every field is bounded, and nothing echoed grows with the input.
+    (SR(request_id="x" * 2_500_000, cancel=inference_service_pb2.Cancel()), "rejected",
+     code_pb2.INVALID_ARGUMENT, "REQUEST_ID_TOO_LONG"),
+    (SR(request_id="x" * 129, end_input=inference_service_pb2.EndInput()), "rejected",
+     code_pb2.INVALID_ARGUMENT, "REQUEST_ID_TOO_LONG"),
+    (SR(request_id="x" * 129), "rejected", code_pb2.INVALID_ARGUMENT, "REQUEST_ID_TOO_LONG"),
+    (SR(request_id="ghost", append_text=inference_service_pb2.AppendText(text="a\0b")), "rejected",
+     code_pb2.INVALID_ARGUMENT, "NUL_CHARACTER"),
+    (SR(request_id="ghost", append_text=inference_service_pb2.AppendText(text="a" * 20_000)), "rejected",
+     code_pb2.INVALID_ARGUMENT, "TEXT_PIECE_TOO_LARGE"),
+    (start("bad", GP(text="x", model="m" * 3_000_000)), "error", code_pb2.INVALID_ARGUMENT, "NAME_TOO_LONG"),
+    (start("bad", GP(text="x", model="m" * 256)), "error", code_pb2.NOT_FOUND, "MODEL_NOT_FOUND"),
+    (start("bad", GP(text="x", stop=["s" * 300])), "error", code_pb2.INVALID_ARGUMENT, "STOP_TOO_LONG"),
+    (start("bad", GP(text="x", stop=["s"] * 100_000)), "error", code_pb2.INVALID_ARGUMENT, "TOO_MANY_STOPS"),
+    (start("bad", GP(chat=chat(*[("user", "hi")] * 200_000))), "error", code_pb2.INVALID_ARGUMENT,
+     "TOO_MANY_CHAT_MESSAGES"),
+    (start("bad", GP(chat=chat(("r" * 65, "hi")))), "error", code_pb2.INVALID_ARGUMENT, "CHAT_ROLE_TOO_LONG"),
+    (start("bad", GP(chat=chat(("user", "c" * 300_000)))), "error", code_pb2.INVALID_ARGUMENT, "PROMPT_TOO_LARGE"),
+    (start("bad", GP(token_ids=generation_pb2.TokenIds(ids=[1] * 300_000))), "error", code_pb2.INVALID_ARGUMENT,
+     "PROMPT_TOO_LARGE"),
+    (synth("bad", params={"text": "a\0b"}), "error", code_pb2.INVALID_ARGUMENT, "NUL_CHARACTER"),
+    (synth("bad", params={"voice": "v" * 300}), "error", code_pb2.INVALID_ARGUMENT, "NAME_TOO_LONG"),
+    (synth("bad", params={"text": ""}, text_from_request_id="t" * 200), "error", code_pb2.INVALID_ARGUMENT,
+     "REQUEST_ID_TOO_LONG"),
 ]  # fmt: skip
 
 
@@ -92,16 +186,12 @@ BAD_STARTS = [
     ("bad", "kind", "code", "why"), BAD_STARTS, ids=[f"{b[3]}-{i}" for i, b in enumerate(BAD_STARTS)]
 )
 async def test_bad_message_fails_alone_while_neighbour_streams(
-    stub: InferenceServiceAsyncStub,
-    bad: inference_service_pb2.SessionRequest,
-    kind: str,
-    code: int,
-    why: str,
+    channel: grpc.aio.Channel, bad: Frame, kind: str, code: int, why: str
 ) -> None:
     neighbour_started = asyncio.Event()
     done = asyncio.Event()
 
-    async def requests() -> AsyncIterator[inference_service_pb2.SessionRequest]:
+    async def requests() -> AsyncIterator[Frame]:
         yield start("neighbour", GP(text="the neighbour", max_tokens=NEIGHBOUR_TOKENS))
         await neighbour_started.wait()  # the bad message arrives while the neighbour is streaming
         yield bad
@@ -109,7 +199,7 @@ async def test_bad_message_fails_alone_while_neighbour_streams(
 
     text, neighbour_end = "", None
     answers: list[inference_service_pb2.SessionResponse] = []
-    call = stub.Session(requests())
+    call = raw_session(channel)(requests())
     async for response in call:
         which = response.WhichOneof("kind")
         if response.request_id == "neighbour" and which in ("token_delta", "finished", "error"):
@@ -133,8 +223,9 @@ async def test_bad_message_fails_alone_while_neighbour_streams(
     assert status.code == code
     assert reason(status) == why
     assert status.message
+    assert answer.ByteSize() < 512  # nothing a client sent is echoed unbounded
     if kind == "error":
-        assert answer.seq == 0
+        assert (answer.request_id, answer.seq) == ("bad", 0)
     assert neighbour_end is not None
     assert neighbour_end.WhichOneof("kind") == "finished"
     assert text == synthetic_text("the neighbour", NEIGHBOUR_TOKENS)
@@ -176,3 +267,80 @@ async def test_too_many_requests_in_one_session(make_server: ServerFactory) -> N
         assert caught.value.reason == "TOO_MANY_REQUESTS_IN_SESSION"
         for i, stream in enumerate(kept):
             assert (await stream.collect()).text == synthetic_text(f"k{i}", 3)
+
+
+@pytest.mark.parametrize(
+    ("method", "frame"),
+    [
+        ("Generate", b"\xff\xff\xff\xff"),
+        ("Generate", inference_service_pb2.GenerateRequest(params=GP(text="x")).SerializeToString()[:-1]),
+        ("Synthesize", b"\x0a\x04\x12\x02\xc3\x28"),  # params.text is not UTF-8
+        ("Synthesize", nested(200)),
+        ("ListModels", b"\x0c"),
+    ],
+)
+async def test_undecodable_one_shot_request_is_invalid_argument(
+    channel: grpc.aio.Channel, method: str, frame: bytes
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await one_shot(channel, method, frame)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = call_status(caught.value)
+    assert (status.code, reason(status)) == (code_pb2.INVALID_ARGUMENT, "UNDECODABLE_MESSAGE")
+    assert "Error" not in status.message  # no Python exception class, only what was wrong
+
+
+async def test_bad_duration_in_one_shot_is_invalid_argument(channel: grpc.aio.Channel) -> None:
+    params = speech_pb2.SynthesizeParams(text="hi", max_chunk_duration=duration_pb2.Duration(seconds=10**14))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await one_shot(channel, "Synthesize", inference_service_pb2.SynthesizeRequest(params=params))
+    assert reason(call_status(caught.value)) == "INVALID_DURATION"
+
+
+async def test_an_unexpected_error_is_internal_logged_once_and_fails_only_its_call(
+    client: Client, channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_generate_spec, real_session_command = convert.generate_spec, convert.session_command
+
+    def generate_spec(params: generation_pb2.GenerateParams, limits: Any) -> Any:
+        if params.text == "boom":
+            raise RuntimeError("a bug")
+        return real_generate_spec(params, limits)
+
+    def session_command(message: inference_service_pb2.SessionRequest, limits: Any) -> Any:
+        if message.request_id == "boom":
+            raise RuntimeError("a bug")
+        return real_session_command(message, limits)
+
+    monkeypatch.setattr(convert, "generate_spec", generate_spec)
+    monkeypatch.setattr(convert, "session_command", session_command)
+    with caplog.at_level(logging.ERROR, logger="rillet.server.transport.servicer"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await one_shot(channel, "Generate", inference_service_pb2.GenerateRequest(params=GP(text="boom")))
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+        assert reason(call_status(caught.value)) == "INTERNAL"
+        assert (await client.generate("fine", max_tokens=3).collect()).text == synthetic_text("fine", 3)
+
+        responses = raw_session(channel)(
+            iter([start("neighbour", GP(text="n", max_tokens=3)), start("boom", GP(text="x"))])
+        )
+        answers = {(r.request_id, r.WhichOneof("kind")): r async for r in responses}
+    assert answers[("boom", "rejected")].rejected.code == code_pb2.INTERNAL
+    assert ("neighbour", "finished") in answers
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [RuntimeError, RuntimeError]  # once per bug
+
+
+async def test_large_frames_keep_their_order(channel: grpc.aio.Channel) -> None:
+    """A frame parsed in a worker thread is applied before the small frame sent after it."""
+    big = start("big", GP(text="b" * 100_000, max_tokens=2000))
+    assert big.ByteSize() > PARSE_INLINE_MAX_BYTES
+    cancel = SR(request_id="big", cancel=inference_service_pb2.Cancel())
+    responses = [r async for r in raw_session(channel)(iter([big, cancel]))]
+    assert [r.WhichOneof("kind") for r in responses][-1] == "finished"
+    assert responses[-1].finished.reason == common_pb2.FINISH_REASON_CANCELLED
+
+
+async def test_a_long_valid_timeout_is_no_limit(channel: grpc.aio.Channel) -> None:
+    timeout = duration_pb2.Duration(seconds=315_576_000_000, nanos=999_999_999)  # the largest valid Duration
+    responses = [r async for r in raw_session(channel)(iter([start("r", GP(text="x", max_tokens=3), timeout=timeout)]))]
+    assert responses[-1].WhichOneof("kind") == "finished"

@@ -122,13 +122,13 @@ def validate_generate(
         if min(prompt) < 0:
             raise InvalidArgument("token ids must not be negative", field="params.token_ids", reason="BAD_TOKEN_ID")
     else:
+        _check_chat(prompt, limits)
         if not route.model.supports_chat:
             raise InvalidArgument(
                 f"model {route.model.name!r} has no chat template; send a text or token-id prompt",
                 field="params.chat",
                 reason="CHAT_TEMPLATE_MISSING",
             )
-        _check_chat(prompt, limits)
     limit = min(limits.max_tokens, route.model.max_tokens_limit or limits.max_tokens)
     max_tokens = spec.max_tokens if spec.max_tokens is not None else min(limits.default_max_tokens, limit)
     if not 1 <= max_tokens <= limit:
@@ -189,8 +189,24 @@ def validate_generate(
 def validate_synthesize(
     request_id: str, spec: SynthesizeSpec, text: AsyncIterator[str], limits: LimitsConfig, router: Router
 ) -> tuple[Route, SynthesisRequest]:
-    """Resolve the voice and check every field; the text itself arrives later through `text`."""
+    """Resolve the voice and check every field; the text itself arrives later through `text`.
+
+    Sizes and characters are checked first: a request is refused for its size before anything is looked up.
+    """
     _check_name(spec.voice, "params.voice", limits)
+    if len(spec.text) > limits.max_synthesis_chars:
+        raise InvalidArgument(
+            f"the text has {len(spec.text)} characters; the limit is {limits.max_synthesis_chars}",
+            field="params.text",
+            reason="TEXT_TOO_LARGE",
+        )
+    _check_no_nul(spec.text, "params.text")
+    if len(spec.text_from_request_id) > limits.max_request_id_chars:
+        raise InvalidArgument(
+            f"text_from_request_id is longer than {limits.max_request_id_chars} characters",
+            field="text_from_request_id",
+            reason="REQUEST_ID_TOO_LONG",
+        )
     route = router.resolve(spec.voice, ModelKind.SPEECH_SYNTHESIS)
     if spec.unknown_encoding is not None:
         raise InvalidArgument(
@@ -205,19 +221,6 @@ def validate_synthesize(
             f"max_chunk_duration {chunk_s:g}s is outside [0.01s, 2s]",
             field="params.max_chunk_duration",
             reason="CHUNK_DURATION_OUT_OF_RANGE",
-        )
-    if len(spec.text) > limits.max_synthesis_chars:
-        raise InvalidArgument(
-            f"the text has {len(spec.text)} characters; the limit is {limits.max_synthesis_chars}",
-            field="params.text",
-            reason="TEXT_TOO_LARGE",
-        )
-    _check_no_nul(spec.text, "params.text")
-    if len(spec.text_from_request_id) > limits.max_request_id_chars:
-        raise InvalidArgument(
-            f"text_from_request_id is longer than {limits.max_request_id_chars} characters",
-            field="text_from_request_id",
-            reason="REQUEST_ID_TOO_LONG",
         )
     if spec.text_from_request_id:
         if spec.text or spec.streaming_input:

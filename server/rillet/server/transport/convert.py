@@ -76,9 +76,11 @@ def parse(data: bytes, message_type: type[M]) -> M:
     message = message_type()
     try:
         message.ParseFromString(data)
-    except DecodeError:
+    except DecodeError as error:
+        detail = str(error).rpartition(": ")[2]  # protobuf's own short cause, e.g. "String field had bad UTF-8"
         raise InvalidArgument(
-            f"the message is not a valid {message_type.DESCRIPTOR.full_name}", reason="UNDECODABLE_MESSAGE"
+            f"the message is not a valid {message_type.DESCRIPTOR.full_name}: {clip(detail)}",
+            reason="UNDECODABLE_MESSAGE",
         ) from None
     return message
 
