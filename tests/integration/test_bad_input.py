@@ -27,7 +27,7 @@ SR = inference_service_pb2.SessionRequest
 CM = generation_pb2.ChatMessage
 NEIGHBOUR_TOKENS = 40
 SERVICE = "/rillet.v1.InferenceService/"
-Frame = inference_service_pb2.SessionRequest | bytes
+Frame = Message | bytes
 
 
 def start(
