@@ -14,8 +14,11 @@ from grpc_reflection.v1alpha import reflection
 
 from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
 from rillet.server.engine.base import Engine
+from rillet.server.observer import NULL_OBSERVER, Observer
 from rillet.server.scheduler import Router
 from rillet.server.session import Lifecycle
+from rillet.server.tenancy import TenantLedger, TenantLimits
+from rillet.server.transport.auth import CallGate, TokenStore, load_tenants, server_credentials
 from rillet.server.transport.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 
 log = logging.getLogger(__name__)
@@ -45,11 +48,21 @@ def build_engines(settings: Settings) -> list[Engine]:
 class RilletServer:
     """One gRPC server process. Health is NOT_SERVING until the engines are warm and again from the drain on."""
 
-    def __init__(self, settings: Settings, engines: Sequence[Engine] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, engines: Sequence[Engine] | None = None, *, observer: Observer = NULL_OBSERVER
+    ) -> None:
         self.settings = settings
+        self.observer = observer
         self.router = Router(engines if engines is not None else build_engines(settings), settings.scheduler)
         self.lifecycle = Lifecycle(on_engine_dead=self._on_engine_dead)
         self.health = HealthServicer()
+        tenants = load_tenants(settings.security)
+        self.tenants = TenantLedger(
+            {name: TenantLimits(t.max_sessions, t.max_requests) for name, t in tenants.items()},
+            max_calls=settings.security.max_calls,
+            retry_after_s=settings.scheduler.retry_after_s,
+        )
+        self._tokens = TokenStore(tenants) if tenants else None
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -57,8 +70,12 @@ class RilletServer:
     async def start(self) -> int:
         """Bind, serve health and reflection at once, then warm the engines and report SERVING; returns the port."""
         limit = self.settings.max_message_bytes
+        security = self.settings.security
         server = grpc.aio.server(
+            interceptors=[CallGate(self._tokens, self.tenants)],
             options=[
+                # Connections past this are closed at accept, before any handshake (the client sees UNAVAILABLE).
+                ("grpc.max_allowed_incoming_connections", security.max_connections),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 1),
@@ -69,15 +86,24 @@ class RilletServer:
                 # ... and accept the SDK's 30 s pings instead of answering them with GOAWAY ENHANCE_YOUR_CALM.
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
                 ("grpc.http2.max_ping_strikes", 0),
-            ]
+            ],
         )
-        add_to_server(InferenceServicer(self.router, self.settings.limits, self.lifecycle), server)
+        add_to_server(
+            InferenceServicer(self.router, self.settings.limits, self.lifecycle, observer=self.observer), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-        reflection.enable_server_reflection([SERVICE_NAME, health_name, reflection.SERVICE_NAME], server)
+        if security.reflection:
+            reflection.enable_server_reflection([SERVICE_NAME, health_name, reflection.SERVICE_NAME], server)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, NOT_SERVING)
-        port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        if security.tls.enabled:
+            port = server.add_secure_port(address, server_credentials(security.tls))
+        else:
+            port = server.add_insecure_port(address)
+            if self._tokens is not None:
+                log.warning("bearer tokens are on without TLS: they cross the network in plain text")
         if port == 0:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await server.start()

@@ -41,7 +41,12 @@ from rillet.server.types import (
     Rejected,
     Start,
 )
-from rillet.server.validation import validate_generate, validate_request_id, validate_synthesize
+from rillet.server.validation import (
+    validate_generate,
+    validate_request_id,
+    validate_synthesize,
+    validate_text_piece,
+)
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +234,12 @@ class Session:
             )
         if isinstance(command, EndInput):
             text_input.end()
-        elif text_input.chars + len(command.text) > self._limits.max_synthesis_chars:
+            return None
+        try:
+            validate_text_piece(command.text, self._limits)
+        except RilletError as error:
+            return error
+        if text_input.chars + len(command.text) > self._limits.max_synthesis_chars:
             return InvalidArgument(
                 f"request {command.request_id!r} would exceed {self._limits.max_synthesis_chars} characters",
                 reason="TEXT_TOO_LARGE",

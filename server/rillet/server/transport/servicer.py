@@ -18,8 +18,10 @@ import grpc
 
 from rillet.server.config import LimitsConfig
 from rillet.server.errors import Internal, InvalidArgument, RilletError, clip
+from rillet.server.observer import NULL_OBSERVER, Observer
 from rillet.server.scheduler import Router
 from rillet.server.session import Lifecycle, Session
+from rillet.server.tenancy import current_quota
 from rillet.server.transport import convert
 from rillet.server.types import Command, GenerateSpec, Malformed, Output, Start, SynthesizeSpec
 from rillet.v1 import inference_service_pb2 as pb
@@ -80,13 +82,17 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
 class InferenceServicer:
     """Maps each RPC onto a Session; converters do the proto work, the session does the rest."""
 
-    def __init__(self, router: Router, limits: LimitsConfig, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self, router: Router, limits: LimitsConfig, lifecycle: Lifecycle, *, observer: Observer = NULL_OBSERVER
+    ) -> None:
         self._router = router
         self._limits = limits
         self._lifecycle = lifecycle
+        self._observer = observer
 
     def _session(self) -> Session:
-        return Session(self._router, self._limits, self._lifecycle)
+        # The call's tenant quota: the auth interceptor made it current in this call's task (transport/auth.py).
+        return Session(self._router, self._limits, self._lifecycle, observer=self._observer, quota=current_quota())
 
     async def Session(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[object, object]

@@ -1,0 +1,104 @@
+"""Test engines: each labelled, each driving one behaviour the real engines cannot be made to show on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+
+from rillet.server.config import SyntheticConfig
+from rillet.server.engine.synthetic import SyntheticEngine
+from rillet.server.errors import InvalidArgument
+from rillet.server.types import (
+    AudioChunk,
+    EngineEvent,
+    EngineFinished,
+    EngineRequest,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    ModelKind,
+    SynthesisRequest,
+    TokenDelta,
+    Usage,
+)
+
+
+class FloodEngine(SyntheticEngine):
+    """A TEST engine that emits 16 KiB deltas as fast as its stream is pulled, until the stream is closed."""
+
+    def __init__(self, config: SyntheticConfig | None = None) -> None:
+        super().__init__(config or SyntheticConfig())
+        self.emitted = 0  # deltas pulled by the server, across all streams
+
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
+        self._active += 1
+        try:
+            while True:
+                self.emitted += 1
+                yield TokenDelta("x" * 16384, (1,))
+                await asyncio.sleep(0)
+        finally:
+            self._active -= 1
+
+
+class EchoSpeechEngine:
+    """A TEST speech engine: one chunk of silence per text piece (one sample per character), as pieces arrive."""
+
+    SAMPLE_RATE = 16_000
+
+    def __init__(self, slots: int = 4) -> None:
+        self._slots = slots
+        self._active = 0
+        self._models = (
+            ModelInfo(
+                name="echo-voice",
+                kind=ModelKind.SPEECH_SYNTHESIS,
+                engine=self.name,
+                description="TEST ENGINE: silence, one sample per character",
+                is_test_engine=True,
+                sample_rate_hertz=self.SAMPLE_RATE,
+            ),
+        )
+
+    @property
+    def name(self) -> str:
+        return "echo-speech"
+
+    @property
+    def models(self) -> Sequence[ModelInfo]:
+        return self._models
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def healthy(self) -> bool:
+        return True
+
+    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
+        if not isinstance(request, SynthesisRequest):
+            raise InvalidArgument("the echo engine only speaks", reason="UNSUPPORTED_REQUEST")
+        return self._speak(request)
+
+    async def _speak(self, request: SynthesisRequest) -> AsyncGenerator[EngineEvent, None]:
+        self._active += 1
+        try:
+            offset = chars = 0
+            async for piece in request.text:
+                chars += len(piece)
+                yield AudioChunk(b"\0\0" * len(piece), self.SAMPLE_RATE, 1, offset, piece)
+                offset += len(piece)
+            usage = Usage(input_characters=chars, output_audio_seconds=offset / self.SAMPLE_RATE)
+            yield EngineFinished(FinishReason.STOP, usage)
+        finally:
+            self._active -= 1
