@@ -15,6 +15,7 @@ from rillet.client._errors import (
     UnavailableError,
     UnknownError,
 )
+from rillet.client._tls import TlsOptions
 from rillet.client._types import (
     AudioChunk,
     ChatMessage,
@@ -55,6 +56,7 @@ __all__ = [
     "SynthesizeResult",
     "SynthesizeStream",
     "Timings",
+    "TlsOptions",
     "TokenDelta",
     "TokenLogprob",
     "TokenLogprobs",

@@ -17,6 +17,7 @@ import grpc
 
 from rillet.client import _convert
 from rillet.client._errors import ProtocolError, RilletError, UnavailableError, error_from_rpc, error_from_status
+from rillet.client._tls import TlsOptions
 from rillet.client._types import (
     AudioChunk,
     ChatMessage,
@@ -201,22 +202,34 @@ class Client:
         cls,
         target: str,
         *,
-        credentials: grpc.ChannelCredentials | None = None,
+        tls: TlsOptions | None = None,
+        token: str | None = None,
         metadata: Metadata = (),
         options: Sequence[tuple[str, str | int]] = (),
     ) -> Client:
         """A client for `target` ("host:port").
 
-        TLS when `credentials` are given; `metadata` goes on every call; `options` are extra gRPC channel arguments.
+        `tls` makes the connection TLS (mutual TLS with a client certificate); without it the connection is plain.
+        `token` is sent on every call as `authorization: Bearer <token>` (as gRPC call credentials under TLS).
+        `metadata` goes on every call; `options` are extra gRPC channel arguments.
         """
+        if token is not None and (not token or token != token.strip() or "\n" in token):
+            raise ValueError("a bearer token must be non-empty, without surrounding whitespace or newlines")
         merged: dict[str, str | int] = dict(DEFAULT_CHANNEL_OPTIONS)
+        if tls is not None and tls.server_name is not None:
+            merged["grpc.ssl_target_name_override"] = tls.server_name
         merged.update(options)
         channel_options = list(merged.items())
-        channel = (
-            grpc.aio.secure_channel(target, credentials, options=channel_options)
-            if credentials is not None
-            else grpc.aio.insecure_channel(target, options=channel_options)
-        )
+        if tls is not None:
+            credentials = tls.credentials()
+            if token is not None:
+                credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
+            channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
+        else:
+            # gRPC sends call credentials only over TLS, so on a plain connection the token is ordinary metadata.
+            if token is not None:
+                metadata = (*metadata, ("authorization", f"Bearer {token}"))
+            channel = grpc.aio.insecure_channel(target, options=channel_options)
         return cls(channel, metadata=metadata, owns_channel=True)
 
     async def __aenter__(self) -> Self:

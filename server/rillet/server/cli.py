@@ -42,8 +42,29 @@ def serve(
     ] = None,
     drain_grace_s: Annotated[float | None, typer.Option(help="grace for in-flight requests on SIGTERM")] = None,
     log_level: Annotated[str | None, typer.Option(help="logging level [RILLET_LOG_LEVEL]")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="TLS certificate chain, PEM [RILLET_SECURITY__TLS__CERT_FILE]")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key, PEM [RILLET_SECURITY__TLS__KEY_FILE]")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="require client certificates from this CA: mTLS [..._TLS__CLIENT_CA_FILE]")
+    ] = None,
+    tenants_file: Annotated[
+        Path | None, typer.Option(help="TOML file: per tenant, its tokens and limits [RILLET_SECURITY__TENANTS_FILE]")
+    ] = None,
+    reflection: Annotated[bool | None, typer.Option(help="serve gRPC reflection [RILLET_SECURITY__REFLECTION]")] = None,
+    max_connections: Annotated[int | None, typer.Option(help="connections at once [..._MAX_CONNECTIONS]")] = None,
+    max_calls: Annotated[int | None, typer.Option(help="sessions and streams at once [..._MAX_CALLS]")] = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
+    tls = {"cert_file": tls_cert, "key_file": tls_key, "client_ca_file": tls_client_ca}
+    security = {
+        "tls": {k: v for k, v in tls.items() if v is not None} or None,
+        "tenants_file": tenants_file,
+        "reflection": reflection,
+        "max_connections": max_connections,
+        "max_calls": max_calls,
+    }
     settings = _settings(
         {
             "host": host,
@@ -52,8 +73,16 @@ def serve(
             "speech_engine": speech_engine,
             "drain_grace_s": drain_grace_s,
             "log_level": log_level,
+            "security": {k: v for k, v in security.items() if v is not None} or None,
         }
     )
+    from rillet.server.transport.auth import load_tenants
+
+    try:
+        load_tenants(settings.security)  # a bad tenants file fails here, before anything starts
+    except ValueError as error:
+        err.print(f"[red]invalid tenants:[/red] {error}")
+        raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.text_engine is TextEngineKind.SYNTHETIC:
         err.print("[yellow]text engine: SYNTHETIC TEST ENGINE — deterministic words, not a language model[/yellow]")

@@ -1,0 +1,189 @@
+"""Transport security: TLS credentials, bearer tokens mapped to tenants, and the interceptor that admits each call.
+
+Policy, enforced by `CallGate` on every call before any handler runs:
+- grpc.health.v1 is open to everyone (load balancers and kubelets carry no token).
+- With token auth on, every other call (InferenceService and reflection) needs `authorization: Bearer <token>`
+  naming a configured tenant: missing → UNAUTHENTICATED MISSING_TOKEN, unknown → UNAUTHENTICATED INVALID_TOKEN.
+- Session, Generate and Synthesize calls are held in the tenant ledger for their whole life: past the server's
+  or the tenant's limit → RESOURCE_EXHAUSTED (SERVER_SESSION_LIMIT, TENANT_SESSION_LIMIT) with RetryInfo.
+  The call's TenantQuota is then current (`tenancy.current_quota()`) while its handler runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import ExitStack
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+from pydantic import BaseModel, ConfigDict
+
+from rillet.server.config import SecurityConfig, TenantConfig, TlsConfig
+from rillet.server.errors import ResourceExhausted, RilletError, Unauthenticated
+from rillet.server.tenancy import TenantLedger, use_quota
+from rillet.server.transport.servicer import SERVICE_NAME, abort
+
+log = logging.getLogger(__name__)
+
+OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
+"""Services any caller may use without a token."""
+
+HELD_METHODS = frozenset(f"/{SERVICE_NAME}/{method}" for method in ("Session", "Generate", "Synthesize"))
+"""Calls counted in the tenant ledger while they are open (they hold engine work; ListModels does not)."""
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files; with a client CA, clients must present a certificate that chains to it."""
+    if tls.cert_file is None or tls.key_file is None:
+        raise ValueError("TLS is not configured")
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None,
+        require_client_auth=tls.client_ca_file is not None,
+    )
+
+
+class _TenantsFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenants: dict[str, TenantConfig]
+
+
+def load_tenants(security: SecurityConfig) -> dict[str, TenantConfig]:
+    """Every configured tenant: those of the settings and those of `tenants_file`; a name may appear once."""
+    tenants = dict(security.tenants)
+    if security.tenants_file is not None:
+        with security.tenants_file.open("rb") as file:
+            listed = _TenantsFile.model_validate(tomllib.load(file)).tenants
+        both = sorted(set(tenants) & set(listed))
+        if both:
+            raise ValueError(f"tenants configured twice (settings and {security.tenants_file}): {', '.join(both)}")
+        tenants.update(listed)
+    if "" in tenants:
+        raise ValueError("a tenant needs a name")
+    return tenants
+
+
+class TokenStore:
+    """Bearer tokens → tenant names. Only SHA-256 digests are kept; lookups take the same time whichever token matches.
+
+    Every lookup compares the presented token's digest with every known digest (hmac.compare_digest, no early exit),
+    so neither the time taken nor the branch taken tells which token, or how much of one, matched.
+    """
+
+    def __init__(self, tenants: Mapping[str, TenantConfig]) -> None:
+        self._digests: list[tuple[bytes, str]] = []
+        seen: dict[bytes, str] = {}
+        for name, tenant in tenants.items():
+            for token in tenant.tokens:
+                digest = _digest(token.get_secret_value())
+                if digest in seen:
+                    raise ValueError(f"a token is given to two tenants ({seen[digest]!r} and {name!r})")
+                seen[digest] = name
+                self._digests.append((digest, name))
+
+    def tenant(self, token: str) -> str | None:
+        """The tenant `token` acts for, None when it is not a known token."""
+        presented = _digest(token)
+        found: str | None = None
+        for digest, name in self._digests:
+            matched = hmac.compare_digest(presented, digest)
+            found = name if matched else found
+        return found
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    """The token of the call's `authorization: Bearer <token>` header, None when there is none."""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+Behavior = Callable[..., Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Rq = TypeVar("Rq")
+Rs = TypeVar("Rs")
+
+
+class CallGate(grpc.aio.ServerInterceptor):
+    """Authenticates each call (when tokens are configured) and holds InferenceService streams in the tenant ledger."""
+
+    def __init__(self, tokens: TokenStore | None, ledger: TenantLedger) -> None:
+        self._tokens = tokens
+        self._ledger = ledger
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Rq, Rs] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Rq, Rs] | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.split("/")[1] in OPEN_SERVICES:
+            return handler
+        tenant = ""
+        if self._tokens is not None:
+            token = bearer_token(handler_call_details.invocation_metadata)
+            if token is None:
+                return _refused(
+                    handler,
+                    Unauthenticated("this server needs `authorization: Bearer <token>`", reason="MISSING_TOKEN"),
+                )
+            found = self._tokens.tenant(token)
+            if found is None:
+                return _refused(handler, Unauthenticated("the bearer token is not valid", reason="INVALID_TOKEN"))
+            tenant = found
+        if method in HELD_METHODS:
+            return _held(handler, self._ledger, tenant)
+        return handler
+
+
+def _replace(handler: Handler, behavior: Behavior) -> Handler:
+    """`handler` with its behavior (whichever of the four kinds it is) replaced."""
+    kind = {
+        (False, False): "unary_unary",
+        (False, True): "unary_stream",
+        (True, False): "stream_unary",
+        (True, True): "stream_stream",
+    }[(handler.request_streaming, handler.response_streaming)]
+    return handler._replace(**{kind: behavior})  # type: ignore[attr-defined,no-any-return]
+
+
+def _refused(handler: Handler, error: RilletError) -> Handler:
+    """A handler of the same kind that ends the call with `error` at once, reading nothing."""
+
+    async def refuse(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await abort(context, error)
+
+    return _replace(handler, refuse)
+
+
+def _held(handler: Handler, ledger: TenantLedger, tenant: str) -> Handler:
+    """The streaming handler run while holding a call in the ledger, its quota current for the handler."""
+    # The servicer's streaming methods are async generators (the stubs type them as sync iterators).
+    behavior: Behavior | None = handler.stream_stream if handler.request_streaming else handler.unary_stream
+    assert behavior is not None
+
+    async def hold(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[object]:
+        with ExitStack() as held:
+            try:
+                quota = held.enter_context(ledger.call(tenant))
+            except ResourceExhausted as error:
+                await abort(context, error)
+            # Set here, in the task that runs the handler: the handler reads it on its first step.
+            use_quota(quota)
+            async for response in behavior(request, context):
+                yield response
+
+    return _replace(handler, hold)
