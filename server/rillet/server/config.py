@@ -137,7 +137,7 @@ class SchedulerConfig(BaseModel, frozen=True):
     )
 
 
-class TlsConfig(BaseModel, frozen=True):
+class TlsConfig(BaseModel, frozen=True, extra="forbid"):
     """TLS on the listening port (PEM files); with client_ca_file, mutual TLS: every client must show a certificate."""
 
     cert_file: FilePath | None = Field(None, description="the server's certificate chain")
@@ -157,7 +157,7 @@ class TlsConfig(BaseModel, frozen=True):
         return self
 
 
-class TenantConfig(BaseModel, frozen=True):
+class TenantConfig(BaseModel, frozen=True, extra="forbid"):
     """One tenant: the bearer tokens that act for it and its own limits."""
 
     tokens: tuple[SecretStr, ...] = Field(min_length=1, description="several allow rotation without downtime")
@@ -165,7 +165,7 @@ class TenantConfig(BaseModel, frozen=True):
     max_requests: int = Field(256, ge=1, description="requests in flight across all its calls")
 
 
-class SecurityConfig(BaseModel, frozen=True):
+class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
     """TLS, bearer tokens mapped to tenants, reflection, and the server-wide connection and call limits.
 
     Token auth is on when any tenant is configured, in `tenants` (RILLET_SECURITY__TENANTS as JSON) or in

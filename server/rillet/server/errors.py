@@ -4,7 +4,7 @@ RilletError
 ├── InvalidArgument      INVALID_ARGUMENT    bad field, empty prompt, limits exceeded
 ├── NotFound             NOT_FOUND           unknown model, voice or request id
 ├── AlreadyExists        ALREADY_EXISTS      duplicate request id in a session
-├── ResourceExhausted    RESOURCE_EXHAUSTED  admission queue full (carries a retry hint)
+├── ResourceExhausted    RESOURCE_EXHAUSTED  over a limit: a queue, a tenant's, the server's (carries a retry hint)
 ├── Unavailable          UNAVAILABLE         starting, draining, engine not ready
 ├── DeadlineExceeded     DEADLINE_EXCEEDED   a request's own timeout passed
 ├── Unauthenticated      UNAUTHENTICATED     missing or bad credentials
