@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Sequence
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.synthetic import SyntheticEngine
-from rillet.server.errors import InvalidArgument
+from rillet.server.errors import EngineDead, InvalidArgument
 from rillet.server.types import (
     AudioChunk,
     EngineEvent,
@@ -102,3 +102,22 @@ class EchoSpeechEngine:
             yield EngineFinished(FinishReason.STOP, usage)
         finally:
             self._active -= 1
+
+
+class DyingEngine(SyntheticEngine):
+    """A TEST engine that dies (EngineDead, for every stream it runs) once a prompt says "die"."""
+
+    def __init__(self, config: SyntheticConfig | None = None) -> None:
+        super().__init__(config or SyntheticConfig(tokens_per_second=50.0, first_output_delay_s=0.0))
+        self.dead = False
+
+    def healthy(self) -> bool:
+        return not self.dead
+
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
+        async for event in super()._generate(request):
+            if request.prompt == "die":
+                self.dead = True
+            if self.dead:
+                raise EngineDead("the test engine died", reason="ENGINE_DEAD")
+            yield event

@@ -10,11 +10,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from rillet.client import Client, FinishReason, UnavailableError
-from rillet.server.app import RilletServer
+from rillet.client import Client, FinishReason, InternalError, InvalidArgumentError, TokenDelta, UnavailableError
+from rillet.server.app import RilletServer, serve
 from rillet.server.config import Settings, SyntheticConfig
 from rillet.server.engine.synthetic import SyntheticEngine, synthetic_text
+from rillet.v1 import generation_pb2, inference_service_pb2, inference_service_pb2_grpc
 from tests.conftest import ServerFactory, eventually
+from tests.doubles import DyingEngine, EchoSpeechEngine
 
 SERVICE = "rillet.v1.InferenceService"
 
@@ -119,3 +121,74 @@ async def test_one_shot_requests_during_normal_operation_leave_nothing_behind(se
         results = await asyncio.gather(*(client.generate(f"p{i}", max_tokens=5).collect() for i in range(10)))
     assert [r.text for r in results] == [synthetic_text(f"p{i}", 5) for i in range(10)]
     await eventually(lambda: server.router.active() == 0 and server.lifecycle.sessions == 0)
+
+
+async def test_requests_during_warm_up_are_unavailable_not_not_found() -> None:
+    engine = GatedEngine()
+    server = RilletServer(Settings(port=0), [engine])
+    starting = asyncio.create_task(server.start())
+    try:
+        await eventually(lambda: server.port != 0)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+            params = generation_pb2.GenerateParams(text="early", max_tokens=2)
+            with pytest.raises(grpc.aio.AioRpcError) as generate:
+                await anext(aiter(stub.Generate(inference_service_pb2.GenerateRequest(params=params))))
+            with pytest.raises(grpc.aio.AioRpcError) as list_models:
+                await stub.ListModels(inference_service_pb2.ListModelsRequest())
+        for caught in (generate, list_models):
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "warming up" in (caught.value.details() or "")
+        async with Client.connect(f"127.0.0.1:{server.port}") as client:
+            with pytest.raises(UnavailableError) as sdk:  # after the SDK's own retries
+                await client.list_models()
+            assert sdk.value.reason == "WARMING_UP"
+            engine.gate.set()
+            await starting
+            assert (await client.generate("warm now", max_tokens=3).collect()).text == synthetic_text("warm now", 3)
+    finally:
+        engine.gate.set()
+        await server.stop(grace_s=0)
+
+
+async def test_list_models_publishes_the_max_tokens_validation_enforces(make_server: ServerFactory) -> None:
+    server = await make_server(limits={"max_tokens": 100, "default_max_tokens": 16})
+    async with Client.connect(f"127.0.0.1:{server.port}") as client:
+        [model] = await client.list_models()
+        assert model.max_tokens_limit == 100
+        assert len((await client.generate("at the limit", max_tokens=100).collect()).text.split()) == 100
+        with pytest.raises(InvalidArgumentError):
+            await client.generate("past it", max_tokens=101).collect()
+
+
+async def test_a_busy_port_fails_to_bind_unless_port_sharing_is_asked_for(make_server: ServerFactory) -> None:
+    first = await make_server()
+    with pytest.raises(OSError, match="cannot bind"):
+        await make_server(port=first.port)
+    shared = await make_server(reuse_port=True)
+    second = await make_server(port=shared.port, reuse_port=True)
+    assert second.port == shared.port
+
+
+async def test_an_engine_that_dies_fails_its_requests_and_the_process_exits_non_zero() -> None:
+    dying, speech = DyingEngine(), EchoSpeechEngine()
+    server = RilletServer(Settings(port=0, drain_grace_s=10.0), [dying, speech])
+    serving = asyncio.create_task(serve(server.settings, server))
+    await eventually(lambda: server.router.started)
+    async with Client.connect(f"127.0.0.1:{server.port}") as client, client.session() as session:
+        speaking = await session.synthesize("", streaming_input=True)  # the other engine's request, in flight
+        neighbour = await session.generate("a neighbour on the same engine", max_tokens=1000)
+        neighbour_events = aiter(neighbour)
+        assert isinstance(await anext(neighbour_events), TokenDelta)
+        with pytest.raises(InternalError) as died:
+            await (await session.generate("die", max_tokens=10)).collect()
+        assert died.value.reason == "ENGINE_DEAD"
+        with pytest.raises(InternalError):
+            async for _ in neighbour_events:  # every stream of the dead engine fails
+                pass
+        await speaking.append_text("still speaking. ")
+        await speaking.end_input()
+        spoken = await speaking.collect()  # the other engine's request finishes within the grace
+        assert spoken.finished.reason is FinishReason.STOP
+    assert await asyncio.wait_for(serving, timeout=30) == 1
+    assert server.router.active() == 0

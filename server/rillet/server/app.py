@@ -53,7 +53,11 @@ class RilletServer:
     ) -> None:
         self.settings = settings
         self.observer = observer
-        self.router = Router(engines if engines is not None else build_engines(settings), settings.scheduler)
+        self.router = Router(
+            engines if engines is not None else build_engines(settings),
+            settings.scheduler,
+            max_tokens=settings.limits.max_tokens,
+        )
         self.lifecycle = Lifecycle(on_engine_dead=self._on_engine_dead)
         self.health = HealthServicer()
         tenants = load_tenants(settings.security)
@@ -66,6 +70,8 @@ class RilletServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self.engine_died = False
+        self.stopped = asyncio.Event()  # set once a drain (asked for, or after an engine died) has finished
 
     async def start(self) -> int:
         """Bind, serve health and reflection at once, then warm the engines and report SERVING; returns the port."""
@@ -78,7 +84,9 @@ class RilletServer:
                 ("grpc.max_allowed_incoming_connections", security.max_connections),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 1),
+                # Off unless asked for: with it, a second server on a busy port binds silently and takes half
+                # of the new connections. On only for several server processes sharing one port on purpose.
+                ("grpc.so_reuseport", int(self.settings.reuse_port)),
                 # Find clients that vanished without closing (a dead peer holds engine work until noticed) ...
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.keepalive_timeout_ms", 20_000),
@@ -98,14 +106,17 @@ class RilletServer:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"
-        if security.tls.enabled:
-            port = server.add_secure_port(address, server_credentials(security.tls))
-        else:
-            port = server.add_insecure_port(address)
-            if self._tokens is not None:
-                log.warning("bearer tokens are on without TLS: they cross the network in plain text")
+        try:
+            if security.tls.enabled:
+                port = server.add_secure_port(address, server_credentials(security.tls))
+            else:
+                port = server.add_insecure_port(address)
+                if self._tokens is not None:
+                    log.warning("bearer tokens are on without TLS: they cross the network in plain text")
+        except RuntimeError:  # grpc's way of saying the bind failed (port in use, address not local)
+            port = 0
         if port == 0:
-            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+            raise OSError(f"cannot bind {address}: in use, or not an address of this machine")
         await server.start()
         self._server, self.port = server, port
         await self.router.start()
@@ -137,21 +148,33 @@ class RilletServer:
             await self._server.stop(1.0)
         await self.router.aclose()
         log.info("stopped")
+        self.stopped.set()
 
     def _on_engine_dead(self) -> None:
-        log.error("an engine died: draining")
+        log.error("an engine died: draining, then the process exits non-zero so that its supervisor restarts it")
+        self.engine_died = True
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self._drain(self.settings.drain_grace_s))
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop."""
-    server = RilletServer(settings)
+async def serve(settings: Settings, server: RilletServer | None = None) -> int:
+    """Run until SIGTERM or SIGINT, or until an engine dies, then drain and stop; returns the exit status.
+
+    An engine that dies leaves nothing to serve, so the process drains (other engines' requests finish within the
+    grace) and exits 1: Kubernetes or any supervisor restarts it, which also reloads the engine cleanly.
+    """
+    server = server or RilletServer(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    await stop.wait()
-    log.info("signal received")
+    signalled = asyncio.create_task(stop.wait())
+    stopped = asyncio.create_task(server.stopped.wait())
+    await asyncio.wait((signalled, stopped), return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    stopped.cancel()
+    if stop.is_set():
+        log.info("signal received")
     await server.stop()
+    return 1 if server.engine_died else 0

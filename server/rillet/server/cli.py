@@ -88,7 +88,9 @@ def serve(
         err.print("[yellow]text engine: SYNTHETIC TEST ENGINE — deterministic words, not a language model[/yellow]")
     from rillet.server.app import serve as run_server  # heavy imports after logging is configured
 
-    asyncio.run(run_server(settings))
+    status = asyncio.run(run_server(settings))
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()

@@ -55,6 +55,11 @@ class LlamaCppConfig(BaseModel, frozen=True):
         128, ge=16, description="prompt tokens prefilled per step beside the decodes; bounds a long prompt's stall"
     )
     cache_dir: str | None = Field(None, description="where the assembled GGUF is kept (default ~/.cache/...)")
+    chat_template: str | None = Field(
+        None,
+        description="replaces the model's chat template: a template llama.cpp knows by name (gemma, chatml, llama3, "
+        "...) or recognizes; unset uses the GGUF's own, and a model without one refuses chat prompts",
+    )
 
 
 class PiperConfig(BaseModel, frozen=True):
@@ -197,6 +202,9 @@ class Settings(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     security: SecurityConfig = SecurityConfig()
+    reuse_port: bool = Field(
+        False, description="SO_REUSEPORT: several server processes share one port (off: a busy port fails to bind)"
+    )
     drain_grace_s: float = Field(10.0, ge=0, description="time in-flight requests get to finish on shutdown")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="transport limit on one message")
     log_level: str = "INFO"

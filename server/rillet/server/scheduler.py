@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from rillet.server.config import SchedulerConfig
 from rillet.server.engine.base import Engine
-from rillet.server.errors import NotFound, ResourceExhausted, clip
+from rillet.server.errors import NotFound, ResourceExhausted, Unavailable, clip
 from rillet.server.types import ModelInfo, ModelKind
 
 
@@ -100,11 +101,13 @@ class Route:
 class Router:
     """Maps model and voice names to their engine and admission queue; owns the engines' lifecycle."""
 
-    def __init__(self, engines: Sequence[Engine], config: SchedulerConfig) -> None:
+    def __init__(self, engines: Sequence[Engine], config: SchedulerConfig, *, max_tokens: int | None = None) -> None:
         self._engines = tuple(engines)
         self._config = config
+        self._max_tokens = max_tokens  # the server's own bound on max_tokens, published with each text model
         self._routes: dict[str, Route] = {}
         self._defaults: dict[ModelKind, str] = {}
+        self._started = False
 
     def _build_routes(self) -> None:
         """Index the engines' models; run after start, when engines know what they loaded (context, template)."""
@@ -114,23 +117,35 @@ class Router:
             admission = Admission(
                 engine.slots, self._config.max_queue, self._config.retry_after_s, self._config.tenant_queue_share
             )
-            for model in engine.models:
+            for model in map(self._published, engine.models):
                 if model.name in routes:
                     raise ValueError(f"model name {model.name!r} is served by two engines")
                 routes[model.name] = Route(model, engine, admission)
                 defaults.setdefault(model.kind, model.name)
         self._routes, self._defaults = routes, defaults
 
+    def _published(self, model: ModelInfo) -> ModelInfo:
+        """The model as clients see it: max_tokens_limit is what validation enforces (the engine's and ours)."""
+        if model.kind is not ModelKind.TEXT_GENERATION or self._max_tokens is None:
+            return model
+        limit = min(self._max_tokens, model.max_tokens_limit or self._max_tokens)
+        return dataclasses.replace(model, max_tokens_limit=limit)
+
     @property
     def engines(self) -> tuple[Engine, ...]:
         return self._engines
 
     def models(self) -> list[tuple[ModelInfo, bool]]:
-        """Every model with whether it is the default of its kind."""
+        """Every model with whether it is the default of its kind; Unavailable while the engines warm up."""
+        self._check_started()
         return [(r.model, self._defaults.get(r.model.kind) == name) for name, r in self._routes.items()]
 
     def resolve(self, name: str, kind: ModelKind) -> Route:
-        """The route for `name` ("" selects the default of `kind`); NotFound when none matches."""
+        """The route for `name` ("" selects the default of `kind`); NotFound when none matches.
+
+        Unavailable while the engines warm up: the models are not known yet, and the client should retry.
+        """
+        self._check_started()
         noun = "model" if kind is ModelKind.TEXT_GENERATION else "voice"
         if not name:
             default = self._defaults.get(kind)
@@ -147,6 +162,15 @@ class Router:
             )
         return route
 
+    @property
+    def started(self) -> bool:
+        """The engines are warm and the routes built."""
+        return self._started
+
+    def _check_started(self) -> None:
+        if not self._started:
+            raise Unavailable("the server is warming up its engines; retry shortly", reason="WARMING_UP")
+
     def healthy(self) -> bool:
         return all(engine.healthy() for engine in self._engines)
 
@@ -158,6 +182,7 @@ class Router:
         for engine in self._engines:
             await engine.start()
         self._build_routes()
+        self._started = True
 
     async def aclose(self) -> None:
         for engine in self._engines:
