@@ -104,6 +104,7 @@ class Session:
         self._lifecycle = lifecycle
         self._observer = observer
         self._quota = quota
+        self._tenant = quota.tenant if quota is not None else ""  # its share of each engine's queue is bounded
         self._requests: dict[str, Request] = {}
         self._quota_holders: set[Request] = set()
         self._budget = OutboundBudget(limits.max_session_buffer_bytes)
@@ -325,7 +326,7 @@ class Session:
     ) -> None:
         """Run the request through admission and its engine, handing outputs to its outbox."""
         try:
-            async with asyncio.timeout(timeout_s), route.admission.admit():
+            async with asyncio.timeout(timeout_s), route.admission.admit(self._tenant):
                 request.admit()
                 async with aclosing(route.engine.stream(engine_request)) as events:
                     async for event in events:
