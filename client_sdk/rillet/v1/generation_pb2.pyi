@@ -109,7 +109,11 @@ class SamplingParams(_message.Message):
     REPETITION_PENALTY_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     temperature: _builtins.float
-    """Softmax temperature in [0, 2]; 0 means greedy decoding. [1.0]"""
+    """Softmax temperature in [0, 2]. 0 means greedy decoding, and so does any
+    temperature below 0.01: such tiny temperatures overflow the logits, and
+    sampling with them already picks the most likely token but for near-ties.
+    Greedy decoding ignores seed. [1.0]
+    """
     top_p: _builtins.float
     """Nucleus sampling: keep the smallest set of tokens whose probability mass
     reaches top_p, in (0, 1]. [1.0: disabled]

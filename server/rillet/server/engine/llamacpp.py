@@ -294,28 +294,34 @@ class _Sequence:
     """One request inside the engine.
 
     `cancelled` is written by the event loop and read by the engine thread; every other field belongs to the
-    engine thread alone once the sequence is submitted.
+    engine thread alone once the sequence is submitted. `sink` None marks an internal (warm-up) sequence whose
+    items are dropped.
+
+    Invariant: `tokens` is the prompt followed by every sampled token the next sample depends on, and its first
+    `cached` tokens (and only those) hold KV cells under `slot`. So `tokens[cached:]` is what the next decodes must
+    feed: the unprefilled prompt, the last sampled token, or, after a preemption dropped the cells, everything.
     """
 
     request: GenerationRequest
-    sink: _Sink
+    sink: _Sink | None
     stops: StopMatcher
+    submitted_at: float
     cancelled: bool = False
-    prompt: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    arrival: int = 0
     slot: int = -1
-    prefilled: int = 0
-    pos: int = 0
-    next_token: int | None = None
+    cached: int = 0
     output_tokens: int = 0
     sampler: Sampler | None = None
     utf8: Utf8Accumulator = field(default_factory=Utf8Accumulator)
-    admitted_at: float = 0.0
+    admitted_at: float | None = None
     prefill_seconds: float | None = None
 
     @property
-    def reservation(self) -> int:
-        """KV cells this sequence may need at most: its prompt and every token it may generate."""
-        return len(self.prompt) + self.request.max_tokens
+    def uncached(self) -> int:
+        """Tokens the next decodes must feed before this sequence can sample again."""
+        return len(self.tokens) - self.cached
 
 
 class _Mailbox:
@@ -386,12 +392,21 @@ class _Worker:
     """The engine thread's state: model, context, sequences and the step loop. Touched by that thread only.
 
     Invariants:
-    - a sequence is in exactly one of `pending` (admitted to the engine, waiting for a slot and KV room) or
-      `running` (holds `slot`, a sampler and KV cells) until it ends; ending frees all three at once;
-    - `reserved` (the sum of running reservations) never exceeds the context's cells, so a decode never runs out
-      of KV room and no sequence is ever preempted;
-    - every step decodes one token per running sequence past its prompt, plus at most `prefill_budget` prompt
-      tokens (oldest admission first), and asks for logits only on each sequence's last row.
+    - a sequence is in exactly one of `pending` (waiting for a slot and KV room) or `running` (holds `slot`, a
+      sampler and its cached KV cells) until it ends; ending frees all three at once;
+    - every running sequence arrived before every pending one, and both lists are in arrival order (admission takes
+      the head of `pending`; a preempted sequence, the newest running, goes back to its head), so the newest
+      running sequence is `running[-1]`;
+    - KV cells are taken as tokens are decoded, never reserved for tokens that may come: a sequence is admitted when
+      its tokens fit beside the running ones' with one spare cell per running sequence (the next step's decodes),
+      so a large max_tokens never holds a short request back;
+    - `_plan` keeps the cells in use plus each decode's tokens within the context. When the next token of every
+      decoding sequence would not fit, it preempts the newest running one (its cells are dropped, its tokens and
+      sampler kept; at the head of `pending` it is prefilled again, which resumes it where it stopped: clients see
+      only a pause). The oldest running sequence is never preempted for another one and fits alone (prompt +
+      max_tokens ≤ the per-sequence limit ≤ the context), so every admitted request finishes;
+    - every step decodes one token per running sequence that has sampled, plus at most `prefill_budget` tokens of
+      the others (oldest first), and asks for logits only on each sequence's last row.
     """
 
     def __init__(self, config: LlamaCppConfig, mailbox: _Mailbox, set_active: Callable[[int], None]) -> None:
@@ -404,6 +419,13 @@ class _Worker:
         native.init_backend()
         path = resolve_model_path(config)
         self.model = native.LlamaModel(str(path))
+        if config.chat_template is not None:
+            self.model.chat_template = config.chat_template.encode()
+            try:
+                self.model.apply_chat_template([("user", "hi")])
+            except ValueError:
+                self.model.free()
+                raise ValueError(f"llama.cpp does not know the chat template {config.chat_template!r}") from None
         n_ctx = config.context_length
         if self.model.n_ctx_train > 0:
             n_ctx = min(n_ctx, self.model.n_ctx_train)
@@ -429,7 +451,7 @@ class _Worker:
         self._pending: collections.deque[_Sequence] = collections.deque()
         self._running: list[_Sequence] = []
         self._free_slots = list(range(config.slots - 1, -1, -1))
-        self._reserved = 0
+        self._arrivals = 0
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Sink, _Item]]] = {}
         log.info(
             "llamacpp: loaded %s (%s); %d slots, %d KV cells, %d tokens per sequence, %d thread(s)%s",
@@ -459,6 +481,29 @@ class _Worker:
                 self._step()
             self._flush()
 
+    def warm_up(self) -> None:
+        """Take every path a request takes once, then empty the KV cache: the first request pays no first-use costs.
+
+        One sequence per slot, so the decodes run as one full batch after a batched prefill; between them they use
+        the plain argmax, a penalized greedy chain and the full sampler chain (penalties, top-k, top-p, min-p,
+        temperature, seeded draw), logprobs, the detokenizer and stop matching. Their items are dropped.
+        """
+        kinds = (
+            (SamplingParams(temperature=0.0), None, ()),
+            (SamplingParams(temperature=0.0, repetition_penalty=1.1), 2, ()),
+            (SamplingParams(0.8, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1, seed=1), 2, ("\n\n",)),
+        )
+        for index in range(self._config.slots):
+            sampling, top_logprobs, stop = kinds[index % len(kinds)]
+            request = GenerationRequest("warm-up", "", "The quick brown fox", 3, sampling, stop, top_logprobs)
+            self._accept(_Sequence(request, None, StopMatcher(stop), time.perf_counter()))
+        while self._pending:
+            self._admit()
+            while self._running:
+                self._step()
+        self.context.clear_memory()
+        self._outbox.clear()
+
     def _govern(self) -> None:
         """With n_threads=0: follow the governor's thread count (takes effect at the next decode)."""
         if self._governor is None:
@@ -479,14 +524,14 @@ class _Worker:
             self._release(seq)
             self._send(seq, make_error())
         for seq in [*self._pending, *extra]:
+            self._free_sampler(seq)
             self._send(seq, make_error())
         self._pending.clear()
         self._flush()
 
     def free(self) -> None:
-        for seq in self._running:
-            if seq.sampler is not None:
-                seq.sampler.free()
+        for seq in [*self._running, *self._pending]:
+            self._free_sampler(seq)
         self.context.free()
         self.model.free()
 
@@ -496,17 +541,24 @@ class _Worker:
         if seq.cancelled:
             return
         try:
-            seq.prompt = self._tokenize(seq.request)
+            seq.tokens = self._tokenize(seq.request)
         except RilletError as error:
             self._send(seq, error)
             return
+        seq.prompt_tokens = len(seq.tokens)
+        seq.arrival = self._arrivals
+        self._arrivals += 1
         self._pending.append(seq)
 
     def _tokenize(self, request: GenerationRequest) -> list[int]:
-        """The prompt's token ids, validated against the vocabulary and the per-sequence context."""
+        """The prompt's token ids, validated against the vocabulary and the per-sequence context.
+
+        Client text never becomes control tokens: a text prompt and chat message content are tokenized as plain
+        text (a user typing "<end_of_turn>" gets those characters); only a chat template's own markers are control
+        tokens. Send token ids to use control tokens in a completion prompt.
+        """
         prompt = request.prompt
         if isinstance(prompt, str):
-            # Client text never becomes control tokens; send token ids to use them.
             tokens = self.model.tokenize(prompt, add_special=True, parse_special=False)
         elif all(isinstance(part, int) for part in prompt):
             tokens = [part for part in prompt if isinstance(part, int)]
@@ -518,18 +570,7 @@ class _Worker:
                     reason="TOKEN_ID_OUT_OF_RANGE",
                 )
         else:
-            messages = [(m.role, m.content) for m in prompt if isinstance(m, ChatMessage)]
-            if self.model.chat_template is None:
-                raise InvalidArgument(
-                    "this model has no chat template; send a text or token-id prompt",
-                    field="params.chat",
-                    reason="CHAT_TEMPLATE_MISSING",
-                )
-            try:
-                text = self.model.apply_chat_template(messages)
-            except ValueError as exc:
-                raise InvalidArgument(str(exc), field="params.chat", reason="CHAT_TEMPLATE_UNSUPPORTED") from None
-            tokens = self.model.tokenize(text, add_special=True, parse_special=True)
+            tokens = self._tokenize_chat([(m.role, m.content) for m in prompt if isinstance(m, ChatMessage)])
         if not tokens:
             raise InvalidArgument("the prompt has no tokens", field="params.prompt", reason="EMPTY_PROMPT")
         if len(tokens) + request.max_tokens > self._limit:
@@ -546,26 +587,52 @@ class _Worker:
             )
         return tokens
 
+    def _tokenize_chat(self, messages: list[tuple[str, str]]) -> list[int]:
+        if self.model.chat_template is None:
+            raise InvalidArgument(
+                "this model has no chat template; send a text or token-id prompt",
+                field="params.chat",
+                reason="CHAT_TEMPLATE_MISSING",
+            )
+        for index, (role, _) in enumerate(messages):
+            as_text = self.model.tokenize(role, add_special=False, parse_special=False)
+            if self.model.tokenize(role, add_special=False, parse_special=True) != as_text:
+                raise InvalidArgument(
+                    f"the role of chat message {index} contains control-token text",
+                    field=f"params.chat.messages[{index}].role",
+                    reason="CHAT_ROLE_INVALID",
+                )
+        try:
+            return self.model.tokenize_chat(messages)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), field="params.chat", reason="CHAT_TEMPLATE_UNSUPPORTED") from None
+
     def _drop_cancelled(self) -> None:
         if any(seq.cancelled for seq in self._pending):
+            for seq in self._pending:
+                if seq.cancelled:
+                    self._free_sampler(seq)
             self._pending = collections.deque(seq for seq in self._pending if not seq.cancelled)
         for seq in [seq for seq in self._running if seq.cancelled]:
             self._release(seq)
 
     def _admit(self) -> None:
-        """Move pending sequences into free slots, oldest first, while their KV reservation fits."""
+        """Move pending sequences into free slots in arrival order while their tokens fit (see the invariants)."""
         admitted = False
+        in_use = sum(len(seq.tokens) for seq in self._running)
         while self._pending and self._free_slots:
             seq = self._pending[0]
-            if self._reserved + seq.reservation > self.context.n_ctx:
-                break  # FIFO: a large request is not overtaken forever by small ones
+            if in_use + len(seq.tokens) + len(self._running) + 1 > self.context.n_ctx:
+                break  # arrival order: a long prompt is not overtaken forever by short ones
             self._pending.popleft()
-            seq.sampler = self._new_sampler(seq.request.sampling)
-            if seq.sampler.penalized:
-                seq.sampler.accept(seq.prompt[-self._native.PENALTY_LAST_N :])
+            if seq.sampler is None:  # a preempted sequence keeps its sampler: penalties and draws go on
+                seq.sampler = self._new_sampler(seq.request.sampling)
+                if seq.sampler.penalized:
+                    seq.sampler.accept(seq.tokens[-self._native.PENALTY_LAST_N :])
+            if seq.admitted_at is None:
+                seq.admitted_at = time.perf_counter()
             seq.slot = self._free_slots.pop()
-            seq.admitted_at = time.perf_counter()
-            self._reserved += seq.reservation
+            in_use += len(seq.tokens)
             self._running.append(seq)
             admitted = True
         if admitted:
@@ -586,54 +653,75 @@ class _Worker:
         """Free the slot, KV cells and sampler of a running sequence at once."""
         self._running.remove(seq)
         self.context.remove_sequence(seq.slot)
+        self._free_sampler(seq)
+        self._free_slots.append(seq.slot)
+        self._set_active(len(self._running))
+
+    def _free_sampler(self, seq: _Sequence) -> None:
         if seq.sampler is not None:
             seq.sampler.free()
             seq.sampler = None
+
+    def _preempt(self, seq: _Sequence) -> None:
+        """Drop a running sequence's KV cells and slot; it waits at the head of `pending` to be prefilled again."""
+        log.info(
+            "llamacpp: the KV cache is full: the newest of %d running requests gives up its %d cells and will be "
+            "prefilled again",
+            len(self._running),
+            seq.cached,
+        )
+        self._running.remove(seq)
+        self.context.remove_sequence(seq.slot)
         self._free_slots.append(seq.slot)
-        self._reserved -= seq.reservation
+        seq.slot, seq.cached = -1, 0
+        self._pending.appendleft(seq)
         self._set_active(len(self._running))
 
     # One step ----------------------------------------------------------------------------------------------------
 
+    def _plan(self) -> list[tuple[_Sequence, int]]:
+        """The next step's work, (sequence, tokens to feed) with decodes first, within the free KV cells."""
+        while True:
+            free = self.context.n_ctx - sum(seq.cached for seq in self._running)
+            decodes = [seq for seq in self._running if seq.uncached == 1]
+            if len(self._running) == 1 or (len(decodes) <= free and free > 0):
+                break
+            self._preempt(self._running[-1])
+        work = [(seq, 1) for seq in decodes]
+        budget = min(self._config.prefill_budget, free - len(decodes))
+        for seq in self._running:
+            if budget <= 0:
+                break
+            if seq.uncached > 1:
+                take = min(seq.uncached, budget)
+                work.append((seq, take))
+                budget -= take
+        return work
+
     def _step(self) -> None:
+        work = self._plan()
         context = self.context
         context.clear_batch()
         outputs: list[tuple[_Sequence, int]] = []
-        batched: list[_Sequence] = []
-        for seq in self._running:
-            if seq.next_token is not None:
-                outputs.append((seq, context.add((seq.next_token,), seq.pos, seq.slot, output_last=True)))
-                batched.append(seq)
-        budget = self._config.prefill_budget
-        for seq in self._running:
-            remaining = len(seq.prompt) - seq.prefilled
-            if budget == 0:
-                break
-            if remaining == 0:
-                continue
-            take = min(remaining, budget)
-            chunk = seq.prompt[seq.prefilled : seq.prefilled + take]
-            last = context.add(chunk, seq.prefilled, seq.slot, output_last=take == remaining)
-            seq.prefilled += take
-            budget -= take
-            batched.append(seq)
-            if take == remaining:
+        for seq, count in work:
+            end = seq.cached + count
+            last = context.add(seq.tokens[seq.cached : end], seq.cached, seq.slot, output_last=end == len(seq.tokens))
+            if end == len(seq.tokens):
                 outputs.append((seq, last))
         status = context.decode()
+        if status == 1 and len(self._running) > 1:
+            # llama.cpp found no room where the count above did: free some and try again at the next step.
+            self._preempt(self._running[-1])
+            return
         if status == 1:
-            # Unreachable while reservations hold; end the sequences of this batch rather than the engine.
-            for seq in batched:
+            for seq, _ in work:
                 self._release(seq)
                 self._send(seq, Internal("the KV cache had no room for this request", reason="KV_CACHE_FULL"))
             return
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
-        for seq in batched:
-            if seq.next_token is not None:
-                seq.pos += 1
-                seq.next_token = None
-            else:
-                seq.pos = seq.prefilled
+        for seq, count in work:
+            seq.cached += count
         now = time.perf_counter()
         for seq, index in outputs:
             self._emit(seq, index, now)
@@ -642,7 +730,7 @@ class _Worker:
         """Sample the next token of `seq` from batch row `index` and send what it adds to the stream."""
         assert seq.sampler is not None
         token = seq.sampler.sample(self.context, index)
-        if seq.prefill_seconds is None:
+        if seq.prefill_seconds is None and seq.admitted_at is not None:
             seq.prefill_seconds = now - seq.admitted_at
         if self.model.is_end_of_generation(token):
             self._finish(seq, FinishReason.STOP)
@@ -658,7 +746,7 @@ class _Worker:
         elif seq.output_tokens >= seq.request.max_tokens:
             self._finish(seq, FinishReason.LENGTH)
         else:
-            seq.next_token = token
+            seq.tokens.append(token)
 
     def _finish(self, seq: _Sequence, reason: FinishReason, matched: str = "") -> None:
         if reason is not FinishReason.STOP_SEQUENCE:
@@ -670,14 +758,16 @@ class _Worker:
                 text = check.emit + seq.stops.flush()
             if text:
                 self._send(seq, TokenDelta(text))
-        usage = Usage(input_tokens=len(seq.prompt), output_tokens=seq.output_tokens)
+        usage = Usage(input_tokens=seq.prompt_tokens, output_tokens=seq.output_tokens)
+        queued = 0.0 if seq.admitted_at is None else seq.admitted_at - seq.submitted_at
         self._release(seq)
-        self._send(seq, EngineFinished(reason, usage, matched, seq.prefill_seconds))
+        self._send(seq, EngineFinished(reason, usage, matched, seq.prefill_seconds, queued))
 
     # Delivery ----------------------------------------------------------------------------------------------------
 
     def _send(self, seq: _Sequence, item: _Item) -> None:
-        self._outbox.setdefault(seq.sink.loop, []).append((seq.sink, item))
+        if seq.sink is not None:
+            self._outbox.setdefault(seq.sink.loop, []).append((seq.sink, item))
 
     def _flush(self) -> None:
         """Hand this step's items to their event loops: one thread-safe call per loop per step."""
@@ -687,7 +777,7 @@ class _Worker:
                 loop.call_soon_threadsafe(_deliver, batch)
             except RuntimeError:  # the loop is closed: nobody will read its streams again
                 for seq in [*self._running, *self._pending]:
-                    if seq.sink.loop is loop:
+                    if seq.sink is not None and seq.sink.loop is loop:
                         seq.cancelled = True
 
 
@@ -700,12 +790,15 @@ class LlamaCppEngine:
     One engine thread owns the model and context and runs the step loop (`_Worker`); the event loop only submits
     sequences, marks them cancelled, and receives their items through `call_soon_threadsafe`. Prompts are tokenized
     and validated on the engine thread, so errors arrive before any output. Requests beyond the free slots (or KV
-    room) wait inside the engine in FIFO order.
+    room for their prompt) wait inside the engine in arrival order; KV cells are taken per token, and when the cache
+    is full the newest request is preempted and later resumed (see `_Worker`). `start` warms every path a request
+    takes before it returns.
 
     Stream contract specifics: each TokenDelta carries the ids of the tokens it covers (a stop string's text is
     never sent; an end-of-generation token is neither sent nor counted), so the ids of all deltas together number
-    `usage.output_tokens`. `prefill_seconds` runs from taking a slot to the first sampled token. Logprobs are the
-    raw model distribution (log-softmax of the logits before temperature and filters).
+    `usage.output_tokens`. `engine_queue_seconds` runs from `stream` to the first scheduled prefill;
+    `prefill_seconds` from there to the first sampled token. Logprobs are the raw model distribution (log-softmax of
+    the logits before temperature and filters). Temperatures below GREEDY_BELOW_TEMPERATURE decode greedily.
     """
 
     def __init__(self, config: LlamaCppConfig) -> None:
@@ -771,8 +864,9 @@ class LlamaCppEngine:
         self._closed = True
         left = self._mailbox.close(_closed_error)
         for seq in left:  # submitted after the engine thread's last look at the inbox
-            with contextlib.suppress(RuntimeError):  # its loop is closed
-                seq.sink.loop.call_soon_threadsafe(seq.sink.queue.put_nowait, _closed_error())
+            if seq.sink is not None:
+                with contextlib.suppress(RuntimeError):  # its loop is closed
+                    seq.sink.loop.call_soon_threadsafe(seq.sink.queue.put_nowait, _closed_error())
         thread = self._thread
         if thread is not None and thread.is_alive():
             await asyncio.to_thread(thread.join)
@@ -783,12 +877,13 @@ class LlamaCppEngine:
         return self._generate(request)
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
-        seq = _Sequence(request, _Sink(asyncio.get_running_loop()), StopMatcher(request.stop))
+        sink = _Sink(asyncio.get_running_loop())
+        seq = _Sequence(request, sink, StopMatcher(request.stop), time.perf_counter())
         self._mailbox.submit(seq)
         ended = False
         try:
             while True:
-                for item in await seq.sink.take():
+                for item in await sink.take():
                     if isinstance(item, RilletError):
                         ended = True
                         raise item
@@ -810,6 +905,14 @@ class LlamaCppEngine:
             worker = _Worker(self._config, self._mailbox, self._set_active)
         except BaseException as exc:
             log.exception("llamacpp: loading failed")
+            ready.set_exception(exc)
+            return
+        try:
+            worker.warm_up()
+        except BaseException as exc:
+            log.exception("llamacpp: warming up failed")
+            worker.free()
+            self._set_active(0)
             ready.set_exception(exc)
             return
         self._mailbox.open()

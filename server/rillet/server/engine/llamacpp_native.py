@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
+import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,8 +13,18 @@ from dataclasses import dataclass
 import llama_cpp.llama_cpp as lib
 import numpy as np
 import numpy.typing as npt
+from llama_cpp._ggml import libggml
 
-__all__ = ["ContextParams", "LlamaContext", "LlamaModel", "Sampler", "SamplerParams", "init_backend"]
+__all__ = [
+    "GREEDY_BELOW_TEMPERATURE",
+    "ContextParams",
+    "LlamaContext",
+    "LlamaModel",
+    "Sampler",
+    "SamplerParams",
+    "cpu_extra_buffer_types",
+    "init_backend",
+]
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +33,15 @@ _RANDOM_SEED = 0xFFFFFFFF
 """llama.cpp's LLAMA_DEFAULT_SEED: the dist sampler picks a random seed when given this value."""
 PENALTY_LAST_N = 64
 """How many recent tokens (prompt included) the repetition penalty looks at."""
+GREEDY_BELOW_TEMPERATURE = 0.01
+"""Temperatures below this decode greedily (the proto's `temperature` comment promises it).
+
+Why: at 1e-38 the logits divided by the temperature overflow float32 and the draw returns garbage (token 262143,
+empty text); far above that, a runner-up whose logit trails by only 0.1 already has probability e^-10 at 0.01, so
+sampling there is greedy in all but near-ties. 0.01 also keeps logits/temperature inside float16 for engines that
+sample in half precision (vLLM clamps temperatures below 0.01 for the same reason)."""
+_C_WHITESPACE = " \t\n\v\f\r"
+"""What llama.cpp's chat templates trim from message content (C isspace)."""
 
 _init_lock = threading.Lock()
 _log_callback: object | None = None
@@ -49,6 +70,47 @@ def init_backend() -> None:
         lib.llama_backend_init()
 
 
+_GGML_BACKEND_DEVICE_TYPE_CPU = 0
+
+
+def cpu_extra_buffer_types() -> tuple[str, ...]:
+    """Names of the weight buffer types the CPU backend offers beyond plain memory (e.g. "AMX", "CPU_REPACK")."""
+    libggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+    libggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    libggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    libggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    libggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+    libggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+    libggml.ggml_backend_buft_name.restype = ctypes.c_char_p
+    libggml.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    reg = libggml.ggml_backend_reg_by_name(b"CPU")
+    device = libggml.ggml_backend_dev_by_type(_GGML_BACKEND_DEVICE_TYPE_CPU)
+    address = libggml.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts") if reg else None
+    if not address or not device:
+        return ()
+    get_extra = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)
+    bufts = get_extra(device)
+    names: list[str] = []
+    while bufts and bufts[len(names)]:
+        name: bytes = libggml.ggml_backend_buft_name(bufts[len(names)])
+        names.append(name.decode())
+    return tuple(names)
+
+
+def _use_extra_buffer_types() -> bool:
+    """False where the CPU backend would put weights in AMX buffers.
+
+    Why: llama.cpp's AMX matrix multiply crashes the process (SIGSEGV in ggml_backend_amx_mul_mat) for any batch of
+    more than one row with this Q4_K_M model, measured on a Sapphire Rapids host with a native build (llama.cpp issue
+    #20824, open). llama.cpp can only turn extra buffer types off together, so CPU_REPACK goes too on such hosts.
+    """
+    offered = cpu_extra_buffer_types()
+    if "AMX" in offered:
+        log.warning("llama.cpp offers AMX weight buffers, which crash (llama.cpp#20824): extra buffer types are off")
+        return False
+    return True
+
+
 class LlamaModel:
     """A loaded GGUF model and its vocabulary.
 
@@ -59,6 +121,7 @@ class LlamaModel:
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 0
         params.vocab_only = vocab_only
+        params.use_extra_bufts = vocab_only or _use_extra_buffer_types()
         handle = lib.llama_model_load_from_file(path.encode(), params)
         if not handle:
             raise RuntimeError(f"llama.cpp could not load the model {path}")
@@ -104,6 +167,37 @@ class LlamaModel:
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(lib.llama_vocab_is_eog(self._vocab, token))
+
+    def tokenize_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """Token ids of (role, content) messages rendered by the chat template, ending with the assistant's turn.
+
+        Invariant: only the template's own text is read for control tokens; message content is always tokenized as
+        plain text, so a user who types "<end_of_turn>" gets those characters, not the marker (prompt injection).
+        How: the template renders a unique marker in place of each content, wrapped in vertical tabs to learn whether
+        it trims that content; the text between markers is tokenized with special parsing, each content (trimmed
+        where the template trims it) without, each piece on its own as reference chat encoders do. Roles go into the
+        template as they are: callers must refuse roles that contain control-token text. Raises ValueError if the
+        model has no template or llama.cpp does not know it.
+        """
+        nonce = secrets.token_hex(8)
+        while any(nonce in role or nonce in content for role, content in messages):
+            nonce = secrets.token_hex(8)
+        rendered = self.apply_chat_template(
+            [(role, f"\v@{nonce}:{index}@\v") for index, (role, _) in enumerate(messages)]
+        )
+        tokens: list[int] = []
+        start = 0
+        for match in re.finditer(f"(\v?)@{nonce}:(\\d+)@(\v?)", rendered):
+            tokens += self.tokenize(rendered[start : match.start()], add_special=start == 0, parse_special=True)
+            content = messages[int(match.group(2))][1]
+            if not match.group(1):
+                content = content.lstrip(_C_WHITESPACE)
+            if not match.group(3):
+                content = content.rstrip(_C_WHITESPACE)
+            tokens += self.tokenize(content, add_special=False, parse_special=False)
+            start = match.end()
+        tokens += self.tokenize(rendered[start:], add_special=start == 0, parse_special=True)
+        return tokens
 
     def apply_chat_template(self, messages: Sequence[tuple[str, str]]) -> str:
         """The prompt text for (role, content) messages, ending with the assistant's turn.
@@ -231,6 +325,10 @@ class LlamaContext:
         """Drop every KV cell of `seq_id` (never fails for a whole sequence)."""
         lib.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
 
+    def clear_memory(self) -> None:
+        """Drop every KV cell of every sequence."""
+        lib.llama_memory_clear(self._memory, True)
+
     def free(self) -> None:
         if self._batch_live:
             lib.llama_batch_free(self._batch)
@@ -255,10 +353,11 @@ class SamplerParams:
 class Sampler:
     """One request's llama.cpp sampler chain.
 
-    Greedy: [penalties] greedy. Otherwise: [penalties] [top-k] [top-p] [min-p] temperature, then a seeded draw.
-    Plain greedy (no penalties: the chain is llama.cpp's greedy sampler alone, which keeps no state) skips the chain
-    and takes numpy's argmax of the logits row: the same token (the first maximum, as llama.cpp's greedy picks)
-    without filling a candidate array of the whole vocabulary (262k entries: ≈0.3-0.5 ms per sequence per step).
+    Greedy (temperature below GREEDY_BELOW_TEMPERATURE): [penalties] greedy. Otherwise: [penalties] [top-k] [top-p]
+    [min-p] temperature, then a seeded draw. Plain greedy (no penalties: the chain is llama.cpp's greedy sampler
+    alone, which keeps no state) skips the chain and takes numpy's argmax of the logits row: the same token (the first
+    maximum, as llama.cpp's greedy picks) without filling a candidate array of the whole vocabulary (262k entries:
+    ≈0.3-0.5 ms per sequence per step).
     Owned by the engine thread; free it when the request ends.
     """
 
@@ -272,10 +371,11 @@ class Sampler:
             raise RuntimeError("llama.cpp could not create a sampler chain")
         self._chain: lib.llama_sampler_p | None = chain
         self.penalized = params.repetition_penalty != 1.0
-        self._argmax = params.temperature == 0.0 and not self.penalized
+        greedy = params.temperature < GREEDY_BELOW_TEMPERATURE
+        self._argmax = greedy and not self.penalized
         if self.penalized:
             self._add(lib.llama_sampler_init_penalties(model.n_vocab, PENALTY_LAST_N, params.repetition_penalty, 0, 0))
-        if params.temperature == 0.0:
+        if greedy:
             self._add(lib.llama_sampler_init_greedy())
             return
         if params.top_k > 0:
