@@ -344,3 +344,26 @@ async def test_a_long_valid_timeout_is_no_limit(channel: grpc.aio.Channel) -> No
     timeout = duration_pb2.Duration(seconds=315_576_000_000, nanos=999_999_999)  # the largest valid Duration
     responses = [r async for r in raw_session(channel)(iter([start("r", GP(text="x", max_tokens=3), timeout=timeout)]))]
     assert responses[-1].WhichOneof("kind") == "finished"
+
+
+@pytest.mark.voice
+async def test_nul_in_synthesis_text_is_invalid_argument_on_the_real_voice(make_server: ServerFactory) -> None:
+    """Piper failed INTERNAL on a NUL; the edge refuses it, and the streaming request it was meant for goes on."""
+    server = await make_server(speech_engine="piper")
+    async with Client.connect(f"127.0.0.1:{server.port}") as client:
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.synthesize("Hello\0 world.").collect()
+        assert caught.value.reason == "NUL_CHARACTER"
+
+    def append(text: str) -> inference_service_pb2.SessionRequest:
+        return SR(request_id="s", append_text=inference_service_pb2.AppendText(text=text))
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        frames = [synth("s", params={"text": ""}, streaming_input=True), append("Hel\0lo."), append("Hello.")]
+        frames.append(SR(request_id="s", end_input=inference_service_pb2.EndInput()))
+        responses = [r async for r in raw_session(channel)(iter(frames))]
+    kinds = [r.WhichOneof("kind") for r in responses]
+    assert kinds[0] == "rejected"
+    assert reason(responses[0].rejected) == "NUL_CHARACTER"
+    assert "audio_chunk" in kinds
+    assert kinds[-1] == "finished"
