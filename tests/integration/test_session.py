@@ -14,6 +14,7 @@ from rillet.client import (
     DeadlineExceededError,
     Finished,
     FinishReason,
+    InvalidArgumentError,
     ResourceExhaustedError,
     TokenDelta,
 )
@@ -201,3 +202,13 @@ async def test_logprobs_and_stop_strings(client: Client) -> None:
     deltas = [e for e in events if isinstance(e, TokenDelta)]
     assert all(len(d.logprobs) == len(d.token_ids) for d in deltas)
     assert all(len(lp.top) == 2 and lp.token.token_id == d.token_ids[0] for d in deltas for lp in d.logprobs)
+
+
+async def test_a_start_the_server_refuses_raises_instead_of_waiting(client: Client) -> None:
+    async with client.session() as session:
+        too_long = await session.generate("id too long", request_id="x" * 500, max_tokens=2)
+        with pytest.raises(InvalidArgumentError) as caught:
+            await asyncio.wait_for(too_long.collect(), timeout=10)
+        assert caught.value.reason == "REQUEST_ID_TOO_LONG"
+        fine = await session.generate("still fine", max_tokens=3)
+        assert (await fine.collect()).text == synthetic_text("still fine", 3)

@@ -356,6 +356,10 @@ def _cancel_call(call: grpc.aio.Call) -> Callable[[], Awaitable[None]]:
 _Item = TokenDelta | AudioChunk | Finished | RilletError
 
 
+START_REJECTIONS = frozenset({"REQUEST_ID_TOO_LONG", "MISSING_REQUEST_ID", "DUPLICATE_REQUEST_ID"})
+"""Reasons with which the server refuses a start message: the request never began, so its stream raises."""
+
+
 @dataclass
 class _Pending:
     queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
@@ -546,6 +550,19 @@ class Session:
             pending.queue.put_nowait(failure or UnavailableError("the session ended before the request finished"))
         self._pending.clear()
 
+    def _refused_start(self, echoed_id: str) -> str | None:
+        """The pending request whose start a rejection refers to, or None (the rejection was of a cancel or append).
+
+        It has the echoed id (or, for the server's clipped echo of a long id, "prefix…", starts with the prefix) and
+        has received nothing yet.
+        """
+        if echoed_id.endswith("…"):
+            prefix = echoed_id[:-1]
+            matches = (rid for rid, p in self._pending.items() if p.next_seq == 0 and rid.startswith(prefix))
+            return next(matches, None)
+        pending = self._pending.get(echoed_id)
+        return echoed_id if pending is not None and pending.next_seq == 0 else None
+
     def _dispatch(self, response: inference_service_pb2.SessionResponse) -> None:
         rid = response.request_id
         kind = response.WhichOneof("kind")
@@ -553,6 +570,8 @@ class Session:
             rejection = error_from_status(response.rejected, request_id=rid)
             log.debug("server rejected a message: %s", rejection)
             self.rejections.append(rejection)
+            if rejection.reason in START_REJECTIONS and (refused := self._refused_start(rid)) is not None:
+                self._pending.pop(refused).queue.put_nowait(rejection)  # its iterator raises instead of waiting
             return
         pending = self._pending.get(rid)
         if pending is None:
