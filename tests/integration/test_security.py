@@ -31,6 +31,7 @@ from rillet.client import (
     UnavailableError,
 )
 from rillet.server.app import RilletServer
+from rillet.server.engine.synthetic import synthetic_text
 from tests.conftest import ServerFactory, eventually
 from tests.integration.test_process import start_server
 
@@ -438,3 +439,29 @@ async def test_serve_refuses_a_bad_tenants_file(tmp_path: Path) -> None:
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 2
     assert b"invalid tenants" in stderr
+
+
+async def test_a_tenant_may_fill_only_its_share_of_an_engine_queue(make_server: ServerFactory) -> None:
+    server = await make_server(
+        security={"tenants": tenants()},
+        synthetic={"slots": 1, "tokens_per_second": 20.0, "first_output_delay_s": 0.0},
+        scheduler={"max_queue": 4, "tenant_queue_share": 0.5},
+    )
+    target = f"127.0.0.1:{server.port}"
+    async with (
+        Client.connect(target, token=ACME) as acme,
+        Client.connect(target, token=BETA) as beta,
+        acme.session() as acme_session,
+        beta.session() as beta_session,
+    ):
+        running = await acme_session.generate("holds the only slot", max_tokens=200)
+        queued = [await acme_session.generate(f"queued {i}", max_tokens=2) for i in range(2)]
+        await eventually(lambda: server.tenants.usage("acme") == (1, 3))
+        over = await acme_session.generate("past acme's half of the queue", max_tokens=2)
+        with pytest.raises(ResourceExhaustedError) as caught:
+            await over.collect()
+        assert caught.value.reason == "TENANT_QUEUE_SHARE"
+        fits = await beta_session.generate("beta still queues", max_tokens=2)
+        await running.aclose()
+        assert [(await q.collect()).text for q in queued] == [synthetic_text(f"queued {i}", 2) for i in range(2)]
+        assert (await fits.collect()).text == synthetic_text("beta still queues", 2)
