@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import random
 import resource
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from rillet.client import Client, Finished, FinishReason, TokenDelta
+from rillet.client import Client, Finished, FinishReason, RequestStream, Session, TokenDelta
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.synthetic import SyntheticEngine, synthetic_text
 from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, inference_service_pb2_grpc, speech_pb2
@@ -188,3 +190,61 @@ async def test_never_reading_clients_cost_bounded_memory_and_spare_their_neighbo
     finally:
         for channel in channels:
             await channel.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_cancellation_storm_leaves_slots_queues_and_tasks_at_baseline(make_server: ServerFactory) -> None:
+    """1,000 requests cancelled at random points — queued, prefilling, decoding, synthesizing, by disconnect."""
+    text = SyntheticEngine(SyntheticConfig(slots=8, tokens_per_second=400.0, first_output_delay_s=0.005))
+    speech = EchoSpeechEngine(slots=4)
+    server = await make_server([text, speech], scheduler={"max_queue": 1000})
+    target = f"127.0.0.1:{server.port}"
+    baseline_tasks = len(asyncio.all_tasks())
+    rng = random.Random(7)
+    outcomes: collections.Counter[str] = collections.Counter()
+
+    async def one(session: Session, i: int) -> None:
+        point = rng.choice(("at once", "after first", "after some", "never"))
+        if rng.random() < 0.3:
+            stream: RequestStream[Any] = await session.synthesize(f"piece {i}. ", streaming_input=True)
+            feed = True
+        else:
+            stream = await session.generate(f"storm {i}", max_tokens=rng.randint(1, 40))
+            feed = False
+        received = 0
+        if point == "at once":
+            await session.cancel(stream.request_id)  # queued or prefilling, most likely
+        async for event in stream:
+            if isinstance(event, Finished):
+                outcomes[event.reason.value] += 1
+                return
+            received += 1
+            if feed and received < 3:
+                await stream.append_text(f"more {received}. ")  # type: ignore[attr-defined]
+            if (point == "after first" and received == 1) or (point == "after some" and received == 3):
+                await session.cancel(stream.request_id)
+            if point == "never" and feed and received == 3:
+                await stream.end_input()  # type: ignore[attr-defined]
+
+    async def calm_session(requests: range) -> None:
+        async with Client.connect(target) as client, client.session() as session:
+            await asyncio.gather(*(one(session, i) for i in requests))
+
+    async def vanishing_session(requests: range) -> None:
+        channel = grpc.aio.insecure_channel(target)
+        call = inference_service_pb2_grpc.InferenceServiceStub(channel).Session()
+        for i in requests:
+            await call.write(start_generate(f"gone{i}", max_tokens=1000))
+        await call.read()
+        await channel.close()  # disconnect mid-stream, without a word
+        outcomes["disconnected"] += len(requests)
+
+    batches = [range(start, start + 50) for start in range(0, 1000, 50)]
+    await asyncio.gather(*(vanishing_session(b) if n % 5 == 4 else calm_session(b) for n, b in enumerate(batches)))
+    assert sum(outcomes.values()) == 1000
+    assert outcomes["cancelled"] > 300  # the storm really cancelled (the rest finished before their cancel landed)
+    await eventually(lambda: server.router.active() == 0 and server.lifecycle.sessions == 0, timeout=20)
+    for route_info, _ in server.router.models():
+        admission = server.router.resolve(route_info.name, route_info.kind).admission
+        assert (admission.running, admission.queued) == (0, 0)
+    await eventually(lambda: len(asyncio.all_tasks()) <= baseline_tasks, timeout=10)
