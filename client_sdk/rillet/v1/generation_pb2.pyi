@@ -55,7 +55,10 @@ class ChatMessage(_message.Message):
     role: _builtins.str
     """The author's role, e.g. "system", "user", "assistant"."""
     content: _builtins.str
-    """The message text."""
+    """The message text. Control-token text (e.g. "<bos>", "<end_of_turn>") is
+    tokenized as ordinary text: only the chat template's own markers are
+    control tokens.
+    """
     def __init__(
         self,
         *,
@@ -188,7 +191,9 @@ class GenerateParams(_message.Message):
     text model. An unknown name fails with NOT_FOUND.
     """
     text: _builtins.str
-    """A completion prompt (plain text)."""
+    """A completion prompt (plain text). Control-token text (e.g. "<bos>") is
+    tokenized as ordinary text; send `token_ids` to use control tokens.
+    """
     max_tokens: _builtins.int
     """Maximum number of tokens to generate, in [1, server limit]. Unset takes
     the server's default.
