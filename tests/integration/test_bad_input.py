@@ -15,11 +15,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from rillet.client import Client, InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from rillet.server.app import RilletServer
-from rillet.server.engine.synthetic import synthetic_text
+from rillet.server.config import SyntheticConfig
+from rillet.server.engine.synthetic import SyntheticEngine, synthetic_text
 from rillet.server.transport import convert
 from rillet.server.transport.servicer import PARSE_INLINE_MAX_BYTES
 from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, inference_service_pb2_grpc, speech_pb2
 from tests.conftest import ServerFactory, eventually
+from tests.doubles import EchoSpeechEngine
 
 GP = generation_pb2.GenerateParams
 SP = generation_pb2.SamplingParams
@@ -161,10 +163,6 @@ BAD_STARTS = [
     (SR(request_id="x" * 129, end_input=inference_service_pb2.EndInput()), "rejected",
      code_pb2.INVALID_ARGUMENT, "REQUEST_ID_TOO_LONG"),
     (SR(request_id="x" * 129), "rejected", code_pb2.INVALID_ARGUMENT, "REQUEST_ID_TOO_LONG"),
-    (SR(request_id="ghost", append_text=inference_service_pb2.AppendText(text="a\0b")), "rejected",
-     code_pb2.INVALID_ARGUMENT, "NUL_CHARACTER"),
-    (SR(request_id="ghost", append_text=inference_service_pb2.AppendText(text="a" * 20_000)), "rejected",
-     code_pb2.INVALID_ARGUMENT, "TEXT_PIECE_TOO_LARGE"),
     (start("bad", GP(text="x", model="m" * 3_000_000)), "error", code_pb2.INVALID_ARGUMENT, "NAME_TOO_LONG"),
     (start("bad", GP(text="x", model="m" * 256)), "error", code_pb2.NOT_FOUND, "MODEL_NOT_FOUND"),
     (start("bad", GP(text="x", stop=["s" * 300])), "error", code_pb2.INVALID_ARGUMENT, "STOP_TOO_LONG"),
@@ -344,6 +342,28 @@ async def test_a_long_valid_timeout_is_no_limit(channel: grpc.aio.Channel) -> No
     timeout = duration_pb2.Duration(seconds=315_576_000_000, nanos=999_999_999)  # the largest valid Duration
     responses = [r async for r in raw_session(channel)(iter([start("r", GP(text="x", max_tokens=3), timeout=timeout)]))]
     assert responses[-1].WhichOneof("kind") == "finished"
+
+
+async def test_a_bad_append_text_is_rejected_and_its_request_goes_on(make_server: ServerFactory) -> None:
+    server = await make_server(engines=[SyntheticEngine(SyntheticConfig()), EchoSpeechEngine()])
+
+    def append(text: str) -> inference_service_pb2.SessionRequest:
+        return SR(request_id="s", append_text=inference_service_pb2.AppendText(text=text))
+
+    frames = [
+        synth("s", params={"text": "", "voice": "echo-voice"}, streaming_input=True),
+        append("a\0b"),
+        append("a" * (server.settings.limits.max_text_piece_chars + 1)),
+        append("fine."),
+        SR(request_id="s", end_input=inference_service_pb2.EndInput()),
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        responses = [r async for r in raw_session(channel)(iter(frames))]
+    rejected = [reason(r.rejected) for r in responses if r.WhichOneof("kind") == "rejected"]
+    assert rejected == ["NUL_CHARACTER", "TEXT_PIECE_TOO_LARGE"]
+    spoken = [r.audio_chunk.text for r in responses if r.WhichOneof("kind") == "audio_chunk"]
+    assert spoken == ["fine."]
+    assert responses[-1].finished.usage.input_characters == len("fine.")
 
 
 @pytest.mark.voice

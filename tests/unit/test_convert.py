@@ -130,22 +130,6 @@ def test_repeated_fields_keep_one_item_past_their_limit() -> None:
     )
 
 
-def test_append_text_is_checked_at_the_edge() -> None:
-    def append(text: str) -> Command:
-        message = inference_service_pb2.SessionRequest(
-            request_id="r", append_text=inference_service_pb2.AppendText(text=text)
-        )
-        return convert.session_command(message, LIMITS)
-
-    nul = append("a\0b")
-    assert isinstance(nul, Malformed)
-    assert (nul.request_id, nul.error.reason) == ("r", "NUL_CHARACTER")
-    large = append("a" * (LIMITS.max_text_piece_chars + 1))
-    assert isinstance(large, Malformed)
-    assert large.error.reason == "TEXT_PIECE_TOO_LARGE"
-    assert append("a" * LIMITS.max_text_piece_chars) == AppendText("r", "a" * LIMITS.max_text_piece_chars)
-
-
 def test_an_oversized_trace_context_is_ignored_as_w3c_asks() -> None:
     def traced(traceparent: str, tracestate: str = "") -> Command:
         trace = common_pb2.TraceContext(traceparent=traceparent, tracestate=tracestate)

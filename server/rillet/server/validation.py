@@ -1,7 +1,7 @@
 """Turns client specs into validated engine requests: limits, ranges, defaults and model resolution.
 
-Every field a client sends is bounded here or at the transport's edge (request ids, AppendText pieces), and no
-message repeats more of a client's string than `clip` allows.
+Every field a client sends is bounded here or, for request ids, at the transport's edge; no message repeats more
+of a client's string than `clip` allows.
 """
 
 from __future__ import annotations

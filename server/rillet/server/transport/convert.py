@@ -39,7 +39,6 @@ from rillet.server.types import (
     TraceContext,
     Usage,
 )
-from rillet.server.validation import validate_text_piece
 from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, speech_pb2
 
 ERROR_DOMAIN = "rillet.dev"
@@ -199,8 +198,7 @@ def _command(message: inference_service_pb2.SessionRequest, limits: LimitsConfig
             )
             return Start(request_id, spec, _trace(synth.trace_context), _timeout(synth))
         case "append_text":
-            validate_text_piece(message.append_text.text, limits)
-            return AppendText(request_id, message.append_text.text)
+            return AppendText(request_id, message.append_text.text)  # the session checks it (validate_text_piece)
         case "end_input":
             return EndInput(request_id)
         case "cancel":
