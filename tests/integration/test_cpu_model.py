@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
-from rillet.client import Client, Finished, FinishReason, InvalidArgumentError, TokenDelta
+from rillet.client import Client, Finished, FinishReason, InvalidArgumentError, Session, TokenDelta
 from rillet.server.app import RilletServer
 from rillet.server.config import Settings
 from tests.conftest import eventually
@@ -86,3 +87,49 @@ async def test_prompt_longer_than_the_context_names_the_limits(client: Client) -
         await client.generate("word " * 3000, max_tokens=8).collect()
     assert caught.value.reason == "PROMPT_TOO_LONG"
     assert "2048" in caught.value.message
+
+
+@pytest.mark.timeout(300)
+async def test_a_cancellation_storm_leaves_slots_and_kv_at_baseline(server: RilletServer, client: Client) -> None:
+    """100 real requests cancelled at random points or by disconnect; then one prompt that needs the whole KV cache.
+
+    A leaked KV cell would leave that prompt no room (llama_decode fails), and a leaked slot would queue it.
+    """
+    rng = random.Random(3)
+    target = f"127.0.0.1:{server.port}"
+    reasons: list[str] = []
+
+    async def one(session: Session, i: int) -> None:
+        stream = await session.generate(f"Story {i}: once upon a time", max_tokens=rng.randint(2, 16))
+        cancel_after = rng.choice((0, 1, 3, None))
+        if cancel_after == 0:
+            await session.cancel(stream.request_id)  # queued or prefilling
+        received = 0
+        async for event in stream:
+            if isinstance(event, Finished):
+                reasons.append(event.reason.value)
+                return
+            received += 1
+            if received == cancel_after:
+                await session.cancel(stream.request_id)
+
+    async def batch(start: int, vanish: bool) -> None:
+        async with Client.connect(target) as own, own.session() as session:
+            if not vanish:
+                await asyncio.gather(*(one(session, i) for i in range(start, start + 10)))
+                return
+            streams = [await session.generate(f"Gone {i}", max_tokens=64) for i in range(start, start + 10)]
+            await anext(aiter(streams[0]))
+        # leaving the blocks cancelled the call and closed the channel mid-stream
+
+    for wave in (0, 50):  # 50 at once: within 8 slots and a 64-request queue
+        await asyncio.gather(*(batch(start, vanish=start % 50 == 40) for start in range(wave, wave + 50, 10)))
+    assert len(reasons) == 80
+    assert "cancelled" in reasons
+    await eventually(lambda: server.router.active() == 0 and server.lifecycle.sessions == 0, timeout=30)
+    (model,) = await client.list_models()
+    prompt = " the" * (model.context_length - 60)  # about context - 60 tokens: room only if nothing leaked
+    result = await client.generate(prompt, max_tokens=8, temperature=0).collect()
+    assert result.finished.reason in (FinishReason.LENGTH, FinishReason.STOP)
+    assert result.finished.usage.input_tokens > model.context_length - 200
+    assert result.finished.timings.queue_s < result.finished.timings.total_s / 2
