@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import re
 import signal
 import sys
+import time
 
 import pytest
 
-from rillet.client import Client, FinishReason, TokenDelta, UnavailableError
+from rillet.client import Client, Finished, FinishReason, TokenDelta, UnavailableError
 from rillet.server.engine.synthetic import synthetic_text
 
 
-async def start_server(*flags: str) -> tuple[asyncio.subprocess.Process, int]:
+async def start_server(*flags: str, **env: str) -> tuple[asyncio.subprocess.Process, int]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rillet.server.cli", "serve", "--port", "0", "--text-engine", "synthetic",
         "--speech-engine", "none", *flags,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "RILLET_SYNTHETIC__TOKENS_PER_SECOND": "40"},
+        env={**os.environ, "RILLET_SYNTHETIC__TOKENS_PER_SECOND": "40", **env},
     )  # fmt: skip
     assert process.stderr is not None
     while line := await asyncio.wait_for(process.stderr.readline(), timeout=30):
@@ -52,3 +54,38 @@ async def test_signal_drains_then_exits(sig: signal.Signals) -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_with_200_active_streams_completes_or_refuses_each_within_the_grace() -> None:
+    process, port = await start_server("--drain-grace-s", "3", RILLET_SYNTHETIC__SLOTS="256")
+    outcomes: collections.Counter[str] = collections.Counter()
+    try:
+        async with Client.connect(f"127.0.0.1:{port}") as client, client.session() as session:
+            # 40 tokens/s: short requests finish within the grace, long ones cannot and must end UNAVAILABLE.
+            streams = [await session.generate(f"s{i}", max_tokens=20 if i % 2 else 1000) for i in range(200)]
+            firsts = [aiter(s) for s in streams]
+            await asyncio.gather(*(anext(f) for f in firsts))  # all 200 are streaming
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+
+            async def rest(index: int) -> None:
+                try:
+                    events = [e async for e in firsts[index]]
+                except UnavailableError:
+                    outcomes["unavailable"] += 1
+                    return
+                last = events[-1]
+                assert isinstance(last, Finished)
+                assert last.reason is FinishReason.LENGTH
+                outcomes["completed"] += 1
+
+            await asyncio.gather(*(rest(i) for i in range(200)))
+            ended = time.monotonic() - signalled
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert outcomes == {"completed": 100, "unavailable": 100}
+    assert ended < 3 + 2  # every stream ended by the grace (plus the time to say so)
