@@ -212,3 +212,11 @@ async def test_a_start_the_server_refuses_raises_instead_of_waiting(client: Clie
         assert caught.value.reason == "REQUEST_ID_TOO_LONG"
         fine = await session.generate("still fine", max_tokens=3)
         assert (await fine.collect()).text == synthetic_text("still fine", 3)
+
+
+async def test_a_start_refused_for_an_out_of_range_timeout_raises(client: Client) -> None:
+    async with client.session() as session:
+        stream = await session.generate("forever", max_tokens=2, timeout=1e12)  # past Duration's range
+        with pytest.raises(InvalidArgumentError) as caught:
+            await asyncio.wait_for(stream.collect(), timeout=10)
+        assert caught.value.reason == "INVALID_DURATION"

@@ -356,7 +356,9 @@ def _cancel_call(call: grpc.aio.Call) -> Callable[[], Awaitable[None]]:
 _Item = TokenDelta | AudioChunk | Finished | RilletError
 
 
-START_REJECTIONS = frozenset({"REQUEST_ID_TOO_LONG", "MISSING_REQUEST_ID", "DUPLICATE_REQUEST_ID"})
+START_REJECTIONS = frozenset(
+    {"REQUEST_ID_TOO_LONG", "MISSING_REQUEST_ID", "DUPLICATE_REQUEST_ID", "INVALID_DURATION", "INTERNAL"}
+)
 """Reasons with which the server refuses a start message: the request never began, so its stream raises."""
 
 
