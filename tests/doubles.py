@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
+from typing import Literal
 
 from rillet.server.config import SyntheticConfig
+from rillet.server.engine.base import SpeechEvent, TextEvent
 from rillet.server.engine.synthetic import SyntheticEngine
-from rillet.server.errors import EngineDead, InvalidArgument
+from rillet.server.errors import EngineDead
 from rillet.server.types import (
     AudioChunk,
-    EngineEvent,
     EngineFinished,
-    EngineRequest,
     FinishReason,
     GenerationRequest,
     ModelInfo,
@@ -30,7 +30,7 @@ class FloodEngine(SyntheticEngine):
         super().__init__(config or SyntheticConfig())
         self.emitted = 0  # deltas pulled by the server, across all streams
 
-    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         self._active += 1
         try:
             while True:
@@ -65,6 +65,10 @@ class EchoSpeechEngine:
         return "echo-speech"
 
     @property
+    def serves(self) -> Literal[ModelKind.SPEECH_SYNTHESIS]:
+        return ModelKind.SPEECH_SYNTHESIS
+
+    @property
     def models(self) -> Sequence[ModelInfo]:
         return self._models
 
@@ -85,12 +89,10 @@ class EchoSpeechEngine:
     def healthy(self) -> bool:
         return True
 
-    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
-        if not isinstance(request, SynthesisRequest):
-            raise InvalidArgument("the echo engine only speaks", reason="UNSUPPORTED_REQUEST")
+    def stream(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
         return self._speak(request)
 
-    async def _speak(self, request: SynthesisRequest) -> AsyncGenerator[EngineEvent, None]:
+    async def _speak(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
         self._active += 1
         try:
             offset = chars = 0
@@ -114,7 +116,7 @@ class DyingEngine(SyntheticEngine):
     def healthy(self) -> bool:
         return not self.dead
 
-    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         async for event in super()._generate(request):
             if request.prompt == "die":
                 self.dead = True

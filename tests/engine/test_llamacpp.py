@@ -31,7 +31,6 @@ from rillet.server.types import (
     ModelKind,
     Prompt,
     SamplingParams,
-    SynthesisRequest,
     TokenDelta,
 )
 from tests.conftest import eventually
@@ -298,16 +297,9 @@ async def test_other_invalid_prompts_fail_before_any_output(engine: LlamaCppEngi
     with pytest.raises(InvalidArgument) as info:
         await anext(engine.stream(request((ChatMessage("user", "hi"),))))
     assert info.value.reason == "CHAT_TEMPLATE_MISSING"
-    with pytest.raises(InvalidArgument):
-        engine.stream(SynthesisRequest("s", "voice", _no_text(), 22050, 2205))
     run = await collect(engine.stream(request((2, 818, 5279), max_tokens=3)))  # token ids are fine
     assert run.finished is not None
     assert run.finished.usage.input_tokens == 3
-
-
-async def _no_text() -> AsyncIterator[str]:
-    return
-    yield ""
 
 
 async def test_a_crashed_engine_thread_is_dead_for_current_and_future_streams(

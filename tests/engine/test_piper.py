@@ -20,7 +20,6 @@ from rillet.server.types import (
     EngineEvent,
     EngineFinished,
     FinishReason,
-    GenerationRequest,
     ModelKind,
     SynthesisRequest,
 )
@@ -239,12 +238,6 @@ async def test_an_unsupported_sample_rate_is_refused_before_any_work(engine: Pip
     assert error.value.reason == "UNSUPPORTED_SAMPLE_RATE"
     assert error.value.metadata["supported_sample_rate_hertz"] == str(RATE)
     assert engine.active == 0
-
-
-async def test_text_generation_is_refused(engine: PiperEngine) -> None:
-    with pytest.raises(InvalidArgument) as error:
-        engine.stream(GenerationRequest("g1", VOICE, "hello", max_tokens=4))
-    assert error.value.reason == "UNSUPPORTED_REQUEST"
 
 
 async def test_errors_from_the_text_stream_reach_the_consumer(engine: PiperEngine) -> None:

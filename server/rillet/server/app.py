@@ -12,7 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
+from rillet.server.config import Settings
+from rillet.server.engine import registry
 from rillet.server.engine.base import Engine
 from rillet.server.observer import NULL_OBSERVER, Observer
 from rillet.server.scheduler import Router
@@ -28,21 +29,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def build_engines(settings: Settings) -> list[Engine]:
-    """The engines the settings ask for, text first. Heavy backends are imported only when selected."""
-    engines: list[Engine] = []
-    if settings.text_engine is TextEngineKind.LLAMACPP:
-        from rillet.server.engine.llamacpp import LlamaCppEngine
+    """The engines the settings select, from the registry (engine/registry.py), text first.
 
-        engines.append(LlamaCppEngine(settings.llamacpp))
-    elif settings.text_engine is TextEngineKind.SYNTHETIC:
-        from rillet.server.engine.synthetic import SyntheticEngine
-
-        engines.append(SyntheticEngine(settings.synthetic))
-    if settings.speech_engine is SpeechEngineKind.PIPER:
-        from rillet.server.engine.piper import PiperEngine
-
-        engines.append(PiperEngine(settings.piper))
-    return engines
+    Each backend's module is imported only when it is selected, so heavy ones cost nothing otherwise.
+    """
+    return registry.build(settings)
 
 
 class RilletServer:

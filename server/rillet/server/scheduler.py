@@ -1,18 +1,21 @@
-"""Admission control in front of each engine, and the routing of model names to engines."""
+"""Admission control in front of each engine, and the routing of model names to engines of the right kind."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar, overload
 
 from rillet.server.config import SchedulerConfig
-from rillet.server.engine.base import Engine
+from rillet.server.engine.base import Engine, SpeechEngine, SpeechEvent, TextEngine, TextEvent
 from rillet.server.errors import NotFound, ResourceExhausted, Unavailable, clip
-from rillet.server.types import ModelInfo, ModelKind
+from rillet.server.types import GenerationRequest, ModelInfo, ModelKind, SynthesisRequest
+
+E = TypeVar("E", TextEngine, SpeechEngine)
 
 
 class Admission:
@@ -90,39 +93,87 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    """Where a request for one model goes."""
+class Route(Generic[E]):
+    """Where a request for one model goes: a TextEngine for a text model, a SpeechEngine for a voice."""
 
     model: ModelInfo
-    engine: Engine
+    engine: E
     admission: Admission
 
 
+TextRoute = Route[TextEngine]
+SpeechRoute = Route[SpeechEngine]
+
+
+@dataclass(frozen=True, slots=True)
+class TextJob:
+    """A validated generation request bound to its text route."""
+
+    route: TextRoute
+    request: GenerationRequest
+
+    def stream(self) -> AsyncGenerator[TextEvent, None]:
+        return self.route.engine.stream(self.request)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechJob:
+    """A validated synthesis request bound to its speech route."""
+
+    route: SpeechRoute
+    request: SynthesisRequest
+
+    def stream(self) -> AsyncGenerator[SpeechEvent, None]:
+        return self.route.engine.stream(self.request)
+
+
+Job = TextJob | SpeechJob
+"""A request paired with the engine that serves its kind; the pairing is typed where a job is made."""
+
+
 class Router:
-    """Maps model and voice names to their engine and admission queue; owns the engines' lifecycle."""
+    """Maps model and voice names to their engine and admission queue; owns the engines' lifecycle.
+
+    Invariant: a text model's route holds a TextEngine and a voice's a SpeechEngine (the engine's `serves` decides,
+    and every model it lists must be of that kind), so a GenerationRequest can only reach a text engine and a
+    SynthesisRequest a speech engine; names are unique across both.
+    """
 
     def __init__(self, engines: Sequence[Engine], config: SchedulerConfig, *, max_tokens: int | None = None) -> None:
         self._engines = tuple(engines)
         self._config = config
         self._max_tokens = max_tokens  # the server's own bound on max_tokens, published with each text model
-        self._routes: dict[str, Route] = {}
+        self._text: dict[str, TextRoute] = {}
+        self._speech: dict[str, SpeechRoute] = {}
+        self._listed: list[ModelInfo] = []
         self._defaults: dict[ModelKind, str] = {}
         self._started = False
 
     def _build_routes(self) -> None:
         """Index the engines' models; run after start, when engines know what they loaded (context, template)."""
-        routes: dict[str, Route] = {}
+        text: dict[str, TextRoute] = {}
+        speech: dict[str, SpeechRoute] = {}
+        listed: list[ModelInfo] = []
         defaults: dict[ModelKind, str] = {}
         for engine in self._engines:
             admission = Admission(
                 engine.slots, self._config.max_queue, self._config.retry_after_s, self._config.tenant_queue_share
             )
             for model in map(self._published, engine.models):
-                if model.name in routes:
+                if model.name in text or model.name in speech:
                     raise ValueError(f"model name {model.name!r} is served by two engines")
-                routes[model.name] = Route(model, engine, admission)
+                if model.kind is not engine.serves:
+                    raise ValueError(
+                        f"engine {engine.name!r} serves {engine.serves.value} but lists {model.name!r} as "
+                        f"{model.kind.value}"
+                    )
+                if engine.serves is ModelKind.TEXT_GENERATION:
+                    text[model.name] = Route(model, engine, admission)
+                else:
+                    speech[model.name] = Route(model, engine, admission)
+                listed.append(model)
                 defaults.setdefault(model.kind, model.name)
-        self._routes, self._defaults = routes, defaults
+        self._text, self._speech, self._listed, self._defaults = text, speech, listed, defaults
 
     def _published(self, model: ModelInfo) -> ModelInfo:
         """The model as clients see it: max_tokens_limit is what validation enforces (the engine's and ours)."""
@@ -138,25 +189,33 @@ class Router:
     def models(self) -> list[tuple[ModelInfo, bool]]:
         """Every model with whether it is the default of its kind; Unavailable while the engines warm up."""
         self._check_started()
-        return [(r.model, self._defaults.get(r.model.kind) == name) for name, r in self._routes.items()]
+        return [(m, self._defaults.get(m.kind) == m.name) for m in self._listed]
 
-    def resolve(self, name: str, kind: ModelKind) -> Route:
+    @overload
+    def resolve(self, name: str, kind: Literal[ModelKind.TEXT_GENERATION]) -> TextRoute: ...
+    @overload
+    def resolve(self, name: str, kind: Literal[ModelKind.SPEECH_SYNTHESIS]) -> SpeechRoute: ...
+    @overload
+    def resolve(self, name: str, kind: ModelKind) -> TextRoute | SpeechRoute: ...
+
+    def resolve(self, name: str, kind: ModelKind) -> TextRoute | SpeechRoute:
         """The route for `name` ("" selects the default of `kind`); NotFound when none matches.
 
         Unavailable while the engines warm up: the models are not known yet, and the client should retry.
         """
         self._check_started()
-        noun = "model" if kind is ModelKind.TEXT_GENERATION else "voice"
+        text = kind is ModelKind.TEXT_GENERATION
+        routes: Mapping[str, TextRoute | SpeechRoute] = self._text if text else self._speech
+        noun = "model" if text else "voice"
         if not name:
             default = self._defaults.get(kind)
             if default is None:
                 raise NotFound(f"this server serves no {noun}", reason="NO_DEFAULT_MODEL")
             name = default
-        route = self._routes.get(name)
-        if route is None or route.model.kind is not kind:
-            known = sorted(n for n, r in self._routes.items() if r.model.kind is kind)
+        route = routes.get(name)
+        if route is None:
             raise NotFound(
-                f"unknown {noun} {clip(name)!r}; served: {', '.join(known) or 'none'}",
+                f"unknown {noun} {clip(name)!r}; served: {', '.join(sorted(routes)) or 'none'}",
                 reason="MODEL_NOT_FOUND",
                 metadata={"model": clip(name)},
             )

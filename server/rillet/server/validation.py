@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from rillet.server.config import LimitsConfig
 from rillet.server.errors import InvalidArgument, clip
-from rillet.server.scheduler import Route, Router
+from rillet.server.scheduler import Router, SpeechRoute, TextRoute
 from rillet.server.types import (
     ChatMessage,
     GenerateSpec,
@@ -95,7 +95,7 @@ def _check_range(name: str, value: float | None, low: float, high: float, *, low
 
 def validate_generate(
     request_id: str, spec: GenerateSpec, limits: LimitsConfig, router: Router
-) -> tuple[Route, GenerationRequest]:
+) -> tuple[TextRoute, GenerationRequest]:
     """Resolve the model and check every field; raises InvalidArgument or NotFound naming the field.
 
     Repeated fields may arrive cut one item past their limit (see convert.generate_spec): messages say "more than".
@@ -188,7 +188,7 @@ def validate_generate(
 
 def validate_synthesize(
     request_id: str, spec: SynthesizeSpec, text: AsyncIterator[str], limits: LimitsConfig, router: Router
-) -> tuple[Route, SynthesisRequest]:
+) -> tuple[SpeechRoute, SynthesisRequest]:
     """Resolve the voice and check every field; the text itself arrives later through `text`.
 
     Sizes and characters are checked first: a request is refused for its size before anything is looked up.

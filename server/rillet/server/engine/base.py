@@ -1,34 +1,63 @@
-"""The Engine protocol every backend implements."""
+"""The engine protocols: what every backend shares (EngineBase), and the TextEngine and SpeechEngine seams."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
-from rillet.server.types import EngineEvent, EngineRequest, ModelInfo
+from rillet.server.types import (
+    AudioChunk,
+    EngineFinished,
+    GenerationRequest,
+    ModelInfo,
+    ModelKind,
+    SynthesisRequest,
+    TokenDelta,
+)
+
+__all__ = ["Engine", "EngineBase", "SpeechEngine", "SpeechEvent", "TextCapabilities", "TextEngine", "TextEvent"]
+
+TextEvent = TokenDelta | EngineFinished
+"""What a text engine's stream yields."""
+
+SpeechEvent = AudioChunk | EngineFinished
+"""What a speech engine's stream yields."""
 
 
-class Engine(Protocol):
-    """A backend that turns requests into streams of output events.
+@dataclass(frozen=True, slots=True)
+class TextCapabilities:
+    """What a text engine promises beyond the contract every engine keeps (tests/contract checks both)."""
 
-    Contract:
-    - `stream(request)` returns an async iterator that yields outputs (TokenDelta or AudioChunk) and then exactly
-      one EngineFinished, or raises a RilletError before finishing. Validation errors specific to the engine
-      (prompt longer than the context, ...) are raised before the first output.
+    reproducible_seed: bool
+    """The same request with the same `sampling.seed`, run alone, yields the same tokens every time."""
+
+
+class EngineBase(Protocol):
+    """What every engine has, text or speech: identity, capacity, lifecycle and health.
+
+    Contract (tests/contract/ is its executable form; a new engine is done when that suite passes on it):
+    - `stream(request)` returns an async iterator that yields outputs (TokenDelta for text, AudioChunk for
+      speech) and then exactly one EngineFinished, or raises a RilletError. Errors that depend on the request
+      (prompt longer than the context, sampling values the engine cannot honour, an unknown voice, ...) are raised
+      before the first output: from `stream` itself or from the first `anext`, with INVALID_ARGUMENT where the
+      request is at fault. A stream never ends without EngineFinished unless it raised.
     - Cancellation has one path: closing the iterator (aclose, or cancelling the task awaiting it) aborts the
       request inside the engine and frees what it held; `active` then drops within one engine step.
-    - The scheduler admits at most `slots` concurrent streams; an engine need not queue beyond that.
+    - The scheduler admits at most `slots` concurrent streams per engine; an engine need not queue beyond that.
     - Engine work never runs on the event loop.
+    - `healthy()` turns False, and stays so, once the engine cannot serve any more (a crashed worker, a closed
+      engine); streams it fails for that reason raise EngineDead. The server's health follows it.
     """
 
     @property
     def name(self) -> str:
-        """Engine kind, e.g. "llamacpp" or "synthetic"."""
+        """Engine kind, e.g. "llamacpp" or "synthetic": its name in the registry."""
         ...
 
     @property
     def models(self) -> Sequence[ModelInfo]:
-        """Models or voices served; the first one of each kind is that kind's default."""
+        """Models or voices served, all of the kind `serves`; the first one is the default of that kind."""
         ...
 
     @property
@@ -53,6 +82,47 @@ class Engine(Protocol):
         """False once the engine can no longer serve (EngineDead)."""
         ...
 
-    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
-        """Run one request; see the class docstring for the contract."""
+
+class TextEngine(EngineBase, Protocol):
+    """An engine that generates text: GenerationRequest in, TokenDelta outputs and one EngineFinished out.
+
+    Text specifics: text is never split inside a UTF-8 character; a stop string ends the stream with
+    STOP_SEQUENCE and no part of it (nor of a prefix held while it might match) is ever streamed; at most
+    `max_tokens` tokens are generated; the token ids of all deltas together number `usage.output_tokens`.
+    """
+
+    @property
+    def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
+        """What the engine's models do; the router routes only generation requests here."""
         ...
+
+    @property
+    def capabilities(self) -> TextCapabilities:
+        """Promises beyond the contract."""
+        ...
+
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
+        """Run one generation; see EngineBase for the contract."""
+        ...
+
+
+class SpeechEngine(EngineBase, Protocol):
+    """An engine that speaks: SynthesisRequest (its text a stream of pieces) in, AudioChunk outputs out.
+
+    Speech specifics: chunks are placed exactly by `offset_samples`, contiguous from 0, each at most
+    `max_chunk_samples`; audio may start before the text has ended; `usage.output_audio_seconds` is the audio
+    streamed (total samples / sample rate).
+    """
+
+    @property
+    def serves(self) -> Literal[ModelKind.SPEECH_SYNTHESIS]:
+        """What the engine's models do; the router routes only synthesis requests here."""
+        ...
+
+    def stream(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
+        """Run one synthesis; see EngineBase for the contract."""
+        ...
+
+
+Engine = TextEngine | SpeechEngine
+"""Any engine; `engine.serves` tells which (mypy narrows on it)."""

@@ -16,19 +16,18 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from rillet.server.config import LlamaCppConfig
+from rillet.server.engine.base import TextCapabilities, TextEvent
 from rillet.server.engine.text import StopCheck, StopMatcher
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, RilletError, Unavailable
 from rillet.server.types import (
     ChatMessage,
-    EngineEvent,
     EngineFinished,
-    EngineRequest,
     FinishReason,
     GenerationRequest,
     ModelInfo,
@@ -830,6 +829,15 @@ class LlamaCppEngine:
         return ENGINE_NAME
 
     @property
+    def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
+        return ModelKind.TEXT_GENERATION
+
+    @property
+    def capabilities(self) -> TextCapabilities:
+        """Seeded sampling repeats alone; a batch's layout changes the numerics, so not across batches."""
+        return TextCapabilities(reproducible_seed=True)
+
+    @property
     def models(self) -> Sequence[ModelInfo]:
         """The served model; context and chat support are the configured values until `start` reads the model."""
         return self._models
@@ -871,12 +879,10 @@ class LlamaCppEngine:
         if thread is not None and thread.is_alive():
             await asyncio.to_thread(thread.join)
 
-    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
-        if not isinstance(request, GenerationRequest):
-            raise InvalidArgument("the llamacpp engine only generates text", reason="UNSUPPORTED_REQUEST")
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         return self._generate(request)
 
-    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         sink = _Sink(asyncio.get_running_loop())
         seq = _Sequence(request, sink, StopMatcher(request.stop), time.perf_counter())
         self._mailbox.submit(seq)

@@ -16,20 +16,19 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import onnxruntime  # type: ignore[import-untyped]
 from piper import PiperConfig as VoiceConfig
 from piper import PiperVoice
 
 from rillet.server.config import PiperConfig
+from rillet.server.engine.base import SpeechEvent
 from rillet.server.engine.segment import Segmenter, segments
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, NotFound, RilletError, Unavailable
 from rillet.server.types import (
     AudioChunk,
-    EngineEvent,
     EngineFinished,
-    EngineRequest,
     FinishReason,
     ModelInfo,
     ModelKind,
@@ -244,6 +243,10 @@ class PiperEngine:
         return "piper"
 
     @property
+    def serves(self) -> Literal[ModelKind.SPEECH_SYNTHESIS]:
+        return ModelKind.SPEECH_SYNTHESIS
+
+    @property
     def models(self) -> Sequence[ModelInfo]:
         return self._models
 
@@ -292,10 +295,8 @@ class PiperEngine:
     def healthy(self) -> bool:
         return not self._closed
 
-    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
+    def stream(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
         """Validate at once (raising before any output), then stream the request's audio."""
-        if not isinstance(request, SynthesisRequest):
-            raise InvalidArgument("the piper engine only synthesizes speech", reason="UNSUPPORTED_REQUEST")
         pool = self._pool
         if pool is None:
             raise Unavailable("the piper engine is not started", reason="ENGINE_NOT_READY")
@@ -332,7 +333,7 @@ class PiperEngine:
 
     async def _synthesize(
         self, request: SynthesisRequest, voice: PiperVoice, rate: int, pool: DeadlinePool
-    ) -> AsyncGenerator[EngineEvent, None]:
+    ) -> AsyncGenerator[SpeechEvent, None]:
         """Consume rendered segments from a producer task and slice them into chunks.
 
         Invariants: chunk offsets are contiguous from 0; every segment's text rides on the first chunk of its

@@ -6,14 +6,14 @@ import asyncio
 import time
 import zlib
 from collections.abc import AsyncGenerator, Sequence
+from typing import Literal
 
 from rillet.server.config import SyntheticConfig
+from rillet.server.engine.base import TextCapabilities, TextEvent
 from rillet.server.engine.text import StopMatcher
 from rillet.server.errors import InvalidArgument
 from rillet.server.types import (
-    EngineEvent,
     EngineFinished,
-    EngineRequest,
     FinishReason,
     GenerationRequest,
     ModelInfo,
@@ -70,6 +70,14 @@ class SyntheticEngine:
         return "synthetic"
 
     @property
+    def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
+        return ModelKind.TEXT_GENERATION
+
+    @property
+    def capabilities(self) -> TextCapabilities:
+        return TextCapabilities(reproducible_seed=True)
+
+    @property
     def models(self) -> Sequence[ModelInfo]:
         return self._models
 
@@ -90,12 +98,10 @@ class SyntheticEngine:
     def healthy(self) -> bool:
         return True
 
-    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
-        if not isinstance(request, GenerationRequest):
-            raise InvalidArgument("the synthetic engine only generates text", reason="UNSUPPORTED_REQUEST")
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         return self._generate(request)
 
-    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         prompt_tokens = self._count_prompt(request)
         self._active += 1
         try:

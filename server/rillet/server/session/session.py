@@ -21,7 +21,7 @@ from rillet.server.errors import (
     Unavailable,
 )
 from rillet.server.observer import NULL_OBSERVER, Observer
-from rillet.server.scheduler import Route, Router
+from rillet.server.scheduler import Job, Router, SpeechJob, TextJob
 from rillet.server.session.lifecycle import Lifecycle
 from rillet.server.session.outbox import OutboundBudget, Outbox
 from rillet.server.session.request import CancelReason, Request
@@ -33,7 +33,6 @@ from rillet.server.types import (
     Command,
     EndInput,
     EngineFinished,
-    EngineRequest,
     Failed,
     GenerateSpec,
     Malformed,
@@ -268,7 +267,7 @@ class Session:
                     retry_after=1.0,
                     reason="TOO_MANY_REQUESTS_IN_SESSION",
                 )
-            route, engine_request = self._prepare(command, request)
+            job = self._prepare(command, request)
             if self._quota is not None:
                 self._quota.start_request()
                 self._quota_holders.add(request)
@@ -276,19 +275,17 @@ class Session:
             request.fail(error)
             return None
         source = request.source.observer if request.source is not None else None
-        request.observer.queued(route.model, engine_request, source)
-        request.task = asyncio.create_task(self._pump(request, route, engine_request, command.timeout_s))
+        request.observer.queued(job.route.model, job.request, source)
+        request.task = asyncio.create_task(self._pump(request, job, command.timeout_s))
         return None
 
-    def _prepare(self, command: Start, request: Request) -> tuple[Route, EngineRequest]:
+    def _prepare(self, command: Start, request: Request) -> Job:
         spec = command.spec
         if isinstance(spec, GenerateSpec):
             request.chain = TextChain()
-            return validate_generate(command.request_id, spec, self._limits, self._router)
+            return TextJob(*validate_generate(command.request_id, spec, self._limits, self._router))
         text_input = TextInput(streaming=spec.streaming_input)
-        route, engine_request = validate_synthesize(
-            command.request_id, spec, text_input.pieces(), self._limits, self._router
-        )
+        job = SpeechJob(*validate_synthesize(command.request_id, spec, text_input.pieces(), self._limits, self._router))
         request.input = text_input
         text_input.feed(spec.text)
         if spec.text_from_request_id:
@@ -298,7 +295,7 @@ class Session:
             source.chain.follow(text_input, on_lost=lambda: request.cancel(CancelReason.UPSTREAM))
         elif not spec.streaming_input:
             text_input.end()
-        return route, engine_request
+        return job
 
     def _source(self, request_id: str) -> Request:
         """The generation request a synthesize request speaks; it must be in flight in this session."""
@@ -321,14 +318,13 @@ class Session:
             )
         return source
 
-    async def _pump(
-        self, request: Request, route: Route, engine_request: EngineRequest, timeout_s: float | None
-    ) -> None:
+    async def _pump(self, request: Request, job: Job, timeout_s: float | None) -> None:
         """Run the request through admission and its engine, handing outputs to its outbox."""
+        route = job.route
         try:
             async with asyncio.timeout(timeout_s), route.admission.admit(self._tenant):
                 request.admit()
-                async with aclosing(route.engine.stream(engine_request)) as events:
+                async with aclosing(job.stream()) as events:
                     async for event in events:
                         if isinstance(event, EngineFinished):
                             request.finish(event)
