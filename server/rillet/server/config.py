@@ -9,14 +9,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class TextEngineKind(enum.StrEnum):
-    """Which backend serves text generation."""
+    """Which backend serves text generation: the text kinds of engine/registry.py (a unit test pins the two)."""
 
     LLAMACPP = "llamacpp"
     SYNTHETIC = "synthetic"
 
 
 class SpeechEngineKind(enum.StrEnum):
-    """Which backend serves speech synthesis."""
+    """Which backend serves speech synthesis: the speech kinds of engine/registry.py, or none."""
 
     PIPER = "piper"
     NONE = "none"
