@@ -40,10 +40,17 @@ class RilletServer:
     """One gRPC server process. Health is NOT_SERVING until the engines are warm and again from the drain on."""
 
     def __init__(
-        self, settings: Settings, engines: Sequence[Engine] | None = None, *, observer: Observer = NULL_OBSERVER
+        self,
+        settings: Settings,
+        engines: Sequence[Engine] | None = None,
+        *,
+        observer: Observer = NULL_OBSERVER,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
+        """`observer` hears every request, `interceptors` run first on every call (telemetry: see cli.serve)."""
         self.settings = settings
         self.observer = observer
+        self._interceptors = tuple(interceptors)
         self.router = Router(
             engines if engines is not None else build_engines(settings),
             settings.scheduler,
@@ -69,7 +76,7 @@ class RilletServer:
         limit = self.settings.max_message_bytes
         security = self.settings.security
         server = grpc.aio.server(
-            interceptors=[CallGate(self._tokens, self.tenants)],
+            interceptors=[*self._interceptors, CallGate(self._tokens, self.tenants)],
             options=[
                 # Connections past this are closed at accept, before any handshake (the client sees UNAVAILABLE).
                 ("grpc.max_allowed_incoming_connections", security.max_connections),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
 import sys
 import time
 import wave
@@ -15,7 +15,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
+from rillet.server.config import LogFormat, Settings, SpeechEngineKind, TextEngineKind
+from rillet.server.telemetry.logs import configure_logging
+from rillet.server.telemetry.plan import Exports
+from rillet.server.telemetry.plan import exports as telemetry_exports
 
 app = typer.Typer(help="Rillet: streaming inference over gRPC.", no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
@@ -55,8 +58,20 @@ def serve(
     reflection: Annotated[bool | None, typer.Option(help="serve gRPC reflection [RILLET_SECURITY__REFLECTION]")] = None,
     max_connections: Annotated[int | None, typer.Option(help="connections at once [..._MAX_CONNECTIONS]")] = None,
     max_calls: Annotated[int | None, typer.Option(help="sessions and streams at once [..._MAX_CALLS]")] = None,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(help="export traces and metrics over OTLP/gRPC here, e.g. http://127.0.0.1:4317 (or OTEL_*)"),
+    ] = None,
+    prometheus_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus /metrics on this port [RILLET_TELEMETRY__PROMETHEUS_PORT]")
+    ] = None,
+    prometheus_host: Annotated[str | None, typer.Option(help="address of the Prometheus endpoint")] = None,
+    log_format: Annotated[LogFormat | None, typer.Option(help="text or json [RILLET_TELEMETRY__LOG_FORMAT]")] = None,
+    capture_content: Annotated[
+        bool | None, typer.Option(help="put prompt and output text on request spans (personal data!)")
+    ] = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain."""
+    """Serve until SIGTERM or SIGINT, then drain. Telemetry: see README "Observability"."""
     tls = {"cert_file": tls_cert, "key_file": tls_key, "client_ca_file": tls_client_ca}
     security = {
         "tls": {k: v for k, v in tls.items() if v is not None} or None,
@@ -64,6 +79,13 @@ def serve(
         "reflection": reflection,
         "max_connections": max_connections,
         "max_calls": max_calls,
+    }
+    telemetry = {
+        "otlp_endpoint": otlp_endpoint,
+        "prometheus_port": prometheus_port,
+        "prometheus_host": prometheus_host,
+        "log_format": log_format,
+        "capture_content": capture_content,
     }
     settings = _settings(
         {
@@ -74,6 +96,7 @@ def serve(
             "drain_grace_s": drain_grace_s,
             "log_level": log_level,
             "security": {k: v for k, v in security.items() if v is not None} or None,
+            "telemetry": {k: v for k, v in telemetry.items() if v is not None} or None,
         }
     )
     from rillet.server.transport.auth import load_tenants
@@ -83,14 +106,31 @@ def serve(
     except ValueError as error:
         err.print(f"[red]invalid tenants:[/red] {error}")
         raise typer.Exit(2) from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    exports = telemetry_exports(settings.telemetry, os.environ)  # the one place the OTEL_* switches are read
+    configure_logging(settings.log_level, settings.telemetry.log_format, trace_ids=exports.otlp_traces)
     if settings.text_engine is TextEngineKind.SYNTHETIC:
         err.print("[yellow]text engine: SYNTHETIC TEST ENGINE — deterministic words, not a language model[/yellow]")
-    from rillet.server.app import serve as run_server  # heavy imports after logging is configured
-
-    status = asyncio.run(run_server(settings))
+    status = asyncio.run(_serve(settings, exports))
     if status:
         raise typer.Exit(status)
+
+
+async def _serve(settings: Settings, exports: Exports) -> int:
+    """Run the server, with telemetry wired in when any export is on (and nothing of it otherwise)."""
+    from rillet.server.app import RilletServer  # heavy imports after logging is configured
+    from rillet.server.app import serve as run_server
+
+    if not exports.enabled:
+        return await run_server(settings)
+    from rillet.server.telemetry.runtime import Telemetry
+
+    telemetry = Telemetry(settings.telemetry, exports, host=settings.host, port=settings.port)
+    try:
+        server = RilletServer(settings, observer=telemetry.observer, interceptors=[telemetry.interceptor])
+        telemetry.watch(server.router.engines)
+        return await run_server(settings, server)
+    finally:
+        telemetry.shutdown()  # after the drain: the last spans and metrics are exported
 
 
 @app.command()

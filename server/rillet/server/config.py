@@ -187,6 +187,35 @@ class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
     )
 
 
+class LogFormat(enum.StrEnum):
+    """How log lines are written."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class TelemetryConfig(BaseModel, frozen=True, extra="forbid"):
+    """Traces, metrics and logs (server/rillet/server/telemetry/). Off unless an exporter is configured.
+
+    OTLP export is on when `otlp_endpoint` is set or the standard OTEL_EXPORTER_OTLP_(TRACES_|METRICS_)ENDPOINT
+    variables are; OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER = none turn one signal off, OTEL_SDK_DISABLED=true
+    both. The OpenTelemetry SDK reads its other OTEL_* variables itself (service name, resource attributes, sampler,
+    batch and export intervals, OTLP headers and TLS).
+    """
+
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/gRPC collector for traces and metrics, e.g. http://127.0.0.1:4317 (http: plaintext)"
+    )
+    prometheus_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus /metrics on this port (its own HTTP server); unset: off"
+    )
+    prometheus_host: str = Field("127.0.0.1", description="address the Prometheus endpoint binds")
+    log_format: LogFormat = Field(LogFormat.TEXT, description="json: one JSON object per line, with trace ids")
+    capture_content: bool = Field(
+        False, description="record prompt and output text on request spans (gen_ai.input/output.messages): PII"
+    )
+
+
 class Settings(BaseSettings):
     """Everything the server needs; built once by the CLI and passed down, never read from the environment below."""
 
@@ -202,6 +231,7 @@ class Settings(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     security: SecurityConfig = SecurityConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     reuse_port: bool = Field(
         False, description="SO_REUSEPORT: several server processes share one port (off: a busy port fails to bind)"
     )

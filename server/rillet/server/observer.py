@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from rillet.server.errors import RilletError
 from rillet.server.types import AudioChunk, EngineRequest, Finished, ModelInfo, Start, TokenDelta
 
-__all__ = ["NULL_OBSERVER", "Observer", "RequestObserver"]
+__all__ = ["NULL_OBSERVER", "Batching", "Observer", "RequestObserver", "StepListener", "StepReporter"]
 
 
 class RequestObserver(Protocol):
@@ -89,3 +90,39 @@ class _NullObserver:
 
 NULL_OBSERVER: Observer = _NullObserver()
 """The observer used when none is configured."""
+
+
+StepListener = Callable[[int], None]
+"""Hears one engine step: how many sequences it advanced. Called on the engine's own thread: quick, thread-safe."""
+
+
+class StepReporter:
+    """Where a batching engine reports each step's batch size; telemetry listens, subscribed at the entrypoint.
+
+    Free while nobody listens (a loop over an empty tuple per step). Listeners are added before serving starts;
+    `step` may run on any thread.
+    """
+
+    __slots__ = ("_listeners",)
+
+    def __init__(self) -> None:
+        self._listeners: tuple[StepListener, ...] = ()
+
+    def listen(self, listener: StepListener) -> None:
+        """Call `listener(batch_size)` after every step from now on."""
+        self._listeners = (*self._listeners, listener)
+
+    def step(self, batch_size: int) -> None:
+        """One step advanced `batch_size` sequences (called by the engine's step loop, never for warm-up)."""
+        for listener in self._listeners:
+            listener(batch_size)
+
+
+@runtime_checkable
+class Batching(Protocol):
+    """An engine that runs its own step loop (continuous batching) and reports every step's batch size."""
+
+    @property
+    def steps(self) -> StepReporter:
+        """The reporter its step loop calls."""
+        ...

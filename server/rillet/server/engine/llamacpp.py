@@ -25,6 +25,7 @@ from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.base import TextCapabilities, TextEvent
 from rillet.server.engine.text import StopCheck, StopMatcher
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, RilletError, Unavailable
+from rillet.server.observer import StepReporter
 from rillet.server.types import (
     ChatMessage,
     EngineFinished,
@@ -408,13 +409,20 @@ class _Worker:
       the others (oldest first), and asks for logits only on each sequence's last row.
     """
 
-    def __init__(self, config: LlamaCppConfig, mailbox: _Mailbox, set_active: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        config: LlamaCppConfig,
+        mailbox: _Mailbox,
+        set_active: Callable[[int], None],
+        on_step: Callable[[int], None] = lambda _: None,
+    ) -> None:
         from rillet.server.engine import llamacpp_native as native
 
         self._native = native
         self._config = config
         self._mailbox = mailbox
         self._set_active = set_active
+        self._on_step = on_step  # hears each served step's batch size (not warm-up's)
         native.init_backend()
         path = resolve_model_path(config)
         self.model = native.LlamaModel(str(path))
@@ -477,7 +485,8 @@ class _Worker:
             self._admit()
             if self._running:
                 self._govern()
-                self._step()
+                if advanced := self._step():
+                    self._on_step(advanced)
             self._flush()
 
     def warm_up(self) -> None:
@@ -697,7 +706,8 @@ class _Worker:
                 budget -= take
         return work
 
-    def _step(self) -> None:
+    def _step(self) -> int:
+        """Decode one batch; returns how many sequences it advanced (0 when llama.cpp found no room)."""
         work = self._plan()
         context = self.context
         context.clear_batch()
@@ -711,12 +721,12 @@ class _Worker:
         if status == 1 and len(self._running) > 1:
             # llama.cpp found no room where the count above did: free some and try again at the next step.
             self._preempt(self._running[-1])
-            return
+            return 0
         if status == 1:
             for seq, _ in work:
                 self._release(seq)
                 self._send(seq, Internal("the KV cache had no room for this request", reason="KV_CACHE_FULL"))
-            return
+            return 0
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
         for seq, count in work:
@@ -724,6 +734,7 @@ class _Worker:
         now = time.perf_counter()
         for seq, index in outputs:
             self._emit(seq, index, now)
+        return len(work)
 
     def _emit(self, seq: _Sequence, index: int, now: float) -> None:
         """Sample the next token of `seq` from batch row `index` and send what it adds to the stream."""
@@ -808,6 +819,7 @@ class LlamaCppEngine:
         self._dead = False
         self._closed = False
         self._models = (self._model_info(context_limit(config), False),)
+        self.steps = StepReporter()  # observer.Batching: every step's batch size, for telemetry
 
     def _model_info(self, limit: int, supports_chat: bool) -> ModelInfo:
         if self._config.model_path is None:
@@ -908,7 +920,7 @@ class LlamaCppEngine:
         if not ready.set_running_or_notify_cancel():
             return
         try:
-            worker = _Worker(self._config, self._mailbox, self._set_active)
+            worker = _Worker(self._config, self._mailbox, self._set_active, self.steps.step)
         except BaseException as exc:
             log.exception("llamacpp: loading failed")
             ready.set_exception(exc)

@@ -1,0 +1,183 @@
+"""RPC spans and metrics from Rillet's own grpc.aio server interceptor (RPC conventions v1.44.0, see semconv.py).
+
+Why not opentelemetry-instrumentation-grpc's aio interceptor: it breaks handlers that are coroutines using
+`context.write` (contrib#3066; CallGate's refusals are coroutines), emits no metrics, and uses the old attribute
+names. This one wraps whichever kind of behavior the next interceptor returns, in its own style:
+
+- one SERVER span per call named `{rpc.method}` ("rillet.v1.InferenceService/Session"), its parent the W3C context
+  in the call's `traceparent`/`tracestate` metadata (the globally configured propagator extracts it);
+- the span is current in the handler's task for the whole call, so everything the call does (the session's
+  tasks, which inherit the task's context, its log lines) belongs to it;
+- `rpc.response.status_code` is the status name; only UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+  UNAVAILABLE and DATA_LOSS make the span an error: CANCELLED (the client went away) and client errors do not;
+- `rpc.server.call.duration` for every call, and `rillet.server.active_sessions` for the streaming ones.
+
+Health and reflection calls are passed through untouched (probes would otherwise dominate traces and cost time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from rillet.server.telemetry import semconv as sc
+from rillet.server.telemetry.instruments import Instruments
+
+Rq = TypeVar("Rq")
+Rs = TypeVar("Rs")
+
+UNTRACED_SERVICES = frozenset(
+    {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
+"""Services whose calls get no span and no measurement."""
+
+_KINDS = {
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
+
+
+def _peer(peer: str) -> tuple[str, int | None]:
+    """network.peer.address and .port from grpc's peer string ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:...")."""
+    scheme, _, rest = peer.partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return rest or peer, None
+    host, _, port = rest.rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() else None
+
+
+def _status(error: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The status name the call ended with."""
+    if error is None or isinstance(error, grpc.aio.AbortError):
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            return code.name
+        return "OK" if error is None else "UNKNOWN"
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return "UNKNOWN"  # gRPC's answer to an exception a handler let escape
+
+
+class _Call:
+    """One call's span and measurements."""
+
+    __slots__ = ("_instruments", "_method", "_started", "_streaming", "_token", "span")
+
+    def __init__(
+        self,
+        owner: RpcTelemetry,
+        method: str,
+        streaming: bool,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        self._instruments = owner.instruments
+        self._method = method
+        self._streaming = streaming
+        self._started = time.perf_counter()
+        self.span: Span | None = None
+        self._token: object | None = None
+        if owner.tracer is not None:
+            metadata = context.invocation_metadata() or ()
+            carrier = {key: value for key, value in metadata if isinstance(value, str)}
+            parent = propagate.extract(carrier)
+            attributes: dict[str, Any] = {**owner.span_attributes, sc.RPC_METHOD: method}
+            address, port = _peer(context.peer())
+            attributes[sc.NETWORK_PEER_ADDRESS] = address
+            if port is not None:
+                attributes[sc.NETWORK_PEER_PORT] = port
+            self.span = owner.tracer.start_span(method, parent, kind=SpanKind.SERVER, attributes=attributes)
+            self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
+        if streaming:
+            self._instruments.active_sessions.add(1, {sc.RPC_METHOD: method})
+
+    def end(self, error: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        status = _status(error, context)
+        attributes = {sc.RPC_SYSTEM_NAME: "grpc", sc.RPC_METHOD: self._method, sc.RPC_RESPONSE_STATUS_CODE: status}
+        failed = status in sc.GRPC_SERVER_ERROR_CODES
+        if failed:
+            attributes[sc.ERROR_TYPE] = status
+        self._instruments.rpc_duration.record(time.perf_counter() - self._started, attributes)
+        if self._streaming:
+            self._instruments.active_sessions.add(-1, {sc.RPC_METHOD: self._method})
+        span = self.span
+        if span is None:
+            return
+        span.set_attribute(sc.RPC_RESPONSE_STATUS_CODE, status)
+        if failed:
+            span.set_attribute(sc.ERROR_TYPE, status)
+            details = context.details() if isinstance(error, grpc.aio.AbortError) else None
+            span.set_status(Status(StatusCode.ERROR, details if isinstance(details, str) else None))
+            if error is not None and not isinstance(error, grpc.aio.AbortError | asyncio.CancelledError):
+                span.record_exception(error)
+        span.end()
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+
+
+class RpcTelemetry(grpc.aio.ServerInterceptor):
+    """Wraps every call of the traced services in a server span and measures it. Compose it first (outermost)."""
+
+    def __init__(self, tracer: Tracer | None, instruments: Instruments, *, host: str = "", port: int = 0) -> None:
+        self.tracer = tracer
+        self.instruments = instruments
+        self.span_attributes: dict[str, Any] = {sc.RPC_SYSTEM_NAME: "grpc"}
+        if host:
+            self.span_attributes[sc.SERVER_ADDRESS] = host
+            if port:
+                self.span_attributes[sc.SERVER_PORT] = port
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Rq, Rs] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Rq, Rs] | None:
+        handler = await continuation(handler_call_details)
+        path: str = handler_call_details.method
+        if handler is None or path.split("/")[1] in UNTRACED_SERVICES:
+            return handler  # an unknown method is answered UNIMPLEMENTED by gRPC before any handler runs
+        return self._wrap(handler, path.lstrip("/"))
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Rq, Rs], method: str) -> grpc.RpcMethodHandler[Rq, Rs]:
+        kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        behavior: Callable[..., Any] = getattr(handler, kind)
+        streaming = handler.response_streaming
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def traced_stream(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                call = _Call(self, method, streaming, context)
+                error: BaseException | None = None
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    call.end(error, context)
+
+            return handler._replace(**{kind: traced_stream})  # type: ignore[attr-defined,no-any-return]
+
+        async def traced(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            call = _Call(self, method, streaming, context)
+            error: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(error, context)
+
+        return handler._replace(**{kind: traced})  # type: ignore[attr-defined,no-any-return]

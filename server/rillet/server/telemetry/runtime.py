@@ -1,0 +1,123 @@
+"""Telemetry set up once at the entrypoint: which exports are on, the SDK providers, and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, start_http_server
+
+from rillet.server.config import TelemetryConfig
+from rillet.server.observer import Batching
+from rillet.server.telemetry import semconv as sc
+from rillet.server.telemetry.instruments import Instruments
+from rillet.server.telemetry.plan import Exports
+from rillet.server.telemetry.requests import TelemetryObserver
+from rillet.server.telemetry.rpc import RpcTelemetry
+
+log = logging.getLogger(__name__)
+
+SCOPE = "rillet.server"
+
+
+class _Engine(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def slots(self) -> int: ...
+
+    @property
+    def active(self) -> int: ...
+
+
+def _record_step(record: Callable[[int, dict[str, str]], None], attributes: dict[str, str], size: int) -> None:
+    record(size, attributes)
+
+
+def _resource() -> Resource:
+    """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (read by the SDK), with "rillet" as the default name."""
+    resource = Resource.create({SERVICE_VERSION: _version()})
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: "rillet"}))
+    return resource
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("rillet")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree without the package
+        return "0"
+
+
+class Telemetry:
+    """The SDK providers and exporters, and what the server plugs in: `observer` and `interceptor`.
+
+    `watch` subscribes to the engines (slot gauges, batch sizes); `shutdown` flushes what is pending (call it after
+    the server stopped: the last spans and metrics are exported then).
+    """
+
+    def __init__(self, config: TelemetryConfig, exports: Exports, *, host: str = "", port: int = 0) -> None:
+        resource = _resource()
+        version = _version()
+        endpoint = config.otlp_endpoint  # None: the exporters read OTEL_EXPORTER_OTLP_* themselves
+        self._tracer_provider: TracerProvider | None = None
+        tracer = None
+        if exports.otlp_traces:
+            self._tracer_provider = TracerProvider(resource=resource)
+            self._tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+            tracer = self._tracer_provider.get_tracer(SCOPE, version, schema_url=sc.SCHEMA_URL)
+        readers: list[MetricReader] = []
+        if exports.otlp_metrics:
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint)))
+        registry: CollectorRegistry | None = None
+        if exports.prometheus:
+            registry = CollectorRegistry()
+            for collector in (ProcessCollector, PlatformCollector, GCCollector):
+                collector(registry=registry)
+            readers.append(PrometheusMetricReader(scope_info_enabled=False, registry=registry))
+        self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        self.instruments = Instruments(self._meter_provider.get_meter(SCOPE, version, schema_url=sc.SCHEMA_URL))
+        self.observer = TelemetryObserver(tracer, self.instruments, capture_content=config.capture_content)
+        self.interceptor = RpcTelemetry(tracer, self.instruments, host=host, port=port)
+        self.prometheus_port: int | None = None
+        self._http = None
+        if registry is not None and config.prometheus_port is not None:
+            self._http, _ = start_http_server(config.prometheus_port, config.prometheus_host, registry=registry)
+            self.prometheus_port = self._http.server_port
+            log.info("prometheus metrics on http://%s:%d/metrics", config.prometheus_host, self.prometheus_port)
+        log.info(
+            "telemetry: traces %s, metrics %s%s",
+            "over OTLP" if exports.otlp_traces else "off",
+            "over OTLP" if exports.otlp_metrics else "not over OTLP",
+            " and on the Prometheus endpoint" if exports.prometheus else "",
+        )
+
+    def watch(self, engines: Iterable[_Engine]) -> None:
+        """Gauge the engines' slots and hear the batch size of every step of those that batch (observer.Batching)."""
+        watched = tuple(engines)
+        self.instruments.observe_slots(lambda: [(e.name, e.active, e.slots) for e in watched])
+        for engine in watched:
+            if isinstance(engine, Batching):
+                attributes = {sc.RILLET_ENGINE: engine.name}
+                engine.steps.listen(functools.partial(_record_step, self.instruments.batch_size.record, attributes))
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters and the Prometheus endpoint."""
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
+        self._meter_provider.shutdown()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
