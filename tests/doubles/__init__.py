@@ -42,7 +42,7 @@ class FloodEngine(SyntheticEngine):
 
 
 class EchoSpeechEngine:
-    """A TEST speech engine: one chunk of silence per text piece (one sample per character), as pieces arrive."""
+    """A TEST speech engine: silence for each text piece as it arrives (one sample per character), in chunks."""
 
     SAMPLE_RATE = 16_000
 
@@ -98,8 +98,11 @@ class EchoSpeechEngine:
             offset = chars = 0
             async for piece in request.text:
                 chars += len(piece)
-                yield AudioChunk(b"\0\0" * len(piece), self.SAMPLE_RATE, 1, offset, piece)
-                offset += len(piece)
+                # The piece's text rides on its first chunk; no chunk is longer than the request allows.
+                for start in range(0, len(piece), request.max_chunk_samples):
+                    samples = min(request.max_chunk_samples, len(piece) - start)
+                    yield AudioChunk(b"\0\0" * samples, self.SAMPLE_RATE, 1, offset, "" if start else piece)
+                    offset += samples
             usage = Usage(input_characters=chars, output_audio_seconds=offset / self.SAMPLE_RATE)
             yield EngineFinished(FinishReason.STOP, usage)
         finally:

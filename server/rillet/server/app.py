@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,6 +27,27 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class EngineHealth(HealthServicer):  # type: ignore[misc]  # grpc_health ships no type information
+    """grpc.health.v1 that asks the engines before it answers: `probe` runs first on every Check and Watch.
+
+    So health derives from the engines' own `healthy()`, with no polling loop: an engine that died while idle is
+    found by the next health probe (Kubernetes sends them periodically) or by the next request it fails with
+    EngineDead, and either one starts the drain that ends in NOT_SERVING and exit status 1.
+    """
+
+    def __init__(self, probe: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
+        self._probe = probe
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
+        await self._probe()
+        return await super().Check(request, context)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        await self._probe()
+        await super().Watch(request, context)
 
 
 def build_engines(settings: Settings) -> list[Engine]:
@@ -57,7 +79,7 @@ class RilletServer:
             max_tokens=settings.limits.max_tokens,
         )
         self.lifecycle = Lifecycle(on_engine_dead=self._on_engine_dead)
-        self.health = HealthServicer()
+        self.health = EngineHealth(self._check_engines)
         tenants = load_tenants(settings.security)
         self.tenants = TenantLedger(
             {name: TenantLimits(t.max_sessions, t.max_requests) for name, t in tenants.items()},
@@ -147,6 +169,12 @@ class RilletServer:
         await self.router.aclose()
         log.info("stopped")
         self.stopped.set()
+
+    async def _check_engines(self) -> None:
+        """Health probes land here first: an engine that reports itself unhealthy once serving starts the drain."""
+        if self._stopping is None and self.router.started and not self.router.healthy():
+            self._on_engine_dead()
+            await self.health.enter_graceful_shutdown()  # NOT_SERVING before this probe is answered
 
     def _on_engine_dead(self) -> None:
         log.error("an engine died: draining, then the process exits non-zero so that its supervisor restarts it")

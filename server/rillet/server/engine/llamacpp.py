@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.base import TextCapabilities, TextEvent
-from rillet.server.engine.text import StopCheck, StopMatcher
+from rillet.server.engine.text import StopCheck, StopMatcher, check_request
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, RilletError, Unavailable
 from rillet.server.observer import StepReporter
 from rillet.server.types import (
@@ -895,6 +895,7 @@ class LlamaCppEngine:
         return self._generate(request)
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
+        check_request(request)
         sink = _Sink(asyncio.get_running_loop())
         seq = _Sequence(request, sink, StopMatcher(request.stop), time.perf_counter())
         self._mailbox.submit(seq)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import TextCapabilities, TextEvent
-from rillet.server.engine.text import StopMatcher
+from rillet.server.engine.text import StopMatcher, check_request
 from rillet.server.errors import InvalidArgument
 from rillet.server.types import (
     EngineFinished,
@@ -28,8 +28,9 @@ from rillet.server.types import (
 VOCABULARY = (
     "the", "river", "runs", "quietly", "past", "a", "mill", "where", "light", "falls", "on", "stone", "and",
     "water", "turns", "slowly", "under", "old", "bridge", "while", "birds", "sing", "of", "morning", "in",
-    "green", "fields", "beyond", "hills", "with", "rain", "clouds",
+    "green", "fields", "beyond", "hills", "with", "rain", "clouds", "café", "naïve", "über", "日本", "🦩",
 )  # fmt: skip
+"""The words the engine emits, one per token; the last five are multibyte in UTF-8 (2, 3 and 4 bytes a character)."""
 
 
 def synthetic_token(seed: int, index: int) -> int:
@@ -102,6 +103,7 @@ class SyntheticEngine:
         return self._generate(request)
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
+        check_request(request)
         prompt_tokens = self._count_prompt(request)
         self._active += 1
         try:
@@ -118,8 +120,7 @@ class SyntheticEngine:
                 check = stops.feed(VOCABULARY[token] + " ")
                 logprobs = self._logprobs(token, request.top_logprobs)
                 if check.matched is not None:
-                    if check.emit:
-                        yield TokenDelta(check.emit, (token,), logprobs)
+                    yield TokenDelta(check.emit, (token,), logprobs)  # its id counts, even with no text left
                     usage = Usage(input_tokens=prompt_tokens, output_tokens=index + 1)
                     yield EngineFinished(FinishReason.STOP_SEQUENCE, usage, check.matched, prefill)
                     return

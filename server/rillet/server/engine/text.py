@@ -1,9 +1,53 @@
-"""Incremental text helpers shared by text engines: stop-string matching across token boundaries."""
+"""Helpers shared by text engines: the sampling check at the engine seam, stop-string matching across tokens."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from rillet.server.errors import InvalidArgument
+from rillet.server.types import GenerationRequest
+
+
+def check_request(request: GenerationRequest) -> None:
+    """Refuse, with INVALID_ARGUMENT, what no text engine can honour; engines call it before any work.
+
+    The server's own limits (validation.py: temperature at most 2, top_logprobs at most 20, max_tokens within the
+    model's) are policy and are checked before a request reaches an engine; this is the seam's guard for anything
+    that calls an engine directly: values that have no meaning (negative temperature, top_p outside (0, 1], NaN).
+    """
+    sampling = request.sampling
+    bad = (
+        ("temperature", sampling.temperature, not sampling.temperature >= 0 or math.isinf(sampling.temperature)),
+        ("top_p", sampling.top_p, not 0 < sampling.top_p <= 1),
+        ("top_k", sampling.top_k, sampling.top_k < 0),
+        ("min_p", sampling.min_p, not 0 <= sampling.min_p <= 1),
+        (
+            "repetition_penalty",
+            sampling.repetition_penalty,
+            not sampling.repetition_penalty > 0 or math.isinf(sampling.repetition_penalty),
+        ),
+    )
+    for name, value, wrong in bad:
+        if wrong:
+            raise InvalidArgument(
+                f"sampling.{name} = {value} cannot be honoured",
+                field=f"params.sampling.{name}",
+                reason="SAMPLING_OUT_OF_RANGE",
+            )
+    if request.max_tokens < 1:
+        raise InvalidArgument(
+            f"max_tokens = {request.max_tokens} must be at least 1",
+            field="params.max_tokens",
+            reason="MAX_TOKENS_OUT_OF_RANGE",
+        )
+    if request.top_logprobs is not None and request.top_logprobs < 0:
+        raise InvalidArgument(
+            f"top_logprobs = {request.top_logprobs} must not be negative",
+            field="params.top_logprobs",
+            reason="TOP_LOGPROBS_OUT_OF_RANGE",
+        )
 
 
 @dataclass(frozen=True, slots=True)

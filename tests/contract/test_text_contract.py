@@ -1,0 +1,186 @@
+"""The text engine contract (engine/base.py TextEngine), run on every text engine directly at the engine seam.
+
+Runs compared token for token are each run alone on the engine (a batch's layout may change the numerics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+
+import pytest
+
+from rillet.server.errors import InvalidArgument, ResourceExhausted
+from rillet.server.scheduler import Admission
+from rillet.server.types import FinishReason, SamplingParams, TokenDelta
+from tests.conftest import eventually
+from tests.contract.conftest import Text, TextRun
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SEEDED = SamplingParams(temperature=0.8, top_k=40, seed=1234)
+
+
+async def test_outputs_then_exactly_one_finish_and_usage_counts_what_was_streamed(text: Text) -> None:
+    run = await text.run(text.request(max_tokens=6))  # read_text checks the order and the single finish
+    assert run.finished is not None
+    assert run.deltas, "the prompt is continued for 24 tokens or more"
+    assert len(run.ids) == run.finished.usage.output_tokens
+    assert run.finished.usage.input_tokens > 0
+    assert text.engine.active == 0
+
+
+@pytest.mark.parametrize("max_tokens", [1, 5])
+async def test_max_tokens_is_honoured(text: Text, max_tokens: int) -> None:
+    run = await text.run(text.request(max_tokens=max_tokens))
+    assert run.finished is not None
+    assert run.finished.reason is FinishReason.LENGTH
+    assert run.finished.usage.output_tokens == max_tokens == len(run.ids)
+
+
+async def test_closing_the_stream_frees_active_and_the_slot(text: Text) -> None:
+    stream = text.engine.stream(text.request(max_tokens=200))
+    assert isinstance(await anext(stream), TokenDelta)
+    assert text.engine.active == 1
+    await stream.aclose()
+    await eventually(lambda: text.engine.active == 0)
+    run = await text.run(text.request(max_tokens=2))
+    assert run.finished is not None
+    assert run.finished.usage.output_tokens == 2
+
+
+async def test_cancelling_the_consuming_task_frees_active(text: Text) -> None:
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in text.engine.stream(text.request(max_tokens=200)):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await first.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await eventually(lambda: text.engine.active == 0)
+
+
+def _stop_across_deltas(reference: TextRun) -> str:
+    """A stop string made of the end of one delta and the start of the next, so a match spans two outputs."""
+    texts = [d.text for d in reference.deltas]
+    for i in range(1, len(texts) - 1):
+        if len(texts[i]) >= 2 and len(texts[i + 1]) >= 2:
+            return texts[i][-2:] + texts[i + 1][:2]
+    pytest.fail(f"no two neighbouring deltas of two characters or more in {texts!r}")
+
+
+async def test_a_stop_string_ends_the_stream_and_no_part_of_it_is_streamed(text: Text) -> None:
+    reference = await text.run(text.request(max_tokens=16))
+    stop = _stop_across_deltas(reference)
+    run = await text.run(text.request(max_tokens=16, stop=("never-appears-⟂", stop)))
+    assert run.finished is not None
+    assert run.finished.reason is FinishReason.STOP_SEQUENCE
+    assert run.finished.stop_sequence == stop
+    assert run.text == reference.text[: reference.text.index(stop)]
+    assert len(run.ids) == run.finished.usage.output_tokens
+
+
+async def test_text_held_back_for_a_stop_string_that_never_completes_is_released(text: Text) -> None:
+    reference = await text.run(text.request(max_tokens=8))
+    assert reference.finished is not None
+    stop = reference.text[-3:] + "⟂"  # the stream ends while a prefix of it is held back
+    run = await text.run(text.request(max_tokens=8, stop=(stop,)))
+    assert run.finished is not None
+    assert run.finished.reason is reference.finished.reason
+    assert run.text == reference.text
+
+
+async def test_utf8_characters_are_never_split_across_outputs(text: Text) -> None:
+    run = await text.run(text.request(text.case.multibyte_prompt, max_tokens=text.case.multibyte_tokens))
+    assert any(len(ch.encode()) > 1 for ch in run.text), "the case's prompt must yield multibyte characters"
+    for delta in run.deltas[:-1]:  # the last may release an incomplete tail, cut by max_tokens, as U+FFFD
+        assert "\ufffd" not in delta.text
+    for delta in run.deltas:
+        delta.text.encode("utf-8")  # no lone surrogates: every output is whole characters
+
+
+BAD_SAMPLING = [
+    pytest.param({"temperature": -0.5}, id="negative-temperature"),
+    pytest.param({"temperature": math.nan}, id="nan-temperature"),
+    pytest.param({"top_p": 0.0}, id="zero-top_p"),
+    pytest.param({"top_p": 1.5}, id="top_p-above-1"),
+    pytest.param({"top_k": -1}, id="negative-top_k"),
+    pytest.param({"min_p": 1.5}, id="min_p-above-1"),
+    pytest.param({"repetition_penalty": 0.0}, id="zero-repetition_penalty"),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_SAMPLING)
+async def test_bad_sampling_fails_before_the_first_output(text: Text, bad: dict[str, float]) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        await anext(text.engine.stream(text.request(sampling=SamplingParams(**bad))))  # type: ignore[arg-type]
+    assert error.value.reason == "SAMPLING_OUT_OF_RANGE"
+    assert error.value.metadata["field"] == f"params.sampling.{next(iter(bad))}"
+    assert text.engine.active == 0
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "top_logprobs", "reason"),
+    [(0, None, "MAX_TOKENS_OUT_OF_RANGE"), (4, -1, "TOP_LOGPROBS_OUT_OF_RANGE")],
+)
+async def test_bad_limits_fail_before_the_first_output(
+    text: Text, max_tokens: int, top_logprobs: int | None, reason: str
+) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        await anext(text.engine.stream(text.request(max_tokens=max_tokens, top_logprobs=top_logprobs)))
+    assert error.value.reason == reason
+    assert text.engine.active == 0
+
+
+async def test_a_prompt_longer_than_the_context_fails_before_the_first_output(text: Text) -> None:
+    context = text.engine.models[0].context_length
+    assert context > 0, "a text model publishes its context length"
+    with pytest.raises(InvalidArgument) as error:
+        await anext(text.engine.stream(text.request("word " * (context + 16), max_tokens=1)))
+    assert error.value.reason == "PROMPT_TOO_LONG"
+    assert text.engine.active == 0
+
+
+async def test_seeded_sampling_is_reproducible_where_promised(text: Text) -> None:
+    if not text.engine.capabilities.reproducible_seed:
+        pytest.skip(f"{text.engine.name} does not promise reproducible seeds")
+    runs = [await text.run(text.request(max_tokens=10, sampling=SEEDED)) for _ in range(2)]
+    assert runs[0].ids == runs[1].ids
+    assert runs[0].text == runs[1].text
+
+
+async def test_more_streams_than_slots_wait_in_admission_and_all_finish(text: Text) -> None:
+    slots = text.engine.slots
+    queue = 2
+    admission = Admission(slots, max_queue=queue, retry_after_s=1.0)
+    peak = 0
+    release = asyncio.Event()
+
+    async def one() -> TextRun:
+        nonlocal peak
+        async with admission.admit():
+            run = TextRun()
+            async for event in text.engine.stream(text.request(max_tokens=3)):
+                peak = max(peak, text.engine.active)
+                if isinstance(event, TokenDelta):
+                    run.deltas.append(event)
+                else:
+                    run.finished = event
+                await release.wait()  # the first `slots` streams hold their slots until the queue is checked
+            return run
+
+    tasks = [asyncio.create_task(one()) for _ in range(slots + queue)]
+    await eventually(lambda: admission.queued == queue)
+    with pytest.raises(ResourceExhausted):
+        async with admission.admit():
+            pass
+    release.set()
+    runs = await asyncio.gather(*tasks)
+    assert all(r.finished is not None and r.finished.usage.output_tokens == len(r.ids) for r in runs)
+    assert 0 < peak <= slots
+    assert admission.running == admission.queued == text.engine.active == 0
