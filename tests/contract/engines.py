@@ -109,7 +109,7 @@ def _trtllm(settings: Settings) -> AbstractAsyncContextManager[TextEngine]:
 def _trtllm_double() -> AbstractAsyncContextManager[TextEngine]:
     if str(DOUBLES) not in sys.path:
         sys.path.insert(0, str(DOUBLES))  # `import tensorrt_llm` now finds the double, in tests only
-    return _trtllm(Settings(trtllm=TRTLLM_DOUBLE_SECTION))  # type: ignore[call-arg, unused-ignore]
+    return _trtllm(Settings.model_validate({"trtllm": TRTLLM_DOUBLE_SECTION}))
 
 
 def _trtllm_real() -> AbstractAsyncContextManager[TextEngine]:

@@ -66,12 +66,11 @@ async def test_cancelling_the_consuming_task_frees_active(text: Text) -> None:
 
 
 def _stop_across_deltas(reference: TextRun) -> str:
-    """A stop string made of the end of one delta and the start of the next, so a match spans two outputs."""
-    texts = [d.text for d in reference.deltas]
-    for i in range(1, len(texts) - 1):
-        if len(texts[i]) >= 2 and len(texts[i + 1]) >= 2:
-            return texts[i][-2:] + texts[i + 1][:2]
-    pytest.fail(f"no two neighbouring deltas of two characters or more in {texts!r}")
+    """Four characters of the reference starting at the last character of its third delta: a match spans outputs."""
+    start = len("".join(d.text for d in reference.deltas[:3])) - 1
+    stop = reference.text[start : start + 4]
+    assert start >= 0 and len(stop) == 4, f"the reference is too short: {reference.text!r}"
+    return stop
 
 
 async def test_a_stop_string_ends_the_stream_and_no_part_of_it_is_streamed(text: Text) -> None:
