@@ -69,7 +69,8 @@ def _stop_across_deltas(reference: TextRun) -> str:
     """Four characters of the reference starting at the last character of its third delta: a match spans outputs."""
     start = len("".join(d.text for d in reference.deltas[:3])) - 1
     stop = reference.text[start : start + 4]
-    assert start >= 0 and len(stop) == 4, f"the reference is too short: {reference.text!r}"
+    assert start >= 0, f"the reference is too short: {reference.text!r}"
+    assert len(stop) == 4, f"the reference is too short: {reference.text!r}"
     return stop
 
 
