@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import grpc
 
-from rillet.client import _convert
+from rillet.client import _convert, _tracing
 from rillet.client._errors import ProtocolError, RilletError, UnavailableError, error_from_rpc, error_from_status
 from rillet.client._tls import TlsOptions
 from rillet.client._types import (
@@ -30,6 +30,8 @@ from rillet.client._types import (
 from rillet.v1 import common_pb2, inference_service_pb2, inference_service_pb2_grpc
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from rillet.v1.inference_service_pb2_grpc import InferenceServiceAsyncStub
 
 log = logging.getLogger(__name__)
@@ -191,11 +193,21 @@ class Client:
     tasks of one event loop; it is not thread-safe and does not survive a fork.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, *, metadata: Metadata = (), owns_channel: bool = False) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        metadata: Metadata = (),
+        owns_channel: bool = False,
+        tracing: bool = False,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         self._channel = channel
         self._stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
         self._metadata = tuple(metadata)
         self._owns_channel = owns_channel
+        self._tracer = _tracing.tracer(tracer_provider) if tracing else None
+        self._server_attributes: dict[str, Any] = {}
 
     @classmethod
     def connect(
@@ -206,12 +218,17 @@ class Client:
         token: str | None = None,
         metadata: Metadata = (),
         options: Sequence[tuple[str, str | int]] = (),
+        tracing: bool = False,
+        tracer_provider: TracerProvider | None = None,
     ) -> Client:
         """A client for `target` ("host:port").
 
         `tls` makes the connection TLS (mutual TLS with a client certificate); without it the connection is plain.
         `token` is sent on every call as `authorization: Bearer <token>` (as gRPC call credentials under TLS).
         `metadata` goes on every call; `options` are extra gRPC channel arguments.
+        With OpenTelemetry installed (`rillet-client[otel]`), every call and session request carries the caller's
+        current trace context; `tracing=True` also makes a CLIENT span per call (from `tracer_provider`, by default
+        the global one).
         """
         if token is not None and (not token or token != token.strip() or "\n" in token):
             raise ValueError("a bearer token must be non-empty, without surrounding whitespace or newlines")
@@ -230,7 +247,9 @@ class Client:
             if token is not None:
                 metadata = (*metadata, ("authorization", f"Bearer {token}"))
             channel = grpc.aio.insecure_channel(target, options=channel_options)
-        return cls(channel, metadata=metadata, owns_channel=True)
+        client = cls(channel, metadata=metadata, owns_channel=True, tracing=tracing, tracer_provider=tracer_provider)
+        client._server_attributes = _tracing.server_attributes(target)
+        return client
 
     async def __aenter__(self) -> Self:
         return self
@@ -248,14 +267,23 @@ class Client:
     def _meta(self, metadata: Metadata | None) -> tuple[tuple[str, str], ...]:
         return self._metadata + tuple(metadata or ())
 
+    def _trace(self, method: str, metadata: Metadata | None) -> _tracing.CallTrace:
+        return _tracing.CallTrace(self._tracer, method, self._server_attributes, self._meta(metadata))
+
     async def list_models(self, *, timeout: float | None = 10.0, metadata: Metadata | None = None) -> list[Model]:
         """Every model and voice the server serves."""
+        trace = self._trace("ListModels", metadata)
         try:
             response = await self._stub.ListModels(
-                inference_service_pb2.ListModelsRequest(), timeout=timeout, metadata=self._meta(metadata)
+                inference_service_pb2.ListModelsRequest(), timeout=timeout, metadata=trace.metadata
             )
         except grpc.aio.AioRpcError as error:
+            trace.end(error.code().name)
             raise error_from_rpc(error) from None
+        except asyncio.CancelledError:
+            trace.end("CANCELLED")
+            raise
+        trace.end("OK")
         return [_convert.model(m) for m in response.models]
 
     def generate(
@@ -293,10 +321,11 @@ class Client:
             stop=stop,
             top_logprobs=top_logprobs,
         )
+        trace = self._trace("Generate", metadata)
         call = self._stub.Generate(
-            inference_service_pb2.GenerateRequest(params=params), timeout=timeout, metadata=self._meta(metadata)
+            inference_service_pb2.GenerateRequest(params=params), timeout=timeout, metadata=trace.metadata
         )
-        return GenerateStream("", self._one_shot(call, _convert.token_delta, "token_delta"), _cancel_call(call))
+        return GenerateStream("", self._one_shot(call, _convert.token_delta, "token_delta", trace), _cancel_call(call))
 
     def synthesize(
         self,
@@ -312,16 +341,22 @@ class Client:
         params = _convert.synthesize_params(
             text, voice=voice, sample_rate_hertz=sample_rate_hertz, max_chunk_s=max_chunk_s
         )
+        trace = self._trace("Synthesize", metadata)
         call = self._stub.Synthesize(
-            inference_service_pb2.SynthesizeRequest(params=params), timeout=timeout, metadata=self._meta(metadata)
+            inference_service_pb2.SynthesizeRequest(params=params), timeout=timeout, metadata=trace.metadata
         )
-        return SynthesizeStream("", self._one_shot(call, _convert.audio_chunk, "audio_chunk"), _cancel_call(call))
+        stream = self._one_shot(call, _convert.audio_chunk, "audio_chunk", trace)
+        return SynthesizeStream("", stream, _cancel_call(call))
 
     @staticmethod
     async def _one_shot(
-        call: grpc.aio.UnaryStreamCall[Any, Any], convert: Callable[[Any], E], output_field: str
+        call: grpc.aio.UnaryStreamCall[Any, Any],
+        convert: Callable[[Any], E],
+        output_field: str,
+        trace: _tracing.CallTrace,
     ) -> AsyncIterator[E | Finished]:
         expected = 0
+        status = "CANCELLED"  # left early: the stream is cancelled
         try:
             async for response in call:
                 _check_seq("", expected, response.seq)
@@ -330,12 +365,16 @@ class Client:
                 if kind == output_field:
                     yield convert(getattr(response, output_field))
                 elif kind == "finished":
+                    status = "OK"
                     yield _convert.finished(response.finished)
                     return
                 else:
                     raise ProtocolError(f"unexpected message kind {kind!r}")
         except grpc.aio.AioRpcError as error:
+            status = error.code().name
             raise error_from_rpc(error) from None
+        finally:
+            trace.end(status)
         raise ProtocolError("the stream ended without a finished message")
 
     def session(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> Session:
@@ -343,7 +382,9 @@ class Client:
 
         `timeout` is the deadline of the whole session call; give per-request limits to each request instead.
         """
-        return Session(self._stub, timeout=timeout, metadata=self._meta(metadata))
+        return Session(
+            self._stub, timeout=timeout, metadata=self._meta(metadata), trace=self._trace("Session", metadata)
+        )
 
 
 def _cancel_call(call: grpc.aio.Call) -> Callable[[], Awaitable[None]]:
@@ -378,8 +419,16 @@ class Session:
     raced with the request's end); they never affect a request.
     """
 
-    def __init__(self, stub: InferenceServiceAsyncStub, *, timeout: float | None, metadata: Metadata) -> None:
-        self._call = stub.Session(timeout=timeout, metadata=tuple(metadata))
+    def __init__(
+        self,
+        stub: InferenceServiceAsyncStub,
+        *,
+        timeout: float | None,
+        metadata: Metadata,
+        trace: _tracing.CallTrace | None = None,
+    ) -> None:
+        self._trace = trace
+        self._call = stub.Session(timeout=timeout, metadata=trace.metadata if trace is not None else tuple(metadata))
         self._pending: dict[str, _Pending] = {}
         self._write_lock = asyncio.Lock()
         self._ids = itertools.count()
@@ -428,7 +477,13 @@ class Session:
         stop: Sequence[str] = (),
         top_logprobs: int | None = None,
     ) -> GenerateStream:
-        """Start a generation request in this session. `timeout` is this request's own limit."""
+        """Start a generation request in this session. `timeout` is this request's own limit.
+
+        `traceparent`/`tracestate` (W3C) put the request in a trace; unset, the caller's current OpenTelemetry
+        context is sent (when opentelemetry-api is installed).
+        """
+        if not traceparent:
+            traceparent, tracestate = _tracing.request_context()
         params = _convert.generate_params(
             prompt,
             model=model,
@@ -469,8 +524,11 @@ class Session:
         """Start a synthesis request in this session.
 
         With `streaming_input`, send more text with `append_text` and finish with `end_input`. With `text_from` (a
-        generate request of this session), the server speaks its tokens as they are generated.
+        generate request of this session), the server speaks its tokens as they are generated. Trace context: as
+        `generate`.
         """
+        if not traceparent:
+            traceparent, tracestate = _tracing.request_context()
         start = inference_service_pb2.StartSynthesize(
             params=_convert.synthesize_params(
                 text, voice=voice, sample_rate_hertz=sample_rate_hertz, max_chunk_s=max_chunk_s
@@ -546,6 +604,8 @@ class Session:
             failure = UnavailableError("the session was closed")
         except RilletError as error:
             failure = error
+        if self._trace is not None:
+            self._trace.end("OK" if failure is None else failure.code.name)
         self._call_error = failure
         self._failure = failure or UnavailableError("the session has ended")
         for pending in self._pending.values():
