@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from pydantic import BaseModel, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +14,7 @@ class TextEngineKind(enum.StrEnum):
 
     LLAMACPP = "llamacpp"
     SYNTHETIC = "synthetic"
+    TRTLLM = "trtllm"
 
 
 class SpeechEngineKind(enum.StrEnum):
@@ -59,6 +61,47 @@ class LlamaCppConfig(BaseModel, frozen=True):
         None,
         description="replaces the model's chat template: a template llama.cpp knows by name (gemma, chatml, llama3, "
         "...) or recognizes; unset uses the GGUF's own, and a model without one refuses chat prompts",
+    )
+
+
+class TrtllmCapacityPolicy(enum.StrEnum):
+    """TensorRT-LLM's capacity scheduler policy (its CapacitySchedulerPolicy values)."""
+
+    GUARANTEED_NO_EVICT = "GUARANTEED_NO_EVICT"
+    MAX_UTILIZATION = "MAX_UTILIZATION"
+    STATIC_BATCH = "STATIC_BATCH"
+
+
+class TrtllmConfig(BaseModel, frozen=True, extra="forbid"):
+    """The TensorRT-LLM GPU engine: its LLM API on the PyTorch backend, in-flight batching inside TensorRT-LLM."""
+
+    model: str = Field("", description="Hugging Face model id or local checkpoint directory (required)")
+    model_name: str = Field("", description="the name clients use; empty: the model's last path component")
+    tokenizer: str | None = Field(None, description="tokenizer id or directory; unset: the model's own")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs each layer is split across")
+    pipeline_parallel_size: int = Field(1, ge=1, description="GPUs the layers are staged across")
+    max_batch_size: int = Field(
+        256, ge=1, description="sequences TensorRT-LLM runs in flight; also the slots Rillet admits to this engine"
+    )
+    max_num_tokens: int = Field(
+        8192, ge=16, description="tokens one executor step processes (decodes plus prefill chunks): TTFT vs throughput"
+    )
+    max_seq_len: int = Field(4096, ge=16, description="prompt plus generated tokens of one sequence")
+    free_gpu_memory_fraction: float = Field(
+        0.9, gt=0, le=1, description="share of the GPU memory left after loading the weights that the KV cache takes"
+    )
+    enable_block_reuse: bool = Field(True, description="reuse the KV blocks of shared prompt prefixes")
+    capacity_scheduler_policy: TrtllmCapacityPolicy = Field(
+        TrtllmCapacityPolicy.GUARANTEED_NO_EVICT,
+        description="GUARANTEED_NO_EVICT admits a request only when its whole KV fits; MAX_UTILIZATION packs more "
+        "and may pause requests",
+    )
+    enable_chunked_prefill: bool = Field(
+        True, description="split long prompts across steps, so decodes keep running (and prompts > max_num_tokens fit)"
+    )
+    extra_llm_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="further LLM(...) keywords, passed through; checked at startup against TensorRT-LLM's TorchLlmArgs",
     )
 
 
@@ -227,6 +270,7 @@ class Settings(BaseSettings):
     speech_engine: SpeechEngineKind = SpeechEngineKind.PIPER
     synthetic: SyntheticConfig = SyntheticConfig()
     llamacpp: LlamaCppConfig = LlamaCppConfig()
+    trtllm: TrtllmConfig = TrtllmConfig()
     piper: PiperConfig = PiperConfig()
     limits: LimitsConfig = LimitsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from rillet.server.config import LlamaCppConfig, PiperConfig, Settings, SyntheticConfig
+from rillet.server.config import LlamaCppConfig, PiperConfig, Settings, SyntheticConfig, TrtllmConfig
 from rillet.server.engine.base import Engine
 from rillet.server.types import ModelKind
 
@@ -66,7 +66,7 @@ class EngineEntry:
 ENGINES: tuple[EngineEntry, ...] = (
     EngineEntry("llamacpp", TEXT, LlamaCppConfig, "rillet.server.engine.llamacpp:LlamaCppEngine"),
     EngineEntry("synthetic", TEXT, SyntheticConfig, "rillet.server.engine.synthetic:SyntheticEngine"),
-    # GPU text engines (trtllm) go here: one line each.
+    EngineEntry("trtllm", TEXT, TrtllmConfig, "rillet.server.engine.trtllm:TrtllmEngine"),
     EngineEntry("piper", SPEECH, PiperConfig, "rillet.server.engine.piper:PiperEngine"),
 )
 """Every engine Rillet can run. Order is irrelevant; kinds are unique."""

@@ -1,0 +1,40 @@
+"""NOT a mirror of TensorRT-LLM: the simulated GPU behind the double, and the knobs tests turn on it.
+
+Everything under `tensorrt_llm._double` stands in for what the real package does on the GPU or in C++ (the
+PyExecutor step loop, the model, the Hugging Face tokenizer); everything outside it mirrors a real module and cites
+it. Tests and the frontend benchmark change `SIMULATION` (a fresh one comes with every fresh import of the double).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class Simulation:
+    """What the simulated machine and model do; every field is a test's lever."""
+
+    device_count: int = 1
+    """GPUs `tensorrt_llm.llmapi.utils.get_device_count()` reports."""
+    step_seconds: float = 0.001
+    """Wall time of one executor iteration (one token for every running sequence, plus prefill chunks)."""
+    kv_cache_tokens: int = 1 << 20
+    """KV capacity in tokens; GUARANTEED_NO_EVICT admits a request only when prompt + max_tokens fit."""
+    logprobs_format: Literal["dict", "float"] = "dict"
+    """The shape of `CompletionOutput.logprobs`: top-k dicts of Logprob (PyTorch backend), or plain floats."""
+    eos_after: int | None = None
+    """The model emits its end token as the n-th generated token (0-based) of every sequence."""
+    request_error_after: int | None = None
+    """After this many generated tokens the executor fails the request with an error response (RequestError)."""
+    final_without_reason_after: int | None = None
+    """After this many tokens the executor marks the response final with NOT_FINISHED (the real result raises)."""
+    load_error: str | None = None
+    """`LLM(...)` raises RuntimeError with this message (a model that cannot be loaded)."""
+    chat_template: bool = True
+    """Whether the tokenizer has a chat template (without one `apply_chat_template` raises ValueError)."""
+    block_size: int = 32
+    """KV block size for prefix reuse (`KvCacheConfig.tokens_per_block`'s default)."""
+
+
+SIMULATION = Simulation()

@@ -1,0 +1,251 @@
+"""Mirror of `tensorrt_llm/llmapi/llm.py` (1.2.1): `LLM` (the PyTorch backend), `generate_async`, `RequestOutput`.
+
+What follows the real code: the constructor signature and its keyword check (ValueError "<class> got invalid
+argument: <key>" for anything that is not a TorchLlmArgs field), `generate_async`'s signature (a sync method
+returning a RequestOutput at once; "LLM is shutting down" RuntimeError after shutdown), `_prepare_sampling_params`
+(`_setup` with the tokenizer when end_id is unset), `_check_arguments` on the PyTorch backend (RequestError when the
+prompt exceeds max_num_tokens without chunked prefill; no max_seq_len check there), `tokenizer`, `shutdown`,
+`_check_health` and the context manager. Model loading, the executor and the GPU are simulated (`_double`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from tensorrt_llm._double import SIMULATION
+from tensorrt_llm._double.executor import GenerationRequest, SimulatedExecutor
+from tensorrt_llm._double.tokenizer import ByteTokenizer
+from tensorrt_llm.executor.result import DetokenizedGenerationResultBase, GenerationResult
+from tensorrt_llm.executor.utils import RequestError
+from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
+from tensorrt_llm.llmapi.tokenizer import TokenizerBase, TransformersTokenizer
+from tensorrt_llm.llmapi.utils import get_device_count
+from tensorrt_llm.sampling_params import SamplingParams
+
+PromptInputs = str | list[int] | Mapping[str, Any]
+
+
+class RequestOutput(DetokenizedGenerationResultBase, GenerationResult):
+    """The output data of a completion request to the LLM (built by `_from_generation_result`, never directly)."""
+
+    _prompt: str | None
+
+    def __init__(self) -> None:
+        raise RuntimeError(
+            f"{self.__class__.__name__} is designed to be instantiated using {self.__class__.__name__}."
+            "_from_generation_result by GenerationExecutor. "
+            f"Users are not expected to create {self.__class__.__name__} directly."
+        )
+
+    @classmethod
+    def _from_generation_result(
+        cls, generation_result: GenerationResult, prompt: str | None = None, tokenizer: TokenizerBase | None = None
+    ) -> RequestOutput:
+        inst = cls.__new__(cls)
+        inst.__dict__.update(generation_result.__dict__)
+        inst.tokenizer = tokenizer
+        inst._streaming = generation_result._streaming
+        inst._prompt = prompt
+        return inst
+
+    @property
+    def prompt(self) -> str | None:
+        return self._prompt
+
+
+class BaseLLM:
+    """The base class for all LLM classes."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        tokenizer: str | Path | TokenizerBase | None = None,
+        tokenizer_mode: Literal["auto", "slow"] = "auto",
+        skip_tokenizer_init: bool = False,
+        trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        revision: str | None = None,
+        tokenizer_revision: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._executor: SimulatedExecutor | None = None
+        valid_keys = set(TorchLlmArgs.model_fields) | {"_mpi_session", "backend"}
+        for key in kwargs:
+            if key not in valid_keys:
+                raise ValueError(f"{self.__class__.__name__} got invalid argument: {key}")
+        self.args = TorchLlmArgs.from_kwargs(
+            model=str(model),
+            tokenizer=tokenizer,
+            tokenizer_mode=tokenizer_mode,
+            skip_tokenizer_init=skip_tokenizer_init,
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            revision=revision,
+            tokenizer_revision=tokenizer_revision,
+            **kwargs,
+        )
+        parallel = self.args.parallel_config
+        if parallel.is_multi_gpu and get_device_count() < parallel.world_size_per_node:
+            raise RuntimeError(f"Only {get_device_count()} GPUs are available, but {parallel.world_size} are required.")
+        if get_device_count() == 0:  # the real one fails in CUDA initialisation; the message differs
+            raise RuntimeError("CUDA error: no CUDA-capable device is detected")
+        if SIMULATION.load_error is not None:
+            raise RuntimeError(SIMULATION.load_error)
+        self._tokenizer: TokenizerBase | None = (
+            None if self.args.skip_tokenizer_init else TransformersTokenizer(ByteTokenizer())
+        )
+        self._executor = SimulatedExecutor(self.args, ByteTokenizer.eos_token_id)
+
+    @property
+    def llm_id(self) -> str:
+        return "tensorrt-llm-double"
+
+    @property
+    def tokenizer(self) -> TokenizerBase | None:
+        return self._tokenizer
+
+    def generate_async(
+        self,
+        inputs: PromptInputs,
+        sampling_params: SamplingParams | None = None,
+        lora_request: Any = None,
+        prompt_adapter_request: Any = None,
+        streaming: bool = False,
+        kv_cache_retention_config: Any = None,
+        disaggregated_params: Any = None,
+        trace_headers: Mapping[str, str] | None = None,
+        _postproc_params: Any = None,
+        scheduling_params: Any = None,
+        cache_salt: str | None = None,
+    ) -> RequestOutput:
+        """Generate output for the given prompt in the asynchronous mode (single prompt only)."""
+        if self._executor is None or self._executor.is_shutdown():
+            raise RuntimeError("LLM is shutting down")
+        sampling_params = self._prepare_sampling_params(sampling_params)
+        prompt: str | None
+        if isinstance(inputs, str):
+            prompt, token_ids = inputs, self._require_tokenizer().encode(inputs, add_special_tokens=True)
+        elif isinstance(inputs, list):
+            prompt, token_ids = None, list(inputs)
+        elif "prompt_token_ids" in inputs:
+            prompt, token_ids = None, list(inputs["prompt_token_ids"])
+        elif "prompt" in inputs:
+            prompt = inputs["prompt"]
+            token_ids = self._require_tokenizer().encode(inputs["prompt"], add_special_tokens=True)
+        else:
+            raise TypeError(f"The inputs must be type str or list of int, but got {type(inputs)}")
+        self._check_arguments(len(token_ids), 0, sampling_params, is_gen_only=False)
+        executor = self._executor
+        request = GenerationRequest(
+            executor.new_request_id(),
+            token_ids,
+            sampling_params,
+            streaming,
+            trace_headers=dict(trace_headers) if trace_headers else None,
+        )
+        result = GenerationResult(request, background_error_handler=self._handle_background_error, executor=executor)
+        output = RequestOutput._from_generation_result(result, prompt, self.tokenizer)
+        executor.submit(request, output)
+        return output
+
+    def _handle_background_error(self, error: str | Exception | None = None) -> None:
+        if isinstance(error, str):
+            raise RequestError(error)
+        if isinstance(error, Exception):
+            raise error
+
+    def _require_tokenizer(self) -> TransformersTokenizer:
+        tokenizer = self.tokenizer
+        if not isinstance(tokenizer, TransformersTokenizer):
+            raise ValueError("tokenizer is required for text prompts")
+        return tokenizer
+
+    def _prepare_sampling_params(self, sampling_params: SamplingParams | None = None) -> SamplingParams:
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            if sampling_params.end_id is None:
+                if self.tokenizer is None:
+                    raise ValueError(
+                        "tokenizer is required to reset end_id if it is None, or you can explicitly specify the "
+                        "end_id for sampling_params"
+                    )
+                sampling_params._setup(self.tokenizer, None, None)
+        else:
+            raise TypeError(f"The sampling_params must be type SamplingParams or None, but got {type(sampling_params)}")
+        if sampling_params._stream_interval is None:
+            sampling_params._stream_interval = self.args.stream_interval
+        sampling_params.return_perf_metrics = sampling_params.return_perf_metrics or self.args.return_perf_metrics
+        return sampling_params
+
+    def _check_arguments(
+        self, prompt_len: int, query_len: int, sampling_params: SamplingParams, is_gen_only: bool
+    ) -> None:
+        if not self.args.enable_chunked_prefill and not is_gen_only:
+            max_num_tokens = self.args.max_num_tokens
+            if max_num_tokens and prompt_len / self.args.parallel_config.cp_size + query_len > max_num_tokens:
+                raise RequestError(
+                    f"The sum of prompt length ({prompt_len / self.args.parallel_config.cp_size}), query length "
+                    f"({query_len}) should not exceed max_num_tokens ({max_num_tokens})"
+                )
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+    def _check_health(self) -> bool:
+        return self._executor is not None and not self._executor.is_shutdown()
+
+    def __enter__(self) -> BaseLLM:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_value: BaseException | None, traceback: TracebackType | None
+    ) -> Literal[False]:
+        self.shutdown()
+        return False
+
+
+class _TorchLLM(BaseLLM):
+    """LLM class is the main class for running a LLM model using PyTorch backend."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        tokenizer: str | Path | TokenizerBase | None = None,
+        tokenizer_mode: Literal["auto", "slow"] = "auto",
+        skip_tokenizer_init: bool = False,
+        trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        revision: str | None = None,
+        tokenizer_revision: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        backend = kwargs.pop("backend", "pytorch")
+        super().__init__(
+            model,
+            tokenizer,
+            tokenizer_mode,
+            skip_tokenizer_init,
+            trust_remote_code,
+            tensor_parallel_size,
+            dtype,
+            revision,
+            tokenizer_revision,
+            backend=backend,
+            **kwargs,
+        )
+
+
+class LLM(_TorchLLM):
+    """The LLM API entry point: `tensorrt_llm.LLM` on the PyTorch backend (TorchLlmArgs)."""
+
+
+__all__: Sequence[str] = ["LLM", "RequestOutput"]
