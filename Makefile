@@ -7,10 +7,22 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_BASELINE := proto/baseline/rillet_v1.binpb
+# Pinned tools outside Python, cached in .tools/ (git-ignored): Go tools by `go install` from the Go module proxy
+# (checksums verified), Node packages by `npm ci` from client_sdk/ts/package-lock.json.
+TOOLS := $(CURDIR)/.tools
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+GRPCURL := github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+GHZ := github.com/bojand/ghz/cmd/ghz@v0.120.0
+GO_TOOL_STAMPS := $(foreach t,$(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) $(GRPCURL) $(GHZ),$(TOOLS)/stamps/$(subst /,+,$(t)))
+TS_DEPS := client_sdk/ts/node_modules/.package-lock.json
+PROTOSET := build/rillet.protoset
+# The local Go unless a go.mod needs a newer one, which is then fetched as that go.mod pins it.
+export GOTOOLCHAIN ?= auto
 # llama-cpp-python compiles llama.cpp from source; the multimodal part is not needed.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: install proto proto-baseline lint test test-fast run serve bench clean
+.PHONY: install proto proto-tools tools proto-baseline protoset lint test test-sdks test-fast run serve bench clean
 
 install: $(STAMP)
 
@@ -20,21 +32,48 @@ $(STAMP): pyproject.toml client_sdk/pyproject.toml
 	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e ./client_sdk -e ".[dev,cpu,speech]"
 	touch $(STAMP)
 
-proto: install
+$(TOOLS)/stamps/%:
+	mkdir -p $(TOOLS)/stamps
+	GOBIN=$(TOOLS)/bin go install $(subst +,/,$*)
+	touch $@
+
+$(TS_DEPS): client_sdk/ts/package.json client_sdk/ts/package-lock.json
+	cd client_sdk/ts && npm ci --no-audit --no-fund
+	touch $@
+
+# The plugins proto/buf.gen.yaml runs (Go, TypeScript; the Python ones come with the dev extra), and the tools the
+# tests drive the server with (grpcurl, ghz).
+proto-tools: install $(TS_DEPS) $(TOOLS)/stamps/$(subst /,+,$(PROTOC_GEN_GO)) $(TOOLS)/stamps/$(subst /,+,$(PROTOC_GEN_GO_GRPC))
+tools: proto-tools $(GO_TOOL_STAMPS)
+
+# Every language's generated code, from proto/buf.gen.yaml.
+proto: proto-tools
 	$(PY) scripts/gen_protos.py
 	cd proto && ../$(BIN)/buf lint
 
 # Record the current contract as the baseline `buf breaking` compares against (after a deliberate release).
 proto-baseline: install
-	$(PY) scripts/gen_protos.py --stage-only
 	cd proto && ../$(BIN)/buf build --path rillet -o baseline/rillet_v1.binpb
 
-lint: install
+# A descriptor set of the contract and its imports, with comments, for tools that load one (ghz --protoset,
+# grpcurl -protoset, Postman's import).
+protoset: install
+	mkdir -p $(dir $(PROTOSET))
+	cd proto && ../$(BIN)/buf build --path rillet --as-file-descriptor-set -o ../$(PROTOSET)
+	@echo "wrote $(PROTOSET)"
+
+lint: proto-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(PY) scripts/gen_protos.py --check
 	cd proto && ../$(BIN)/buf lint && ../$(BIN)/buf breaking --against baseline/rillet_v1.binpb
+
+# The Go and TypeScript packages: vet, types, their own tests (the conformance suite runs them against a live
+# server from pytest, tests/conformance/).
+test-sdks: proto-tools
+	cd client_sdk/go && go vet ./... && go test ./...
+	cd client_sdk/ts && npx tsc --noEmit -p tsconfig.json && npm test
 
 test: lint
 	$(BIN)/pytest
@@ -57,4 +96,4 @@ bench: install
 	$(PY) bench/bench_speech.py
 
 clean:
-	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache proto/third_party
+	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache $(TOOLS) client_sdk/ts/node_modules client_sdk/ts/dist

@@ -24,28 +24,28 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arillet/v1/generation.proto\x12\trillet.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"6\n\nChatPrompt\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.rillet.v1.ChatMessage\"\xe8\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x05\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\x99\x02\n\x0eGenerateParams\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.rillet.v1.TokenIdsH\x00\x12%\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.rillet.v1.ChatPromptH\x00\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x01\x88\x01\x01\x12+\n\x08sampling\x18\x06 \x01(\x0b\x32\x19.rillet.v1.SamplingParams\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x19\n\x0ctop_logprobs\x18\x08 \x01(\rH\x02\x88\x01\x01\x42\x08\n\x06promptB\r\n\x0b_max_tokensB\x0f\n\r_top_logprobs\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"]\n\rTokenLogprobs\x12&\n\x05token\x18\x01 \x01(\x0b\x32\x17.rillet.v1.TokenLogprob\x12$\n\x03top\x18\x02 \x03(\x0b\x32\x17.rillet.v1.TokenLogprob\"Y\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12*\n\x08logprobs\x18\x03 \x03(\x0b\x32\x18.rillet.v1.TokenLogprobsBZ\n\rdev.rillet.v1B\x0fGenerationProtoP\x01Z6github.com/rillet-dev/rillet/gen/go/rillet/v1;rilletv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arillet/v1/generation.proto\x12\trillet.v1\"\x1c\n\x08TokenIds\x12\x10\n\x03ids\x18\x01 \x03(\x05R\x03ids\";\n\x0b\x43hatMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"@\n\nChatPrompt\x12\x32\n\x08messages\x18\x01 \x03(\x0b\x32\x16.rillet.v1.ChatMessageR\x08messages\"\xa0\x02\n\x0eSamplingParams\x12%\n\x0btemperature\x18\x01 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\x18\n\x05top_k\x18\x03 \x01(\x05H\x02R\x04topK\x88\x01\x01\x12\x18\n\x05min_p\x18\x04 \x01(\x02H\x03R\x04minP\x88\x01\x01\x12\x32\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04R\x11repetitionPenalty\x88\x01\x01\x12\x17\n\x04seed\x18\x06 \x01(\x04H\x05R\x04seed\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\xde\x02\n\x0eGenerateParams\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n\x04text\x18\x02 \x01(\tH\x00R\x04text\x12\x32\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.rillet.v1.TokenIdsH\x00R\x08tokenIds\x12+\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.rillet.v1.ChatPromptH\x00R\x04\x63hat\x12\"\n\nmax_tokens\x18\x05 \x01(\rH\x01R\tmaxTokens\x88\x01\x01\x12\x35\n\x08sampling\x18\x06 \x01(\x0b\x32\x19.rillet.v1.SamplingParamsR\x08sampling\x12\x12\n\x04stop\x18\x07 \x03(\tR\x04stop\x12&\n\x0ctop_logprobs\x18\x08 \x01(\rH\x02R\x0btopLogprobs\x88\x01\x01\x42\x08\n\x06promptB\r\n\x0b_max_tokensB\x0f\n\r_top_logprobs\"C\n\x0cTokenLogprob\x12\x19\n\x08token_id\x18\x01 \x01(\x05R\x07tokenId\x12\x18\n\x07logprob\x18\x02 \x01(\x02R\x07logprob\"i\n\rTokenLogprobs\x12-\n\x05token\x18\x01 \x01(\x0b\x32\x17.rillet.v1.TokenLogprobR\x05token\x12)\n\x03top\x18\x02 \x03(\x0b\x32\x17.rillet.v1.TokenLogprobR\x03top\"s\n\nTokenDelta\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\x05R\x08tokenIds\x12\x34\n\x08logprobs\x18\x03 \x03(\x0b\x32\x18.rillet.v1.TokenLogprobsR\x08logprobsBa\n\rdev.rillet.v1B\x0fGenerationProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rillet.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.rillet.v1B\017GenerationProtoP\001Z6github.com/rillet-dev/rillet/gen/go/rillet/v1;rilletv1'
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.rillet.v1B\017GenerationProtoP\001Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1'
   _globals['_TOKENIDS']._serialized_start=41
-  _globals['_TOKENIDS']._serialized_end=64
-  _globals['_CHATMESSAGE']._serialized_start=66
-  _globals['_CHATMESSAGE']._serialized_end=110
-  _globals['_CHATPROMPT']._serialized_start=112
-  _globals['_CHATPROMPT']._serialized_end=166
-  _globals['_SAMPLINGPARAMS']._serialized_start=169
-  _globals['_SAMPLINGPARAMS']._serialized_end=401
-  _globals['_GENERATEPARAMS']._serialized_start=404
-  _globals['_GENERATEPARAMS']._serialized_end=685
-  _globals['_TOKENLOGPROB']._serialized_start=687
-  _globals['_TOKENLOGPROB']._serialized_end=736
-  _globals['_TOKENLOGPROBS']._serialized_start=738
-  _globals['_TOKENLOGPROBS']._serialized_end=831
-  _globals['_TOKENDELTA']._serialized_start=833
-  _globals['_TOKENDELTA']._serialized_end=922
+  _globals['_TOKENIDS']._serialized_end=69
+  _globals['_CHATMESSAGE']._serialized_start=71
+  _globals['_CHATMESSAGE']._serialized_end=130
+  _globals['_CHATPROMPT']._serialized_start=132
+  _globals['_CHATPROMPT']._serialized_end=196
+  _globals['_SAMPLINGPARAMS']._serialized_start=199
+  _globals['_SAMPLINGPARAMS']._serialized_end=487
+  _globals['_GENERATEPARAMS']._serialized_start=490
+  _globals['_GENERATEPARAMS']._serialized_end=840
+  _globals['_TOKENLOGPROB']._serialized_start=842
+  _globals['_TOKENLOGPROB']._serialized_end=909
+  _globals['_TOKENLOGPROBS']._serialized_start=911
+  _globals['_TOKENLOGPROBS']._serialized_end=1016
+  _globals['_TOKENDELTA']._serialized_start=1018
+  _globals['_TOKENDELTA']._serialized_end=1133
 # @@protoc_insertion_point(module_scope)

@@ -29,44 +29,44 @@ from rillet.v1 import generation_pb2 as rillet_dot_v1_dot_generation__pb2
 from rillet.v1 import speech_pb2 as rillet_dot_v1_dot_speech__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!rillet/v1/inference_service.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\x1a\x16rillet/v1/common.proto\x1a\x1arillet/v1/generation.proto\x1a\x16rillet/v1/speech.proto\"\x96\x01\n\rStartGenerate\x12)\n\x06params\x18\x01 \x01(\x0b\x32\x19.rillet.v1.GenerateParams\x12.\n\rtrace_context\x18\x02 \x01(\x0b\x32\x17.rillet.v1.TraceContext\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd1\x01\n\x0fStartSynthesize\x12+\n\x06params\x18\x01 \x01(\x0b\x32\x1b.rillet.v1.SynthesizeParams\x12.\n\rtrace_context\x18\x02 \x01(\x0b\x32\x17.rillet.v1.TraceContext\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fstreaming_input\x18\x04 \x01(\x08\x12\x1c\n\x14text_from_request_id\x18\x05 \x01(\t\"\x1a\n\nAppendText\x12\x0c\n\x04text\x18\x01 \x01(\t\"\n\n\x08\x45ndInput\"\x08\n\x06\x43\x61ncel\"\x95\x02\n\x0eSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x0estart_generate\x18\x02 \x01(\x0b\x32\x18.rillet.v1.StartGenerateH\x00\x12\x36\n\x10start_synthesize\x18\x03 \x01(\x0b\x32\x1a.rillet.v1.StartSynthesizeH\x00\x12,\n\x0b\x61ppend_text\x18\x04 \x01(\x0b\x32\x15.rillet.v1.AppendTextH\x00\x12(\n\tend_input\x18\x05 \x01(\x0b\x32\x13.rillet.v1.EndInputH\x00\x12#\n\x06\x63\x61ncel\x18\x06 \x01(\x0b\x32\x11.rillet.v1.CancelH\x00\x42\x06\n\x04kind\"\x8c\x02\n\x0fSessionResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12,\n\x0btoken_delta\x18\x03 \x01(\x0b\x32\x15.rillet.v1.TokenDeltaH\x00\x12,\n\x0b\x61udio_chunk\x18\x04 \x01(\x0b\x32\x15.rillet.v1.AudioChunkH\x00\x12\'\n\x08\x66inished\x18\x05 \x01(\x0b\x32\x13.rillet.v1.FinishedH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12&\n\x08rejected\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x06\n\x04kind\"<\n\x0fGenerateRequest\x12)\n\x06params\x18\x01 \x01(\x0b\x32\x19.rillet.v1.GenerateParams\"~\n\x10GenerateResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12,\n\x0btoken_delta\x18\x02 \x01(\x0b\x32\x15.rillet.v1.TokenDeltaH\x00\x12\'\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x13.rillet.v1.FinishedH\x00\x42\x06\n\x04kind\"@\n\x11SynthesizeRequest\x12+\n\x06params\x18\x01 \x01(\x0b\x32\x1b.rillet.v1.SynthesizeParams\"\x80\x01\n\x12SynthesizeResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12,\n\x0b\x61udio_chunk\x18\x02 \x01(\x0b\x32\x15.rillet.v1.AudioChunkH\x00\x12\'\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x13.rillet.v1.FinishedH\x00\x42\x06\n\x04kind\"\x13\n\x11ListModelsRequest\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.rillet.v1.Model\"\xc2\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.rillet.v1.Model.Kind\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x16\n\x0eis_test_engine\x18\x05 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x07 \x01(\r\x12\x19\n\x11sample_rate_hertz\x18\x08 \x01(\r\x12\x15\n\rsupports_chat\x18\t \x01(\x08\x12\x18\n\x10max_tokens_limit\x18\n \x01(\r\"Q\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14KIND_TEXT_GENERATION\x10\x01\x12\x19\n\x15KIND_SPEECH_SYNTHESIS\x10\x02\x32\xb7\x02\n\x10InferenceService\x12\x44\n\x07Session\x12\x19.rillet.v1.SessionRequest\x1a\x1a.rillet.v1.SessionResponse(\x01\x30\x01\x12\x45\n\x08Generate\x12\x1a.rillet.v1.GenerateRequest\x1a\x1b.rillet.v1.GenerateResponse0\x01\x12K\n\nSynthesize\x12\x1c.rillet.v1.SynthesizeRequest\x1a\x1d.rillet.v1.SynthesizeResponse0\x01\x12I\n\nListModels\x12\x1c.rillet.v1.ListModelsRequest\x1a\x1d.rillet.v1.ListModelsResponseB`\n\rdev.rillet.v1B\x15InferenceServiceProtoP\x01Z6github.com/rillet-dev/rillet/gen/go/rillet/v1;rilletv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!rillet/v1/inference_service.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\x1a\x16rillet/v1/common.proto\x1a\x1arillet/v1/generation.proto\x1a\x16rillet/v1/speech.proto\"\xb5\x01\n\rStartGenerate\x12\x31\n\x06params\x18\x01 \x01(\x0b\x32\x19.rillet.v1.GenerateParamsR\x06params\x12<\n\rtrace_context\x18\x02 \x01(\x0b\x32\x17.rillet.v1.TraceContextR\x0ctraceContext\x12\x33\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\"\x93\x02\n\x0fStartSynthesize\x12\x33\n\x06params\x18\x01 \x01(\x0b\x32\x1b.rillet.v1.SynthesizeParamsR\x06params\x12<\n\rtrace_context\x18\x02 \x01(\x0b\x32\x17.rillet.v1.TraceContextR\x0ctraceContext\x12\x33\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12\'\n\x0fstreaming_input\x18\x04 \x01(\x08R\x0estreamingInput\x12/\n\x14text_from_request_id\x18\x05 \x01(\tR\x11textFromRequestId\" \n\nAppendText\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\"\n\n\x08\x45ndInput\"\x08\n\x06\x43\x61ncel\"\xde\x02\n\x0eSessionRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x41\n\x0estart_generate\x18\x02 \x01(\x0b\x32\x18.rillet.v1.StartGenerateH\x00R\rstartGenerate\x12G\n\x10start_synthesize\x18\x03 \x01(\x0b\x32\x1a.rillet.v1.StartSynthesizeH\x00R\x0fstartSynthesize\x12\x38\n\x0b\x61ppend_text\x18\x04 \x01(\x0b\x32\x15.rillet.v1.AppendTextH\x00R\nappendText\x12\x32\n\tend_input\x18\x05 \x01(\x0b\x32\x13.rillet.v1.EndInputH\x00R\x08\x65ndInput\x12+\n\x06\x63\x61ncel\x18\x06 \x01(\x0b\x32\x11.rillet.v1.CancelH\x00R\x06\x63\x61ncelB\x06\n\x04kind\"\xcf\x02\n\x0fSessionResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x10\n\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x38\n\x0btoken_delta\x18\x03 \x01(\x0b\x32\x15.rillet.v1.TokenDeltaH\x00R\ntokenDelta\x12\x38\n\x0b\x61udio_chunk\x18\x04 \x01(\x0b\x32\x15.rillet.v1.AudioChunkH\x00R\naudioChunk\x12\x31\n\x08\x66inished\x18\x05 \x01(\x0b\x32\x13.rillet.v1.FinishedH\x00R\x08\x66inished\x12*\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusH\x00R\x05\x65rror\x12\x30\n\x08rejected\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusH\x00R\x08rejectedB\x06\n\x04kind\"D\n\x0fGenerateRequest\x12\x31\n\x06params\x18\x01 \x01(\x0b\x32\x19.rillet.v1.GenerateParamsR\x06params\"\x99\x01\n\x10GenerateResponse\x12\x10\n\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x38\n\x0btoken_delta\x18\x02 \x01(\x0b\x32\x15.rillet.v1.TokenDeltaH\x00R\ntokenDelta\x12\x31\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x13.rillet.v1.FinishedH\x00R\x08\x66inishedB\x06\n\x04kind\"H\n\x11SynthesizeRequest\x12\x33\n\x06params\x18\x01 \x01(\x0b\x32\x1b.rillet.v1.SynthesizeParamsR\x06params\"\x9b\x01\n\x12SynthesizeResponse\x12\x10\n\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x38\n\x0b\x61udio_chunk\x18\x02 \x01(\x0b\x32\x15.rillet.v1.AudioChunkH\x00R\naudioChunk\x12\x31\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x13.rillet.v1.FinishedH\x00R\x08\x66inishedB\x06\n\x04kind\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x10.rillet.v1.ModelR\x06models\"\xba\x03\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x15.rillet.v1.Model.KindR\x04kind\x12\x16\n\x06\x65ngine\x18\x03 \x01(\tR\x06\x65ngine\x12\x1d\n\nis_default\x18\x04 \x01(\x08R\tisDefault\x12$\n\x0eis_test_engine\x18\x05 \x01(\x08R\x0cisTestEngine\x12 \n\x0b\x64\x65scription\x18\x06 \x01(\tR\x0b\x64\x65scription\x12%\n\x0e\x63ontext_length\x18\x07 \x01(\rR\rcontextLength\x12*\n\x11sample_rate_hertz\x18\x08 \x01(\rR\x0fsampleRateHertz\x12#\n\rsupports_chat\x18\t \x01(\x08R\x0csupportsChat\x12(\n\x10max_tokens_limit\x18\n \x01(\rR\x0emaxTokensLimit\"Q\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14KIND_TEXT_GENERATION\x10\x01\x12\x19\n\x15KIND_SPEECH_SYNTHESIS\x10\x02\x32\xb7\x02\n\x10InferenceService\x12\x44\n\x07Session\x12\x19.rillet.v1.SessionRequest\x1a\x1a.rillet.v1.SessionResponse(\x01\x30\x01\x12\x45\n\x08Generate\x12\x1a.rillet.v1.GenerateRequest\x1a\x1b.rillet.v1.GenerateResponse0\x01\x12K\n\nSynthesize\x12\x1c.rillet.v1.SynthesizeRequest\x1a\x1d.rillet.v1.SynthesizeResponse0\x01\x12I\n\nListModels\x12\x1c.rillet.v1.ListModelsRequest\x1a\x1d.rillet.v1.ListModelsResponseBg\n\rdev.rillet.v1B\x15InferenceServiceProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rillet.v1.inference_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.rillet.v1B\025InferenceServiceProtoP\001Z6github.com/rillet-dev/rillet/gen/go/rillet/v1;rilletv1'
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.rillet.v1B\025InferenceServiceProtoP\001Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1'
   _globals['_STARTGENERATE']._serialized_start=182
-  _globals['_STARTGENERATE']._serialized_end=332
-  _globals['_STARTSYNTHESIZE']._serialized_start=335
-  _globals['_STARTSYNTHESIZE']._serialized_end=544
-  _globals['_APPENDTEXT']._serialized_start=546
-  _globals['_APPENDTEXT']._serialized_end=572
-  _globals['_ENDINPUT']._serialized_start=574
-  _globals['_ENDINPUT']._serialized_end=584
-  _globals['_CANCEL']._serialized_start=586
-  _globals['_CANCEL']._serialized_end=594
-  _globals['_SESSIONREQUEST']._serialized_start=597
-  _globals['_SESSIONREQUEST']._serialized_end=874
-  _globals['_SESSIONRESPONSE']._serialized_start=877
-  _globals['_SESSIONRESPONSE']._serialized_end=1145
-  _globals['_GENERATEREQUEST']._serialized_start=1147
-  _globals['_GENERATEREQUEST']._serialized_end=1207
-  _globals['_GENERATERESPONSE']._serialized_start=1209
-  _globals['_GENERATERESPONSE']._serialized_end=1335
-  _globals['_SYNTHESIZEREQUEST']._serialized_start=1337
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=1401
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=1404
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=1532
-  _globals['_LISTMODELSREQUEST']._serialized_start=1534
-  _globals['_LISTMODELSREQUEST']._serialized_end=1553
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1555
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1609
-  _globals['_MODEL']._serialized_start=1612
-  _globals['_MODEL']._serialized_end=1934
-  _globals['_MODEL_KIND']._serialized_start=1853
-  _globals['_MODEL_KIND']._serialized_end=1934
-  _globals['_INFERENCESERVICE']._serialized_start=1937
-  _globals['_INFERENCESERVICE']._serialized_end=2248
+  _globals['_STARTGENERATE']._serialized_end=363
+  _globals['_STARTSYNTHESIZE']._serialized_start=366
+  _globals['_STARTSYNTHESIZE']._serialized_end=641
+  _globals['_APPENDTEXT']._serialized_start=643
+  _globals['_APPENDTEXT']._serialized_end=675
+  _globals['_ENDINPUT']._serialized_start=677
+  _globals['_ENDINPUT']._serialized_end=687
+  _globals['_CANCEL']._serialized_start=689
+  _globals['_CANCEL']._serialized_end=697
+  _globals['_SESSIONREQUEST']._serialized_start=700
+  _globals['_SESSIONREQUEST']._serialized_end=1050
+  _globals['_SESSIONRESPONSE']._serialized_start=1053
+  _globals['_SESSIONRESPONSE']._serialized_end=1388
+  _globals['_GENERATEREQUEST']._serialized_start=1390
+  _globals['_GENERATEREQUEST']._serialized_end=1458
+  _globals['_GENERATERESPONSE']._serialized_start=1461
+  _globals['_GENERATERESPONSE']._serialized_end=1614
+  _globals['_SYNTHESIZEREQUEST']._serialized_start=1616
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=1688
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=1691
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=1846
+  _globals['_LISTMODELSREQUEST']._serialized_start=1848
+  _globals['_LISTMODELSREQUEST']._serialized_end=1867
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1869
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1931
+  _globals['_MODEL']._serialized_start=1934
+  _globals['_MODEL']._serialized_end=2376
+  _globals['_MODEL_KIND']._serialized_start=2295
+  _globals['_MODEL_KIND']._serialized_end=2376
+  _globals['_INFERENCESERVICE']._serialized_start=2379
+  _globals['_INFERENCESERVICE']._serialized_end=2690
 # @@protoc_insertion_point(module_scope)
