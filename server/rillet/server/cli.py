@@ -13,9 +13,11 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rillet.server.config import LogFormat, Settings, SpeechEngineKind, TextEngineKind
+from rillet.server.errors import EngineDead
 from rillet.server.telemetry.logs import configure_logging
 from rillet.server.telemetry.plan import Exports
 from rillet.server.telemetry.plan import exports as telemetry_exports
@@ -110,7 +112,11 @@ def serve(
     configure_logging(settings.log_level, settings.telemetry.log_format, trace_ids=exports.otlp_traces)
     if settings.text_engine is TextEngineKind.SYNTHETIC:
         err.print("[yellow]text engine: SYNTHETIC TEST ENGINE — deterministic words, not a language model[/yellow]")
-    status = asyncio.run(_serve(settings, exports))
+    try:
+        status = asyncio.run(_serve(settings, exports))
+    except EngineDead as error:  # an engine that cannot run here (no package, GPU or model): its message says why
+        err.print(f"[red]cannot serve:[/red] {escape(error.message)}", highlight=False)
+        raise typer.Exit(1) from None
     if status:
         raise typer.Exit(status)
 

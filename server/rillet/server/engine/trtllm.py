@@ -44,8 +44,8 @@ INSTALL_HELP = (
     "The trtllm engine runs TensorRT-LLM 1.2 on NVIDIA GPUs (Linux x86_64 with CUDA). Install it with "
     '`pip install --extra-index-url https://pypi.nvidia.com "rillet[trtllm]"` (NVIDIA publishes the wheels on its '
     'own index, pypi.nvidia.com; the "tensorrt-llm" name on PyPI only points there), or run Rillet in NVIDIA\'s '
-    f"TensorRT-LLM release container {CONTAINER}, which has it: deploy/gpu/ builds that image and explains one GPU, "
-    "several and several nodes. Without a GPU, serve the CPU engine instead: --text-engine llamacpp."
+    f"TensorRT-LLM release container {CONTAINER}, which has it: deploy/gpu/ builds that image and covers one GPU, "
+    "several GPUs and several nodes. Without a GPU, serve the CPU engine instead: --text-engine llamacpp."
 )
 """The paragraph `rillet serve --text-engine trtllm` prints when the engine cannot run here."""
 

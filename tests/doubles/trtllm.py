@@ -1,0 +1,53 @@
+"""Puts the TensorRT-LLM test double (tests/doubles/tensorrt_llm) in place of `tensorrt_llm`, per test or process."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from rillet.server.config import TrtllmConfig
+
+DOUBLES = Path(__file__).resolve().parent
+"""The directory that, on sys.path, makes `import tensorrt_llm` load the double."""
+
+
+def install() -> ModuleType:
+    """Make `import tensorrt_llm` load the double from now on (for a launcher process; tests use `double()`)."""
+    if str(DOUBLES) not in sys.path:
+        sys.path.insert(0, str(DOUBLES))
+    import tensorrt_llm
+
+    if not Path(tensorrt_llm.__file__ or "").resolve().is_relative_to(DOUBLES):
+        raise RuntimeError(f"the real tensorrt_llm ({tensorrt_llm.__file__}) shadows the test double")
+    return tensorrt_llm
+
+
+def _forget() -> None:
+    for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
+        del sys.modules[name]
+
+
+@contextmanager
+def double() -> Iterator[Any]:
+    """A fresh import of the double for the block; yields its `_double.SIMULATION` (the knobs), forgotten after."""
+    added = str(DOUBLES) not in sys.path
+    _forget()
+    try:
+        install()
+        from tensorrt_llm._double import SIMULATION
+
+        yield SIMULATION
+    finally:
+        _forget()
+        if added and str(DOUBLES) in sys.path:
+            sys.path.remove(str(DOUBLES))
+
+
+def double_config(**overrides: Any) -> TrtllmConfig:
+    """A TrtllmConfig for the double: a small batch and context, so tests see batching and limits quickly."""
+    settings: dict[str, Any] = {"model": "rillet-double/tiny", "max_batch_size": 8, "max_seq_len": 512}
+    return TrtllmConfig(**(settings | overrides))
