@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from rillet.server.config import Settings
 from rillet.server.engine import registry
@@ -21,6 +20,7 @@ from rillet.server.scheduler import Router
 from rillet.server.session import Lifecycle
 from rillet.server.tenancy import TenantLedger, TenantLimits
 from rillet.server.transport.auth import CallGate, TokenStore, load_tenants, server_credentials
+from rillet.server.transport.reflection import enable_reflection
 from rillet.server.transport.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class RilletServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         if security.reflection:
-            reflection.enable_server_reflection([SERVICE_NAME, health_name, reflection.SERVICE_NAME], server)
+            enable_reflection([SERVICE_NAME, health_name], server)  # v1 and v1alpha
         for service in ("", SERVICE_NAME):
             await self.health.set(service, NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"
