@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -57,6 +58,9 @@ MIN_LOGPROB = -9999.0
 
 LONG_PROMPT_CHARS = 4096
 """Prompts longer than this are tokenized in a worker thread; a short one costs less than the thread hop."""
+
+CLOSE_GRACE_SECONDS = 5.0
+"""How long `aclose` lets aborted streams receive their CANCELLED finish before the executor shuts down."""
 
 _SHUTTING_DOWN = "LLM is shutting down"
 """The RuntimeError message `LLM.generate_async` raises once the executor is gone."""
@@ -266,6 +270,7 @@ class TrtllmEngine:
         self._llm: LLM | None = None
         self._vocab_size = 0
         self._in_flight: set[RequestOutput] = set()
+        self._drained = asyncio.Event()  # set whenever nothing is in flight
         self._dead = False
         self._closed = False
         self._models = (self._model_info(supports_chat=False),)
@@ -353,7 +358,10 @@ class TrtllmEngine:
         """Abort what is in flight (those streams end CANCELLED) and release the executor and its GPU memory."""
         self._closed = True
         for result in list(self._in_flight):
-            self._abort(result)
+            self._abort(result)  # each stream then reads its CANCELLED finish and releases itself
+        if self._in_flight:  # let the executor deliver those finishes before it goes (bounded: it may be stuck)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), CLOSE_GRACE_SECONDS)
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
@@ -370,6 +378,7 @@ class TrtllmEngine:
         submitted = time.perf_counter()
         result = self._submit(llm, prompt_ids, params)
         self._in_flight.add(result)
+        self._drained.clear()
         deltas = _Deltas(request.stop, request.top_logprobs)
         prefill: float | None = None
         ended = False  # TensorRT-LLM finished the request itself: nothing to abort
@@ -382,12 +391,15 @@ class TrtllmEngine:
                 if delta is not None:
                     yield delta
                 usage = Usage(input_tokens=len(prompt_ids), output_tokens=deltas.sent_ids)
-                if matched is not None:  # our match: the finally aborts the request, TensorRT-LLM may not know
+                if matched is not None:  # our match, not TensorRT-LLM's: abort it before reporting the finish
+                    self._release(result, abort=True)
                     yield EngineFinished(FinishReason.STOP_SEQUENCE, usage, matched, prefill)
                     return
                 if output.finished:
                     ended = True
-                    yield EngineFinished(self._finish_reason(completion), usage, prefill_seconds=prefill)
+                    reason = self._finish_reason(completion)
+                    self._release(result, abort=False)  # `active` drops before the finish is seen
+                    yield EngineFinished(reason, usage, prefill_seconds=prefill)
                     return
             ended = True
             raise Internal("TensorRT-LLM ended the stream before the request finished", reason="ENGINE_STREAM_ENDED")
@@ -399,10 +411,8 @@ class TrtllmEngine:
             raise Internal(f"TensorRT-LLM failed the request: {exc}", reason="ENGINE_REQUEST_FAILED") from exc
         finally:
             # The one exit of every stream: finished, failed, closed by the client, cancelled by the deadline or a
-            # disconnect (GeneratorExit or CancelledError at the yield above). Aborting frees the slot and KV now.
-            self._in_flight.discard(result)
-            if not ended:
-                self._abort(result)
+            # disconnect (GeneratorExit or CancelledError at a yield above). Aborting frees the slot and KV now.
+            self._release(result, abort=not ended)
 
     def _running(self) -> LLM:
         if self._closed:
@@ -518,6 +528,15 @@ class TrtllmEngine:
         if reason == "timeout":
             raise DeadlineExceeded("TensorRT-LLM's own time limit for the request passed", reason="ENGINE_TIMEOUT")
         raise Internal(f"TensorRT-LLM finished the request without a known finish reason ({reason!r})")
+
+    def _release(self, result: RequestOutput, *, abort: bool) -> None:
+        """Forget a request (idempotent); abort it in TensorRT-LLM first unless TensorRT-LLM ended it."""
+        if result in self._in_flight:
+            self._in_flight.discard(result)
+            if abort:
+                self._abort(result)
+            if not self._in_flight:
+                self._drained.set()
 
     @staticmethod
     def _abort(result: RequestOutput) -> None:
