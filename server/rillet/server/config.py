@@ -25,11 +25,15 @@ class SpeechEngineKind(enum.StrEnum):
 
 
 class SyntheticConfig(BaseModel, frozen=True):
-    """The synthetic TEST engine: deterministic text at a set rate. Never a real model."""
+    """The synthetic TEST engine: deterministic text from a batched step loop. Never a real model."""
 
     model_name: str = "synthetic-test"
-    first_output_delay_s: float = Field(0.02, ge=0)
-    tokens_per_second: float = Field(200.0, gt=0)
+    first_output_delay_s: float = Field(0.02, ge=0, description="a request's prefill: it joins the batch after this")
+    tokens_per_second: float = Field(
+        200.0,
+        ge=0,
+        description="the step rate: each step gives every running request one token; 0: back to back (unthrottled)",
+    )
     slots: int = Field(64, ge=1)
     context_length: int = Field(8192, ge=16)
 

@@ -1,17 +1,19 @@
-"""The synthetic TEST engine: deterministic words at a set rate, for tests and overhead benchmarks only."""
+"""The synthetic TEST engine: deterministic words from a batched step loop, for tests and overhead benchmarks only."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import TextCapabilities, TextEvent
 from rillet.server.engine.text import StopMatcher, check_request
-from rillet.server.errors import InvalidArgument
+from rillet.server.errors import InvalidArgument, Unavailable
 from rillet.server.types import (
     EngineFinished,
     FinishReason,
@@ -49,18 +51,77 @@ def synthetic_text(prompt: Prompt, tokens: int, seed: int | None = None) -> str:
     return "".join(VOCABULARY[synthetic_token(start, i)] + " " for i in range(tokens))
 
 
+def _closed() -> Unavailable:
+    return Unavailable("the synthetic engine is closed", reason="ENGINE_CLOSED")
+
+
+@dataclass(eq=False, slots=True)
+class _Stream:
+    """One request inside the step loop: what it has produced that its consumer has not taken yet.
+
+    Everything here is touched only on the event loop that runs the step loop (no locks needed).
+    """
+
+    seed: int
+    max_tokens: int
+    top_logprobs: int | None
+    prompt_tokens: int
+    stops: StopMatcher
+    submitted: float  # perf_counter at `stream`
+    ready_at: float  # loop.time() when its prefill is over: it joins the first step at or after this
+    produced: int = 0
+    prefill: float | None = None
+    texts: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    end: EngineFinished | Unavailable | None = None
+    waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def take(self) -> list[TextEvent]:
+        """Everything produced since the last take: one coalesced delta, then the terminal event if there is one."""
+        events: list[TextEvent] = []
+        if self.ids or self.texts:
+            events.append(TokenDelta("".join(self.texts), tuple(self.ids), tuple(self.logprobs)))
+            self.texts.clear()
+            self.ids.clear()
+            self.logprobs.clear()
+        return events
+
+
 class SyntheticEngine:
-    """Emits words from a fixed vocabulary, one token per step at `tokens_per_second`. Labelled a test engine."""
+    """A TEST engine shaped like a real batched one: one step loop gives one token to every running request per step.
+
+    The step loop is a task on the serving event loop (its per-step work is a table lookup per request, cheaper
+    than the hop to a thread that real engines take; it never blocks). Each step takes the requests whose prefill
+    (`first_output_delay_s`) is over into the batch, then produces one token for each running request and wakes its
+    consumer. Steps run `tokens_per_second` times a second (each running request's token rate), or back to back
+    when it is 0: then one step per event-loop iteration, so the engine produces as fast as the serving path lets
+    it and coalescing decides how many tokens a message carries. A consumer that falls behind takes everything
+    produced since its last take as one delta. Idle, the loop sleeps until a request arrives and steps at once.
+
+    Output is deterministic: `synthetic_text(prompt, n, seed)` is what a request's deltas spell out.
+    """
 
     def __init__(self, config: SyntheticConfig) -> None:
         self._config = config
         self._active = 0
+        self._prefilling: list[_Stream] = []
+        self._running: dict[_Stream, None] = {}  # ordered set: the batch, in arrival order
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.steps = 0  # steps run since start (a figure for benchmarks: tokens per step = batch size)
         self._models = (
             ModelInfo(
                 name=config.model_name,
                 kind=ModelKind.TEXT_GENERATION,
                 engine=self.name,
-                description="TEST ENGINE: deterministic synthetic words at a fixed rate; not a language model",
+                description="TEST ENGINE: deterministic synthetic words from a batched step loop; not a language model",
                 is_test_engine=True,
                 context_length=config.context_length,
             ),
@@ -91,47 +152,146 @@ class SyntheticEngine:
         return self._active
 
     async def start(self) -> None:
-        return None
+        self._ensure_loop()
 
     async def aclose(self) -> None:
-        return None
+        """Stop the step loop; streams still in flight end with UNAVAILABLE (ENGINE_CLOSED)."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for stream in [*self._prefilling, *self._running]:
+            stream.end = _closed()
+            stream.wake()
+        self._prefilling.clear()
+        self._running.clear()
 
     def healthy(self) -> bool:
-        return True
+        return not self._closed
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         return self._generate(request)
 
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        """The step loop runs on the event loop of the first caller (start, or a stream before it)."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._loop = loop
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._step_loop(loop, self._wake), name="rillet-synthetic-steps")
+        elif self._loop is not loop:
+            raise RuntimeError("the synthetic engine serves one event loop")
+        return loop
+
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         check_request(request)
         prompt_tokens = self._count_prompt(request)
+        if self._closed:
+            raise _closed()
+        loop = self._ensure_loop()
+        stream = _Stream(
+            seed=prompt_seed(request.prompt, request.sampling.seed),
+            max_tokens=request.max_tokens,
+            top_logprobs=request.top_logprobs,
+            prompt_tokens=prompt_tokens,
+            stops=StopMatcher(request.stop),
+            submitted=time.perf_counter(),
+            ready_at=loop.time() + self._config.first_output_delay_s,
+        )
+        self._prefilling.append(stream)
         self._active += 1
+        assert self._wake is not None
+        self._wake.set()
         try:
-            started = time.perf_counter()
-            await asyncio.sleep(self._config.first_output_delay_s)
-            prefill = time.perf_counter() - started
-            seed = prompt_seed(request.prompt, request.sampling.seed)
-            stops = StopMatcher(request.stop)
-            interval = 1.0 / self._config.tokens_per_second
-            for index in range(request.max_tokens):
-                if index:
-                    await asyncio.sleep(interval)
-                token = synthetic_token(seed, index)
-                check = stops.feed(VOCABULARY[token] + " ")
-                logprobs = self._logprobs(token, request.top_logprobs)
-                if check.matched is not None:
-                    yield TokenDelta(check.emit, (token,), logprobs)  # its id counts, even with no text left
-                    usage = Usage(input_tokens=prompt_tokens, output_tokens=index + 1)
-                    yield EngineFinished(FinishReason.STOP_SEQUENCE, usage, check.matched, prefill)
+            while True:
+                events = stream.take()
+                end = stream.end
+                if end is not None:
+                    for event in events:
+                        yield event
+                    if isinstance(end, Unavailable):
+                        raise end
+                    yield end
                     return
-                yield TokenDelta(check.emit, (token,), logprobs)
-            tail = stops.flush()
-            if tail:
-                yield TokenDelta(tail)
-            usage = Usage(input_tokens=prompt_tokens, output_tokens=request.max_tokens)
-            yield EngineFinished(FinishReason.LENGTH, usage, prefill_seconds=prefill)
+                if events:
+                    yield events[0]
+                    continue
+                stream.waiter = loop.create_future()
+                await stream.waiter
+                stream.waiter = None
         finally:
             self._active -= 1
+            if stream.end is None:  # closed or cancelled mid-stream: out of the batch at once
+                self._running.pop(stream, None)
+                if stream in self._prefilling:
+                    self._prefilling.remove(stream)
+
+    async def _step_loop(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+        rate = self._config.tokens_per_second
+        interval = 1.0 / rate if rate > 0 else 0.0
+        next_step = loop.time()
+        while True:
+            if not self._running and not self._prefilling:
+                wake.clear()
+                await wake.wait()
+                next_step = loop.time()  # idle: step as soon as a request arrives
+            now = loop.time()
+            if self._prefilling:
+                self._admit(now)
+                if not self._running:  # only prefills in progress: sleep until the first is over
+                    first = min(s.ready_at for s in self._prefilling)
+                    await asyncio.sleep(max(0.0, first - now))
+                    next_step = loop.time()
+                    continue
+            self._step()
+            if interval:
+                next_step += interval
+                delay = next_step - loop.time()
+                if delay < 0:  # late: the schedule slips rather than bursting to catch up
+                    next_step, delay = loop.time(), 0.0
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)
+
+    def _admit(self, now: float) -> None:
+        ready = [s for s in self._prefilling if s.ready_at <= now]
+        if ready:
+            self._prefilling = [s for s in self._prefilling if s.ready_at > now]
+            started = time.perf_counter()
+            for stream in ready:
+                stream.prefill = started - stream.submitted
+                self._running[stream] = None
+
+    def _step(self) -> None:
+        """One token for every running request: the only loop over the batch."""
+        self.steps += 1
+        finished: list[_Stream] = []
+        for stream in self._running:
+            index = stream.produced
+            token = synthetic_token(stream.seed, index)
+            stream.produced = index + 1
+            check = stream.stops.feed(VOCABULARY[token] + " ")
+            if check.emit:
+                stream.texts.append(check.emit)
+            stream.ids.append(token)  # its id counts, even with no text left (a stop string's last token)
+            if stream.top_logprobs is not None:
+                stream.logprobs.extend(self._logprobs(token, stream.top_logprobs))
+            if check.matched is not None:
+                usage = Usage(input_tokens=stream.prompt_tokens, output_tokens=stream.produced)
+                stream.end = EngineFinished(FinishReason.STOP_SEQUENCE, usage, check.matched, stream.prefill)
+                finished.append(stream)
+            elif stream.produced == stream.max_tokens:
+                tail = stream.stops.flush()
+                if tail:
+                    stream.texts.append(tail)
+                usage = Usage(input_tokens=stream.prompt_tokens, output_tokens=stream.produced)
+                stream.end = EngineFinished(FinishReason.LENGTH, usage, prefill_seconds=stream.prefill)
+                finished.append(stream)
+            stream.wake()
+        for stream in finished:
+            del self._running[stream]
 
     def _count_prompt(self, request: GenerationRequest) -> int:
         prompt = request.prompt
