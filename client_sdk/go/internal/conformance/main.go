@@ -1,0 +1,445 @@
+// Command conformance is the Go runner of Rillet's conformance suite: it plays tests/conformance/scenarios.json
+// through package rillet against a live server and prints one JSON line per scenario.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/rillet-dev/rillet/client_sdk/go/rillet"
+	rilletv1 "github.com/rillet-dev/rillet/client_sdk/go/rillet/v1"
+)
+
+// waitLimit bounds every wait: a scenario that would hang fails instead.
+const waitLimit = 30 * time.Second
+
+type step map[string]any
+
+func (s step) str(key string) string { v, _ := s[key].(string); return v }
+func (s step) num(key string) (int, bool) {
+	v, ok := s[key].(float64)
+	return int(v), ok
+}
+func (s step) flag(key string) bool { v, _ := s[key].(bool); return v }
+
+type scenario struct {
+	Name  string `json:"name"`
+	Steps []step `json:"steps"`
+}
+
+// tracked is what one session request received, filled by its collector goroutine.
+type tracked struct {
+	req         *rillet.Request
+	outputs     []*rilletv1.SessionResponse
+	terminal    *rilletv1.SessionResponse
+	err         error
+	firstOutput chan struct{}
+	done        chan struct{}
+}
+
+type runner struct {
+	client    *rillet.Client
+	conn      *grpc.ClientConn
+	serverPID int
+	session   *rillet.Session
+	requests  map[string]*tracked
+	closed    bool // half-closed
+}
+
+func (r *runner) open() (*rillet.Session, error) {
+	if r.session == nil {
+		s, err := r.client.Session(context.Background())
+		if err != nil {
+			return nil, err
+		}
+		r.session = s
+	}
+	return r.session, nil
+}
+
+func (r *runner) track(id string, req *rillet.Request) {
+	t := &tracked{req: req, firstOutput: make(chan struct{}), done: make(chan struct{})}
+	r.requests[id] = t
+	go func() {
+		defer close(t.done)
+		for msg, err := range req.Events() {
+			switch {
+			case err != nil:
+				t.terminal, t.err = msg, err
+			case msg.GetFinished() != nil:
+				t.terminal = msg
+			default:
+				t.outputs = append(t.outputs, msg)
+				if len(t.outputs) == 1 {
+					close(t.firstOutput)
+				}
+			}
+		}
+	}()
+}
+
+func wait(ch <-chan struct{}, what string) error {
+	select {
+	case <-ch:
+		return nil
+	case <-time.After(waitLimit):
+		return fmt.Errorf("timed out waiting for %s", what)
+	}
+}
+
+func (r *runner) terminal(id string) (*tracked, error) {
+	t, ok := r.requests[id]
+	if !ok {
+		return nil, fmt.Errorf("no request %q", id)
+	}
+	return t, wait(t.done, id+"'s terminal message")
+}
+
+func checkError(s step, err error) error {
+	var e *rillet.Error
+	if !errors.As(err, &e) {
+		return fmt.Errorf("expected %s, got %v", s.str("code"), err)
+	}
+	if name := codeName(e.Code); name != s.str("code") {
+		return fmt.Errorf("code %s, expected %s (%v)", name, s.str("code"), e)
+	}
+	if want := s.str("reason"); want != "" && e.Reason != want {
+		return fmt.Errorf("reason %q, expected %q", e.Reason, want)
+	}
+	if want := s.str("domain"); want != "" && e.Domain != want {
+		return fmt.Errorf("domain %q, expected %q", e.Domain, want)
+	}
+	return nil
+}
+
+// codeName spells a code as the proto does: INVALID_ARGUMENT, DEADLINE_EXCEEDED, ...
+func codeName(c codes.Code) string {
+	if c == codes.Canceled {
+		return "CANCELLED"
+	}
+	var b strings.Builder
+	for i, ch := range c.String() {
+		if i > 0 && ch >= 'A' && ch <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(ch)
+	}
+	return strings.ToUpper(b.String())
+}
+
+func checkCount(s step, n int) error {
+	if want, ok := s.num("outputs"); ok && n != want {
+		return fmt.Errorf("%d outputs, expected %d", n, want)
+	}
+	if want, ok := s.num("min_outputs"); ok && n < want {
+		return fmt.Errorf("%d outputs, expected at least %d", n, want)
+	}
+	return nil
+}
+
+// checkAudio: each chunk starts at the sample where the previous one ended.
+func checkAudio(chunks []*rilletv1.AudioChunk) error {
+	var expected uint64
+	for _, c := range chunks {
+		if c.GetOffsetSamples() != expected {
+			return fmt.Errorf("audio offset %d, expected %d", c.GetOffsetSamples(), expected)
+		}
+		expected += uint64(len(c.GetAudio())) / uint64(2*max(c.GetChannelCount(), 1))
+	}
+	return nil
+}
+
+func (r *runner) step(s step) error {
+	ctx := context.Background()
+	id := s.str("id")
+	switch op := s.str("op"); op {
+	case "generate":
+		session, err := r.open()
+		if err != nil {
+			return err
+		}
+		maxTokens, _ := s.num("max_tokens")
+		mt := uint32(maxTokens)
+		start := &rilletv1.StartGenerate{Params: &rilletv1.GenerateParams{
+			Prompt: &rilletv1.GenerateParams_Text{Text: s.str("prompt")}, MaxTokens: &mt,
+		}}
+		if ms, ok := s.num("timeout_ms"); ok {
+			start.Timeout = durationpb.New(time.Duration(ms) * time.Millisecond)
+		}
+		req, err := session.Generate(ctx, id, start)
+		if err != nil {
+			return err
+		}
+		r.track(id, req)
+	case "synthesize":
+		session, err := r.open()
+		if err != nil {
+			return err
+		}
+		req, err := session.Synthesize(ctx, id, &rilletv1.StartSynthesize{
+			Params:            &rilletv1.SynthesizeParams{Text: s.str("text")},
+			StreamingInput:    s.flag("streaming_input"),
+			TextFromRequestId: s.str("text_from"),
+		})
+		if err != nil {
+			return err
+		}
+		r.track(id, req)
+	case "append_text":
+		return r.requests[id].req.AppendText(s.str("text"))
+	case "end_input":
+		return r.requests[id].req.EndInput()
+	case "cancel":
+		if t, ok := r.requests[id]; ok {
+			return t.req.Cancel()
+		}
+		session, err := r.open()
+		if err != nil {
+			return err
+		}
+		return session.Send(&rilletv1.SessionRequest{RequestId: id, Kind: &rilletv1.SessionRequest_Cancel{Cancel: &rilletv1.Cancel{}}})
+	case "half_close":
+		r.closed = true
+		return r.session.CloseSend()
+	case "await_output":
+		return wait(r.requests[id].firstOutput, id+"'s first output")
+	case "expect_finished":
+		t, err := r.terminal(id)
+		if err != nil {
+			return err
+		}
+		if t.err != nil {
+			return fmt.Errorf("%s failed: %v", id, t.err)
+		}
+		if got := t.terminal.GetFinished().GetReason().String(); got != s.str("reason") {
+			return fmt.Errorf("%s: reason %s, expected %s", id, got, s.str("reason"))
+		}
+		if err := checkCount(s, len(t.outputs)); err != nil {
+			return fmt.Errorf("%s: %w", id, err)
+		}
+		var chunks []*rilletv1.AudioChunk
+		for _, m := range t.outputs {
+			if c := m.GetAudioChunk(); c != nil {
+				chunks = append(chunks, c)
+			}
+		}
+		return checkAudio(chunks)
+	case "expect_error":
+		t, err := r.terminal(id)
+		if err != nil {
+			return err
+		}
+		return checkError(s, t.err)
+	case "expect_rejected":
+		session, err := r.open()
+		if err != nil {
+			return err
+		}
+		timeout := time.After(waitLimit)
+		for {
+			select {
+			case rejection := <-session.Rejections():
+				if rejection.RequestID == id {
+					return checkError(s, rejection)
+				}
+			case <-timeout:
+				return fmt.Errorf("no rejection for %q", id)
+			}
+		}
+	case "expect_call_end":
+		if !r.closed {
+			r.closed = true
+			if err := r.session.CloseSend(); err != nil && s.str("code") == "OK" {
+				return err
+			}
+		}
+		done := make(chan error, 1)
+		go func() { done <- r.session.Wait() }()
+		select {
+		case err := <-done:
+			if s.str("code") == "OK" {
+				return err
+			}
+			return checkError(s, err)
+		case <-time.After(waitLimit):
+			return errors.New("the call never ended")
+		}
+	case "drain":
+		return r.drain()
+	case "call_generate":
+		maxTokens, _ := s.num("max_tokens")
+		mt := uint32(maxTokens)
+		if ms, ok := s.num("deadline_ms"); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
+			defer cancel()
+		}
+		var outputs int
+		for msg, err := range r.client.Generate(ctx, &rilletv1.GenerateParams{
+			Prompt: &rilletv1.GenerateParams_Text{Text: s.str("prompt")}, MaxTokens: &mt,
+		}) {
+			if err != nil {
+				return checkError(s, err)
+			}
+			if f := msg.GetFinished(); f != nil {
+				return finishedOneShot(s, f, outputs, nil)
+			}
+			outputs++
+		}
+		return errors.New("the stream ended with no terminal message")
+	case "call_synthesize":
+		var chunks []*rilletv1.AudioChunk
+		for msg, err := range r.client.Synthesize(ctx, &rilletv1.SynthesizeParams{Text: s.str("text")}) {
+			if err != nil {
+				return checkError(s, err)
+			}
+			if f := msg.GetFinished(); f != nil {
+				return finishedOneShot(s, f, len(chunks), chunks)
+			}
+			chunks = append(chunks, msg.GetAudioChunk())
+		}
+		return errors.New("the stream ended with no terminal message")
+	case "list_models":
+		models, err := r.client.ListModels(ctx)
+		if err != nil {
+			return err
+		}
+		for _, raw := range s["expect"].([]any) {
+			if !anyModelLike(models, raw.(map[string]any)) {
+				return fmt.Errorf("no model like %v", raw)
+			}
+		}
+	default:
+		return fmt.Errorf("unknown op %q", op)
+	}
+	return nil
+}
+
+func finishedOneShot(s step, f *rilletv1.Finished, outputs int, chunks []*rilletv1.AudioChunk) error {
+	if s.str("code") != "OK" {
+		return fmt.Errorf("finished, expected %s", s.str("code"))
+	}
+	if got := f.GetReason().String(); got != s.str("reason") {
+		return fmt.Errorf("reason %s, expected %s", got, s.str("reason"))
+	}
+	if err := checkCount(s, outputs); err != nil {
+		return err
+	}
+	return checkAudio(chunks)
+}
+
+func anyModelLike(models []*rilletv1.Model, want map[string]any) bool {
+	for _, m := range models {
+		fields := map[string]any{
+			"name": m.GetName(), "kind": m.GetKind().String(), "engine": m.GetEngine(),
+			"is_default": m.GetIsDefault(), "is_test_engine": m.GetIsTestEngine(),
+		}
+		like := true
+		for k, v := range want {
+			like = like && fields[k] == v
+		}
+		if like {
+			return true
+		}
+	}
+	return false
+}
+
+// drain sends SIGTERM to the server, then waits until its health says NOT_SERVING: from then on it refuses
+// new work.
+func (r *runner) drain() error {
+	if err := syscall.Kill(r.serverPID, syscall.SIGTERM); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	watch, err := healthpb.NewHealthClient(r.conn).Watch(ctx, &healthpb.HealthCheckRequest{Service: "rillet.v1.InferenceService"})
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := watch.Recv()
+		if err != nil {
+			return err
+		}
+		if resp.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING {
+			return nil
+		}
+	}
+}
+
+// finish: every request ended, and a session still open ends with OK after a half-close (no stray messages).
+func (r *runner) finish() error {
+	if r.session != nil && !r.closed {
+		if err := r.step(step{"op": "expect_call_end", "code": "OK"}); err != nil {
+			return err
+		}
+	}
+	for id := range r.requests {
+		if _, err := r.terminal(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func main() {
+	scenariosPath := flag.String("scenarios", "", "scenarios.json")
+	target := flag.String("target", "", "host:port of the server")
+	serverPID := flag.Int("server-pid", 0, "the server's process id (the drain scenario signals it)")
+	flag.Parse()
+	data, err := os.ReadFile(*scenariosPath)
+	if err != nil {
+		panic(err)
+	}
+	var suite struct {
+		Scenarios []scenario `json:"scenarios"`
+	}
+	if err := json.Unmarshal(data, &suite); err != nil {
+		panic(err)
+	}
+	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		panic(err)
+	}
+	defer conn.Close()
+	failed := false
+	for _, sc := range suite.Scenarios {
+		r := &runner{client: rillet.NewClient(conn), conn: conn, serverPID: *serverPID, requests: map[string]*tracked{}}
+		var err error
+		for _, s := range sc.Steps {
+			if err = r.step(s); err != nil {
+				err = fmt.Errorf("step %v: %w", s["op"], err)
+				break
+			}
+		}
+		if err == nil {
+			err = r.finish()
+		}
+		if r.session != nil {
+			r.session.Close()
+		}
+		detail := ""
+		if err != nil {
+			detail, failed = err.Error(), true
+		}
+		line, _ := json.Marshal(map[string]any{"scenario": sc.Name, "passed": err == nil, "detail": detail})
+		fmt.Println(string(line))
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
