@@ -92,7 +92,7 @@ bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
 	bench/build_llama_server.sh
 	$(PY) bench/bench_cpu.py
-	$(PY) bench/soak_cpu.py
+	$(PY) bench/soak.py
 	$(PY) bench/bench_speech.py
 
 clean:
