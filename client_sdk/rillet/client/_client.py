@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import itertools
 import json
 import logging
@@ -40,11 +41,23 @@ Metadata = Sequence[tuple[str, str]]
 Prompt = str | Sequence[int] | Sequence[ChatMessage]
 E = TypeVar("E", TokenDelta, AudioChunk)
 
-# gRPC retries UNAVAILABLE only until the first response message arrives: ListModels, and one-shot streams
-# before their first token or chunk. A stream that has started is never replayed (it would duplicate output);
-# sessions are not retried at all.
-SERVICE_CONFIG = json.dumps(
-    {
+HEALTH_SERVICE = "rillet.v1.InferenceService"
+"""The grpc.health.v1 service name a balanced channel watches on each backend (NOT_SERVING: warming, draining)."""
+
+
+def service_config(*, round_robin: bool) -> str:
+    """The channel's gRPC service config (JSON).
+
+    Retries: gRPC retries UNAVAILABLE only until the first response message arrives: ListModels, and one-shot
+    streams before their first token or chunk. A stream that has started is never replayed (it would duplicate
+    output); sessions are not retried at all.
+
+    Balancing (`round_robin`): calls are spread over every address the target resolves to, skipping backends whose
+    grpc.health.v1 Watch of HEALTH_SERVICE says NOT_SERVING (warming up, draining) and backends that are down; gRPC
+    reconnects to those by itself (with backoff) and takes them back once they serve. A call refused by a draining
+    backend before its first output is retried on the next one.
+    """
+    config: dict[str, Any] = {
         "methodConfig": [
             {
                 "name": [
@@ -61,14 +74,55 @@ SERVICE_CONFIG = json.dumps(
             }
         ]
     }
-)
+    if round_robin:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE}
+    return json.dumps(config)
+
+
 DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, str | int], ...] = (
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.enable_retries", 1),
-    ("grpc.service_config", SERVICE_CONFIG),
 )
+
+
+def channel_target(target: str | Sequence[str], round_robin: bool | None = None) -> tuple[str, bool]:
+    """The gRPC target for `target`, and whether calls are balanced round_robin over its backends.
+
+    `target` is a gRPC target string or a list of "host:port" addresses (IP literals: a list of names is one DNS
+    name away, "dns:///name:port"). Unless `round_robin` says otherwise, a target that names several backends is
+    balanced: a list of two or more addresses, an "ipv4:"/"ipv6:" target with several, or any "dns:" target (every
+    address the name resolves to, e.g. a Kubernetes headless Service). A plain "host:port" connects to one backend
+    at a time (gRPC's pick_first), so the server's own errors (UNAVAILABLE WARMING_UP, ...) reach the caller.
+    """
+    if isinstance(target, str):
+        several = target.startswith("dns:") or (target.startswith(("ipv4:", "ipv6:")) and "," in target)
+        return target, several if round_robin is None else round_robin
+    addresses = list(target)
+    if not addresses:
+        raise ValueError("no address to connect to")
+    families = {_ip_family(address) for address in addresses}
+    if len(families) > 1:
+        raise ValueError("a list of addresses must be all IPv4 or all IPv6")
+    joined = f"{families.pop()}:{','.join(addresses)}"
+    return joined, len(addresses) > 1 if round_robin is None else round_robin
+
+
+def _ip_family(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    try:
+        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        raise ValueError(
+            f"{address!r}: a list of addresses takes IP literals; for a name use one target, 'dns:///{address}'"
+        ) from None
+    if ip.version == 6 and not host.startswith("["):
+        raise ValueError(f"{address!r}: write an IPv6 address in brackets, [addr]:port")
+    return f"ipv{ip.version}"
 
 
 class RequestStream(Generic[E]):
@@ -212,8 +266,9 @@ class Client:
     @classmethod
     def connect(
         cls,
-        target: str,
+        target: str | Sequence[str],
         *,
+        round_robin: bool | None = None,
         tls: TlsOptions | None = None,
         token: str | None = None,
         metadata: Metadata = (),
@@ -221,8 +276,11 @@ class Client:
         tracing: bool = False,
         tracer_provider: TracerProvider | None = None,
     ) -> Client:
-        """A client for `target` ("host:port").
+        """A client for `target`: "host:port", any gRPC target ("dns:///name:port", "ipv4:a:p,b:p"), or a list.
 
+        A list of addresses or a "dns:" target is balanced `round_robin` over its healthy backends (see
+        `channel_target`; `round_robin=True` balances a plain "name:port" over every address it resolves to): calls
+        skip backends that are down, warming up or draining, and come back to them once they serve again.
         `tls` makes the connection TLS (mutual TLS with a client certificate); without it the connection is plain.
         `token` is sent on every call as `authorization: Bearer <token>` (as gRPC call credentials under TLS).
         `metadata` goes on every call; `options` are extra gRPC channel arguments.
@@ -232,7 +290,9 @@ class Client:
         """
         if token is not None and (not token or token != token.strip() or "\n" in token):
             raise ValueError("a bearer token must be non-empty, without surrounding whitespace or newlines")
+        grpc_target, balanced = channel_target(target, round_robin)
         merged: dict[str, str | int] = dict(DEFAULT_CHANNEL_OPTIONS)
+        merged["grpc.service_config"] = service_config(round_robin=balanced)
         if tls is not None and tls.server_name is not None:
             merged["grpc.ssl_target_name_override"] = tls.server_name
         merged.update(options)
@@ -241,14 +301,14 @@ class Client:
             credentials = tls.credentials()
             if token is not None:
                 credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
-            channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
+            channel = grpc.aio.secure_channel(grpc_target, credentials, options=channel_options)
         else:
             # gRPC sends call credentials only over TLS, so on a plain connection the token is ordinary metadata.
             if token is not None:
                 metadata = (*metadata, ("authorization", f"Bearer {token}"))
-            channel = grpc.aio.insecure_channel(target, options=channel_options)
+            channel = grpc.aio.insecure_channel(grpc_target, options=channel_options)
         client = cls(channel, metadata=metadata, owns_channel=True, tracing=tracing, tracer_provider=tracer_provider)
-        client._server_attributes = _tracing.server_attributes(target)
+        client._server_attributes = _tracing.server_attributes(grpc_target)
         return client
 
     async def __aenter__(self) -> Self:

@@ -41,7 +41,7 @@ def tracer(provider: TracerProvider | None = None) -> Tracer:
 def server_attributes(target: str) -> dict[str, Any]:
     """server.address and server.port from a "host:port" target (the whole target as address otherwise)."""
     host, sep, port = target.rpartition(":")
-    if sep and port.isdigit() and host and "/" not in host:
+    if sep and port.isdigit() and host and "/" not in host and "," not in host:
         return {"server.address": host.strip("[]"), "server.port": int(port)}
     return {"server.address": target}
 
