@@ -325,6 +325,7 @@ class RawSession:
         self._lock = asyncio.Lock()
         self._half_closed = False
         self._terminals = 0
+        self.disconnecting = False  # set before the client closes the channel on purpose
         tally.calls(+1)
         self._reader = asyncio.create_task(self._read())
 
@@ -457,7 +458,8 @@ class Outcome:
     finished: common_pb2.Finished | None = None
     error: Status | None = None
     cancel_sent: bool = False
-    call_ended: bool = False  # the call ended (a disconnect) before the terminal
+    call_ended: bool = False  # the call ended before the terminal: lost, unless the client disconnected on purpose
+    abandoned: bool = False  # the client closed the channel: no terminal was due
 
 
 class Soak:
@@ -794,6 +796,7 @@ class Soak:
                     await asyncio.sleep(rng.uniform(0, 0.5))
                 except TimeoutError:
                     pass
+                session.disconnecting = True
                 await disconnect.close()  # abrupt: every call on the channel is cancelled, the server sees it go
                 self.tally.events["session disconnected mid-stream"] += 1
                 await session.ended()
@@ -926,7 +929,7 @@ class Soak:
             sent.set()
             outcome = await self.follow(session, tracked, None)
             if outcome.call_ended:
-                self.tally.verified(tracked.check, complete=False)
+                self.tally.verified(tracked.check, complete=not outcome.abandoned)
                 return
             self.tally.verified(tracked.check)
             if outcome.error is None or tracked.check.outputs:
@@ -955,6 +958,7 @@ class Soak:
                 message = await tracked.messages.get()
                 if message is None:
                     outcome.call_ended = True
+                    outcome.abandoned = session.disconnecting
                     return outcome
                 kind = message.WhichOneof("kind")
                 if kind == "finished":
@@ -980,7 +984,7 @@ class Soak:
         """Account one ended session request; returns RESOURCE_EXHAUSTED when it should be retried."""
         check = outcome.tracked.check
         if outcome.call_ended:
-            self.tally.verified(check, complete=False)
+            self.tally.verified(check, complete=not outcome.abandoned)
             return None
         self.tally.verified(check)
         if outcome.finished is not None:
