@@ -123,6 +123,6 @@ class Batching(Protocol):
     """An engine that runs its own step loop (continuous batching) and reports every step's batch size."""
 
     @property
-    def steps(self) -> StepReporter:
+    def step_reporter(self) -> StepReporter:
         """The reporter its step loop calls."""
         ...

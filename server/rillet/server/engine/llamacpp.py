@@ -819,7 +819,7 @@ class LlamaCppEngine:
         self._dead = False
         self._closed = False
         self._models = (self._model_info(context_limit(config), False),)
-        self.steps = StepReporter()  # observer.Batching: every step's batch size, for telemetry
+        self.step_reporter = StepReporter()  # observer.Batching: every step's batch size, for telemetry
 
     def _model_info(self, limit: int, supports_chat: bool) -> ModelInfo:
         if self._config.model_path is None:
@@ -921,7 +921,7 @@ class LlamaCppEngine:
         if not ready.set_running_or_notify_cancel():
             return
         try:
-            worker = _Worker(self._config, self._mailbox, self._set_active, self.steps.step)
+            worker = _Worker(self._config, self._mailbox, self._set_active, self.step_reporter.step)
         except BaseException as exc:
             log.exception("llamacpp: loading failed")
             ready.set_exception(exc)

@@ -14,6 +14,7 @@ from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import TextCapabilities, TextEvent
 from rillet.server.engine.text import StopMatcher, check_request
 from rillet.server.errors import InvalidArgument, Unavailable
+from rillet.server.observer import StepReporter
 from rillet.server.types import (
     EngineFinished,
     FinishReason,
@@ -116,6 +117,7 @@ class SyntheticEngine:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.steps = 0  # steps run since start (a figure for benchmarks: tokens per step = batch size)
+        self.step_reporter = StepReporter()  # observer.Batching: every step's batch size, for telemetry
         self._models = (
             ModelInfo(
                 name=config.model_name,
@@ -267,6 +269,7 @@ class SyntheticEngine:
     def _step(self) -> None:
         """One token for every running request: the only loop over the batch."""
         self.steps += 1
+        self.step_reporter.step(len(self._running))
         finished: list[_Stream] = []
         for stream in self._running:
             index = stream.produced

@@ -111,7 +111,9 @@ class Telemetry:
         for engine in watched:
             if isinstance(engine, Batching):
                 attributes = {sc.RILLET_ENGINE: engine.name}
-                engine.steps.listen(functools.partial(_record_step, self.instruments.batch_size.record, attributes))
+                engine.step_reporter.listen(
+                    functools.partial(_record_step, self.instruments.batch_size.record, attributes)
+                )
 
     def shutdown(self) -> None:
         """Flush and stop the exporters and the Prometheus endpoint."""
