@@ -101,22 +101,21 @@ async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
     await server.stop(None)
 
 
-@pytest.fixture
-async def served(receiver: tuple[Receiver, int]) -> AsyncIterator[Served]:
-    _, otlp_port = receiver
+@contextlib.asynccontextmanager
+async def serve(*flags: str, **env: str) -> AsyncIterator[Served]:
+    """`rillet serve` (synthetic text unless flags say otherwise) with a Prometheus endpoint; SIGTERM at the end."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rillet.server.cli", "serve", "--port", "0", "--text-engine", "synthetic",
-        "--speech-engine", "none", "--otlp-endpoint", f"http://127.0.0.1:{otlp_port}", "--prometheus-port", "0",
+        "--prometheus-port", "0", *flags,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_METRIC_EXPORT_INTERVAL": "200",
-             "RILLET_SYNTHETIC__TOKENS_PER_SECOND": "100"},
+        env={**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_METRIC_EXPORT_INTERVAL": "200", **env},
     )  # fmt: skip
     assert process.stderr is not None
     log: list[str] = []
     port = prometheus_port = 0
     while not port:
-        line = (await asyncio.wait_for(process.stderr.readline(), timeout=30)).decode()
-        assert line, "the server exited before serving"
+        line = (await asyncio.wait_for(process.stderr.readline(), timeout=60)).decode()
+        assert line, f"the server exited before serving: {log}"
         log.append(line)
         if match := re.search(r"prometheus metrics on http://[\d.]+:(\d+)/metrics", line):
             prometheus_port = int(match.group(1))
@@ -143,6 +142,14 @@ async def served(receiver: tuple[Receiver, int]) -> AsyncIterator[Served]:
         draining.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await draining
+
+
+@pytest.fixture
+async def served(receiver: tuple[Receiver, int]) -> AsyncIterator[Served]:
+    _, otlp_port = receiver
+    flags = ("--speech-engine", "none", "--otlp-endpoint", f"http://127.0.0.1:{otlp_port}")
+    async with serve(*flags, RILLET_SYNTHETIC__TOKENS_PER_SECOND="100") as served:
+        yield served
 
 
 @pytest.fixture
