@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tensorrt_llm._double import SIMULATION
 from tensorrt_llm._double.tokenizer import EOS, piece_bytes, piece_ids
@@ -108,6 +108,9 @@ class _Sequence:
 class SimulatedExecutor:
     """Runs requests in flight, batched per step, on one background thread; see the module docstring."""
 
+    instances: ClassVar[list[SimulatedExecutor]] = []
+    """Every executor created in this process (kept: benchmarks read their counters at exit)."""
+
     def __init__(self, args: TorchLlmArgs, end_id: int) -> None:
         self._args = args
         self._end_id = end_id
@@ -125,6 +128,8 @@ class SimulatedExecutor:
         self.steps = 0
         self.largest_batch = 0
         self.cpu_seconds = 0.0  # CPU the step loop itself used (thread time): benchmarks subtract it
+        self.tokens_produced = 0  # tokens handed to results (end tokens excluded)
+        SimulatedExecutor.instances.append(self)
         self._thread = threading.Thread(target=self._run, name="trtllm-double-executor", daemon=True)
         self._thread.start()
 
@@ -279,6 +284,7 @@ class SimulatedExecutor:
         else:
             new = [token]
             generated.append(token)
+            self.tokens_produced += 1
             if params.logprobs:
                 value = -0.25 * (1 + position % 3)
                 seq.cum_logprob[index] += value

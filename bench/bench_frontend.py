@@ -1,0 +1,287 @@
+"""Frontend benchmark: does Rillet keep up with a GPU engine? The trtllm engine over the TensorRT-LLM TEST DOUBLE.
+
+The double's simulated executor produces one token for each of 256 running sequences every 12.8 ms: 20,000
+tokens/s, what a GPU serving 256 streams at 78 tokens/s each would produce. Rillet (the real trtllm engine module,
+session, scheduler and gRPC transport) runs in its own process, started by bench/serve_trtllm_double.py; client
+processes keep 256 one-shot Generate streams open (closed loop, raw gRPC stubs) and check every stream: `seq`
+contiguous from 0, exactly one Finished and last, LENGTH, and the token ids received = usage.output_tokens =
+max_tokens. Reported: tokens the double produced vs tokens delivered (all of them, or the run failed), delivered
+tokens/s and messages/s, and the server process's CPU per token, with the double's own step loop (measured by its
+thread CPU time) subtracted: that is the frontend's cost. This is NOT a GPU number: no model runs.
+
+Run: .venv/bin/python bench/bench_frontend.py [--streams 256] [--tokens-per-second 20000] [--seconds 20] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rillet.v1 import generation_pb2, inference_service_pb2, inference_service_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+FINISH_LENGTH = 2  # rillet.v1.FinishReason.FINISH_REASON_LENGTH
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of one process, all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+@dataclass
+class ClientResult:
+    """What one client process saw."""
+
+    requests: int = 0
+    tokens: int = 0
+    messages: int = 0
+    bad_streams: int = 0
+    first_error: str = ""
+
+
+def client_main(port: int, streams: int, seconds: float, max_tokens: int, out: Any) -> None:
+    out.put(asdict(asyncio.run(_client(port, streams, seconds, max_tokens))))
+
+
+async def _client(port: int, streams: int, seconds: float, max_tokens: int) -> ClientResult:
+    result = ClientResult()
+    stop_at = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+
+        async def stream(index: int) -> None:
+            while time.monotonic() < stop_at:
+                params = generation_pb2.GenerateParams(
+                    text=f"stream {index}: the river runs quietly past the mill ",
+                    max_tokens=max_tokens,
+                    sampling=generation_pb2.SamplingParams(temperature=0.0),
+                )
+                expected_seq = 0
+                tokens = 0
+                finished: Any = None
+                problem = ""
+                async for response in stub.Generate(inference_service_pb2.GenerateRequest(params=params)):
+                    result.messages += 1
+                    if response.seq != expected_seq or finished is not None:
+                        problem = f"seq {response.seq} where {expected_seq} was due (or after the finish)"
+                    expected_seq += 1
+                    kind = response.WhichOneof("kind")
+                    if kind == "token_delta":
+                        tokens += len(response.token_delta.token_ids)
+                    elif kind == "finished":
+                        finished = response.finished
+                    else:
+                        problem = f"unexpected {kind}"
+                result.requests += 1
+                result.tokens += tokens
+                if finished is None:
+                    problem = problem or "no Finished"
+                elif not (finished.reason == FINISH_LENGTH and tokens == finished.usage.output_tokens == max_tokens):
+                    problem = problem or f"finish {finished.reason}, {tokens} ids, usage {finished.usage.output_tokens}"
+                if problem:
+                    result.bad_streams += 1
+                    result.first_error = result.first_error or problem
+
+        outcomes = await asyncio.gather(*(stream(i) for i in range(streams)), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            result.bad_streams += 1
+            result.first_error = result.first_error or repr(outcome)
+    return result
+
+
+def wait_serving(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    async def check() -> bool:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            except grpc.aio.AioRpcError:
+                return False
+            return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode}")
+        if asyncio.run(check()):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the server did not become SERVING")
+
+
+@dataclass
+class Run:
+    """One measured run."""
+
+    seconds: float
+    produced_tokens: int
+    produced_tokens_per_s: float
+    delivered_tokens: int
+    delivered_tokens_per_s: float
+    target_tokens_per_s: float
+    messages_per_s: float
+    tokens_per_message: float
+    requests: int
+    bad_streams: int
+    first_error: str
+    server_cpu_s: float
+    double_cpu_s: float
+    frontend_cpu_us_per_token: float
+    server_cpu_us_per_token: float
+    largest_batch: int
+    load_average_before: float
+    load_average_after: float
+
+
+def one_run(opts: argparse.Namespace, index: int) -> Run:
+    port = free_port()
+    stats = RESULTS / f".frontend_double_stats_{os.getpid()}_{index}.json"
+    step = opts.streams / opts.tokens_per_second
+    env = {
+        **os.environ,
+        "RILLET_TRTLLM__MODEL": "rillet-double/bench",
+        "RILLET_TRTLLM__MAX_BATCH_SIZE": str(opts.streams),
+        "RILLET_TRTLLM__MAX_SEQ_LEN": str(opts.max_tokens + 64),
+        "RILLET_SCHEDULER__MAX_QUEUE": str(opts.streams),
+        "RILLET_LOG_LEVEL": "WARNING",
+    }
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "serve_trtllm_double.py"),
+        "--step-seconds",
+        f"{step:.6f}",
+        "--stats-out",
+        str(stats),
+        "--",
+        "serve",
+        "--text-engine",
+        "trtllm",
+        "--speech-engine",
+        "none",
+        "--port",
+        str(port),
+    ]
+    server = subprocess.Popen(command, env=env, cwd=ROOT)
+    try:
+        wait_serving(port, server)
+        load_before = load_average()
+        queue: Any = multiprocessing.get_context("spawn").Queue()
+        per_client = opts.streams // opts.clients
+        clients = [
+            multiprocessing.get_context("spawn").Process(
+                target=client_main, args=(port, per_client, opts.seconds, opts.max_tokens, queue)
+            )
+            for _ in range(opts.clients)
+        ]
+        cpu_before = cpu_seconds(server.pid)
+        started = time.monotonic()
+        for client in clients:
+            client.start()
+        results = [ClientResult(**queue.get(timeout=opts.seconds + 120)) for _ in clients]
+        elapsed = time.monotonic() - started
+        cpu_after = cpu_seconds(server.pid)
+        load_after = load_average()
+        for client in clients:
+            client.join(timeout=30)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    double = json.loads(stats.read_text())
+    stats.unlink()
+    delivered = sum(r.tokens for r in results)
+    messages = sum(r.messages for r in results)
+    server_cpu = cpu_after - cpu_before
+    produced = double["tokens_produced"] - 2  # the warm-up request's two tokens went to no client
+    frontend_cpu = server_cpu - double["executor_cpu_seconds"]
+    return Run(
+        seconds=round(elapsed, 2),
+        produced_tokens=produced,
+        produced_tokens_per_s=round(produced / elapsed),
+        delivered_tokens=delivered,
+        delivered_tokens_per_s=round(delivered / elapsed),
+        target_tokens_per_s=opts.tokens_per_second,
+        messages_per_s=round(messages / elapsed),
+        tokens_per_message=round(delivered / max(messages, 1), 2),
+        requests=sum(r.requests for r in results),
+        bad_streams=sum(r.bad_streams for r in results),
+        first_error=next((r.first_error for r in results if r.first_error), ""),
+        server_cpu_s=round(server_cpu, 2),
+        double_cpu_s=round(double["executor_cpu_seconds"], 2),
+        frontend_cpu_us_per_token=round(frontend_cpu / max(delivered, 1) * 1e6, 1),
+        server_cpu_us_per_token=round(server_cpu / max(delivered, 1) * 1e6, 1),
+        largest_batch=double["largest_batch"],
+        load_average_before=load_before,
+        load_average_after=load_after,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=256, help="concurrent streams (= the double's batch)")
+    parser.add_argument("--tokens-per-second", type=float, default=20_000.0, help="what the double produces in all")
+    parser.add_argument("--seconds", type=float, default=20.0, help="load duration of one run")
+    parser.add_argument("--max-tokens", type=int, default=256, help="tokens per request")
+    parser.add_argument("--clients", type=int, default=2, help="client processes sharing the streams")
+    parser.add_argument("--runs", type=int, default=3)
+    opts = parser.parse_args()
+    runs = []
+    for index in range(opts.runs):
+        run = one_run(opts, index)
+        print(json.dumps(asdict(run)), flush=True)
+        runs.append(run)
+    stamp = time.strftime("%Y%m%d-%H%M")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    document = {
+        "benchmark": "frontend over the TensorRT-LLM test double (no GPU, no model)",
+        "date": stamp,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "options": vars(opts),
+        "runs": [asdict(r) for r in runs],
+    }
+    (RESULTS / f"frontend_{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
+    median = {
+        key: statistics.median(getattr(r, key) for r in runs)
+        for key in (
+            "produced_tokens_per_s",
+            "delivered_tokens_per_s",
+            "messages_per_s",
+            "frontend_cpu_us_per_token",
+            "server_cpu_us_per_token",
+        )
+    }
+    print(json.dumps({"median": median}))
+
+
+if __name__ == "__main__":
+    main()
