@@ -1,0 +1,254 @@
+"""Rillet against the raw grpc.aio floor (bench/floor.py), side by side and alternating, with the spread of the ratios.
+
+Both servers run as their own processes on this machine; one client (`rillet bench`'s load generator, raw rillet.v1
+stubs) drives them in turns: each round runs every scenario on the floor and on Rillet, the order swapped every
+round so neither always runs second. Rillet serves the synthetic TEST engine (its step loop unthrottled, or paced as
+the floor's step clock is), so what differs is Rillet's serving path: validation, session, scheduler, outbox,
+coalescing, conversion. Ratios are Rillet / floor per round; the results give their median and p10-p90 over rounds.
+
+Scenarios (issue 10's targets):
+- idle_ttft: one stream at a time, 1 token each: time to the first message (target ≤ 1.1x p50, ≤ 1.3x p99).
+- stream64: 64 concurrent unthrottled streams of 1000 tokens: tokens/s delivered (target ≥ 150k, 0 lost);
+  the floor sends one token per message, Rillet coalesces.
+- paced512: 512 sessions, 50 tokens/s each (25.6k tokens/s): inter-token gap p99 (target ≤ 1.2x, 0 lost).
+
+Run: .venv/bin/python bench/floor_compare.py [--rounds 5] [--scenarios idle_ttft stream64 paced512]
+Writes bench/results/floor_<time>.json and .md; bench/perf_readme.py puts them in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rillet.server.loadgen import bench
+from rillet.server.loadgen.runner import Bound
+from rillet.server.loadgen.stats import percentile
+from rillet.server.loadgen.workload import Plan, Rpc
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    pace: float  # steps per second of both servers; 0 unthrottled
+    plan: Plan
+    concurrency: int
+    bound: Bound
+    warmup: int
+    metrics: dict[str, Callable[[dict[str, Any]], float]]  # name -> value read from a level summary
+    higher_is_better: frozenset[str] = frozenset()
+    targets: dict[str, str] | None = None
+
+
+SCENARIOS = {
+    "idle_ttft": Scenario(
+        pace=0,
+        plan=Plan(max_tokens=1),
+        concurrency=1,
+        bound=Bound(requests=400),
+        warmup=50,
+        metrics={"ttft_p50_ms": lambda s: s["ttft_ms"]["p50"], "ttft_p99_ms": lambda s: s["ttft_ms"]["p99"]},
+        targets={"ttft_p50_ms": "≤ 1.1x", "ttft_p99_ms": "≤ 1.3x"},
+    ),
+    "stream64": Scenario(
+        pace=0,
+        plan=Plan(max_tokens=1000),
+        concurrency=64,
+        bound=Bound(requests=192),
+        warmup=8,
+        metrics={
+            "tokens_per_s": lambda s: s["tokens_per_s"],
+            "messages_per_s": lambda s: s["messages_per_s"],
+            "lost": lambda s: s["lost"] + sum(s["errors"].values()),
+        },
+        higher_is_better=frozenset({"tokens_per_s", "messages_per_s"}),
+        targets={"tokens_per_s": "≥ 150k tokens/s, 0 lost"},
+    ),
+    "paced512": Scenario(
+        pace=50,
+        plan=Plan(rpc=Rpc.SESSION, max_tokens=100),
+        concurrency=512,
+        bound=Bound(requests=1024),
+        warmup=8,
+        metrics={
+            "itl_p50_ms": lambda s: s["itl_ms"]["p50"],
+            "itl_p99_ms": lambda s: s["itl_ms"]["p99"],
+            "tokens_per_s": lambda s: s["tokens_per_s"],
+            "lost": lambda s: s["lost"] + sum(s["errors"].values()),
+        },
+        higher_is_better=frozenset({"tokens_per_s"}),
+        targets={"itl_p99_ms": "≤ 1.2x, 0 lost"},
+    ),
+}
+
+
+_DRAINS: set[asyncio.Task[None]] = set()
+
+
+async def _started(command: list[str], env: dict[str, str], pattern: bytes) -> tuple[asyncio.subprocess.Process, int]:
+    process = await asyncio.create_subprocess_exec(
+        *command, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert process.stdout is not None
+    while line := await asyncio.wait_for(process.stdout.readline(), timeout=60):
+        if match := re.search(pattern, line):
+            _DRAINS.add(asyncio.create_task(_drain(process.stdout)))  # the server's later output, read and dropped
+            return process, int(match.group(1))
+    raise RuntimeError(f"{command[:3]} never said where it serves")
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+@contextlib.asynccontextmanager
+async def servers(pace: float) -> AsyncIterator[dict[str, str]]:
+    """A floor and a Rillet server, both paced at `pace` steps per second; yields their targets."""
+    floor_cmd = [sys.executable, str(ROOT / "bench" / "floor.py"), "--port", "0", "--steps-per-second", str(pace)]
+    rillet_cmd = [sys.executable, "-m", "rillet.server.cli", "serve", "--port", "0", "--text-engine", "synthetic",
+                  "--speech-engine", "none"]  # fmt: skip
+    rillet_env = {
+        "RILLET_SYNTHETIC__TOKENS_PER_SECOND": str(pace),
+        "RILLET_SYNTHETIC__FIRST_OUTPUT_DELAY_S": "0",
+        "RILLET_SYNTHETIC__SLOTS": "1024",
+        "RILLET_LOG_LEVEL": "INFO",
+    }
+    floor, floor_port = await _started(floor_cmd, {}, rb"floor serving on [\d.]+:(\d+)")
+    try:
+        rillet, rillet_port = await _started(rillet_cmd, rillet_env, rb"serving .* on [\d.]+:(\d+)")
+        try:
+            yield {"floor": f"127.0.0.1:{floor_port}", "rillet": f"127.0.0.1:{rillet_port}"}
+        finally:
+            rillet.terminate()
+            await rillet.wait()
+    finally:
+        floor.terminate()
+        await floor.wait()
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {
+        "median": round(statistics.median(ordered), 4),
+        "p10": round(percentile(ordered, 10), 4),
+        "p90": round(percentile(ordered, 90), 4),
+        "values": [round(v, 4) for v in values],
+    }
+
+
+async def run(rounds: int, names: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "tool": "bench/floor_compare.py",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "rounds": rounds,
+        "scenarios": {},
+    }
+    for pace in sorted({SCENARIOS[n].pace for n in names}):
+        async with servers(pace) as targets:
+            for name in [n for n in names if SCENARIOS[n].pace == pace]:
+                scenario = SCENARIOS[name]
+                per_round: list[dict[str, Any]] = []
+                for r in range(rounds):
+                    order = ("floor", "rillet") if r % 2 == 0 else ("rillet", "floor")
+                    row: dict[str, Any] = {"order": list(order), "load_before": os.getloadavg()[0]}
+                    for system in order:
+                        out = await bench.run(
+                            targets[system],
+                            scenario.plan,
+                            concurrency=[scenario.concurrency],
+                            bound=scenario.bound,
+                            warmup=scenario.warmup,
+                        )
+                        level = out["levels"][0]
+                        row[system] = {metric: read(level) for metric, read in scenario.metrics.items()}
+                        row[system]["summary"] = level
+                    row["ratios"] = {
+                        metric: row["rillet"][metric] / row["floor"][metric]
+                        for metric in scenario.metrics
+                        if metric != "lost" and row["floor"][metric]
+                    }
+                    row["load_after"] = os.getloadavg()[0]
+                    per_round.append(row)
+                    ratios = ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios"].items())
+                    print(f"{name} round {r + 1}/{rounds}: {ratios} (load {row['load_before']:.1f})", flush=True)
+                results["scenarios"][name] = {
+                    "pace_steps_per_s": pace,
+                    "concurrency": scenario.concurrency,
+                    "plan": {"rpc": scenario.plan.rpc.value, "max_tokens": scenario.plan.max_tokens},
+                    "bound": {"requests": scenario.bound.requests, "duration_s": scenario.bound.duration_s},
+                    "targets": scenario.targets or {},
+                    "higher_is_better": sorted(scenario.higher_is_better),
+                    "floor": {m: spread([row["floor"][m] for row in per_round]) for m in scenario.metrics},
+                    "rillet": {m: spread([row["rillet"][m] for row in per_round]) for m in scenario.metrics},
+                    "ratios": {
+                        m: spread([row["ratios"][m] for row in per_round if m in row["ratios"]])
+                        for m in scenario.metrics
+                        if m != "lost"
+                    },
+                    "rounds": per_round,
+                }
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"# Rillet against the raw grpc.aio floor — {results['started']}",
+        "",
+        f"{results['rounds']} rounds, floor and Rillet alternating (order swapped each round), one client process; "
+        f"{results['machine']['cpus']} CPUs shared with other work (load average per round below). "
+        "Ratio = Rillet / floor per round; median and p10-p90 over rounds. Synthetic TEST engine.",
+        "",
+        "| scenario | metric | floor (median) | Rillet (median) | ratio median | ratio p10-p90 | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in results["scenarios"].items():
+        for metric, ratio in s["ratios"].items():
+            lines.append(
+                f"| {name} | {metric} | {s['floor'][metric]['median']:,.3f} | {s['rillet'][metric]['median']:,.3f} | "
+                f"{ratio['median']:.2f}x | {ratio['p10']:.2f}-{ratio['p90']:.2f}x | {s['targets'].get(metric, '')} |"
+            )
+        if "lost" in s["rillet"]:
+            lines.append(
+                f"| {name} | lost + errors (all rounds) | {sum(s['floor']['lost']['values']):.0f} | "
+                f"{sum(s['rillet']['lost']['values']):.0f} | | | 0 |"
+            )
+    lines += ["", "Load average (1 min) before each round:", ""]
+    for name, s in results["scenarios"].items():
+        loads = ", ".join(f"{row['load_before']:.1f}" for row in s["rounds"])
+        lines.append(f"- {name}: {loads}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--tag", default="", help="appended to the results' file names")
+    args = parser.parse_args()
+    results = asyncio.run(run(args.rounds, args.scenarios))
+    stamp = time.strftime("%Y%m%d-%H%M") + (f"-{args.tag}" if args.tag else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"floor_{stamp}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (RESULTS / f"floor_{stamp}.md").write_text(markdown(results), encoding="utf-8")
+    print(markdown(results))
+    print(f"wrote bench/results/floor_{stamp}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
