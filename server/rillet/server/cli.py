@@ -72,6 +72,9 @@ def serve(
     capture_content: Annotated[
         bool | None, typer.Option(help="put prompt and output text on request spans (personal data!)")
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="server processes sharing the port (SO_REUSEPORT), each with its own engines")
+    ] = 1,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain. Telemetry: see README "Observability"."""
     tls = {"cert_file": tls_cert, "key_file": tls_key, "client_ca_file": tls_client_ca}
@@ -109,6 +112,8 @@ def serve(
         err.print(f"[red]invalid tenants:[/red] {error}")
         raise typer.Exit(2) from None
     exports = telemetry_exports(settings.telemetry, os.environ)  # the one place the OTEL_* switches are read
+    if workers > 1:
+        _serve_workers(settings, workers)
     configure_logging(settings.log_level, settings.telemetry.log_format, trace_ids=exports.otlp_traces)
     if settings.text_engine is TextEngineKind.SYNTHETIC:
         err.print("[yellow]text engine: SYNTHETIC TEST ENGINE — deterministic words, not a language model[/yellow]")
@@ -119,6 +124,21 @@ def serve(
         raise typer.Exit(1) from None
     if status:
         raise typer.Exit(status)
+
+
+def _serve_workers(settings: Settings, workers: int) -> None:
+    """Run `workers` copies of this very command, one process each, on one port; exits with the group's status."""
+    from rillet.server.workers import supervise
+
+    if settings.port == 0:
+        err.print("[red]--workers needs a fixed --port: with port 0 each process would pick its own[/red]")
+        raise typer.Exit(2)
+    if settings.telemetry.prometheus_port is not None:
+        err.print("[red]--workers with a Prometheus port: every process would bind it; export over OTLP instead[/red]")
+        raise typer.Exit(2)
+    configure_logging(settings.log_level, settings.telemetry.log_format, trace_ids=False)
+    command = [sys.executable, "-m", "rillet.server.cli", *sys.argv[1:], "--workers", "1"]  # the last --workers wins
+    raise typer.Exit(supervise(command, workers, {**os.environ, "RILLET_REUSE_PORT": "true"}))
 
 
 async def _serve(settings: Settings, exports: Exports) -> int:
