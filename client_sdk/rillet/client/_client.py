@@ -243,8 +243,8 @@ def _check_seq(request_id: str, expected: int, seq: int) -> None:
 class Client:
     """A connection to a Rillet server. Use `async with Client.connect(target) as client:`.
 
-    One Client holds one gRPC channel, which multiplexes every call and session. It is safe to use from many
-    tasks of one event loop; it is not thread-safe and does not survive a fork.
+    One Client holds one gRPC channel (or `connections` of them), which multiplexes every call and session. It is
+    safe to use from many tasks of one event loop; it is not thread-safe and does not survive a fork.
     """
 
     def __init__(
@@ -258,6 +258,9 @@ class Client:
     ) -> None:
         self._channel = channel
         self._stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        self._channels = [channel]  # with connect(connections=n), n channels: each call or session takes the next
+        self._stubs = [self._stub]
+        self._turn = 0
         self._metadata = tuple(metadata)
         self._owns_channel = owns_channel
         self._tracer = _tracing.tracer(tracer_provider) if tracing else None
@@ -269,6 +272,7 @@ class Client:
         target: str | Sequence[str],
         *,
         round_robin: bool | None = None,
+        connections: int = 1,
         tls: TlsOptions | None = None,
         token: str | None = None,
         metadata: Metadata = (),
@@ -284,30 +288,43 @@ class Client:
         `tls` makes the connection TLS (mutual TLS with a client certificate); without it the connection is plain.
         `token` is sent on every call as `authorization: Bearer <token>` (as gRPC call credentials under TLS).
         `metadata` goes on every call; `options` are extra gRPC channel arguments.
+        `connections` > 1 opens that many connections (channels) and spreads calls and sessions over them in turn:
+        one connection is served by one server process and is one client-side serialization point,
+        so many streams go faster over several (e.g. to a `rillet serve --workers N` port).
         With OpenTelemetry installed (`rillet-client[otel]`), every call and session request carries the caller's
         current trace context; `tracing=True` also makes a CLIENT span per call (from `tracer_provider`, by default
         the global one).
         """
         if token is not None and (not token or token != token.strip() or "\n" in token):
             raise ValueError("a bearer token must be non-empty, without surrounding whitespace or newlines")
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
         grpc_target, balanced = channel_target(target, round_robin)
         merged: dict[str, str | int] = dict(DEFAULT_CHANNEL_OPTIONS)
         merged["grpc.service_config"] = service_config(round_robin=balanced)
         if tls is not None and tls.server_name is not None:
             merged["grpc.ssl_target_name_override"] = tls.server_name
+        if connections > 1:
+            merged["grpc.use_local_subchannel_pool"] = 1  # else channels to one target share one connection
         merged.update(options)
         channel_options = list(merged.items())
         if tls is not None:
             credentials = tls.credentials()
             if token is not None:
                 credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
-            channel = grpc.aio.secure_channel(grpc_target, credentials, options=channel_options)
+            channels = [
+                grpc.aio.secure_channel(grpc_target, credentials, options=channel_options) for _ in range(connections)
+            ]
         else:
             # gRPC sends call credentials only over TLS, so on a plain connection the token is ordinary metadata.
             if token is not None:
                 metadata = (*metadata, ("authorization", f"Bearer {token}"))
-            channel = grpc.aio.insecure_channel(grpc_target, options=channel_options)
-        client = cls(channel, metadata=metadata, owns_channel=True, tracing=tracing, tracer_provider=tracer_provider)
+            channels = [grpc.aio.insecure_channel(grpc_target, options=channel_options) for _ in range(connections)]
+        client = cls(
+            channels[0], metadata=metadata, owns_channel=True, tracing=tracing, tracer_provider=tracer_provider
+        )
+        client._channels = channels
+        client._stubs += [inference_service_pb2_grpc.InferenceServiceStub(c) for c in channels[1:]]
         client._server_attributes = _tracing.server_attributes(grpc_target)
         return client
 
@@ -322,7 +339,13 @@ class Client:
     async def close(self) -> None:
         """Close the channel (when the client created it); calls still open are cancelled."""
         if self._owns_channel:
-            await self._channel.close()
+            await asyncio.gather(*(channel.close() for channel in self._channels))
+
+    def _next_stub(self) -> InferenceServiceAsyncStub:
+        """The stub of the next connection in turn (the only one, unless connect(connections=n))."""
+        stub = self._stubs[self._turn % len(self._stubs)]
+        self._turn += 1
+        return stub
 
     def _meta(self, metadata: Metadata | None) -> tuple[tuple[str, str], ...]:
         return self._metadata + tuple(metadata or ())
@@ -382,7 +405,7 @@ class Client:
             top_logprobs=top_logprobs,
         )
         trace = self._trace("Generate", metadata)
-        call = self._stub.Generate(
+        call = self._next_stub().Generate(
             inference_service_pb2.GenerateRequest(params=params), timeout=timeout, metadata=trace.metadata
         )
         return GenerateStream("", self._one_shot(call, _convert.token_delta, "token_delta", trace), _cancel_call(call))
@@ -402,7 +425,7 @@ class Client:
             text, voice=voice, sample_rate_hertz=sample_rate_hertz, max_chunk_s=max_chunk_s
         )
         trace = self._trace("Synthesize", metadata)
-        call = self._stub.Synthesize(
+        call = self._next_stub().Synthesize(
             inference_service_pb2.SynthesizeRequest(params=params), timeout=timeout, metadata=trace.metadata
         )
         stream = self._one_shot(call, _convert.audio_chunk, "audio_chunk", trace)
@@ -443,7 +466,7 @@ class Client:
         `timeout` is the deadline of the whole session call; give per-request limits to each request instead.
         """
         return Session(
-            self._stub, timeout=timeout, metadata=self._meta(metadata), trace=self._trace("Session", metadata)
+            self._next_stub(), timeout=timeout, metadata=self._meta(metadata), trace=self._trace("Session", metadata)
         )
 
 
