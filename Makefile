@@ -75,7 +75,7 @@ test-sdks: proto-tools
 	cd client_sdk/go && go vet ./... && go test ./...
 	cd client_sdk/ts && npx tsc --noEmit -p tsconfig.json && npm test
 
-test: lint
+test: lint tools test-sdks
 	$(BIN)/pytest
 
 # Tests without the real model and voice (seconds, not minutes).

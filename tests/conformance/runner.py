@@ -53,8 +53,10 @@ def check_audio(request: str, outputs: list[Any]) -> None:
 
 
 def check_outputs(step: dict[str, Any], outputs: list[Any]) -> None:
-    if "outputs" in step:
-        check(len(outputs) == step["outputs"], f"{len(outputs)} outputs, expected {step['outputs']}")
+    """Counts: tokens in the deltas (the server may coalesce deltas for a slow reader, never drop or add tokens)."""
+    if "tokens" in step:
+        tokens = sum(len(o.token_ids) for o in outputs if isinstance(o, TokenDelta))
+        check(tokens == step["tokens"], f"{tokens} tokens, expected {step['tokens']}")
     if "min_outputs" in step:
         check(len(outputs) >= step["min_outputs"], f"{len(outputs)} outputs, expected ≥ {step['min_outputs']}")
 

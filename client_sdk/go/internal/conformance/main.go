@@ -140,9 +140,11 @@ func codeName(c codes.Code) string {
 	return strings.ToUpper(b.String())
 }
 
-func checkCount(s step, n int) error {
-	if want, ok := s.num("outputs"); ok && n != want {
-		return fmt.Errorf("%d outputs, expected %d", n, want)
+// checkCount checks the tokens in the deltas (the server may coalesce deltas for a slow reader, never drop or
+// add tokens) and the number of outputs.
+func checkCount(s step, n, tokens int) error {
+	if want, ok := s.num("tokens"); ok && tokens != want {
+		return fmt.Errorf("%d tokens, expected %d", tokens, want)
 	}
 	if want, ok := s.num("min_outputs"); ok && n < want {
 		return fmt.Errorf("%d outputs, expected at least %d", n, want)
@@ -227,14 +229,16 @@ func (r *runner) step(s step) error {
 		if got := t.terminal.GetFinished().GetReason().String(); got != s.str("reason") {
 			return fmt.Errorf("%s: reason %s, expected %s", id, got, s.str("reason"))
 		}
-		if err := checkCount(s, len(t.outputs)); err != nil {
-			return fmt.Errorf("%s: %w", id, err)
-		}
 		var chunks []*rilletv1.AudioChunk
+		tokens := 0
 		for _, m := range t.outputs {
 			if c := m.GetAudioChunk(); c != nil {
 				chunks = append(chunks, c)
 			}
+			tokens += len(m.GetTokenDelta().GetTokenIds())
+		}
+		if err := checkCount(s, len(t.outputs), tokens); err != nil {
+			return fmt.Errorf("%s: %w", id, err)
 		}
 		return checkAudio(chunks)
 	case "expect_error":
@@ -287,7 +291,7 @@ func (r *runner) step(s step) error {
 			ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
 			defer cancel()
 		}
-		var outputs int
+		var outputs, tokens int
 		for msg, err := range r.client.Generate(ctx, &rilletv1.GenerateParams{
 			Prompt: &rilletv1.GenerateParams_Text{Text: s.str("prompt")}, MaxTokens: &mt,
 		}) {
@@ -295,9 +299,10 @@ func (r *runner) step(s step) error {
 				return checkError(s, err)
 			}
 			if f := msg.GetFinished(); f != nil {
-				return finishedOneShot(s, f, outputs, nil)
+				return finishedOneShot(s, f, outputs, tokens, nil)
 			}
 			outputs++
+			tokens += len(msg.GetTokenDelta().GetTokenIds())
 		}
 		return errors.New("the stream ended with no terminal message")
 	case "call_synthesize":
@@ -307,7 +312,7 @@ func (r *runner) step(s step) error {
 				return checkError(s, err)
 			}
 			if f := msg.GetFinished(); f != nil {
-				return finishedOneShot(s, f, len(chunks), chunks)
+				return finishedOneShot(s, f, len(chunks), 0, chunks)
 			}
 			chunks = append(chunks, msg.GetAudioChunk())
 		}
@@ -328,14 +333,14 @@ func (r *runner) step(s step) error {
 	return nil
 }
 
-func finishedOneShot(s step, f *rilletv1.Finished, outputs int, chunks []*rilletv1.AudioChunk) error {
+func finishedOneShot(s step, f *rilletv1.Finished, outputs, tokens int, chunks []*rilletv1.AudioChunk) error {
 	if s.str("code") != "OK" {
 		return fmt.Errorf("finished, expected %s", s.str("code"))
 	}
 	if got := f.GetReason().String(); got != s.str("reason") {
 		return fmt.Errorf("reason %s, expected %s", got, s.str("reason"))
 	}
-	if err := checkCount(s, outputs); err != nil {
+	if err := checkCount(s, outputs, tokens); err != nil {
 		return err
 	}
 	return checkAudio(chunks)

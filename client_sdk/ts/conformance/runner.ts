@@ -1,0 +1,326 @@
+// The TypeScript runner of Rillet's conformance suite: plays tests/conformance/scenarios.json through this package
+// against a live server and prints one JSON line per scenario.
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+
+import { type Client, makeGenericClientConstructor, credentials } from "@grpc/grpc-js";
+import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+
+import {
+  type AudioChunk, FinishReason, type Model, Model_Kind, RilletClient, RilletError, type Session,
+  type SessionRequestHandle, type SessionResponse,
+} from "../src";
+
+const WAIT_MS = 30_000; // a bound on every wait: a scenario that would hang fails instead
+
+type Step = Record<string, unknown> & { op: string };
+
+class Failed extends Error {}
+
+function check(condition: boolean, message: string): asserts condition {
+  if (!condition) throw new Failed(message);
+}
+
+function within<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Failed(`timed out waiting for ${what}`)), WAIT_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+interface Tracked {
+  request: SessionRequestHandle;
+  outputs: SessionResponse[];
+  firstOutput: Promise<void>;
+  terminal: Promise<{ finished?: SessionResponse; error?: RilletError }>;
+}
+
+function track(request: SessionRequestHandle): Tracked {
+  const outputs: SessionResponse[] = [];
+  let first: () => void = () => {};
+  const firstOutput = new Promise<void>((resolve) => (first = resolve));
+  const terminal = (async () => {
+    try {
+      for await (const msg of request) {
+        if (msg.kind?.$case === "finished") return { finished: msg };
+        outputs.push(msg);
+        first();
+      }
+      throw new Failed(`${request.id}: no terminal message`);
+    } catch (error) {
+      if (error instanceof RilletError) return { error };
+      throw error;
+    }
+  })();
+  return { request, outputs, firstOutput, terminal };
+}
+
+function checkError(step: Step, error: RilletError | undefined): void {
+  check(error !== undefined, `expected ${step.code}, got no error`);
+  check(error.codeName === step.code, `code ${error.codeName}, expected ${step.code} (${error.message})`);
+  if (step.reason) check(error.reason === step.reason, `reason ${error.reason}, expected ${step.reason}`);
+  if (step.domain) check(error.domain === step.domain, `domain ${error.domain}, expected ${step.domain}`);
+}
+
+function checkCount(step: Step, n: number, tokens: number): void {
+  if (typeof step.tokens === "number") check(tokens === step.tokens, `${tokens} tokens, expected ${step.tokens}`);
+  if (typeof step.min_outputs === "number") check(n >= step.min_outputs, `${n} outputs, expected ≥ ${step.min_outputs}`);
+}
+
+/** Each chunk starts at the sample where the previous one ended. */
+function checkAudio(chunks: AudioChunk[]): void {
+  let expected = 0n;
+  for (const chunk of chunks) {
+    check(chunk.offsetSamples === expected, `audio offset ${chunk.offsetSamples}, expected ${expected}`);
+    expected += BigInt(chunk.audio.length / (2 * Math.max(chunk.channelCount, 1)));
+  }
+}
+
+/** Tokens in the deltas: the server may coalesce deltas for a slow reader, never drop or add tokens. */
+function tokensOf(kinds: Array<{ $case: string; value: unknown } | undefined>): number {
+  return kinds.reduce((n, k) => n + (k?.$case === "tokenDelta" ? (k.value as { tokenIds: number[] }).tokenIds.length : 0), 0);
+}
+
+function audioOf(messages: SessionResponse[]): AudioChunk[] {
+  return messages.flatMap((m) => (m.kind?.$case === "audioChunk" ? [m.kind.value] : []));
+}
+
+/** grpc.health.v1 Watch, encoded by hand: the runner needs nothing more of it. */
+function watchHealth(target: string, service: string): AsyncIterable<number> & { cancel(): void } {
+  const Health = makeGenericClientConstructor({
+    Watch: {
+      path: "/grpc.health.v1.Health/Watch", requestStream: false, responseStream: true,
+      requestSerialize: (name: string) => Buffer.from(new BinaryWriter().uint32(10).string(name).finish()),
+      requestDeserialize: () => "",
+      responseSerialize: () => Buffer.alloc(0),
+      responseDeserialize: (bytes: Buffer) => {
+        const reader = new BinaryReader(bytes);
+        let status = 0;
+        while (reader.pos < reader.len) {
+          const tag = reader.uint32();
+          if (tag >>> 3 === 1) status = reader.int32();
+          else reader.skip(tag & 7);
+        }
+        return status;
+      },
+    },
+  }, "Health");
+  const client = new Health(target, credentials.createInsecure()) as Client & Record<string, Function>;
+  const call = client.Watch(service);
+  call.on("error", () => {});
+  const stop = call.cancel.bind(call);
+  return Object.assign(call as AsyncIterable<number>, { cancel: () => { stop(); client.close(); } });
+}
+
+class Runner {
+  private session: Session | undefined;
+  private readonly requests = new Map<string, Tracked>();
+  private closed = false;
+  private readonly rejections: RilletError[] = [];
+  private rejectionArrived: () => void = () => {};
+
+  constructor(private readonly client: RilletClient, private readonly target: string,
+    private readonly serverPid: number) {}
+
+  private open(): Session {
+    if (!this.session) {
+      const session = this.client.session();
+      this.session = session;
+      void (async () => {
+        for await (const rejection of session.rejections()) {
+          this.rejections.push(rejection);
+          this.rejectionArrived();
+        }
+      })();
+    }
+    return this.session;
+  }
+
+  private tracked(id: string): Tracked {
+    const t = this.requests.get(id);
+    check(t !== undefined, `no request ${id}`);
+    return t;
+  }
+
+  async step(step: Step): Promise<void> {
+    const id = step.id as string;
+    switch (step.op) {
+      case "generate": {
+        const request = this.open().generate({
+          params: { prompt: { $case: "text", value: step.prompt as string }, maxTokens: step.max_tokens as number },
+          timeout: typeof step.timeout_ms === "number"
+            ? { seconds: BigInt(Math.floor(step.timeout_ms / 1000)), nanos: (step.timeout_ms % 1000) * 1e6 }
+            : undefined,
+        }, { id });
+        this.requests.set(id, track(request));
+        return;
+      }
+      case "synthesize": {
+        const request = this.open().synthesize({
+          params: { text: (step.text as string | undefined) ?? "" },
+          streamingInput: step.streaming_input === true,
+          textFromRequestId: (step.text_from as string | undefined) ?? "",
+        }, { id });
+        this.requests.set(id, track(request));
+        return;
+      }
+      case "append_text":
+        return this.tracked(id).request.appendText(step.text as string);
+      case "end_input":
+        return this.tracked(id).request.endInput();
+      case "cancel": {
+        const known = this.requests.get(id);
+        if (known) return known.request.cancel();
+        return this.open().send({ requestId: id, kind: { $case: "cancel", value: {} } });
+      }
+      case "half_close":
+        this.closed = true;
+        return this.open().end();
+      case "await_output":
+        return within(this.tracked(id).firstOutput, `${id}'s first output`);
+      case "expect_finished": {
+        const t = this.tracked(id);
+        const { finished, error } = await within(t.terminal, `${id}'s terminal message`);
+        check(finished !== undefined, `${id} failed: ${error?.message}`);
+        const reason = finished.kind?.$case === "finished" ? FinishReason[finished.kind.value.reason] : "?";
+        check(reason === step.reason, `${id}: reason ${reason}, expected ${step.reason}`);
+        checkCount(step, t.outputs.length, tokensOf(t.outputs.map((m) => m.kind)));
+        return checkAudio(audioOf(t.outputs));
+      }
+      case "expect_error": {
+        const { error } = await within(this.tracked(id).terminal, `${id}'s terminal message`);
+        return checkError(step, error);
+      }
+      case "expect_rejected": {
+        this.open();
+        const found = (): RilletError | undefined => this.rejections.find((r) => r.requestId === id);
+        while (!found()) {
+          await within(new Promise<void>((resolve) => (this.rejectionArrived = resolve)), `a rejection for ${id}`);
+        }
+        check(found()!.rejected, "not marked rejected");
+        return checkError(step, found());
+      }
+      case "expect_call_end": {
+        const session = this.open();
+        if (!this.closed) {
+          this.closed = true;
+          try { session.end(); } catch { /* the call has ended already */ }
+        }
+        try {
+          await within(session.wait(), "the call's end");
+          check(step.code === "OK", `the call ended OK, expected ${step.code}`);
+        } catch (error) {
+          if (error instanceof Failed) throw error;
+          checkError(step, error as RilletError);
+        }
+        return;
+      }
+      case "drain":
+        return this.drain();
+      case "call_generate":
+        return this.oneShot(step, this.client.generate(
+          { prompt: { $case: "text", value: step.prompt as string }, maxTokens: step.max_tokens as number },
+          { timeoutMs: step.deadline_ms as number | undefined },
+        ));
+      case "call_synthesize":
+        return this.oneShot(step, this.client.synthesize({ text: step.text as string }));
+      case "list_models": {
+        const models = await this.client.listModels();
+        for (const want of step.expect as Array<Record<string, unknown>>) {
+          check(models.some((m) => modelLike(m, want)), `no model like ${JSON.stringify(want)}`);
+        }
+        return;
+      }
+      default:
+        throw new Failed(`unknown op ${step.op}`);
+    }
+  }
+
+  private async oneShot(
+    step: Step, stream: AsyncIterable<{ kind?: { $case: string; value: unknown } | undefined }>,
+  ): Promise<void> {
+    const chunks: AudioChunk[] = [];
+    const kinds: Array<{ $case: string; value: unknown } | undefined> = [];
+    let outputs = 0;
+    try {
+      for await (const msg of stream) {
+        if (msg.kind?.$case === "finished") {
+          check(step.code === "OK", `finished, expected ${step.code}`);
+          const reason = FinishReason[(msg.kind.value as { reason: FinishReason }).reason];
+          check(reason === step.reason, `reason ${reason}, expected ${step.reason}`);
+          checkCount(step, outputs, tokensOf(kinds));
+          return checkAudio(chunks);
+        }
+        outputs++;
+        kinds.push(msg.kind);
+        if (msg.kind?.$case === "audioChunk") chunks.push(msg.kind.value as AudioChunk);
+      }
+    } catch (error) {
+      if (error instanceof Failed) throw error;
+      return checkError(step, error as RilletError);
+    }
+    throw new Failed("the stream ended with no terminal message");
+  }
+
+  /** SIGTERM the server, then wait until its health says NOT_SERVING: from then on it refuses new work. */
+  private async drain(): Promise<void> {
+    process.kill(this.serverPid, "SIGTERM");
+    const watch = watchHealth(this.target, "rillet.v1.InferenceService");
+    try {
+      await within((async () => {
+        for await (const status of watch) if (status === 2) return; // NOT_SERVING
+      })(), "NOT_SERVING");
+    } finally {
+      watch.cancel();
+    }
+  }
+
+  /** Every request ended, and a session still open ends with OK after a half-close (no stray messages). */
+  async finish(): Promise<void> {
+    if (this.session && !this.closed) await this.step({ op: "expect_call_end", code: "OK" });
+    for (const [id, t] of this.requests) await within(t.terminal, `${id}'s terminal message`);
+  }
+
+  dispose(): void {
+    this.session?.close();
+  }
+}
+
+function modelLike(model: Model, want: Record<string, unknown>): boolean {
+  const fields: Record<string, unknown> = {
+    name: model.name, kind: Model_Kind[model.kind], engine: model.engine, is_default: model.isDefault,
+    is_test_engine: model.isTestEngine,
+  };
+  return Object.entries(want).every(([key, value]) => fields[key] === value);
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: { scenarios: { type: "string" }, target: { type: "string" }, "server-pid": { type: "string" } },
+  });
+  const suite = JSON.parse(readFileSync(values.scenarios as string, "utf8")) as {
+    scenarios: Array<{ name: string; steps: Step[] }>;
+  };
+  const target = values.target as string;
+  const client = new RilletClient(target);
+  let failed = false;
+  for (const scenario of suite.scenarios) {
+    const runner = new Runner(client, target, Number(values["server-pid"]));
+    let detail = "";
+    try {
+      for (const step of scenario.steps) await runner.step(step);
+      await runner.finish();
+    } catch (error) {
+      detail = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    } finally {
+      runner.dispose();
+    }
+    failed ||= detail !== "";
+    console.log(JSON.stringify({ scenario: scenario.name, passed: detail === "", detail }));
+  }
+  client.close();
+  process.exit(failed ? 1 : 0);
+}
+
+void main();
