@@ -3,10 +3,53 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from rillet.server.telemetry import semconv as sc
+
+REQUEST_KEY = (sc.GEN_AI_OPERATION_NAME, sc.GEN_AI_PROVIDER_NAME, sc.GEN_AI_REQUEST_MODEL)
+"""The attributes that identify a request's kind in every per-request metric, in this order."""
+
+
+class Tally:
+    """Sums by attribute values, kept in a dict and reported by an observable counter (or up-down counter).
+
+    `add(values, amount)` takes the values of `names` in order ("" leaves an attribute out). Invariant: written on
+    one thread (the event loop); read at collection on the exporter's thread, which sees each sum whole.
+    """
+
+    def __init__(
+        self,
+        meter: Meter,
+        name: str,
+        names: tuple[str, ...],
+        unit: str,
+        description: str,
+        *,
+        up_down: bool = False,
+    ) -> None:
+        self._names = names
+        self._sums: dict[tuple[Any, ...], float] = {}
+        self._attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        create = meter.create_observable_up_down_counter if up_down else meter.create_observable_counter
+        create(name, [self._observe], unit=unit, description=description)
+
+    def add(self, values: tuple[Any, ...], amount: float = 1) -> None:
+        sums = self._sums
+        if values not in sums:
+            self._attributes[values] = {k: v for k, v in zip(self._names, values, strict=True) if v != ""}
+            sums[values] = 0
+        sums[values] += amount
+
+    def value(self, values: tuple[Any, ...]) -> float:
+        """The sum for `values` (0 when never added to)."""
+        return self._sums.get(values, 0)
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        attributes = self._attributes
+        return [Observation(value, attributes[key]) for key, value in list(self._sums.items())]
 
 
 class Instruments:
@@ -53,40 +96,38 @@ class Instruments:
             description="Time a request waited for an engine slot (admission queue and engine queue)",
             explicit_bucket_boundaries_advisory=sc.TIME_TO_FIRST_TOKEN_BUCKETS,
         )
-        self.token_usage = meter.create_counter(
-            sc.RILLET_TOKEN_USAGE,
-            unit="{token}",
-            description="Tokens read (gen_ai.token.type=input) and generated (output) by ended requests",
+        # Counts kept in plain dicts and observed at collection: a request's counting costs dict updates, not SDK
+        # calls (each SDK measurement cleans and hashes its attributes: tens of microseconds).
+        self.token_usage = Tally(
+            meter, sc.RILLET_TOKEN_USAGE, (*REQUEST_KEY, sc.GEN_AI_TOKEN_TYPE), "{token}",
+            "Tokens read (gen_ai.token.type=input) and generated (output) by ended requests",
+        )  # fmt: skip
+        self.audio_output = Tally(
+            meter, sc.RILLET_AUDIO_OUTPUT, REQUEST_KEY, "s", "Seconds of audio synthesized by ended requests"
         )
-        self.audio_output = meter.create_counter(
-            sc.RILLET_AUDIO_OUTPUT, unit="s", description="Seconds of audio synthesized by ended requests"
+        self.requests = Tally(
+            meter, sc.RILLET_REQUESTS, (*REQUEST_KEY, sc.RILLET_REQUEST_OUTCOME), "{request}",
+            "Requests ended, by rillet.request.outcome (finished, cancelled, failed)",
+        )  # fmt: skip
+        self.request_errors = Tally(
+            meter, sc.RILLET_REQUEST_ERRORS, (*REQUEST_KEY, sc.ERROR_TYPE, sc.RILLET_ERROR_REASON), "{request}",
+            "Requests that failed, by canonical code (error.type) and reason (rillet.error.reason)",
+        )  # fmt: skip
+        self.rejected_messages = Tally(
+            meter, sc.RILLET_REJECTED_MESSAGES, (sc.ERROR_TYPE, sc.RILLET_ERROR_REASON), "{message}",
+            "Session messages answered with `rejected`, by code and reason",
+        )  # fmt: skip
+        self.active_sessions = Tally(
+            meter, sc.RILLET_ACTIVE_SESSIONS, (sc.RPC_METHOD,), "{call}",
+            "Session, Generate and Synthesize calls open", up_down=True,
+        )  # fmt: skip
+        self.active_requests = Tally(
+            meter, sc.RILLET_ACTIVE_REQUESTS, REQUEST_KEY, "{request}", "Validated requests not yet ended", up_down=True
         )
-        self.requests = meter.create_counter(
-            sc.RILLET_REQUESTS,
-            unit="{request}",
-            description="Requests ended, by rillet.request.outcome (finished, cancelled, failed)",
-        )
-        self.request_errors = meter.create_counter(
-            sc.RILLET_REQUEST_ERRORS,
-            unit="{request}",
-            description="Requests that failed, by canonical code (error.type) and reason (rillet.error.reason)",
-        )
-        self.rejected_messages = meter.create_counter(
-            sc.RILLET_REJECTED_MESSAGES,
-            unit="{message}",
-            description="Session messages answered with `rejected`, by code and reason",
-        )
-        self.active_sessions = meter.create_up_down_counter(
-            sc.RILLET_ACTIVE_SESSIONS,
-            unit="{call}",
-            description="Session, Generate and Synthesize calls open",
-        )
-        self.active_requests = meter.create_up_down_counter(
-            sc.RILLET_ACTIVE_REQUESTS, unit="{request}", description="Validated requests not yet ended"
-        )
-        self.queued_requests = meter.create_up_down_counter(
-            sc.RILLET_QUEUED_REQUESTS, unit="{request}", description="Requests waiting for an engine slot"
-        )
+        self.queued_requests = Tally(
+            meter, sc.RILLET_QUEUED_REQUESTS, REQUEST_KEY, "{request}", "Requests waiting for an engine slot",
+            up_down=True,
+        )  # fmt: skip
         self.batch_size = meter.create_histogram(
             sc.RILLET_ENGINE_BATCH_SIZE,
             unit="{sequence}",

@@ -28,7 +28,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from rillet.server.errors import RilletError, clip
 from rillet.server.observer import RequestObserver
 from rillet.server.telemetry import semconv as sc
-from rillet.server.telemetry.instruments import Instruments
+from rillet.server.telemetry.instruments import REQUEST_KEY, Instruments
 from rillet.server.types import (
     AudioChunk,
     EngineRequest,
@@ -80,9 +80,7 @@ class TelemetryObserver:
 
     @_guarded
     def rejected(self, error: RilletError) -> None:
-        self.instruments.rejected_messages.add(
-            1, {sc.ERROR_TYPE: error.code.name, sc.RILLET_ERROR_REASON: error.reason}
-        )
+        self.instruments.rejected_messages.add((error.code.name, error.reason))
 
 
 def _operation(start: Start) -> str:
@@ -94,26 +92,30 @@ def _operation(start: Start) -> str:
     return sc.OP_CHAT if chat else sc.OP_TEXT_COMPLETION
 
 
-def _request_attributes(request: EngineRequest) -> dict[str, Any]:
-    """The request's parameters as GenAI (and Rillet) attributes."""
+def _request_attributes(start: Start, request: EngineRequest) -> dict[str, Any]:
+    """The request's parameters as GenAI (and Rillet) attributes.
+
+    max_tokens as validated; of the sampling parameters, those the client set (unset ones are the engine's
+    defaults, and every attribute costs at export).
+    """
     if isinstance(request, SynthesisRequest):
         return {sc.GEN_AI_OUTPUT_TYPE: "speech"}
-    sampling = request.sampling
-    attributes: dict[str, Any] = {
-        sc.GEN_AI_OUTPUT_TYPE: "text",
-        sc.GEN_AI_REQUEST_MAX_TOKENS: request.max_tokens,
-        sc.GEN_AI_REQUEST_TEMPERATURE: sampling.temperature,
-        sc.GEN_AI_REQUEST_TOP_P: sampling.top_p,
-        sc.GEN_AI_REQUEST_TOP_K: sampling.top_k,
-        sc.RILLET_REQUEST_MIN_P: sampling.min_p,
-        sc.RILLET_REQUEST_REPETITION_PENALTY: sampling.repetition_penalty,
-    }
-    if sampling.seed is not None:
-        attributes[sc.GEN_AI_REQUEST_SEED] = sampling.seed
+    attributes: dict[str, Any] = {sc.GEN_AI_OUTPUT_TYPE: "text", sc.GEN_AI_REQUEST_MAX_TOKENS: request.max_tokens}
+    spec = start.spec
+    assert isinstance(spec, GenerateSpec)
+    for key, given in (
+        (sc.GEN_AI_REQUEST_TEMPERATURE, spec.temperature),
+        (sc.GEN_AI_REQUEST_TOP_P, spec.top_p),
+        (sc.GEN_AI_REQUEST_TOP_K, spec.top_k),
+        (sc.GEN_AI_REQUEST_SEED, spec.seed),
+        (sc.RILLET_REQUEST_MIN_P, spec.min_p),
+        (sc.RILLET_REQUEST_REPETITION_PENALTY, spec.repetition_penalty),
+        (sc.RILLET_REQUEST_TOP_LOGPROBS, spec.top_logprobs),
+    ):
+        if given is not None:
+            attributes[key] = given
     if request.stop:
         attributes[sc.GEN_AI_REQUEST_STOP_SEQUENCES] = list(request.stop)
-    if request.top_logprobs is not None:
-        attributes[sc.RILLET_REQUEST_TOP_LOGPROBS] = request.top_logprobs
     return attributes
 
 
@@ -142,6 +144,7 @@ class RequestTelemetry:
         "_arrival",
         "_arrival_ns",
         "_attributes",
+        "_key",
         "_links",
         "_operation",
         "_output",
@@ -159,7 +162,8 @@ class RequestTelemetry:
         self._arrival_ns = time.time_ns()
         self._arrival = time.perf_counter()
         self._operation = _operation(start)
-        self._attributes: dict[str, Any] = {}  # metric attributes, set at `queued`
+        self._attributes: dict[str, Any] = {}  # histogram attributes, set at `queued`
+        self._key: tuple[str, str, str] = ("", "", "")  # the same as instruments.REQUEST_KEY values
         self._queued = False  # counted in active requests
         self._waiting = False  # counted in queued requests
         self._admitted: float | None = None
@@ -204,20 +208,17 @@ class RequestTelemetry:
 
     @_guarded
     def queued(self, model: ModelInfo, request: EngineRequest, source: RequestObserver | None) -> None:
-        self._attributes = {
-            sc.GEN_AI_OPERATION_NAME: self._operation,
-            sc.GEN_AI_PROVIDER_NAME: model.engine,
-            sc.GEN_AI_REQUEST_MODEL: model.name,
-        }
+        self._key = (self._operation, model.engine, model.name)
+        self._attributes = dict(zip(REQUEST_KEY, self._key, strict=True))
         self._queued = self._waiting = True
         instruments = self._owner.instruments
-        instruments.active_requests.add(1, self._attributes)
-        instruments.queued_requests.add(1, self._attributes)
+        instruments.active_requests.add(self._key, 1)
+        instruments.queued_requests.add(self._key, 1)
         if self._owner.tracer is None:
             return
         if isinstance(source, RequestTelemetry) and source.span is not None:
             self._links.append(Link(source.span.get_span_context(), {sc.RILLET_LINK_KIND: "text_source"}))
-        attributes = _request_attributes(request)
+        attributes = _request_attributes(self._start, request)
         if self._output is not None and isinstance(request, GenerationRequest):
             attributes[sc.GEN_AI_INPUT_MESSAGES] = _input_messages(request)
         self._open(model.name, model.engine, attributes)
@@ -225,7 +226,7 @@ class RequestTelemetry:
     def _leave_queue(self) -> None:
         if self._waiting:
             self._waiting = False
-            self._owner.instruments.queued_requests.add(-1, self._attributes)
+            self._owner.instruments.queued_requests.add(self._key, -1)
 
     @_guarded
     def admitted(self) -> None:
@@ -300,21 +301,22 @@ class RequestTelemetry:
 
     def _count(self, outcome: str, input_tokens: int, output_tokens: int, audio_seconds: float) -> None:
         instruments = self._owner.instruments
-        attributes = self._attributes
-        instruments.requests.add(1, {**attributes, sc.RILLET_REQUEST_OUTCOME: outcome})
+        key = self._key
+        instruments.requests.add((*key, outcome))
         if self._queued:
             self._queued = False
-            instruments.active_requests.add(-1, attributes)
+            instruments.active_requests.add(key, -1)
         if input_tokens:
-            instruments.token_usage.add(input_tokens, {**attributes, sc.GEN_AI_TOKEN_TYPE: "input"})
+            instruments.token_usage.add((*key, "input"), input_tokens)
         if output_tokens:
-            instruments.token_usage.add(output_tokens, {**attributes, sc.GEN_AI_TOKEN_TYPE: "output"})
+            instruments.token_usage.add((*key, "output"), output_tokens)
         if audio_seconds:
-            instruments.audio_output.add(audio_seconds, attributes)
+            instruments.audio_output.add(key, audio_seconds)
 
     @_guarded
     def failed(self, error: RilletError) -> None:
         if not self._attributes:  # failed before it was routed: no model, no engine
+            self._key = (self._operation, _UNROUTED_PROVIDER, "")
             self._attributes = {sc.GEN_AI_OPERATION_NAME: self._operation, sc.GEN_AI_PROVIDER_NAME: _UNROUTED_PROVIDER}
             spec = self._start.spec
             name = spec.model if isinstance(spec, GenerateSpec) else spec.voice
@@ -324,7 +326,7 @@ class RequestTelemetry:
         code = error.code.name
         failed = {**self._attributes, sc.ERROR_TYPE: code}
         instruments.request_duration.record(time.perf_counter() - self._arrival, failed)
-        instruments.request_errors.add(1, {**failed, sc.RILLET_ERROR_REASON: error.reason})
+        instruments.request_errors.add((*self._key, code, error.reason))
         self._count("failed", 0, 0, 0.0)
         if self.span is not None:
             self.span.set_attributes({sc.ERROR_TYPE: code, sc.RILLET_ERROR_REASON: error.reason})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -30,6 +31,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from rillet.server.telemetry import semconv as sc
 from rillet.server.telemetry.instruments import Instruments
+
+log = logging.getLogger(__name__)
 
 Rq = TypeVar("Rq")
 Rs = TypeVar("Rs")
@@ -99,7 +102,7 @@ class _Call:
             self.span = owner.tracer.start_span(method, parent, kind=SpanKind.SERVER, attributes=attributes)
             self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
         if streaming:
-            self._instruments.active_sessions.add(1, {sc.RPC_METHOD: method})
+            self._instruments.active_sessions.add((method,), 1)
 
     def end(self, error: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         status = _status(error, context)
@@ -109,7 +112,7 @@ class _Call:
             attributes[sc.ERROR_TYPE] = status
         self._instruments.rpc_duration.record(time.perf_counter() - self._started, attributes)
         if self._streaming:
-            self._instruments.active_sessions.add(-1, {sc.RPC_METHOD: self._method})
+            self._instruments.active_sessions.add((self._method,), -1)
         span = self.span
         if span is None:
             return
@@ -123,6 +126,35 @@ class _Call:
         span.end()
         if self._token is not None:
             otel_context.detach(self._token)  # type: ignore[arg-type]
+
+
+def _begin(
+    owner: RpcTelemetry, method: str, streaming: bool, context: grpc.aio.ServicerContext[Any, Any]
+) -> _Call | None:
+    """The call's telemetry, or None when making it failed: a telemetry bug must never fail a call (logged once)."""
+    try:
+        return _Call(owner, method, streaming, context)
+    except Exception:
+        _log_once("begin")
+        return None
+
+
+def _end(call: _Call | None, error: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if call is None:
+        return
+    try:
+        call.end(error, context)
+    except Exception:
+        _log_once("end")
+
+
+_reported: set[str] = set()
+
+
+def _log_once(where: str) -> None:
+    if where not in _reported:
+        _reported.add(where)
+        log.exception("telemetry: the RPC interceptor failed (%s); the call goes on", where)
 
 
 class RpcTelemetry(grpc.aio.ServerInterceptor):
@@ -156,7 +188,7 @@ class RpcTelemetry(grpc.aio.ServerInterceptor):
         if inspect.isasyncgenfunction(behavior):
 
             async def traced_stream(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                call = _Call(self, method, streaming, context)
+                call = _begin(self, method, streaming, context)
                 error: BaseException | None = None
                 try:
                     async for response in behavior(request, context):
@@ -165,12 +197,12 @@ class RpcTelemetry(grpc.aio.ServerInterceptor):
                     error = exc
                     raise
                 finally:
-                    call.end(error, context)
+                    _end(call, error, context)
 
             return handler._replace(**{kind: traced_stream})  # type: ignore[attr-defined,no-any-return]
 
         async def traced(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            call = _Call(self, method, streaming, context)
+            call = _begin(self, method, streaming, context)
             error: BaseException | None = None
             try:
                 return await behavior(request, context)
@@ -178,6 +210,6 @@ class RpcTelemetry(grpc.aio.ServerInterceptor):
                 error = exc
                 raise
             finally:
-                call.end(error, context)
+                _end(call, error, context)
 
         return handler._replace(**{kind: traced})  # type: ignore[attr-defined,no-any-return]
