@@ -93,16 +93,21 @@ class _Stream:
         return events
 
 
+MAX_CATCH_UP_STEPS = 64
+"""A paced step loop that finds itself late runs the steps that fell due, up to this many at once."""
+
+
 class SyntheticEngine:
     """A TEST engine shaped like a real batched one: one step loop gives one token to every running request per step.
 
     The step loop is a task on the serving event loop (its per-step work is a table lookup per request, cheaper
     than the hop to a thread that real engines take; it never blocks). Each step takes the requests whose prefill
     (`first_output_delay_s`) is over into the batch, then produces one token for each running request and wakes its
-    consumer. Steps run `tokens_per_second` times a second (each running request's token rate), or back to back
-    when it is 0: then one step per event-loop iteration, so the engine produces as fast as the serving path lets
-    it and coalescing decides how many tokens a message carries. A consumer that falls behind takes everything
-    produced since its last take as one delta. Idle, the loop sleeps until a request arrives and steps at once.
+    consumer. Steps run `tokens_per_second` times a second (each running request's token rate) on the engine's own
+    clock: when the event loop was busy, the steps that fell due meanwhile run together (MAX_CATCH_UP_STEPS), as a
+    GPU engine keeps stepping whatever the serving path does. At 0 steps run back to back, one per event-loop
+    iteration. A consumer that falls behind takes everything produced since its last take as one delta. Idle, the
+    loop sleeps until a request arrives and steps at once.
 
     Output is deterministic: `synthetic_text(prompt, n, seed)` is what a request's deltas spell out.
     """
@@ -247,15 +252,21 @@ class SyntheticEngine:
                     await asyncio.sleep(max(0.0, first - now))
                     next_step = loop.time()
                     continue
-            self._step()
-            if interval:
-                next_step += interval
-                delay = next_step - loop.time()
-                if delay < 0:  # late: the schedule slips rather than bursting to catch up
-                    next_step, delay = loop.time(), 0.0
-                await asyncio.sleep(delay)
-            else:
+            if not interval:
+                self._step()
                 await asyncio.sleep(0)
+                continue
+            # Every step that fell due since the last visit runs now, as an engine on its own clock would have run
+            # them while the event loop was busy; their tokens reach each consumer together (coalesced).
+            due = min(MAX_CATCH_UP_STEPS, max(1, int((now - next_step) / interval) + 1))
+            for _ in range(due):
+                if not self._running:
+                    break
+                self._step()
+            next_step += due * interval
+            if next_step < now - interval:  # further behind than the catch-up covers: the schedule slips
+                next_step = now
+            await asyncio.sleep(max(0.0, next_step - loop.time()))
 
     def _admit(self, now: float) -> None:
         ready = [s for s in self._prefilling if s.ready_at <= now]

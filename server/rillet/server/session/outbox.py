@@ -12,6 +12,17 @@ from rillet.server.types import AudioChunk, Failed, Finished, Output, TokenDelta
 Payload = TokenDelta | AudioChunk | Finished | Failed
 
 
+def coalesce(deltas: list[TokenDelta]) -> TokenDelta:
+    """One delta for several consecutive ones, built once (merging pairwise as they arrive copies O(n²) bytes)."""
+    if len(deltas) == 1:
+        return deltas[0]
+    return TokenDelta(
+        "".join(d.text for d in deltas),
+        tuple(i for d in deltas for i in d.token_ids),
+        tuple(lp for d in deltas for lp in d.logprobs),
+    )
+
+
 def wire_size(payload: TokenDelta | AudioChunk) -> int:
     """Approximate bytes an output takes on the wire; what the bounds count."""
     if isinstance(payload, AudioChunk):
@@ -58,7 +69,8 @@ class Outbox:
     Invariants (each enforced here and nowhere else):
     - `seq` numbers the request's outputs 0, 1, 2, ... with no gap; numbers are assigned when the writer takes
       outputs, so outputs discarded before that (a stalled client's) never leave a hole.
-    - Token deltas coalesce while the writer is behind (one pending delta at most); audio chunks queue in order.
+    - Token deltas coalesce while the writer is behind (the writer takes one delta, however many arrived); audio
+      chunks queue in order.
     - The pending bytes stay under `limit_bytes` (plus one output): `put` waits while this outbox or the session's
       budget is full, which pauses the request's engine stream.
     - The terminal output is taken exactly once, after every other output.
@@ -75,9 +87,9 @@ class Outbox:
         self._limit_bytes = limit_bytes
         self._on_ready = on_ready
         self._seq = 0
-        self._delta: TokenDelta | None = None
+        self._deltas: list[TokenDelta] = []  # coalesced into one when the writer takes them
         self._audio: collections.deque[AudioChunk] = collections.deque()
-        self._pending_bytes = 0  # in `_delta` and `_audio`
+        self._pending_bytes = 0  # in `_deltas` and `_audio`
         self._taken_bytes = 0  # taken by the writer, not yet delivered to the transport
         self._terminal: Finished | Failed | None = None
         self._terminal_taken = False
@@ -95,7 +107,7 @@ class Outbox:
         """Queue an output for the writer; waits while this outbox or the session budget is full."""
         size = wire_size(payload)
         if isinstance(payload, TokenDelta):
-            self._delta = payload if self._delta is None else self._delta.merge(payload)
+            self._deltas.append(payload)
         else:
             self._audio.append(payload)
         self._pending_bytes += size
@@ -117,7 +129,7 @@ class Outbox:
 
     def discard(self) -> None:
         """Drop the pending outputs (a stalled client will only get the terminal error)."""
-        self._delta = None
+        self._deltas.clear()
         self._audio.clear()
         self._free_pending()
 
@@ -125,9 +137,9 @@ class Outbox:
         """Everything ready, numbered. Called by the writer only; `delivered` must follow once they are sent."""
         self._queued = False
         payloads: list[Payload] = []
-        if self._delta is not None:
-            payloads.append(self._delta)
-            self._delta = None
+        if self._deltas:
+            payloads.append(coalesce(self._deltas))
+            self._deltas = []
         payloads.extend(self._audio)
         self._audio.clear()
         self._taken_bytes += self._pending_bytes
