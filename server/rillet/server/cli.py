@@ -394,18 +394,38 @@ def bench(
 def health(
     target: Target = "127.0.0.1:50051",
     wait: Annotated[float, typer.Option(help="seconds to wait for SERVING; 0 checks once")] = 0.0,
+    service: Annotated[str, typer.Option(help="the health service name; empty: the server as a whole")] = "",
+    tls_ca: Annotated[Path | None, typer.Option(help="connect with TLS, trusting this CA bundle (PEM)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="client certificate for mutual TLS (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="client private key for mutual TLS (PEM)")] = None,
+    tls_server_name: Annotated[
+        str | None, typer.Option(help="the name the server's certificate carries, when not the target's host")
+    ] = None,
 ) -> None:
-    """Exit 0 when the server reports SERVING (grpc.health.v1), 1 otherwise."""
+    """Exit 0 when the server reports SERVING (grpc.health.v1), 1 otherwise: a container or probe health check."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from rillet.client import TlsOptions
+
+    if (tls_cert is None) != (tls_key is None):
+        err.print("[red]mutual TLS needs both --tls-cert and --tls-key[/red]")
+        raise typer.Exit(2)
+
+    def channel() -> grpc.aio.Channel:
+        if tls_ca is None and tls_cert is None:
+            return grpc.aio.insecure_channel(target)
+        tls = TlsOptions(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, server_name=tls_server_name)
+        options = [] if tls_server_name is None else [("grpc.ssl_target_name_override", tls_server_name)]
+        return grpc.aio.secure_channel(target, tls.credentials(), options=options)
+
     async def check() -> bool:
         deadline = time.monotonic() + wait
-        async with grpc.aio.insecure_channel(target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+        async with channel() as open_channel:
+            stub = health_pb2_grpc.HealthStub(open_channel)
             while True:
                 try:
-                    response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
                     if response.status == health_pb2.HealthCheckResponse.SERVING:
                         return True
                 except grpc.aio.AioRpcError:
