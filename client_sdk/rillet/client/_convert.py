@@ -134,6 +134,7 @@ def finished(message: common_pb2.Finished) -> Finished:
             output_tokens=usage.output_tokens,
             input_characters=usage.input_characters,
             output_audio_s=_seconds(usage.output_audio_duration),
+            cached_input_tokens=usage.cached_input_tokens,
         ),
         timings=Timings(
             queue_s=_seconds(timings.queue_duration),

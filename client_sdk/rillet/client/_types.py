@@ -68,6 +68,8 @@ class Usage:
     output_tokens: int
     input_characters: int
     output_audio_s: float
+    cached_input_tokens: int = 0
+    """Of input_tokens, those the server's prefix cache supplied (not computed again)."""
 
 
 @dataclass(frozen=True, slots=True)

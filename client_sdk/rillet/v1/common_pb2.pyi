@@ -102,12 +102,19 @@ class Usage(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     INPUT_CHARACTERS_FIELD_NUMBER: _builtins.int
     OUTPUT_AUDIO_DURATION_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Prompt tokens processed (generation requests)."""
     output_tokens: _builtins.int
     """Tokens generated (generation requests)."""
     input_characters: _builtins.int
     """Characters of text synthesized (synthesis requests)."""
+    cached_input_tokens: _builtins.int
+    """Of input_tokens, those whose KV cache entries the engine reused from an
+    earlier or concurrent request sharing the same prompt prefix instead of
+    computing them again (generation requests; 0 when nothing was reused or
+    the engine has no prefix cache).
+    """
     @_builtins.property
     def output_audio_duration(self) -> _duration_pb2.Duration:
         """Audio produced (synthesis requests)."""
@@ -119,10 +126,11 @@ class Usage(_message.Message):
         output_tokens: _builtins.int = ...,
         input_characters: _builtins.int = ...,
         output_audio_duration: _duration_pb2.Duration | None = ...,
+        cached_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output_audio_duration", b"output_audio_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_characters", b"input_characters", "input_tokens", b"input_tokens", "output_audio_duration", b"output_audio_duration", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_tokens", b"cached_input_tokens", "input_characters", b"input_characters", "input_tokens", b"input_tokens", "output_audio_duration", b"output_audio_duration", "output_tokens", b"output_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -45,7 +45,12 @@ class LlamaCppConfig(BaseModel, frozen=True):
     model_name: str = Field(
         "gemma-3-270m", description="the name clients use; when unset and model_path is set, the file's stem"
     )
-    slots: int = Field(8, ge=1, le=64, description="sequences decoded together")
+    slots: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="sequences decoded together; 0 sizes them from the context: one per 256 KV cells, at most 32",
+    )
     context_length: int = Field(4096, ge=256, description="total KV cells shared by all slots")
     kv_unified: bool = Field(
         True,
@@ -58,7 +63,17 @@ class LlamaCppConfig(BaseModel, frozen=True):
         "per core they keep busy (llama.cpp's spinning threads collapse when the cores are oversubscribed)",
     )
     prefill_budget: int = Field(
-        128, ge=16, description="prompt tokens prefilled per step beside the decodes; bounds a long prompt's stall"
+        128,
+        ge=16,
+        description="prompt tokens prefilled per step beside the decodes, shared fairly by the prompts in prefill; "
+        "bounds a long prompt's stall",
+    )
+    prefix_cache: int = Field(
+        32,
+        ge=0,
+        le=64,
+        description="finished requests whose KV cells are kept for later prompts that start the same way (LRU, "
+        "evicted before a running request is preempted; needs kv_unified); 0 turns prefix reuse off",
     )
     cache_dir: str | None = Field(None, description="where the assembled GGUF is kept (default ~/.cache/...)")
     chat_template: str | None = Field(

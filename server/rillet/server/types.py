@@ -143,6 +143,7 @@ class Usage:
     output_tokens: int = 0
     input_characters: int = 0
     output_audio_seconds: float = 0.0
+    cached_input_tokens: int = 0  # of input_tokens, those whose KV came from a cached prefix (not computed again)
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,8 +154,13 @@ type Usage struct {
 	InputCharacters uint32 `protobuf:"varint,3,opt,name=input_characters,json=inputCharacters,proto3" json:"input_characters,omitempty"`
 	// Audio produced (synthesis requests).
 	OutputAudioDuration *durationpb.Duration `protobuf:"bytes,4,opt,name=output_audio_duration,json=outputAudioDuration,proto3" json:"output_audio_duration,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Of input_tokens, those whose KV cache entries the engine reused from an
+	// earlier or concurrent request sharing the same prompt prefix instead of
+	// computing them again (generation requests; 0 when nothing was reused or
+	// the engine has no prefix cache).
+	CachedInputTokens uint32 `protobuf:"varint,5,opt,name=cached_input_tokens,json=cachedInputTokens,proto3" json:"cached_input_tokens,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
@@ -214,6 +219,13 @@ func (x *Usage) GetOutputAudioDuration() *durationpb.Duration {
 		return x.OutputAudioDuration
 	}
 	return nil
+}
+
+func (x *Usage) GetCachedInputTokens() uint32 {
+	if x != nil {
+		return x.CachedInputTokens
+	}
+	return 0
 }
 
 // Server-side timings of one request, measured from the moment the server
@@ -376,12 +388,13 @@ const file_rillet_v1_common_proto_rawDesc = "" +
 	"\vtraceparent\x18\x01 \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
 	"tracestate\x18\x02 \x01(\tR\n" +
-	"tracestate\"\xc9\x01\n" +
+	"tracestate\"\xf9\x01\n" +
 	"\x05Usage\x12!\n" +
 	"\finput_tokens\x18\x01 \x01(\rR\vinputTokens\x12#\n" +
 	"\routput_tokens\x18\x02 \x01(\rR\foutputTokens\x12)\n" +
 	"\x10input_characters\x18\x03 \x01(\rR\x0finputCharacters\x12M\n" +
-	"\x15output_audio_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x13outputAudioDuration\"\x9f\x02\n" +
+	"\x15output_audio_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x13outputAudioDuration\x12.\n" +
+	"\x13cached_input_tokens\x18\x05 \x01(\rR\x11cachedInputTokens\"\x9f\x02\n" +
 	"\aTimings\x12@\n" +
 	"\x0equeue_duration\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\rqueueDuration\x12D\n" +
 	"\x10prefill_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0fprefillDuration\x12J\n" +

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.base import TextCapabilities, TextEvent
+from rillet.server.engine.kvshare import Holder, KvLedger, PrefixCache, common_prefix
 from rillet.server.engine.text import StopCheck, StopMatcher, check_request
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, RilletError, Unavailable
 from rillet.server.observer import StepReporter
@@ -52,6 +53,8 @@ __all__ = [
     "coalesce",
     "read_cpu_sample",
     "resolve_model_name",
+    "resolve_slots",
+    "share_budget",
     "sampler_seed",
     "token_logprobs",
 ]
@@ -128,6 +131,26 @@ def coalesce(items: Sequence[_Item]) -> list[_Item]:
     return merged
 
 
+def share_budget(wants: Sequence[int], budget: int) -> list[int]:
+    """Split `budget` prompt tokens among prompts in prefill wanting `wants` (oldest first): max-min fair.
+
+    Each gets what it wants if that is no more than an equal share of what is left, and the rest is split equally
+    among the larger wants, leftovers to the oldest. So short prompts finish their prefill in one step beside a
+    long one, and the long one still advances by at least budget/len(wants) tokens every step (no starvation).
+    """
+    grants = [0] * len(wants)
+    left = budget
+    order = sorted(range(len(wants)), key=lambda i: (wants[i], -i))  # equal wants: the oldest served last, rounded up
+    for rank, index in enumerate(order):
+        grants[index] = min(wants[index], left // (len(order) - rank))
+        left -= grants[index]
+    for index in range(len(wants)):  # integer-division leftovers, oldest first
+        extra = min(left, wants[index] - grants[index])
+        grants[index] += extra
+        left -= extra
+    return grants
+
+
 def resolve_model_name(config: LlamaCppConfig) -> str:
     """The served model name: `model_name` when given, else the GGUF file's stem, else the packaged default."""
     if config.model_path is not None and "model_name" not in config.model_fields_set:
@@ -135,9 +158,30 @@ def resolve_model_name(config: LlamaCppConfig) -> str:
     return config.model_name
 
 
+MIN_CELLS_PER_SLOT = 256
+"""With `slots=0`, one slot per this many KV cells: room for a typical prompt and answer per running sequence."""
+MAX_AUTO_SLOTS = 32
+"""With `slots=0`, at most this many slots: past it a CPU decode step grows long enough to hurt inter-token latency
+more than the extra sequences gain (each row of a 262k-vocabulary model costs its own output projection)."""
+MIN_SHARED_TOKENS = 8
+"""A cached prefix shorter than this is not reused (every prompt shares its BOS token; a few more save nothing)."""
+
+
+def resolve_slots(config: LlamaCppConfig) -> int:
+    """Sequences decoded together: `slots`, or with 0 one per MIN_CELLS_PER_SLOT cells of the context, capped.
+
+    Why from the context: in a unified cache a slot costs no KV memory of its own (cells are taken per token), only
+    a logits row (1 MiB) and its share of a step; the context bounds how many sequences can hold useful cells at
+    once. Without kv_unified each slot gets context/slots cells, so the same rule keeps every slot that large.
+    """
+    if config.slots:
+        return config.slots
+    return max(1, min(MAX_AUTO_SLOTS, config.context_length // MIN_CELLS_PER_SLOT))
+
+
 def context_limit(config: LlamaCppConfig) -> int:
     """Tokens one sequence may hold (prompt + output), as configured, before the model caps it."""
-    return config.context_length if config.kv_unified else config.context_length // config.slots
+    return config.context_length if config.kv_unified else config.context_length // resolve_slots(config)
 
 
 def resolve_model_path(config: LlamaCppConfig) -> Path:
@@ -298,8 +342,10 @@ class _Sequence:
     items are dropped.
 
     Invariant: `tokens` is the prompt followed by every sampled token the next sample depends on, and its first
-    `cached` tokens (and only those) hold KV cells under `slot`. So `tokens[cached:]` is what the next decodes must
-    feed: the unprefilled prompt, the last sampled token, or, after a preemption dropped the cells, everything.
+    `cached` tokens (and only those) hold KV cells under `kv` (a running sequence's; some may be shared with a
+    cached prefix). So `tokens[cached:]` is what the next decodes must feed: the unprefilled prompt, the last sampled
+    token, or, after a preemption dropped the cells, everything. `reused` counts the prompt tokens whose cells came
+    from a cached prefix rather than this request's own prefill (usage.cached_input_tokens).
     """
 
     request: GenerationRequest
@@ -310,8 +356,8 @@ class _Sequence:
     tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
     arrival: int = 0
-    slot: int = -1
-    cached: int = 0
+    kv: Holder | None = None
+    reused: int = 0
     output_tokens: int = 0
     sampler: Sampler | None = None
     utf8: Utf8Accumulator = field(default_factory=Utf8Accumulator)
@@ -319,9 +365,19 @@ class _Sequence:
     prefill_seconds: float | None = None
 
     @property
+    def cached(self) -> int:
+        """Leading tokens whose KV cells this sequence holds."""
+        return 0 if self.kv is None else self.kv.length
+
+    @property
     def uncached(self) -> int:
         """Tokens the next decodes must feed before this sequence can sample again."""
         return len(self.tokens) - self.cached
+
+    @property
+    def prefilling(self) -> bool:
+        """Whether the next decode of this sequence feeds prompt (or, resumed, earlier output) rather than one token."""
+        return self.uncached > 1
 
 
 class _Mailbox:
@@ -392,21 +448,29 @@ class _Worker:
     """The engine thread's state: model, context, sequences and the step loop. Touched by that thread only.
 
     Invariants:
-    - a sequence is in exactly one of `pending` (waiting for a slot and KV room) or `running` (holds `slot`, a
-      sampler and its cached KV cells) until it ends; ending frees all three at once;
+    - a sequence is in exactly one of `pending` (waiting for a slot and KV room) or `running` (holds a slot, a
+      sampler and a KV holder) until it ends; ending frees all three at once;
     - every running sequence arrived before every pending one, and both lists are in arrival order (admission takes
-      the head of `pending`; a preempted sequence, the newest running, goes back to its head), so the newest
-      running sequence is `running[-1]`;
+      the head of `pending`: FIFO, so a long prompt is never overtaken forever by short ones; a preempted sequence,
+      the newest running, goes back to its head), so the newest running sequence is `running[-1]`;
+    - every KV cell is accounted for by the ledger (`kvshare.KvLedger`): running sequences' and the prefix cache's
+      entries', a cell shared by several counted once;
     - KV cells are taken as tokens are decoded, never reserved for tokens that may come: a sequence is admitted when
-      its tokens fit beside the running ones' with one spare cell per running sequence (the next step's decodes),
-      so a large max_tokens never holds a short request back;
-    - `_plan` keeps the cells in use plus each decode's tokens within the context. When the next token of every
-      decoding sequence would not fit, it preempts the newest running one (its cells are dropped, its tokens and
-      sampler kept; at the head of `pending` it is prefilled again, which resumes it where it stopped: clients see
-      only a pause). The oldest running sequence is never preempted for another one and fits alone (prompt +
-      max_tokens ≤ the per-sequence limit ≤ the context), so every admitted request finishes;
-    - every step decodes one token per running sequence that has sampled, plus at most `prefill_budget` tokens of
-      the others (oldest first), and asks for logits only on each sequence's last row.
+      its tokens not yet cached fit beside the cells in use and the running ones' tokens to come, with one spare
+      cell per running sequence (the next step's decodes), so a large max_tokens never holds a short request back;
+      cached prefixes are evicted (least recently used first) to make that room;
+    - `_plan` keeps the cells in use plus each step's tokens within the context: it evicts cached prefixes first,
+      and only when none is left and the next token of every decoding sequence would still not fit does it preempt
+      the newest running one (its cells are dropped, its tokens and sampler kept; at the head of `pending` it is
+      prefilled again, which resumes it where it stopped: clients see only a pause). The oldest running sequence is
+      never preempted for another one and fits alone (prompt + max_tokens ≤ the per-sequence limit ≤ the context),
+      so every admitted request finishes;
+    - prefix reuse (kv_unified only): before its prefill a sequence takes the longest prefix of its tokens held by a
+      cached entry or a running sequence as shared cells (never its last token, which must yield logits); one whose
+      prefix an older sequence is prefilling right now waits for those cells rather than computing them twice;
+    - every step decodes one token per running sequence that has sampled, plus at most `prefill_budget` prompt
+      tokens of the others, split max-min fairly (`share_budget`), and asks for logits only on each sequence's last
+      row.
     """
 
     def __init__(
@@ -438,11 +502,12 @@ class _Worker:
             n_ctx = min(n_ctx, self.model.n_ctx_train)
         self._governor = ThreadGovernor(available_cores()) if config.n_threads == 0 else None
         threads = self._governor.threads if self._governor is not None else config.n_threads
+        self._slots = resolve_slots(config)
         try:
             params = native.ContextParams(
                 n_ctx=n_ctx,
-                n_seq_max=config.slots,
-                n_batch=config.slots + config.prefill_budget,
+                n_seq_max=self._slots,
+                n_batch=self._slots + config.prefill_budget,
                 n_threads=threads,
                 kv_unified=config.kv_unified,
             )
@@ -450,6 +515,13 @@ class _Worker:
         except BaseException:
             self.model.free()
             raise
+        if config.kv_unified:  # ids beyond the slots: pins, and the cached prefixes (two ids each)
+            self._ledger = KvLedger(self.context, self._slots, native.max_sequence_ids(), pinned=True)
+            entries = min(config.prefix_cache, (self._ledger.spare_ids - self._slots) // 2)
+        else:  # one stream per slot: cells cannot be shared across them
+            self._ledger = KvLedger(self.context, self._slots, self._slots, pinned=False)
+            entries = 0
+        self._cache = PrefixCache(self._ledger, entries) if entries > 0 else None
         limit = min(context_limit(config), self.context.n_ctx_seq)
         if self.model.n_ctx_train > 0:
             limit = min(limit, self.model.n_ctx_train)
@@ -457,18 +529,19 @@ class _Worker:
         self._limit = limit
         self._pending: collections.deque[_Sequence] = collections.deque()
         self._running: list[_Sequence] = []
-        self._free_slots = list(range(config.slots - 1, -1, -1))
         self._arrivals = 0
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Sink, _Item]]] = {}
         log.info(
-            "llamacpp: loaded %s (%s); %d slots, %d KV cells, %d tokens per sequence, %d thread(s)%s",
+            "llamacpp: loaded %s (%s); %d slots, %d KV cells, %d tokens per sequence, %d thread(s)%s, prefix cache "
+            "of %d entries",
             path.name,
             self.model.description,
-            config.slots,
+            self._slots,
             self.context.n_ctx,
             limit,
             threads,
             " (adaptive)" if self._governor is not None else "",
+            entries,
         )
 
     # The loop --------------------------------------------------------------------------------------------------
@@ -501,7 +574,7 @@ class _Worker:
             (SamplingParams(temperature=0.0, repetition_penalty=1.1), 2, ()),
             (SamplingParams(0.8, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1, seed=1), 2, ("\n\n",)),
         )
-        for index in range(self._config.slots):
+        for index in range(self._slots):
             sampling, top_logprobs, stop = kinds[index % len(kinds)]
             request = GenerationRequest("warm-up", "", "The quick brown fox", 3, sampling, stop, top_logprobs)
             self._accept(_Sequence(request, None, StopMatcher(stop), time.perf_counter()))
@@ -510,6 +583,9 @@ class _Worker:
             while self._running:
                 self._step()
         self.context.clear_memory()
+        if self._cache is not None:
+            self._cache.clear()
+        self._ledger.clear()
         self._outbox.clear()
 
     def _govern(self) -> None:
@@ -529,7 +605,7 @@ class _Worker:
     def fail_all(self, make_error: Callable[[], RilletError], extra: Sequence[_Sequence] = ()) -> None:
         """End every sequence with a fresh error from `make_error` and free what they hold."""
         for seq in list(self._running):
-            self._release(seq)
+            self._release(seq, keep=False)
             self._send(seq, make_error())
         for seq in [*self._pending, *extra]:
             self._free_sampler(seq)
@@ -627,10 +703,9 @@ class _Worker:
     def _admit(self) -> None:
         """Move pending sequences into free slots in arrival order while their tokens fit (see the invariants)."""
         admitted = False
-        in_use = sum(len(seq.tokens) for seq in self._running)
-        while self._pending and self._free_slots:
+        while self._pending and len(self._running) < self._slots:
             seq = self._pending[0]
-            if in_use + len(seq.tokens) + len(self._running) + 1 > self.context.n_ctx:
+            if not self._make_room(seq):
                 break  # arrival order: a long prompt is not overtaken forever by short ones
             self._pending.popleft()
             if seq.sampler is None:  # a preempted sequence keeps its sampler: penalties and draws go on
@@ -639,12 +714,45 @@ class _Worker:
                     seq.sampler.accept(seq.tokens[-self._native.PENALTY_LAST_N :])
             if seq.admitted_at is None:
                 seq.admitted_at = time.perf_counter()
-            seq.slot = self._free_slots.pop()
-            in_use += len(seq.tokens)
+            seq.kv = self._ledger.new()
+            self._seed(seq)
             self._running.append(seq)
             admitted = True
         if admitted:
             self._set_active(len(self._running))
+
+    def _make_room(self, seq: _Sequence) -> bool:
+        """Whether `seq`'s tokens not yet cached fit now, evicting cached prefixes (oldest use first) as needed.
+
+        The room needed counts the running sequences' tokens still to come and one spare cell per running sequence.
+        """
+        while True:
+            source, reuse = self._source(seq)
+            to_come = sum(other.uncached for other in self._running)
+            need = len(seq.tokens) - reuse + len(self._running) + 1
+            if self._ledger.used + to_come + need <= self.context.n_ctx:
+                return True
+            if self._cache is None:
+                return False
+            if self._cache.evict(keep=source) is None and self._cache.evict() is None:
+                return False
+
+    def _source(self, seq: _Sequence) -> tuple[Holder | None, int]:
+        """The holder (cached entry or running sequence) sharing the longest prefix with `seq`'s tokens, and how many.
+
+        Never `seq`'s last token (it must be decoded for logits); (None, 0) below MIN_SHARED_TOKENS or without a
+        prefix cache.
+        """
+        if self._cache is None:
+            return None, 0
+        best, best_len = self._cache.longest(seq.tokens)
+        for other in self._running:
+            if other is not seq and other.kv is not None and other.kv.length > best_len:
+                shared = common_prefix(other.tokens[: other.kv.length], seq.tokens)
+                if shared > best_len:
+                    best, best_len = other.kv, shared
+        best_len = min(best_len, len(seq.tokens) - 1)
+        return (best, best_len) if best_len >= MIN_SHARED_TOKENS else (None, 0)
 
     def _new_sampler(self, sampling: SamplingParams) -> Sampler:
         params = self._native.SamplerParams(
@@ -657,12 +765,20 @@ class _Worker:
         )
         return self._native.Sampler(self.model, params)
 
-    def _release(self, seq: _Sequence) -> None:
-        """Free the slot, KV cells and sampler of a running sequence at once."""
+    def _release(self, seq: _Sequence, *, keep: bool = True) -> None:
+        """Free the slot and sampler of a running sequence at once, and its KV cells unless the prefix cache keeps them.
+
+        They join the cache when `keep` (and there is one): finished and cancelled requests, not failed ones.
+        """
         self._running.remove(seq)
-        self.context.remove_sequence(seq.slot)
+        if seq.kv is not None:
+            if keep and self._cache is not None and seq.kv.length >= MIN_SHARED_TOKENS:
+                self._ledger.retire(seq.kv)
+                self._cache.keep(seq.kv, seq.tokens)
+            else:
+                self._ledger.drop(seq.kv)
+            seq.kv = None
         self._free_sampler(seq)
-        self._free_slots.append(seq.slot)
         self._set_active(len(self._running))
 
     def _free_sampler(self, seq: _Sequence) -> None:
@@ -679,58 +795,104 @@ class _Worker:
             seq.cached,
         )
         self._running.remove(seq)
-        self.context.remove_sequence(seq.slot)
-        self._free_slots.append(seq.slot)
-        seq.slot, seq.cached = -1, 0
+        if seq.kv is not None:
+            self._ledger.drop(seq.kv)
+            seq.kv = None
         self._pending.appendleft(seq)
         self._set_active(len(self._running))
 
     # One step ----------------------------------------------------------------------------------------------------
 
+    def _share(self) -> set[_Sequence]:
+        """Give sequences about to prefill the longest cached prefix; returns those that wait for an older one's.
+
+        Only a sequence with no cells of its own yet takes shared cells (its cells are then one prefix of one
+        holder). It waits, skipping this step's prefill, while an older running sequence is prefilling tokens it
+        would share: computing them once and sharing them beats computing them twice at once.
+        """
+        waiting: set[_Sequence] = set()
+        if self._cache is None:
+            return waiting
+        for index, seq in enumerate(self._running):
+            if seq.kv is None or not seq.prefilling or seq.kv.own > 0:
+                continue
+            self._seed(seq)
+            for older in self._running[:index]:
+                if older.prefilling:
+                    ahead = min(common_prefix(older.tokens, seq.tokens), len(seq.tokens) - 1)
+                    if ahead >= MIN_SHARED_TOKENS and older.cached < ahead and seq.cached < ahead:
+                        waiting.add(seq)
+                        break
+        return waiting
+
+    def _seed(self, seq: _Sequence) -> None:
+        """Share the longest cached prefix into `seq`'s holder if that beats what it holds (it has no own cells)."""
+        kv = seq.kv
+        if self._cache is None or kv is None or kv.own > 0:
+            return
+        source, reuse = self._source(seq)
+        if source is None or reuse <= kv.length:
+            return
+        if kv.length:
+            self._ledger.reset(kv)
+        self._ledger.share(kv, source, reuse)
+        self._cache.touch(source)
+        if seq.prefill_seconds is None:  # the prompt's first pass: what it reused is what usage reports
+            seq.reused = min(reuse, seq.prompt_tokens)
+
     def _plan(self) -> list[tuple[_Sequence, int]]:
         """The next step's work, (sequence, tokens to feed) with decodes first, within the free KV cells."""
+        waiting = self._share()
         while True:
-            free = self.context.n_ctx - sum(seq.cached for seq in self._running)
-            decodes = [seq for seq in self._running if seq.uncached == 1]
+            free = self.context.n_ctx - self._ledger.used
+            decodes = [seq for seq in self._running if not seq.prefilling]
+            prefills = [seq for seq in self._running if seq.prefilling and seq not in waiting]
+            wanted = len(decodes) + min(self._config.prefill_budget, sum(seq.uncached for seq in prefills))
+            if wanted <= free:
+                break
+            if self._cache is not None and self._cache.evict() is not None:
+                continue
             if len(self._running) == 1 or (len(decodes) <= free and free > 0):
                 break
             self._preempt(self._running[-1])
         work = [(seq, 1) for seq in decodes]
         budget = min(self._config.prefill_budget, free - len(decodes))
-        for seq in self._running:
-            if budget <= 0:
-                break
-            if seq.uncached > 1:
-                take = min(seq.uncached, budget)
-                work.append((seq, take))
-                budget -= take
+        if budget > 0 and prefills:
+            grants = share_budget([seq.uncached for seq in prefills], budget)
+            work += [(seq, grant) for seq, grant in zip(prefills, grants, strict=True) if grant > 0]
         return work
 
     def _step(self) -> int:
         """Decode one batch; returns how many sequences it advanced (0 when llama.cpp found no room)."""
         work = self._plan()
+        if not work:
+            return 0
         context = self.context
         context.clear_batch()
         outputs: list[tuple[_Sequence, int]] = []
         for seq, count in work:
-            end = seq.cached + count
-            last = context.add(seq.tokens[seq.cached : end], seq.cached, seq.slot, output_last=end == len(seq.tokens))
+            assert seq.kv is not None
+            start = seq.cached
+            end = start + count
+            last = context.add(seq.tokens[start:end], start, seq.kv.seq_id, output_last=end == len(seq.tokens))
             if end == len(seq.tokens):
                 outputs.append((seq, last))
         status = context.decode()
         if status == 1 and len(self._running) > 1:
             # llama.cpp found no room where the count above did: free some and try again at the next step.
-            self._preempt(self._running[-1])
+            if self._cache is None or self._cache.evict() is None:
+                self._preempt(self._running[-1])
             return 0
         if status == 1:
             for seq, _ in work:
-                self._release(seq)
+                self._release(seq, keep=False)
                 self._send(seq, Internal("the KV cache had no room for this request", reason="KV_CACHE_FULL"))
             return 0
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
         for seq, count in work:
-            seq.cached += count
+            assert seq.kv is not None
+            self._ledger.grow(seq.kv, count)
         now = time.perf_counter()
         for seq, index in outputs:
             self._emit(seq, index, now)
@@ -768,7 +930,7 @@ class _Worker:
                 text = check.emit + seq.stops.flush()
             if text:
                 self._send(seq, TokenDelta(text))
-        usage = Usage(input_tokens=seq.prompt_tokens, output_tokens=seq.output_tokens)
+        usage = Usage(input_tokens=seq.prompt_tokens, output_tokens=seq.output_tokens, cached_input_tokens=seq.reused)
         queued = 0.0 if seq.admitted_at is None else seq.admitted_at - seq.submitted_at
         self._release(seq)
         self._send(seq, EngineFinished(reason, usage, matched, seq.prefill_seconds, queued))
@@ -795,14 +957,16 @@ class _Worker:
 
 
 class LlamaCppEngine:
-    """Text generation on llama.cpp (CPU) with continuous batching over `config.slots` sequences.
+    """Text generation on llama.cpp (CPU) with continuous batching over `slots` sequences (`resolve_slots`).
 
     One engine thread owns the model and context and runs the step loop (`_Worker`); the event loop only submits
     sequences, marks them cancelled, and receives their items through `call_soon_threadsafe`. Prompts are tokenized
     and validated on the engine thread, so errors arrive before any output. Requests beyond the free slots (or KV
     room for their prompt) wait inside the engine in arrival order; KV cells are taken per token, and when the cache
-    is full the newest request is preempted and later resumed (see `_Worker`). `start` warms every path a request
-    takes before it returns.
+    is full, cached prefixes are evicted first, then the newest request is preempted and later resumed (see
+    `_Worker`). With kv_unified, a prompt that starts like an earlier or running one shares that prefix's KV cells
+    instead of computing them (`usage.cached_input_tokens`). `start` warms every path a request takes before it
+    returns.
 
     Stream contract specifics: each TokenDelta carries the ids of the tokens it covers (a stop string's text is
     never sent; an end-of-generation token is neither sent nor counted), so the ids of all deltas together number
@@ -856,7 +1020,7 @@ class LlamaCppEngine:
 
     @property
     def slots(self) -> int:
-        return self._config.slots
+        return resolve_slots(self._config)
 
     @property
     def active(self) -> int:

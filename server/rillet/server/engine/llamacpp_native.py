@@ -24,6 +24,7 @@ __all__ = [
     "SamplerParams",
     "cpu_extra_buffer_types",
     "init_backend",
+    "max_sequence_ids",
 ]
 
 log = logging.getLogger(__name__)
@@ -227,9 +228,18 @@ class LlamaModel:
             self.handle = lib.llama_model_p(0)
 
 
+def max_sequence_ids() -> int:
+    """Sequence ids a unified KV cache accepts (LLAMA_MAX_SEQ), whatever the context's n_seq_max."""
+    return int(lib.llama_max_parallel_sequences())
+
+
 @dataclass(frozen=True, slots=True)
 class ContextParams:
-    """How to size a context for continuous batching."""
+    """How to size a context for continuous batching.
+
+    `n_seq_max` is the most sequences one decode holds (it sizes the logits buffer, 1 MiB per row of a 262k
+    vocabulary); a unified cache accepts any sequence id below `max_sequence_ids()` beside them.
+    """
 
     n_ctx: int
     n_seq_max: int
@@ -324,6 +334,17 @@ class LlamaContext:
     def remove_sequence(self, seq_id: int) -> None:
         """Drop every KV cell of `seq_id` (never fails for a whole sequence)."""
         lib.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+
+    def copy_cells(self, src: int, dst: int, start: int, end: int) -> None:
+        """The cells of `src` at positions [start, end) also belong to `dst`.
+
+        In a unified cache they are shared, not copied: llama_memory_seq_cp only tags them with `dst`.
+        """
+        lib.llama_memory_seq_cp(self._memory, src, dst, start, end)
+
+    def position_range(self, seq_id: int) -> tuple[int, int]:
+        """The lowest and highest position `seq_id` holds in the cache ((-1, -1) when it holds none)."""
+        return lib.llama_memory_seq_pos_min(self._memory, seq_id), lib.llama_memory_seq_pos_max(self._memory, seq_id)
 
     def clear_memory(self) -> None:
         """Drop every KV cell of every sequence."""

@@ -242,7 +242,10 @@ def audio_chunk(chunk: AudioChunk) -> speech_pb2.AudioChunk:
 
 def _usage(usage: Usage) -> common_pb2.Usage:
     message = common_pb2.Usage(
-        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, input_characters=usage.input_characters
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        input_characters=usage.input_characters,
+        cached_input_tokens=usage.cached_input_tokens,
     )
     if usage.output_audio_seconds:
         message.output_audio_duration.CopyFrom(_duration(usage.output_audio_seconds))

@@ -59,7 +59,16 @@ export interface Usage {
   /** Characters of text synthesized (synthesis requests). */
   inputCharacters: number;
   /** Audio produced (synthesis requests). */
-  outputAudioDuration: Duration | undefined;
+  outputAudioDuration:
+    | Duration
+    | undefined;
+  /**
+   * Of input_tokens, those whose KV cache entries the engine reused from an
+   * earlier or concurrent request sharing the same prompt prefix instead of
+   * computing them again (generation requests; 0 when nothing was reused or
+   * the engine has no prefix cache).
+   */
+  cachedInputTokens: number;
 }
 
 /**
@@ -175,7 +184,7 @@ export const TraceContext: MessageFns<TraceContext> = {
 };
 
 function createBaseUsage(): Usage {
-  return { inputTokens: 0, outputTokens: 0, inputCharacters: 0, outputAudioDuration: undefined };
+  return { inputTokens: 0, outputTokens: 0, inputCharacters: 0, outputAudioDuration: undefined, cachedInputTokens: 0 };
 }
 
 export const Usage: MessageFns<Usage> = {
@@ -191,6 +200,9 @@ export const Usage: MessageFns<Usage> = {
     }
     if (message.outputAudioDuration !== undefined) {
       Duration.encode(message.outputAudioDuration, writer.uint32(34).fork()).join();
+    }
+    if (message.cachedInputTokens !== 0) {
+      writer.uint32(40).uint32(message.cachedInputTokens);
     }
     return writer;
   },
@@ -240,6 +252,14 @@ export const Usage: MessageFns<Usage> = {
             message.outputAudioDuration = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.cachedInputTokens = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -263,6 +283,7 @@ export const Usage: MessageFns<Usage> = {
     message.outputAudioDuration = (object.outputAudioDuration !== undefined && object.outputAudioDuration !== null)
       ? Duration.fromPartial(object.outputAudioDuration)
       : undefined;
+    message.cachedInputTokens = object.cachedInputTokens ?? 0;
     return message;
   },
 };
