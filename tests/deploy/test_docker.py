@@ -17,7 +17,7 @@ import pytest
 
 from tests.deploy.tools import ROOT, unknown_settings_variables
 
-DOCKERFILES = sorted(p for p in (ROOT / "deploy").rglob("Dockerfile*") if p.is_file())
+DOCKERFILES = sorted(p for p in (ROOT / "deploy").rglob("Dockerfile*") if p.is_file() and p.suffix != ".dockerignore")
 CPU = ROOT / "deploy" / "docker" / "Dockerfile"
 
 
@@ -123,3 +123,11 @@ def test_images_serve_on_all_interfaces_as_a_numeric_non_root_user_with_a_grpc_h
     [check] = [arguments for instruction, arguments in steps if instruction == "HEALTHCHECK"]
     assert "rillet health" in check.replace('", "', " ") or '"rillet", "health"' in check
     assert ("ENTRYPOINT", '["rillet", "serve"]') in steps
+
+
+def test_the_build_context_keeps_what_the_cpu_image_copies() -> None:
+    ignore = (CPU.parent / "Dockerfile.dockerignore").read_text().splitlines()
+    kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert "**" in ignore  # everything else stays out of the context (.venv, .tools, node_modules, .git)
+    copies = [shlex.split(a) for i, a in instructions(CPU) if i == "COPY" and not a.startswith("--from")]
+    assert {source.rstrip("/") for *sources, _ in copies for source in sources} == kept
