@@ -178,6 +178,7 @@ async def main() -> None:
     parser.add_argument("--paces", nargs="+", default=list(PACES), choices=list(PACES))
     args = parser.parse_args()
     rounds: list[Round] = []
+    load_before = os.getloadavg()
     async with receiver() as otlp_port:
         for pace in args.paces:
             for index in range(args.rounds):
@@ -196,6 +197,8 @@ async def main() -> None:
         f"{args.sessions} concurrent sessions, {args.max_tokens}-token requests back to back, {args.seconds:g} s per "
         f"round, {args.rounds} rounds per mode (alternating), synthetic TEST engine; medians over rounds.",
         "on = traces (100% sampled) and metrics over OTLP/gRPC + the Prometheus endpoint scraped every second.",
+        f"Machine load average (1, 5, 15 min) before: {load_before[0]:.1f}, {load_before[1]:.1f}, "
+        f"{load_before[2]:.1f}; after: {os.getloadavg()[0]:.1f}, {os.getloadavg()[1]:.1f}, {os.getloadavg()[2]:.1f}.",
         "",
         "| pace | mode | tokens/s | TTFT p50 ms | TTFT p99 ms | throughput change | TTFT p50 change |",
         "|---|---|---|---|---|---|---|",
