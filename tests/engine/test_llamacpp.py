@@ -551,3 +551,70 @@ async def test_start_warms_every_request_path_then_empties_the_cache(monkeypatch
         run = await collect(engine.stream(request(max_tokens=3)))
         assert run.finished is not None
         assert run.finished.usage.output_tokens == 3
+
+
+# -- prefix reuse, eviction, fair admission ---------------------------------------------------------------------------
+
+SHARED = "A recipe book for beginners. Every recipe lists its ingredients first, then the steps, then a tip. " * 4
+"""A shared prefix of well over MIN_SHARED_TOKENS tokens."""
+
+
+async def test_a_shared_prefix_is_reused_and_greedy_output_matches_an_engine_without_the_cache(
+    engine: LlamaCppEngine,
+) -> None:
+    first = await collect(engine.stream(request(SHARED + "Pancakes:", 8)))
+    assert first.finished is not None
+    second = await collect(engine.stream(request(SHARED + "Omelette:", 8)))
+    assert second.finished is not None
+    usage = second.finished.usage
+    assert 0 < usage.cached_input_tokens < usage.input_tokens  # the prefix came from the first request's cells
+    async with started(LlamaCppConfig(slots=8, context_length=1024, n_threads=1, prefix_cache=0)) as plain:
+        reference = await collect(plain.stream(request(SHARED + "Omelette:", 8)))
+    assert reference.finished is not None
+    assert reference.finished.usage.cached_input_tokens == 0
+    assert second.ids == reference.ids
+
+
+async def test_cached_prefixes_are_evicted_so_a_full_context_prompt_still_runs(small: LlamaCppEngine) -> None:
+    for i in range(3):  # three distinct finished requests stay cached
+        run = await collect(small.stream(request(f"Entry {i}: the number {i} is written as", 40, request_id=f"e{i}")))
+        assert run.finished is not None
+    prompt = (2, *([818] * 250))  # 251 of 256 cells: room only once every cached prefix is gone
+    run = await collect(small.stream(request(prompt, max_tokens=5)))
+    assert run.finished is not None
+    assert run.finished.reason in (FinishReason.LENGTH, FinishReason.STOP)
+    assert run.finished.usage.input_tokens == 251
+    await eventually(lambda: small.active == 0)
+
+
+async def test_a_short_prompt_is_not_held_behind_a_long_prompts_prefill(engine: LlamaCppEngine) -> None:
+    long_prompt = (2, *([818] * 900))  # 8 steps of prefill at the default budget
+    long = asyncio.create_task(collect(engine.stream(request(long_prompt, 2, request_id="long"))))
+    await asyncio.sleep(0)  # submitted first
+    short = await collect(engine.stream(request("Hello there,", 2, request_id="short")))
+    run = await long
+    assert short.first_output_at is not None
+    assert run.first_output_at is not None
+    assert short.first_output_at < run.first_output_at  # the budget is shared: the short one did not queue behind
+
+
+async def test_admission_is_first_come_first_served_so_a_long_prompt_is_not_overtaken(
+    small: LlamaCppEngine,
+) -> None:
+    hold = small.stream(request(COUNTING[0], 200, request_id="hold"))
+    assert isinstance(await anext(hold), TokenDelta)
+    long_prompt = (2, *([818] * 240))  # cannot fit beside the holder's cells until it ends
+    long = asyncio.create_task(collect(small.stream(request(long_prompt, 2, request_id="long"))))
+    await asyncio.sleep(0)  # submitted first
+    short = asyncio.create_task(collect(small.stream(request("Hi", 2, request_id="short"))))  # would fit at once
+    await asyncio.sleep(0)
+    submitted_by = time.perf_counter()
+    for _ in range(4):  # the holder goes on for a few steps while both wait
+        assert isinstance(await anext(hold), TokenDelta)
+    released_from = time.perf_counter()
+    await hold.aclose()
+    long_run, short_run = await asyncio.gather(long, short)
+    assert long_run.finished is not None
+    assert short_run.finished is not None
+    assert short_run.finished.engine_queue_seconds >= released_from - submitted_by  # it waited behind the long one
+    await eventually(lambda: small.active == 0)
