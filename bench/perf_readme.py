@@ -51,6 +51,7 @@ def floor_rows(path: Path, results: dict[str, Any]) -> list[str]:
         "| what | floor | Rillet | ratio (p10-p90) | target |",
         "|---|---|---|---|---|",
     ]
+    notes: list[str] = []
     for name, scenario in results["scenarios"].items():
         for metric, ratio in scenario["ratios"].items():
             label = LABELS.get((name, metric), f"{name} {metric}")
@@ -59,11 +60,22 @@ def floor_rows(path: Path, results: dict[str, Any]) -> list[str]:
                 f"{_num(scenario['rillet'][metric]['median'])} | {ratio['median']:.2f}x "
                 f"({ratio['p10']:.2f}-{ratio['p90']:.2f}) | {scenario['targets'].get(metric, '')} |"
             )
+        offered = scenario["concurrency"] * scenario["pace_steps_per_s"]["floor"]
+        if offered and "tokens_per_s" in scenario["rillet"]:
+            delivered = min(scenario["floor"]["tokens_per_s"]["median"], scenario["rillet"]["tokens_per_s"]["median"])
+            if delivered < 0.9 * offered:
+                notes.append(
+                    f"{name}: {offered:,.0f} tokens/s were offered and {delivered:,.0f} delivered by the slower side: "
+                    "the machine (its load, or the one client process) could not carry this load, so its gap ratio "
+                    "compares two overloaded runs."
+                )
         if "lost" in scenario["rillet"]:
             lost = sum(scenario["rillet"]["lost"]["values"])
             rows.append(f"| {name}: streams lost or failed, all rounds | {sum(scenario['floor']['lost']['values']):.0f}"
                         f" | {lost:.0f} | | 0 |")  # fmt: skip
-    return rows
+    loads = [row["load_before"] for s in results["scenarios"].values() for row in s["rounds"]]
+    notes.append(f"1-minute load average before the rounds: {min(loads):.1f} to {max(loads):.1f} on these CPUs.")
+    return [*rows, "", *(f"- {note}" for note in notes)]
 
 
 def workers_rows(path: Path, results: dict[str, Any]) -> list[str]:
