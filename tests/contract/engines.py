@@ -63,7 +63,9 @@ async def started(engine: Any) -> AsyncIterator[Any]:
 
 
 def _synthetic() -> AbstractAsyncContextManager[TextEngine]:
-    config = SyntheticConfig(first_output_delay_s=0.0, tokens_per_second=5000.0, slots=4, context_length=256)
+    # Unthrottled: one step per event-loop iteration, so a reader that keeps up gets one token per delta whatever
+    # the machine's load (a paced engine on its own clock coalesces the steps a busy loop missed).
+    config = SyntheticConfig(first_output_delay_s=0.0, tokens_per_second=0, slots=4, context_length=256)
     return started(registry.entry("synthetic").create(Settings(synthetic=config)))
 
 
