@@ -49,6 +49,7 @@ def test_shared_cells_are_counted_once_and_freed_when_their_last_holder_goes() -
     decode(memory, ledger, b, 10)
     assert ledger.used == len(memory.cells) == 110
     assert memory.positions(b.seq_id) == list(range(70))
+    assert b.pin is not None
     assert memory.positions(b.pin) == list(range(70))  # pinned: every cell has a second holder
     assert ledger.drop(a) == 40  # a's cells 60..99 go; 0..59 stay for b
     assert ledger.used == len(memory.cells) == 70

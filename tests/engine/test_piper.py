@@ -270,12 +270,12 @@ def _blocked_pool() -> tuple[DeadlinePool, threading.Event]:
     """A one-worker pool whose worker is busy until the returned event is set."""
     pool = DeadlinePool(1, "test-pool")
     release = threading.Event()
-    pool.submit(0.0, release.wait)
+    pool.submit(0.0, lambda _alone: release.wait())
     return pool, release
 
 
-def _recorder(order: list[str], name: str) -> Callable[[], str]:
-    def run() -> str:
+def _recorder(order: list[str], name: str) -> Callable[[bool], str]:
+    def run(_alone: bool) -> str:
         order.append(name)
         return name
 
@@ -299,10 +299,62 @@ async def test_the_pool_runs_the_earliest_deadline_first_and_skips_cancelled_job
 
 async def test_closing_the_pool_fails_queued_jobs_and_refuses_new_ones() -> None:
     pool, release = _blocked_pool()
-    queued = pool.submit(1.0, lambda: "never")
+    queued = pool.submit(1.0, lambda _: "never")
     pool.close()
     assert isinstance(queued.exception(timeout=0), Unavailable)
     with pytest.raises(Unavailable):
-        pool.submit(1.0, lambda: "refused")
+        pool.submit(1.0, lambda _: "refused")
     release.set()
     pool.join(10)
+
+
+async def test_a_job_knows_whether_it_starts_alone() -> None:
+    pool = DeadlinePool(2, "test-pool")
+    release = threading.Event()
+    first_started = threading.Event()
+
+    def first(alone: bool) -> bool:
+        first_started.set()
+        release.wait()
+        return alone
+
+    lone = pool.submit(0.0, first)
+    assert first_started.wait(10)
+    beside = pool.submit(0.0, lambda alone: alone)  # starts while the first one runs
+    assert beside.result(timeout=10) is False
+    release.set()
+    assert lone.result(timeout=10) is True
+    assert pool.submit(0.0, lambda alone: alone).result(timeout=10) is True  # alone again
+    pool.close()
+    pool.join(10)
+
+
+async def test_a_lone_segment_renders_on_every_core_and_shared_ones_on_one_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(piper_module, "available_cores", lambda: 4)
+    assert piper_module.solo_threads(PiperConfig()) == 4
+    assert piper_module.solo_threads(PiperConfig(solo_threads=3)) == 3
+    shared, solo = object(), object()
+    voice = piper_module.Voice(shared, solo)  # type: ignore[arg-type]
+    assert voice.pick(True) is solo
+    assert voice.pick(False) is shared
+    assert piper_module.Voice(shared, None).pick(True) is shared
+
+
+async def test_the_engine_loads_a_solo_session_with_the_configured_threads() -> None:
+    engine = PiperEngine(PiperConfig(solo_threads=2))
+    await engine.start()
+    try:
+        voice = engine._voices[VOICE]
+        assert voice.solo is not None
+        assert voice.solo.session.get_session_options().intra_op_num_threads == 2
+        assert voice.shared.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        await engine.aclose()
+    single = PiperEngine(PiperConfig(solo_threads=1))
+    await single.start()
+    try:
+        assert single._voices[VOICE].solo is None
+    finally:
+        await single.aclose()

@@ -131,7 +131,15 @@ class PiperConfig(BaseModel, frozen=True):
     voice_paths: tuple[str, ...] = Field((), description="extra .onnx voices (config beside as .onnx.json)")
     slots: int = Field(16, ge=1, description="requests streamed at once; they share the workers segment by segment")
     workers: int = Field(2, ge=1, description="synthesis threads; each renders one text segment at a time")
-    threads_per_worker: int = Field(1, ge=1, description="onnxruntime threads per synthesis; 1 is safe on 2 cores")
+    threads_per_worker: int = Field(
+        1, ge=1, description="onnxruntime threads per synthesis beside others; 1 is safe on 2 cores"
+    )
+    solo_threads: int = Field(
+        0,
+        ge=0,
+        description="onnxruntime threads for a segment that starts with no other synthesis running or queued (a "
+        "second session per voice); 0: every available core; at most threads_per_worker: no second session",
+    )
     first_segment_chars: int = Field(20, ge=1, description="the first segment may end at a clause from this length")
     first_segment_max_chars: int = Field(
         64, ge=8, description="the first segment is cut at a space past this length: earlier audio, plainer prosody"

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.base import TextCapabilities, TextEvent
+from rillet.server.engine.cpu import available_cores
 from rillet.server.engine.kvshare import Holder, KvLedger, PrefixCache, common_prefix
 from rillet.server.engine.text import StopCheck, StopMatcher, check_request
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, RilletError, Unavailable
@@ -200,16 +201,6 @@ def resolve_model_path(config: LlamaCppConfig) -> Path:
 # -- thread count: adapt to what else runs on the cores ---------------------------------------------------------------
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def available_cores() -> int:
-    """Logical CPUs this process may run on: its affinity set, capped by a cgroup v2 CPU quota when one is set."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    with contextlib.suppress(OSError, ValueError):
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    return max(1, cores)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from piper import PiperVoice
 
 from rillet.server.config import PiperConfig
 from rillet.server.engine.base import SpeechEvent
+from rillet.server.engine.cpu import available_cores
 from rillet.server.engine.segment import Segmenter, segments
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, NotFound, RilletError, Unavailable
 from rillet.server.types import (
@@ -36,7 +37,7 @@ from rillet.server.types import (
     Usage,
 )
 
-__all__ = ["PiperEngine", "VoiceFiles"]
+__all__ = ["DeadlinePool", "PiperEngine", "Voice", "VoiceFiles", "solo_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,11 @@ def configured_voices(config: PiperConfig) -> list[VoiceFiles]:
 
 
 def load_voice(files: VoiceFiles, threads: int) -> PiperVoice:
-    """Load one voice for CPU inference with `threads` intra-op threads per synthesis (blocking)."""
+    """Load one voice for CPU inference with `threads` intra-op threads per synthesis (blocking).
+
+    onnxruntime fixes a session's intra-op thread count when it is created (no run option changes it), so a voice
+    that should render with more threads when alone gets a second session (`Voice`).
+    """
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -121,6 +126,31 @@ def load_voice(files: VoiceFiles, threads: int) -> PiperVoice:
 def render(voice: PiperVoice, text: str) -> bytes:
     """Synthesize `text` to PCM16 mono bytes at the voice's rate (blocking; run on a worker thread)."""
     return b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text))
+
+
+def solo_threads(config: PiperConfig) -> int:
+    """Onnxruntime threads for a segment that renders alone: `solo_threads`, or with 0 every available core."""
+    return config.solo_threads or available_cores()
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    """One voice's onnxruntime sessions: `shared` renders beside other segments, `solo` a segment run alone.
+
+    `solo` has more threads (None when the config asks for no more than threads_per_worker): a lone request's
+    segment then uses every core instead of one.
+    """
+
+    shared: PiperVoice
+    solo: PiperVoice | None
+
+    def pick(self, alone: bool) -> PiperVoice:
+        """The session for a segment that starts with no other synthesis running or queued (`alone`), or beside one."""
+        return self.solo if alone and self.solo is not None else self.shared
+
+
+def _render_segment(voice: Voice, text: str, alone: bool) -> bytes:
+    return render(voice.pick(alone), text)
 
 
 @dataclass(order=True, slots=True)
@@ -142,6 +172,8 @@ class DeadlinePool:
     already produced for that request would run out if played in real time. So a new request's first audio
     overtakes segments that are not needed yet, and under load every stream stays ahead of its playback.
 
+    A job is told whether it starts alone (no other job running or queued), so it may use every core.
+
     Invariants: a job cancelled before a worker takes it never runs; a running job always completes its future
     (its caller may have stopped waiting and drops the result); after `close` nothing new starts, and every
     future not yet running fails with Unavailable.
@@ -151,14 +183,16 @@ class DeadlinePool:
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._closed = False
+        self._lock = threading.Lock()
+        self._running = 0
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True) for index in range(workers)
         ]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, deadline: float, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
-        """Queue `fn` to run when no job with an earlier deadline waits; cancelling the future unqueues it."""
+    def submit(self, deadline: float, fn: Callable[[bool], T]) -> concurrent.futures.Future[T]:
+        """Queue `fn(alone)` to run when no job with an earlier deadline waits; cancelling the future unqueues it."""
         if self._closed:
             raise _closed_error()
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -169,12 +203,18 @@ class DeadlinePool:
             if closing:
                 future.set_exception(_closed_error())
                 return
+            with self._lock:
+                self._running += 1
+                alone = self._running == 1 and self._queue.empty()
             try:
-                result = fn()
+                result = fn(alone)
             except BaseException as exc:
                 future.set_exception(exc)
             else:
                 future.set_result(result)
+            finally:
+                with self._lock:
+                    self._running -= 1
 
         self._queue.put(_Job(deadline, next(self._seq), run))
         return future
@@ -233,7 +273,7 @@ class PiperEngine:
             )
             for voice in self._files.values()
         )
-        self._voices: dict[str, PiperVoice] = {}
+        self._voices: dict[str, Voice] = {}
         self._pool: DeadlinePool | None = None
         self._active = 0
         self._closed = False
@@ -271,15 +311,26 @@ class PiperEngine:
         except Exception as exc:
             raise EngineDead(f"piper voices failed to load: {exc}", reason="VOICE_UNAVAILABLE") from exc
         self._pool = DeadlinePool(self._config.workers, "piper")
-        log.info("piper: %d voice(s) loaded, %d worker(s)", len(self._voices), self._config.workers)
+        log.info(
+            "piper: %d voice(s) loaded, %d worker(s) of %d thread(s), %d for a segment rendered alone",
+            len(self._voices),
+            self._config.workers,
+            self._config.threads_per_worker,
+            max(self._config.threads_per_worker, solo_threads(self._config)),
+        )
 
-    def _load_all(self) -> dict[str, PiperVoice]:
-        voices: dict[str, PiperVoice] = {}
+    def _load_all(self) -> dict[str, Voice]:
+        voices: dict[str, Voice] = {}
+        solo = solo_threads(self._config)
         for name, files in self._files.items():
             started = time.perf_counter()
-            voice = load_voice(files, self._config.threads_per_worker)
-            if not render(voice, WARMUP_TEXT):
-                raise EngineDead(f"piper voice {name!r} produced no audio when warming up", reason="VOICE_UNAVAILABLE")
+            shared = load_voice(files, self._config.threads_per_worker)
+            voice = Voice(shared, load_voice(files, solo) if solo > self._config.threads_per_worker else None)
+            for session in (shared,) if voice.solo is None else (shared, voice.solo):  # the first run allocates
+                if not render(session, WARMUP_TEXT):
+                    raise EngineDead(
+                        f"piper voice {name!r} produced no audio when warming up", reason="VOICE_UNAVAILABLE"
+                    )
             voices[name] = voice
             log.info("piper voice %s ready in %.2fs", name, time.perf_counter() - started)
         return voices
@@ -332,7 +383,7 @@ class PiperEngine:
         )
 
     async def _synthesize(
-        self, request: SynthesisRequest, voice: PiperVoice, rate: int, pool: DeadlinePool
+        self, request: SynthesisRequest, voice: Voice, rate: int, pool: DeadlinePool
     ) -> AsyncGenerator[SpeechEvent, None]:
         """Consume rendered segments from a producer task and slice them into chunks.
 
@@ -382,7 +433,7 @@ class PiperEngine:
     async def _produce(
         text: AsyncIterator[str],
         segmenter: Segmenter,
-        voice: PiperVoice,
+        voice: Voice,
         rate: int,
         pool: DeadlinePool,
         rendered: asyncio.Queue[_Rendered | BaseException | None],
@@ -398,7 +449,7 @@ class PiperEngine:
             async with contextlib.aclosing(segments(text, segmenter)) as texts:
                 async for segment in texts:
                     deadline = time.monotonic() if first_ready is None else first_ready + audio_seconds
-                    future = pool.submit(deadline, functools.partial(render, voice, segment))
+                    future = pool.submit(deadline, functools.partial(_render_segment, voice, segment))
                     pcm = await asyncio.wrap_future(future)
                     if first_ready is None:
                         first_ready = time.monotonic()
