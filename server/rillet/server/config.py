@@ -140,9 +140,11 @@ class PiperConfig(BaseModel, frozen=True):
         description="onnxruntime threads for a segment that starts with no other synthesis running or queued (a "
         "second session per voice); 0: every available core; at most threads_per_worker: no second session",
     )
-    first_segment_chars: int = Field(20, ge=1, description="the first segment may end at a clause from this length")
+    first_segment_chars: int = Field(
+        8, ge=1, description="the first segment may end at a clause from this length ('Hi there,' but not 'Hi,')"
+    )
     first_segment_max_chars: int = Field(
-        64, ge=8, description="the first segment is cut at a space past this length: earlier audio, plainer prosody"
+        40, ge=8, description="the first segment is cut at a space past this length: earlier audio, plainer prosody"
     )
     clause_segment_chars: int = Field(80, ge=1, description="later segments end at a clause only from this length")
     max_segment_chars: int = Field(160, ge=20, description="a run of text without a boundary is cut here")
