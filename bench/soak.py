@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import contextvars
 import itertools
 import json
 import math
@@ -161,6 +162,10 @@ def frame(request_id: str, **kind: Message) -> bytes:
     return inference_service_pb2.SessionRequest(request_id=request_id, **kind).SerializeToString()  # type: ignore[arg-type]
 
 
+WATCHED: contextvars.ContextVar[list[Check]] = contextvars.ContextVar("watched")
+"""The streams the current scenario opened (every task it starts shares the list)."""
+
+
 # ---- the tally -----------------------------------------------------------------------------------------------
 
 
@@ -173,8 +178,21 @@ class Check:
     terminal: str | None = None
     outputs: int = 0
     problems: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
+    last_at: float | None = None  # when the last message arrived
+
+    def __post_init__(self) -> None:
+        watched = WATCHED.get(None)
+        if watched is not None:
+            watched.append(self)  # the scenario's streams, described if it hangs
+
+    def describe(self, now: float) -> str:
+        last = "no message yet" if self.last_at is None else f"last message {now - self.last_at:.0f}s ago"
+        age = now - self.started_at
+        return f"{self.label}: {self.outputs} outputs, next seq {self.next_seq}, started {age:.0f}s ago, {last}"
 
     def feed(self, seq: int, kind: str | None) -> None:
+        self.last_at = time.monotonic()
         if self.terminal is not None:
             self.problems.append(f"{kind} (seq {seq}) after the terminal {self.terminal}")
         elif seq != self.next_seq:
@@ -500,12 +518,17 @@ class Soak:
         while time.monotonic() < self.deadline:
             scenario = rng.choices([s for s, _ in scenarios], [w for _, w in scenarios])[0]
             self.tally.events[f"scenario {scenario.__name__}"] += 1
+            watched: list[Check] = []
+            WATCHED.set(watched)
             try:
                 async with asyncio.timeout(self.opts.scenario_timeout_s):
                     await scenario(rng, channel)
             except TimeoutError:
+                now = time.monotonic()
+                open_streams = [c.describe(now) for c in watched if c.terminal is None] or ["none open"]
                 self.tally.lost.append(
-                    f"client {index}: {scenario.__name__} still waiting after {self.opts.scenario_timeout_s}s (a hang)"
+                    f"client {index}: {scenario.__name__} still waiting after {self.opts.scenario_timeout_s:.0f}s "
+                    f"(a hang; {len(watched)} streams opened); open: {' | '.join(open_streams)}"
                 )
             except Exception as error:  # a bug in the soak or an unforeseen reply: recorded, the client goes on
                 self.tally.violation(
@@ -525,6 +548,9 @@ class Soak:
             return False
         if time.monotonic() >= self.deadline:
             self.tally.events["RESOURCE_EXHAUSTED after the soak's end: not retried"] += 1
+            return False
+        if attempt > self.opts.max_attempts:
+            self.tally.events[f"RESOURCE_EXHAUSTED {self.opts.max_attempts} times: given up"] += 1
             return False
         self.tally.events["RESOURCE_EXHAUSTED: retried after retry_after"] += 1
         await asyncio.sleep(status.retry_after * min(2 ** (attempt - 1), 8) * rng.uniform(1.0, 1.5))
@@ -1248,7 +1274,7 @@ class SlotCheck:
     problems: list[str]
 
     def ok(self, max_queue_s: float) -> bool:
-        return not self.problems and len(self.queue_s) == self.slots and max(self.queue_s) <= max_queue_s
+        return not self.problems and len(self.queue_s) == self.slots and max(self.queue_s, default=0) <= max_queue_s
 
 
 async def slot_check(target: str, kind: str, slots: int, max_tokens: int) -> SlotCheck:
@@ -1371,7 +1397,7 @@ async def _load(opts: argparse.Namespace, target: str, pid: int, chat: bool) -> 
     }
 
 
-async def run(opts: argparse.Namespace, target: str, pid: int, console: Console) -> dict[str, Any]:
+async def run(opts: argparse.Namespace, target: str, pid: int, console: Console, scratch: Path) -> dict[str, Any]:
     """Warm up and take the baseline, run the load in a child process, then check for leaks with every client gone."""
     async with grpc.aio.insecure_channel(target) as channel:
         listed = await inference_service_pb2_grpc.InferenceServiceStub(channel).ListModels(
@@ -1391,12 +1417,20 @@ async def run(opts: argparse.Namespace, target: str, pid: int, console: Console)
     console.print(f"baseline: {baseline}; {opts.sessions} clients for {opts.duration_s:.0f}s...")
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
         result = await asyncio.wrap_future(child.submit(load, opts, target, pid, chat))
+    (scratch / "load.json").write_text(json.dumps(result, indent=2))  # kept whatever happens next
     samples = [{"elapsed_s": 0.0, **asdict(baseline), "open_calls": 0, "served": 0}, *result.pop("samples")]
     elapsed = result["elapsed_s"]
     console.print(f"soak done in {elapsed:.0f}s; every client gone (its process exited). Leak check...")
     await asyncio.sleep(opts.settle_s)
     text_after = await slot_check(target, "generate", opts.text_slots, opts.slot_check_tokens)
     speech_after = await slot_check(target, "synthesize", opts.speech_slots, 0)
+    retried: dict[str, Any] = {}
+    if not (text_after.ok(opts.slot_queue_max_s) and speech_after.ok(opts.slot_queue_max_s)):
+        console.print(f"slot check failed: {text_after.problems[:3]} {speech_after.problems[:3]}; again in 30s")
+        await asyncio.sleep(30)  # a slow clean-up recovers; a leak does not
+        retry_text = await slot_check(target, "generate", opts.text_slots, opts.slot_check_tokens)
+        retry_speech = await slot_check(target, "synthesize", opts.speech_slots, 0)
+        retried = {"generate": asdict(retry_text), "synthesize": asdict(retry_speech)}
     thread_slack = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor, grown on demand and kept
     after = proc_stats(pid)
     for _ in range(30):  # closed connections leave the server's fd table asynchronously
@@ -1409,6 +1443,7 @@ async def run(opts: argparse.Namespace, target: str, pid: int, console: Console)
     leaks = {
         "slot_check_before": {"generate": asdict(text_before), "synthesize": asdict(speech_before)},
         "slot_check_after": {"generate": asdict(text_after), "synthesize": asdict(speech_after)},
+        "slot_check_after_30s_more": retried,
         "slots_ok": text_after.ok(opts.slot_queue_max_s) and speech_after.ok(opts.slot_queue_max_s),
         "baseline": asdict(baseline),
         "after": asdict(after),
@@ -1563,6 +1598,12 @@ def report(opts: argparse.Namespace, meta: dict[str, Any], result: dict[str, Any
                 f"(allowed {opts.slot_queue_max_s * 1e3:.0f} ms), total max {max(c['total_s'], default=0):.2f} s"
                 + (f"; problems: {c['problems'][:3]}" if c["problems"] else "")
             )
+    for kind, c in leaks["slot_check_after_30s_more"].items():
+        md.append(
+            f"- the after-soak check failed, so again 30 s later: {len(c['queue_s'])} of {c['slots']} {kind} requests "
+            f"finished, queue_duration max {max(c['queue_s'], default=float('nan')) * 1e3:.1f} ms"
+            + (f"; problems: {c['problems'][:3]}" if c["problems"] else "")
+        )
     b, a = leaks["baseline"], leaks["after"]
     md += [
         f"- threads: baseline {b['threads']}, after {a['threads']} (allowed +{leaks['thread_slack']}: asyncio's "
@@ -1607,6 +1648,8 @@ def main() -> None:
     parser.add_argument("--slot-queue-max-s", type=float, default=1.0, help="queue_duration allowed in the leak check")
     parser.add_argument("--fd-slack", type=int, default=4)
     parser.add_argument("--max-late-growth-mb", type=float, default=32.0, help="RSS growth allowed over the 2nd half")
+    parser.add_argument("--max-attempts", type=int, default=8, help="tries of a request refused RESOURCE_EXHAUSTED")
+    parser.add_argument("--revision", help="what the server runs, for the report (default: git describe of this tree)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--model", help="GGUF path (default: the packaged Gemma 3 270M Q4_K_M)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -1624,7 +1667,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             timeout=320,
         )
-        result = asyncio.run(run(opts, target, process.pid, console))
+        result = asyncio.run(run(opts, target, process.pid, console, log.parent))
     finally:
         process.terminate()
         try:
@@ -1639,7 +1682,7 @@ def main() -> None:
     failed = verdict(opts, result)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "commit": revision(),
+        "commit": opts.revision or revision(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other work: timings are indicative)",
         "engines": "llamacpp (Gemma 3 270M Q4_K_M) + piper (bundled voice), the defaults",
         "duration_s": opts.duration_s,
