@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -506,7 +506,7 @@ class Soak:
 
     async def client(self, index: int, channel: grpc.aio.Channel) -> None:
         rng = random.Random(self.opts.seed * 100_003 + index)
-        scenarios: list[tuple[Callable[[random.Random, grpc.aio.Channel], Awaitable[None]], float]] = [
+        scenarios: list[tuple[Callable[[random.Random, grpc.aio.Channel], Coroutine[Any, Any, None]], float]] = [
             (self.session_scenario, 0.45),
             (self.oneshot_generate, 0.15),
             (self.oneshot_synthesize, 0.1),
@@ -519,17 +519,26 @@ class Soak:
             scenario = rng.choices([s for s, _ in scenarios], [w for _, w in scenarios])[0]
             self.tally.events[f"scenario {scenario.__name__}"] += 1
             watched: list[Check] = []
-            WATCHED.set(watched)
-            try:
-                async with asyncio.timeout(self.opts.scenario_timeout_s):
-                    await scenario(rng, channel)
-            except TimeoutError:
+            WATCHED.set(watched)  # before the task: it copies this context, so its streams land in `watched`
+            began = time.monotonic()
+            task = asyncio.create_task(scenario(rng, channel))
+            while not task.done():
+                await asyncio.wait({task}, timeout=5.0)
                 now = time.monotonic()
+                progress = max((c.last_at or c.started_at for c in watched), default=began)
+                if task.done() or (now - progress < self.opts.hang_s and now - began < self.opts.scenario_timeout_s):
+                    continue
                 open_streams = [c.describe(now) for c in watched if c.terminal is None] or ["none open"]
                 self.tally.lost.append(
-                    f"client {index}: {scenario.__name__} still waiting after {self.opts.scenario_timeout_s:.0f}s "
-                    f"(a hang; {len(watched)} streams opened); open: {' | '.join(open_streams)}"
+                    f"client {index}: {scenario.__name__} hung: no message for {now - progress:.0f}s, "
+                    f"{now - began:.0f}s in ({len(watched)} streams opened); open: {' | '.join(open_streams)}"
                 )
+                task.cancel()
+                break
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass  # hung, and recorded above
             except Exception as error:  # a bug in the soak or an unforeseen reply: recorded, the client goes on
                 self.tally.violation(
                     f"client {index}: {scenario.__name__} raised {type(error).__name__}: {error}\n"
@@ -1635,7 +1644,8 @@ def main() -> None:
     parser.add_argument("--cancel-chance", type=float, default=0.25, help="requests the client cancels")
     parser.add_argument("--bad-chance", type=float, default=0.3, help="sessions that carry bad messages")
     parser.add_argument("--think-s", type=float, default=1.0, help="each client's pause between scenarios, at most")
-    parser.add_argument("--scenario-timeout-s", type=float, default=300.0, help="longer is a hang (counted lost)")
+    parser.add_argument("--hang-s", type=float, default=300.0, help="a scenario silent this long is hung (lost)")
+    parser.add_argument("--scenario-timeout-s", type=float, default=1800.0, help="a scenario longer than this is hung")
     parser.add_argument("--text-slots", type=int, default=LlamaCppConfig().slots)
     parser.add_argument("--speech-slots", type=int, default=PiperConfig().slots)
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 adapts)")
