@@ -35,11 +35,12 @@ from rich.console import Console
 
 from rillet.client import (
     Client,
+    Finished,
     FinishReason,
     ProtocolError,
+    RequestStream,
     ResourceExhaustedError,
     RilletError,
-    SynthesizeResult,
 )
 from rillet.server.config import LlamaCppConfig, PiperConfig
 from rillet.v1 import (
@@ -1212,6 +1213,18 @@ class Soak:
 
     # -- the SDK --
 
+    @staticmethod
+    async def sdk_drain(stream: RequestStream[Any], label: str) -> Finished | None:
+        """Read an SDK stream to its end (the SDK checks seq itself); its progress feeds the hang watch."""
+        watch = Check(label)
+        finished = None
+        async for event in stream:
+            watch.last_at = time.monotonic()
+            if isinstance(event, Finished):
+                finished = event
+        watch.terminal = "finished"
+        return finished
+
     async def sdk_scenario(self, rng: random.Random, channel: grpc.aio.Channel) -> None:
         """The SDK on the shared channel: a one-shot generation, or a generate→speak chain in an SDK session."""
         client = Client(channel)
@@ -1223,13 +1236,14 @@ class Soak:
                     if rng.random() < 0.5:
                         label = "generate (SDK one-shot)"
                         params = self.generate_params(rng)
-                        result = await client.generate(
+                        stream = client.generate(
                             params.text or PROMPTS[0],
                             max_tokens=params.max_tokens,
                             temperature=params.sampling.temperature,
-                        ).collect()
-                        if result.finished is None or not result.token_ids:
-                            self.tally.violation(f"{label}: no tokens or no finished")
+                        )
+                        finished = await self.sdk_drain(stream, label)
+                        if finished is None or finished.reason is FinishReason.CANCELLED:
+                            self.tally.violation(f"{label}: ended {finished}")
                         else:
                             self.tally.served[label] += 1
                     else:
@@ -1237,18 +1251,17 @@ class Soak:
                         async with client.session() as sdk:
                             generation = await sdk.generate(rng.choice(PROMPTS), max_tokens=rng.randint(4, 16))
                             speech = await sdk.synthesize(text_from=generation)
-                            results = await asyncio.gather(
-                                generation.collect(), speech.collect(), return_exceptions=True
+                            text, audio = await asyncio.gather(
+                                self.sdk_drain(generation, "generate (SDK chain)"),
+                                self.sdk_drain(speech, "synthesize (SDK chain)"),
+                                return_exceptions=True,
                             )
-                        text, audio = results
                         if isinstance(text, BaseException):
                             raise text
                         if isinstance(audio, BaseException):
                             raise audio
-                        if not isinstance(audio, SynthesizeResult) or audio.finished is None:
-                            self.tally.violation(f"{label}: no finished")
-                        elif audio.finished.reason is FinishReason.CANCELLED:
-                            self.tally.violation(f"{label}: the chained synthesis was cancelled ({text.finished})")
+                        if audio is None or audio.reason is FinishReason.CANCELLED:
+                            self.tally.violation(f"{label}: the chained synthesis ended {audio} ({text})")
                         else:
                             self.tally.served[label] += 1
                 finally:
