@@ -43,6 +43,7 @@ from rillet.client import (
     RilletError,
 )
 from rillet.server.config import LlamaCppConfig, PiperConfig
+from rillet.server.engine.llamacpp import resolve_slots
 from rillet.v1 import (
     common_pb2,
     generation_pb2,
@@ -1659,16 +1660,16 @@ def main() -> None:
     parser.add_argument("--think-s", type=float, default=1.0, help="each client's pause between scenarios, at most")
     parser.add_argument("--hang-s", type=float, default=300.0, help="a scenario silent this long is hung (lost)")
     parser.add_argument("--scenario-timeout-s", type=float, default=1800.0, help="a scenario longer than this is hung")
-    parser.add_argument("--text-slots", type=int, default=LlamaCppConfig().slots)
+    parser.add_argument("--text-slots", type=int, default=0, help="llama.cpp slots; 0 sizes them as the server does")
     parser.add_argument("--speech-slots", type=int, default=PiperConfig().slots)
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 adapts)")
     parser.add_argument("--request-id-limit", type=int, default=128, help="the server's max_request_id_chars")
     parser.add_argument("--sample-every-s", type=float, default=60.0, help="server RSS, threads and fds")
     parser.add_argument("--settle-s", type=float, default=3.0, help="pause between the last client and the leak check")
     parser.add_argument(
-        "--slot-check-tokens", type=int, default=48, help="a leaked slot would queue a request this long generation"
+        "--slot-check-tokens", type=int, default=64, help="a leaked slot would queue a request this long generation"
     )
-    parser.add_argument("--slot-queue-max-s", type=float, default=1.0, help="queue_duration allowed in the leak check")
+    parser.add_argument("--slot-queue-max-s", type=float, default=1.5, help="queue_duration allowed in the leak check")
     parser.add_argument("--fd-slack", type=int, default=4)
     parser.add_argument("--max-late-growth-mb", type=float, default=32.0, help="RSS growth allowed over the 2nd half")
     parser.add_argument("--max-attempts", type=int, default=8, help="tries of a request refused RESOURCE_EXHAUSTED")
@@ -1677,6 +1678,7 @@ def main() -> None:
     parser.add_argument("--model", help="GGUF path (default: the packaged Gemma 3 270M Q4_K_M)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     opts = parser.parse_args()
+    opts.text_slots = resolve_slots(LlamaCppConfig(slots=opts.text_slots))  # the count the leak check must fill
     console = Console(width=None if sys.stdout.isatty() else 160)
     port = free_port()
     target = f"127.0.0.1:{port}"
