@@ -1,7 +1,12 @@
 """CPU text benchmark: Rillet against llama.cpp's `llama-server -np 8` and llama-cpp-python's `llama_cpp.server`.
 
 Same GGUF, threads, context and prompts for all three; Rillet through its gRPC SDK, the peers through their
-streaming OpenAI-compatible HTTP APIs (/v1/completions, SSE).
+streaming OpenAI-compatible HTTP APIs (/v1/completions, SSE). Rillet runs with its own slot count (default: sized
+from the context) unless --rillet-slots is given; llama-server with -np --slots.
+Prompt caches: `rillet` and `llama-server` run with theirs on (Rillet's prefix cache, llama-server's cache_prompt);
+`rillet-nocache` and `llama-server-nocache` with them off (--prompt-cache both adds those variants).
+Workloads: `standard` (12 short prompts) or `shared-prefix` (each of them behind one shared system prompt of
+--prefix-tokens tokens, as a chat deployment sends them).
 Per concurrency level: client-side TTFT p50/p99, inter-token latency p50/p99 (per token: a delta covering k tokens
 counts k gaps of 1/k), aggregate tokens/s (tokens of the level / its wall time), peak server RSS, and server and
 client CPU-seconds. The whole sweep is repeated (`--sweeps`, system order rotated each time) so machine noise shows:
@@ -12,6 +17,7 @@ Needs bench/build_llama_server.sh (the llama-server binary) and, for llama_cpp.s
 e.g. pip install --target bench/.build/peer-site --no-deps ...). A system whose prerequisites are missing is
 skipped with a note.
 Run: .venv/bin/python bench/bench_cpu.py [--threads 2] [--sweeps 3] [--systems rillet llama-server llama_cpp.server]
+     [--workload shared-prefix] [--prompt-cache both]
 """
 
 from __future__ import annotations
@@ -45,7 +51,21 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 BUILD = ROOT / "bench" / ".build"
 BIN = Path(sys.executable).parent
-SYSTEMS = ("rillet", "llama-server", "llama_cpp.server")
+SYSTEMS = ("rillet", "rillet-nocache", "llama-server", "llama-server-nocache", "llama_cpp.server")
+PEERS = {"rillet": "llama-server", "rillet-nocache": "llama-server-nocache"}
+"""Each Rillet variant's like-for-like llama-server variant (same prompt-cache setting)."""
+
+
+def base(system: str) -> str:
+    """The server a system variant runs: rillet, llama-server or llama_cpp.server."""
+    return system.removesuffix("-nocache")
+
+
+def cached(system: str) -> bool:
+    """Whether the variant runs with its prompt cache on."""
+    return not system.endswith("-nocache")
+
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 PROMPTS = (
@@ -62,6 +82,56 @@ PROMPTS = (
     "Rivers shape the land around them in many ways. Over thousands of years,",
     "The detective looked at the muddy footprints by the window and said",
 )
+
+
+SYSTEM_PROMPT_SENTENCES = (
+    "You are the assistant of a small family bakery in a quiet town.",
+    "You answer questions from customers about bread, cakes, opening hours, orders and allergies.",
+    "Be friendly and precise, and keep every answer short enough to read aloud on the phone.",
+    "The bakery opens at seven in the morning and closes at six in the evening, except on Sundays.",
+    "Orders for birthday cakes need two days of notice and can be picked up after ten.",
+    "All breads are baked with flour from the mill down the road, and rye bread is baked on Tuesdays.",
+)
+
+
+def shared_prefix(gguf: str, tokens: int) -> str:
+    """A system prompt of exactly `tokens` tokens (BOS included) under the model's tokenizer, ending a paragraph."""
+    from rillet.server.engine import llamacpp_native as native
+
+    native.init_backend()
+    vocab = native.LlamaModel(gguf, vocab_only=True)
+    try:
+        words: list[str] = []
+        index = 0
+        while True:
+            sentence = SYSTEM_PROMPT_SENTENCES[index % len(SYSTEM_PROMPT_SENTENCES)]
+            for word in sentence.split():
+                candidate = " ".join([*words, word])
+                if len(vocab.tokenize(candidate, add_special=True, parse_special=False)) > tokens:
+                    return " ".join(words)
+                words.append(word)
+            index += 1
+    finally:
+        vocab.free()
+
+
+def workload_prompts(opts: argparse.Namespace, gguf: str) -> tuple[str, ...]:
+    """The prompts requests cycle through."""
+    if opts.workload == "standard":
+        return PROMPTS
+    prefix = shared_prefix(gguf, opts.prefix_tokens)
+    return tuple(f"{prefix}\n\n{prompt}" for prompt in PROMPTS)
+
+
+def amx_offered() -> bool:
+    """Whether llama.cpp would put weights in AMX buffers here.
+
+    They crash it (llama.cpp#20824), so llama-server then runs with --no-repack (extra buffer types off), as Rillet
+    turns them off itself.
+    """
+    from rillet.server.engine import llamacpp_native as native
+
+    return "AMX" in native.cpu_extra_buffer_types()
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -173,7 +243,7 @@ def start_server(name: str, opts: argparse.Namespace, gguf: str, log: Path) -> I
     env = dict(os.environ)
     env.update(opts.server_env)
     threads = str(opts.threads)
-    if name == "rillet":
+    if base(name) == "rillet":
         env.update(
             {
                 "RILLET_HOST": "127.0.0.1",
@@ -182,17 +252,20 @@ def start_server(name: str, opts: argparse.Namespace, gguf: str, log: Path) -> I
                 "RILLET_LLAMACPP__MODEL_PATH": gguf,
                 "RILLET_LLAMACPP__MODEL_NAME": "gemma-3-270m",
                 "RILLET_LLAMACPP__N_THREADS": threads if opts.rillet_threads is None else str(opts.rillet_threads),
-                "RILLET_LLAMACPP__SLOTS": str(opts.slots),
+                "RILLET_LLAMACPP__SLOTS": str(opts.rillet_slots),
                 "RILLET_LLAMACPP__CONTEXT_LENGTH": str(opts.context),
                 "RILLET_LOG_LEVEL": "WARNING",
             }
         )
+        if not cached(name):
+            env["RILLET_LLAMACPP__PREFIX_CACHE"] = "0"
         command = [str(BIN / "rillet"), "serve", "--port", str(port)]
-    elif name == "llama-server":
+    elif base(name) == "llama-server":
         command = [
             str(BUILD / "llama-server"),
             *("-m", gguf, "-np", str(opts.slots), "-t", threads, "-tb", threads, "-c", str(opts.context)),
             *("--host", "127.0.0.1", "--port", str(port), "--no-webui"),
+            *(("--no-repack",) if amx_offered() else ()),
             *(("--kv-unified",) if opts.peer_kv_unified else ()),
         ]
     else:
@@ -206,7 +279,7 @@ def start_server(name: str, opts: argparse.Namespace, gguf: str, log: Path) -> I
     with log.open("ab") as sink:
         process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        if name == "rillet":
+        if base(name) == "rillet":
             subprocess.run(
                 [str(BIN / "rillet"), "health", "--target", f"127.0.0.1:{port}", "--wait", "180"],
                 check=True,
@@ -214,7 +287,7 @@ def start_server(name: str, opts: argparse.Namespace, gguf: str, log: Path) -> I
                 timeout=200,
             )
         else:
-            path = "/health" if name == "llama-server" else "/v1/models"
+            path = "/health" if base(name) == "llama-server" else "/v1/models"
             _wait_http(process, f"http://127.0.0.1:{port}{path}", 180)
         yield Server(name, process.pid, port)
     finally:
@@ -273,9 +346,9 @@ def openai_generate(http: httpx.AsyncClient, system: str, max_tokens: int, min_t
     is empty or incomplete UTF-8 joins the next event's); the request's token count is the server's usage when sent.
     """
     body: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0.0, "stream": True}
-    if system == "llama-server":
-        # Same work as Rillet: no EOS stop, and no KV prefix reuse across requests (Rillet has none).
-        body.update({"ignore_eos": True, "cache_prompt": False})
+    if base(system) == "llama-server":
+        # No EOS stop (the streams run to max_tokens); KV prefix reuse across requests as the variant says.
+        body.update({"ignore_eos": True, "cache_prompt": cached(system)})
     elif min_tokens:
         body["min_tokens"] = max_tokens  # llama_cpp.server's only EOS suppression (a Python logits processor)
 
@@ -317,7 +390,7 @@ def openai_generate(http: httpx.AsyncClient, system: str, max_tokens: int, min_t
 
 @contextlib.asynccontextmanager
 async def generator_for(server: Server, opts: argparse.Namespace) -> AsyncIterator[Generate]:
-    if server.name == "rillet":
+    if base(server.name) == "rillet":
         async with Client.connect(f"127.0.0.1:{server.port}") as client:
             yield rillet_generate(client, opts.max_tokens)
     else:
@@ -361,7 +434,8 @@ async def run_level(
 ) -> LevelResult:
     """A closed loop: `level` workers take the level's requests in order until none is left."""
     count = requests_for(level, opts)
-    queue = [PROMPTS[(sweep * 5 + i) % len(PROMPTS)] for i in range(count)]
+    prompts = opts.prompts
+    queue = [prompts[(sweep * 5 + i) % len(prompts)] for i in range(count)]
     results: list[StreamResult] = []
 
     async def worker() -> None:
@@ -406,8 +480,8 @@ async def measure_system(server: Server, sweep: int, opts: argparse.Namespace, c
     out: list[LevelResult] = []
     async with generator_for(server, opts) as generate:
         for i in range(opts.warmup):  # load pages, JIT-free paths, first-request allocations
-            await generate(PROMPTS[i % len(PROMPTS)])
-        await asyncio.gather(*(generate(p) for p in PROMPTS[: opts.slots]))
+            await generate(opts.prompts[i % len(opts.prompts)])
+        await asyncio.gather(*(generate(p) for p in opts.prompts[: opts.slots]))
         for level in opts.levels:
             result = await run_level(generate, server, level, sweep, opts)
             console.print(
@@ -451,33 +525,41 @@ def grouped(results: Sequence[LevelResult]) -> dict[tuple[str, int], list[LevelR
     return groups
 
 
+TARGETS = (
+    # (metric, level, key, {peer: (op, target)}) — issue 10's targets and the earlier ones
+    ("tok/s at c=8", 8, "tokens_per_s", {"llama-server": (">=", 0.9), "llama_cpp.server": (">=", 2.5)}),
+    ("TTFT p50 at c=8", 8, "ttft_p50_s", {"llama-server": ("<=", 0.8)}),
+    ("TTFT p99 at c=8", 8, "ttft_p99_s", {"llama-server": ("<=", 1.25)}),
+    ("TTFT p50 at c=1", 1, "ttft_p50_s", {"llama-server": ("<=", 1.25)}),
+    ("TTFT p99 at c=16", 16, "ttft_p99_s", {"llama-server": ("<=", 0.5)}),
+    ("tok/s at c=16", 16, "tokens_per_s", {"llama-server": (">=", 1.2)}),
+)
+
+
 def ratios(results: Sequence[LevelResult]) -> list[dict[str, Any]]:
-    """Rillet against each peer on the issue's targets (medians over sweeps)."""
+    """Each Rillet variant against each peer on the targets (medians over sweeps); like-for-like cache settings."""
     groups = grouped(results)
     rows: list[dict[str, Any]] = []
-    checks = (
-        ("tok/s at c=8", 8, "tokens_per_s", {"llama-server": (">=", 0.9), "llama_cpp.server": (">=", 2.5)}),
-        ("TTFT p99 at c=8", 8, "ttft_p99_s", {"llama-server": ("<=", 1.25)}),
-        ("TTFT p50 at c=1", 1, "ttft_p50_s", {"llama-server": ("<=", 1.25)}),
-    )
-    for label, level, key, targets in checks:
-        ours = groups.get(("rillet", level))
-        for peer in SYSTEMS[1:]:
-            theirs = groups.get((peer, level))
-            if not ours or not theirs:
-                continue
-            ratio = median_of(ours, key)[0] / median_of(theirs, key)[0]
-            target = targets.get(peer)
-            met = None if target is None else (ratio >= target[1] if target[0] == ">=" else ratio <= target[1])
-            rows.append(
-                {
-                    "metric": label,
-                    "peer": peer,
-                    "ratio": ratio,
-                    "target": "" if target is None else f"{target[0]} {target[1]}",
-                    "met": met,
-                }
-            )
+    for label, level, key, targets in TARGETS:
+        for ours_name in ("rillet", "rillet-nocache"):
+            ours = groups.get((ours_name, level))
+            for peer in SYSTEMS:
+                theirs = groups.get((peer, level))
+                if base(peer) == "rillet" or not ours or not theirs:
+                    continue
+                ratio = median_of(ours, key)[0] / median_of(theirs, key)[0]
+                target = targets.get(peer) if PEERS[ours_name] == peer or peer == "llama_cpp.server" else None
+                met = None if target is None else (ratio >= target[1] if target[0] == ">=" else ratio <= target[1])
+                rows.append(
+                    {
+                        "metric": label,
+                        "ours": ours_name,
+                        "peer": peer,
+                        "ratio": ratio,
+                        "target": "" if target is None else f"{target[0]} {target[1]}",
+                        "met": met,
+                    }
+                )
     return rows
 
 
@@ -520,18 +602,18 @@ def render(results: Sequence[LevelResult], meta: dict[str, Any], console: Consol
             eff.add_row(system, str(level), f"{server:.2f}", f"{client:.2f}")
             md.append(f"| {system} | {level} | {server:.2f} | {client:.2f} |")
     console.print(eff)
-    ratio_table = Table("metric", "Rillet / peer", "ratio", "target", "met", title="Ratios (medians)")
+    ratio_table = Table("metric", "Rillet", "peer", "ratio", "target", "met", title="Ratios (medians)")
     md += [
         "",
         "## Ratios (Rillet / peer, medians over sweeps)",
         "",
-        "| metric | peer | ratio | target | met |",
-        "|---|---|---|---|---|",
+        "| metric | Rillet | peer | ratio | target | met |",
+        "|---|---|---|---|---|---|",
     ]
     for row in ratios(results):
         met = "" if row["met"] is None else ("yes" if row["met"] else "NO")
-        ratio_table.add_row(row["metric"], row["peer"], f"{row['ratio']:.2f}", row["target"], met)
-        md.append(f"| {row['metric']} | {row['peer']} | {row['ratio']:.2f} | {row['target']} | {met} |")
+        ratio_table.add_row(row["metric"], row["ours"], row["peer"], f"{row['ratio']:.2f}", row["target"], met)
+        md.append(f"| {row['metric']} | {row['ours']} | {row['peer']} | {row['ratio']:.2f} | {row['target']} | {met} |")
     console.print(ratio_table)
     return "\n".join(md) + "\n"
 
@@ -553,7 +635,7 @@ def resolve_gguf(path: str | None) -> str:
 
 def available(system: str, opts: argparse.Namespace) -> str | None:
     """Why `system` cannot run here, or None."""
-    if system == "llama-server" and not (BUILD / "llama-server").is_file():
+    if base(system) == "llama-server" and not (BUILD / "llama-server").is_file():
         return "bench/.build/llama-server is missing: run bench/build_llama_server.sh"
     if system == "llama_cpp.server":
         probe = subprocess.run(
@@ -584,7 +666,15 @@ def parse_env(values: Sequence[str]) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=["rillet", "llama-server", "llama_cpp.server"])
+    parser.add_argument(
+        "--prompt-cache",
+        choices=("on", "off", "both"),
+        default="on",
+        help="run rillet and llama-server with their prompt caches on, off (the -nocache variants) or both",
+    )
+    parser.add_argument("--workload", choices=("standard", "shared-prefix"), default="standard")
+    parser.add_argument("--prefix-tokens", type=int, default=512, help="the shared system prompt's length")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--sweeps", type=int, default=3, help="repetitions of the whole sweep (order rotated)")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads of every server")
@@ -593,7 +683,8 @@ def main() -> None:
         type=int,
         help="Rillet's n_threads when it should differ from --threads (0: its adaptive default)",
     )
-    parser.add_argument("--slots", type=int, default=8, help="parallel sequences (Rillet slots, llama-server -np)")
+    parser.add_argument("--slots", type=int, default=8, help="llama-server -np (and the warm-up batch)")
+    parser.add_argument("--rillet-slots", type=int, default=0, help="Rillet's slots (0: its default, from the context)")
     parser.add_argument("--context", type=int, default=4096, help="total KV cells (all slots together)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--min-requests", type=int, default=8, help="requests per level at least")
@@ -620,9 +711,19 @@ def main() -> None:
     opts.server_env = parse_env(opts.server_env)
     console = Console(width=None if sys.stdout.isatty() else 160)
     gguf = resolve_gguf(opts.model)
+    opts.prompts = workload_prompts(opts, gguf)
+    variants: list[str] = []
+    for system in opts.systems:
+        if base(system) == "llama_cpp.server" or not cached(system):
+            variants.append(system)
+            continue
+        if opts.prompt_cache in ("on", "both"):
+            variants.append(system)
+        if opts.prompt_cache in ("off", "both"):
+            variants.append(f"{system}-nocache")
     systems: list[str] = []
     skipped: dict[str, str] = {}
-    for system in opts.systems:
+    for system in dict.fromkeys(variants):
         reason = available(system, opts)
         if reason is None:
             systems.append(system)
@@ -642,6 +743,10 @@ def main() -> None:
         "threads": opts.threads,
         "rillet_threads": opts.threads if opts.rillet_threads is None else opts.rillet_threads,
         "slots": opts.slots,
+        "rillet_slots": opts.rillet_slots,
+        "workload": opts.workload,
+        "prefix_tokens": opts.prefix_tokens if opts.workload == "shared-prefix" else 0,
+        "prompt_cache": opts.prompt_cache,
         "context": opts.context,
         "max_tokens": opts.max_tokens,
         "levels": opts.levels,
