@@ -141,14 +141,16 @@ def test_common_prefix() -> None:
     ("wants", "budget", "grants"),
     [
         ([10, 500, 12], 128, [10, 106, 12]),  # short prompts finish beside a long one
-        ([500, 500], 128, [64, 64]),  # equal shares
-        ([500, 500, 500], 128, [43, 43, 42]),  # leftovers to the oldest
+        ([500, 10, 12], 128, [106, 10, 12]),  # behind an older long one too, which still advances
+        ([500, 500, 500], 128, [128, 0, 0]),  # equal prompts one after another: the first one's token comes early
         ([5, 6], 128, [5, 6]),  # everything fits
-        ([300, 20, 300, 20], 128, [44, 20, 44, 20]),
-        ([300, 40, 300, 40], 128, [32, 32, 32, 32]),
+        ([500, 20, 20, 20, 20, 20, 20], 128, [32, 20, 20, 20, 20, 16, 0]),  # the oldest keeps its floor
+        ([], 128, []),
     ],
 )
-def test_the_prefill_budget_is_split_max_min_fairly(wants: list[int], budget: int, grants: list[int]) -> None:
+def test_the_prefill_budget_goes_shortest_first_with_a_floor_for_the_oldest(
+    wants: list[int], budget: int, grants: list[int]
+) -> None:
     assert share_budget(wants, budget) == grants
     assert sum(grants) == min(budget, sum(wants))
 

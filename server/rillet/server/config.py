@@ -65,8 +65,8 @@ class LlamaCppConfig(BaseModel, frozen=True):
     prefill_budget: int = Field(
         128,
         ge=16,
-        description="prompt tokens prefilled per step beside the decodes, shared fairly by the prompts in prefill; "
-        "bounds a long prompt's stall",
+        description="prompt tokens prefilled per step beside the decodes (a quarter at least to the oldest prompt in "
+        "prefill, the rest shortest first); bounds a long prompt's stall",
     )
     prefix_cache: int = Field(
         32,

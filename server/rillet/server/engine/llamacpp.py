@@ -132,20 +132,24 @@ def coalesce(items: Sequence[_Item]) -> list[_Item]:
     return merged
 
 
-def share_budget(wants: Sequence[int], budget: int) -> list[int]:
-    """Split `budget` prompt tokens among prompts in prefill wanting `wants` (oldest first): max-min fair.
+OLDEST_PREFILL_SHARE = 4
+"""The oldest prompt in prefill gets at least 1/this of each step's prefill budget: its progress guarantee."""
 
-    Each gets what it wants if that is no more than an equal share of what is left, and the rest is split equally
-    among the larger wants, leftovers to the oldest. So short prompts finish their prefill in one step beside a
-    long one, and the long one still advances by at least budget/len(wants) tokens every step (no starvation).
+
+def share_budget(wants: Sequence[int], budget: int) -> list[int]:
+    """Split `budget` prompt tokens among prompts in prefill wanting `wants` (oldest first).
+
+    The oldest gets at least budget/OLDEST_PREFILL_SHARE (so no prompt waits forever: each in turn becomes the oldest
+    and then advances every step); the rest goes shortest remaining first, ties to the older. So short prompts finish
+    their prefill in one step beside a long one, and prompts of equal length finish one after another (the first
+    token of the first comes early) rather than all at once at the end.
     """
     grants = [0] * len(wants)
-    left = budget
-    order = sorted(range(len(wants)), key=lambda i: (wants[i], -i))  # equal wants: the oldest served last, rounded up
-    for rank, index in enumerate(order):
-        grants[index] = min(wants[index], left // (len(order) - rank))
-        left -= grants[index]
-    for index in range(len(wants)):  # integer-division leftovers, oldest first
+    if not wants or budget <= 0:
+        return grants
+    grants[0] = min(wants[0], max(1, budget // OLDEST_PREFILL_SHARE))
+    left = budget - grants[0]
+    for index in sorted(range(len(wants)), key=lambda i: (wants[i] - grants[i], i)):
         extra = min(left, wants[index] - grants[index])
         grants[index] += extra
         left -= extra
@@ -460,8 +464,8 @@ class _Worker:
       cached entry or a running sequence as shared cells (never its last token, which must yield logits); one whose
       prefix an older sequence is prefilling right now waits for those cells rather than computing them twice;
     - every step decodes one token per running sequence that has sampled, plus at most `prefill_budget` prompt
-      tokens of the others, split max-min fairly (`share_budget`), and asks for logits only on each sequence's last
-      row.
+      tokens of the others (`share_budget`: a floor for the oldest, then shortest first), and asks for logits only
+      on each sequence's last row.
     """
 
     def __init__(
