@@ -182,6 +182,7 @@ class Check:
     problems: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     last_at: float | None = None  # when the last message arrived
+    accounted: bool = False  # Tally.verified has judged it
 
     def __post_init__(self) -> None:
         watched = WATCHED.get(None)
@@ -233,6 +234,7 @@ class Tally:
     def verified(self, check: Check, *, complete: bool = True) -> None:
         """Account one stream; `complete` when it must have ended with its terminal (not abandoned mid-stream)."""
         self.streams_verified += 1
+        check.accounted = True
         if check.problems:
             self.lost.append(f"{check.label}: {'; '.join(check.problems[:3])}")
         elif complete and check.terminal is None:
@@ -375,6 +377,8 @@ class RawSession:
         if tracked is None:
             self.tally.violation(f"{self.label}: {kind} for {response.request_id[:80]!r}, a request never started")
             return
+        if tracked.check.accounted:  # a message after the terminal of a stream already verified: lost here
+            self.tally.lost.append(f"{tracked.check.label}: {kind} (seq {response.seq}) after the terminal")
         tracked.check.feed(response.seq, kind)
         if kind in ("finished", "error"):
             self._terminals += 1
@@ -1170,7 +1174,9 @@ class Soak:
             self.tally.verified(tracked.check, complete=False)
             return None
         mid_input_cancel = cancel is not None and rng.random() < 0.3
-        duplicate = not early_close and rng.random() < 0.15
+        # A duplicate start is refused only while the request is surely in flight: not with a Cancel on its way (the
+        # request could end and free its id before the duplicate arrives, which the server then rightly starts).
+        duplicate = not early_close and cancel is None and rng.random() < 0.15
         nul = rng.random() < 0.1
         cancelled_mid_input = False
         follower = asyncio.create_task(self.follow(session, tracked, None if mid_input_cancel else cancel))
