@@ -95,6 +95,15 @@ async def test_deltas_are_the_model_output_and_usage_counts_them(sim: Any) -> No
         assert executor(engine).in_flight == 0
 
 
+async def test_prompt_tokens_served_from_reused_kv_blocks_are_reported(sim: Any) -> None:
+    prompt = "1, 2, 3, 4, 5, 6, 7, 8, " * 12
+    async with running() as engine:
+        _, first = await run(engine, request(prompt, max_tokens=2))
+        _, second = await run(engine, request(prompt, max_tokens=2))
+    assert first.usage.cached_input_tokens == 0
+    assert 0 < second.usage.cached_input_tokens < second.usage.input_tokens
+
+
 async def test_the_end_token_finishes_with_stop(sim: Any) -> None:
     sim.eos_after = 3
     async with running() as engine:

@@ -390,7 +390,12 @@ class TrtllmEngine:
                 delta, matched = deltas.step(completion, final=output.finished)
                 if delta is not None:
                     yield delta
-                usage = Usage(input_tokens=len(prompt_ids), output_tokens=deltas.sent_ids)
+                usage = Usage(
+                    input_tokens=len(prompt_ids),
+                    output_tokens=deltas.sent_ids,
+                    # GenerationResultBase.cached_tokens: prompt tokens served from reused KV blocks
+                    cached_input_tokens=result.cached_tokens,
+                )
                 if matched is not None:  # our match, not TensorRT-LLM's: abort it before reporting the finish
                     self._release(result, abort=True)
                     yield EngineFinished(FinishReason.STOP_SEQUENCE, usage, matched, prefill)
