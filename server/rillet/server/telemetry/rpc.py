@@ -31,6 +31,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from rillet.server.telemetry import semconv as sc
 from rillet.server.telemetry.instruments import Instruments
+from rillet.server.transport.handlers import behavior, with_behavior
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,6 @@ UNTRACED_SERVICES = frozenset(
     {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
 )
 """Services whose calls get no span and no measurement."""
-
-_KINDS = {
-    (False, False): "unary_unary",
-    (False, True): "unary_stream",
-    (True, False): "stream_unary",
-    (True, True): "stream_stream",
-}
 
 
 def _peer(peer: str) -> tuple[str, int | None]:
@@ -181,17 +175,16 @@ class RpcTelemetry(grpc.aio.ServerInterceptor):
         return self._wrap(handler, path.lstrip("/"))
 
     def _wrap(self, handler: grpc.RpcMethodHandler[Rq, Rs], method: str) -> grpc.RpcMethodHandler[Rq, Rs]:
-        kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
-        behavior: Callable[..., Any] = getattr(handler, kind)
+        served = behavior(handler)
         streaming = handler.response_streaming
 
-        if inspect.isasyncgenfunction(behavior):
+        if inspect.isasyncgenfunction(served):
 
             async def traced_stream(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 call = _begin(self, method, streaming, context)
                 error: BaseException | None = None
                 try:
-                    async for response in behavior(request, context):
+                    async for response in served(request, context):
                         yield response
                 except BaseException as exc:
                     error = exc
@@ -199,17 +192,17 @@ class RpcTelemetry(grpc.aio.ServerInterceptor):
                 finally:
                     _end(call, error, context)
 
-            return handler._replace(**{kind: traced_stream})  # type: ignore[attr-defined,no-any-return]
+            return with_behavior(handler, traced_stream)
 
         async def traced(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = _begin(self, method, streaming, context)
             error: BaseException | None = None
             try:
-                return await behavior(request, context)
+                return await served(request, context)
             except BaseException as exc:
                 error = exc
                 raise
             finally:
                 _end(call, error, context)
 
-        return handler._replace(**{kind: traced})  # type: ignore[attr-defined,no-any-return]
+        return with_behavior(handler, traced)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from rillet.server.config import SecurityConfig, TenantConfig, TlsConfig
 from rillet.server.errors import ResourceExhausted, RilletError, Unauthenticated
 from rillet.server.tenancy import TenantLedger, use_quota
+from rillet.server.transport.handlers import with_behavior
 from rillet.server.transport.servicer import SERVICE_NAME, abort
 
 log = logging.getLogger(__name__)
@@ -149,24 +150,13 @@ class CallGate(grpc.aio.ServerInterceptor):
         return handler
 
 
-def _replace(handler: Handler, behavior: Behavior) -> Handler:
-    """`handler` with its behavior (whichever of the four kinds it is) replaced."""
-    kind = {
-        (False, False): "unary_unary",
-        (False, True): "unary_stream",
-        (True, False): "stream_unary",
-        (True, True): "stream_stream",
-    }[(handler.request_streaming, handler.response_streaming)]
-    return handler._replace(**{kind: behavior})  # type: ignore[attr-defined,no-any-return]
-
-
 def _refused(handler: Handler, error: RilletError) -> Handler:
     """A handler of the same kind that ends the call with `error` at once, reading nothing."""
 
     async def refuse(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await abort(context, error)
 
-    return _replace(handler, refuse)
+    return with_behavior(handler, refuse)
 
 
 def _held(handler: Handler, ledger: TenantLedger, tenant: str) -> Handler:
@@ -186,4 +176,4 @@ def _held(handler: Handler, ledger: TenantLedger, tenant: str) -> Handler:
             async for response in behavior(request, context):
                 yield response
 
-    return _replace(handler, hold)
+    return with_behavior(handler, hold)
