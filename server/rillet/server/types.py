@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from rillet.server.errors import RilletError
@@ -115,9 +115,16 @@ class TokenDelta:
     token_ids: tuple[int, ...] = ()
     logprobs: tuple[TokenLogprobs, ...] = ()
 
-    def merge(self, later: TokenDelta) -> TokenDelta:
-        """Coalesce a later delta into this one (used when the client reads slower than the engine)."""
-        return TokenDelta(self.text + later.text, self.token_ids + later.token_ids, self.logprobs + later.logprobs)
+    @staticmethod
+    def join(deltas: Sequence[TokenDelta]) -> TokenDelta:
+        """One delta for several consecutive ones, built once (merging pairwise as they arrive copies O(n²) bytes)."""
+        if len(deltas) == 1:
+            return deltas[0]
+        return TokenDelta(
+            "".join(d.text for d in deltas),
+            tuple(i for d in deltas for i in d.token_ids),
+            tuple(lp for d in deltas for lp in d.logprobs),
+        )
 
 
 @dataclass(frozen=True, slots=True)

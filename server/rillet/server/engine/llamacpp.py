@@ -122,13 +122,17 @@ def sampler_seed(seed: int | None) -> int:
 def coalesce(items: Sequence[_Item]) -> list[_Item]:
     """Merge runs of consecutive TokenDeltas into one; order and everything else are kept."""
     merged: list[_Item] = []
+    run: list[TokenDelta] = []
     for item in items:
-        if isinstance(item, TokenDelta) and merged:
-            last = merged[-1]
-            if isinstance(last, TokenDelta):
-                merged[-1] = last.merge(item)
-                continue
+        if isinstance(item, TokenDelta):
+            run.append(item)
+            continue
+        if run:
+            merged.append(TokenDelta.join(run))
+            run = []
         merged.append(item)
+    if run:
+        merged.append(TokenDelta.join(run))
     return merged
 
 

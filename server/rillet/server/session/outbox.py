@@ -12,17 +12,6 @@ from rillet.server.types import AudioChunk, Failed, Finished, Output, TokenDelta
 Payload = TokenDelta | AudioChunk | Finished | Failed
 
 
-def coalesce(deltas: list[TokenDelta]) -> TokenDelta:
-    """One delta for several consecutive ones, built once (merging pairwise as they arrive copies O(n²) bytes)."""
-    if len(deltas) == 1:
-        return deltas[0]
-    return TokenDelta(
-        "".join(d.text for d in deltas),
-        tuple(i for d in deltas for i in d.token_ids),
-        tuple(lp for d in deltas for lp in d.logprobs),
-    )
-
-
 def wire_size(payload: TokenDelta | AudioChunk) -> int:
     """Approximate bytes an output takes on the wire; what the bounds count."""
     if isinstance(payload, AudioChunk):
@@ -138,7 +127,7 @@ class Outbox:
         self._queued = False
         payloads: list[Payload] = []
         if self._deltas:
-            payloads.append(coalesce(self._deltas))
+            payloads.append(TokenDelta.join(self._deltas))
             self._deltas = []
         payloads.extend(self._audio)
         self._audio.clear()
