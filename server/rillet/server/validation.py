@@ -23,15 +23,20 @@ from rillet.server.types import (
 )
 
 
+def check_id_length(request_id: str, limits: LimitsConfig, field: str = "request_id") -> None:
+    """A request id (of any message kind, or one a start refers to) within `limits.max_request_id_chars`."""
+    if len(request_id) > limits.max_request_id_chars:
+        raise InvalidArgument(
+            f"{field} has {len(request_id)} characters; the limit is {limits.max_request_id_chars}",
+            field=field,
+            reason="REQUEST_ID_TOO_LONG",
+        )
+
+
 def validate_request_id(request_id: str, limits: LimitsConfig) -> None:
     if not request_id:
         raise InvalidArgument("request_id must not be empty", field="request_id", reason="MISSING_REQUEST_ID")
-    if len(request_id) > limits.max_request_id_chars:
-        raise InvalidArgument(
-            f"request_id is longer than {limits.max_request_id_chars} characters",
-            field="request_id",
-            reason="REQUEST_ID_TOO_LONG",
-        )
+    check_id_length(request_id, limits)
 
 
 def validate_text_piece(text: str, limits: LimitsConfig) -> None:
@@ -201,12 +206,7 @@ def validate_synthesize(
             reason="TEXT_TOO_LARGE",
         )
     _check_no_nul(spec.text, "params.text")
-    if len(spec.text_from_request_id) > limits.max_request_id_chars:
-        raise InvalidArgument(
-            f"text_from_request_id is longer than {limits.max_request_id_chars} characters",
-            field="text_from_request_id",
-            reason="REQUEST_ID_TOO_LONG",
-        )
+    check_id_length(spec.text_from_request_id, limits, "text_from_request_id")
     route = router.resolve(spec.voice, ModelKind.SPEECH_SYNTHESIS)
     if spec.unknown_encoding is not None:
         raise InvalidArgument(

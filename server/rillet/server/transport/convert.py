@@ -39,6 +39,7 @@ from rillet.server.types import (
     TraceContext,
     Usage,
 )
+from rillet.server.validation import check_id_length
 from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, speech_pb2
 
 ERROR_DOMAIN = "rillet.dev"
@@ -170,15 +171,10 @@ def session_command(message: inference_service_pb2.SessionRequest, limits: Limit
     or echoes a client's huge id.
     """
     request_id = message.request_id
-    if len(request_id) > limits.max_request_id_chars:
-        return Malformed(
-            clip(request_id),
-            InvalidArgument(
-                f"request_id has {len(request_id)} characters; the limit is {limits.max_request_id_chars}",
-                field="request_id",
-                reason="REQUEST_ID_TOO_LONG",
-            ),
-        )
+    try:
+        check_id_length(request_id, limits)
+    except RilletError as error:
+        return Malformed(clip(request_id), error)
     try:
         return _command(message, limits)
     except RilletError as error:
