@@ -282,12 +282,27 @@ class Failed:
 
     error: RilletError
 
+    def __post_init__(self) -> None:
+        _detach(self.error)
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """Non-terminal output: a client message about this request id could not be applied."""
 
     error: RilletError
+
+    def __post_init__(self) -> None:
+        _detach(self.error)
+
+
+def _detach(error: BaseException) -> None:
+    """Drop the traceback of an error that becomes an output.
+
+    An output waits for a client that may read slowly or never; a traceback would keep the raising frames alive
+    with it, and their locals (a client's 64 KiB request id, a whole prompt) past every byte bound the session keeps.
+    """
+    error.__traceback__ = None
 
 
 @dataclass(frozen=True, slots=True)
