@@ -1,13 +1,18 @@
 """Frontend benchmark: does Rillet keep up with a GPU engine? The trtllm engine over the TensorRT-LLM TEST DOUBLE.
 
-The double's simulated executor produces one token for each of 256 running sequences every 12.8 ms: 20,000
-tokens/s, what a GPU serving 256 streams at 78 tokens/s each would produce. Rillet (the real trtllm engine module,
-session, scheduler and gRPC transport) runs in its own process, started by bench/serve_trtllm_double.py; client
-processes keep 256 one-shot Generate streams open (closed loop, raw gRPC stubs) and check every stream: `seq`
-contiguous from 0, exactly one Finished and last, LENGTH, and the token ids received = usage.output_tokens =
-max_tokens. Reported: tokens the double produced vs tokens delivered (all of them, or the run failed), delivered
-tokens/s and messages/s, and the server process's CPU per token, with the double's own step loop (measured by its
-thread CPU time) subtracted: that is the frontend's cost. This is NOT a GPU number: no model runs.
+The double's simulated executor produces one token for each of 256 running sequences every 12.8 ms: 20,000 tokens/s,
+what a GPU serving 256 streams at 78 tokens/s each would produce. Rillet (the real trtllm engine module, session,
+scheduler and gRPC transport) runs in its own process, started by bench/serve_trtllm_double.py; a client keeps 256 one-
+shot Generate streams open (closed loop; each stream's first request shorter by its index, so restarts spread evenly)
+and checks every stream: `seq` contiguous from 0, exactly one Finished and last, LENGTH, and the token ids received =
+usage.output_tokens = the request's max_tokens. Reported: tokens the double produced vs tokens delivered (all of them,
+or the run failed); the steady rate (tokens that arrived in the first `--seconds`, while all 256 streams were busy: the
+headline), the overall rate (the whole load window, whose tail is streams finishing their last request), messages/s, and
+the server process's CPU per token, with the double's own step loop (measured by its thread CPU time) subtracted: that
+is the frontend's cost. This is NOT a GPU number: no model runs.
+
+The client is Go by default (client_sdk/go/internal/streamload, ~13 µs of CPU per token), so that on a small machine
+the server is not starved of a core; `--client python` runs grpc.aio client processes instead (~50 µs per token).
 
 Run: .venv/bin/python bench/bench_frontend.py [--streams 256] [--tokens-per-second 20000] [--seconds 20] [--runs 3]
 """
@@ -20,11 +25,13 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +74,10 @@ class ClientResult:
     messages: int = 0
     bad_streams: int = 0
     first_error: str = ""
+    window_tokens: int = 0  # tokens that arrived between `started` and `started + seconds` (all streams busy)
+    cpu_seconds: float = 0.0  # the client's own CPU while it ran its streams
+    started: float = 0.0  # time.monotonic() (one clock for every process on Linux) when the streams opened
+    ended: float = 0.0  # ... and when the last one finished
 
 
 def client_main(port: int, streams: int, seconds: float, max_tokens: int, out: Any) -> None:
@@ -75,15 +86,21 @@ def client_main(port: int, streams: int, seconds: float, max_tokens: int, out: A
 
 async def _client(port: int, streams: int, seconds: float, max_tokens: int) -> ClientResult:
     result = ClientResult()
-    stop_at = time.monotonic() + seconds
+    cpu_before = time.process_time()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await channel.channel_ready()
         stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        result.started = time.monotonic()
+        stop_at = result.started + seconds
 
         async def stream(index: int) -> None:
+            # The first request's length is staggered so that the streams' restarts spread evenly over time (a
+            # steady state) instead of all of them finishing and restarting in one burst.
+            length = 1 + index * max_tokens // streams
             while time.monotonic() < stop_at:
                 params = generation_pb2.GenerateParams(
                     text=f"stream {index}: the river runs quietly past the mill ",
-                    max_tokens=max_tokens,
+                    max_tokens=length,
                     sampling=generation_pb2.SamplingParams(temperature=0.0),
                 )
                 expected_seq = 0
@@ -98,6 +115,8 @@ async def _client(port: int, streams: int, seconds: float, max_tokens: int) -> C
                     kind = response.WhichOneof("kind")
                     if kind == "token_delta":
                         tokens += len(response.token_delta.token_ids)
+                        if time.monotonic() < stop_at:
+                            result.window_tokens += len(response.token_delta.token_ids)
                     elif kind == "finished":
                         finished = response.finished
                     else:
@@ -106,18 +125,61 @@ async def _client(port: int, streams: int, seconds: float, max_tokens: int) -> C
                 result.tokens += tokens
                 if finished is None:
                     problem = problem or "no Finished"
-                elif not (finished.reason == FINISH_LENGTH and tokens == finished.usage.output_tokens == max_tokens):
+                elif not (finished.reason == FINISH_LENGTH and tokens == finished.usage.output_tokens == length):
                     problem = problem or f"finish {finished.reason}, {tokens} ids, usage {finished.usage.output_tokens}"
                 if problem:
                     result.bad_streams += 1
                     result.first_error = result.first_error or problem
+                length = max_tokens
 
         outcomes = await asyncio.gather(*(stream(i) for i in range(streams)), return_exceptions=True)
+        result.ended = time.monotonic()
+    result.cpu_seconds = time.process_time() - cpu_before
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             result.bad_streams += 1
             result.first_error = result.first_error or repr(outcome)
     return result
+
+
+def run_clients(opts: argparse.Namespace, port: int) -> list[ClientResult]:
+    """Run the load: the Go client (one process, `--clients` connections) or `--clients` Python processes."""
+    if opts.client == "go":
+        command = [
+            str(opts.go_binary),
+            f"-address=127.0.0.1:{port}",
+            f"-streams={opts.streams}",
+            f"-conns={opts.clients}",
+            f"-seconds={opts.seconds}",
+            f"-max-tokens={opts.max_tokens}",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=opts.seconds + 120, check=True)
+        return [ClientResult(**json.loads(done.stdout))]
+    queue: Any = multiprocessing.get_context("spawn").Queue()
+    per_client = opts.streams // opts.clients
+    clients = [
+        multiprocessing.get_context("spawn").Process(
+            target=client_main, args=(port, per_client, opts.seconds, opts.max_tokens, queue)
+        )
+        for _ in range(opts.clients)
+    ]
+    for client in clients:
+        client.start()
+    results = [ClientResult(**queue.get(timeout=opts.seconds + 120)) for _ in clients]
+    for client in clients:
+        client.join(timeout=30)
+    return results
+
+
+def build_go_client(directory: Path) -> Path:
+    """Build client_sdk/go/internal/streamload (the Go toolchain `make tools` uses) into `directory`."""
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("the Go client needs Go on PATH (the one `make test` uses); or run with --client python")
+    binary = directory / "streamload"
+    source = ROOT / "client_sdk" / "go"
+    subprocess.run([go, "build", "-o", str(binary), "./internal/streamload"], cwd=source, check=True)
+    return binary
 
 
 def wait_serving(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
@@ -149,6 +211,7 @@ class Run:
     produced_tokens_per_s: float
     delivered_tokens: int
     delivered_tokens_per_s: float
+    steady_tokens_per_s: float  # delivered while every stream was busy (the first `seconds`), the headline
     target_tokens_per_s: float
     messages_per_s: float
     tokens_per_message: float
@@ -159,7 +222,10 @@ class Run:
     double_cpu_s: float
     frontend_cpu_us_per_token: float
     server_cpu_us_per_token: float
+    client_cpu_us_per_token: float
     largest_batch: int
+    executor_steps_per_s: float  # the double's step rate over the window: the target's when the loop kept up
+    target_steps_per_s: float
     load_average_before: float
     load_average_after: float
 
@@ -196,24 +262,12 @@ def one_run(opts: argparse.Namespace, index: int) -> Run:
     try:
         wait_serving(port, server)
         load_before = load_average()
-        queue: Any = multiprocessing.get_context("spawn").Queue()
-        per_client = opts.streams // opts.clients
-        clients = [
-            multiprocessing.get_context("spawn").Process(
-                target=client_main, args=(port, per_client, opts.seconds, opts.max_tokens, queue)
-            )
-            for _ in range(opts.clients)
-        ]
         cpu_before = cpu_seconds(server.pid)
-        started = time.monotonic()
-        for client in clients:
-            client.start()
-        results = [ClientResult(**queue.get(timeout=opts.seconds + 120)) for _ in clients]
-        elapsed = time.monotonic() - started
+        results = run_clients(opts, port)
         cpu_after = cpu_seconds(server.pid)
+        # The load window: from the first stream opened to the last one finished (process start-up excluded).
+        elapsed = max(r.ended for r in results) - min(r.started for r in results)
         load_after = load_average()
-        for client in clients:
-            client.join(timeout=30)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
@@ -230,6 +284,7 @@ def one_run(opts: argparse.Namespace, index: int) -> Run:
         produced_tokens_per_s=round(produced / elapsed),
         delivered_tokens=delivered,
         delivered_tokens_per_s=round(delivered / elapsed),
+        steady_tokens_per_s=round(sum(r.window_tokens for r in results) / opts.seconds),
         target_tokens_per_s=opts.tokens_per_second,
         messages_per_s=round(messages / elapsed),
         tokens_per_message=round(delivered / max(messages, 1), 2),
@@ -240,7 +295,10 @@ def one_run(opts: argparse.Namespace, index: int) -> Run:
         double_cpu_s=round(double["executor_cpu_seconds"], 2),
         frontend_cpu_us_per_token=round(frontend_cpu / max(delivered, 1) * 1e6, 1),
         server_cpu_us_per_token=round(server_cpu / max(delivered, 1) * 1e6, 1),
+        client_cpu_us_per_token=round(sum(r.cpu_seconds for r in results) / max(delivered, 1) * 1e6, 1),
         largest_batch=double["largest_batch"],
+        executor_steps_per_s=round(double["steps"] / elapsed, 1),
+        target_steps_per_s=round(1 / step, 1),
         load_average_before=load_before,
         load_average_after=load_after,
     )
@@ -252,10 +310,19 @@ def main() -> None:
     parser.add_argument("--tokens-per-second", type=float, default=20_000.0, help="what the double produces in all")
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration of one run")
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens per request")
-    parser.add_argument("--clients", type=int, default=2, help="client processes sharing the streams")
+    parser.add_argument("--clients", type=int, default=2, help="connections (Go) or processes (Python) for the streams")
+    parser.add_argument(
+        "--client",
+        choices=("go", "python"),
+        default="go",
+        help="go: one Go process (client_sdk/go/internal/streamload), a few µs of CPU per message, so the server is "
+        "not starved of the second core; python: grpc.aio processes, ~50 µs per message",
+    )
     parser.add_argument("--runs", type=int, default=3)
     opts = parser.parse_args()
     runs = []
+    build_dir = tempfile.TemporaryDirectory()
+    opts.go_binary = str(build_go_client(Path(build_dir.name))) if opts.client == "go" else None
     for index in range(opts.runs):
         run = one_run(opts, index)
         print(json.dumps(asdict(run)), flush=True)
@@ -275,9 +342,11 @@ def main() -> None:
         for key in (
             "produced_tokens_per_s",
             "delivered_tokens_per_s",
+            "steady_tokens_per_s",
             "messages_per_s",
             "frontend_cpu_us_per_token",
             "server_cpu_us_per_token",
+            "client_cpu_us_per_token",
         )
     }
     print(json.dumps({"median": median}))

@@ -7,7 +7,7 @@ grpc.aio shape, DESIGN.md §6). `--steps-per-second` paces it like a batched eng
 running stream sends one token per step (0: each stream sends as fast as gRPC takes them). `rillet bench` (or any
 rillet.v1 client) drives it exactly as it drives Rillet.
 
-Run: .venv/bin/python bench/floor.py --port 50061 [--steps-per-second 50] [--reuse-port]
+Run: .venv/bin/python bench/floor.py --port 50061 [--steps-per-second 50] [--reuse-port] [--loop asyncio]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import uvloop
 
 from rillet.v1 import common_pb2, generation_pb2
 from rillet.v1 import inference_service_pb2 as pb
@@ -147,8 +148,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=50061)
     parser.add_argument("--steps-per-second", type=float, default=0.0, help="0: unpaced")
     parser.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT (several floor processes, one port)")
+    parser.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the event loop (Rillet's default: uvloop)"
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.steps_per_second, args.reuse_port))
+    factory = uvloop.new_event_loop if args.loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(args.port, args.steps_per_second, args.reuse_port))
 
 
 if __name__ == "__main__":

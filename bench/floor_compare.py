@@ -120,9 +120,10 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 
 @contextlib.asynccontextmanager
-async def servers(pace: float, rillet_pace: float) -> AsyncIterator[dict[str, str]]:
-    """A floor paced at `pace` steps per second and a Rillet server at `rillet_pace`; yields their targets."""
-    floor_cmd = [sys.executable, str(ROOT / "bench" / "floor.py"), "--port", "0", "--steps-per-second", str(pace)]
+async def servers(pace: float, rillet_pace: float, loop: str) -> AsyncIterator[dict[str, str]]:
+    """A floor at `pace` steps per second and Rillet at `rillet_pace`, both on event loop `loop`; yields targets."""
+    floor_cmd = [sys.executable, str(ROOT / "bench" / "floor.py"), "--port", "0", "--steps-per-second", str(pace),
+                 "--loop", loop]  # fmt: skip
     rillet_cmd = [sys.executable, "-m", "rillet.server.cli", "serve", "--port", "0", "--text-engine", "synthetic",
                   "--speech-engine", "none"]  # fmt: skip
     rillet_env = {
@@ -130,6 +131,7 @@ async def servers(pace: float, rillet_pace: float) -> AsyncIterator[dict[str, st
         "RILLET_SYNTHETIC__FIRST_OUTPUT_DELAY_S": "0",
         "RILLET_SYNTHETIC__SLOTS": "1024",
         "RILLET_LOG_LEVEL": "INFO",
+        "RILLET_EVENT_LOOP": loop,
     }
     floor, floor_port = await _started(floor_cmd, {}, rb"floor serving on [\d.]+:(\d+)")
     try:
@@ -154,17 +156,18 @@ def spread(values: list[float]) -> dict[str, Any]:
     }
 
 
-async def run(rounds: int, names: list[str]) -> dict[str, Any]:
+async def run(rounds: int, names: list[str], loop: str) -> dict[str, Any]:
     results: dict[str, Any] = {
         "tool": "bench/floor_compare.py",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "rounds": rounds,
+        "event_loop": loop,  # both servers'
         "scenarios": {},
     }
     paces = {n: (SCENARIOS[n].pace, SCENARIOS[n].rillet_pace) for n in names}
     for pace, rillet_pace in sorted(set(paces.values()), key=str):
-        async with servers(pace, pace if rillet_pace is None else rillet_pace) as targets:
+        async with servers(pace, pace if rillet_pace is None else rillet_pace, loop) as targets:
             for name in [n for n in names if paces[n] == (pace, rillet_pace)]:
                 scenario = SCENARIOS[name]
                 per_round: list[dict[str, Any]] = []
@@ -216,7 +219,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{results['rounds']} rounds, floor and Rillet alternating (order swapped each round), one client process; "
         f"{results['machine']['cpus']} CPUs shared with other work (load average per round below). "
-        "Ratio = Rillet / floor per round; median and p10-p90 over rounds. Synthetic TEST engine.",
+        f"Ratio = Rillet / floor per round; median and p10-p90 over rounds. Synthetic TEST engine. Both servers on "
+        f"{results.get('event_loop', 'asyncio')}'s event loop.",
         "",
         "| scenario | metric | floor (median) | Rillet (median) | ratio median | ratio p10-p90 | target |",
         "|---|---|---|---|---|---|---|",
@@ -244,8 +248,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--tag", default="", help="appended to the results' file names")
+    parser.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="both servers' event loop (Rillet's default)"
+    )
     args = parser.parse_args()
-    results = asyncio.run(run(args.rounds, args.scenarios))
+    results = asyncio.run(run(args.rounds, args.scenarios, args.loop))
     stamp = time.strftime("%Y%m%d-%H%M") + (f"-{args.tag}" if args.tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"floor_{stamp}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -117,8 +117,11 @@ def serve(
     configure_logging(settings.log_level, settings.telemetry.log_format, trace_ids=exports.otlp_traces)
     if settings.text_engine is TextEngineKind.SYNTHETIC:
         err.print("[yellow]text engine: SYNTHETIC TEST ENGINE — deterministic words, not a language model[/yellow]")
+    from rillet.server.app import loop_factory  # heavy imports after logging is configured
+
     try:
-        status = asyncio.run(_serve(settings, exports))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            status = runner.run(_serve(settings, exports))
     except EngineDead as error:  # an engine that cannot run here (no package, GPU or model): its message says why
         err.print(f"[red]cannot serve:[/red] {escape(error.message)}", highlight=False)
         raise typer.Exit(1) from None

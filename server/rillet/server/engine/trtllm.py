@@ -390,6 +390,8 @@ class TrtllmEngine:
                 delta, matched = deltas.step(completion, final=output.finished)
                 if delta is not None:
                     yield delta
+                if matched is None and not output.finished:
+                    continue
                 usage = Usage(
                     input_tokens=len(prompt_ids),
                     output_tokens=deltas.sent_ids,

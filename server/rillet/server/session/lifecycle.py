@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -16,6 +17,8 @@ class Drainable(Protocol):
     def wake(self) -> None: ...
 
     def shutdown(self) -> None: ...
+
+    def sweep(self, now: float) -> None: ...
 
 
 class Lifecycle:
@@ -55,6 +58,14 @@ class Lifecycle:
         """Fail every request still in flight with UNAVAILABLE (the grace period is over)."""
         for session in list(self._sessions):
             session.shutdown()
+
+    async def watch(self, period_s: float) -> None:
+        """Sweep every open session's watchdog each `period_s`, until cancelled: one task for the whole server."""
+        while True:
+            await asyncio.sleep(period_s)
+            now = time.monotonic()
+            for session in list(self._sessions):
+                session.sweep(now)
 
     def register(self, session: Drainable) -> None:
         self._sessions.add(session)

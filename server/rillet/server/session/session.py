@@ -119,6 +119,10 @@ class Session:
         """Make the writer re-check whether the session should end."""
         self._ready.put_nowait(None)
 
+    def sweep(self, now: float) -> None:
+        """Cancel the requests whose client stopped reading or whose input went idle (Lifecycle.watch calls it)."""
+        self._watchdog.sweep(now)
+
     def shutdown(self) -> None:
         for request in list(self._requests.values()):
             request.cancel(CancelReason.SHUTDOWN)
@@ -132,7 +136,29 @@ class Session:
         self._lifecycle.register(self)
         reader = asyncio.create_task(self._read(commands))
         reader.add_done_callback(self._input_ended)
-        watchdog = asyncio.create_task(self._watchdog.run()) if self._watchdog.enabled else None
+        async for output in self._write(reader):
+            yield output
+
+    async def run_one(self, start: Start) -> AsyncIterator[Output]:
+        """Serve a single request (the one-shot RPCs). Its failure is raised instead of yielded.
+
+        The start is applied at once, with no reader task (nothing more will come): its engine stream begins one
+        event-loop turn sooner than a session's request does, which is idle time to first output saved.
+        """
+        self._lifecycle.register(self)
+        self._input_closed = True
+        error = self._dispatch(start)
+        if error is not None:  # nothing started: nothing to clean up
+            self._lifecycle.unregister(self)
+            self._observer.rejected(error)
+            raise error
+        async for output in self._write(None):
+            if isinstance(output.payload, Failed | Rejected):
+                raise output.payload.error
+            yield output
+
+    async def _write(self, reader: asyncio.Task[None] | None) -> AsyncIterator[Output]:
+        """Yield outputs as they become ready until the session ends; `reader` applies the client's commands."""
         try:
             while True:
                 if not self._requests and self._ready.empty():
@@ -142,7 +168,7 @@ class Session:
                         raise Unavailable("the server is shutting down; reconnect to another instance")
                 item = await self._ready.get()
                 if item is None:
-                    if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                    if reader is not None and reader.done() and not reader.cancelled() and reader.exception():
                         raise reader.exception()  # type: ignore[misc]
                     continue
                 if isinstance(item, Output):
@@ -156,28 +182,18 @@ class Session:
                 if item.done and request is not None and request.outbox is item:
                     self._forget(request)
         finally:
-            reader.cancel()
-            if watchdog is not None:
-                watchdog.cancel()
+            readers = [reader] if reader is not None else []
+            for task in readers:
+                task.cancel()
             requests = list(self._requests.values())
             for request in requests:
                 request.cancel(CancelReason.GONE)
             # The call may be cancelled again while we wait here: the shield keeps the clean-up going, and the
             # session leaves the lifecycle only once every engine stream has really been closed.
-            cleanup = asyncio.gather(reader, *(r.task for r in requests if r.task is not None), return_exceptions=True)
+            tasks = [*readers, *(r.task for r in requests if r.task is not None)]
+            cleanup = asyncio.gather(*tasks, return_exceptions=True)
             cleanup.add_done_callback(lambda _: self._closed(requests))
             await asyncio.shield(cleanup)
-
-    async def run_one(self, start: Start) -> AsyncIterator[Output]:
-        """Serve a single request (the one-shot RPCs). Its failure is raised instead of yielded."""
-
-        async def one() -> AsyncIterator[Command]:
-            yield start
-
-        async for output in self.run(one()):
-            if isinstance(output.payload, Failed | Rejected):
-                raise output.payload.error
-            yield output
 
     def _closed(self, requests: list[Request]) -> None:
         for request in requests:

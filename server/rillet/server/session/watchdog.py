@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 from rillet.server.session.request import CancelReason, Request, State
 
 log = logging.getLogger(__name__)
+
+
+def sweep_period(stall_s: float, idle_input_s: float) -> float | None:
+    """How often the watchdogs must be swept for these limits; None when both clocks are off."""
+    limits = [limit for limit in (stall_s, idle_input_s) if limit]
+    return min(1.0, min(limits) / 4) if limits else None
 
 
 class Watchdog:
@@ -20,24 +24,15 @@ class Watchdog:
       time counts, so a slow engine is never mistaken for a stalled client; a writer blocked on another request's
       output, or on a `rejected`, stalls every request waiting behind it.
     - idle input: how long the engine has waited for streaming text that did not come (TextInput.idle_since).
-    A limit of 0 turns a clock off. The sweep runs every quarter of the shorter limit (at most every second), so a
-    request is cancelled between its limit and 1.25 times it.
+    A limit of 0 turns a clock off. One server-wide task (Lifecycle.watch) sweeps every session every
+    `sweep_period` (a quarter of the shorter limit, at most a second), so a request is cancelled between its limit
+    and 1.25 times it, and a session costs no task or timer of its own.
     """
 
     def __init__(self, stall_s: float, idle_input_s: float, requests: Callable[[], Iterable[Request]]) -> None:
         self._stall_s = stall_s
         self._idle_input_s = idle_input_s
         self._requests = requests
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._stall_s or self._idle_input_s)
-
-    async def run(self) -> None:
-        period = min(1.0, min(limit for limit in (self._stall_s, self._idle_input_s) if limit) / 4)
-        while True:
-            await asyncio.sleep(period)
-            self.sweep(time.monotonic())
 
     def sweep(self, now: float) -> None:
         """Cancel every request past a limit at `now` (monotonic seconds)."""

@@ -207,12 +207,16 @@ def _command(message: inference_service_pb2.SessionRequest, limits: LimitsConfig
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
-    message = duration_pb2.Duration()
-    message.FromNanoseconds(round(seconds * 1e9))
-    return message
+    # divmod floors, so a negative duration keeps nanos in [0, 1e9), as FromNanoseconds would normalize it
+    whole, nanos = divmod(round(seconds * 1e9), 1_000_000_000)
+    if whole < 0 and nanos:  # Duration's sign rule: seconds and nanos share the sign
+        whole, nanos = whole + 1, nanos - 1_000_000_000
+    return duration_pb2.Duration(seconds=whole, nanos=nanos)
 
 
 def token_delta(delta: TokenDelta) -> generation_pb2.TokenDelta:
+    if not delta.logprobs:  # the common case, once per token: no empty list built and copied
+        return generation_pb2.TokenDelta(text=delta.text, token_ids=delta.token_ids)
     return generation_pb2.TokenDelta(
         text=delta.text,
         token_ids=delta.token_ids,
@@ -249,12 +253,14 @@ def _usage(usage: Usage) -> common_pb2.Usage:
 
 
 def _timings(timings: Timings) -> common_pb2.Timings:
-    message = common_pb2.Timings(queue_duration=_duration(timings.queue), total_duration=_duration(timings.total))
-    if timings.prefill is not None:
-        message.prefill_duration.CopyFrom(_duration(timings.prefill))
-    if timings.time_to_first_output is not None:
-        message.time_to_first_output.CopyFrom(_duration(timings.time_to_first_output))
-    return message
+    return common_pb2.Timings(
+        queue_duration=_duration(timings.queue),
+        total_duration=_duration(timings.total),
+        prefill_duration=_duration(timings.prefill) if timings.prefill is not None else None,
+        time_to_first_output=(
+            _duration(timings.time_to_first_output) if timings.time_to_first_output is not None else None
+        ),
+    )
 
 
 def finished(result: Finished) -> common_pb2.Finished:

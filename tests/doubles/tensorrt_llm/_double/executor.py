@@ -40,6 +40,7 @@ CORPUS = (
 )
 CORPUS_BYTES = CORPUS.encode("utf-8")
 DEFAULT_MAX_BATCH_SIZE = 2048
+CATCH_UP_STEPS = 8
 
 
 @dataclass
@@ -54,7 +55,7 @@ class GenerationRequest:
     trace_headers: dict[str, str] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """Stand-in for the bindings' `Result` of one response (the fields `_handle_sequence` reads)."""
 
@@ -69,7 +70,7 @@ class Result:
     avg_decoded_tokens_per_iter: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     """Stand-in for the bindings' `Response`: a result, or an error message for one request."""
 
@@ -81,7 +82,7 @@ class Response:
         return bool(self.error_msg)
 
 
-@dataclass
+@dataclass(eq=False, slots=True)  # identity: the executor finds sequences in its lists by `in` and `remove`
 class _Sequence:
     """One request inside the simulated executor."""
 
@@ -95,6 +96,9 @@ class _Sequence:
     finished: list[bool] = field(default_factory=list)
     cum_logprob: list[float] = field(default_factory=list)
     iterations: int = 0
+    pieces: list[int] = field(default_factory=list)  # the simulated model's text, cut once at submission
+    start: int = 0  # where a sampled sequence 0 starts reading `pieces`
+    stop_words: list[list[int]] = field(default_factory=list)  # non-empty stop word ids, read once
 
     @property
     def prompt(self) -> list[int]:
@@ -148,6 +152,8 @@ class SimulatedExecutor:
         seq.generated = [[] for _ in range(n)]
         seq.finished = [False] * n
         seq.cum_logprob = [0.0] * n
+        seq.pieces, seq.start = _model_text(request.prompt_token_ids, request.sampling_params)
+        seq.stop_words = [w for w in request.sampling_params._get_stop_words() if w]
         with self._lock:
             self._incoming.append(seq)
             self._lock.notify()
@@ -193,11 +199,14 @@ class SimulatedExecutor:
             self._step(out)
             self._deliver(out)
             self.cpu_seconds += time.thread_time() - started
+            # Steps keep their schedule, as a GPU's do whatever its caller's process is busy with: a step that
+            # started late (this thread waited for the GIL) is made up by the next ones starting at once, up to
+            # CATCH_UP_STEPS behind; further behind (the process was stopped), the schedule restarts from now.
             next_step += SIMULATION.step_seconds
             delay = next_step - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            else:
+            elif delay < -CATCH_UP_STEPS * SIMULATION.step_seconds:
                 next_step = time.monotonic()
 
     def _apply_aborts(self, aborts: set[int], out: list[tuple[_Sequence, Response]]) -> None:
@@ -275,7 +284,7 @@ class SimulatedExecutor:
             seq.finished = [True] * len(seq.finished)
             result = Result(True, [[]], [FinishReason.NOT_FINISHED], index, cached_tokens=seq.cached)
             return Response(seq.request.id, result)
-        token = _model_token(seq.prompt, index, position, params)
+        token = _model_token(seq, index, position)
         reason = FinishReason.NOT_FINISHED
         new: list[int] = []
         logprobs: list[Any] | None = None
@@ -289,7 +298,7 @@ class SimulatedExecutor:
                 value = -0.25 * (1 + position % 3)
                 seq.cum_logprob[index] += value
                 logprobs = [_logprobs(token, value, params.logprobs)]
-            if any(generated[-len(w) :] == w for w in params._get_stop_words() if w):
+            if seq.stop_words and any(generated[-len(w) :] == w for w in seq.stop_words):
                 reason = FinishReason.STOP_WORDS
             elif len(generated) >= params.max_tokens:
                 reason = FinishReason.LENGTH
@@ -331,18 +340,23 @@ def _key(tokens: list[int]) -> bytes:
     return b"".join(t.to_bytes(4, "little") for t in tokens)
 
 
-def _model_token(prompt: list[int], index: int, position: int, params: SamplingParams) -> int:
-    """The simulated model: greedy decoding repeats the prompt's text; sampling walks the prompt and CORPUS from a
-    start that the seed (and the sequence index) picks. Pieces are re-cut from the text's bytes, three at a time."""
-    if SIMULATION.eos_after is not None and position == SIMULATION.eos_after:
-        return EOS
+def _model_text(prompt: list[int], params: SamplingParams) -> tuple[list[int], int]:
+    """The simulated model's text for one request, as piece ids, and where sampling starts reading it: greedy
+    decoding repeats the prompt's text; sampling walks the prompt and CORPUS from a start the seed picks. Pieces
+    are re-cut from the text's bytes, three at a time."""
     text = b"".join(piece_bytes(t) for t in prompt) or CORPUS_BYTES
     if params._greedy_decoding:
-        pieces = piece_ids(text)
-        return pieces[position % len(pieces)]
-    pieces = piece_ids(text + b" " + CORPUS_BYTES)
-    start = zlib.crc32(_key(prompt)) + 104729 * (params.seed or 0) + 7919 * index
-    return pieces[(start + position) % len(pieces)]
+        return piece_ids(text), 0
+    return piece_ids(text + b" " + CORPUS_BYTES), zlib.crc32(_key(prompt)) + 104729 * (params.seed or 0)
+
+
+def _model_token(seq: _Sequence, index: int, position: int) -> int:
+    """The simulated model's token at `position` of sequence `index` (each sequence starts elsewhere)."""
+    if SIMULATION.eos_after is not None and position == SIMULATION.eos_after:
+        return EOS
+    if seq.request.sampling_params._greedy_decoding:
+        return seq.pieces[position % len(seq.pieces)]
+    return seq.pieces[(seq.start + 7919 * index + position) % len(seq.pieces)]
 
 
 def _logprobs(token: int, value: float, top: int) -> Any:
