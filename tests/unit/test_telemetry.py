@@ -45,6 +45,7 @@ ENDPOINT = "http://127.0.0.1:4317"
         ({}, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ENDPOINT}, Exports(True, False, False)),
         ({"otlp_endpoint": ENDPOINT}, {"OTEL_METRICS_EXPORTER": "none"}, Exports(True, False, False)),
         ({"prometheus_port": 9464}, {}, Exports(False, False, True)),
+        ({"otlp_endpoint": ENDPOINT}, {"OTEL_METRICS_EXEMPLAR_FILTER": "always_on"}, Exports(True, True, False, True)),
         ({"otlp_endpoint": ENDPOINT, "prometheus_port": 0}, {"OTEL_SDK_DISABLED": "true"}, Exports()),
     ],
 )

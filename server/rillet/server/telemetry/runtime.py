@@ -11,7 +11,7 @@ from typing import Protocol
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -87,7 +87,11 @@ class Telemetry:
             for collector in (ProcessCollector, PlatformCollector, GCCollector):
                 collector(registry=registry)
             readers.append(PrometheusMetricReader(scope_info_enabled=False, registry=registry))
-        self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        self._meter_provider = MeterProvider(
+            resource=resource,
+            metric_readers=readers,
+            exemplar_filter=None if exports.exemplars else AlwaysOffExemplarFilter(),  # None: the variable's
+        )
         self.instruments = Instruments(self._meter_provider.get_meter(SCOPE, version, schema_url=sc.SCHEMA_URL))
         self.observer = TelemetryObserver(tracer, self.instruments, capture_content=config.capture_content)
         self.interceptor = RpcTelemetry(tracer, self.instruments, host=host, port=port)
