@@ -130,3 +130,38 @@ async def test_the_observer_hears_each_request_lifecycle_in_order() -> None:
     assert recorder.events["bad"] == ["failed EMPTY_PROMPT"]
     assert recorder.events["long"][:4] == ["queued synthetic-test", "admitted", "first_output", "output"]
     assert recorder.events["long"][-1] == "cancelled cancelled"
+
+
+class Swept:
+    """A Drainable that records the watchdog sweeps it gets."""
+
+    def __init__(self) -> None:
+        self.sweeps: list[float] = []
+
+    @property
+    def in_flight(self) -> int:
+        return 0
+
+    def wake(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def sweep(self, now: float) -> None:
+        self.sweeps.append(now)
+
+
+async def test_one_watchdog_task_sweeps_every_open_session_and_only_open_ones() -> None:
+    lifecycle = Lifecycle()
+    open_one, closed_one = Swept(), Swept()
+    lifecycle.register(open_one)
+    lifecycle.register(closed_one)
+    lifecycle.unregister(closed_one)
+    watching = asyncio.create_task(lifecycle.watch(0.01))
+    try:
+        await eventually(lambda: len(open_one.sweeps) >= 3)
+    finally:
+        watching.cancel()
+    assert closed_one.sweeps == []
+    assert open_one.sweeps == sorted(open_one.sweeps)  # monotonic times, one per period

@@ -147,7 +147,11 @@ class Session:
         """
         self._lifecycle.register(self)
         self._input_closed = True
-        error = self._dispatch(start)
+        try:
+            error = self._dispatch(start)  # a request's task is the last thing it creates: on a raise, none runs
+        except BaseException:
+            self._lifecycle.unregister(self)
+            raise
         if error is not None:  # nothing started: nothing to clean up
             self._lifecycle.unregister(self)
             self._observer.rejected(error)
