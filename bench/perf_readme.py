@@ -1,8 +1,9 @@
 """Rewrites README.md's performance block (between `<!-- perf:begin -->` and `<!-- perf:end -->`) from bench/results/.
 
-The table is generated, never typed: the newest floor_*.json (bench/floor_compare.py: Rillet against the raw
-grpc.aio floor, ratios with their spread), workers_*.json (bench/workers.py: tokens/s at 1 and 2 processes) and
-ghz_*.json (bench/ghz.py: an independent Go load generator) each give their rows, with the file they came from.
+The table is generated, never typed: for each scenario the newest floor_*.json that measured it (bench/floor_compare.py:
+Rillet against the raw grpc.aio floor, ratios with their spread), workers_*.json (bench/workers.py: tokens/s at 1 and 2
+processes) and ghz_*.json (bench/ghz.py: an independent Go load generator) each give their rows, with the file they came
+from.
 
 Run: .venv/bin/python bench/perf_readme.py [--check]   (--check: exit 1 when README.md is not what it would write)
 """
@@ -42,17 +43,28 @@ def _num(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def floor_rows(path: Path, results: dict[str, Any]) -> list[str]:
+def newest_per_scenario() -> list[tuple[str, Path, dict[str, Any]]]:
+    """Each scenario with the newest floor_*.json that measured it (runs may measure a subset of the scenarios)."""
+    found: dict[str, tuple[str, Path, dict[str, Any]]] = {}
+    for path in sorted(RESULTS.glob("floor_*.json"), reverse=True):
+        results = json.loads(path.read_text(encoding="utf-8"))
+        for name in results["scenarios"]:
+            found.setdefault(name, (name, path, results))
+    order = [name for name, _ in LABELS]
+    return sorted(found.values(), key=lambda f: order.index(f[0]) if f[0] in order else len(order))
+
+
+def floor_rows(sources: list[tuple[str, Path, dict[str, Any]]]) -> list[str]:
     rows = [
-        f"Rillet against the raw grpc.aio floor (`bench/floor.py`), alternating rounds on one machine "
-        f"(`{path.relative_to(ROOT)}`, {results['rounds']} rounds, {results['machine']['cpus']} shared CPUs; "
-        "synthetic TEST engine). Ratio = Rillet / floor, median over rounds and its p10-p90:",
+        "Rillet against the raw grpc.aio floor (`bench/floor.py`), alternating rounds on one machine (each scenario's "
+        "file below; synthetic TEST engine). Ratio = Rillet / floor, median over rounds and its p10-p90:",
         "",
         "| what | floor | Rillet | ratio (p10-p90) | target |",
         "|---|---|---|---|---|",
     ]
     notes: list[str] = []
-    for name, scenario in results["scenarios"].items():
+    for name, path, results in sources:
+        scenario = results["scenarios"][name]
         for metric, ratio in scenario["ratios"].items():
             label = LABELS.get((name, metric), f"{name} {metric}")
             rows.append(
@@ -73,8 +85,11 @@ def floor_rows(path: Path, results: dict[str, Any]) -> list[str]:
             lost = sum(scenario["rillet"]["lost"]["values"])
             rows.append(f"| {name}: streams lost or failed, all rounds | {sum(scenario['floor']['lost']['values']):.0f}"
                         f" | {lost:.0f} | | 0 |")  # fmt: skip
-    loads = [row["load_before"] for s in results["scenarios"].values() for row in s["rounds"]]
-    notes.append(f"1-minute load average before the rounds: {min(loads):.1f} to {max(loads):.1f} on these CPUs.")
+        loads = [row["load_before"] for row in scenario["rounds"]]
+        notes.append(
+            f"{name}: `{path.relative_to(ROOT)}`, {results['rounds']} rounds, {results['machine']['cpus']} shared "
+            f"CPUs, 1-minute load average {min(loads):.1f} to {max(loads):.1f} before its rounds."
+        )
     return [*rows, "", *(f"- {note}" for note in notes)]
 
 
@@ -104,8 +119,8 @@ def ghz_rows(path: Path, results: dict[str, Any]) -> list[str]:
 
 def block() -> str:
     lines: list[str] = []
-    if (floor := newest("floor_*.json")) is not None:
-        lines += floor_rows(*floor)
+    if sources := newest_per_scenario():
+        lines += floor_rows(sources)
     if (workers := newest("workers_*.json")) is not None:
         lines += workers_rows(*workers)
     if (ghz := newest("ghz_*.json")) is not None:

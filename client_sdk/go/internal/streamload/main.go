@@ -1,6 +1,9 @@
-// Command streamload keeps N one-shot Generate streams open against a Rillet server for a while (each stream's first
-// request shorter by its index, so that restarts spread evenly), checks every stream (seq contiguous from 0, exactly one Finished and last, LENGTH, token ids = usage = max_tokens) and prints
-// one JSON object: what bench/bench_frontend.py's Python clients report, at a fraction of their CPU per message.
+// Command streamload is a lean load client for Rillet's benchmarks (and the floor's: bench/floor.py speaks the same
+// contract). It keeps N streams busy for a while: one-shot Generate calls back to back (-rpc generate), or requests
+// back to back on one Session per stream (-rpc session); each stream's first request is shorter by its index so
+// restarts spread evenly. Every request is checked (seq contiguous from 0, exactly one Finished and last, LENGTH,
+// token ids = usage = max_tokens), and it prints one JSON object: counts, the tokens in the measurement window, the
+// gaps between a request's token messages, and its own CPU, a few µs per message where a grpc.aio client takes 30-50.
 package main
 
 import (
@@ -11,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"sync"
 	"time"
 
@@ -31,11 +35,19 @@ type result struct {
 	Messages     int     `json:"messages"`
 	BadStreams   int     `json:"bad_streams"`
 	FirstError   string  `json:"first_error"`
-	WindowTokens int     `json:"window_tokens"`
+	WindowTokens int     `json:"window_tokens"` // tokens that arrived between warm-up and `seconds`
 	Started      float64 `json:"started"`
 	Ended        float64 `json:"ended"`
 	CPUSeconds   float64 `json:"cpu_seconds"`
+	// Gaps between consecutive token messages of one request inside the window, milliseconds: p50, p99, max.
+	GapP50Ms float64 `json:"gap_p50_ms"`
+	GapP99Ms float64 `json:"gap_p99_ms"`
+	GapMaxMs float64 `json:"gap_max_ms"`
+	gaps     []float64
 }
+
+// warmAt: tokens and gaps before it are not counted in the window (set once, before the streams start).
+var warmAt float64
 
 func monotonic() float64 {
 	var ts unix.Timespec
@@ -57,6 +69,9 @@ func main() {
 	conns := flag.Int("conns", 2, "HTTP/2 connections the streams share")
 	seconds := flag.Float64("seconds", 20, "open new requests for this long, then let the last ones finish")
 	maxTokens := flag.Uint("max-tokens", 256, "tokens per request")
+	rpc := flag.String("rpc", "generate", "generate: one-shot Generate calls; session: requests back to back on one Session each")
+	warmup := flag.Float64("warmup", 0, "seconds at the start whose tokens and gaps are not counted in the window")
+	stagger := flag.Bool("stagger", true, "each stream's first request shorter by its index (restarts spread evenly)")
 	flag.Parse()
 
 	channels := make([]*grpc.ClientConn, *conns)
@@ -76,6 +91,7 @@ func main() {
 	cpuBefore := processCPU()
 	total.Started = monotonic()
 	stopAt := total.Started + *seconds
+	warmAt = total.Started + *warmup
 	var wg sync.WaitGroup
 	for index := 0; index < *streams; index++ {
 		wg.Add(1)
@@ -85,16 +101,25 @@ func main() {
 			mine := result{}
 			// The first request's length is staggered so that the streams' restarts spread evenly over time
 			// (a steady state) instead of all 256 finishing and restarting in one burst.
-			tokens := uint32(1 + index*int(*maxTokens) / *streams)
-			for monotonic() < stopAt {
-				problem := stream(client, index, tokens, stopAt, &mine)
-				tokens = uint32(*maxTokens)
-				mine.Requests++
+			tokens := uint32(*maxTokens)
+			if *stagger {
+				tokens = uint32(1 + index*int(*maxTokens) / *streams)
+			}
+			fail := func(problem string) {
 				if problem != "" {
 					mine.BadStreams++
 					if mine.FirstError == "" {
 						mine.FirstError = problem
 					}
+				}
+			}
+			if *rpc == "session" {
+				fail(session(client, index, tokens, uint32(*maxTokens), stopAt, &mine))
+			} else {
+				for monotonic() < stopAt {
+					fail(stream(client, index, tokens, stopAt, &mine))
+					mine.Requests++
+					tokens = uint32(*maxTokens)
 				}
 			}
 			mu.Lock()
@@ -103,6 +128,7 @@ func main() {
 			total.Messages += mine.Messages
 			total.BadStreams += mine.BadStreams
 			total.WindowTokens += mine.WindowTokens
+			total.gaps = append(total.gaps, mine.gaps...)
 			if total.FirstError == "" {
 				total.FirstError = mine.FirstError
 			}
@@ -112,6 +138,11 @@ func main() {
 	wg.Wait()
 	total.Ended = monotonic()
 	total.CPUSeconds = processCPU() - cpuBefore
+	if len(total.gaps) > 0 {
+		sort.Float64s(total.gaps)
+		at := func(q float64) float64 { return total.gaps[int(q*float64(len(total.gaps)-1))] }
+		total.GapP50Ms, total.GapP99Ms, total.GapMaxMs = at(0.5), at(0.99), total.gaps[len(total.gaps)-1]
+	}
 	_ = json.NewEncoder(os.Stdout).Encode(total)
 }
 
@@ -130,6 +161,7 @@ func stream(client rilletv1.InferenceServiceClient, index int, maxTokens uint32,
 	}
 	expected := uint64(0)
 	tokens := 0
+	last := 0.0
 	var finished *rilletv1.Finished
 	problem := ""
 	for {
@@ -149,9 +181,14 @@ func stream(client rilletv1.InferenceServiceClient, index int, maxTokens uint32,
 		case *rilletv1.GenerateResponse_TokenDelta:
 			n := len(kind.TokenDelta.GetTokenIds())
 			tokens += n
-			if monotonic() < stopAt {
+			now := monotonic()
+			if warmAt <= now && now < stopAt {
 				out.WindowTokens += n
+				if last > 0 {
+					out.gaps = append(out.gaps, (now-last)*1e3)
+				}
 			}
+			last = now
 		case *rilletv1.GenerateResponse_Finished:
 			finished = kind.Finished
 		default:
@@ -170,4 +207,74 @@ func stream(client rilletv1.InferenceServiceClient, index int, maxTokens uint32,
 		return fmt.Sprintf("finish %v, %d ids, usage %d", finished.GetReason(), tokens, finished.GetUsage().GetOutputTokens())
 	}
 	return ""
+}
+
+// session runs requests back to back on one Session stream until stopAt, then half-closes; it returns what was
+// wrong with the first bad request ("" when nothing).
+func session(client rilletv1.InferenceServiceClient, index int, first, maxTokens uint32, stopAt float64, out *result) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	calls, err := client.Session(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	problem := ""
+	tokens := first
+	for n := 0; monotonic() < stopAt; n++ {
+		id := fmt.Sprintf("s%d-r%d", index, n)
+		start := &rilletv1.SessionRequest{RequestId: id, Kind: &rilletv1.SessionRequest_StartGenerate{
+			StartGenerate: &rilletv1.StartGenerate{Params: &rilletv1.GenerateParams{
+				Prompt:    &rilletv1.GenerateParams_Text{Text: fmt.Sprintf("session %d: the river runs quietly past the mill ", index)},
+				MaxTokens: proto.Uint32(tokens),
+				Sampling:  &rilletv1.SamplingParams{Temperature: proto.Float32(0)},
+			}},
+		}}
+		if err := calls.Send(start); err != nil {
+			return err.Error()
+		}
+		out.Requests++
+		expected, got, last := uint64(0), 0, 0.0
+		var finished *rilletv1.Finished
+		for finished == nil {
+			response, err := calls.Recv()
+			if err != nil {
+				return fmt.Sprintf("request %s: %v", id, err)
+			}
+			out.Messages++
+			if response.GetRequestId() != id || response.GetSeq() != expected {
+				problem = fmt.Sprintf("request %q seq %d where %s seq %d was due", response.GetRequestId(), response.GetSeq(), id, expected)
+			}
+			expected++
+			switch kind := response.GetKind().(type) {
+			case *rilletv1.SessionResponse_TokenDelta:
+				k := len(kind.TokenDelta.GetTokenIds())
+				got += k
+				now := monotonic()
+				if warmAt <= now && now < stopAt {
+					out.WindowTokens += k
+					if last > 0 {
+						out.gaps = append(out.gaps, (now-last)*1e3)
+					}
+				}
+				last = now
+			case *rilletv1.SessionResponse_Finished:
+				finished = kind.Finished
+			default:
+				return fmt.Sprintf("request %s: unexpected %T", id, kind)
+			}
+		}
+		out.Tokens += got
+		if problem == "" && (finished.GetReason() != rilletv1.FinishReason_FINISH_REASON_LENGTH || got != int(tokens) ||
+			finished.GetUsage().GetOutputTokens() != tokens) {
+			problem = fmt.Sprintf("request %s: finish %v, %d ids, usage %d", id, finished.GetReason(), got, finished.GetUsage().GetOutputTokens())
+		}
+		tokens = maxTokens
+	}
+	if err := calls.CloseSend(); err != nil {
+		return err.Error()
+	}
+	if _, err := calls.Recv(); !errors.Is(err, io.EOF) && problem == "" {
+		problem = fmt.Sprintf("after the half-close: %v", err)
+	}
+	return problem
 }
