@@ -152,9 +152,15 @@ class Swept:
         self.sweeps.append(now)
 
 
+class Broken(Swept):
+    def sweep(self, now: float) -> None:
+        raise RuntimeError("a bug in one session's sweep")
+
+
 async def test_one_watchdog_task_sweeps_every_open_session_and_only_open_ones() -> None:
     lifecycle = Lifecycle()
     open_one, closed_one = Swept(), Swept()
+    lifecycle.register(Broken())  # swept first or not, its failure must not stop the others' sweeps
     lifecycle.register(open_one)
     lifecycle.register(closed_one)
     lifecycle.unregister(closed_one)

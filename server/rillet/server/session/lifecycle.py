@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Drainable(Protocol):
@@ -65,7 +68,10 @@ class Lifecycle:
             await asyncio.sleep(period_s)
             now = time.monotonic()
             for session in list(self._sessions):
-                session.sweep(now)
+                try:
+                    session.sweep(now)
+                except Exception:  # one session's bug must not end every session's watchdog
+                    log.exception("the watchdog sweep of a session failed; the others go on")
 
     def register(self, session: Drainable) -> None:
         self._sessions.add(session)
