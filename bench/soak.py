@@ -986,7 +986,13 @@ class Soak:
 
         async def cancel_later(delay: float) -> None:
             await asyncio.sleep(delay)
-            outcome.cancel_sent = await session.follow_up(tracked, cancel=inference_service_pb2.Cancel())
+            # Counted as sent from the moment it is written: the server can answer the Cancel (and `follow` return,
+            # cancelling this timer) before the write completes. The write is shielded: cancelling a pending write
+            # cancels the whole call, every other request of the session with it.
+            outcome.cancel_sent = True
+            outcome.cancel_sent = await asyncio.shield(
+                session.follow_up(tracked, cancel=inference_service_pb2.Cancel())
+            )
 
         timer = None
         if cancel is not None and cancel.delay_s is not None:
