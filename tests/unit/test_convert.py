@@ -10,7 +10,17 @@ from rillet.client._errors import error_from_status
 from rillet.server.config import LimitsConfig
 from rillet.server.errors import InvalidArgument, ResourceExhausted
 from rillet.server.transport import convert
-from rillet.server.types import AppendText, Cancel, ChatMessage, Command, GenerateSpec, Malformed, Start, TraceContext
+from rillet.server.types import (
+    AppendText,
+    Cancel,
+    ChatMessage,
+    Command,
+    GenerateSpec,
+    Malformed,
+    Start,
+    Timings,
+    TraceContext,
+)
 from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, speech_pb2
 
 LIMITS = LimitsConfig()
@@ -145,3 +155,18 @@ def test_an_oversized_trace_context_is_ignored_as_w3c_asks() -> None:
     for command in (traced("0" * 1000), traced(parent, "k=" + "v" * 1000)):
         assert isinstance(command, Start)
         assert command.trace is None
+
+
+@pytest.mark.parametrize("seconds", [0.0, 1.5, -1.5, 4e-7, -4e-7, 2.000000001, -2.000000001, -3.0, 12345.678901234])
+def test_durations_are_normalized_as_protobuf_does(seconds: float) -> None:
+    expected = duration_pb2.Duration()
+    expected.FromNanoseconds(round(seconds * 1e9))  # seconds and nanos share the sign; |nanos| < 1e9
+    got = convert._duration(seconds)
+    assert (got.seconds, got.nanos) == (expected.seconds, expected.nanos)
+
+
+def test_timings_leave_unknown_durations_unset() -> None:
+    message = convert._timings(Timings(queue=0.1, prefill=None, time_to_first_output=None, total=0.2))
+    assert not message.HasField("prefill_duration")
+    assert not message.HasField("time_to_first_output")
+    assert message.total_duration.ToNanoseconds() == 200_000_000
