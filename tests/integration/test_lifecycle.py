@@ -192,3 +192,26 @@ async def test_an_engine_that_dies_fails_its_requests_and_the_process_exits_non_
         assert spoken.finished.reason is FinishReason.STOP
     assert await asyncio.wait_for(serving, timeout=30) == 1
     assert server.router.active() == 0
+
+
+async def test_on_warm_runs_once_when_the_engines_are_warm() -> None:
+    engine = GatedEngine()
+    server = RilletServer(Settings(port=0), [engine])
+    seen: list[str] = []
+
+    def on_warm() -> None:
+        seen.append("warm")
+        assert server.router.started  # warm
+        assert not server.stopped.is_set()
+
+    starting = asyncio.create_task(server.start(on_warm=on_warm))
+    try:
+        await eventually(lambda: server.port != 0)
+        assert seen == []  # the engine is still warming
+        engine.gate.set()
+        await starting
+        assert seen == ["warm"]
+        assert await health_of(server.port) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        engine.gate.set()
+        await server.stop(grace_s=0)
