@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from rillet.server.config import SecurityConfig, TenantConfig, TlsConfig
 from rillet.server.errors import ResourceExhausted, RilletError, Unauthenticated
 from rillet.server.tenancy import TenantLedger, use_quota
-from rillet.server.transport.handlers import with_behavior
+from rillet.server.transport.handlers import behavior, with_behavior
 from rillet.server.transport.servicer import SERVICE_NAME, abort
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,6 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
     return None
 
 
-Behavior = Callable[..., Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Rq = TypeVar("Rq")
 Rs = TypeVar("Rs")
@@ -161,9 +160,7 @@ def _refused(handler: Handler, error: RilletError) -> Handler:
 
 def _held(handler: Handler, ledger: TenantLedger, tenant: str) -> Handler:
     """The streaming handler run while holding a call in the ledger, its quota current for the handler."""
-    # The servicer's streaming methods are async generators (the stubs type them as sync iterators).
-    behavior: Behavior | None = handler.stream_stream if handler.request_streaming else handler.unary_stream
-    assert behavior is not None
+    served = behavior(handler)  # one of the servicer's streaming methods (HELD_METHODS): an async generator
 
     async def hold(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[object]:
         with ExitStack() as held:
@@ -173,7 +170,7 @@ def _held(handler: Handler, ledger: TenantLedger, tenant: str) -> Handler:
                 await abort(context, error)
             # Set here, in the task that runs the handler: the handler reads it on its first step.
             use_quota(quota)
-            async for response in behavior(request, context):
+            async for response in served(request, context):
                 yield response
 
     return with_behavior(handler, hold)
