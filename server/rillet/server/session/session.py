@@ -149,13 +149,12 @@ class Session:
         self._input_closed = True
         try:
             error = self._dispatch(start)  # a request's task is the last thing it creates: on a raise, none runs
+            if error is not None:
+                self._observer.rejected(error)
+                raise error
         except BaseException:
-            self._lifecycle.unregister(self)
+            self._lifecycle.unregister(self)  # nothing started: nothing else to clean up
             raise
-        if error is not None:  # nothing started: nothing to clean up
-            self._lifecycle.unregister(self)
-            self._observer.rejected(error)
-            raise error
         async for output in self._write(None):
             if isinstance(output.payload, Failed | Rejected):
                 raise output.payload.error
@@ -186,15 +185,14 @@ class Session:
                 if item.done and request is not None and request.outbox is item:
                     self._forget(request)
         finally:
-            readers = [reader] if reader is not None else []
-            for task in readers:
-                task.cancel()
+            if reader is not None:
+                reader.cancel()
             requests = list(self._requests.values())
             for request in requests:
                 request.cancel(CancelReason.GONE)
             # The call may be cancelled again while we wait here: the shield keeps the clean-up going, and the
             # session leaves the lifecycle only once every engine stream has really been closed.
-            tasks = [*readers, *(r.task for r in requests if r.task is not None)]
+            tasks = [task for task in (reader, *(r.task for r in requests)) if task is not None]
             cleanup = asyncio.gather(*tasks, return_exceptions=True)
             cleanup.add_done_callback(lambda _: self._closed(requests))
             await asyncio.shield(cleanup)
