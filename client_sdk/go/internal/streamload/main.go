@@ -150,12 +150,7 @@ func main() {
 func stream(client rilletv1.InferenceServiceClient, index int, maxTokens uint32, stopAt float64, out *result) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	request := &rilletv1.GenerateRequest{Params: &rilletv1.GenerateParams{
-		Prompt:    &rilletv1.GenerateParams_Text{Text: fmt.Sprintf("stream %d: the river runs quietly past the mill ", index)},
-		MaxTokens: proto.Uint32(maxTokens),
-		Sampling:  &rilletv1.SamplingParams{Temperature: proto.Float32(0)},
-	}}
-	responses, err := client.Generate(ctx, request)
+	responses, err := client.Generate(ctx, &rilletv1.GenerateRequest{Params: params("stream", index, maxTokens)})
 	if err != nil {
 		return err.Error()
 	}
@@ -179,16 +174,7 @@ func stream(client rilletv1.InferenceServiceClient, index int, maxTokens uint32,
 		expected++
 		switch kind := response.GetKind().(type) {
 		case *rilletv1.GenerateResponse_TokenDelta:
-			n := len(kind.TokenDelta.GetTokenIds())
-			tokens += n
-			now := monotonic()
-			if warmAt <= now && now < stopAt {
-				out.WindowTokens += n
-				if last > 0 {
-					out.gaps = append(out.gaps, (now-last)*1e3)
-				}
-			}
-			last = now
+			tokens += out.arrived(len(kind.TokenDelta.GetTokenIds()), &last, stopAt)
 		case *rilletv1.GenerateResponse_Finished:
 			finished = kind.Finished
 		default:
@@ -202,11 +188,7 @@ func stream(client rilletv1.InferenceServiceClient, index int, maxTokens uint32,
 	if finished == nil {
 		return "no Finished"
 	}
-	if finished.GetReason() != rilletv1.FinishReason_FINISH_REASON_LENGTH || tokens != int(maxTokens) ||
-		finished.GetUsage().GetOutputTokens() != maxTokens {
-		return fmt.Sprintf("finish %v, %d ids, usage %d", finished.GetReason(), tokens, finished.GetUsage().GetOutputTokens())
-	}
-	return ""
+	return finishProblem(finished, tokens, maxTokens)
 }
 
 // session runs requests back to back on one Session stream until stopAt, then half-closes; it returns what was
@@ -223,11 +205,7 @@ func session(client rilletv1.InferenceServiceClient, index int, first, maxTokens
 	for n := 0; monotonic() < stopAt; n++ {
 		id := fmt.Sprintf("s%d-r%d", index, n)
 		start := &rilletv1.SessionRequest{RequestId: id, Kind: &rilletv1.SessionRequest_StartGenerate{
-			StartGenerate: &rilletv1.StartGenerate{Params: &rilletv1.GenerateParams{
-				Prompt:    &rilletv1.GenerateParams_Text{Text: fmt.Sprintf("session %d: the river runs quietly past the mill ", index)},
-				MaxTokens: proto.Uint32(tokens),
-				Sampling:  &rilletv1.SamplingParams{Temperature: proto.Float32(0)},
-			}},
+			StartGenerate: &rilletv1.StartGenerate{Params: params("session", index, tokens)},
 		}}
 		if err := calls.Send(start); err != nil {
 			return err.Error()
@@ -247,16 +225,7 @@ func session(client rilletv1.InferenceServiceClient, index int, first, maxTokens
 			expected++
 			switch kind := response.GetKind().(type) {
 			case *rilletv1.SessionResponse_TokenDelta:
-				k := len(kind.TokenDelta.GetTokenIds())
-				got += k
-				now := monotonic()
-				if warmAt <= now && now < stopAt {
-					out.WindowTokens += k
-					if last > 0 {
-						out.gaps = append(out.gaps, (now-last)*1e3)
-					}
-				}
-				last = now
+				got += out.arrived(len(kind.TokenDelta.GetTokenIds()), &last, stopAt)
 			case *rilletv1.SessionResponse_Finished:
 				finished = kind.Finished
 			default:
@@ -264,9 +233,8 @@ func session(client rilletv1.InferenceServiceClient, index int, first, maxTokens
 			}
 		}
 		out.Tokens += got
-		if problem == "" && (finished.GetReason() != rilletv1.FinishReason_FINISH_REASON_LENGTH || got != int(tokens) ||
-			finished.GetUsage().GetOutputTokens() != tokens) {
-			problem = fmt.Sprintf("request %s: finish %v, %d ids, usage %d", id, finished.GetReason(), got, finished.GetUsage().GetOutputTokens())
+		if wrong := finishProblem(finished, got, tokens); problem == "" && wrong != "" {
+			problem = fmt.Sprintf("request %s: %s", id, wrong)
 		}
 		tokens = maxTokens
 	}
@@ -277,4 +245,37 @@ func session(client rilletv1.InferenceServiceClient, index int, first, maxTokens
 		problem = fmt.Sprintf("after the half-close: %v", err)
 	}
 	return problem
+}
+
+// params asks for maxTokens tokens, greedy, from a prompt naming the stream.
+func params(what string, index int, maxTokens uint32) *rilletv1.GenerateParams {
+	return &rilletv1.GenerateParams{
+		Prompt:    &rilletv1.GenerateParams_Text{Text: fmt.Sprintf("%s %d: the river runs quietly past the mill ", what, index)},
+		MaxTokens: proto.Uint32(maxTokens),
+		Sampling:  &rilletv1.SamplingParams{Temperature: proto.Float32(0)},
+	}
+}
+
+// arrived counts a message of n token ids arriving now: in the window, its tokens and the gap since the request's
+// previous message (`last`, updated). It returns n.
+func (out *result) arrived(n int, last *float64, stopAt float64) int {
+	now := monotonic()
+	if warmAt <= now && now < stopAt {
+		out.WindowTokens += n
+		if *last > 0 {
+			out.gaps = append(out.gaps, (now-*last)*1e3)
+		}
+	}
+	*last = now
+	return n
+}
+
+// finishProblem says what is wrong with a request's end ("" when nothing): it must end LENGTH with want token ids,
+// as many as its usage reports.
+func finishProblem(finished *rilletv1.Finished, got int, want uint32) string {
+	if finished.GetReason() != rilletv1.FinishReason_FINISH_REASON_LENGTH || got != int(want) ||
+		finished.GetUsage().GetOutputTokens() != want {
+		return fmt.Sprintf("finish %v, %d ids, usage %d", finished.GetReason(), got, finished.GetUsage().GetOutputTokens())
+	}
+	return ""
 }
