@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,25 +79,13 @@ async def idle_sessions(client: Client, pid: int, count: int) -> float:
     return (during - before) / count
 
 
-async def active_generations(client: Client, pid: int, count: int) -> float:
+async def active_streams(pid: int, count: int, open_stream: Callable[[int], Any], first: type) -> float:
+    """RSS per stream while `count` streams opened by `open_stream(i)` each have their first output (a `first`)."""
     before = await settle(pid)
-    streams = [client.generate(f"Story {i}: once upon a time", max_tokens=400, temperature=0.0) for i in range(count)]
+    streams = [open_stream(i) for i in range(count)]
     try:
         for stream in streams:
-            assert isinstance(await anext(aiter(stream)), TokenDelta)
-        during = await settle(pid)
-    finally:
-        for stream in streams:
-            await stream.aclose()
-    return (during - before) / count
-
-
-async def active_syntheses(client: Client, pid: int, count: int) -> float:
-    before = await settle(pid)
-    streams = [client.synthesize(LONG_TEXT) for _ in range(count)]
-    try:
-        for stream in streams:
-            assert isinstance(await anext(aiter(stream)), AudioChunk)
+            assert isinstance(await anext(aiter(stream)), first)
         during = await settle(pid)
     finally:
         for stream in streams:
@@ -117,9 +105,18 @@ async def measure(port: int, pid: int, opts: argparse.Namespace) -> dict[str, An
         for _ in range(opts.rounds):
             out["idle_rss_mb"].append(await settle(pid))
             out["per_idle_session_mb"].append(await idle_sessions(client, pid, opts.sessions))
-            out["per_generation_mb"].append(await active_generations(client, pid, opts.generations))
+            out["per_generation_mb"].append(
+                await active_streams(
+                    pid,
+                    opts.generations,
+                    lambda i: client.generate(f"Story {i}: once upon a time", max_tokens=400, temperature=0.0),
+                    TokenDelta,
+                )
+            )
             if opts.engines == "default":
-                out["per_synthesis_mb"].append(await active_syntheses(client, pid, opts.syntheses))
+                out["per_synthesis_mb"].append(
+                    await active_streams(pid, opts.syntheses, lambda _: client.synthesize(LONG_TEXT), AudioChunk)
+                )
     return {key: spread(values) for key, values in out.items()}
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ from typing import Any
 
 from bench_frontend import build_go_client  # bench/ is on sys.path when a script in it runs
 
+from rillet.server.config import EventLoopKind, Settings
 from rillet.server.loadgen import bench
 from rillet.server.loadgen.runner import Bound
 from rillet.server.loadgen.stats import percentile
@@ -224,15 +226,16 @@ async def run(rounds: int, names: list[str], loop: str) -> dict[str, Any]:
     return results
 
 
-_GO_CLIENT: list[Path] = []  # built once per run, when a scenario needs it
+@functools.cache
+def go_client() -> Path:
+    """client_sdk/go/internal/streamload, built once per run when a scenario needs it."""
+    return build_go_client(Path(tempfile.mkdtemp(prefix="rillet-streamload-")))
 
 
 async def go_level(target: str, scenario: Scenario) -> dict[str, Any]:
     """One run of client_sdk/go/internal/streamload, summarized with the keys a `rillet bench` level has."""
-    if not _GO_CLIENT:
-        _GO_CLIENT.append(build_go_client(Path(tempfile.mkdtemp(prefix="rillet-streamload-"))))
     process = await asyncio.create_subprocess_exec(
-        str(_GO_CLIENT[0]),
+        str(go_client()),
         f"-address={target}",
         f"-rpc={scenario.plan.rpc.value}",
         f"-streams={scenario.concurrency}",
@@ -294,7 +297,10 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--tag", default="", help="appended to the results' file names")
     parser.add_argument(
-        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="both servers' event loop (Rillet's default)"
+        "--loop",
+        choices=[kind.value for kind in EventLoopKind],
+        default=Settings.model_fields["event_loop"].default.value,
+        help="both servers' event loop (default: Rillet's)",
     )
     args = parser.parse_args()
     results = asyncio.run(run(args.rounds, args.scenarios, args.loop))
