@@ -258,6 +258,19 @@ async def test_health_needs_no_token_and_reflection_does(make_server: ServerFact
         )
 
 
+async def test_an_unknown_method_is_unimplemented_with_or_without_a_token(make_server: ServerFactory) -> None:
+    """The gate wraps the registered services' handlers; a name none of them serves stays UNIMPLEMENTED."""
+    server = await make_server(security={"tenants": tenants()})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        for name in ("/rillet.v1.InferenceService/Nope", "/grpc.reflection.v1.ServerReflection/Nope", "/x.Y/Z"):
+            for metadata in ((), (("authorization", f"Bearer {BETA}"),)):
+                call = channel.unary_unary(name, request_serializer=bytes, response_deserializer=bytes)
+                with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                    await call(b"", metadata=metadata)
+                assert unknown.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert await list_services(channel, metadata=(("authorization", f"Bearer {BETA}"),))  # the gate still works
+
+
 async def test_reflection_can_be_turned_off(make_server: ServerFactory) -> None:
     server = await make_server(security={"reflection": False})
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

@@ -138,7 +138,7 @@ class RilletServer:
         limit = self.settings.max_message_bytes
         security = self.settings.security
         server = grpc.aio.server(
-            interceptors=[*self._interceptors, CallGate(self._tokens, self.tenants)],
+            interceptors=self._interceptors,
             options=[
                 # Connections past this are closed at accept, before any handshake (the client sees UNAVAILABLE).
                 ("grpc.max_allowed_incoming_connections", security.max_connections),
@@ -156,13 +156,14 @@ class RilletServer:
                 ("grpc.http2.max_ping_strikes", 0),
             ],
         )
+        gated = CallGate(self._tokens, self.tenants).registry(server)  # health stays open: registered beside it
         add_to_server(
-            InferenceServicer(self.router, self.settings.limits, self.lifecycle, observer=self.observer), server
+            InferenceServicer(self.router, self.settings.limits, self.lifecycle, observer=self.observer), gated
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         if security.reflection:
-            enable_reflection([SERVICE_NAME, health_name], server)  # v1 and v1alpha
+            enable_reflection([SERVICE_NAME, health_name], gated)  # v1 and v1alpha
         for service in ("", SERVICE_NAME):
             await self.health.set(service, NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"

@@ -146,10 +146,10 @@ _current: contextvars.ContextVar[TenantQuota | None] = contextvars.ContextVar("r
 
 
 def current_quota() -> TenantQuota | None:
-    """The quota of the call being handled: set by the auth interceptor in the handler's own task."""
+    """The quota of the call being handled: set by the auth gate in the handler's own task."""
     return _current.get()
 
 
 def use_quota(quota: TenantQuota) -> None:
-    """Make `quota` the current call's (the interceptor calls this in the handler's task, before the handler)."""
+    """Make `quota` the current call's (the auth gate calls this in the handler's task, before the handler)."""
     _current.set(quota)

@@ -9,6 +9,8 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from rillet.server.transport.handlers import Registry
+
 __all__ = ["V1_SERVICE_NAME", "enable_reflection"]
 
 V1ALPHA_PACKAGE = "grpc.reflection.v1alpha"
@@ -77,7 +79,7 @@ def _add_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
     pool.AddSerializedFile(proto.SerializeToString())
 
 
-def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
+def enable_reflection(service_names: Iterable[str], server: Registry) -> None:
     """Serve reflection for `service_names` (and for itself) under both v1 and v1alpha.
 
     grpcio-reflection serves only v1alpha (grpc/grpc#38576), while current grpcurl, Postman and grpc-java's tools

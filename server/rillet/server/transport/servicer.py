@@ -24,6 +24,7 @@ from rillet.server.scheduler import Router
 from rillet.server.session import Lifecycle, Session
 from rillet.server.tenancy import current_quota
 from rillet.server.transport import convert
+from rillet.server.transport.handlers import Registry
 from rillet.server.types import Command, GenerateSpec, Malformed, Output, Start, SynthesizeSpec
 from rillet.v1 import inference_service_pb2 as pb
 
@@ -63,7 +64,7 @@ async def abort(context: grpc.aio.ServicerContext[object, object], error: Rillet
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+def add_to_server(servicer: InferenceServicer, server: Registry) -> None:
     """Register the service with no request deserializer: each method receives the raw bytes and parses them.
 
     gRPC's own deserialization failure would end the call UNKNOWN, and on a Session end every request in it.
@@ -98,7 +99,7 @@ class InferenceServicer:
         self._observer = observer
 
     def _session(self) -> Session:
-        # The call's tenant quota: the auth interceptor made it current in this call's task (transport/auth.py).
+        # The call's tenant quota: the gate made it current in this call's task (transport/auth.py).
         return Session(self._router, self._limits, self._lifecycle, observer=self._observer, quota=current_quota())
 
     async def Session(
