@@ -13,6 +13,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
 from rillet.client import Client, UnauthenticatedError
@@ -21,9 +22,10 @@ from rillet.server.config import Settings, SyntheticConfig
 from rillet.server.engine.base import Engine
 from rillet.server.engine.synthetic import SyntheticEngine
 from rillet.server.telemetry import semconv as sc
-from rillet.server.telemetry.instruments import Instruments
+from rillet.server.telemetry.instruments import Histograms, Instruments, WithHistograms
 from rillet.server.telemetry.requests import TelemetryObserver
 from rillet.server.telemetry.rpc import RpcTelemetry
+from rillet.server.telemetry.spans import RequestTracer, into
 from tests.conftest import eventually
 from tests.doubles import EchoSpeechEngine
 
@@ -50,18 +52,25 @@ class Traced:
         return list(self.spans.get_finished_spans())
 
 
+class Reader(WithHistograms, InMemoryMetricReader):
+    """An in-memory reader whose collections carry the Histograms too, as the server's readers'."""
+
+
 async def start(**settings: Any) -> Traced:
     spans = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(spans)
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    metrics = InMemoryMetricReader()
-    instruments = Instruments(MeterProvider(metric_readers=[metrics]).get_meter("test"))
+    tracer_provider.add_span_processor(processor)
+    histograms = Histograms(InstrumentationScope("test"))
+    metrics = Reader(histograms)
+    instruments = Instruments(MeterProvider(metric_readers=[metrics]).get_meter("test"), histograms)
     tracer = tracer_provider.get_tracer("test")
+    requests = RequestTracer(tracer_provider, InstrumentationScope("test"), into(processor, tracer_provider.resource))
     engines: list[Engine] = [SyntheticEngine(SyntheticConfig(tokens_per_second=400)), EchoSpeechEngine()]
     server = RilletServer(
         Settings(port=0, **settings),
         engines,
-        observer=TelemetryObserver(tracer, instruments),
+        observer=TelemetryObserver(requests, instruments),
         interceptors=[RpcTelemetry(tracer, instruments)],
     )
     await server.start()

@@ -12,14 +12,18 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from rillet.server.config import LogFormat, TelemetryConfig
 from rillet.server.errors import NotFound
 from rillet.server.observer import Batching, StepReporter
-from rillet.server.telemetry.instruments import Instruments, Tally
+from rillet.server.telemetry.instruments import Histograms, Instruments, Tally, WithHistograms
 from rillet.server.telemetry.logs import JsonFormatter, TraceIds
 from rillet.server.telemetry.plan import Exports, exports
 from rillet.server.telemetry.requests import TelemetryObserver
+from rillet.server.telemetry.spans import RequestTracer, into, readable, span_data
 from rillet.server.types import (
     Finished,
     FinishReason,
@@ -45,7 +49,6 @@ ENDPOINT = "http://127.0.0.1:4317"
         ({}, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ENDPOINT}, Exports(True, False, False)),
         ({"otlp_endpoint": ENDPOINT}, {"OTEL_METRICS_EXPORTER": "none"}, Exports(True, False, False)),
         ({"prometheus_port": 9464}, {}, Exports(False, False, True)),
-        ({"otlp_endpoint": ENDPOINT}, {"OTEL_METRICS_EXEMPLAR_FILTER": "always_on"}, Exports(True, True, False, True)),
         ({"otlp_endpoint": ENDPOINT, "prometheus_port": 0}, {"OTEL_SDK_DISABLED": "true"}, Exports()),
     ],
 )
@@ -96,14 +99,29 @@ def test_an_observer_failure_never_reaches_the_request(caplog: pytest.LogCapture
     assert "telemetry: RequestObserver.queued failed" in caplog.text
 
 
-def test_a_request_with_an_invalid_trace_context_keeps_the_calls_context() -> None:
+SCOPE = InstrumentationScope("test")
+
+
+class Reader(WithHistograms, InMemoryMetricReader):
+    """An in-memory reader whose collections carry the Histograms too, as the server's readers'."""
+
+
+def traced(provider: TracerProvider) -> tuple[InMemorySpanExporter, TelemetryObserver, Reader]:
+    """An observer whose request spans, like `provider`'s own, go to the returned exporter."""
     spans = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(spans)
+    provider.add_span_processor(processor)
+    histograms = Histograms(SCOPE)
+    reader = Reader(histograms)
+    instruments = Instruments(MeterProvider(metric_readers=[reader]).get_meter("t"), histograms)
+    tracer = RequestTracer(provider, SCOPE, into(processor, provider.resource))
+    return spans, TelemetryObserver(tracer, instruments), reader
+
+
+def test_a_request_with_an_invalid_trace_context_keeps_the_calls_context() -> None:
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
+    spans, observer, _ = traced(provider)
     tracer = provider.get_tracer("test")
-    observer = TelemetryObserver(
-        tracer, Instruments(MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("t"))
-    )
     model = ModelInfo("m", ModelKind.TEXT_GENERATION, "synthetic")
     with tracer.start_as_current_span("rpc") as rpc:
         bad = observer.request(Start("r", GenerateSpec(prompt="p"), TraceContext("00-not-a-trace")))
@@ -152,3 +170,59 @@ def test_a_step_reporter_calls_its_listeners_and_engines_that_have_one_are_batch
     assert heard == [5]
     assert isinstance(Stepping(), Batching)
     assert not isinstance(object(), Batching)
+
+
+def test_requests_the_sampler_drops_get_no_span_and_are_still_measured() -> None:
+    spans, observer, reader = traced(TracerProvider(sampler=ALWAYS_OFF))
+    request = observer.request(Start("r", GenerateSpec(prompt="p")))
+    model = ModelInfo("m", ModelKind.TEXT_GENERATION, "synthetic")
+    request.queued(model, GenerationRequest("r", "m", "p", 4), None)
+    request.admitted()
+    request.first_output()
+    request.finished(Finished(FinishReason.LENGTH, Usage(1, 4), Timings(0.0, None, 0.01, 0.02)))
+    assert spans.get_finished_spans() == ()
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
+    assert {"gen_ai.server.request.duration", "gen_ai.server.time_to_first_token", "rillet.server.requests"} <= names
+
+
+def test_a_distribution_counts_buckets_sum_min_and_max_by_attribute_values() -> None:
+    histograms = Histograms(SCOPE)
+    reader = Reader(histograms)
+    meter = MeterProvider(metric_readers=[reader]).get_meter("t")
+    distribution = histograms.create("h", ("a", "b"), "s", "test", (1.0, 2.0))
+    Tally(meter, "t", ("a",), "1", "test").add(("x",))  # the SDK hands a reader nothing when it has no point
+    for amount in (0.5, 1.0, 1.5, 3.0, -1.0, float("nan"), float("inf")):  # the last three are ignored
+        distribution.record(("x", ""), amount)
+    distribution.record(("x", "y"), 2.0)
+    data = reader.get_metrics_data()
+    assert data is not None
+    sdk, ours = data.resource_metrics[0].scope_metrics
+    assert sdk.scope.name == "t"
+    assert ours.scope == SCOPE
+    (metric,) = ours.metrics
+    assert (metric.name, metric.unit, metric.description) == ("h", "s", "test")
+    points: Any = metric.data.data_points
+    assert sorted(
+        (sorted(p.attributes.items()), list(p.bucket_counts), p.count, p.sum, p.min, p.max) for p in points
+    ) == [
+        ([("a", "x")], [2, 1, 1], 4, 6.0, 0.5, 3.0),  # buckets (-inf, 1], (1, 2], (2, inf)
+        ([("a", "x"), ("b", "y")], [0, 1, 0], 1, 2.0, 2.0, 2.0),
+    ]
+
+
+def test_an_sdk_span_crosses_as_plain_data_and_comes_back_whole() -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracer = provider.get_tracer("test", "1.0", schema_url="https://example.com/schema")
+    remote = TracerProvider().get_tracer("remote").start_span("remote").get_span_context()
+    with tracer.start_as_current_span("rpc", kind=SpanKind.SERVER, attributes={"a": 1, "b": ["x", "y"]}) as rpc:
+        rpc.add_event("e", {"k": "v"})
+        rpc.set_status(StatusCode.ERROR, "broken")
+        child = tracer.start_span("child", links=[Link(remote, {"l": True})])
+        child.end()
+    for original in spans.get_finished_spans():
+        copy = readable(span_data(original), provider.resource)
+        assert copy.to_json() == original.to_json()

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricReader,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from rillet.server.telemetry import semconv as sc
 
 REQUEST_KEY = (sc.GEN_AI_OPERATION_NAME, sc.GEN_AI_PROVIDER_NAME, sc.GEN_AI_REQUEST_MODEL)
 """The attributes that identify a request's kind in every per-request metric, in this order."""
+RPC_KEY = (sc.RPC_SYSTEM_NAME, sc.RPC_METHOD, sc.RPC_RESPONSE_STATUS_CODE, sc.ERROR_TYPE)
+"""The attributes of rpc.server.call.duration, in this order."""
+
+
+def _attributes(names: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, Any]:
+    """The attributes `values` give `names` ("" leaves an attribute out)."""
+    return {name: value for name, value in zip(names, values, strict=True) if value != ""}
 
 
 class Tally:
@@ -39,7 +62,7 @@ class Tally:
     def add(self, values: tuple[Any, ...], amount: float = 1) -> None:
         sums = self._sums
         if values not in sums:
-            self._attributes[values] = {k: v for k, v in zip(self._names, values, strict=True) if v != ""}
+            self._attributes[values] = _attributes(self._names, values)
             sums[values] = 0
         sums[values] += amount
 
@@ -52,50 +75,167 @@ class Tally:
         return [Observation(value, attributes[key]) for key, value in list(self._sums.items())]
 
 
-class Instruments:
-    """The server's instruments. Recording is thread-safe (the batch-size histogram is fed from engine threads)."""
+class _Point:
+    """One attribute set's histogram: bucket counts, count, sum, min and max."""
 
-    def __init__(self, meter: Meter) -> None:
+    __slots__ = ("attributes", "count", "counts", "max", "min", "sum")
+
+    def __init__(self, attributes: dict[str, Any], buckets: int) -> None:
+        self.attributes = attributes
+        self.counts = [0] * buckets
+        self.count = 0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+
+class Distribution:
+    """A histogram with explicit buckets, kept in dicts by attribute values and exported by `Histograms.merge`.
+
+    `record(values, amount)` takes the values of `names` in order ("" leaves an attribute out); a negative or
+    non-finite amount is ignored, as the SDK's histograms ignore it. Cumulative, whatever temporality a reader
+    prefers. Invariant: recording and collecting hold one lock (the batch-size histogram is fed from engine
+    threads), so a collection sees whole measurements.
+    """
+
+    def __init__(self, name: str, names: tuple[str, ...], unit: str, description: str, bounds: Sequence[float]) -> None:
+        self.name = name
+        self._names = names
+        self._unit = unit
+        self._description = description
+        self._bounds = tuple(float(bound) for bound in bounds)
+        self._points: dict[tuple[Any, ...], _Point] = {}
+        self._lock = threading.Lock()
+        self._start = time.time_ns()
+
+    def record(self, values: tuple[Any, ...], amount: float) -> None:
+        if not 0 <= amount < math.inf:
+            return
+        with self._lock:
+            point = self._points.get(values)
+            if point is None:
+                point = self._points[values] = _Point(_attributes(self._names, values), len(self._bounds) + 1)
+            point.counts[bisect_left(self._bounds, amount)] += 1  # bucket i holds (bounds[i-1], bounds[i]]
+            point.count += 1
+            point.sum += amount
+            if amount < point.min:
+                point.min = amount
+            if amount > point.max:
+                point.max = amount
+
+    def metric(self, now: int) -> Metric | None:
+        """The histogram's points as the SDK's Metric (None before the first measurement)."""
+        with self._lock:
+            points = [
+                HistogramDataPoint(
+                    p.attributes, self._start, now, p.count, p.sum, list(p.counts), self._bounds, p.min, p.max
+                )
+                for p in self._points.values()
+            ]
+        if not points:
+            return None
+        data = Histogram(points, AggregationTemporality.CUMULATIVE)
+        return Metric(self.name, self._description, self._unit, data)
+
+
+class Histograms:
+    """The server's histograms (Distribution), joined to every collection of the SDK's readers by `merge`.
+
+    Why not the SDK's histograms: each of their measurements cleans and hashes its attributes once per reader
+    (about 6 µs with one reader, 9 with two); a Distribution's costs a dict look-up and a bisection.
+    """
+
+    def __init__(self, scope: InstrumentationScope) -> None:
+        self._scope = scope
+        self._all: list[Distribution] = []
+
+    def create(
+        self, name: str, names: tuple[str, ...], unit: str, description: str, bounds: Sequence[float]
+    ) -> Distribution:
+        distribution = Distribution(name, names, unit, description, bounds)
+        self._all.append(distribution)
+        return distribution
+
+    def merge(self, data: MetricsData) -> MetricsData:
+        """`data` (a reader's collection) with the histograms added to this scope's metrics.
+
+        The SDK hands a reader nothing when none of its own instruments has a point; the server's always has one:
+        the engines' slot gauges (Instruments.observe_slots) report every engine from the start.
+        """
+        now = time.time_ns()
+        metrics = [metric for distribution in self._all if (metric := distribution.metric(now)) is not None]
+        if not metrics:
+            return data
+        resources = list(data.resource_metrics) or [ResourceMetrics(Resource.get_empty(), [], "")]
+        first = resources[0]
+        scopes = list(first.scope_metrics)
+        index = next((i for i, s in enumerate(scopes) if s.scope == self._scope), None)
+        if index is None:
+            scopes.append(ScopeMetrics(self._scope, metrics, self._scope.schema_url or ""))
+        else:
+            scopes[index] = ScopeMetrics(self._scope, [*scopes[index].metrics, *metrics], scopes[index].schema_url)
+        resources[0] = ResourceMetrics(first.resource, scopes, first.schema_url)
+        return MetricsData(resources)
+
+
+class WithHistograms(MetricReader):
+    """Mixed in before an SDK reader class: its every collection carries `histograms` too.
+
+    `class Reader(WithHistograms, PeriodicExportingMetricReader)`, then `Reader(histograms, exporter)`.
+    """
+
+    def __init__(self, histograms: Histograms, *args: Any, **kwargs: Any) -> None:
+        self.histograms = histograms
+        super().__init__(*args, **kwargs)
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        # (the reader class mixed in after this one implements it)
+        super()._receive_metrics(self.histograms.merge(metrics_data), timeout_millis, **kwargs)  # type: ignore[safe-super]
+
+
+class Instruments:
+    """The server's instruments. Recording is thread-safe (the batch-size histogram is fed from engine threads).
+
+    Histograms are Distributions of `histograms`, which the readers merge into their collections (runtime.py);
+    counts are Tallies. Both take their attributes as a tuple of values, in the order their names are listed here.
+    """
+
+    def __init__(self, meter: Meter, histograms: Histograms) -> None:
         self.meter = meter
+        self.histograms = histograms
+        histogram = histograms.create
         # GenAI server metrics (v1.41.0).
-        self.request_duration = meter.create_histogram(
-            sc.GEN_AI_SERVER_REQUEST_DURATION,
-            unit="s",
-            description="Generative AI server request duration such as time-to-last byte or last output token",
-            explicit_bucket_boundaries_advisory=sc.REQUEST_DURATION_BUCKETS,
-        )
-        self.time_to_first_token = meter.create_histogram(
-            sc.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN,
-            unit="s",
-            description="Time to generate first token for successful responses (queue and prefill included)",
-            explicit_bucket_boundaries_advisory=sc.TIME_TO_FIRST_TOKEN_BUCKETS,
-        )
-        self.time_per_output_token = meter.create_histogram(
-            sc.GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN,
-            unit="s",
-            description="Time per output token generated after the first token for successful responses",
-            explicit_bucket_boundaries_advisory=sc.TIME_PER_OUTPUT_TOKEN_BUCKETS,
-        )
+        self.request_duration = histogram(
+            sc.GEN_AI_SERVER_REQUEST_DURATION, (*REQUEST_KEY, sc.ERROR_TYPE), "s",
+            "Generative AI server request duration such as time-to-last byte or last output token",
+            sc.REQUEST_DURATION_BUCKETS,
+        )  # fmt: skip
+        self.time_to_first_token = histogram(
+            sc.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN, REQUEST_KEY, "s",
+            "Time to generate first token for successful responses (queue and prefill included)",
+            sc.TIME_TO_FIRST_TOKEN_BUCKETS,
+        )  # fmt: skip
+        self.time_per_output_token = histogram(
+            sc.GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN, REQUEST_KEY, "s",
+            "Time per output token generated after the first token for successful responses",
+            sc.TIME_PER_OUTPUT_TOKEN_BUCKETS,
+        )  # fmt: skip
         # RPC server metric (v1.44.0).
-        self.rpc_duration = meter.create_histogram(
-            sc.RPC_SERVER_CALL_DURATION,
-            unit="s",
-            description="Measures the duration of an incoming Remote Procedure Call (RPC)",
-            explicit_bucket_boundaries_advisory=sc.RPC_CALL_DURATION_BUCKETS,
-        )
+        self.rpc_duration = histogram(
+            sc.RPC_SERVER_CALL_DURATION, RPC_KEY, "s",
+            "Measures the duration of an incoming Remote Procedure Call (RPC)", sc.RPC_CALL_DURATION_BUCKETS,
+        )  # fmt: skip
         # Rillet's own.
-        self.time_to_first_audio = meter.create_histogram(
-            sc.RILLET_TIME_TO_FIRST_AUDIO_METRIC,
-            unit="s",
-            description="Time to the first audio chunk of successful speech requests (queue included)",
-            explicit_bucket_boundaries_advisory=sc.TIME_TO_FIRST_TOKEN_BUCKETS,
-        )
-        self.queue_duration = meter.create_histogram(
-            sc.RILLET_QUEUE_DURATION_METRIC,
-            unit="s",
-            description="Time a request waited for an engine slot (admission queue and engine queue)",
-            explicit_bucket_boundaries_advisory=sc.TIME_TO_FIRST_TOKEN_BUCKETS,
-        )
+        self.time_to_first_audio = histogram(
+            sc.RILLET_TIME_TO_FIRST_AUDIO_METRIC, REQUEST_KEY, "s",
+            "Time to the first audio chunk of successful speech requests (queue included)",
+            sc.TIME_TO_FIRST_TOKEN_BUCKETS,
+        )  # fmt: skip
+        self.queue_duration = histogram(
+            sc.RILLET_QUEUE_DURATION_METRIC, REQUEST_KEY, "s",
+            "Time a request waited for an engine slot (admission queue and engine queue)",
+            sc.TIME_TO_FIRST_TOKEN_BUCKETS,
+        )  # fmt: skip
         # Counts kept in plain dicts and observed at collection: a request's counting costs dict updates, not SDK
         # calls (each SDK measurement cleans and hashes its attributes: tens of microseconds).
         self.token_usage = Tally(
@@ -128,12 +268,10 @@ class Instruments:
             meter, sc.RILLET_QUEUED_REQUESTS, REQUEST_KEY, "{request}", "Requests waiting for an engine slot",
             up_down=True,
         )  # fmt: skip
-        self.batch_size = meter.create_histogram(
-            sc.RILLET_ENGINE_BATCH_SIZE,
-            unit="{sequence}",
-            description="Sequences advanced by one engine step (batching engines)",
-            explicit_bucket_boundaries_advisory=sc.BATCH_SIZE_BUCKETS,
-        )
+        self.batch_size = histogram(
+            sc.RILLET_ENGINE_BATCH_SIZE, (sc.RILLET_ENGINE,), "{sequence}",
+            "Sequences advanced by one engine step (batching engines)", sc.BATCH_SIZE_BUCKETS,
+        )  # fmt: skip
 
     def observe_slots(self, engines: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
         """Gauges of slots in use and slots in all, per engine, read from `engines()` (name, active, slots)."""

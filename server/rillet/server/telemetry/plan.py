@@ -15,7 +15,6 @@ class Exports:
     otlp_traces: bool = False
     otlp_metrics: bool = False
     prometheus: bool = False
-    exemplars: bool = False  # OTEL_METRICS_EXEMPLAR_FILTER was set: the SDK applies it; else none are taken
 
     @property
     def metrics(self) -> bool:
@@ -31,9 +30,7 @@ def exports(config: TelemetryConfig, environ: Mapping[str, str]) -> Exports:
 
     OTLP is on for a signal when an endpoint is configured (`otlp_endpoint`, OTEL_EXPORTER_OTLP_ENDPOINT or the
     signal's own OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT) unless OTEL_<SIGNAL>_EXPORTER is `none`; the Prometheus
-    endpoint when `prometheus_port` is set. OTEL_SDK_DISABLED=true turns everything off. Exemplars only when
-    OTEL_METRICS_EXEMPLAR_FILTER asks (the SDK's trace_based default adds ~3 µs to every measurement, and the
-    Prometheus endpoint does not show them).
+    endpoint when `prometheus_port` is set. OTEL_SDK_DISABLED=true turns everything off.
     """
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return Exports()
@@ -47,5 +44,4 @@ def exports(config: TelemetryConfig, environ: Mapping[str, str]) -> Exports:
             or environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
         )
 
-    exemplars = bool(environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip())
-    return Exports(otlp("TRACES"), otlp("METRICS"), config.prometheus_port is not None, exemplars)
+    return Exports(otlp("TRACES"), otlp("METRICS"), config.prometheus_port is not None)

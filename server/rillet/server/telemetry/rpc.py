@@ -100,11 +100,9 @@ class _Call:
 
     def end(self, error: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         status = _status(error, context)
-        attributes = {sc.RPC_SYSTEM_NAME: "grpc", sc.RPC_METHOD: self._method, sc.RPC_RESPONSE_STATUS_CODE: status}
         failed = status in sc.GRPC_SERVER_ERROR_CODES
-        if failed:
-            attributes[sc.ERROR_TYPE] = status
-        self._instruments.rpc_duration.record(time.perf_counter() - self._started, attributes)
+        values = ("grpc", self._method, status, status if failed else "")  # instruments.RPC_KEY's
+        self._instruments.rpc_duration.record(values, time.perf_counter() - self._started)
         if self._streaming:
             self._instruments.active_sessions.add((self._method,), -1)
         span = self.span

@@ -9,22 +9,23 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, start_http_server
 
 from rillet.server.config import TelemetryConfig
 from rillet.server.observer import Batching
 from rillet.server.telemetry import semconv as sc
-from rillet.server.telemetry.instruments import Instruments
+from rillet.server.telemetry.instruments import Histograms, Instruments, WithHistograms
+from rillet.server.telemetry.offload import OffloadedExport
 from rillet.server.telemetry.plan import Exports
 from rillet.server.telemetry.requests import TelemetryObserver
 from rillet.server.telemetry.rpc import RpcTelemetry
+from rillet.server.telemetry.spans import RequestTracer
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,16 @@ class _Engine(Protocol):
     def active(self) -> int: ...
 
 
-def _record_step(record: Callable[[int, dict[str, str]], None], attributes: dict[str, str], size: int) -> None:
-    record(size, attributes)
+def _record_step(record: Callable[[tuple[str], int], None], values: tuple[str], size: int) -> None:
+    record(values, size)
+
+
+class _OtlpMetrics(WithHistograms, PeriodicExportingMetricReader):
+    pass
+
+
+class _Prometheus(WithHistograms, PrometheusMetricReader):
+    pass
 
 
 def _resource() -> Resource:
@@ -72,28 +81,33 @@ class Telemetry:
         resource = _resource()
         version = _version()
         endpoint = config.otlp_endpoint  # None: the exporters read OTEL_EXPORTER_OTLP_* themselves
+        scope = InstrumentationScope(SCOPE, version, sc.SCHEMA_URL)
         self._tracer_provider: TracerProvider | None = None
-        tracer = None
+        tracer = request_tracer = None
         if exports.otlp_traces:
             self._tracer_provider = TracerProvider(resource=resource)
-            self._tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+            spans = OffloadedExport(endpoint, resource)
+            self._tracer_provider.add_span_processor(spans)
             tracer = self._tracer_provider.get_tracer(SCOPE, version, schema_url=sc.SCHEMA_URL)
+            request_tracer = RequestTracer(self._tracer_provider, scope, spans.ship)
+        histograms = Histograms(scope)
         readers: list[MetricReader] = []
         if exports.otlp_metrics:
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint)))
+            readers.append(_OtlpMetrics(histograms, OTLPMetricExporter(endpoint=endpoint)))
         registry: CollectorRegistry | None = None
         if exports.prometheus:
             registry = CollectorRegistry()
             for collector in (ProcessCollector, PlatformCollector, GCCollector):
                 collector(registry=registry)
-            readers.append(PrometheusMetricReader(scope_info_enabled=False, registry=registry))
+            readers.append(_Prometheus(histograms, scope_info_enabled=False, registry=registry))
         self._meter_provider = MeterProvider(
             resource=resource,
             metric_readers=readers,
-            exemplar_filter=None if exports.exemplars else AlwaysOffExemplarFilter(),  # None: the variable's
+            exemplar_filter=AlwaysOffExemplarFilter(),  # its instruments are all observable: none would be taken
         )
-        self.instruments = Instruments(self._meter_provider.get_meter(SCOPE, version, schema_url=sc.SCHEMA_URL))
-        self.observer = TelemetryObserver(tracer, self.instruments, capture_content=config.capture_content)
+        meter = self._meter_provider.get_meter(SCOPE, version, schema_url=sc.SCHEMA_URL)
+        self.instruments = Instruments(meter, histograms)
+        self.observer = TelemetryObserver(request_tracer, self.instruments, capture_content=config.capture_content)
         self.interceptor = RpcTelemetry(tracer, self.instruments, host=host, port=port)
         self.prometheus_port: int | None = None
         self._http = None
@@ -114,9 +128,8 @@ class Telemetry:
         self.instruments.observe_slots(lambda: [(e.name, e.active, e.slots) for e in watched])
         for engine in watched:
             if isinstance(engine, Batching):
-                attributes = {sc.RILLET_ENGINE: engine.name}
                 engine.step_reporter.listen(
-                    functools.partial(_record_step, self.instruments.batch_size.record, attributes)
+                    functools.partial(_record_step, self.instruments.batch_size.record, (engine.name,))
                 )
 
     def shutdown(self) -> None:
