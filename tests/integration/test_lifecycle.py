@@ -82,7 +82,7 @@ async def test_drain_lets_in_flight_finish_and_refuses_new_work(make_server: Ser
     server = await make_server(synthetic={"tokens_per_second": 100.0, "first_output_delay_s": 0.0})
     target = f"127.0.0.1:{server.port}"
     async with Client.connect(target) as client, client.session() as session:
-        in_flight = await session.generate("finish me", max_tokens=30)
+        in_flight = await session.generate("finish me", max_tokens=80)  # 0.8 s: still running through the checks
         iterator = aiter(in_flight)
         await anext(iterator)
         stopping = asyncio.create_task(server.stop(grace_s=10.0))

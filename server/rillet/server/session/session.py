@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from typing import Protocol
 
 from rillet.server.config import LimitsConfig
@@ -65,6 +65,11 @@ class RequestQuota(Protocol):
     def end_request(self) -> None:
         """A request counted by `start_request` left the session."""
         ...
+
+
+def _time_limit(seconds: float | None) -> AbstractAsyncContextManager[object]:
+    """asyncio.timeout(seconds); with no limit (most requests), nothing at all: no Timeout, no loop lookups."""
+    return asyncio.timeout(seconds) if seconds is not None else nullcontext()
 
 
 def _rejection_size(output: Output) -> int:
@@ -139,11 +144,12 @@ class Session:
         async for output in self._write(reader):
             yield output
 
-    async def run_one(self, start: Start) -> AsyncIterator[Output]:
-        """Serve a single request (the one-shot RPCs). Its failure is raised instead of yielded.
+    def run_one(self, start: Start) -> AsyncIterator[Output]:
+        """Serve a single request (the one-shot RPCs): its outputs; its failure is raised instead of yielded.
 
-        The start is applied at once, with no reader task (nothing more will come): its engine stream begins one
-        event-loop turn sooner than a session's request does, which is idle time to first output saved.
+        The start is applied at once, before the first output is asked for, with no reader task (nothing more will
+        come): its engine stream begins one event-loop turn sooner than a session's request does, which is idle
+        time to first output saved. A start refused outright raises here.
         """
         self._lifecycle.register(self)
         self._input_closed = True
@@ -155,13 +161,13 @@ class Session:
         except BaseException:
             self._lifecycle.unregister(self)  # nothing started: nothing else to clean up
             raise
-        async for output in self._write(None):
-            if isinstance(output.payload, Failed | Rejected):
-                raise output.payload.error
-            yield output
+        return self._write(None)
 
     async def _write(self, reader: asyncio.Task[None] | None) -> AsyncIterator[Output]:
-        """Yield outputs as they become ready until the session ends; `reader` applies the client's commands."""
+        """Yield outputs as they become ready until the session ends; `reader` applies the client's commands.
+
+        Without a reader (one request, `run_one`), a request's failure is raised instead of yielded.
+        """
         try:
             while True:
                 if not self._requests and self._ready.empty():
@@ -179,6 +185,8 @@ class Session:
                     self._budget.release(_rejection_size(item))
                     continue
                 for output in item.take():
+                    if reader is None and isinstance(output.payload, Failed):
+                        raise output.payload.error
                     yield output
                 item.delivered()
                 request = self._requests.get(item.request_id)
@@ -190,12 +198,15 @@ class Session:
             requests = list(self._requests.values())
             for request in requests:
                 request.cancel(CancelReason.GONE)
-            # The call may be cancelled again while we wait here: the shield keeps the clean-up going, and the
-            # session leaves the lifecycle only once every engine stream has really been closed.
             tasks = [task for task in (reader, *(r.task for r in requests)) if task is not None]
-            cleanup = asyncio.gather(*tasks, return_exceptions=True)
-            cleanup.add_done_callback(lambda _: self._closed(requests))
-            await asyncio.shield(cleanup)
+            if tasks:
+                # The call may be cancelled again while we wait here: the shield keeps the clean-up going, and the
+                # session leaves the lifecycle only once every engine stream has really been closed.
+                cleanup = asyncio.gather(*tasks, return_exceptions=True)
+                cleanup.add_done_callback(lambda _: self._closed(requests))
+                await asyncio.shield(cleanup)
+            else:
+                self._closed(requests)
 
     def _closed(self, requests: list[Request]) -> None:
         for request in requests:
@@ -340,7 +351,7 @@ class Session:
         """Run the request through admission and its engine, handing outputs to its outbox."""
         route = job.route
         try:
-            async with asyncio.timeout(timeout_s), route.admission.admit(self._tenant):
+            async with _time_limit(timeout_s), route.admission.admit(self._tenant):
                 request.admit()
                 async with aclosing(job.stream()) as events:
                     async for event in events:

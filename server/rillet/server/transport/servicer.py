@@ -112,15 +112,13 @@ class InferenceServicer:
     async def Generate(
         self, request: bytes, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.GenerateResponse]:
-        outputs = _one_shot(self._session(), request, self._generate_spec)
-        async for response in self._serve(outputs, convert.generate_response, context):
+        async for response in self._one_shot(request, self._generate_spec, convert.generate_response, context):
             yield response
 
     async def Synthesize(
         self, request: bytes, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SynthesizeResponse]:
-        outputs = _one_shot(self._session(), request, self._synthesize_spec)
-        async for response in self._serve(outputs, convert.synthesize_response, context):
+        async for response in self._one_shot(request, self._synthesize_spec, convert.synthesize_response, context):
             yield response
 
     async def ListModels(
@@ -169,6 +167,28 @@ class InferenceServicer:
         except Exception as error:
             await abort(context, _canonical(error))
 
+    async def _one_shot(
+        self,
+        frame: bytes,
+        to_spec: Callable[[bytes], GenerateSpec | SynthesizeSpec],
+        to_proto: Callable[[Output], T],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[T]:
+        """`_serve` for a one-shot RPC's single request; a frame that fails to parse is INVALID_ARGUMENT.
+
+        One generator from the frame to the last response: each generator between the session and gRPC costs every
+        output a resumption.
+        """
+        try:
+            start = Start(f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}", await _off_loop(frame, to_spec))
+            async with aclosing(self._session().run_one(start)) as stream:  # type: ignore[type-var]
+                async for output in stream:
+                    yield to_proto(output)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort(context, _canonical(error))
+
 
 def _canonical(error: Exception) -> RilletError:
     """The error to send for `error`: a RilletError as it is; anything else is a bug, logged here (once): INTERNAL."""
@@ -183,13 +203,3 @@ async def _off_loop(frame: bytes, parse: Callable[[bytes], T]) -> T:
     if len(frame) <= PARSE_INLINE_MAX_BYTES:
         return parse(frame)
     return await asyncio.to_thread(parse, frame)
-
-
-async def _one_shot(
-    session: Session, frame: bytes, to_spec: Callable[[bytes], GenerateSpec | SynthesizeSpec]
-) -> AsyncIterator[Output]:
-    """The outputs of a one-shot RPC's single request; a frame that fails to parse raises InvalidArgument."""
-    start = Start(f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}", await _off_loop(frame, to_spec))
-    async with aclosing(session.run_one(start)) as outputs:  # type: ignore[type-var]
-        async for output in outputs:
-            yield output
