@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar, overload
 
@@ -43,45 +42,46 @@ class Admission:
     def queued(self) -> int:
         return len(self._waiters)
 
-    @asynccontextmanager
-    async def admit(self, tenant: str = "") -> AsyncIterator[None]:
-        """Hold a slot for the duration of the block; ResourceExhausted when the queue or the tenant's share is full."""
+    def admit(self, tenant: str = "") -> _Slot:
+        """Hold a slot for an `async with` block; ResourceExhausted when the queue or the tenant's share is full.
+
+        A small class, not an asynccontextmanager: entering while a slot is free makes no generator.
+        """
+        return _Slot(self, tenant)
+
+    async def _acquire(self, tenant: str) -> None:
         if self._running < self._slots and not self._waiters:
             self._running += 1
-        else:
-            if len(self._waiters) >= self._max_queue:
-                raise ResourceExhausted(
-                    f"all {self._slots} slots busy and {len(self._waiters)} requests queued; retry later",
-                    retry_after=self._retry_after_s,
-                    metadata={"slots": str(self._slots), "queued": str(len(self._waiters))},
-                )
-            if tenant and self._waiting[tenant] >= self._tenant_share:
-                raise ResourceExhausted(
-                    f"tenant {tenant!r} already has {self._tenant_share} requests queued for this engine, its share",
-                    retry_after=self._retry_after_s,
-                    reason="TENANT_QUEUE_SHARE",
-                    metadata={"tenant": tenant, "share": str(self._tenant_share)},
-                )
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            self._waiting[tenant] += 1
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._release()  # the slot was handed to us just as we were cancelled: pass it on
-                elif waiter in self._waiters:
-                    # A cancelled waiter may already have been skipped (and popped) by `_release`.
-                    self._waiters.remove(waiter)
-                raise
-            finally:
-                self._waiting[tenant] -= 1
-                if not self._waiting[tenant]:
-                    del self._waiting[tenant]
+            return
+        if len(self._waiters) >= self._max_queue:
+            raise ResourceExhausted(
+                f"all {self._slots} slots busy and {len(self._waiters)} requests queued; retry later",
+                retry_after=self._retry_after_s,
+                metadata={"slots": str(self._slots), "queued": str(len(self._waiters))},
+            )
+        if tenant and self._waiting[tenant] >= self._tenant_share:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} already has {self._tenant_share} requests queued for this engine, its share",
+                retry_after=self._retry_after_s,
+                reason="TENANT_QUEUE_SHARE",
+                metadata={"tenant": tenant, "share": str(self._tenant_share)},
+            )
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._waiting[tenant] += 1
         try:
-            yield
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the slot was handed to us just as we were cancelled: pass it on
+            elif waiter in self._waiters:
+                # A cancelled waiter may already have been skipped (and popped) by `_release`.
+                self._waiters.remove(waiter)
+            raise
         finally:
-            self._release()
+            self._waiting[tenant] -= 1
+            if not self._waiting[tenant]:
+                del self._waiting[tenant]
 
     def _release(self) -> None:
         while self._waiters:
@@ -90,6 +90,22 @@ class Admission:
                 waiter.set_result(None)  # the slot moves to the waiter; `running` is unchanged
                 return
         self._running -= 1
+
+
+class _Slot:
+    """`Admission.admit`'s context: a slot is acquired on entry and released on exit."""
+
+    __slots__ = ("_admission", "_tenant")
+
+    def __init__(self, admission: Admission, tenant: str) -> None:
+        self._admission = admission
+        self._tenant = tenant
+
+    async def __aenter__(self) -> None:
+        await self._admission._acquire(self._tenant)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._admission._release()
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,19 +106,23 @@ class InferenceServicer:
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SessionResponse]:
         commands = (await _off_loop(frame, self._command) async for frame in request_iterator)
-        async for response in self._serve(self._session().run(commands), convert.session_response, context):
+        async for response in self._serve(convert.session_response, context, commands=commands):
             yield response
 
     async def Generate(
         self, request: bytes, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.GenerateResponse]:
-        async for response in self._one_shot(request, self._generate_spec, convert.generate_response, context):
+        async for response in self._serve(
+            convert.generate_response, context, frame=request, to_spec=self._generate_spec
+        ):
             yield response
 
     async def Synthesize(
         self, request: bytes, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SynthesizeResponse]:
-        async for response in self._one_shot(request, self._synthesize_spec, convert.synthesize_response, context):
+        async for response in self._serve(
+            convert.synthesize_response, context, frame=request, to_spec=self._synthesize_spec
+        ):
             yield response
 
     async def ListModels(
@@ -151,37 +155,29 @@ class InferenceServicer:
     def _synthesize_spec(self, frame: bytes) -> SynthesizeSpec:
         return convert.synthesize_spec(convert.parse(frame, pb.SynthesizeRequest).params)
 
-    @staticmethod
     async def _serve(
-        outputs: AsyncIterator[Output],
+        self,
         to_proto: Callable[[Output], T],
         context: grpc.aio.ServicerContext[object, object],
+        *,
+        commands: AsyncIterator[Command] | None = None,
+        frame: bytes = b"",
+        to_spec: Callable[[bytes], GenerateSpec | SynthesizeSpec] | None = None,
     ) -> AsyncIterator[T]:
+        """The responses of a session (`commands`) or of a one-shot RPC's single request (`frame`, `to_spec`).
+
+        One generator from the call to the session's outputs: each generator between them would cost every output
+        a resumption. A one-shot frame that fails to parse is INVALID_ARGUMENT.
+        """
         # aclosing: the session's cleanup (engine aborts) runs even when the call is cancelled mid-write.
         try:
+            if to_spec is None:
+                assert commands is not None
+                outputs = self._session().run(commands)
+            else:
+                start = Start(f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}", await _off_loop(frame, to_spec))
+                outputs = self._session().run_one(start)
             async with aclosing(outputs) as stream:  # type: ignore[type-var]
-                async for output in stream:
-                    yield to_proto(output)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:
-            await abort(context, _canonical(error))
-
-    async def _one_shot(
-        self,
-        frame: bytes,
-        to_spec: Callable[[bytes], GenerateSpec | SynthesizeSpec],
-        to_proto: Callable[[Output], T],
-        context: grpc.aio.ServicerContext[object, object],
-    ) -> AsyncIterator[T]:
-        """`_serve` for a one-shot RPC's single request; a frame that fails to parse is INVALID_ARGUMENT.
-
-        One generator from the frame to the last response: each generator between the session and gRPC costs every
-        output a resumption.
-        """
-        try:
-            start = Start(f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}", await _off_loop(frame, to_spec))
-            async with aclosing(self._session().run_one(start)) as stream:  # type: ignore[type-var]
                 async for output in stream:
                     yield to_proto(output)
         except grpc.aio.AbortError:
