@@ -8,13 +8,16 @@ Encoding a span costs ≈ 50 µs, against ≈ 1 µs to pickle it.
 
 Invariant: the child lives as long as its stdin is open. It ignores SIGINT and SIGTERM (a Ctrl-C or a signal to the
 process group must not kill it before the last spans are out); at end of input it flushes and exits, so a server
-that exits, however it does, leaves no child behind, and `shutdown` delivers the last spans.
+that exits, however it does, leaves no child behind, and `shutdown` delivers the last spans. It runs at a lower CPU
+priority (nice +10): export is background work, which must not take a core from serving when cores are few; it
+catches up when the server is idle, and past MAX_PENDING spans waiting it drops new ones (counted, logged once).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import signal
 import subprocess
@@ -114,6 +117,7 @@ def main() -> None:
     """The child: rebuild the spans read from stdin and export them with the SDK's OTLP exporter."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.nice(10)
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 

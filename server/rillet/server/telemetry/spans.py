@@ -148,13 +148,14 @@ class RequestSpan:
         """End the span with `attributes` added and, when given, `status` (its code and description)."""
         self._attributes.update(attributes)
         context, tracer = self.context, self._tracer
+        state = context.trace_state
         tracer.sink(
             SpanData(
                 self._name,
                 context.trace_id,
                 context.span_id,
                 context.trace_flags,
-                context.trace_state.to_header(),
+                state.to_header() if state else "",
                 self._parent,
                 SpanKind.INTERNAL.value,
                 self._start,
