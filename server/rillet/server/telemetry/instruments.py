@@ -31,7 +31,7 @@ RPC_KEY = (sc.RPC_SYSTEM_NAME, sc.RPC_METHOD, sc.RPC_RESPONSE_STATUS_CODE, sc.ER
 """The attributes of rpc.server.call.duration, in this order."""
 
 
-def _attributes(names: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, Any]:
+def attributes_of(names: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, Any]:
     """The attributes `values` give `names` ("" leaves an attribute out)."""
     return {name: value for name, value in zip(names, values, strict=True) if value != ""}
 
@@ -62,7 +62,7 @@ class Tally:
     def add(self, values: tuple[Any, ...], amount: float = 1) -> None:
         sums = self._sums
         if values not in sums:
-            self._attributes[values] = _attributes(self._names, values)
+            self._attributes[values] = attributes_of(self._names, values)
             sums[values] = 0
         sums[values] += amount
 
@@ -114,7 +114,7 @@ class Distribution:
         with self._lock:
             point = self._points.get(values)
             if point is None:
-                point = self._points[values] = _Point(_attributes(self._names, values), len(self._bounds) + 1)
+                point = self._points[values] = _Point(attributes_of(self._names, values), len(self._bounds) + 1)
             point.counts[bisect_left(self._bounds, amount)] += 1  # bucket i holds (bounds[i-1], bounds[i]]
             point.count += 1
             point.sum += amount

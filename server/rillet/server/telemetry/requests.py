@@ -29,7 +29,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from rillet.server.errors import RilletError, clip
 from rillet.server.observer import RequestObserver
 from rillet.server.telemetry import semconv as sc
-from rillet.server.telemetry.instruments import Instruments
+from rillet.server.telemetry.instruments import REQUEST_KEY, Instruments, attributes_of
 from rillet.server.telemetry.spans import RequestSpan, RequestTracer
 from rillet.server.types import (
     AudioChunk,
@@ -80,9 +80,20 @@ class TelemetryObserver:
         self.tracer = tracer
         self.instruments = instruments
         self.capture_content = capture_content
+        self._sampling: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def request(self, start: Start) -> RequestObserver:
         return RequestTelemetry(self, start)
+
+    def sampling_attributes(self, key: tuple[str, str, str]) -> dict[str, Any]:
+        """What a routed request's span gives its sampler (GenAI v1.41.0: operation, provider and model).
+
+        Made once per model served (`key` is instruments.REQUEST_KEY's values) and shared: never changed.
+        """
+        found = self._sampling.get(key)
+        if found is None:
+            found = self._sampling[key] = attributes_of(REQUEST_KEY, key)
+        return found
 
     @_guarded
     def rejected(self, error: RilletError) -> None:
@@ -187,18 +198,14 @@ class RequestTelemetry:
                 if trace.get_current_span(remote).get_span_context().is_valid:
                     self._parent = remote  # an invalid one is ignored, as W3C asks: the call's context stands
 
-    def _open(self, model: str, provider: str, attributes: dict[str, Any]) -> None:
+    def _open(self, model: str, sampling: dict[str, Any], attributes: dict[str, Any]) -> None:
         tracer = self._owner.tracer
         if tracer is None or self._parent is None:
             return
-        attributes[sc.GEN_AI_OPERATION_NAME] = self._operation
-        attributes[sc.GEN_AI_PROVIDER_NAME] = provider
         attributes[sc.GEN_AI_REQUEST_STREAM] = True
         attributes[sc.RILLET_REQUEST_ID] = self._start.request_id
-        if model:
-            attributes[sc.GEN_AI_REQUEST_MODEL] = model
         name = f"{self._operation} {model}" if model else self._operation
-        self.span = tracer.start(name, self._parent, attributes, self._links, self._arrival_ns)
+        self.span = tracer.start(name, self._parent, sampling, attributes, self._links, self._arrival_ns)
 
     @_guarded
     def queued(self, model: ModelInfo, request: EngineRequest, source: RequestObserver | None) -> None:
@@ -214,7 +221,7 @@ class RequestTelemetry:
         attributes = _request_attributes(self._start, request)
         if self._output is not None and isinstance(request, GenerationRequest):
             attributes[sc.GEN_AI_INPUT_MESSAGES] = _input_messages(request)
-        self._open(model.name, model.engine, attributes)
+        self._open(model.name, self._owner.sampling_attributes(key), attributes)
 
     def _leave_queue(self, key: tuple[str, str, str]) -> None:
         if self._waiting:
@@ -313,7 +320,8 @@ class RequestTelemetry:
             key = self._key = (self._operation, _UNROUTED_PROVIDER, "")
             spec = self._start.spec
             name = spec.model if isinstance(spec, GenerateSpec) else spec.voice
-            self._open(clip(name), _UNROUTED_PROVIDER, {})
+            model = clip(name)  # the client's: not a key to keep
+            self._open(model, attributes_of(REQUEST_KEY, (self._operation, _UNROUTED_PROVIDER, model)), {})
         self._leave_queue(key)
         instruments = self._owner.instruments
         code = error.code.name

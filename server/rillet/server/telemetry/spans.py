@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from opentelemetry import trace
@@ -41,7 +41,7 @@ class SpanData(NamedTuple):
     end: int
     attributes: Attributes
     events: list[tuple[str, int, Attributes | None]]  # name, time, attributes
-    links: list[tuple[int, int, int, Attributes | None]]  # trace id, span id, trace flags, attributes
+    links: list[tuple[int, int, int, Mapping[str, Any] | None]]  # trace id, span id, trace flags, attributes
     status: tuple[int, str | None]  # StatusCode's value, description
     scope: tuple[str, str | None, str | None]  # instrumentation scope: name, version, schema URL
 
@@ -50,6 +50,11 @@ SpanSink = Callable[[SpanData], None]
 """Where finished spans go; called on the thread that ended the span, so quick."""
 
 _UNSET: tuple[int, str | None] = (StatusCode.UNSET.value, None)
+_FLAGS = {
+    0: TraceFlags(TraceFlags.SAMPLED),
+    TraceFlags.RANDOM_TRACE_ID: TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID),
+}
+"""A sampled span's trace flags, by whether its trace id is random (W3C level 2), as the SDK's Tracer sets them."""
 
 
 def span_data(span: ReadableSpan) -> SpanData:
@@ -75,7 +80,7 @@ def span_data(span: ReadableSpan) -> SpanData:
     )
 
 
-def _link(link: Link) -> tuple[int, int, int, Attributes | None]:
+def _link(link: Link) -> tuple[int, int, int, Mapping[str, Any] | None]:
     context = link.context
     return (context.trace_id, context.span_id, context.trace_flags, dict(link.attributes) if link.attributes else None)
 
@@ -120,7 +125,7 @@ def into(processor: SpanProcessor, resource: Resource) -> SpanSink:
 class RequestSpan:
     """A sampled request span being recorded: plain values until `end` hands them to the sink, once."""
 
-    __slots__ = ("_attributes", "_events", "_links", "_name", "_parent", "_sink", "_start", "_tracer", "context")
+    __slots__ = ("_attributes", "_events", "_links", "_name", "_parent", "_start", "_tracer", "context")
 
     def __init__(
         self,
@@ -137,7 +142,9 @@ class RequestSpan:
         self.context = context
         self._parent = None if parent is None else (parent.span_id, parent.is_remote)
         self._attributes = attributes
-        self._links = [_link(link) for link in links]
+        self._links: list[tuple[int, int, int, Mapping[str, Any] | None]] = [
+            (link.context.trace_id, link.context.span_id, link.context.trace_flags, link.attributes) for link in links
+        ]  # a link's attributes are immutable (opentelemetry.trace.Link)
         self._events: list[tuple[str, int, Attributes | None]] = []
         self._start = start
 
@@ -182,17 +189,28 @@ class RequestTracer:
         self.sink = sink
 
     def start(
-        self, name: str, context: Context, attributes: Attributes, links: Sequence[Link], start: int
+        self,
+        name: str,
+        context: Context,
+        sampling: Attributes,
+        attributes: Attributes,
+        links: Sequence[Link],
+        start: int,
     ) -> RequestSpan | None:
-        """A span `name`, child of the span current in `context`, begun at `start` (ns since the epoch)."""
+        """A span `name`, child of the span current in `context`, begun at `start` (ns since the epoch).
+
+        The sampler sees `sampling` (the attributes the conventions give samplers at creation, not changed here);
+        the span has those the sampler returns and `attributes` (taken, not copied).
+        """
         parent: SpanContext | None = trace.get_current_span(context).get_span_context()
         if parent is not None and parent.is_valid:
-            trace_id, random = parent.trace_id, parent.trace_flags.random_trace_id
+            trace_id, flags = parent.trace_id, _FLAGS[parent.trace_flags & TraceFlags.RANDOM_TRACE_ID]
         else:
-            parent, trace_id, random = None, self._ids.generate_trace_id(), self._ids.is_trace_id_random()
-        result = self._sampler.should_sample(context, trace_id, name, SpanKind.INTERNAL, attributes, links)
+            parent, trace_id = None, self._ids.generate_trace_id()
+            flags = _FLAGS[TraceFlags.RANDOM_TRACE_ID if self._ids.is_trace_id_random() else 0]
+        result = self._sampler.should_sample(context, trace_id, name, SpanKind.INTERNAL, sampling, links)
         if result.decision is not Decision.RECORD_AND_SAMPLE:
             return None
-        flags = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID if random else TraceFlags.SAMPLED
-        ids = SpanContext(trace_id, self._ids.generate_span_id(), False, TraceFlags(flags), result.trace_state)
-        return RequestSpan(self, name, ids, parent, dict(result.attributes), links, start)
+        attributes.update(result.attributes)
+        ids = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, result.trace_state)
+        return RequestSpan(self, name, ids, parent, attributes, links, start)
