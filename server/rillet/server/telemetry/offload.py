@@ -117,7 +117,8 @@ def main() -> None:
     """The child: rebuild the spans read from stdin and export them with the SDK's OTLP exporter."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.nice(10)
+    if hasattr(os, "nice"):  # POSIX
+        os.nice(10)
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
