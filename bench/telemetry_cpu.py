@@ -87,7 +87,7 @@ def run(mode: str, endpoint: str, count: int, tokens: int, profile: bool) -> tup
         telemetry = Telemetry(TelemetryConfig(otlp_endpoint=endpoint, prometheus_port=0), exports)
         telemetry.watch([engine])
         observer = telemetry.observer
-    tracer = telemetry.interceptor.tracer if telemetry is not None else None  # the RPC spans' SDK Tracer
+    tracer = telemetry.rpc.tracer if telemetry is not None else None  # the RPC spans' SDK Tracer
     lifecycles(observer, engine.step_reporter, 200, tokens)  # warm-up
     profiler = cProfile.Profile() if profile else None
     process, thread = time.process_time(), time.thread_time()

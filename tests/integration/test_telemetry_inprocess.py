@@ -1,5 +1,5 @@
 """Telemetry wired into an in-process server (in-memory exporters): speech and chained spans, the handler task's
-context, composition with the auth interceptor, and the metrics only these engines produce."""
+context, composition with the auth gate, and the metrics only these engines produce."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ async def start(**settings: Any) -> Traced:
         Settings(port=0, **settings),
         engines,
         observer=TelemetryObserver(requests, instruments),
-        interceptors=[RpcTelemetry(tracer, instruments)],
+        guards=[RpcTelemetry(tracer, instruments)],
     )
     await server.start()
     return Traced(server, spans, metrics)
@@ -124,7 +124,7 @@ async def test_speech_and_a_chained_synthesis_get_spans_of_their_own_linked_to_t
     assert batches == []  # nobody subscribed the engines (the entrypoint's Telemetry.watch does)
 
 
-async def test_the_auth_interceptor_still_decides_and_its_refusal_is_measured_not_an_error() -> None:
+async def test_the_auth_gate_still_decides_and_its_refusal_is_measured_not_an_error() -> None:
     traced = await start(security={"tenants": {"acme": {"tokens": ["s3cret-token-acme"]}}})
     try:
         async with Client.connect(f"127.0.0.1:{traced.server.port}") as client:

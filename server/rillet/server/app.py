@@ -23,6 +23,7 @@ from rillet.server.session import Lifecycle
 from rillet.server.session.watchdog import sweep_period
 from rillet.server.tenancy import TenantLedger, TenantLimits
 from rillet.server.transport.auth import CallGate, TokenStore, load_tenants, server_credentials
+from rillet.server.transport.handlers import Guard, GuardedRegistry
 from rillet.server.transport.reflection import enable_reflection
 from rillet.server.transport.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 
@@ -103,12 +104,12 @@ class RilletServer:
         engines: Sequence[Engine] | None = None,
         *,
         observer: Observer = NULL_OBSERVER,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        guards: Sequence[Guard] = (),
     ) -> None:
-        """`observer` hears every request, `interceptors` run first on every call (telemetry: see cli.serve)."""
+        """`observer` hears every request, `guards` wrap every call before the auth gate (telemetry: cli.serve)."""
         self.settings = settings
         self.observer = observer
-        self._interceptors = tuple(interceptors)
+        self._guards = tuple(guards)
         self.router = Router(
             engines if engines is not None else build_engines(settings),
             settings.scheduler,
@@ -138,7 +139,6 @@ class RilletServer:
         limit = self.settings.max_message_bytes
         security = self.settings.security
         server = grpc.aio.server(
-            interceptors=self._interceptors,
             options=[
                 # Connections past this are closed at accept, before any handshake (the client sees UNAVAILABLE).
                 ("grpc.max_allowed_incoming_connections", security.max_connections),
@@ -156,7 +156,8 @@ class RilletServer:
                 ("grpc.http2.max_ping_strikes", 0),
             ],
         )
-        gated = CallGate(self._tokens, self.tenants).registry(server)  # health stays open: registered beside it
+        # InferenceService and reflection behind the guards and the auth gate; health is registered beside them, open.
+        gated = GuardedRegistry(server, [*self._guards, CallGate(self._tokens, self.tenants)])
         add_to_server(
             InferenceServicer(self.router, self.settings.limits, self.lifecycle, observer=self.observer), gated
         )

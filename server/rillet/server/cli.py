@@ -155,7 +155,7 @@ async def _serve(settings: Settings, exports: Exports) -> int:
 
     telemetry = Telemetry(settings.telemetry, exports, host=settings.host, port=settings.port)
     try:
-        server = RilletServer(settings, observer=telemetry.observer, interceptors=[telemetry.interceptor])
+        server = RilletServer(settings, observer=telemetry.observer, guards=[telemetry.rpc])
         telemetry.watch(server.router.engines)
         return await run_server(settings, server)
     finally:

@@ -71,7 +71,7 @@ def _version() -> str:
 
 
 class Telemetry:
-    """The SDK providers and exporters, and what the server plugs in: `observer` and `interceptor`.
+    """The SDK providers and exporters, and what the server plugs in: `observer` and `rpc` (a handler guard).
 
     `watch` subscribes to the engines (slot gauges, batch sizes); `shutdown` flushes what is pending (call it after
     the server stopped: the last spans and metrics are exported then).
@@ -108,7 +108,7 @@ class Telemetry:
         meter = self._meter_provider.get_meter(SCOPE, version, schema_url=sc.SCHEMA_URL)
         self.instruments = Instruments(meter, histograms)
         self.observer = TelemetryObserver(request_tracer, self.instruments, capture_content=config.capture_content)
-        self.interceptor = RpcTelemetry(tracer, self.instruments, host=host, port=port)
+        self.rpc = RpcTelemetry(tracer, self.instruments, host=host, port=port)
         self.prometheus_port: int | None = None
         self._http = None
         if registry is not None and config.prometheus_port is not None:

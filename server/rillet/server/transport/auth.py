@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import tomllib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import ExitStack
 from typing import Any, TypeAlias
 
@@ -117,19 +117,13 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 class CallGate:
     """Authenticates each call (when tokens are configured) and holds InferenceService streams in the tenant ledger.
 
-    The gate goes around the method handlers as services register them (`registry`), not in a server interceptor:
-    a grpc.aio server with any interceptor sends every call through its interceptor chain, which cost 35-45 us of
-    idle time to first token on these 2-core machines (measured side by side with the same gate as an interceptor).
-    A method with nothing to check (no tokens, not held) keeps its handler as it is.
+    A handlers.Guard, applied as services register (handlers.GuardedRegistry), not a server interceptor. A method
+    with nothing to check (no tokens, not held) keeps its handler as it is.
     """
 
     def __init__(self, tokens: TokenStore | None, ledger: TenantLedger) -> None:
         self._tokens = tokens
         self._ledger = ledger
-
-    def registry(self, server: grpc.aio.Server) -> GatedRegistry:
-        """Where gated services register: `server`, with each handler behind this gate."""
-        return GatedRegistry(server, self)
 
     def guard(self, method: str, handler: Handler) -> Handler:
         """`handler` (of the fully qualified `method`) behind the gate: the same kind, the same serializers."""
@@ -174,37 +168,3 @@ class CallGate:
         if tenant is None:
             await abort(context, Unauthenticated("the bearer token is not valid", reason="INVALID_TOKEN"))
         return tenant
-
-
-class GatedRegistry:
-    """The registration methods of a grpc.aio server, putting every handler registered through them behind a gate."""
-
-    def __init__(self, server: grpc.aio.Server, gate: CallGate) -> None:
-        self._server = server
-        self._gate = gate
-
-    def add_generic_rpc_handlers(self, generic_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_GatedGeneric(h, self._gate) for h in generic_handlers))
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Handler]) -> None:
-        gated = {name: self._gate.guard(f"/{service_name}/{name}", h) for name, h in method_handlers.items()}
-        self._server.add_registered_method_handlers(service_name, gated)
-
-
-class _GatedGeneric(grpc.GenericRpcHandler):
-    """A generic handler whose method handlers are behind the gate (each made once: the methods are the service's)."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler, gate: CallGate) -> None:
-        self._inner = inner
-        self._gate = gate
-        self._guarded: dict[str, Handler] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
-        method: str = handler_call_details.method
-        guarded = self._guarded.get(method)
-        if guarded is None:
-            handler = self._inner.service(handler_call_details)
-            if handler is None:
-                return None  # not remembered: a caller may try any number of names
-            guarded = self._guarded[method] = self._gate.guard(method, handler)
-        return guarded
