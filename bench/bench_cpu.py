@@ -732,7 +732,7 @@ def main() -> None:
             console.print(f"[yellow]skipping {system}: {reason}[/yellow]")
     if not systems:
         raise SystemExit("nothing to run")
-    stamp = time.strftime("%Y%m%d-%H%M") + (f"-{opts.tag}" if opts.tag else "")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{opts.tag}" if opts.tag else "")
     opts.out.mkdir(parents=True, exist_ok=True)
     log = opts.out / "tmp" / f"servers_{stamp}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

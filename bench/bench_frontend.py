@@ -329,7 +329,7 @@ def main() -> None:
         run = one_run(opts, index)
         print(json.dumps(asdict(run)), flush=True)
         runs.append(run)
-    stamp = time.strftime("%Y%m%d-%H%M")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     document = {
         "benchmark": "frontend over the TensorRT-LLM test double (no GPU, no model)",

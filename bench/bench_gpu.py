@@ -377,7 +377,7 @@ def main() -> None:
     parser.add_argument("--load-timeout", type=float, default=1800.0, help="seconds a server may take to load")
     opts = parser.parse_args()
     preflight(opts.tp)
-    stamp = time.strftime("%Y%m%d-%H%M")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     comparisons = asyncio.run(sweep(opts, stamp))
     document = {"date": stamp, "options": vars(opts), "comparisons": [asdict(c) for c in comparisons]}

@@ -146,7 +146,7 @@ def main() -> None:
         "load_avg_1m": os.getloadavg()[0],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M") + ("" if opts.engines == "default" else f"-{opts.engines}")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("" if opts.engines == "default" else f"-{opts.engines}")
     stamp += f"-{opts.tag}" if opts.tag else ""
     (RESULTS / f"memory_{stamp}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = [f"# Server memory {meta['date']} ({meta['machine']}; engines: {opts.engines})", ""]

@@ -275,7 +275,7 @@ def main() -> None:
         table.add_row(row.name, str(row.samples), *(f"{getattr(row, k):.3f}" for k in columns))
     Console().print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     payload = {"meta": meta, "results": [asdict(s) for s in summaries], "ttfa_ratios_p50": ratios}
     (RESULTS / f"speech_{stamp}.json").write_text(json.dumps(payload, indent=2))
     with (RESULTS / f"speech_{stamp}.md").open("w") as md:

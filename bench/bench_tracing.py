@@ -190,7 +190,7 @@ async def main() -> None:
                         f"TTFT p50 {result.ttft_p50_ms:6.2f} ms  p99 {result.ttft_p99_ms:6.2f} ms",
                         flush=True,
                     )
-    stamp = time.strftime("%Y%m%d-%H%M")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     lines = [
         f"# Telemetry overhead {time.strftime('%Y-%m-%d %H:%M')} ({platform.machine()}, {os.cpu_count()} cores)",
         "",

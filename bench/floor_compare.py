@@ -304,7 +304,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     results = asyncio.run(run(args.rounds, args.scenarios, args.loop))
-    stamp = time.strftime("%Y%m%d-%H%M") + (f"-{args.tag}" if args.tag else "")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{args.tag}" if args.tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"floor_{stamp}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (RESULTS / f"floor_{stamp}.md").write_text(markdown(results), encoding="utf-8")

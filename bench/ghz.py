@@ -131,7 +131,7 @@ def main() -> None:
     if not GHZ.exists():
         sys.exit("ghz is not installed: make tools")
     results = asyncio.run(run(args.rounds))
-    stamp = time.strftime("%Y%m%d-%H%M")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"ghz_{stamp}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     lines = [f"# ghz and rillet bench against Generate — {results['started']}", "",

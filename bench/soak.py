@@ -1731,7 +1731,7 @@ def main() -> None:
         "seed": opts.seed,
         "passed": not failed,
     }
-    stamp = time.strftime("%Y%m%d-%H%M")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / f"soak_{stamp}.json").write_text(json.dumps({"meta": meta, "failed": failed, **result}, indent=2))
     (opts.out / f"soak_{stamp}.md").write_text(report(opts, meta, result, failed))

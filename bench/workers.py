@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     results = asyncio.run(run(args.rounds, args.workers))
-    stamp = time.strftime("%Y%m%d-%H%M")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"workers_{stamp}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     lines = [f"# rillet serve --workers: tokens/s — {results['started']}", "",
