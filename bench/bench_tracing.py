@@ -1,7 +1,7 @@
 """Telemetry overhead: throughput and TTFT with tracing on (100% sampled) versus off, side by side in one run.
 
-Each round starts a fresh `rillet serve` (synthetic TEST engine) and drives 64 concurrent sessions through the SDK,
-each running generation requests back to back for a fixed time. "on" exports traces and metrics over OTLP/gRPC to a
+Each round starts a fresh `rillet serve` (synthetic TEST engine) and drives 64 concurrent sessions through the SDK
+(or, `--client go`, the Go client), each running generation requests back to back for a fixed time. "on" exports traces and metrics over OTLP/gRPC to a
 receiver in another process (it answers without parsing, as a remote collector costs the server nothing more) and
 serves the Prometheus endpoint, scraped once a second; "off" configures nothing. Modes alternate round by round so
 that drift on the shared machine hits both alike; the table reports medians over rounds.
@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -29,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench_cpu import percentile  # bench/ is on sys.path when a script in it runs
+from bench_frontend import build_go_client
 
 from rillet.client import Client, TokenDelta
 
@@ -145,24 +148,48 @@ async def drive(port: int, sessions: int, seconds: float, max_tokens: int) -> tu
     return counted["tokens"], counted["requests"], ttfts
 
 
+async def drive_go(port: int, sessions: int, seconds: float, max_tokens: int) -> tuple[float, int, float, float]:
+    """The same load from the Go client (client_sdk/go/internal/streamload, one connection as the SDK's).
+
+    Returns tokens/s, requests, TTFT p50 and p99 in ms.
+    """
+    process = await asyncio.create_subprocess_exec(
+        str(go_client()), f"-address=127.0.0.1:{port}", "-rpc=session", f"-streams={sessions}", "-conns=1",
+        f"-seconds={1.0 + seconds}", "-warmup=1", f"-max-tokens={max_tokens}", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, _ = await process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"streamload exited with {process.returncode}")
+    run = json.loads(stdout)
+    if run["bad_streams"]:
+        raise RuntimeError(f"{run['bad_streams']} bad streams: {run['first_error']}")
+    return run["window_tokens"] / seconds, run["requests"], run["ttft_p50_ms"], run["ttft_p99_ms"]
+
+
+@functools.cache
+def go_client() -> Path:
+    return build_go_client(Path(tempfile.mkdtemp(prefix="rillet-streamload-")))
+
+
 async def measure(pace: str, mode: str, otlp_port: int, args: argparse.Namespace) -> Round:
     flags = ["--otlp-endpoint", f"http://127.0.0.1:{otlp_port}", "--prometheus-port", "0"] if mode == "on" else []
     async with server(pace, flags) as (port, prometheus):
         stop = asyncio.Event()
         scraper = asyncio.create_task(scrape_every_second(prometheus, stop)) if prometheus else None
-        tokens, requests, ttfts = await drive(port, args.sessions, args.seconds, args.max_tokens)
+        if args.client == "go":
+            tokens_per_s, requests, p50, p99 = await drive_go(port, args.sessions, args.seconds, args.max_tokens)
+        else:
+            tokens, requests, ttfts = await drive(port, args.sessions, args.seconds, args.max_tokens)
+            ttfts.sort()
+            tokens_per_s, p50, p99 = (
+                tokens / args.seconds,
+                percentile(ttfts, 0.5) * 1000,
+                percentile(ttfts, 0.99) * 1000,
+            )
         stop.set()
         if scraper is not None:
             await scraper
-    ttfts.sort()
-    return Round(
-        pace,
-        mode,
-        tokens / args.seconds,
-        requests,
-        percentile(ttfts, 0.5) * 1000,
-        percentile(ttfts, 0.99) * 1000,
-    )
+    return Round(pace, mode, tokens_per_s, requests, p50, p99)
 
 
 def change(on: float, off: float) -> str:
@@ -176,6 +203,13 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--paces", nargs="+", default=list(PACES), choices=list(PACES))
+    parser.add_argument(
+        "--client",
+        choices=("python", "go"),
+        default="python",
+        help="the load: the Python SDK (default), or the Go client, whose ~4x less CPU per token leaves the server "
+        "its core on 2-core machines (the SDK client there competes with the server and the exporter for CPU)",
+    )
     args = parser.parse_args()
     rounds: list[Round] = []
     load_before = os.getloadavg()
@@ -195,7 +229,8 @@ async def main() -> None:
         f"# Telemetry overhead {time.strftime('%Y-%m-%d %H:%M')} ({platform.machine()}, {os.cpu_count()} cores)",
         "",
         f"{args.sessions} concurrent sessions, {args.max_tokens}-token requests back to back, {args.seconds:g} s per "
-        f"round, {args.rounds} rounds per mode (alternating), synthetic TEST engine; medians over rounds.",
+        f"round, {args.rounds} rounds per mode (alternating), synthetic TEST engine; medians over rounds. "
+        f"Client: {'the Go client (streamload)' if args.client == 'go' else 'the Python SDK'}.",
         "on = traces (100% sampled) and metrics over OTLP/gRPC + the Prometheus endpoint scraped every second.",
         f"Machine load average (1, 5, 15 min) before: {load_before[0]:.1f}, {load_before[1]:.1f}, "
         f"{load_before[2]:.1f}; after: {os.getloadavg()[0]:.1f}, {os.getloadavg()[1]:.1f}, {os.getloadavg()[2]:.1f}.",

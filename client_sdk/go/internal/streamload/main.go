@@ -43,7 +43,11 @@ type result struct {
 	GapP50Ms float64 `json:"gap_p50_ms"`
 	GapP99Ms float64 `json:"gap_p99_ms"`
 	GapMaxMs float64 `json:"gap_max_ms"`
-	gaps     []float64
+	// Time to first token: from sending a request to its first token delta, requests that began in the window.
+	TTFTP50Ms float64 `json:"ttft_p50_ms"`
+	TTFTP99Ms float64 `json:"ttft_p99_ms"`
+	gaps      []float64
+	ttfts     []float64
 }
 
 // warmAt: tokens and gaps before it are not counted in the window (set once, before the streams start).
@@ -129,6 +133,7 @@ func main() {
 			total.BadStreams += mine.BadStreams
 			total.WindowTokens += mine.WindowTokens
 			total.gaps = append(total.gaps, mine.gaps...)
+			total.ttfts = append(total.ttfts, mine.ttfts...)
 			if total.FirstError == "" {
 				total.FirstError = mine.FirstError
 			}
@@ -143,6 +148,11 @@ func main() {
 		at := func(q float64) float64 { return total.gaps[int(q*float64(len(total.gaps)-1))] }
 		total.GapP50Ms, total.GapP99Ms, total.GapMaxMs = at(0.5), at(0.99), total.gaps[len(total.gaps)-1]
 	}
+	if len(total.ttfts) > 0 {
+		sort.Float64s(total.ttfts)
+		at := func(q float64) float64 { return total.ttfts[int(q*float64(len(total.ttfts)-1))] }
+		total.TTFTP50Ms, total.TTFTP99Ms = at(0.5), at(0.99)
+	}
 	_ = json.NewEncoder(os.Stdout).Encode(total)
 }
 
@@ -150,6 +160,7 @@ func main() {
 func stream(client rilletv1.InferenceServiceClient, index int, maxTokens uint32, stopAt float64, out *result) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	sent := monotonic()
 	responses, err := client.Generate(ctx, &rilletv1.GenerateRequest{Params: params("stream", index, maxTokens)})
 	if err != nil {
 		return err.Error()
@@ -174,7 +185,7 @@ func stream(client rilletv1.InferenceServiceClient, index int, maxTokens uint32,
 		expected++
 		switch kind := response.GetKind().(type) {
 		case *rilletv1.GenerateResponse_TokenDelta:
-			tokens += out.arrived(len(kind.TokenDelta.GetTokenIds()), &last, stopAt)
+			tokens += out.arrived(len(kind.TokenDelta.GetTokenIds()), &last, sent, stopAt)
 		case *rilletv1.GenerateResponse_Finished:
 			finished = kind.Finished
 		default:
@@ -207,6 +218,7 @@ func session(client rilletv1.InferenceServiceClient, index int, first, maxTokens
 		start := &rilletv1.SessionRequest{RequestId: id, Kind: &rilletv1.SessionRequest_StartGenerate{
 			StartGenerate: &rilletv1.StartGenerate{Params: params("session", index, tokens)},
 		}}
+		sent := monotonic()
 		if err := calls.Send(start); err != nil {
 			return err.Error()
 		}
@@ -225,7 +237,7 @@ func session(client rilletv1.InferenceServiceClient, index int, first, maxTokens
 			expected++
 			switch kind := response.GetKind().(type) {
 			case *rilletv1.SessionResponse_TokenDelta:
-				got += out.arrived(len(kind.TokenDelta.GetTokenIds()), &last, stopAt)
+				got += out.arrived(len(kind.TokenDelta.GetTokenIds()), &last, sent, stopAt)
 			case *rilletv1.SessionResponse_Finished:
 				finished = kind.Finished
 			default:
@@ -257,13 +269,16 @@ func params(what string, index int, maxTokens uint32) *rilletv1.GenerateParams {
 }
 
 // arrived counts a message of n token ids arriving now: in the window, its tokens and the gap since the request's
-// previous message (`last`, updated). It returns n.
-func (out *result) arrived(n int, last *float64, stopAt float64) int {
+// previous message (`last`, updated), or for its first message the time since the request was sent (`sent`).
+// It returns n.
+func (out *result) arrived(n int, last *float64, sent float64, stopAt float64) int {
 	now := monotonic()
 	if warmAt <= now && now < stopAt {
 		out.WindowTokens += n
 		if *last > 0 {
 			out.gaps = append(out.gaps, (now-*last)*1e3)
+		} else if warmAt <= sent {
+			out.ttfts = append(out.ttfts, (now-sent)*1e3)
 		}
 	}
 	*last = now
