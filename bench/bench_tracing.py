@@ -1,10 +1,11 @@
 """Telemetry overhead: throughput and TTFT with tracing on (100% sampled) versus off, side by side in one run.
 
 Each round starts a fresh `rillet serve` (synthetic TEST engine) and drives 64 concurrent sessions through the SDK
-(or, `--client go`, the Go client), each running generation requests back to back for a fixed time. "on" exports traces and metrics over OTLP/gRPC to a
-receiver in another process (it answers without parsing, as a remote collector costs the server nothing more) and
-serves the Prometheus endpoint, scraped once a second; "off" configures nothing. Modes alternate round by round so
-that drift on the shared machine hits both alike; the table reports medians over rounds.
+(or, `--client go`, the Go client), each running generation requests back to back for a fixed time. "on" exports
+traces and metrics over OTLP/gRPC to a receiver in another process (it answers without parsing, as a remote
+collector costs the server nothing more) and serves the Prometheus endpoint, scraped once a second; "off" configures
+nothing. Modes alternate round by round so that drift on the shared machine hits both alike; the table reports
+medians over rounds.
 
 Two engine paces: `paced` (each stream at the engine default, 200 tokens/s after a 20 ms first-token delay: the
 server has CPU to spare, so the cost shows in latency) and `saturated` (the engine unthrottled: the server is CPU
