@@ -2,7 +2,7 @@
 
 Guards (the auth gate, RPC telemetry) wrap each handler once, at registration, rather than in a grpc.aio server
 interceptor: a server with any interceptor sends every call through its interceptor chain, which cost 35-45 µs of
-idle time to first token on these 2-core machines (side by side with the floor, bench/floor_compare.py).
+idle time to first token on these 2-core machines (sequential calls, side by side with bench/floor.py).
 """
 
 from __future__ import annotations
