@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -41,10 +41,6 @@ class _Engine(Protocol):
 
     @property
     def active(self) -> int: ...
-
-
-def _record_step(record: Callable[[tuple[str], int], None], values: tuple[str], size: int) -> None:
-    record(values, size)
 
 
 class _OtlpMetrics(WithHistograms, PeriodicExportingMetricReader):
@@ -128,9 +124,7 @@ class Telemetry:
         self.instruments.observe_slots(lambda: [(e.name, e.active, e.slots) for e in watched])
         for engine in watched:
             if isinstance(engine, Batching):
-                engine.step_reporter.listen(
-                    functools.partial(_record_step, self.instruments.batch_size.record, (engine.name,))
-                )
+                engine.step_reporter.listen(functools.partial(self.instruments.batch_size.record, (engine.name,)))
 
     def shutdown(self) -> None:
         """Flush and stop the exporters and the Prometheus endpoint."""
