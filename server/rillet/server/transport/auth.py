@@ -141,16 +141,13 @@ class CallGate:
 
         async def gated(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[object]:
             tenant = await self._tenant(context)
-            if not held:
-                async for response in served(request, context):
-                    yield response
-                return
             with ExitStack() as stack:
-                try:
-                    quota = stack.enter_context(self._ledger.call(tenant))
-                except ResourceExhausted as error:
-                    await abort(context, error)
-                use_quota(quota)  # in the task that runs the handler: the handler reads it on its first step
+                if held:
+                    try:
+                        quota = stack.enter_context(self._ledger.call(tenant))
+                    except ResourceExhausted as error:
+                        await abort(context, error)
+                    use_quota(quota)  # in the task that runs the handler: the handler reads it on its first step
                 async for response in served(request, context):
                     yield response
 
