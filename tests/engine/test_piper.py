@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import threading
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterable
 
 import numpy as np
@@ -358,3 +361,33 @@ async def test_the_engine_loads_a_solo_session_with_the_configured_threads() -> 
         assert single._voices[VOICE].solo is None
     finally:
         await single.aclose()
+
+
+async def test_phonemizing_retains_no_memory(engine: PiperEngine) -> None:
+    """piper-tts's espeakbridge leaks each clause it returns; the engine's mend releases it (engine/espeak.py)."""
+    from piper import espeakbridge
+
+    from rillet.server.engine.espeak import MendedGetPhonemes
+
+    assert isinstance(espeakbridge.get_phonemes, MendedGetPhonemes)  # the engine put it in place when it loaded
+    voice = engine._voices[VOICE].shared
+    texts = [f"The river number {i} runs quietly past the mill, where light falls on stone." for i in range(100)]
+
+    def retained() -> int:
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(5):
+            for text in texts:
+                voice.phonemize(text)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return after - before
+
+    # 500 phonemizations of two clauses: leaked, each clause kept ~230 bytes (≈ 230 KB in all).
+    assert retained() < 20_000
+    clauses = espeakbridge.get_phonemes("one, two.")
+    assert len(clauses) == 2
+    held = [(str(len(clauses)), "", False)]  # a tuple only a list refers to
+    assert sys.getrefcount(clauses[0]) == sys.getrefcount(held[0]), "only the list refers to a clause"

@@ -25,6 +25,7 @@ from piper import PiperVoice
 from rillet.server.config import PiperConfig
 from rillet.server.engine.base import SpeechEvent
 from rillet.server.engine.cpu import available_cores
+from rillet.server.engine.espeak import mend_get_phonemes
 from rillet.server.engine.segment import Segmenter, segments
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, NotFound, RilletError, Unavailable
 from rillet.server.types import (
@@ -320,6 +321,7 @@ class PiperEngine:
         )
 
     def _load_all(self) -> dict[str, Voice]:
+        mend_get_phonemes()  # before the warm-up, the first phonemization
         voices: dict[str, Voice] = {}
         solo = solo_threads(self._config)
         for name, files in self._files.items():
