@@ -85,11 +85,16 @@ class Request:
                 self.chain.feed(event.text)
         else:
             self.output_audio_seconds += event.samples / event.sample_rate_hertz
-        if self.first_output_at is None:
+        first = self.first_output_at is None
+        if first:
             self.first_output_at = time.perf_counter()
             self.observer.first_output()
         self.observer.output(event)
         await self.outbox.put(event)
+        if first:
+            # The first output is the one its client waits for: the writer, woken by the put, sends it before this
+            # request goes on (a one-token request would otherwise first finish, close its stream, free its slot).
+            await asyncio.sleep(0)
 
     def finish(self, event: EngineFinished) -> None:
         """Terminal: the engine finished the request."""
