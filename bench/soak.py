@@ -66,7 +66,10 @@ nothing after it; cancelled requests end FINISH_REASON_CANCELLED (or completed b
 input gets its expected code and reason in-band; UNKNOWN and INTERNAL are never allowed. Afterwards, with every
 client gone, leaks are checked from outside: `slots` concurrent generations and syntheses must all be admitted at
 once (server-reported queue_duration near 0), and the server's threads and open fds must be back near baseline.
-Server RSS is sampled every --sample-every-s. Writes bench/results/soak_<date>.md and .json.
+Server RSS is sampled every --sample-every-s; piper returns its onnxruntime memory after each segment
+(--piper-release-memory, on by default), so RSS follows demand and a leak shows as growth over the second half
+(with onnxruntime's arena kept, RSS climbs in steps to the most ever rendered at once, for most of an hour).
+Writes bench/results/soak_<date>.md and .json.
 Run: .venv/bin/python bench/soak.py [--duration-s 900] [--sessions 200]
 """
 
@@ -1501,6 +1504,7 @@ def serve(opts: argparse.Namespace, port: int, log: Path) -> subprocess.Popen[by
         "RILLET_LLAMACPP__SLOTS": str(opts.text_slots),
         "RILLET_LLAMACPP__N_THREADS": str(opts.threads),
         "RILLET_PIPER__SLOTS": str(opts.speech_slots),
+        "RILLET_PIPER__RELEASE_MEMORY": str(opts.piper_release_memory).lower(),
         "RILLET_LOG_LEVEL": "WARNING",
     }
     if opts.model:
@@ -1684,6 +1688,12 @@ def main() -> None:
     parser.add_argument("--slot-queue-max-s", type=float, default=1.5, help="queue_duration allowed in the leak check")
     parser.add_argument("--fd-slack", type=int, default=4)
     parser.add_argument("--max-late-growth-mb", type=float, default=32.0, help="RSS growth allowed over the 2nd half")
+    parser.add_argument(
+        "--piper-release-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the server's piper.release_memory: RSS that follows demand, so the growth check can see leaks",
+    )
     parser.add_argument("--max-attempts", type=int, default=8, help="tries of a request refused RESOURCE_EXHAUSTED")
     parser.add_argument("--revision", help="what the server runs, for the report (default: git describe of this tree)")
     parser.add_argument("--seed", type=int, default=7)
@@ -1727,6 +1737,7 @@ def main() -> None:
         "channels": opts.channels,
         "max_tokens": f"{opts.min_tokens}-{opts.max_tokens}",
         "text slots / speech slots": f"{opts.text_slots} / {opts.speech_slots}",
+        "piper release_memory": opts.piper_release_memory,
         "cancel chance": opts.cancel_chance,
         "seed": opts.seed,
         "passed": not failed,

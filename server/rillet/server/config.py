@@ -155,6 +155,11 @@ class PiperConfig(BaseModel, frozen=True):
     )
     clause_segment_chars: int = Field(80, ge=1, description="later segments end at a clause only from this length")
     max_segment_chars: int = Field(160, ge=20, description="a run of text without a boundary is cut here")
+    release_memory: bool = Field(
+        False,
+        description="return onnxruntime's working memory after every segment: RSS then follows the segments being "
+        "rendered instead of keeping the most they ever needed at once (measured: synthesis 8-13% slower)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PiperConfig:
