@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,17 @@ LABELS = {
 }
 
 
+def untagged(pattern: str) -> list[Path]:
+    """Result files named by their time alone, oldest first.
+
+    A tag after the time (`floor_<time>-<tag>.json`) marks an experiment or a run on another machine: the README's
+    tables are this machine's.
+    """
+    return sorted(path for path in RESULTS.glob(pattern) if re.fullmatch(r"[a-z]+_\d{8}-\d{4,6}", path.stem))
+
+
 def newest(pattern: str) -> tuple[Path, dict[str, Any]] | None:
-    files = sorted(RESULTS.glob(pattern))
+    files = untagged(pattern)
     if not files:
         return None
     return files[-1], json.loads(files[-1].read_text(encoding="utf-8"))
@@ -46,7 +56,7 @@ def _num(value: float) -> str:
 def newest_per_scenario() -> list[tuple[str, Path, dict[str, Any]]]:
     """Each scenario with the newest floor_*.json that measured it (runs may measure a subset of the scenarios)."""
     found: dict[str, tuple[str, Path, dict[str, Any]]] = {}
-    for path in sorted(RESULTS.glob("floor_*.json"), reverse=True):
+    for path in reversed(untagged("floor_*.json")):
         results = json.loads(path.read_text(encoding="utf-8"))
         for name in results["scenarios"]:
             found.setdefault(name, (name, path, results))
