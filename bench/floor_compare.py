@@ -112,7 +112,35 @@ SCENARIOS = {
 _DRAINS: set[asyncio.Task[None]] = set()
 
 
-async def _started(command: list[str], env: dict[str, str], pattern: bytes) -> tuple[asyncio.subprocess.Process, int]:
+FLOOR_SERVING = rb"floor serving on [\d.]+:(\d+)"
+RILLET_SERVING = rb"serving .* on [\d.]+:(\d+)"
+"""What each server prints once it serves, with the port it bound."""
+
+
+def rillet_env(pace: float, loop: str) -> dict[str, str]:
+    """`rillet serve`'s environment for a comparison: the synthetic TEST engine at `pace` steps/s, no prefill."""
+    return {
+        "RILLET_SYNTHETIC__TOKENS_PER_SECOND": str(pace),
+        "RILLET_SYNTHETIC__FIRST_OUTPUT_DELAY_S": "0",
+        "RILLET_SYNTHETIC__SLOTS": "1024",
+        "RILLET_LOG_LEVEL": "INFO",
+        "RILLET_EVENT_LOOP": loop,
+    }
+
+
+def write_results(name: str, results: dict[str, Any], text: str, tag: str) -> None:
+    """bench/results/<name>_<time>[-<tag>].json and .md (perf_readme takes untagged files only), and print `text`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{tag}" if tag else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}_{stamp}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (RESULTS / f"{name}_{stamp}.md").write_text(text, encoding="utf-8")
+    print(text)
+    print(f"wrote bench/results/{name}_{stamp}.json and .md")
+
+
+async def start_server(
+    command: list[str], env: dict[str, str], pattern: bytes
+) -> tuple[asyncio.subprocess.Process, int]:
     process = await asyncio.create_subprocess_exec(
         *command, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -136,16 +164,9 @@ async def servers(pace: float, rillet_pace: float, loop: str) -> AsyncIterator[d
                  "--loop", loop]  # fmt: skip
     rillet_cmd = [sys.executable, "-m", "rillet.server.cli", "serve", "--port", "0", "--text-engine", "synthetic",
                   "--speech-engine", "none"]  # fmt: skip
-    rillet_env = {
-        "RILLET_SYNTHETIC__TOKENS_PER_SECOND": str(rillet_pace),
-        "RILLET_SYNTHETIC__FIRST_OUTPUT_DELAY_S": "0",
-        "RILLET_SYNTHETIC__SLOTS": "1024",
-        "RILLET_LOG_LEVEL": "INFO",
-        "RILLET_EVENT_LOOP": loop,
-    }
-    floor, floor_port = await _started(floor_cmd, {}, rb"floor serving on [\d.]+:(\d+)")
+    floor, floor_port = await start_server(floor_cmd, {}, FLOOR_SERVING)
     try:
-        rillet, rillet_port = await _started(rillet_cmd, rillet_env, rb"serving .* on [\d.]+:(\d+)")
+        rillet, rillet_port = await start_server(rillet_cmd, rillet_env(rillet_pace, loop), RILLET_SERVING)
         try:
             yield {"floor": f"127.0.0.1:{floor_port}", "rillet": f"127.0.0.1:{rillet_port}"}
         finally:
@@ -304,12 +325,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     results = asyncio.run(run(args.rounds, args.scenarios, args.loop))
-    stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{args.tag}" if args.tag else "")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"floor_{stamp}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / f"floor_{stamp}.md").write_text(markdown(results), encoding="utf-8")
-    print(markdown(results))
-    print(f"wrote bench/results/floor_{stamp}.json and .md")
+    write_results("floor", results, markdown(results), args.tag)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SEGMENTS = ("to_handler", "in_handler", "to_client", "ttft")
-RILLET_ENV = {
-    "RILLET_SYNTHETIC__TOKENS_PER_SECOND": "0",
-    "RILLET_SYNTHETIC__FIRST_OUTPUT_DELAY_S": "0",
-    "RILLET_SYNTHETIC__SLOTS": "1024",
-    "RILLET_LOG_LEVEL": "INFO",
-}
 
 Handler = Callable[[Any, Any, Any], AsyncIterator[Any]]
 
@@ -101,7 +95,9 @@ async def calls(target: str, count: int, gap_s: float) -> list[tuple[int, int]]:
 
 
 async def measure(rounds: int, count: int, warmup: int, gap_s: float) -> dict[str, Any]:
-    from floor_compare import _started
+    from floor_compare import FLOOR_SERVING, RILLET_SERVING, rillet_env, start_server
+
+    from rillet.server.config import Settings
 
     scratch = RESULTS / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -111,14 +107,15 @@ async def measure(rounds: int, count: int, warmup: int, gap_s: float) -> dict[st
         "rillet": ["--port", "0", "--text-engine", "synthetic", "--speech-engine", "none"],
     }
     commands = {s: [sys.executable, __file__, "--serve", s, str(marks_files[s]), *serve_args[s]] for s in serve_args}
-    patterns = {"floor": rb"floor serving on [\d.]+:(\d+)", "rillet": rb"serving .* on [\d.]+:(\d+)"}
+    patterns = {"floor": FLOOR_SERVING, "rillet": RILLET_SERVING}
+    env = rillet_env(0, Settings.model_fields["event_loop"].default.value)  # both on their default loop (uvloop)
     client: dict[str, list[tuple[int, int]]] = {"floor": [], "rillet": []}
     per_round: list[dict[str, Any]] = []
     processes: dict[str, asyncio.subprocess.Process] = {}
     targets: dict[str, str] = {}
     try:
         for system in ("floor", "rillet"):
-            processes[system], port = await _started(commands[system], RILLET_ENV, patterns[system])
+            processes[system], port = await start_server(commands[system], env, patterns[system])
             targets[system] = f"127.0.0.1:{port}"
             client[system] += await calls(targets[system], warmup, gap_s)
         for r in range(rounds):
@@ -194,11 +191,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="appended to the results' file names")
     args = parser.parse_args()
     results = asyncio.run(measure(args.rounds, args.calls, args.warmup, args.gap_ms / 1e3))
-    stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{args.tag}" if args.tag else "")
-    (RESULTS / f"ttft_breakdown_{stamp}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / f"ttft_breakdown_{stamp}.md").write_text(markdown(results), encoding="utf-8")
-    print(markdown(results))
-    print(f"wrote bench/results/ttft_breakdown_{stamp}.json and .md")
+    from floor_compare import write_results
+
+    write_results("ttft_breakdown", results, markdown(results), args.tag)
 
 
 if __name__ == "__main__":
