@@ -1391,7 +1391,7 @@ async def _load(opts: argparse.Namespace, target: str, pid: int, chat: bool) -> 
         served = sum(tally.served.values())
         elapsed = time.monotonic() - started
         samples.append({"elapsed_s": elapsed, **asdict(stats), "open_calls": tally.open_calls, "served": served})
-        if len(samples) % max(1, round(60 / opts.sample_every_s)):
+        if len(samples) % samples_a_minute(opts):
             return  # a line a minute on the console; every sample in the results
         console.print(
             f"  {elapsed:5.0f}s RSS {stats.rss_mb:6.1f} MB threads {stats.threads} fds {stats.fds} calls open "
@@ -1501,6 +1501,12 @@ async def run(opts: argparse.Namespace, target: str, pid: int, console: Console,
         "late_peak_rise_mb": late_peak_rise,
     }
     return {**result, "rss": {**rss, "samples": samples}, "leaks": leaks}
+
+
+def samples_a_minute(opts: argparse.Namespace) -> int:
+    """How many RSS samples --sample-every-s takes a minute (at least 1): the console and the .md show one of them."""
+    every_s: float = opts.sample_every_s
+    return max(1, round(60 / every_s))
 
 
 def rss_rise(samples: list[dict[str, Any]]) -> tuple[float, float]:
@@ -1636,7 +1642,7 @@ def report(opts: argparse.Namespace, meta: dict[str, Any], result: dict[str, Any
         *(
             f"| {s['elapsed_s']:.0f} | {s['rss_mb']:.1f} | {s['threads']} | {s['fds']} | {s['open_calls']} "
             f"| {s['served']} |"
-            for s in result["rss"]["samples"][:: max(1, round(60 / opts.sample_every_s))]  # a row a minute
+            for s in result["rss"]["samples"][:: samples_a_minute(opts)]  # a row a minute
         ),
         "",
         f"RSS at start {result['rss']['start_mb']:.1f} MB (after the warm-up slot check), at the end "
