@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rillet.server.errors import ResourceExhausted
@@ -37,8 +36,9 @@ class TenantQuota:
     returns any the session did not end, so a tenant's counters come back to zero when its calls end.
     """
 
-    def __init__(self, tenant: str, counters: _Counters, retry_after_s: float) -> None:
+    def __init__(self, ledger: TenantLedger, tenant: str, counters: _Counters, retry_after_s: float) -> None:
         self.tenant = tenant
+        self._ledger = ledger
         self._counters = counters
         self._retry_after_s = retry_after_s
         self._held = 0
@@ -73,17 +73,25 @@ class TenantQuota:
         self._held -= 1
         self._counters.requests -= 1
 
-    def _close(self) -> None:
-        self._counters.requests -= self._held
-        self._counters.sessions -= 1
-        self._held = 0
+    def close(self) -> None:
+        """End the call: return its place and every request it still holds. Later calls do nothing."""
+        if self._closed:
+            return
         self._closed = True
+        self._ledger._closed(self.tenant, self._counters, self._held)
+        self._held = 0
+
+    def __enter__(self) -> TenantQuota:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class TenantLedger:
     """Counts the calls (sessions and one-shot streams) and requests of every tenant, and of the server.
 
-    Invariants, enforced in `call` and `TenantQuota.start_request` (all on the event loop, so without locks): the
+    Invariants, enforced in `open` and `TenantQuota.start_request` (all on the event loop, so without locks): the
     server's open calls never exceed `max_calls`; a tenant's open calls and requests in flight never exceed its
     limits. Every count returns to zero when the calls end.
     """
@@ -105,11 +113,11 @@ class TenantLedger:
         counters = self._tenants.get(tenant)
         return (counters.sessions, counters.requests) if counters is not None else (0, 0)
 
-    @contextmanager
-    def call(self, tenant: str) -> Iterator[TenantQuota]:
-        """Hold a call for `tenant` ("" without auth: no tenant limits) for the block; ResourceExhausted past limits.
+    def open(self, tenant: str) -> TenantQuota:
+        """Hold a call for `tenant` ("": no tenant limits) until its quota closes; ResourceExhausted past limits.
 
-        Tenants other than "" must be among the configured ones.
+        The quota closes with `close` or at the end of a `with` block. Tenants other than "" must be among the
+        configured ones. Not a generator-based context manager: the auth gate opens one on every call's path.
         """
         if self._calls >= self._max_calls:
             raise ResourceExhausted(
@@ -132,14 +140,15 @@ class TenantLedger:
             )
         counters.sessions += 1
         self._calls += 1
-        quota = TenantQuota(tenant, counters, self._retry_after_s)
-        try:
-            yield quota
-        finally:
-            quota._close()
-            self._calls -= 1
-            if counters.sessions == 0:
-                del self._tenants[tenant]  # idle tenants cost nothing
+        return TenantQuota(self, tenant, counters, self._retry_after_s)
+
+    def _closed(self, tenant: str, counters: _Counters, held: int) -> None:
+        """A quota closed (once): its call and the `held` requests it had not ended leave the counts."""
+        counters.requests -= held
+        counters.sessions -= 1
+        self._calls -= 1
+        if counters.sessions == 0:
+            del self._tenants[tenant]  # idle tenants cost nothing
 
 
 _current: contextvars.ContextVar[TenantQuota | None] = contextvars.ContextVar("rillet_tenant_quota", default=None)

@@ -16,7 +16,6 @@ import hmac
 import logging
 import tomllib
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import ExitStack
 from typing import Any, TypeAlias
 
 import grpc
@@ -140,16 +139,21 @@ class CallGate:
             return with_behavior(handler, checked)
 
         async def gated(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[object]:
-            tenant = await self._tenant(context)
-            with ExitStack() as stack:
-                if held:
-                    try:
-                        quota = stack.enter_context(self._ledger.call(tenant))
-                    except ResourceExhausted as error:
-                        await abort(context, error)
-                    use_quota(quota)  # in the task that runs the handler: the handler reads it on its first step
+            tenant = "" if self._tokens is None else await self._tenant(context)  # no coroutine without auth
+            if not held:
                 async for response in served(request, context):
                     yield response
+                return
+            try:
+                quota = self._ledger.open(tenant)
+            except ResourceExhausted as error:
+                await abort(context, error)
+            use_quota(quota)  # in the task that runs the handler: the handler reads it on its first step
+            try:
+                async for response in served(request, context):
+                    yield response
+            finally:
+                quota.close()
 
         return with_behavior(handler, gated)
 
