@@ -7,7 +7,12 @@ grpc.aio shape, DESIGN.md §6). `--steps-per-second` paces it like a batched eng
 running stream sends one token per step (0: each stream sends as fast as gRPC takes them). `rillet bench` (or any
 rillet.v1 client) drives it exactly as it drives Rillet.
 
-Run: .venv/bin/python bench/floor.py --port 50061 [--steps-per-second 50] [--reuse-port] [--loop asyncio]
+`--engine synthetic`: Generate takes its tokens from Rillet's synthetic TEST engine (its step loop, at
+`--steps-per-second`) and does nothing else, so that what the engine costs and what Rillet's serving path costs
+can be told apart (bench/ttft_breakdown.py): the floor with the engine, and none of Rillet's serving path.
+
+Run: .venv/bin/python bench/floor.py --port 50061 [--steps-per-second 50] [--engine synthetic] [--reuse-port]
+     [--loop asyncio]
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from typing import Any
 import grpc
 import uvloop
 
+from rillet.server.config import SyntheticConfig
+from rillet.server.engine.synthetic import SyntheticEngine
+from rillet.server.types import EngineFinished, GenerationRequest
 from rillet.v1 import common_pb2, generation_pb2
 from rillet.v1 import inference_service_pb2 as pb
 
@@ -63,10 +71,11 @@ def _finished(tokens: int) -> common_pb2.Finished:
 
 
 class Floor:
-    """The handlers; `clock` paces them."""
+    """The handlers; `clock` paces them, or `engine` gives Generate its tokens."""
 
-    def __init__(self, clock: StepClock) -> None:
+    def __init__(self, clock: StepClock, engine: SyntheticEngine | None = None) -> None:
         self.clock = clock
+        self.engine = engine
 
     async def generate(self, request: pb.GenerateRequest, context: Any) -> AsyncIterator[pb.GenerateResponse]:
         tokens = request.params.max_tokens or 16
@@ -74,6 +83,21 @@ class Floor:
             await self.clock.next_step()
             yield pb.GenerateResponse(seq=i, token_delta=_delta(i))
         yield pb.GenerateResponse(seq=tokens, finished=_finished(tokens))
+
+    async def from_engine(self, request: pb.GenerateRequest, context: Any) -> AsyncIterator[pb.GenerateResponse]:
+        """Generate with `engine`'s tokens: one request to it, each of its events as one message, nothing checked."""
+        assert self.engine is not None
+        params = request.params
+        job = GenerationRequest("floor", "synthetic-test", params.text, params.max_tokens or 16)
+        seq = 0
+        async for event in self.engine.stream(job):
+            if isinstance(event, EngineFinished):
+                yield pb.GenerateResponse(seq=seq, finished=_finished(event.usage.output_tokens))
+                return
+            yield pb.GenerateResponse(
+                seq=seq, token_delta=generation_pb2.TokenDelta(text=event.text, token_ids=event.token_ids)
+            )
+            seq += 1
 
     async def session(
         self, requests: AsyncIterator[pb.SessionRequest], context: Any
@@ -114,7 +138,9 @@ class Floor:
 def add_to_server(floor: Floor, server: grpc.aio.Server) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Generate": grpc.unary_stream_rpc_method_handler(
-            floor.generate, pb.GenerateRequest.FromString, pb.GenerateResponse.SerializeToString
+            floor.generate if floor.engine is None else floor.from_engine,
+            pb.GenerateRequest.FromString,
+            pb.GenerateResponse.SerializeToString,
         ),
         "Session": grpc.stream_stream_rpc_method_handler(
             floor.session, pb.SessionRequest.FromString, pb.SessionResponse.SerializeToString
@@ -126,10 +152,16 @@ def add_to_server(floor: Floor, server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("rillet.v1.InferenceService", handlers),))
 
 
-async def serve(port: int, steps_per_second: float, reuse_port: bool) -> None:
+async def serve(port: int, steps_per_second: float, reuse_port: bool, engine_name: str) -> None:
     clock = StepClock(steps_per_second)
+    engine = None
+    if engine_name == "synthetic":
+        engine = SyntheticEngine(
+            SyntheticConfig(tokens_per_second=steps_per_second, first_output_delay_s=0.0, slots=1024)
+        )
+        await engine.start()
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
-    add_to_server(Floor(clock), server)
+    add_to_server(Floor(clock, engine), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"floor serving on 127.0.0.1:{bound}", flush=True)
@@ -141,12 +173,17 @@ async def serve(port: int, steps_per_second: float, reuse_port: bool) -> None:
     await stop.wait()
     ticking.cancel()
     await server.stop(0)
+    if engine is not None:
+        await engine.aclose()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=50061)
     parser.add_argument("--steps-per-second", type=float, default=0.0, help="0: unpaced")
+    parser.add_argument(
+        "--engine", choices=("none", "synthetic"), default="none", help="synthetic: Generate's tokens from that engine"
+    )
     parser.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT (several floor processes, one port)")
     parser.add_argument(
         "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the event loop (Rillet's default: uvloop)"
@@ -154,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     factory = uvloop.new_event_loop if args.loop == "uvloop" else None
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(args.port, args.steps_per_second, args.reuse_port))
+        runner.run(serve(args.port, args.steps_per_second, args.reuse_port, args.engine))
 
 
 if __name__ == "__main__":

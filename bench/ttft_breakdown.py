@@ -1,17 +1,25 @@
 """Where idle time to first token goes: client → handler → first message → client, Rillet beside the raw floor.
 
-Sequential one-token Generate calls (floor_compare's idle_ttft load) against bench/floor.py and `rillet serve`
-(synthetic TEST engine, unthrottled), alternating blocks. Each server runs with its Generate handler wrapped (nothing
-else changed): the wrapper notes when grpc.aio entered the handler and when the handler produced its first message.
-The client notes when it started the call and when the first message arrived. All four are CLOCK_MONOTONIC
-(time.perf_counter_ns, one clock for every process on a Linux host), so per call:
+Sequential one-token Generate calls (floor_compare's idle_ttft load) against three servers, in alternating blocks:
+- floor: bench/floor.py, tokens made in the handler (the reference of floor_compare and issue 10's targets);
+- floor+engine: bench/floor.py --engine synthetic, the same raw handler taking its tokens from Rillet's synthetic
+  TEST engine (its step loop, unthrottled) and nothing else: what the engine costs, without Rillet's serving path;
+- Rillet: `rillet serve` on that engine, its whole serving path (guards, validation, session, admission, outbox).
+Each server runs with its Generate handler wrapped (nothing else changed): the wrapper notes when grpc.aio entered
+the handler and when the handler produced its first message. The client notes when it started the call and when
+the first message arrived. All four are CLOCK_MONOTONIC (time.perf_counter_ns, one clock for every process on a
+Linux host), so per call:
 
 - to_handler: call started → handler entered (the client's send, gRPC's receive, call set-up, the guards);
 - in_handler: handler entered → first message produced (everything the server does for the request);
 - to_client: first message produced → received (gRPC's send and the client's receive);
 - ttft: their sum.
 
-Run: .venv/bin/python bench/ttft_breakdown.py [--rounds 6] [--calls 400] [--gap-ms 0]
+Also each server's CPU time per call, every thread (/proc/<pid>/task/*/schedstat): all it did for a call, first
+message or not, which back to back is on the next call's path too. `--pin` runs the servers on CPU 1 and the client
+on CPU 0: no migrations between the two cores, so a round's spread is a few percent instead of tens.
+
+Run: .venv/bin/python bench/ttft_breakdown.py [--rounds 6] [--calls 400] [--gap-ms 0] [--pin]
 Writes bench/results/ttft_breakdown_<time>.json and .md.
 """
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import contextlib
 import json
 import os
 import platform
@@ -33,6 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SEGMENTS = ("to_handler", "in_handler", "to_client", "ttft")
+SYSTEMS = ("floor", "floor+engine", "rillet")
+NAMES = {"floor": "floor", "floor+engine": "floor+engine", "rillet": "Rillet"}
 
 Handler = Callable[[Any, Any, Any], AsyncIterator[Any]]
 
@@ -56,10 +67,11 @@ def serve(system: str, marks_file: Path, args: list[str]) -> None:
     """Run a server with its Generate handler timed; the marks are written when it exits (SIGTERM)."""
     marks: list[tuple[int, int]] = []
     atexit.register(lambda: marks_file.write_text(json.dumps(marks), encoding="utf-8"))
-    if system == "floor":
+    if system in ("floor", "floor+engine"):
         import floor  # bench/ is on sys.path when a script in it runs
 
         floor.Floor.generate = timed(floor.Floor.generate, marks)  # type: ignore[method-assign,assignment]
+        floor.Floor.from_engine = timed(floor.Floor.from_engine, marks)  # type: ignore[method-assign,assignment]
         sys.argv = ["floor.py", *args]
         floor.main()
     else:
@@ -69,6 +81,15 @@ def serve(system: str, marks_file: Path, args: list[str]) -> None:
         InferenceServicer.Generate = timed(InferenceServicer.Generate, marks)  # type: ignore[method-assign,assignment]
         sys.argv = ["rillet", "serve", *args]
         main()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has run, every thread, from the scheduler's own nanosecond counts."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 async def calls(target: str, count: int, gap_s: float) -> list[tuple[int, int]]:
@@ -94,41 +115,52 @@ async def calls(target: str, count: int, gap_s: float) -> list[tuple[int, int]]:
         return out
 
 
-async def measure(rounds: int, count: int, warmup: int, gap_s: float) -> dict[str, Any]:
+async def measure(rounds: int, count: int, warmup: int, gap_s: float, pin: bool) -> dict[str, Any]:
     from floor_compare import FLOOR_SERVING, RILLET_SERVING, rillet_env, start_server
 
     from rillet.server.config import Settings
 
     scratch = RESULTS / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
-    marks_files = {s: scratch / f"ttft_marks_{s}_{os.getpid()}.json" for s in ("floor", "rillet")}
+    marks_files = {s: scratch / f"ttft_marks_{s.replace('+', '_')}_{os.getpid()}.json" for s in SYSTEMS}
     serve_args = {
         "floor": ["--port", "0"],
+        "floor+engine": ["--port", "0", "--engine", "synthetic"],
         "rillet": ["--port", "0", "--text-engine", "synthetic", "--speech-engine", "none"],
     }
-    commands = {s: [sys.executable, __file__, "--serve", s, str(marks_files[s]), *serve_args[s]] for s in serve_args}
-    patterns = {"floor": FLOOR_SERVING, "rillet": RILLET_SERVING}
-    env = rillet_env(0, Settings.model_fields["event_loop"].default.value)  # both on their default loop (uvloop)
-    client: dict[str, list[tuple[int, int]]] = {"floor": [], "rillet": []}
+    pinned = ["taskset", "-c", "1"] if pin else []
+    commands = {
+        s: [*pinned, sys.executable, __file__, "--serve", s, str(marks_files[s]), *serve_args[s]] for s in SYSTEMS
+    }
+    patterns = {"floor": FLOOR_SERVING, "floor+engine": FLOOR_SERVING, "rillet": RILLET_SERVING}
+    env = rillet_env(0, Settings.model_fields["event_loop"].default.value)  # all on their default loop (uvloop)
+    if pin:
+        os.sched_setaffinity(0, {0})
+    client: dict[str, list[tuple[int, int]]] = {s: [] for s in SYSTEMS}
+    cpu: dict[str, list[float]] = {s: [] for s in SYSTEMS}
     per_round: list[dict[str, Any]] = []
     processes: dict[str, asyncio.subprocess.Process] = {}
     targets: dict[str, str] = {}
     try:
-        for system in ("floor", "rillet"):
+        for system in SYSTEMS:
             processes[system], port = await start_server(commands[system], env, patterns[system])
             targets[system] = f"127.0.0.1:{port}"
             client[system] += await calls(targets[system], warmup, gap_s)
         for r in range(rounds):
-            order = ("floor", "rillet") if r % 2 == 0 else ("rillet", "floor")
+            order = SYSTEMS if r % 2 == 0 else SYSTEMS[::-1]
             row: dict[str, Any] = {"load_before": os.getloadavg()[0]}
             for system in order:
+                before = cpu_seconds(processes[system].pid)
                 block = await calls(targets[system], count, gap_s)
+                cpu[system].append((cpu_seconds(processes[system].pid) - before) / count * 1e6)
                 client[system] += block
                 row[system] = statistics.median(first - started for started, first in block) / 1e3
+                row[f"{system} cpu_us"] = cpu[system][-1]
             row["ratio"] = row["rillet"] / row["floor"]
+            row["engine_ratio"] = row["floor+engine"] / row["floor"]
             per_round.append(row)
-            print(f"round {r + 1}/{rounds}: ttft p50 floor {row['floor']:.0f} µs, Rillet {row['rillet']:.0f} µs, "
-                  f"{row['ratio']:.2f}x", flush=True)  # fmt: skip
+            print(f"round {r + 1}/{rounds}: ttft p50 " + ", ".join(f"{NAMES[s]} {row[s]:.0f} µs" for s in SYSTEMS)
+                  + f"; Rillet/floor {row['ratio']:.2f}x", flush=True)  # fmt: skip
     finally:
         for process in processes.values():
             process.terminate()
@@ -144,7 +176,13 @@ async def measure(rounds: int, count: int, warmup: int, gap_s: float) -> dict[st
             for (started, received), (entered, produced) in list(zip(records, marks, strict=True))[warmup:]
         ]
         segments[system] = {name: statistics.median(r[i] for r in rows) / 1e3 for i, name in enumerate(SEGMENTS)}
-    ratios = sorted(row["ratio"] for row in per_round)
+        segments[system]["ttft_p99"] = sorted(r[3] for r in rows)[int(0.99 * (len(rows) - 1))] / 1e3
+        segments[system]["cpu_per_call"] = statistics.median(cpu[system])
+
+    def spread(key: str) -> dict[str, float]:
+        values = sorted(row[key] for row in per_round)
+        return {"median": statistics.median(values), "min": values[0], "max": values[-1]}
+
     return {
         "tool": "bench/ttft_breakdown.py",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -152,29 +190,45 @@ async def measure(rounds: int, count: int, warmup: int, gap_s: float) -> dict[st
         "rounds": rounds,
         "calls_per_round": count,
         "gap_ms": gap_s * 1e3,
+        "pinned": pin,
         "segments_median_us": segments,
-        "ttft_ratio": {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]},
+        "ttft_ratio": spread("ratio"),
+        "engine_ttft_ratio": spread("engine_ratio"),
         "per_round": per_round,
     }
 
 
 def markdown(results: dict[str, Any]) -> str:
-    floor, rillet = results["segments_median_us"]["floor"], results["segments_median_us"]["rillet"]
-    ratio = results["ttft_ratio"]
+    segments = results["segments_median_us"]
+    floor = segments["floor"]
+    ratio, engine = results["ttft_ratio"], results["engine_ttft_ratio"]
+    pinned = "servers pinned to CPU 1, the client to CPU 0" if results.get("pinned") else "not pinned"
     lines = [
         f"# Idle TTFT, where it goes — {results['started']}",
         "",
         f"{results['rounds']} rounds of {results['calls_per_round']} sequential one-token Generate calls per server "
-        f"(gap {results['gap_ms']:g} ms), floor and Rillet alternating; {results['machine']['cpus']} CPUs, "
-        f"Python {results['machine']['python']}. Medians over all calls, µs. Synthetic TEST engine.",
+        f"(gap {results['gap_ms']:g} ms), the servers alternating; {results['machine']['cpus']} CPUs, {pinned}, "
+        f"Python {results['machine']['python']}. Medians over all calls, µs (CPU: median of the rounds). "
+        "floor+engine: bench/floor.py's handler over the synthetic TEST engine, none of Rillet's serving path.",
         "",
-        "| segment | floor | Rillet | Rillet minus floor |",
-        "|---|---|---|---|",
+        "| segment | "
+        + " | ".join(NAMES[s] for s in SYSTEMS)
+        + " | floor+engine minus floor | Rillet minus floor+engine |",
+        "|---|" + "---|" * (len(SYSTEMS) + 2),
     ]
-    lines += [f"| {s} | {floor[s]:.0f} | {rillet[s]:.0f} | {rillet[s] - floor[s]:+.0f} |" for s in SEGMENTS]
+    for name in (*SEGMENTS, "ttft_p99", "cpu_per_call"):
+        row = [segments[s][name] for s in SYSTEMS]
+        label = {"ttft_p99": "ttft p99", "cpu_per_call": "server CPU per call"}.get(name, name)
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{v:.0f}" for v in row)
+            + f" | {row[1] - floor[name]:+.0f} | {row[2] - row[1]:+.0f} |"
+        )
     lines += [
         "",
-        f"TTFT p50 ratio per round: median {ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f}x).",
+        f"TTFT p50 ratio per round: Rillet / floor median {ratio['median']:.2f}x "
+        f"({ratio['min']:.2f}-{ratio['max']:.2f}x); floor+engine / floor {engine['median']:.2f}x "
+        f"({engine['min']:.2f}-{engine['max']:.2f}x).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -188,9 +242,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=400, help="calls per server per round")
     parser.add_argument("--warmup", type=int, default=200, help="calls per server before the first round")
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between calls (0: back to back)")
+    parser.add_argument("--pin", action="store_true", help="servers on CPU 1, the client on CPU 0 (needs 2 CPUs)")
     parser.add_argument("--tag", default="", help="appended to the results' file names")
     args = parser.parse_args()
-    results = asyncio.run(measure(args.rounds, args.calls, args.warmup, args.gap_ms / 1e3))
+    results = asyncio.run(measure(args.rounds, args.calls, args.warmup, args.gap_ms / 1e3, args.pin))
     from floor_compare import write_results
 
     write_results("ttft_breakdown", results, markdown(results), args.tag)
