@@ -47,6 +47,19 @@ async def test_put_waits_at_the_request_bound_until_the_writer_takes() -> None:
     await blocked
 
 
+async def test_put_waits_again_each_time_the_bound_is_reached() -> None:
+    outbox, _ = make(limit=100)
+    for round_ in range(3):  # the wait's event is made once and cleared before every later wait
+        await outbox.put(TokenDelta("x" * 60, ()))
+        blocked = asyncio.create_task(outbox.put(TokenDelta("y" * 60, ())))
+        await asyncio.sleep(0)
+        assert not blocked.done(), round_
+        outbox.take()
+        await blocked
+        outbox.take()
+        outbox.delivered()
+
+
 async def test_the_session_budget_pauses_every_outbox_until_delivery() -> None:
     budget = OutboundBudget(100)
     first, _ = make(budget=budget)

@@ -30,8 +30,7 @@ class OutboundBudget:
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
         self.used = 0
-        self._space = asyncio.Event()
-        self._space.set()
+        self._space: asyncio.Event | None = None  # made by the first producer that has to wait
 
     @property
     def full(self) -> bool:
@@ -39,16 +38,17 @@ class OutboundBudget:
 
     def add(self, size: int) -> None:
         self.used += size
-        if self.full:
-            self._space.clear()
 
     def release(self, size: int) -> None:
         self.used -= size
-        if not self.full:
+        if self._space is not None and not self.full:
             self._space.set()
 
     async def wait_for_space(self) -> None:
         while self.full:
+            if self._space is None:
+                self._space = asyncio.Event()
+            self._space.clear()
             await self._space.wait()
 
 
@@ -84,8 +84,7 @@ class Outbox:
         self._terminal_taken = False
         self._queued = False
         self._signalled_at = 0.0
-        self._space = asyncio.Event()
-        self._space.set()
+        self._space: asyncio.Event | None = None  # made when `put` first has to wait for the writer
 
     @property
     def done(self) -> bool:
@@ -101,11 +100,12 @@ class Outbox:
             self._audio.append(payload)
         self._pending_bytes += size
         self._budget.add(size)
-        if self._pending_bytes >= self._limit_bytes:
-            self._space.clear()
         self._signal()
         while self._pending_bytes >= self._limit_bytes or self._budget.full:
             if self._pending_bytes >= self._limit_bytes:
+                if self._space is None:
+                    self._space = asyncio.Event()
+                self._space.clear()
                 await self._space.wait()
             else:
                 await self._budget.wait_for_space()
@@ -133,7 +133,8 @@ class Outbox:
         self._audio.clear()
         self._taken_bytes += self._pending_bytes
         self._pending_bytes = 0
-        self._space.set()
+        if self._space is not None:
+            self._space.set()
         if self._terminal is not None and not self._terminal_taken:
             self._terminal_taken = True
             payloads.append(self._terminal)
@@ -156,7 +157,8 @@ class Outbox:
     def _free_pending(self) -> None:
         self._budget.release(self._pending_bytes)
         self._pending_bytes = 0
-        self._space.set()
+        if self._space is not None:
+            self._space.set()
 
     def _signal(self) -> None:
         if not self._queued:

@@ -311,7 +311,8 @@ class Session:
     def _prepare(self, command: Start, request: Request) -> Job:
         spec = command.spec
         if isinstance(spec, GenerateSpec):
-            request.chain = TextChain()
+            if not self._input_closed:  # a later request of this session may speak it: keep its text for that
+                request.chain = TextChain()
             return TextJob(*validate_generate(command.request_id, spec, self._limits, self._router))
         text_input = TextInput(streaming=spec.streaming_input)
         job = SpeechJob(*validate_synthesize(command.request_id, spec, text_input.pieces(), self._limits, self._router))
