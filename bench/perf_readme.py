@@ -2,8 +2,9 @@
 
 The table is generated, never typed: for each scenario the newest floor_*.json that measured it (bench/floor_compare.py:
 Rillet against the raw grpc.aio floor, ratios with their spread), workers_*.json (bench/workers.py: tokens/s at 1 and 2
-processes) and ghz_*.json (bench/ghz.py: an independent Go load generator) each give their rows, with the file they came
-from.
+processes), ghz_*.json (bench/ghz.py: an independent Go load generator) and ttft_breakdown_*.json
+(bench/ttft_breakdown.py: where idle TTFT goes, the engine's share apart from the serving path's) each give their rows,
+with the file they came from.
 
 Run: .venv/bin/python bench/perf_readme.py [--check]   (--check: exit 1 when README.md is not what it would write)
 """
@@ -39,7 +40,7 @@ def untagged(pattern: str) -> list[Path]:
     A tag after the time (`floor_<time>-<tag>.json`) marks an experiment or a run on another machine: the README's
     tables are this machine's.
     """
-    return sorted(path for path in RESULTS.glob(pattern) if re.fullmatch(r"[a-z]+_\d{8}-\d{4,6}", path.stem))
+    return sorted(path for path in RESULTS.glob(pattern) if re.fullmatch(r"[a-z_]+_\d{8}-\d{4,6}", path.stem))
 
 
 def newest(pattern: str) -> tuple[Path, dict[str, Any]] | None:
@@ -127,6 +128,45 @@ def ghz_rows(path: Path, results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def ttft_rows(path: Path, results: dict[str, Any]) -> list[str]:
+    segments = results["segments_median_us"]
+    ratio, engine = results["ttft_ratio"], results["engine_ttft_ratio"]
+    pinned = ", servers on one CPU and the client on the other" if results.get("pinned") else ""
+    rows = [
+        "",
+        f"Where idle TTFT goes (`{path.relative_to(ROOT)}`: {results['rounds']} rounds of "
+        f"{results['calls_per_round']} sequential one-token calls{pinned}; medians, µs). floor+engine is the "
+        "floor's handler taking its tokens from the synthetic TEST engine's step loop, none of Rillet's serving path:",
+        "",
+        "| | floor | floor+engine | Rillet |",
+        "|---|---|---|---|",
+    ]
+    labels = {
+        "ttft": "TTFT p50",
+        "ttft_p99": "TTFT p99",
+        "in_handler": "handler entered → first message produced",
+        "cpu_per_call": "server CPU per call, all threads",
+    }
+    for key, label in labels.items():
+        rows.append(f"| {label} | " + " | ".join(f"{segments[s][key]:.0f}" for s in ("floor", "floor+engine", "rillet"))
+                    + " |")  # fmt: skip
+    rows += [
+        "",
+        f"TTFT p50 per round: floor+engine / floor {engine['median']:.2f}x ({engine['min']:.2f}-{engine['max']:.2f}), "
+        f"Rillet / floor {ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f}).",
+    ]
+    return rows
+
+
+def newest_ttft_breakdown() -> tuple[Path, dict[str, Any]] | None:
+    """The newest ttft_breakdown_*.json that measured the floor with the engine (older runs did not)."""
+    for path in reversed(untagged("ttft_breakdown_*.json")):
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if "floor+engine" in results["segments_median_us"]:
+            return path, results
+    return None
+
+
 def block() -> str:
     lines: list[str] = []
     if sources := newest_per_scenario():
@@ -135,6 +175,8 @@ def block() -> str:
         lines += workers_rows(*workers)
     if (ghz := newest("ghz_*.json")) is not None:
         lines += ghz_rows(*ghz)
+    if (breakdown := newest_ttft_breakdown()) is not None:
+        lines += ttft_rows(*breakdown)
     if not lines:
         lines = ["No results recorded yet: run bench/floor_compare.py."]
     return "\n".join(
