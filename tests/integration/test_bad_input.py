@@ -338,6 +338,20 @@ async def test_large_frames_keep_their_order(channel: grpc.aio.Channel) -> None:
     assert responses[-1].finished.reason == common_pb2.FINISH_REASON_CANCELLED
 
 
+async def test_a_large_one_shot_request_is_parsed_off_the_loop_and_served(channel: grpc.aio.Channel) -> None:
+    """A one-shot frame over PARSE_INLINE_MAX_BYTES is parsed in a worker thread: served, or refused when bad."""
+    prompt = "b" * (PARSE_INLINE_MAX_BYTES + 1000)
+    request = inference_service_pb2.GenerateRequest(params=GP(text=prompt, max_tokens=3))
+    stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+    responses = [r async for r in stub.Generate(request)]
+    assert "".join(r.token_delta.text for r in responses) == synthetic_text(prompt, 3)
+    assert responses[-1].finished.usage.output_tokens == 3
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await one_shot(channel, "Generate", request.SerializeToString()[:-1])  # truncated: undecodable
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(call_status(caught.value)) == "UNDECODABLE_MESSAGE"
+
+
 async def test_a_long_valid_timeout_is_no_limit(channel: grpc.aio.Channel) -> None:
     timeout = duration_pb2.Duration(seconds=315_576_000_000, nanos=999_999_999)  # the largest valid Duration
     responses = [r async for r in raw_session(channel)(iter([start("r", GP(text="x", max_tokens=3), timeout=timeout)]))]
