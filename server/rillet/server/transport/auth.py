@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from rillet.server.config import SecurityConfig, TenantConfig, TlsConfig
 from rillet.server.errors import ResourceExhausted, Unauthenticated
-from rillet.server.tenancy import TenantLedger, use_quota
+from rillet.server.tenancy import TenantLedger, TenantQuota, use_quota
 from rillet.server.transport.handlers import behavior, with_behavior
 from rillet.server.transport.servicer import SERVICE_NAME, abort
 
@@ -140,20 +140,19 @@ class CallGate:
 
         async def gated(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[object]:
             tenant = "" if self._tokens is None else await self._tenant(context)  # no coroutine without auth
-            if not held:
-                async for response in served(request, context):
-                    yield response
-                return
-            try:
-                quota = self._ledger.open(tenant)
-            except ResourceExhausted as error:
-                await abort(context, error)
-            use_quota(quota)  # in the task that runs the handler: the handler reads it on its first step
+            quota: TenantQuota | None = None
+            if held:
+                try:
+                    quota = self._ledger.open(tenant)
+                except ResourceExhausted as error:
+                    await abort(context, error)
+                use_quota(quota)  # in the task that runs the handler: the handler reads it on its first step
             try:
                 async for response in served(request, context):
                     yield response
             finally:
-                quota.close()
+                if quota is not None:
+                    quota.close()
 
         return with_behavior(handler, gated)
 
