@@ -105,12 +105,7 @@ class InferenceServicer:
     async def Session(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SessionResponse]:
-        commands = (
-            self._command(frame)
-            if len(frame) <= PARSE_INLINE_MAX_BYTES
-            else await asyncio.to_thread(self._command, frame)
-            async for frame in request_iterator
-        )
+        commands = (await _off_loop(frame, self._command) async for frame in request_iterator)
         async for response in self._serve(convert.session_response, context, commands=commands):
             yield response
 
@@ -180,10 +175,7 @@ class InferenceServicer:
                 assert commands is not None
                 outputs = self._session().run(commands)
             else:
-                spec = (
-                    to_spec(frame) if len(frame) <= PARSE_INLINE_MAX_BYTES else await asyncio.to_thread(to_spec, frame)
-                )
-                start = Start(f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}", spec)
+                start = Start(f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}", await _off_loop(frame, to_spec))
                 outputs = self._session().run_one(start)
             async with aclosing(outputs) as stream:  # type: ignore[type-var]
                 async for output in stream:
@@ -200,3 +192,10 @@ def _canonical(error: Exception) -> RilletError:
         return error
     log.error("unexpected error in the InferenceService transport", exc_info=error)
     return Internal("the server failed unexpectedly; the error is logged")
+
+
+async def _off_loop(frame: bytes, parse: Callable[[bytes], T]) -> T:
+    """`parse(frame)`: inline when the frame is small, in a worker thread when large (PARSE_INLINE_MAX_BYTES)."""
+    if len(frame) <= PARSE_INLINE_MAX_BYTES:
+        return parse(frame)
+    return await asyncio.to_thread(parse, frame)
