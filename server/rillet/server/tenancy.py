@@ -36,11 +36,10 @@ class TenantQuota:
     returns any the session did not end, so a tenant's counters come back to zero when its calls end.
     """
 
-    def __init__(self, ledger: TenantLedger, tenant: str, counters: _Counters, retry_after_s: float) -> None:
+    def __init__(self, ledger: TenantLedger, tenant: str, counters: _Counters) -> None:
         self.tenant = tenant
         self._ledger = ledger
         self._counters = counters
-        self._retry_after_s = retry_after_s
         self._held = 0
         self._closed = False
 
@@ -57,7 +56,7 @@ class TenantQuota:
         if limit is not None and self._counters.requests >= limit:
             raise ResourceExhausted(
                 f"tenant {self.tenant!r} has {limit} requests in flight, its limit; retry when one ends",
-                retry_after=self._retry_after_s,
+                retry_after=self._ledger.retry_after_s,
                 reason="TENANT_REQUEST_LIMIT",
                 metadata={"tenant": self.tenant, "limit": str(limit)},
             )
@@ -99,7 +98,7 @@ class TenantLedger:
     def __init__(self, limits: Mapping[str, TenantLimits], *, max_calls: int, retry_after_s: float) -> None:
         self._limits = dict(limits)
         self._max_calls = max_calls
-        self._retry_after_s = retry_after_s
+        self.retry_after_s = retry_after_s  # the retry hint of every refusal, its quotas' included
         self._calls = 0
         self._tenants: dict[str, _Counters] = {}
 
@@ -122,7 +121,7 @@ class TenantLedger:
         if self._calls >= self._max_calls:
             raise ResourceExhausted(
                 f"the server has {self._max_calls} calls open, its limit; retry later",
-                retry_after=self._retry_after_s,
+                retry_after=self.retry_after_s,
                 reason="SERVER_SESSION_LIMIT",
                 metadata={"limit": str(self._max_calls)},
             )
@@ -134,13 +133,13 @@ class TenantLedger:
         if limit is not None and counters.sessions >= limit:
             raise ResourceExhausted(
                 f"tenant {tenant!r} has {limit} calls open, its limit; retry when one ends",
-                retry_after=self._retry_after_s,
+                retry_after=self.retry_after_s,
                 reason="TENANT_SESSION_LIMIT",
                 metadata={"tenant": tenant, "limit": str(limit)},
             )
         counters.sessions += 1
         self._calls += 1
-        return TenantQuota(self, tenant, counters, self._retry_after_s)
+        return TenantQuota(self, tenant, counters)
 
     def _closed(self, tenant: str, counters: _Counters, held: int) -> None:
         """A quota closed (once): its call and the `held` requests it had not ended leave the counts."""
