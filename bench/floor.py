@@ -10,8 +10,11 @@ rillet.v1 client) drives it exactly as it drives Rillet.
 `--engine synthetic`: Generate takes its tokens from Rillet's synthetic TEST engine (its step loop, at
 `--steps-per-second`) and does nothing else, so that what the engine costs and what Rillet's serving path costs
 can be told apart (bench/ttft_breakdown.py): the floor with the engine, and none of Rillet's serving path.
+`--engine hop`: Generate waits one event-loop turn (a future resolved by a loop callback, as a step loop wakes its
+consumer) before the floor's own tokens: what handing a request to any engine that is not called inline costs, with
+none of an engine's own work.
 
-Run: .venv/bin/python bench/floor.py --port 50061 [--steps-per-second 50] [--engine synthetic] [--reuse-port]
+Run: .venv/bin/python bench/floor.py --port 50061 [--steps-per-second 50] [--engine synthetic|hop] [--reuse-port]
      [--loop asyncio]
 """
 
@@ -76,8 +79,25 @@ class Floor:
     def __init__(self, clock: StepClock, engine: SyntheticEngine | None = None) -> None:
         self.clock = clock
         self.engine = engine
+        self.hop = False  # Generate waits one event-loop turn first (--engine hop)
 
     async def generate(self, request: pb.GenerateRequest, context: Any) -> AsyncIterator[pb.GenerateResponse]:
+        tokens = request.params.max_tokens or 16
+        for i in range(tokens):
+            await self.clock.next_step()
+            yield pb.GenerateResponse(seq=i, token_delta=_delta(i))
+        yield pb.GenerateResponse(seq=tokens, finished=_finished(tokens))
+
+    async def after_hop(self, request: pb.GenerateRequest, context: Any) -> AsyncIterator[pb.GenerateResponse]:
+        """`generate` after one event-loop turn: a future that a loop callback resolves, then the floor's tokens.
+
+        Its loop is `generate`'s written out again: delegating would add a generator layer, and
+        bench/ttft_breakdown.py times each handler on its own.
+        """
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+        loop.call_soon(woken.set_result, None)
+        await woken
         tokens = request.params.max_tokens or 16
         for i in range(tokens):
             await self.clock.next_step()
@@ -138,7 +158,7 @@ class Floor:
 def add_to_server(floor: Floor, server: grpc.aio.Server) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Generate": grpc.unary_stream_rpc_method_handler(
-            floor.generate if floor.engine is None else floor.from_engine,
+            floor.from_engine if floor.engine is not None else floor.after_hop if floor.hop else floor.generate,
             pb.GenerateRequest.FromString,
             pb.GenerateResponse.SerializeToString,
         ),
@@ -160,8 +180,10 @@ async def serve(port: int, steps_per_second: float, reuse_port: bool, engine_nam
             SyntheticConfig(tokens_per_second=steps_per_second, first_output_delay_s=0.0, slots=1024)
         )
         await engine.start()
+    floor = Floor(clock, engine)
+    floor.hop = engine_name == "hop"
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
-    add_to_server(Floor(clock, engine), server)
+    add_to_server(floor, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"floor serving on 127.0.0.1:{bound}", flush=True)
@@ -182,7 +204,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=50061)
     parser.add_argument("--steps-per-second", type=float, default=0.0, help="0: unpaced")
     parser.add_argument(
-        "--engine", choices=("none", "synthetic"), default="none", help="synthetic: Generate's tokens from that engine"
+        "--engine",
+        choices=("none", "synthetic", "hop"),
+        default="none",
+        help="synthetic: Generate's tokens from that engine; hop: the floor's tokens after one event-loop turn",
     )
     parser.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT (several floor processes, one port)")
     parser.add_argument(

@@ -5,6 +5,9 @@ Sequential one-token Generate calls (floor_compare's idle_ttft load) against thr
 - floor+engine: bench/floor.py --engine synthetic, the same raw handler taking its tokens from Rillet's synthetic
   TEST engine (its step loop, unthrottled) and nothing else: what the engine costs, without Rillet's serving path;
 - Rillet: `rillet serve` on that engine, its whole serving path (guards, validation, session, admission, outbox).
+`--floor-engine hop` runs bench/floor.py --engine hop in the floor+engine slot instead: the floor's handler waiting
+one event-loop turn before its tokens, what handing a request to an engine on its own task costs with none of the
+engine's own work (results tagged `hop`, so that the README's table keeps the synthetic engine's).
 Each server runs with its Generate handler wrapped (nothing else changed): the wrapper notes when grpc.aio entered
 the handler and when the handler produced its first message. The client notes when it started the call and when
 the first message arrived. All four are CLOCK_MONOTONIC (time.perf_counter_ns, one clock for every process on a
@@ -19,7 +22,7 @@ Also each server's CPU time per call, every thread (/proc/<pid>/task/*/schedstat
 message or not, which back to back is on the next call's path too. `--pin` runs the servers on CPU 1 and the client
 on CPU 0: no migrations between the two cores, so a round's spread is a few percent instead of tens.
 
-Run: .venv/bin/python bench/ttft_breakdown.py [--rounds 6] [--calls 400] [--gap-ms 0] [--pin]
+Run: .venv/bin/python bench/ttft_breakdown.py [--rounds 6] [--calls 400] [--gap-ms 0] [--pin] [--floor-engine hop]
 Writes bench/results/ttft_breakdown_<time>.json and .md.
 """
 
@@ -44,6 +47,13 @@ RESULTS = ROOT / "bench" / "results"
 SEGMENTS = ("to_handler", "in_handler", "to_client", "ttft")
 SYSTEMS = ("floor", "floor+engine", "rillet")
 NAMES = {"floor": "floor", "floor+engine": "floor+engine", "rillet": "Rillet"}
+FLOOR_ENGINE = {
+    "synthetic": "floor+engine: bench/floor.py's handler over the synthetic TEST engine, none of Rillet's serving "
+    "path.",
+    "hop": "floor+engine: bench/floor.py --engine hop, the floor's handler waiting one event-loop turn before its "
+    "tokens (what handing a request to an engine on its own task costs, with none of the engine's work); Rillet on "
+    "the synthetic TEST engine.",
+}
 
 Handler = Callable[[Any, Any, Any], AsyncIterator[Any]]
 
@@ -72,6 +82,7 @@ def serve(system: str, marks_file: Path, args: list[str]) -> None:
 
         floor.Floor.generate = timed(floor.Floor.generate, marks)  # type: ignore[method-assign,assignment]
         floor.Floor.from_engine = timed(floor.Floor.from_engine, marks)  # type: ignore[method-assign,assignment]
+        floor.Floor.after_hop = timed(floor.Floor.after_hop, marks)  # type: ignore[method-assign,assignment]
         sys.argv = ["floor.py", *args]
         floor.main()
     else:
@@ -115,7 +126,9 @@ async def calls(target: str, count: int, gap_s: float) -> list[tuple[int, int]]:
         return out
 
 
-async def measure(rounds: int, count: int, warmup: int, gap_s: float, pin: bool) -> dict[str, Any]:
+async def measure(
+    rounds: int, count: int, warmup: int, gap_s: float, pin: bool, floor_engine: str = "synthetic"
+) -> dict[str, Any]:
     from floor_compare import FLOOR_SERVING, RILLET_SERVING, rillet_env, start_server
 
     from rillet.server.config import Settings
@@ -125,7 +138,7 @@ async def measure(rounds: int, count: int, warmup: int, gap_s: float, pin: bool)
     marks_files = {s: scratch / f"ttft_marks_{s.replace('+', '_')}_{os.getpid()}.json" for s in SYSTEMS}
     serve_args = {
         "floor": ["--port", "0"],
-        "floor+engine": ["--port", "0", "--engine", "synthetic"],
+        "floor+engine": ["--port", "0", "--engine", floor_engine],
         "rillet": ["--port", "0", "--text-engine", "synthetic", "--speech-engine", "none"],
     }
     pinned = ["taskset", "-c", "1"] if pin else []
@@ -191,6 +204,7 @@ async def measure(rounds: int, count: int, warmup: int, gap_s: float, pin: bool)
         "calls_per_round": count,
         "gap_ms": gap_s * 1e3,
         "pinned": pin,
+        "floor_engine": floor_engine,
         "segments_median_us": segments,
         "ttft_ratio": spread("ratio"),
         "engine_ttft_ratio": spread("engine_ratio"),
@@ -209,7 +223,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['rounds']} rounds of {results['calls_per_round']} sequential one-token Generate calls per server "
         f"(gap {results['gap_ms']:g} ms), the servers alternating; {results['machine']['cpus']} CPUs, {pinned}, "
         f"Python {results['machine']['python']}. Medians over all calls, µs (CPU: median of the rounds). "
-        "floor+engine: bench/floor.py's handler over the synthetic TEST engine, none of Rillet's serving path.",
+        + FLOOR_ENGINE[results.get("floor_engine", "synthetic")],
         "",
         "| segment | "
         + " | ".join(NAMES[s] for s in SYSTEMS)
@@ -243,12 +257,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200, help="calls per server before the first round")
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between calls (0: back to back)")
     parser.add_argument("--pin", action="store_true", help="servers on CPU 1, the client on CPU 0 (needs 2 CPUs)")
+    parser.add_argument(
+        "--floor-engine",
+        choices=("synthetic", "hop"),
+        default="synthetic",
+        help="floor+engine's engine: the synthetic one, or one event-loop turn and no engine work (tagged hop)",
+    )
     parser.add_argument("--tag", default="", help="appended to the results' file names")
     args = parser.parse_args()
-    results = asyncio.run(measure(args.rounds, args.calls, args.warmup, args.gap_ms / 1e3, args.pin))
+    results = asyncio.run(measure(args.rounds, args.calls, args.warmup, args.gap_ms / 1e3, args.pin, args.floor_engine))
     from floor_compare import write_results
 
-    write_results("ttft_breakdown", results, markdown(results), args.tag)
+    tag = "-".join(t for t in (args.tag, "hop" if args.floor_engine == "hop" else "") if t)
+    write_results("ttft_breakdown", results, markdown(results), tag)
 
 
 if __name__ == "__main__":
