@@ -76,28 +76,17 @@ def _finished(tokens: int) -> common_pb2.Finished:
 class Floor:
     """The handlers; `clock` paces them, or `engine` gives Generate its tokens."""
 
-    def __init__(self, clock: StepClock, engine: SyntheticEngine | None = None) -> None:
+    def __init__(self, clock: StepClock, engine: SyntheticEngine | None = None, *, hop: bool = False) -> None:
         self.clock = clock
         self.engine = engine
-        self.hop = False  # Generate waits one event-loop turn first (--engine hop)
+        self.hop = hop  # Generate waits one event-loop turn first (--engine hop)
 
     async def generate(self, request: pb.GenerateRequest, context: Any) -> AsyncIterator[pb.GenerateResponse]:
-        tokens = request.params.max_tokens or 16
-        for i in range(tokens):
-            await self.clock.next_step()
-            yield pb.GenerateResponse(seq=i, token_delta=_delta(i))
-        yield pb.GenerateResponse(seq=tokens, finished=_finished(tokens))
-
-    async def after_hop(self, request: pb.GenerateRequest, context: Any) -> AsyncIterator[pb.GenerateResponse]:
-        """`generate` after one event-loop turn: a future that a loop callback resolves, then the floor's tokens.
-
-        Its loop is `generate`'s written out again: delegating would add a generator layer, and
-        bench/ttft_breakdown.py times each handler on its own.
-        """
-        loop = asyncio.get_running_loop()
-        woken = loop.create_future()
-        loop.call_soon(woken.set_result, None)
-        await woken
+        if self.hop:  # a future that a loop callback resolves, as a step loop wakes its consumer
+            loop = asyncio.get_running_loop()
+            woken = loop.create_future()
+            loop.call_soon(woken.set_result, None)
+            await woken
         tokens = request.params.max_tokens or 16
         for i in range(tokens):
             await self.clock.next_step()
@@ -158,7 +147,7 @@ class Floor:
 def add_to_server(floor: Floor, server: grpc.aio.Server) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Generate": grpc.unary_stream_rpc_method_handler(
-            floor.from_engine if floor.engine is not None else floor.after_hop if floor.hop else floor.generate,
+            floor.generate if floor.engine is None else floor.from_engine,
             pb.GenerateRequest.FromString,
             pb.GenerateResponse.SerializeToString,
         ),
@@ -180,10 +169,8 @@ async def serve(port: int, steps_per_second: float, reuse_port: bool, engine_nam
             SyntheticConfig(tokens_per_second=steps_per_second, first_output_delay_s=0.0, slots=1024)
         )
         await engine.start()
-    floor = Floor(clock, engine)
-    floor.hop = engine_name == "hop"
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
-    add_to_server(floor, server)
+    add_to_server(Floor(clock, engine, hop=engine_name == "hop"), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"floor serving on 127.0.0.1:{bound}", flush=True)

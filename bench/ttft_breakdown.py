@@ -82,7 +82,6 @@ def serve(system: str, marks_file: Path, args: list[str]) -> None:
 
         floor.Floor.generate = timed(floor.Floor.generate, marks)  # type: ignore[method-assign,assignment]
         floor.Floor.from_engine = timed(floor.Floor.from_engine, marks)  # type: ignore[method-assign,assignment]
-        floor.Floor.after_hop = timed(floor.Floor.after_hop, marks)  # type: ignore[method-assign,assignment]
         sys.argv = ["floor.py", *args]
         floor.main()
     else:
