@@ -8,18 +8,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from typing import Any
 
 import pytest
 
 from rillet.server.errors import InvalidArgument, ResourceExhausted
 from rillet.server.scheduler import Admission
-from rillet.server.types import FinishReason, SamplingParams, TokenDelta
+from rillet.server.types import FinishReason, SamplingParams, TextCapabilities, TokenDelta
 from tests.conftest import eventually
 from tests.contract.conftest import Text, TextRun
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SEEDED = SamplingParams(temperature=0.8, top_k=40, seed=1234)
+SAMPLING_VALUES: dict[str, Any] = {
+    "temperature": 0.5,
+    "top_p": 0.9,
+    "top_k": 40,
+    "min_p": 0.05,
+    "repetition_penalty": 1.1,
+    "seed": 7,
+}
+"""A value that asks something of each sampling field (a default value asks nothing and is always accepted)."""
+
+
+def capabilities(text: Text) -> TextCapabilities:
+    """What the engine's model says it honours (ListModels publishes the same)."""
+    caps = text.engine.models[0].capabilities
+    assert caps is not None, "a text model publishes what it honours"
+    return caps
 
 
 async def test_outputs_then_exactly_one_finish_and_usage_counts_what_was_streamed(text: Text) -> None:
@@ -147,11 +164,50 @@ async def test_a_prompt_longer_than_the_context_fails_before_the_first_output(te
 
 
 async def test_seeded_sampling_is_reproducible_where_promised(text: Text) -> None:
-    if not text.engine.capabilities.reproducible_seed:
+    caps = capabilities(text)
+    if not caps.reproducible_seed:
         pytest.skip(f"{text.engine.name} does not promise reproducible seeds")
-    runs = [await text.run(text.request(max_tokens=10, sampling=SEEDED)) for _ in range(2)]
+    sampling = SEEDED if "top_k" in caps.sampling else SamplingParams(temperature=0.8, seed=1234)
+    runs = [await text.run(text.request(max_tokens=10, sampling=sampling)) for _ in range(2)]
     assert runs[0].ids == runs[1].ids
     assert runs[0].text == runs[1].text
+
+
+@pytest.mark.parametrize("field", sorted(SAMPLING_VALUES))
+async def test_a_sampling_field_is_honoured_or_refused_by_name(text: Text, field: str) -> None:
+    request = text.request(max_tokens=2, sampling=SamplingParams(**{field: SAMPLING_VALUES[field]}))
+    if field in capabilities(text).sampling:
+        run = await text.run(request)
+        assert run.finished is not None
+        assert run.finished.usage.output_tokens == 2
+    else:
+        with pytest.raises(InvalidArgument) as error:
+            await anext(text.engine.stream(request))
+        assert error.value.reason == "FIELD_UNSUPPORTED"
+        assert error.value.field == f"params.sampling.{field}"
+    assert text.engine.active == 0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+async def test_logprobs_are_real_or_refused(text: Text, temperature: float) -> None:
+    caps = capabilities(text)
+    sampling = SamplingParams(temperature=temperature, seed=3 if "seed" in caps.sampling else None)
+    request = text.request(max_tokens=4, sampling=sampling, top_logprobs=2)
+    if caps.logprobs and (temperature == 0.0 or caps.sampled_logprobs):
+        run = await text.run(request)
+        logprobs = [lp for delta in run.deltas for lp in delta.logprobs]
+        assert [lp.token.token_id for lp in logprobs] == list(run.ids)
+        for lp in logprobs:  # a real value for the emitted token, never a stand-in for an unknown one
+            assert math.isfinite(lp.token.logprob)
+            assert lp.token.logprob <= 0.0
+            assert len(lp.top) == 2
+            if temperature == 0.0:  # greedy emits the most likely token
+                assert lp.token.logprob >= lp.top[0].logprob - 1e-4
+    else:
+        with pytest.raises(InvalidArgument) as error:
+            await anext(text.engine.stream(request))
+        assert (error.value.reason, error.value.field) == ("FIELD_UNSUPPORTED", "params.top_logprobs")
+    assert text.engine.active == 0
 
 
 async def test_more_streams_than_slots_wait_in_admission_and_all_finish(text: Text) -> None:

@@ -130,6 +130,30 @@ def test_the_cache_finds_the_longest_prefix_drops_covered_entries_and_evicts_old
     assert ledger.used == len(memory.cells) == 6
 
 
+def test_cache_entries_are_found_and_made_redundant_only_within_their_scope() -> None:
+    memory = FakeMemory()
+    ledger = KvLedger(memory, batch_ids=4, seq_ids=32, pinned=True)
+    cache = PrefixCache(ledger, max_entries=8)
+
+    def entry(tokens: list[int], scope: str) -> Holder:
+        holder = ledger.new()
+        decode(memory, ledger, holder, len(tokens))
+        ledger.retire(holder)
+        cache.keep(holder, tokens, scope)
+        return holder
+
+    memo = entry([1, 2, 3, 4, 5, 6], "tenant:a")
+    assert cache.longest([1, 2, 3, 4, 5, 9], "tenant:b") == (None, 0)  # b never sees a's prompt
+    assert cache.longest([1, 2, 3, 4, 5, 9], "tenant:a") == (memo, 5)  # a reuses its own
+    copy = entry([1, 2, 3, 4], "tenant:b")  # covered by a's entry, yet kept: it is b's own
+    longer = entry([1, 2, 3, 4, 5, 6, 7], "tenant:b")  # covers b's shorter entry only
+    assert memo in cache
+    assert copy not in cache
+    assert longer in cache
+    assert cache.longest([1, 2, 3, 4, 5, 6, 7, 8], "tenant:b") == (longer, 7)
+    assert ledger.used == len(memory.cells)
+
+
 def test_common_prefix() -> None:
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix([1, 2], [1, 2, 3]) == 2

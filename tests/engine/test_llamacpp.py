@@ -23,6 +23,7 @@ from rillet.server.engine.llamacpp import LlamaCppEngine, resolve_model_path
 from rillet.server.engine.text import StopMatcher
 from rillet.server.errors import EngineDead, InvalidArgument, Unavailable
 from rillet.server.types import (
+    GREEDY_BELOW_TEMPERATURE,
     ChatMessage,
     EngineEvent,
     EngineFinished,
@@ -347,7 +348,7 @@ async def test_aclose_ends_streams_in_flight_and_refuses_new_ones() -> None:
 async def test_temperatures_below_the_greedy_threshold_decode_greedily(
     engine: LlamaCppEngine, temperature: float
 ) -> None:
-    assert llamacpp_native.GREEDY_BELOW_TEMPERATURE == 0.01  # the proto's `temperature` comment promises this
+    assert GREEDY_BELOW_TEMPERATURE == 0.01  # the proto's `temperature` comment promises this
     greedy = await collect(engine.stream(request(max_tokens=6)))
     tiny = await collect(engine.stream(request(max_tokens=6, sampling=SamplingParams(temperature=temperature, seed=7))))
     assert tiny.ids == greedy.ids

@@ -8,8 +8,8 @@ EXPECTED = {
     "AlreadyExistsError", "AudioChunk", "CancelledError", "ChatMessage", "Client", "DeadlineExceededError",
     "FinishReason", "Finished", "GenerateResult", "GenerateStream", "InternalError", "InvalidArgumentError", "Model",
     "ModelKind", "NotFoundError", "ProtocolError", "RequestStream", "ResourceExhaustedError", "RilletError",
-    "Session", "SynthesizeResult", "SynthesizeStream", "Timings", "TlsOptions", "TokenDelta", "TokenLogprob",
-    "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError", "Usage",
+    "Session", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions", "TokenDelta",
+    "TokenLogprob", "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError", "Usage",
 }  # fmt: skip
 
 

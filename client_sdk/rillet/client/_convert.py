@@ -13,6 +13,7 @@ from rillet.client._types import (
     FinishReason,
     Model,
     ModelKind,
+    TextCapabilities,
     Timings,
     TokenDelta,
     TokenLogprob,
@@ -160,4 +161,16 @@ def model(message: inference_service_pb2.Model) -> Model:
         sample_rate_hertz=message.sample_rate_hertz,
         supports_chat=message.supports_chat,
         max_tokens_limit=message.max_tokens_limit,
+        text_capabilities=_text_capabilities(message.text_capabilities)
+        if message.HasField("text_capabilities")
+        else None,
+    )
+
+
+def _text_capabilities(message: inference_service_pb2.TextCapabilities) -> TextCapabilities:
+    return TextCapabilities(
+        sampling_fields=frozenset(message.sampling_fields),
+        reproducible_seed=message.reproducible_seed,
+        logprobs=message.logprobs,
+        sampled_logprobs=message.sampled_logprobs,
     )

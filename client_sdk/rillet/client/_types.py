@@ -119,8 +119,18 @@ class ModelKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class TextCapabilities:
+    """What a text model honours (rillet.v1.TextCapabilities); a request asking for more fails INVALID_ARGUMENT."""
+
+    sampling_fields: frozenset[str]
+    reproducible_seed: bool
+    logprobs: bool
+    sampled_logprobs: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Model:
-    """A model or voice the server serves."""
+    """A model or voice the server serves; `text_capabilities` is None for voices."""
 
     name: str
     kind: ModelKind
@@ -132,6 +142,7 @@ class Model:
     sample_rate_hertz: int
     supports_chat: bool
     max_tokens_limit: int
+    text_capabilities: TextCapabilities | None = None
 
 
 @dataclass(frozen=True, slots=True)

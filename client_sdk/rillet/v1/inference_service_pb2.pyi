@@ -496,6 +496,7 @@ class Model(_message.Message):
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _builtins.int
     SUPPORTS_CHAT_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_LIMIT_FIELD_NUMBER: _builtins.int
+    TEXT_CAPABILITIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The name to put in GenerateParams.model or SynthesizeParams.voice."""
     kind: Global___Model.Kind.ValueType
@@ -518,6 +519,14 @@ class Model(_message.Message):
     """Upper bound on GenerateParams.max_tokens (text models); 0 when not
     applicable.
     """
+    @_builtins.property
+    def text_capabilities(self) -> Global___TextCapabilities:
+        """What a text model honours; unset for voices. A request that asks for
+        anything it does not list fails with INVALID_ARGUMENT, ErrorInfo reason
+        FIELD_UNSUPPORTED and metadata "field" naming the field: nothing is
+        silently ignored.
+        """
+
     def __init__(
         self,
         *,
@@ -531,11 +540,59 @@ class Model(_message.Message):
         sample_rate_hertz: _builtins.int = ...,
         supports_chat: _builtins.bool = ...,
         max_tokens_limit: _builtins.int = ...,
+        text_capabilities: Global___TextCapabilities | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["text_capabilities", b"text_capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "description", b"description", "engine", b"engine", "is_default", b"is_default", "is_test_engine", b"is_test_engine", "kind", b"kind", "max_tokens_limit", b"max_tokens_limit", "name", b"name", "sample_rate_hertz", b"sample_rate_hertz", "supports_chat", b"supports_chat"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "description", b"description", "engine", b"engine", "is_default", b"is_default", "is_test_engine", b"is_test_engine", "kind", b"kind", "max_tokens_limit", b"max_tokens_limit", "name", b"name", "sample_rate_hertz", b"sample_rate_hertz", "supports_chat", b"supports_chat", "text_capabilities", b"text_capabilities"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class TextCapabilities(_message.Message):
+    """What a text model honours beyond the prompt, max_tokens and stop strings
+    (which every text model honours).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLING_FIELDS_FIELD_NUMBER: _builtins.int
+    REPRODUCIBLE_SEED_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    SAMPLED_LOGPROBS_FIELD_NUMBER: _builtins.int
+    reproducible_seed: _builtins.bool
+    """A request with a seed, run alone, yields the same tokens every time."""
+    logprobs: _builtins.bool
+    """GenerateParams.top_logprobs is honoured with greedy decoding
+    (temperature 0).
+    """
+    sampled_logprobs: _builtins.bool
+    """GenerateParams.top_logprobs is honoured with sampling too (temperature
+    above 0): the sampled token's own log-probability is always reported,
+    never estimated.
+    """
+    @_builtins.property
+    def sampling_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The SamplingParams fields the model honours, by their proto names
+        ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+        "seed"). A field not listed may only be left unset or at its bracketed
+        default (which asks for nothing); any other value is refused.
+        """
+
+    def __init__(
+        self,
+        *,
+        sampling_fields: _abc.Iterable[_builtins.str] | None = ...,
+        reproducible_seed: _builtins.bool = ...,
+        logprobs: _builtins.bool = ...,
+        sampled_logprobs: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprobs", b"logprobs", "reproducible_seed", b"reproducible_seed", "sampled_logprobs", b"sampled_logprobs", "sampling_fields", b"sampling_fields"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextCapabilities: _TypeAlias = TextCapabilities  # noqa: Y015

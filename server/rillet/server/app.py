@@ -21,7 +21,7 @@ from rillet.server.observer import NULL_OBSERVER, Observer
 from rillet.server.scheduler import Router
 from rillet.server.session import Lifecycle
 from rillet.server.session.watchdog import sweep_period
-from rillet.server.tenancy import TenantLedger, TenantLimits
+from rillet.server.tenancy import TenantLedger, TenantLimits, cache_scope
 from rillet.server.transport.auth import CallGate, TokenStore, load_tenants, server_credentials
 from rillet.server.transport.handlers import Guard, GuardedRegistry
 from rillet.server.transport.reflection import enable_reflection
@@ -119,7 +119,10 @@ class RilletServer:
         self.health = EngineHealth(self._check_engines)
         tenants = load_tenants(settings.security)
         self.tenants = TenantLedger(
-            {name: TenantLimits(t.max_sessions, t.max_requests) for name, t in tenants.items()},
+            {
+                name: TenantLimits(t.max_sessions, t.max_requests, cache_scope(name, t.cache_group))
+                for name, t in tenants.items()
+            },
             max_calls=settings.security.max_calls,
             retry_after_s=settings.scheduler.retry_after_s,
         )

@@ -253,6 +253,12 @@ class TenantConfig(BaseModel, frozen=True, extra="forbid"):
     tokens: tuple[SecretStr, ...] = Field(min_length=1, description="several allow rotation without downtime")
     max_sessions: int = Field(64, ge=1, description="calls (sessions and one-shot streams) open at once")
     max_requests: int = Field(256, ge=1, description="requests in flight across all its calls")
+    cache_group: str | None = Field(
+        None,
+        min_length=1,
+        description="tenants of one group reuse each other's cached prompt prefixes; unset: only their own. A "
+        "disclosure risk: cached_input_tokens and time to first token tell a tenant how the group's prompts began",
+    )
 
 
 class SecurityConfig(BaseModel, frozen=True, extra="forbid"):

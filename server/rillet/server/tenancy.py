@@ -8,18 +8,27 @@ from dataclasses import dataclass
 
 from rillet.server.errors import ResourceExhausted
 
-__all__ = ["TenantLedger", "TenantLimits", "TenantQuota", "current_quota", "use_quota"]
+__all__ = ["TenantLedger", "TenantLimits", "TenantQuota", "cache_scope", "current_quota", "use_quota"]
 
 
 @dataclass(frozen=True, slots=True)
 class TenantLimits:
-    """What one tenant may hold at once. None is no limit (the "" tenant of a server without auth)."""
+    """What one tenant may hold at once (None: no limit, the "" tenant of a server without auth), and its scope.
+
+    Its requests reuse cached prompts only of requests of the same `cache_scope` (GenerationRequest.cache_scope).
+    """
 
     max_sessions: int | None
     max_requests: int | None
+    cache_scope: str = ""
 
 
 UNLIMITED = TenantLimits(None, None)
+
+
+def cache_scope(tenant: str, group: str | None) -> str:
+    """The prefix-cache scope of `tenant`: its own, or its group's; the two kinds of name can never coincide."""
+    return f"group:{group}" if group is not None else f"tenant:{tenant}"
 
 
 @dataclass(slots=True)
@@ -38,6 +47,7 @@ class TenantQuota:
 
     def __init__(self, ledger: TenantLedger, tenant: str, counters: _Counters) -> None:
         self.tenant = tenant
+        self.cache_scope = counters.limits.cache_scope
         self._ledger = ledger
         self._counters = counters
         self._held = 0

@@ -6,7 +6,7 @@ import enum
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from rillet.server.errors import RilletError
+from rillet.server.errors import InvalidArgument, RilletError
 
 
 class FinishReason(enum.Enum):
@@ -25,9 +25,54 @@ class ModelKind(enum.Enum):
     SPEECH_SYNTHESIS = "speech_synthesis"
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
+"""The fields of SamplingParams, by their proto names."""
+
+
+@dataclass(frozen=True, slots=True)
+class TextCapabilities:
+    """What a text model honours beyond the prompt, max_tokens and stop strings (which every text engine keeps).
+
+    Enforce or refuse: a request asking for anything not listed here fails with INVALID_ARGUMENT naming the field
+    (`refusal`, checked at the edge by validation.py and again at the engine seam); ListModels publishes it per model.
+    """
+
+    sampling: frozenset[str] = frozenset(SAMPLING_FIELDS)
+    """SamplingParams fields honoured. Any other may only keep its default (no-op) value: unset or equal to it."""
+    reproducible_seed: bool = False
+    """The same request with the same `sampling.seed`, run alone, yields the same tokens every time."""
+    logprobs: bool = True
+    """`top_logprobs` is honoured under greedy decoding (temperature 0)."""
+    sampled_logprobs: bool = True
+    """`top_logprobs` is honoured under sampling too: the sampled token's own log-probability is always known."""
+
+    def refusal(self, sampling: SamplingParams, top_logprobs: int | None) -> InvalidArgument | None:
+        """The error for the first thing asked of this model that it cannot honour; None when it honours all."""
+        for name in SAMPLING_FIELDS:
+            value = getattr(sampling, name)
+            if name not in self.sampling and value != getattr(_NO_OP_SAMPLING, name):
+                return InvalidArgument(
+                    f"sampling.{name} = {value} is not honoured by this model; leave it unset "
+                    "(ListModels lists what each model honours)",
+                    field=f"params.sampling.{name}",
+                    reason="FIELD_UNSUPPORTED",
+                )
+        if top_logprobs is not None:
+            sampled = sampling.temperature >= GREEDY_BELOW_TEMPERATURE
+            if not self.logprobs or (sampled and not self.sampled_logprobs):
+                when = " with sampling (temperature > 0)" if self.logprobs else ""
+                return InvalidArgument(
+                    f"top_logprobs is not honoured by this model{when}; leave it unset "
+                    "(ListModels lists what each model honours)",
+                    field="params.top_logprobs",
+                    reason="FIELD_UNSUPPORTED",
+                )
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """A model or voice an engine serves."""
+    """A model or voice an engine serves. `capabilities` is set for text models, None for voices."""
 
     name: str
     kind: ModelKind
@@ -38,6 +83,7 @@ class ModelInfo:
     sample_rate_hertz: int = 0
     supports_chat: bool = False
     max_tokens_limit: int = 0
+    capabilities: TextCapabilities | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +106,18 @@ class SamplingParams:
     seed: int | None = None
 
 
+_NO_OP_SAMPLING = SamplingParams()
+"""Each field's value when a request leaves it unset (temperature's is plain sampling; the others do nothing)."""
+
+GREEDY_BELOW_TEMPERATURE = 0.01
+"""Temperatures below this decode greedily (the proto's `temperature` comment promises it).
+
+Why: at 1e-38 the logits divided by the temperature overflow float32 and the draw returns garbage (token 262143,
+empty text); far above that, a runner-up whose logit trails by only 0.1 already has probability e^-10 at 0.01, so
+sampling there is greedy in all but near-ties. 0.01 also keeps logits/temperature inside float16 for engines that
+sample in half precision (vLLM clamps temperatures below 0.01 for the same reason)."""
+
+
 Prompt = str | tuple[int, ...] | tuple[ChatMessage, ...]
 """Text, token ids, or chat messages. Never empty."""
 
@@ -75,6 +133,10 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
+    cache_scope: str = ""
+    """Cached prompt tokens are reused only between requests of the same scope: the tenant's own unless the
+    operator groups tenants (SecurityConfig); "" without authentication. No KV, no cached-token count and no timing
+    crosses scopes."""
 
 
 @dataclass(frozen=True, slots=True)

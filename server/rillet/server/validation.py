@@ -99,9 +99,12 @@ def _check_range(name: str, value: float | None, low: float, high: float, *, low
 
 
 def validate_generate(
-    request_id: str, spec: GenerateSpec, limits: LimitsConfig, router: Router
+    request_id: str, spec: GenerateSpec, limits: LimitsConfig, router: Router, cache_scope: str = ""
 ) -> tuple[TextRoute, GenerationRequest]:
     """Resolve the model and check every field; raises InvalidArgument or NotFound naming the field.
+
+    Fields the model does not honour (its ModelInfo.capabilities) are refused too. `cache_scope` is the caller's
+    (GenerationRequest.cache_scope).
 
     Repeated fields may arrive cut one item past their limit (see convert.generate_spec): messages say "more than".
     """
@@ -179,6 +182,11 @@ def validate_generate(
         repetition_penalty=defaults.repetition_penalty if spec.repetition_penalty is None else spec.repetition_penalty,
         seed=spec.seed,
     )
+    capabilities = route.model.capabilities
+    if capabilities is not None:  # what the model cannot honour is refused here, before admission (engines check too)
+        refusal = capabilities.refusal(sampling, spec.top_logprobs)
+        if refusal is not None:
+            raise refusal
     request = GenerationRequest(
         request_id=request_id,
         model=route.model.name,
@@ -187,6 +195,7 @@ def validate_generate(
         sampling=sampling,
         stop=spec.stop,
         top_logprobs=spec.top_logprobs,
+        cache_scope=cache_scope,
     )
     return route, request
 

@@ -1050,8 +1050,13 @@ type Model struct {
 	// Upper bound on GenerateParams.max_tokens (text models); 0 when not
 	// applicable.
 	MaxTokensLimit uint32 `protobuf:"varint,10,opt,name=max_tokens_limit,json=maxTokensLimit,proto3" json:"max_tokens_limit,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What a text model honours; unset for voices. A request that asks for
+	// anything it does not list fails with INVALID_ARGUMENT, ErrorInfo reason
+	// FIELD_UNSUPPORTED and metadata "field" naming the field: nothing is
+	// silently ignored.
+	TextCapabilities *TextCapabilities `protobuf:"bytes,11,opt,name=text_capabilities,json=textCapabilities,proto3" json:"text_capabilities,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Model) Reset() {
@@ -1154,6 +1159,93 @@ func (x *Model) GetMaxTokensLimit() uint32 {
 	return 0
 }
 
+func (x *Model) GetTextCapabilities() *TextCapabilities {
+	if x != nil {
+		return x.TextCapabilities
+	}
+	return nil
+}
+
+// What a text model honours beyond the prompt, max_tokens and stop strings
+// (which every text model honours).
+type TextCapabilities struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The SamplingParams fields the model honours, by their proto names
+	// ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+	// "seed"). A field not listed may only be left unset or at its bracketed
+	// default (which asks for nothing); any other value is refused.
+	SamplingFields []string `protobuf:"bytes,1,rep,name=sampling_fields,json=samplingFields,proto3" json:"sampling_fields,omitempty"`
+	// A request with a seed, run alone, yields the same tokens every time.
+	ReproducibleSeed bool `protobuf:"varint,2,opt,name=reproducible_seed,json=reproducibleSeed,proto3" json:"reproducible_seed,omitempty"`
+	// GenerateParams.top_logprobs is honoured with greedy decoding
+	// (temperature 0).
+	Logprobs bool `protobuf:"varint,3,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// GenerateParams.top_logprobs is honoured with sampling too (temperature
+	// above 0): the sampled token's own log-probability is always reported,
+	// never estimated.
+	SampledLogprobs bool `protobuf:"varint,4,opt,name=sampled_logprobs,json=sampledLogprobs,proto3" json:"sampled_logprobs,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TextCapabilities) Reset() {
+	*x = TextCapabilities{}
+	mi := &file_rillet_v1_inference_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TextCapabilities) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TextCapabilities) ProtoMessage() {}
+
+func (x *TextCapabilities) ProtoReflect() protoreflect.Message {
+	mi := &file_rillet_v1_inference_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TextCapabilities.ProtoReflect.Descriptor instead.
+func (*TextCapabilities) Descriptor() ([]byte, []int) {
+	return file_rillet_v1_inference_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TextCapabilities) GetSamplingFields() []string {
+	if x != nil {
+		return x.SamplingFields
+	}
+	return nil
+}
+
+func (x *TextCapabilities) GetReproducibleSeed() bool {
+	if x != nil {
+		return x.ReproducibleSeed
+	}
+	return false
+}
+
+func (x *TextCapabilities) GetLogprobs() bool {
+	if x != nil {
+		return x.Logprobs
+	}
+	return false
+}
+
+func (x *TextCapabilities) GetSampledLogprobs() bool {
+	if x != nil {
+		return x.SampledLogprobs
+	}
+	return false
+}
+
 var File_rillet_v1_inference_service_proto protoreflect.FileDescriptor
 
 const file_rillet_v1_inference_service_proto_rawDesc = "" +
@@ -1215,7 +1307,7 @@ const file_rillet_v1_inference_service_proto_rawDesc = "" +
 	"\x04kind\"\x13\n" +
 	"\x11ListModelsRequest\">\n" +
 	"\x12ListModelsResponse\x12(\n" +
-	"\x06models\x18\x01 \x03(\v2\x10.rillet.v1.ModelR\x06models\"\xba\x03\n" +
+	"\x06models\x18\x01 \x03(\v2\x10.rillet.v1.ModelR\x06models\"\x84\x04\n" +
 	"\x05Model\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x15.rillet.v1.Model.KindR\x04kind\x12\x16\n" +
@@ -1228,11 +1320,17 @@ const file_rillet_v1_inference_service_proto_rawDesc = "" +
 	"\x11sample_rate_hertz\x18\b \x01(\rR\x0fsampleRateHertz\x12#\n" +
 	"\rsupports_chat\x18\t \x01(\bR\fsupportsChat\x12(\n" +
 	"\x10max_tokens_limit\x18\n" +
-	" \x01(\rR\x0emaxTokensLimit\"Q\n" +
+	" \x01(\rR\x0emaxTokensLimit\x12H\n" +
+	"\x11text_capabilities\x18\v \x01(\v2\x1b.rillet.v1.TextCapabilitiesR\x10textCapabilities\"Q\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KIND_TEXT_GENERATION\x10\x01\x12\x19\n" +
-	"\x15KIND_SPEECH_SYNTHESIS\x10\x022\xb7\x02\n" +
+	"\x15KIND_SPEECH_SYNTHESIS\x10\x02\"\xaf\x01\n" +
+	"\x10TextCapabilities\x12'\n" +
+	"\x0fsampling_fields\x18\x01 \x03(\tR\x0esamplingFields\x12+\n" +
+	"\x11reproducible_seed\x18\x02 \x01(\bR\x10reproducibleSeed\x12\x1a\n" +
+	"\blogprobs\x18\x03 \x01(\bR\blogprobs\x12)\n" +
+	"\x10sampled_logprobs\x18\x04 \x01(\bR\x0fsampledLogprobs2\xb7\x02\n" +
 	"\x10InferenceService\x12D\n" +
 	"\aSession\x12\x19.rillet.v1.SessionRequest\x1a\x1a.rillet.v1.SessionResponse(\x010\x01\x12E\n" +
 	"\bGenerate\x12\x1a.rillet.v1.GenerateRequest\x1a\x1b.rillet.v1.GenerateResponse0\x01\x12K\n" +
@@ -1255,7 +1353,7 @@ func file_rillet_v1_inference_service_proto_rawDescGZIP() []byte {
 }
 
 var file_rillet_v1_inference_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rillet_v1_inference_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_rillet_v1_inference_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_rillet_v1_inference_service_proto_goTypes = []any{
 	(Model_Kind)(0),             // 0: rillet.v1.Model.Kind
 	(*StartGenerate)(nil),       // 1: rillet.v1.StartGenerate
@@ -1272,53 +1370,55 @@ var file_rillet_v1_inference_service_proto_goTypes = []any{
 	(*ListModelsRequest)(nil),   // 12: rillet.v1.ListModelsRequest
 	(*ListModelsResponse)(nil),  // 13: rillet.v1.ListModelsResponse
 	(*Model)(nil),               // 14: rillet.v1.Model
-	(*GenerateParams)(nil),      // 15: rillet.v1.GenerateParams
-	(*TraceContext)(nil),        // 16: rillet.v1.TraceContext
-	(*durationpb.Duration)(nil), // 17: google.protobuf.Duration
-	(*SynthesizeParams)(nil),    // 18: rillet.v1.SynthesizeParams
-	(*TokenDelta)(nil),          // 19: rillet.v1.TokenDelta
-	(*AudioChunk)(nil),          // 20: rillet.v1.AudioChunk
-	(*Finished)(nil),            // 21: rillet.v1.Finished
-	(*status.Status)(nil),       // 22: google.rpc.Status
+	(*TextCapabilities)(nil),    // 15: rillet.v1.TextCapabilities
+	(*GenerateParams)(nil),      // 16: rillet.v1.GenerateParams
+	(*TraceContext)(nil),        // 17: rillet.v1.TraceContext
+	(*durationpb.Duration)(nil), // 18: google.protobuf.Duration
+	(*SynthesizeParams)(nil),    // 19: rillet.v1.SynthesizeParams
+	(*TokenDelta)(nil),          // 20: rillet.v1.TokenDelta
+	(*AudioChunk)(nil),          // 21: rillet.v1.AudioChunk
+	(*Finished)(nil),            // 22: rillet.v1.Finished
+	(*status.Status)(nil),       // 23: google.rpc.Status
 }
 var file_rillet_v1_inference_service_proto_depIdxs = []int32{
-	15, // 0: rillet.v1.StartGenerate.params:type_name -> rillet.v1.GenerateParams
-	16, // 1: rillet.v1.StartGenerate.trace_context:type_name -> rillet.v1.TraceContext
-	17, // 2: rillet.v1.StartGenerate.timeout:type_name -> google.protobuf.Duration
-	18, // 3: rillet.v1.StartSynthesize.params:type_name -> rillet.v1.SynthesizeParams
-	16, // 4: rillet.v1.StartSynthesize.trace_context:type_name -> rillet.v1.TraceContext
-	17, // 5: rillet.v1.StartSynthesize.timeout:type_name -> google.protobuf.Duration
+	16, // 0: rillet.v1.StartGenerate.params:type_name -> rillet.v1.GenerateParams
+	17, // 1: rillet.v1.StartGenerate.trace_context:type_name -> rillet.v1.TraceContext
+	18, // 2: rillet.v1.StartGenerate.timeout:type_name -> google.protobuf.Duration
+	19, // 3: rillet.v1.StartSynthesize.params:type_name -> rillet.v1.SynthesizeParams
+	17, // 4: rillet.v1.StartSynthesize.trace_context:type_name -> rillet.v1.TraceContext
+	18, // 5: rillet.v1.StartSynthesize.timeout:type_name -> google.protobuf.Duration
 	1,  // 6: rillet.v1.SessionRequest.start_generate:type_name -> rillet.v1.StartGenerate
 	2,  // 7: rillet.v1.SessionRequest.start_synthesize:type_name -> rillet.v1.StartSynthesize
 	3,  // 8: rillet.v1.SessionRequest.append_text:type_name -> rillet.v1.AppendText
 	4,  // 9: rillet.v1.SessionRequest.end_input:type_name -> rillet.v1.EndInput
 	5,  // 10: rillet.v1.SessionRequest.cancel:type_name -> rillet.v1.Cancel
-	19, // 11: rillet.v1.SessionResponse.token_delta:type_name -> rillet.v1.TokenDelta
-	20, // 12: rillet.v1.SessionResponse.audio_chunk:type_name -> rillet.v1.AudioChunk
-	21, // 13: rillet.v1.SessionResponse.finished:type_name -> rillet.v1.Finished
-	22, // 14: rillet.v1.SessionResponse.error:type_name -> google.rpc.Status
-	22, // 15: rillet.v1.SessionResponse.rejected:type_name -> google.rpc.Status
-	15, // 16: rillet.v1.GenerateRequest.params:type_name -> rillet.v1.GenerateParams
-	19, // 17: rillet.v1.GenerateResponse.token_delta:type_name -> rillet.v1.TokenDelta
-	21, // 18: rillet.v1.GenerateResponse.finished:type_name -> rillet.v1.Finished
-	18, // 19: rillet.v1.SynthesizeRequest.params:type_name -> rillet.v1.SynthesizeParams
-	20, // 20: rillet.v1.SynthesizeResponse.audio_chunk:type_name -> rillet.v1.AudioChunk
-	21, // 21: rillet.v1.SynthesizeResponse.finished:type_name -> rillet.v1.Finished
+	20, // 11: rillet.v1.SessionResponse.token_delta:type_name -> rillet.v1.TokenDelta
+	21, // 12: rillet.v1.SessionResponse.audio_chunk:type_name -> rillet.v1.AudioChunk
+	22, // 13: rillet.v1.SessionResponse.finished:type_name -> rillet.v1.Finished
+	23, // 14: rillet.v1.SessionResponse.error:type_name -> google.rpc.Status
+	23, // 15: rillet.v1.SessionResponse.rejected:type_name -> google.rpc.Status
+	16, // 16: rillet.v1.GenerateRequest.params:type_name -> rillet.v1.GenerateParams
+	20, // 17: rillet.v1.GenerateResponse.token_delta:type_name -> rillet.v1.TokenDelta
+	22, // 18: rillet.v1.GenerateResponse.finished:type_name -> rillet.v1.Finished
+	19, // 19: rillet.v1.SynthesizeRequest.params:type_name -> rillet.v1.SynthesizeParams
+	21, // 20: rillet.v1.SynthesizeResponse.audio_chunk:type_name -> rillet.v1.AudioChunk
+	22, // 21: rillet.v1.SynthesizeResponse.finished:type_name -> rillet.v1.Finished
 	14, // 22: rillet.v1.ListModelsResponse.models:type_name -> rillet.v1.Model
 	0,  // 23: rillet.v1.Model.kind:type_name -> rillet.v1.Model.Kind
-	6,  // 24: rillet.v1.InferenceService.Session:input_type -> rillet.v1.SessionRequest
-	8,  // 25: rillet.v1.InferenceService.Generate:input_type -> rillet.v1.GenerateRequest
-	10, // 26: rillet.v1.InferenceService.Synthesize:input_type -> rillet.v1.SynthesizeRequest
-	12, // 27: rillet.v1.InferenceService.ListModels:input_type -> rillet.v1.ListModelsRequest
-	7,  // 28: rillet.v1.InferenceService.Session:output_type -> rillet.v1.SessionResponse
-	9,  // 29: rillet.v1.InferenceService.Generate:output_type -> rillet.v1.GenerateResponse
-	11, // 30: rillet.v1.InferenceService.Synthesize:output_type -> rillet.v1.SynthesizeResponse
-	13, // 31: rillet.v1.InferenceService.ListModels:output_type -> rillet.v1.ListModelsResponse
-	28, // [28:32] is the sub-list for method output_type
-	24, // [24:28] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	15, // 24: rillet.v1.Model.text_capabilities:type_name -> rillet.v1.TextCapabilities
+	6,  // 25: rillet.v1.InferenceService.Session:input_type -> rillet.v1.SessionRequest
+	8,  // 26: rillet.v1.InferenceService.Generate:input_type -> rillet.v1.GenerateRequest
+	10, // 27: rillet.v1.InferenceService.Synthesize:input_type -> rillet.v1.SynthesizeRequest
+	12, // 28: rillet.v1.InferenceService.ListModels:input_type -> rillet.v1.ListModelsRequest
+	7,  // 29: rillet.v1.InferenceService.Session:output_type -> rillet.v1.SessionResponse
+	9,  // 30: rillet.v1.InferenceService.Generate:output_type -> rillet.v1.GenerateResponse
+	11, // 31: rillet.v1.InferenceService.Synthesize:output_type -> rillet.v1.SynthesizeResponse
+	13, // 32: rillet.v1.InferenceService.ListModels:output_type -> rillet.v1.ListModelsResponse
+	29, // [29:33] is the sub-list for method output_type
+	25, // [25:29] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_rillet_v1_inference_service_proto_init() }
@@ -1357,7 +1457,7 @@ func file_rillet_v1_inference_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rillet_v1_inference_service_proto_rawDesc), len(file_rillet_v1_inference_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

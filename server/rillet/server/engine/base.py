@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from rillet.server.types import (
@@ -16,21 +15,13 @@ from rillet.server.types import (
     TokenDelta,
 )
 
-__all__ = ["Engine", "EngineBase", "SpeechEngine", "SpeechEvent", "TextCapabilities", "TextEngine", "TextEvent"]
+__all__ = ["Engine", "EngineBase", "SpeechEngine", "SpeechEvent", "TextEngine", "TextEvent"]
 
 TextEvent = TokenDelta | EngineFinished
 """What a text engine's stream yields."""
 
 SpeechEvent = AudioChunk | EngineFinished
 """What a speech engine's stream yields."""
-
-
-@dataclass(frozen=True, slots=True)
-class TextCapabilities:
-    """What a text engine promises beyond the contract every engine keeps (tests/contract checks both)."""
-
-    reproducible_seed: bool
-    """The same request with the same `sampling.seed`, run alone, yields the same tokens every time."""
 
 
 class EngineBase(Protocol):
@@ -94,11 +85,6 @@ class TextEngine(EngineBase, Protocol):
     @property
     def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
         """What the engine's models do; the router routes only generation requests here."""
-        ...
-
-    @property
-    def capabilities(self) -> TextCapabilities:
-        """Promises beyond the contract."""
         ...
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -186,15 +186,18 @@ class KvLedger:
 class PrefixCache:
     """The cells of finished requests (prompt and output), kept in least-recently-used order for later prompts.
 
-    Each entry is a Holder of the ledger with the tokens at its positions. Entries count against the context like
-    any cells; the engine evicts them (oldest use first) before it preempts a running request. An entry whose tokens
-    start another entry's is redundant and is dropped.
+    Each entry is a Holder of the ledger with the tokens at its positions and the cache scope of the request that
+    computed them (GenerationRequest.cache_scope). Invariant: an entry is found (`longest`) and made redundant
+    (`keep`) only by requests of its own scope, so nothing a request of one scope sees (cached_input_tokens, how
+    soon its prefill ends) depends on the prompts of another. Entries count against the context like any cells; the
+    engine evicts them (oldest use first) before it preempts a running request. An entry whose tokens start another
+    entry's of the same scope is redundant and is dropped.
     """
 
     def __init__(self, ledger: KvLedger, max_entries: int) -> None:
         self._ledger = ledger
         self._max = max_entries
-        self._entries: collections.OrderedDict[Holder, Tokens] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[Holder, tuple[str, Tokens]] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -202,14 +205,13 @@ class PrefixCache:
     def __contains__(self, holder: object) -> bool:
         return holder in self._entries
 
-    def items(self) -> Iterable[tuple[Holder, Tokens]]:
-        return self._entries.items()
-
-    def keep(self, holder: Holder, tokens: Sequence[int]) -> int:
+    def keep(self, holder: Holder, tokens: Sequence[int], scope: str = "") -> int:
         """Take `holder` (with `tokens` at its positions) as the newest entry; returns the cells freed meanwhile."""
         kept = np.asarray(tokens[: holder.length], dtype=np.int32)
         freed = 0
-        for other, other_tokens in list(self._entries.items()):
+        for other, (other_scope, other_tokens) in list(self._entries.items()):
+            if other_scope != scope:
+                continue
             shared = common_prefix(kept, other_tokens)
             if shared == len(kept):  # an existing entry covers this one
                 self._entries.move_to_end(other)
@@ -217,17 +219,19 @@ class PrefixCache:
             if shared == len(other_tokens):  # this one covers an existing entry
                 del self._entries[other]
                 freed += self._ledger.drop(other)
-        self._entries[holder] = kept
+        self._entries[holder] = (scope, kept)
         while len(self._entries) > self._max:
             freed += self.evict() or 0
         return freed
 
-    def longest(self, tokens: Sequence[int] | Tokens) -> tuple[Holder | None, int]:
-        """The entry sharing the longest prefix with `tokens`, and that length (None, 0 if none shares any)."""
+    def longest(self, tokens: Sequence[int] | Tokens, scope: str = "") -> tuple[Holder | None, int]:
+        """The entry of `scope` sharing the longest prefix with `tokens`, and that length ((None, 0) if none shares)."""
         best: Holder | None = None
         best_len = 0
         query = np.asarray(tokens, dtype=np.int32)
-        for holder, held in self._entries.items():
+        for holder, (held_scope, held) in self._entries.items():
+            if held_scope != scope:
+                continue
             shared = common_prefix(query, held)
             if shared > best_len:
                 best, best_len = holder, shared

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rillet.server.config import LlamaCppConfig
-from rillet.server.engine.base import TextCapabilities, TextEvent
+from rillet.server.engine.base import TextEvent
 from rillet.server.engine.cpu import available_cores
 from rillet.server.engine.kvshare import Holder, KvLedger, PrefixCache, common_prefix
 from rillet.server.engine.text import StopCheck, StopMatcher, check_request
@@ -36,6 +36,7 @@ from rillet.server.types import (
     ModelInfo,
     ModelKind,
     SamplingParams,
+    TextCapabilities,
     TokenDelta,
     TokenLogprob,
     TokenLogprobs,
@@ -63,6 +64,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENGINE_NAME = "llamacpp"
+CAPABILITIES = TextCapabilities(reproducible_seed=True)
+"""Every sampling field and logprobs; a seeded request repeats run alone (a batch's layout changes the numerics)."""
 _SEED_MODULUS = 0xFFFFFFFF
 """Seeds are reduced modulo this: llama.cpp reads the value 0xFFFFFFFF as "pick a random seed"."""
 
@@ -466,7 +469,9 @@ class _Worker:
       so every admitted request finishes;
     - prefix reuse (kv_unified only): before its prefill a sequence takes the longest prefix of its tokens held by a
       cached entry or a running sequence as shared cells (never its last token, which must yield logits); one whose
-      prefix an older sequence is prefilling right now waits for those cells rather than computing them twice;
+      prefix an older sequence is prefilling right now waits for those cells rather than computing them twice. All
+      three only within the request's cache scope (GenerationRequest.cache_scope: a tenant's own unless the
+      operator groups tenants), so no tenant's reuse, usage or timing tells it anything of another's prompts;
     - every step decodes one token per running sequence that has sampled, plus at most `prefill_budget` prompt
       tokens of the others (`share_budget`: a floor for the oldest, then shortest first), and asks for logits only
       on each sequence's last row.
@@ -744,9 +749,12 @@ class _Worker:
         """
         if self._cache is None:
             return None, 0
-        best, best_len = self._cache.longest(seq.tokens)
+        scope = seq.request.cache_scope
+        best, best_len = self._cache.longest(seq.tokens, scope)
         for other in self._running:
-            if other is not seq and other.kv is not None and other.kv.length > best_len:
+            if other is seq or other.request.cache_scope != scope:
+                continue
+            if other.kv is not None and other.kv.length > best_len:
                 shared = common_prefix(other.tokens[: other.kv.length], seq.tokens)
                 if shared > best_len:
                     best, best_len = other.kv, shared
@@ -773,7 +781,7 @@ class _Worker:
         if seq.kv is not None:
             if keep and self._cache is not None and seq.kv.length >= MIN_SHARED_TOKENS:
                 self._ledger.retire(seq.kv)
-                self._cache.keep(seq.kv, seq.tokens)
+                self._cache.keep(seq.kv, seq.tokens, seq.request.cache_scope)
             else:
                 self._ledger.drop(seq.kv)
             seq.kv = None
@@ -817,7 +825,7 @@ class _Worker:
                 continue
             self._seed(seq)
             for older in self._running[:index]:
-                if older.prefilling:
+                if older.prefilling and older.request.cache_scope == seq.request.cache_scope:
                     ahead = min(common_prefix(older.tokens, seq.tokens), len(seq.tokens) - 1)
                     if ahead >= MIN_SHARED_TOKENS and older.cached < ahead and seq.cached < ahead:
                         waiting.add(seq)
@@ -997,6 +1005,7 @@ class LlamaCppEngine:
             context_length=limit,
             supports_chat=supports_chat,
             max_tokens_limit=limit - 1,
+            capabilities=CAPABILITIES,
         )
 
     @property
@@ -1006,11 +1015,6 @@ class LlamaCppEngine:
     @property
     def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
         return ModelKind.TEXT_GENERATION
-
-    @property
-    def capabilities(self) -> TextCapabilities:
-        """Seeded sampling repeats alone; a batch's layout changes the numerics, so not across batches."""
-        return TextCapabilities(reproducible_seed=True)
 
     @property
     def models(self) -> Sequence[ModelInfo]:
@@ -1058,7 +1062,7 @@ class LlamaCppEngine:
         return self._generate(request)
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
-        check_request(request)
+        check_request(request, CAPABILITIES)
         sink = _Sink(asyncio.get_running_loop())
         seq = _Sequence(request, sink, StopMatcher(request.stop), time.perf_counter())
         self._mailbox.submit(seq)

@@ -15,8 +15,9 @@ import numpy as np
 import numpy.typing as npt
 from llama_cpp._ggml import libggml
 
+from rillet.server.types import GREEDY_BELOW_TEMPERATURE
+
 __all__ = [
-    "GREEDY_BELOW_TEMPERATURE",
     "ContextParams",
     "LlamaContext",
     "LlamaModel",
@@ -34,13 +35,6 @@ _RANDOM_SEED = 0xFFFFFFFF
 """llama.cpp's LLAMA_DEFAULT_SEED: the dist sampler picks a random seed when given this value."""
 PENALTY_LAST_N = 64
 """How many recent tokens (prompt included) the repetition penalty looks at."""
-GREEDY_BELOW_TEMPERATURE = 0.01
-"""Temperatures below this decode greedily (the proto's `temperature` comment promises it).
-
-Why: at 1e-38 the logits divided by the temperature overflow float32 and the draw returns garbage (token 262143,
-empty text); far above that, a runner-up whose logit trails by only 0.1 already has probability e^-10 at 0.01, so
-sampling there is greedy in all but near-ties. 0.01 also keeps logits/temperature inside float16 for engines that
-sample in half precision (vLLM clamps temperatures below 0.01 for the same reason)."""
 _C_WHITESPACE = " \t\n\v\f\r"
 """What llama.cpp's chat templates trim from message content (C isspace)."""
 

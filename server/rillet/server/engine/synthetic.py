@@ -11,22 +11,34 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rillet.server.config import SyntheticConfig
-from rillet.server.engine.base import TextCapabilities, TextEvent
+from rillet.server.engine.base import TextEvent
 from rillet.server.engine.text import StopMatcher, check_request
 from rillet.server.errors import InvalidArgument, Unavailable
 from rillet.server.observer import StepReporter
 from rillet.server.types import (
+    GREEDY_BELOW_TEMPERATURE,
     EngineFinished,
     FinishReason,
     GenerationRequest,
     ModelInfo,
     ModelKind,
     Prompt,
+    TextCapabilities,
     TokenDelta,
     TokenLogprob,
     TokenLogprobs,
     Usage,
 )
+
+CAPABILITIES = TextCapabilities(sampling=frozenset({"temperature", "seed"}), reproducible_seed=True)
+"""What the test engine honours: a seed (ignored when greedy, as the proto says) and logprobs of its own made-up
+distribution. Its words do not come from a distribution, so top_p, top_k, min_p and the penalty are refused."""
+
+
+def greedy(request: GenerationRequest) -> bool:
+    """Whether the request decodes greedily (its seed then plays no part)."""
+    return request.sampling.temperature < GREEDY_BELOW_TEMPERATURE
+
 
 VOCABULARY = (
     "the", "river", "runs", "quietly", "past", "a", "mill", "where", "light", "falls", "on", "stone", "and",
@@ -131,6 +143,7 @@ class SyntheticEngine:
                 description="TEST ENGINE: deterministic synthetic words from a batched step loop; not a language model",
                 is_test_engine=True,
                 context_length=config.context_length,
+                capabilities=CAPABILITIES,
             ),
         )
 
@@ -141,10 +154,6 @@ class SyntheticEngine:
     @property
     def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
         return ModelKind.TEXT_GENERATION
-
-    @property
-    def capabilities(self) -> TextCapabilities:
-        return TextCapabilities(reproducible_seed=True)
 
     @property
     def models(self) -> Sequence[ModelInfo]:
@@ -193,13 +202,13 @@ class SyntheticEngine:
         return loop
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
-        check_request(request)
+        check_request(request, CAPABILITIES)
         prompt_tokens = self._count_prompt(request)
         if self._closed:
             raise _closed()
         loop = self._ensure_loop()
         stream = _Stream(
-            seed=prompt_seed(request.prompt, request.sampling.seed),
+            seed=prompt_seed(request.prompt, None if greedy(request) else request.sampling.seed),
             max_tokens=request.max_tokens,
             top_logprobs=request.top_logprobs,
             prompt_tokens=prompt_tokens,

@@ -7,15 +7,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rillet.server.errors import InvalidArgument
-from rillet.server.types import GenerationRequest
+from rillet.server.types import GenerationRequest, TextCapabilities
 
 
-def check_request(request: GenerationRequest) -> None:
-    """Refuse, with INVALID_ARGUMENT, what no text engine can honour; engines call it before any work.
+def check_request(request: GenerationRequest, capabilities: TextCapabilities) -> None:
+    """Refuse, with INVALID_ARGUMENT, what no text engine can honour or this one does not; engines call it first.
 
     The server's own limits (validation.py: temperature at most 2, top_logprobs at most 20, max_tokens within the
-    model's) are policy and are checked before a request reaches an engine; this is the seam's guard for anything
-    that calls an engine directly: values that have no meaning (negative temperature, top_p outside (0, 1], NaN).
+    model's) are policy and are checked before a request reaches an engine, with the model's capabilities; this is
+    the seam's guard for anything that calls an engine directly: values that have no meaning (negative temperature,
+    top_p outside (0, 1], NaN), and fields the engine does not honour.
     """
     sampling = request.sampling
     bad = (
@@ -48,6 +49,9 @@ def check_request(request: GenerationRequest) -> None:
             field="params.top_logprobs",
             reason="TOP_LOGPROBS_OUT_OF_RANGE",
         )
+    refusal = capabilities.refusal(sampling, request.top_logprobs)
+    if refusal is not None:
+        raise refusal
 
 
 @dataclass(frozen=True, slots=True)

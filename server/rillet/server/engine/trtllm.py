@@ -14,10 +14,11 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 from rillet.server.config import TrtllmConfig
-from rillet.server.engine.base import TextCapabilities, TextEvent
+from rillet.server.engine.base import TextEvent
 from rillet.server.engine.text import StopMatcher, check_request
 from rillet.server.errors import DeadlineExceeded, EngineDead, Internal, InvalidArgument, RilletError, Unavailable
 from rillet.server.types import (
+    GREEDY_BELOW_TEMPERATURE,
     ChatMessage,
     EngineFinished,
     FinishReason,
@@ -25,6 +26,7 @@ from rillet.server.types import (
     ModelInfo,
     ModelKind,
     Prompt,
+    TextCapabilities,
     TokenDelta,
     TokenLogprob,
     TokenLogprobs,
@@ -50,8 +52,8 @@ INSTALL_HELP = (
 )
 """The paragraph `rillet serve --text-engine trtllm` prints when the engine cannot run here."""
 
-GREEDY_BELOW_TEMPERATURE = 0.01
-"""Temperatures below this decode greedily, as the proto documents (and the llamacpp engine does)."""
+CAPABILITIES = TextCapabilities(reproducible_seed=True)
+"""What the engine honours: every sampling field, a reproducible seed and logprobs."""
 
 MIN_LOGPROB = -9999.0
 """Floor for a logprob: TensorRT-LLM reports masked tokens as -inf (its servers clamp the same way)."""
@@ -287,6 +289,7 @@ class TrtllmEngine:
             context_length=config.max_seq_len,
             supports_chat=supports_chat,
             max_tokens_limit=config.max_seq_len - 1,
+            capabilities=CAPABILITIES,
         )
 
     @property
@@ -296,10 +299,6 @@ class TrtllmEngine:
     @property
     def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
         return ModelKind.TEXT_GENERATION
-
-    @property
-    def capabilities(self) -> TextCapabilities:
-        return TextCapabilities(reproducible_seed=True)
 
     @property
     def models(self) -> Sequence[ModelInfo]:
@@ -370,7 +369,7 @@ class TrtllmEngine:
         return self._generate(request)
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
-        check_request(request)
+        check_request(request, CAPABILITIES)
         llm = self._running()
         prompt_ids = await self._prompt_ids(llm, request.prompt)
         self._check_length(len(prompt_ids), request.max_tokens)

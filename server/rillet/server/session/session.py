@@ -58,6 +58,11 @@ class RequestQuota(Protocol):
         """The tenant's name ("" when authentication is off)."""
         ...
 
+    @property
+    def cache_scope(self) -> str:
+        """Whose cached prompts the tenant's requests may reuse (GenerationRequest.cache_scope)."""
+        ...
+
     def start_request(self) -> None:
         """Count a request in flight; raises ResourceExhausted when the tenant is at its limit."""
         ...
@@ -109,6 +114,7 @@ class Session:
         self._observer = observer
         self._quota = quota
         self._tenant = quota.tenant if quota is not None else ""  # its share of each engine's queue is bounded
+        self._cache_scope = quota.cache_scope if quota is not None else ""
         self._requests: dict[str, Request] = {}
         self._quota_holders: set[Request] = set()
         self._budget = OutboundBudget(limits.max_session_buffer_bytes)
@@ -313,7 +319,7 @@ class Session:
         if isinstance(spec, GenerateSpec):
             if not self._input_closed:  # a later request of this session may speak it: keep its text for that
                 request.chain = TextChain()
-            return TextJob(*validate_generate(command.request_id, spec, self._limits, self._router))
+            return TextJob(*validate_generate(command.request_id, spec, self._limits, self._router, self._cache_scope))
         text_input = TextInput(streaming=spec.streaming_input)
         job = SpeechJob(*validate_synthesize(command.request_id, spec, text_input.pieces(), self._limits, self._router))
         request.input = text_input

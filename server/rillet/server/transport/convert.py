@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 from rillet.server.config import LimitsConfig
 from rillet.server.errors import InvalidArgument, ResourceExhausted, RilletError, clip
 from rillet.server.types import (
+    SAMPLING_FIELDS,
     AppendText,
     AudioChunk,
     AudioEncoding,
@@ -34,6 +35,7 @@ from rillet.server.types import (
     Prompt,
     Start,
     SynthesizeSpec,
+    TextCapabilities,
     Timings,
     TokenDelta,
     TraceContext,
@@ -330,4 +332,14 @@ def model(info: ModelInfo, is_default: bool) -> inference_service_pb2.Model:
         sample_rate_hertz=info.sample_rate_hertz,
         supports_chat=info.supports_chat,
         max_tokens_limit=info.max_tokens_limit,
+        text_capabilities=text_capabilities(info.capabilities) if info.capabilities is not None else None,
+    )
+
+
+def text_capabilities(capabilities: TextCapabilities) -> inference_service_pb2.TextCapabilities:
+    return inference_service_pb2.TextCapabilities(
+        sampling_fields=[name for name in SAMPLING_FIELDS if name in capabilities.sampling],
+        reproducible_seed=capabilities.reproducible_seed,
+        logprobs=capabilities.logprobs,
+        sampled_logprobs=capabilities.sampled_logprobs,
     )

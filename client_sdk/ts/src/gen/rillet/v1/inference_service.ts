@@ -241,6 +241,13 @@ export interface Model {
    * applicable.
    */
   maxTokensLimit: number;
+  /**
+   * What a text model honours; unset for voices. A request that asks for
+   * anything it does not list fails with INVALID_ARGUMENT, ErrorInfo reason
+   * FIELD_UNSUPPORTED and metadata "field" naming the field: nothing is
+   * silently ignored.
+   */
+  textCapabilities: TextCapabilities | undefined;
 }
 
 /** What a model does. */
@@ -252,6 +259,33 @@ export enum Model_Kind {
   /** KIND_SPEECH_SYNTHESIS - Synthesizes speech (Synthesize, StartSynthesize). */
   KIND_SPEECH_SYNTHESIS = 2,
   UNRECOGNIZED = -1,
+}
+
+/**
+ * What a text model honours beyond the prompt, max_tokens and stop strings
+ * (which every text model honours).
+ */
+export interface TextCapabilities {
+  /**
+   * The SamplingParams fields the model honours, by their proto names
+   * ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+   * "seed"). A field not listed may only be left unset or at its bracketed
+   * default (which asks for nothing); any other value is refused.
+   */
+  samplingFields: string[];
+  /** A request with a seed, run alone, yields the same tokens every time. */
+  reproducibleSeed: boolean;
+  /**
+   * GenerateParams.top_logprobs is honoured with greedy decoding
+   * (temperature 0).
+   */
+  logprobs: boolean;
+  /**
+   * GenerateParams.top_logprobs is honoured with sampling too (temperature
+   * above 0): the sampled token's own log-probability is always reported,
+   * never estimated.
+   */
+  sampledLogprobs: boolean;
 }
 
 function createBaseStartGenerate(): StartGenerate {
@@ -1314,6 +1348,7 @@ function createBaseModel(): Model {
     sampleRateHertz: 0,
     supportsChat: false,
     maxTokensLimit: 0,
+    textCapabilities: undefined,
   };
 }
 
@@ -1348,6 +1383,9 @@ export const Model: MessageFns<Model> = {
     }
     if (message.maxTokensLimit !== 0) {
       writer.uint32(80).uint32(message.maxTokensLimit);
+    }
+    if (message.textCapabilities !== undefined) {
+      TextCapabilities.encode(message.textCapabilities, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -1445,6 +1483,14 @@ export const Model: MessageFns<Model> = {
             message.maxTokensLimit = reader.uint32();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.textCapabilities = TextCapabilities.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1472,6 +1518,100 @@ export const Model: MessageFns<Model> = {
     message.sampleRateHertz = object.sampleRateHertz ?? 0;
     message.supportsChat = object.supportsChat ?? false;
     message.maxTokensLimit = object.maxTokensLimit ?? 0;
+    message.textCapabilities = (object.textCapabilities !== undefined && object.textCapabilities !== null)
+      ? TextCapabilities.fromPartial(object.textCapabilities)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTextCapabilities(): TextCapabilities {
+  return { samplingFields: [], reproducibleSeed: false, logprobs: false, sampledLogprobs: false };
+}
+
+export const TextCapabilities: MessageFns<TextCapabilities> = {
+  encode(message: TextCapabilities, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.samplingFields) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.reproducibleSeed !== false) {
+      writer.uint32(16).bool(message.reproducibleSeed);
+    }
+    if (message.logprobs !== false) {
+      writer.uint32(24).bool(message.logprobs);
+    }
+    if (message.sampledLogprobs !== false) {
+      writer.uint32(32).bool(message.sampledLogprobs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TextCapabilities {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTextCapabilities();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.samplingFields.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.reproducibleSeed = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.logprobs = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sampledLogprobs = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<TextCapabilities>): TextCapabilities {
+    return TextCapabilities.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TextCapabilities>): TextCapabilities {
+    const message = createBaseTextCapabilities();
+    message.samplingFields = object.samplingFields?.map((e) => e) || [];
+    message.reproducibleSeed = object.reproducibleSeed ?? false;
+    message.logprobs = object.logprobs ?? false;
+    message.sampledLogprobs = object.sampledLogprobs ?? false;
     return message;
   },
 };
