@@ -24,6 +24,7 @@ def memo(opening: str) -> str:
     """The memo behind an opening word of its own: no test's prompts share a first token with another test's."""
     return f"{opening}. {MEMO}"
 
+
 TOKENS = {"acme": "acme-3f9a1c", "beta": "beta-77d0e2", "gamma": "gamma-0b4c58", "delta": "delta-e21a96"}
 
 

@@ -173,4 +173,8 @@ def _text_capabilities(message: inference_service_pb2.TextCapabilities) -> TextC
         reproducible_seed=message.reproducible_seed,
         logprobs=message.logprobs,
         sampled_logprobs=message.sampled_logprobs,
+        constraint_kinds=frozenset(
+            generation_pb2.ConstraintKind.Name(kind).removeprefix("CONSTRAINT_KIND_").lower()
+            for kind in message.constraint_kinds
+        ),
     )
