@@ -282,6 +282,41 @@ class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
     )
 
 
+class WebSocketConfig(BaseModel, frozen=True, extra="forbid"):
+    """The WebSocket edge (transport/websocket.py): the Session protocol for browsers, beside gRPC. Off by default.
+
+    It shares the server's TLS (wss when `security.tls` is set), tokens, tenants, limits and message size limit
+    (`max_message_bytes`, per WebSocket message).
+    """
+
+    enabled: bool = Field(False, description="serve sessions over WebSocket on `port`")
+    host: str | None = Field(None, description="address to bind; unset: the server's own host")
+    port: int = Field(50080, ge=0, le=65535, description="0 picks a free port")
+    allowed_origins: tuple[str, ...] = Field(
+        (),
+        description="browser origins (scheme://host[:port]) that may open sessions; a handshake from any other "
+        "origin is refused with 403 (cross-site WebSocket hijacking). Clients that send no Origin (not browsers) pass",
+    )
+    page: bool = Field(
+        False, description="serve the demo chat-and-voice page at / (its own origin is then allowed); not in production"
+    )
+    max_connections: int = Field(256, ge=1, description="WebSocket connections at once; more are refused with 503")
+    idle_timeout_s: float = Field(
+        300.0, ge=0, description="a session with nothing in flight that sends nothing for this long is closed; 0 never"
+    )
+    keepalive_s: float = Field(
+        20.0, gt=0, description="ping interval; a peer that does not answer a ping within as long is disconnected"
+    )
+
+    @model_validator(mode="after")
+    def _origins_are_origins(self) -> WebSocketConfig:
+        for origin in self.allowed_origins:
+            scheme, _, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(f"allowed_origins: {origin!r} is not an origin such as https://app.example.com")
+        return self
+
+
 class LogFormat(enum.StrEnum):
     """How log lines are written."""
 
@@ -328,6 +363,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerConfig = SchedulerConfig()
     security: SecurityConfig = SecurityConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    websocket: WebSocketConfig = WebSocketConfig()
     reuse_port: bool = Field(
         False, description="SO_REUSEPORT: several server processes share one port (off: a busy port fails to bind)"
     )
