@@ -311,6 +311,7 @@ class WebSocketEdge:
             write_limit=WRITE_LIMIT_BYTES,
             ping_interval=self._config.keepalive_s,
             ping_timeout=self._config.keepalive_s,
+            close_timeout=self._config.keepalive_s,  # a peer that does not read cannot take a close frame either
             server_header=None,
         )
         log.info("websocket edge on %s://%s:%d%s", self.scheme, self.host, self.port, SESSION_PATH)
@@ -362,6 +363,7 @@ class WebSocketEdge:
         """Run the connection's session to its end, then end the call; returns the status it ended with."""
         quota: TenantQuota | None = None
         tail = _Tail(asyncio.current_task())
+        sends = _SendWatch(connection, 2 * self._config.keepalive_s)
         error: RilletError | None = None
         try:
             quota = self._admit(headers)
@@ -369,7 +371,9 @@ class WebSocketEdge:
             outputs = session.run(self._commands(connection, codec, session, tail))
             async with aclosing(outputs) as stream:  # type: ignore[type-var]
                 async for output in stream:
+                    sends.since = asyncio.get_running_loop().time()
                     await connection.send(codec.encode(convert.session_response(output)))
+                    sends.since = None
         except asyncio.CancelledError:
             if not tail.fired:
                 raise
@@ -378,10 +382,11 @@ class WebSocketEdge:
                 return "CANCELLED"
             error = tail.error
         except ConnectionClosed as closed:
-            return _closed_status(closed)
+            return "DEADLINE_EXCEEDED" if sends.aborted else _closed_status(closed)
         except Exception as failure:
             error = canonical(failure)
         finally:
+            sends.stop()
             tail.stop()  # before anything below awaits: from here on nothing may cancel this task
             if quota is not None:
                 quota.close()
@@ -478,6 +483,35 @@ class _Tail:
         if self._serving is not None:
             self.fired = True
             self._serving.cancel()
+
+
+class _SendWatch:
+    """Drops a connection whose client takes nothing for `limit_s`: a send waiting that long for the socket.
+
+    The library's keepalive cannot: its ping waits behind the same full write buffer, with no timeout. So the edge
+    applies the keepalive's bound (one interval and its timeout) to every send. By then the stall watchdog has
+    already ended the session's requests (`stall_timeout_s`); this frees the connection and the session itself.
+    """
+
+    def __init__(self, connection: ServerConnection, limit_s: float) -> None:
+        self.since: float | None = None  # when the send in progress began (the writer sets and clears it)
+        self.aborted = False
+        self._connection = connection
+        self._limit_s = limit_s
+        self._task = asyncio.create_task(self._watch())
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._limit_s / 4)
+            if self.since is not None and loop.time() - self.since > self._limit_s:
+                log.warning("a WebSocket client took nothing for %.0fs: dropping its connection", self._limit_s)
+                self.aborted = True
+                self._connection.transport.abort()
+                return
 
 
 async def _end(connection: ServerConnection, codec: Codec, error: RilletError) -> str:
