@@ -151,3 +151,68 @@ async def test_the_auth_gate_still_decides_and_its_refusal_is_measured_not_an_er
         assert codes == {"UNAUTHENTICATED": 1, "OK": 1}
     finally:
         await traced.server.stop(grace_s=0)
+
+
+async def test_a_websocket_session_gets_a_span_parented_by_its_handshake_and_its_requests_are_children() -> None:
+    from websockets.asyncio.client import connect
+
+    from rillet.server.telemetry.edge import EdgeTelemetry
+    from rillet.server.transport.websocket import SESSION_PATH
+    from rillet.v1 import generation_pb2
+    from rillet.v1 import inference_service_pb2 as pb
+
+    spans = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(spans)
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(processor)
+    histograms = Histograms(InstrumentationScope("test"))
+    metrics = Reader(histograms)
+    meter = MeterProvider(metric_readers=[metrics]).get_meter("test")
+    tracer = tracer_provider.get_tracer("test")
+    requests = RequestTracer(tracer_provider, InstrumentationScope("test"), into(processor, tracer_provider.resource))
+    server = RilletServer(
+        Settings(port=0, websocket={"enabled": True, "port": 0, "allowed_origins": ["https://app.example"]}),
+        [SyntheticEngine(SyntheticConfig(tokens_per_second=400))],
+        observer=TelemetryObserver(requests, Instruments(meter, histograms)),
+        edge_observer=EdgeTelemetry(tracer, meter),
+    )
+    await server.start()
+    traced = Traced(server, spans, metrics)
+    assert server.websocket is not None
+    url = f"ws://127.0.0.1:{server.websocket.port}{SESSION_PATH}"
+    own = "00-11111111111111111111111111111111-2222222222222222-01"
+    try:
+        async with connect(url, additional_headers={"traceparent": TRACEPARENT}) as ws:
+            params = generation_pb2.GenerateParams(text="hi", max_tokens=3)
+            inherits = pb.StartGenerate(params=params)
+            carries = pb.StartGenerate(params=params, trace_context={"traceparent": own})
+            await ws.send(pb.SessionRequest(request_id="a", start_generate=inherits).SerializeToString())
+            await ws.send(pb.SessionRequest(request_id="b", start_generate=carries).SerializeToString())
+            await ws.send(b"")
+            async for _ in ws:
+                pass
+        with pytest.raises(Exception, match="403"):
+            async with connect(url, origin="https://evil.example"):
+                pass
+        await eventually(lambda: len(traced.finished()) == 3)
+    finally:
+        await server.stop(grace_s=0)
+    session = next(s for s in traced.finished() if s.kind is SpanKind.SERVER)
+    attributes: Any = session.attributes
+    assert session.name == "rillet.v1.InferenceService/Session"
+    assert attributes[sc.RPC_SYSTEM_NAME] == "websocket"
+    assert attributes[sc.RPC_RESPONSE_STATUS_CODE] == "OK"
+    assert session.parent is not None
+    assert f"{session.context.trace_id:032x}" == TRACEPARENT.split("-")[1]
+    a, b = (s for s in traced.finished() if s.kind is not SpanKind.SERVER)
+    by_trace = {f"{s.context.trace_id:032x}": s for s in (a, b)}
+    assert by_trace[TRACEPARENT.split("-")[1]].parent.span_id == session.context.span_id  # type: ignore[union-attr]
+    assert own.split("-")[1] in by_trace  # a request's own trace context wins, as over gRPC
+    (duration,) = traced.histogram("rillet.server.websocket.session.duration")
+    assert duration.count == 1
+    (refused,) = [p for p in traced.histogram("rillet.server.websocket.refused_handshakes")]
+    assert refused.value == 1
+    assert dict(refused.attributes) == {"http.response.status_code": 403}
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
