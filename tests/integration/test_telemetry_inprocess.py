@@ -155,10 +155,11 @@ async def test_the_auth_gate_still_decides_and_its_refusal_is_measured_not_an_er
 
 async def test_a_websocket_session_gets_a_span_parented_by_its_handshake_and_its_requests_are_children() -> None:
     from websockets.asyncio.client import connect
+    from websockets.typing import Origin
 
     from rillet.server.telemetry.edge import EdgeTelemetry
     from rillet.server.transport.websocket import SESSION_PATH
-    from rillet.v1 import generation_pb2
+    from rillet.v1 import common_pb2, generation_pb2
     from rillet.v1 import inference_service_pb2 as pb
 
     spans = InMemorySpanExporter()
@@ -185,14 +186,14 @@ async def test_a_websocket_session_gets_a_span_parented_by_its_handshake_and_its
         async with connect(url, additional_headers={"traceparent": TRACEPARENT}) as ws:
             params = generation_pb2.GenerateParams(text="hi", max_tokens=3)
             inherits = pb.StartGenerate(params=params)
-            carries = pb.StartGenerate(params=params, trace_context={"traceparent": own})
+            carries = pb.StartGenerate(params=params, trace_context=common_pb2.TraceContext(traceparent=own))
             await ws.send(pb.SessionRequest(request_id="a", start_generate=inherits).SerializeToString())
             await ws.send(pb.SessionRequest(request_id="b", start_generate=carries).SerializeToString())
             await ws.send(b"")
             async for _ in ws:
                 pass
         with pytest.raises(Exception, match="403"):
-            async with connect(url, origin="https://evil.example"):
+            async with connect(url, origin=Origin("https://evil.example")):
                 pass
         await eventually(lambda: len(traced.finished()) == 3)
     finally:
