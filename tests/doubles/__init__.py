@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import struct
 from collections.abc import AsyncGenerator, Sequence
 from typing import Literal
 
@@ -103,6 +105,53 @@ class EchoSpeechEngine:
                     samples = min(request.max_chunk_samples, len(piece) - start)
                     yield AudioChunk(b"\0\0" * samples, self.SAMPLE_RATE, 1, offset, "" if start else piece)
                     offset += samples
+            usage = Usage(input_characters=chars, output_audio_seconds=offset / self.SAMPLE_RATE)
+            yield EngineFinished(FinishReason.STOP, usage)
+        finally:
+            self._active -= 1
+
+
+class ToneSpeechEngine(EchoSpeechEngine):
+    """A TEST speech engine: a 440 Hz tone, `seconds_per_char` of it per character, produced `speedup` times faster
+    than it plays and in 100 ms chunks, so a synthesis streams for a while (a browser plays it as it arrives)."""
+
+    CHUNK_SECONDS = 0.1
+
+    def __init__(self, seconds_per_char: float = 0.02, speedup: float = 4.0) -> None:
+        super().__init__()
+        self._models = (
+            ModelInfo(
+                name="tone-voice",
+                kind=ModelKind.SPEECH_SYNTHESIS,
+                engine=self.name,
+                description="TEST ENGINE: a 440 Hz tone, its length from the text's",
+                is_test_engine=True,
+                sample_rate_hertz=self.SAMPLE_RATE,
+            ),
+        )
+        self._seconds_per_char = seconds_per_char
+        self._speedup = speedup
+        samples = int(self.SAMPLE_RATE * self.CHUNK_SECONDS)
+        wave = (int(6000 * math.sin(2 * math.pi * 440 * i / self.SAMPLE_RATE)) for i in range(samples))
+        self._chunk = struct.pack(f"<{samples}h", *wave)
+
+    @property
+    def name(self) -> str:
+        return "tone-speech"
+
+    async def _speak(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
+        self._active += 1
+        try:
+            offset = chars = 0
+            owed = 0.0  # seconds of tone the text so far asks for, not yet produced
+            async for piece in request.text:
+                chars += len(piece)
+                owed += len(piece) * self._seconds_per_char
+                while owed >= self.CHUNK_SECONDS:
+                    owed -= self.CHUNK_SECONDS
+                    await asyncio.sleep(self.CHUNK_SECONDS / self._speedup)
+                    yield AudioChunk(self._chunk, self.SAMPLE_RATE, 1, offset, piece)
+                    offset += len(self._chunk) // 2
             usage = Usage(input_characters=chars, output_audio_seconds=offset / self.SAMPLE_RATE)
             yield EngineFinished(FinishReason.STOP, usage)
         finally:
