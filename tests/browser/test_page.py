@@ -126,7 +126,7 @@ async def drive(chromium: str, url: str, scenario: str) -> dict[str, Any]:
 
 @pytest.mark.timeout(120)
 async def test_the_page_streams_an_answer_in_several_visible_updates(chromium: str, served: Served) -> None:
-    server, outcomes, url = served
+    _server, outcomes, url = served
     facts = await drive(chromium, url, "stream")
     turn = facts["turn"]
     assert turn["tokens"] == 24
@@ -142,7 +142,7 @@ async def test_the_page_streams_an_answer_in_several_visible_updates(chromium: s
 
 @pytest.mark.timeout(120)
 async def test_speech_starts_playing_while_its_chunks_still_arrive(chromium: str, served: Served) -> None:
-    server, outcomes, url = served
+    _server, outcomes, url = served
     facts = await drive(chromium, url, "speak")
     turn = facts["turn"]
     assert turn["firstAudio"] is not None
@@ -170,7 +170,7 @@ async def test_stop_cancels_the_answer_in_the_server(chromium: str, served: Serv
 
 @pytest.mark.timeout(120)
 async def test_a_page_from_another_origin_is_refused(chromium: str, served: Served) -> None:
-    server, outcomes, url = served
+    server, outcomes, _url = served
     assert server.websocket is not None
     endpoint = f"ws://127.0.0.1:{server.websocket.port}{SESSION_PATH}"
     hostile = f"""<!doctype html><script>
