@@ -12,7 +12,7 @@ interface Turn {
   chunksAfterPlayback: number; error?: string;
 }
 
-type Scenario = (page: Page, url: string) => Promise<Record<string, unknown>>;
+type Scenario = (page: Page, url: string, rounds: number) => Promise<Record<string, unknown>>;
 
 async function connected(page: Page, url: string): Promise<void> {
   await page.goto(url);
@@ -98,6 +98,25 @@ const scenarios: Record<string, Scenario> = {
     return { turn: stopped, tokensLater: (await lastTurn(page)).tokens, sendEnabled: await page.isEnabled("#send") };
   },
 
+  /** bench/browser_latency.py: `rounds` turns with Speak on, each TTFT and TTFA as the page measured them. */
+  async bench(page, url, rounds) {
+    await connected(page, url);
+    await page.check("#speak");
+    await page.fill("#max-tokens", "8");
+    const turns: Array<{ ttftMs: number; ttfaMs: number | null }> = [];
+    for (let i = 0; i < rounds; i++) {
+      await page.click("#send");
+      await page.waitForFunction((n) => {
+        const done = (window as unknown as { rillet: { turns: Turn[] } }).rillet.turns;
+        return done.length === n && done[n - 1].finished !== undefined && done[n - 1].speechFinished !== undefined;
+      }, i + 1, { timeout: WAIT_MS });
+      const turn = await lastTurn(page);
+      turns.push({ ttftMs: turn.firstToken! - turn.sent, ttfaMs: turn.firstAudio ? turn.firstAudio - turn.sent : null });
+      await page.waitForFunction(() => !(document.getElementById("send") as HTMLButtonElement).disabled);
+    }
+    return { turns };
+  },
+
   /**
    * A page of another origin (`url`: served by the test, on this machine, so that Chromium's Local Network Access
    * rules let it reach a loopback server) opens a WebSocket to the edge: the handshake is refused.
@@ -110,7 +129,10 @@ const scenarios: Record<string, Scenario> = {
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { url: { type: "string" }, scenario: { type: "string" }, chromium: { type: "string" } },
+    options: {
+      url: { type: "string" }, scenario: { type: "string" }, chromium: { type: "string" },
+      rounds: { type: "string", default: "1" },
+    },
   });
   const scenario = scenarios[values.scenario as string];
   if (scenario === undefined) throw new Error(`unknown scenario ${values.scenario}`);
@@ -124,7 +146,7 @@ async function main(): Promise<void> {
     const page = await browser.newPage();
     const errors: string[] = [];
     page.on("pageerror", (error) => errors.push(error.message));
-    const facts = await scenario(page, values.url as string);
+    const facts = await scenario(page, values.url as string, Number(values.rounds));
     console.log(JSON.stringify({ ...facts, pageErrors: errors }));
   } finally {
     await browser?.close();

@@ -132,12 +132,12 @@ class Page {
     const maxTokens = Number($<HTMLInputElement>("max-tokens").value) || 64;
     if (speak) this.player.unlock(); // in the click: browsers let audio start only after a gesture
     this.player.stop();
+    this.reset(prompt);
     const turn: Turn = {
       sent: performance.now(), tokens: 0, tokenUpdates: 0, speak, audioChunks: 0, chunksAfterPlayback: 0,
       audioSeconds: 0,
     };
     this.turns.push(turn);
-    this.reset(prompt);
     const id = `g${this.nextId++}`;
     try {
       const generation = session.generate({ params: { prompt: { $case: "text", value: prompt }, maxTokens } }, { id });
