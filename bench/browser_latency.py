@@ -174,7 +174,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "platform": platform.platform(),
             "load_before": load_before,
             "load_after": os.getloadavg(),
-        },  # fmt: skip
+        },
         "clients": {
             c: {"ttft_ms": summary(t, "ttft_ms"), "ttfa_ms": summary(t, "ttfa_ms")} for c, t in collected.items()
         },
