@@ -48,15 +48,17 @@ class EchoSpeechEngine:
 
     SAMPLE_RATE = 16_000
 
-    def __init__(self, slots: int = 4) -> None:
+    def __init__(
+        self, slots: int = 4, *, voice: str = "echo-voice", about: str = "silence, one sample per character"
+    ) -> None:
         self._slots = slots
         self._active = 0
         self._models = (
             ModelInfo(
-                name="echo-voice",
+                name=voice,
                 kind=ModelKind.SPEECH_SYNTHESIS,
                 engine=self.name,
-                description="TEST ENGINE: silence, one sample per character",
+                description=f"TEST ENGINE: {about}",
                 is_test_engine=True,
                 sample_rate_hertz=self.SAMPLE_RATE,
             ),
@@ -118,17 +120,7 @@ class ToneSpeechEngine(EchoSpeechEngine):
     CHUNK_SECONDS = 0.1
 
     def __init__(self, seconds_per_char: float = 0.02, speedup: float = 4.0) -> None:
-        super().__init__()
-        self._models = (
-            ModelInfo(
-                name="tone-voice",
-                kind=ModelKind.SPEECH_SYNTHESIS,
-                engine=self.name,
-                description="TEST ENGINE: a 440 Hz tone, its length from the text's",
-                is_test_engine=True,
-                sample_rate_hertz=self.SAMPLE_RATE,
-            ),
-        )
+        super().__init__(voice="tone-voice", about="a 440 Hz tone, its length from the text's")
         self._seconds_per_char = seconds_per_char
         self._speedup = speedup
         samples = int(self.SAMPLE_RATE * self.CHUNK_SECONDS)

@@ -22,6 +22,7 @@ from rillet.server.config import Settings, SyntheticConfig
 from rillet.server.engine.base import Engine
 from rillet.server.engine.synthetic import SyntheticEngine
 from rillet.server.telemetry import semconv as sc
+from rillet.server.telemetry.edge import EdgeTelemetry
 from rillet.server.telemetry.instruments import Histograms, Instruments, WithHistograms
 from rillet.server.telemetry.requests import TelemetryObserver
 from rillet.server.telemetry.rpc import RpcTelemetry
@@ -72,6 +73,7 @@ async def start(**settings: Any) -> Traced:
         engines,
         observer=TelemetryObserver(requests, instruments),
         guards=[RpcTelemetry(tracer, instruments)],
+        edge_observer=EdgeTelemetry(tracer, instruments.meter),
     )
     await server.start()
     return Traced(server, spans, metrics)
@@ -157,28 +159,12 @@ async def test_a_websocket_session_gets_a_span_parented_by_its_handshake_and_its
     from websockets.asyncio.client import connect
     from websockets.typing import Origin
 
-    from rillet.server.telemetry.edge import EdgeTelemetry
     from rillet.server.transport.websocket import SESSION_PATH
     from rillet.v1 import common_pb2, generation_pb2
     from rillet.v1 import inference_service_pb2 as pb
 
-    spans = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(spans)
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(processor)
-    histograms = Histograms(InstrumentationScope("test"))
-    metrics = Reader(histograms)
-    meter = MeterProvider(metric_readers=[metrics]).get_meter("test")
-    tracer = tracer_provider.get_tracer("test")
-    requests = RequestTracer(tracer_provider, InstrumentationScope("test"), into(processor, tracer_provider.resource))
-    server = RilletServer(
-        Settings(port=0, websocket={"enabled": True, "port": 0, "allowed_origins": ["https://app.example"]}),
-        [SyntheticEngine(SyntheticConfig(tokens_per_second=400))],
-        observer=TelemetryObserver(requests, Instruments(meter, histograms)),
-        edge_observer=EdgeTelemetry(tracer, meter),
-    )
-    await server.start()
-    traced = Traced(server, spans, metrics)
+    traced = await start(websocket={"enabled": True, "port": 0, "allowed_origins": ["https://app.example"]})
+    server = traced.server
     assert server.websocket is not None
     url = f"ws://127.0.0.1:{server.websocket.port}{SESSION_PATH}"
     own = "00-11111111111111111111111111111111-2222222222222222-01"

@@ -266,26 +266,28 @@ async def test_garbage_frames_are_rejected_alone_and_the_session_goes_on(make_se
 
 async def test_invalid_utf8_in_a_text_frame_closes_1007(make_server: ServerFactory) -> None:
     server = await make_server(**EDGE)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.websocket.port)  # type: ignore[union-attr]
-    try:
-        writer.write(handshake(server))
-        assert b"101 Switching Protocols" in await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"\x81\x82" + b"\0\0\0\0" + b"\xc3\x28")  # a masked text frame holding invalid UTF-8
-        close = await asyncio.wait_for(reader.read(64), 5)
-        assert close[0] == 0x88
-        assert int.from_bytes(close[2:4], "big") == 1007
-    finally:
-        writer.close()
+    # a masked text frame holding invalid UTF-8
+    assert await raw_close_code(server, b"\x81\x82" + b"\0\0\0\0" + b"\xc3\x28") == 1007
     await eventually(lambda: server.lifecycle.sessions == 0 and server.tenants.calls == 0)
 
 
-def handshake(server: RilletServer, extra: str = "") -> bytes:
+async def raw_close_code(server: RilletServer, frame: bytes) -> int:
+    """Open a session by hand, send `frame` as it is, and return the close code the server answers with."""
     assert server.websocket is not None
-    return (
-        f"GET {SESSION_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{server.websocket.port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        f"{extra}\r\n"
-    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.websocket.port)
+    try:
+        request = (
+            f"GET {SESSION_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{server.websocket.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        writer.write(request.encode())
+        assert b"101 Switching Protocols" in await reader.readuntil(b"\r\n\r\n")
+        writer.write(frame)
+        close = await asyncio.wait_for(reader.read(64), 5)
+        assert close[0] == 0x88  # a close frame
+        return int.from_bytes(close[2:4], "big")
+    finally:
+        writer.close()
 
 
 async def test_a_frame_over_the_limit_closes_1009_unread(make_server: ServerFactory) -> None:
@@ -297,16 +299,7 @@ async def test_a_frame_over_the_limit_closes_1009_unread(make_server: ServerFact
             await drain(ws)
         assert ws.close_code == 1009
     # Announced but never sent: a header claiming 1 GiB is refused before a byte of it is read.
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.websocket.port)  # type: ignore[union-attr]
-    try:
-        writer.write(handshake(server))
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"\x82\xff" + (2**30).to_bytes(8, "big") + b"\0\0\0\0")
-        close = await asyncio.wait_for(reader.read(64), 5)
-        assert close[0] == 0x88
-        assert int.from_bytes(close[2:4], "big") == 1009
-    finally:
-        writer.close()
+    assert await raw_close_code(server, b"\x82\xff" + (2**30).to_bytes(8, "big") + b"\0\0\0\0") == 1009
     await eventually(lambda: server.lifecycle.sessions == 0 and server.tenants.calls == 0)
     async with session(server) as ws:  # the server serves on
         await ws.send(generate("after"))

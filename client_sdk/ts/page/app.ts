@@ -1,6 +1,7 @@
 // The demo page served by Rillet's WebSocket edge (`websocket.page`): a prompt streamed token by token, optionally
 // spoken as it streams (Web Audio playing PCM chunks as they arrive), a Stop that cancels, and live readouts.
-// Built with @rillet/client's browser entry point; page/build.mjs bundles it into the server's package.
+// Built with @rillet/client's browser entry point; page/build.mjs bundles it into the server's package, beside the
+// page's index.html and page.css (server/rillet/server/transport/page/).
 import {
   type AudioChunk, type Finished, FinishReason, RilletError, SESSION_PATH, type Session, type SessionRequestHandle,
   webSocketSession,

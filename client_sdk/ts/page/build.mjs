@@ -1,6 +1,6 @@
-// Builds the demo page into the server's package (server/rillet/server/transport/page/): app.ts bundled by esbuild
-// with @rillet/client's browser entry point, index.html and page.css copied. `--check` only compares, and fails
-// when the committed files are stale (make lint runs it).
+// Builds the demo page's script into the server's package (server/rillet/server/transport/page/app.js, beside the
+// page's index.html and page.css): app.ts bundled by esbuild with @rillet/client's browser entry point. `--check`
+// only compares, and fails when the committed bundle is stale (make lint runs it).
 import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -23,11 +23,7 @@ const bundle = await build({
   write: false,
   logLevel: "warning",
 });
-const files = {
-  "app.js": bundle.outputFiles[0].text,
-  "index.html": readFileSync(join(here, "index.html"), "utf8"),
-  "page.css": readFileSync(join(here, "page.css"), "utf8"),
-};
+const files = { "app.js": bundle.outputFiles[0].text };
 
 if (process.argv.includes("--check")) {
   const stale = Object.entries(files).filter(([name, text]) => {
