@@ -19,30 +19,27 @@ import pytest
 from rillet.server.app import RilletServer
 from rillet.server.config import Settings, SyntheticConfig
 from rillet.server.engine.synthetic import SyntheticEngine
-from rillet.server.errors import RilletError
-from rillet.server.observer import RequestObserver
 from rillet.server.transport.websocket import SESSION_PATH, EdgeConnection
-from rillet.server.types import AudioChunk, EngineRequest, Finished, ModelInfo, Start, TokenDelta
 from tests.conftest import eventually
 from tests.doubles import ToneSpeechEngine
+from tests.unit.test_session import Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "client_sdk" / "ts" / "dist" / "e2e" / "page.js"
 
 
-class Outcomes:
-    """An Observer that records how each request ended, by request id, and the edge's refusals."""
+class Outcomes(Recorder):
+    """A Recorder of every request's lifecycle (by request id) that hears the edge too: its sessions and refusals."""
 
     def __init__(self) -> None:
-        self.ended: dict[str, str] = {}
+        super().__init__()
         self.refused_with: list[int] = []
         self.sessions = 0
 
-    def request(self, start: Start) -> RequestObserver:
-        return _Outcome(self.ended, start.request_id)
-
-    def rejected(self, error: RilletError) -> None:
-        return None
+    def ended(self, request_id: str) -> str:
+        """How the request ended ("finished length", "cancelled cancelled", ...); "" while it runs."""
+        last = self.events.get(request_id, [""])[-1]
+        return last if last.startswith(("finished", "cancelled", "failed")) else ""
 
     def session(self, connection: EdgeConnection) -> Outcomes:
         self.sessions += 1
@@ -53,33 +50,6 @@ class Outcomes:
 
     def refused(self, status: int) -> None:
         self.refused_with.append(status)
-
-
-class _Outcome:
-    def __init__(self, ended: dict[str, str], request_id: str) -> None:
-        self._ended = ended
-        self._id = request_id
-
-    def queued(self, model: ModelInfo, request: EngineRequest, source: RequestObserver | None) -> None:
-        return None
-
-    def admitted(self) -> None:
-        return None
-
-    def first_output(self) -> None:
-        return None
-
-    def output(self, event: TokenDelta | AudioChunk) -> None:
-        return None
-
-    def finished(self, result: Finished) -> None:
-        self._ended[self._id] = result.reason.name
-
-    def cancelled(self, result: Finished) -> None:
-        self._ended[self._id] = "CANCELLED"
-
-    def failed(self, error: RilletError) -> None:
-        self._ended[self._id] = error.code.name
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +107,7 @@ async def test_the_page_streams_an_answer_in_several_visible_updates(chromium: s
     assert facts["readouts"]["ttft"].endswith("ms)")  # the browser's TTFT, then the server's in brackets
     assert float(facts["readouts"]["tps"]) > 0
     assert facts["answer"]
-    await eventually(lambda: outcomes.ended.get("g0") == "LENGTH")
+    await eventually(lambda: outcomes.ended("g0") == "finished length")
 
 
 @pytest.mark.timeout(120)
@@ -154,7 +124,7 @@ async def test_speech_starts_playing_while_its_chunks_still_arrive(chromium: str
     assert playing[-1]["chunks"] > playing[0]["chunks"], playing
     assert {s["state"] for s in playing} == {"running"}
     assert facts["ttfa"].endswith("ms)")
-    await eventually(lambda: outcomes.ended.get("sg0") == "STOP")
+    await eventually(lambda: outcomes.ended("sg0") == "finished stop")
 
 
 @pytest.mark.timeout(120)
@@ -164,7 +134,7 @@ async def test_stop_cancels_the_answer_in_the_server(chromium: str, served: Serv
     assert facts["turn"]["reason"] == "cancelled"
     assert facts["tokensLater"] == facts["turn"]["tokens"]
     assert facts["sendEnabled"]
-    await eventually(lambda: outcomes.ended.get("g0") == "CANCELLED")  # the request ended CANCELLED in the server
+    await eventually(lambda: outcomes.ended("g0") == "cancelled cancelled")  # the request ended CANCELLED in the server
     await eventually(lambda: server.router.active() == 0)
 
 
