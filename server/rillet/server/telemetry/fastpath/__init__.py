@@ -44,17 +44,18 @@ delta: the reader's previous collection). Sums can differ in the last bits when 
 (the same measurements, added in another order). tests/unit/test_telemetry_fastpath.py holds all of this to the SDK.
 
 The SDK's private parts used, pinned with opentelemetry-sdk==1.45.2 (pyproject.toml) and held by that test:
-`MetricReader._receive_metrics` (overridden by WithHistograms: documented there as "intended to be overridden by
-subclass"), and the reader's `_instrument_class_temporality` and `_instrument_class_aggregation` tables (read at
-join, as the SDK's own MeterProvider reads them). The SDK calls `_receive_metrics` only when its own instruments
-have a point: the engines' slot gauges (Instruments.observe_slots, set up by Telemetry.watch before serving) have
-one at every collection.
+`MetricReader._receive_metrics` (overridden by WithHistograms; the SDK's docstring calls it "intended to be
+overridden by subclass"), and the reader's `_instrument_class_temporality` and `_instrument_class_aggregation` tables
+(read at join, as the SDK's own measurement consumer reads them). The SDK calls `_receive_metrics` only when its own
+instruments have a point: the engines' slot gauges (Instruments.observe_slots, set up by Telemetry.watch before
+serving) report every engine at every collection.
 
 When the override can go: when an opentelemetry-sdk release ships MetricProducer (the specification's way to add
-metrics from outside the SDK to a reader's collections): then Histograms becomes a producer given to each reader and
+metrics from outside the SDK to a reader's collections): then Histograms becomes a producer given to each reader, and
 WithHistograms, with its private reads, goes. Verified from source: neither opentelemetry-sdk 1.45.2 nor
-opentelemetry-python's main at 0a5d76b (2026-08-21, 1.45.0.dev) has one (there, opentelemetry-configuration logs
-that MetricProducer configuration is not yet supported); it is tracked in open-telemetry/opentelemetry-python#4768
-(open), and proposed in #5419 (open; it merges the producers' metrics into the collection in the SDK's
-SynchronousMeasurementConsumer.collect, with the MeterProvider's Resource); an earlier attempt, #4770, was closed.
+opentelemetry-python's main at 0a5d76b (2026-08-21, 1.45.0.dev) has one (there, opentelemetry-configuration warns
+that MetricProducer configuration is not yet supported for pull readers). It is tracked in
+open-telemetry/opentelemetry-python#4768 (open) and proposed in #5419 (open; it merges the producers' metrics into
+the collection in the SDK's SynchronousMeasurementConsumer.collect, with the MeterProvider's Resource); an earlier
+attempt, #4770, was closed.
 """
