@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from rillet.client import Client, Finished, FinishReason, GenerateStream, TokenDelta
+from rillet.client import Client, Finished, FinishReason, GenerateStream, TokenDelta, UnavailableError
 from rillet.client._inbox import Inbox
 from rillet.v1 import common_pb2, generation_pb2
 from rillet.v1 import inference_service_pb2 as pb
@@ -155,6 +155,26 @@ async def test_a_stream_dropped_unread_does_not_hold_the_session(fake: tuple[Fak
         assert result.text == piece(0)
         assert held.buffered_bytes == 0
         assert server.written == {"r0": BIG, "r1": 1}
+
+
+async def read_into(events: list[TokenDelta | Finished], stream: GenerateStream) -> None:
+    async for event in stream:
+        events.append(event)
+
+
+async def test_aclose_ends_a_session_whose_reader_waits_for_room(fake: tuple[Fake, str]) -> None:
+    _, target = fake
+    async with Client.connect(target) as client:
+        session = client.session(request_buffer_bytes=BOUND)
+        stream = await session.generate("big")
+        await eventually(lambda: paused(stream))
+        await asyncio.wait_for(session.aclose(), timeout=30)  # the reader waited on the inbox, not on the call
+        assert session._reader.done()
+        events: list[TokenDelta | Finished] = []
+        with pytest.raises(UnavailableError, match="the session was closed"):
+            await read_into(events, stream)  # what was held is still there, then the session's end
+    assert list(pieces(events)) == [piece(i) for i in range(len(events))]
+    assert events
 
 
 async def test_an_inbox_keeps_its_order_and_its_bound() -> None:

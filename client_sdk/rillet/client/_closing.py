@@ -11,8 +11,7 @@ class Closing(abc.ABC):
     """The base of Client, Session and RequestStream: the one meaning of each way to end them.
 
     - `aclose()` ends it now: whatever still runs in it is cancelled (the server aborts those requests and frees
-      what they held) and whatever the SDK holds for it is released. Calling it again does nothing. Leaving
-      `async with` calls it, however the block ended.
+      what they held). Calling it again does nothing. Leaving `async with` calls it, however the block ended.
     - `close()` (Client and Session only) finishes it: nothing new is accepted, what is in flight runs to its end,
       then it ends as `aclose()` ends it. A stream has none: a request is finished by reading it to its end.
     """

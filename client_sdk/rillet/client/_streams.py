@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -9,7 +10,7 @@ import grpc
 
 from rillet.client import _convert, _tracing
 from rillet.client._closing import Closing
-from rillet.client._errors import ProtocolError, RilletError, error_from_rpc
+from rillet.client._errors import ProtocolError, RequestCancelledError, RilletError, error_from_rpc
 from rillet.client._inbox import Inbox
 from rillet.client._types import AudioChunk, Finished, GenerateResult, SynthesizeResult, TokenDelta
 from rillet.v1 import inference_service_pb2
@@ -169,6 +170,11 @@ async def one_shot(
     except grpc.aio.AioRpcError as error:
         status = error.code().name
         raise error_from_rpc(error) from None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if call.cancelled() and task is not None and not task.cancelling():  # the call, not this task
+            raise RequestCancelledError("the call was cancelled: its client or stream was closed") from None
+        raise
     finally:
         trace.end(status)
     raise ProtocolError("the stream ended without a finished message")
