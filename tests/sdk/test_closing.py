@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
 
 from rillet.client import Client, Finished, FinishReason, RequestCancelledError
 from rillet.v1 import common_pb2, generation_pb2
 from rillet.v1 import inference_service_pb2 as pb
 from tests.conftest import eventually
+from tests.sdk import raw_server
 
 
 class Streamer:
@@ -41,18 +41,9 @@ class Streamer:
 @pytest.fixture
 async def streamer() -> AsyncIterator[tuple[Streamer, str]]:
     streamer = Streamer()
-    handler = grpc.unary_stream_rpc_method_handler(
-        streamer.generate, pb.GenerateRequest.FromString, pb.GenerateResponse.SerializeToString
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("rillet.v1.InferenceService", {"Generate": handler}),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield streamer, f"127.0.0.1:{port}"
-    streamer.step.set()
-    await server.stop(0)
+    async with raw_server.serving({"Generate": raw_server.generate(streamer.generate)}) as target:
+        yield streamer, target
+        streamer.step.set()
 
 
 async def test_close_lets_the_calls_in_flight_finish_and_refuses_new_ones(streamer: tuple[Streamer, str]) -> None:

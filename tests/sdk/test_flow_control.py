@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import pytest
 
 from rillet.client import Client, Finished, FinishReason, GenerateStream, TokenDelta, UnavailableError
@@ -16,6 +15,7 @@ from rillet.client._inbox import Inbox
 from rillet.v1 import common_pb2, generation_pb2
 from rillet.v1 import inference_service_pb2 as pb
 from tests.conftest import eventually
+from tests.sdk import raw_server
 
 PIECE = 16 * 1024  # the text of each token delta the fake server sends for a "big" request
 BIG = 2048  # deltas of a "big" request: 32 MiB, far more than a bound plus what HTTP/2 and gRPC buffer in between
@@ -69,17 +69,8 @@ class Fake:
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[Fake, str]]:
     fake = Fake()
-    handler = grpc.stream_stream_rpc_method_handler(
-        fake.session, pb.SessionRequest.FromString, pb.SessionResponse.SerializeToString
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("rillet.v1.InferenceService", {"Session": handler}),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield fake, f"127.0.0.1:{port}"
-    await server.stop(0)
+    async with raw_server.serving({"Session": raw_server.session(fake.session)}) as target:
+        yield fake, target
 
 
 def inbox(stream: GenerateStream) -> Inbox:

@@ -7,7 +7,6 @@ import typing
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
 
 from rillet.client import ChatMessage, Client, GenerateOptions, SynthesizeOptions
@@ -15,6 +14,7 @@ from rillet.client import _convert as convert
 from rillet.client._options import GenerateFields, SynthesizeFields, resolve
 from rillet.v1 import common_pb2, generation_pb2, speech_pb2
 from rillet.v1 import inference_service_pb2 as pb
+from tests.sdk import raw_server
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TRACESTATE = "congo=t61rcWkgMzE"
@@ -116,23 +116,13 @@ class Recorder:
 @pytest.fixture
 async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
     recorder = Recorder()
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        "Generate": grpc.unary_stream_rpc_method_handler(
-            recorder.on_generate, pb.GenerateRequest.FromString, pb.GenerateResponse.SerializeToString
-        ),
-        "Synthesize": grpc.unary_stream_rpc_method_handler(
-            recorder.on_synthesize, pb.SynthesizeRequest.FromString, pb.SynthesizeResponse.SerializeToString
-        ),
-        "Session": grpc.stream_stream_rpc_method_handler(
-            recorder.on_session, pb.SessionRequest.FromString, pb.SessionResponse.SerializeToString
-        ),
+    handlers = {
+        "Generate": raw_server.generate(recorder.on_generate),
+        "Synthesize": raw_server.synthesize(recorder.on_synthesize),
+        "Session": raw_server.session(recorder.on_session),
     }
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("rillet.v1.InferenceService", handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield recorder, f"127.0.0.1:{port}"
-    await server.stop(0)
+    async with raw_server.serving(handlers) as target:
+        yield recorder, target
 
 
 async def test_one_options_object_asks_the_same_of_a_call_and_of_a_session(recorder: tuple[Recorder, str]) -> None:
