@@ -17,11 +17,18 @@ DEFAULT_LIMIT_BYTES = 1024 * 1024
 """What one session request may hold by default: ~24 s of 22 kHz audio, tens of thousands of token deltas."""
 
 
+def size(output: TokenDelta | AudioChunk) -> int:
+    """About the bytes an output took on the wire (as the server counts its bounds): what an inbox's bound counts."""
+    if isinstance(output, AudioChunk):
+        return len(output.audio) + len(output.text) + 32
+    return len(output.text) + 8 * len(output.token_ids) + 16 * sum(1 + len(lp.top) for lp in output.logprobs) + 16
+
+
 class Inbox:
     """One session request's messages between the session's reader and the request's iterator.
 
     Invariants (enforced here and nowhere else):
-    - It holds at most `limit_bytes` of outputs (their serialized size) plus one: the session's reader `put`s each
+    - It holds at most `limit_bytes` of outputs (by `size`) plus one: the session's reader `put`s each
       output as it arrives and, while the inbox is `full`, waits for `room` before it reads the session's next
       message. The SDK then stops reading the call, and HTTP/2 flow control pushes back on the server.
     - Terminal items take no room and are never waited for: no more messages for the request follow them.
@@ -40,7 +47,7 @@ class Inbox:
         self._room: asyncio.Future[None] | None = None  # the session's reader, waiting for room
         self._discarded = False
         self.buffered_bytes = 0
-        """Bytes of outputs held (serialized size)."""
+        """Bytes of outputs held (by `size`)."""
 
     @property
     def full(self) -> bool:

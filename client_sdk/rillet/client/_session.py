@@ -18,7 +18,7 @@ import grpc
 from rillet.client import _convert, _tracing
 from rillet.client._closing import Closing
 from rillet.client._errors import ProtocolError, RilletError, UnavailableError, error_from_rpc, error_from_status
-from rillet.client._inbox import DEFAULT_LIMIT_BYTES, Inbox, Item
+from rillet.client._inbox import DEFAULT_LIMIT_BYTES, Inbox, Item, size
 from rillet.client._options import (
     GenerateFields,
     GenerateOptions,
@@ -268,7 +268,7 @@ class Session(Closing):
         else:
             raise ProtocolError(f"unexpected message kind {kind!r}", request_id=rid)
         if isinstance(item, TokenDelta | AudioChunk):
-            pending.inbox.put(item, response.ByteSize())
+            pending.inbox.put(item, size(item))
             return pending.inbox
         pending.inbox.put(item)
         del self._pending[rid]
