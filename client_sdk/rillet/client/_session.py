@@ -69,7 +69,7 @@ class Session(Closing):
     were not iterated yet. When a request's buffer is full, the session stops reading the call until that request
     is iterated, closed or dropped; HTTP/2 flow control then pushes back on the server for the whole session, whose
     other requests wait too (they share one stream). So iterate a session's requests concurrently (a task each), or
-    `aclose()` the ones you will not read; a server that sees no reading for its stall timeout cancels them.
+    `aclose()` the ones you will not read: a Rillet server fails a request whose output waits its stall timeout.
 
     `rejections` keeps the last server replies to client messages that could not be applied (e.g. a cancel that
     raced with the request's end); they never affect a request.
