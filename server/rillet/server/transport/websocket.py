@@ -130,7 +130,8 @@ def _token(headers: Headers, offered: Sequence[str]) -> str | None:
         if protocol.startswith(TOKEN_PREFIX):
             encoded = protocol.removeprefix(TOKEN_PREFIX)
             try:
-                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+                padded = encoded + "=" * (-len(encoded) % 4)
+                return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
                 raise Unauthenticated("the token subprotocol is not base64url", reason="INVALID_TOKEN") from None
     return None
@@ -154,9 +155,13 @@ def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotoc
     return None
 
 
+TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+"""The handshake headers telemetry is given (W3C trace context); never the token's."""
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeConnection:
-    """What telemetry may know of a connection: its handshake headers (W3C trace context), peer and subprotocol."""
+    """What telemetry may know of a connection: its W3C trace context headers, its peer and its subprotocol."""
 
     headers: Mapping[str, str]
     peer: tuple[str, int] | None
@@ -352,7 +357,8 @@ class WebSocketEdge:
         codec = CODECS[connection.subprotocol or PROTO]
         address = connection.remote_address
         peer = (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
-        call = self._edge.session(EdgeConnection(dict(request.headers.raw_items()), peer, codec.subprotocol))
+        trace = {k.lower(): v for k, v in request.headers.raw_items() if k.lower() in TRACE_HEADERS}
+        call = self._edge.session(EdgeConnection(trace, peer, codec.subprotocol))
         status = "CANCELLED"
         try:
             status = await self._serve(connection, codec, request.headers)
