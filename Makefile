@@ -100,9 +100,9 @@ test-sdks: proto-tools
 test: lint tools test-sdks browser-deps
 	$(BIN)/pytest
 
-# Tests without the real model and voice (seconds, not minutes).
+# Tests without the real model and voice, nor a browser (seconds, not minutes).
 test-fast: install $(HELM_STAMP)
-	$(BIN)/pytest -m "not model and not voice"
+	$(BIN)/pytest -m "not model and not voice and not browser"
 
 serve: install
 	$(BIN)/rillet serve

@@ -24,6 +24,8 @@ from tests.conftest import eventually
 from tests.doubles import ToneSpeechEngine
 from tests.unit.test_session import Recorder
 
+pytestmark = pytest.mark.browser
+
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "client_sdk" / "ts" / "dist" / "e2e" / "page.js"
 
