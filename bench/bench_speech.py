@@ -129,7 +129,8 @@ def first_clause(text: str) -> str:
     """The text up to its first clause or sentence end: what a caller of piper would render first to start early."""
     cap = len(text) + 1
     segmenter = Segmenter(first_clause_chars=1, first_max_chars=cap, max_chars=max(cap, 20))
-    return (segmenter.feed(text + " ") or [text])[0]
+    first = segmenter.feed(text + " ")
+    return first[0] if first else text
 
 
 class InProcessPiper:

@@ -118,7 +118,7 @@ class Speech:
         return self.engine.models[0].sample_rate_hertz
 
     def request(self, text: AsyncIterator[str], max_chunk_samples: int = 1024) -> SynthesisRequest:
-        return SynthesisRequest(f"contract-{next(_ids)}", self.engine.models[0].name, text, 0, max_chunk_samples)
+        return SynthesisRequest(f"contract-{next(_ids)}", self.engine.models[0].name, text, max_chunk_samples)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=text_cases())

@@ -13,8 +13,10 @@ from rillet.server.engine.llamacpp import LlamaCppEngine
 from rillet.server.engine.piper import PiperEngine
 from rillet.server.engine.synthetic import SyntheticEngine
 from rillet.server.scheduler import Router, SpeechJob, SpeechRoute, TextJob, TextRoute
-from rillet.server.types import GenerationRequest, ModelKind, SynthesisRequest
+from rillet.server.types import AudioEncoding, AudioOutput, GenerationRequest, ModelKind, SynthesisRequest
 from tests.doubles import EchoSpeechEngine
+
+PCM = AudioOutput(AudioEncoding.LINEAR16, 16_000, 0.1)
 
 
 def every_engine_is_its_kind(llamacpp: LlamaCppEngine, synthetic: SyntheticEngine, piper: PiperEngine) -> None:
@@ -38,7 +40,7 @@ def the_router_hands_out_routes_of_the_kind_asked_for(router: Router, g: Generat
     assert_type(router.resolve("", ModelKind.TEXT_GENERATION), TextRoute)
     assert_type(router.resolve("", ModelKind.SPEECH_SYNTHESIS), SpeechRoute)
     TextJob(router.resolve("", ModelKind.TEXT_GENERATION), g)
-    SpeechJob(router.resolve("", ModelKind.SPEECH_SYNTHESIS), g)  # type: ignore[arg-type]
+    SpeechJob(router.resolve("", ModelKind.SPEECH_SYNTHESIS), g, PCM)  # type: ignore[arg-type]
 
 
 def synthesis_cannot_be_paired_with_a_text_route(route: TextRoute, s: SynthesisRequest) -> None:

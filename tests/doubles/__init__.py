@@ -11,6 +11,7 @@ from typing import Literal
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import SpeechEvent, TextEvent
 from rillet.server.engine.synthetic import SyntheticEngine
+from rillet.server.engine.words import tokens
 from rillet.server.errors import EngineDead
 from rillet.server.types import (
     AudioChunk,
@@ -22,6 +23,7 @@ from rillet.server.types import (
     SynthesisRequest,
     TokenDelta,
     Usage,
+    WordTiming,
 )
 
 
@@ -44,12 +46,20 @@ class FloodEngine(SyntheticEngine):
 
 
 class EchoSpeechEngine:
-    """A TEST speech engine: silence for each text piece as it arrives (one sample per character), in chunks."""
+    """A TEST speech engine: silence for each text piece as it arrives (one sample per character), in chunks.
+
+    Its word timings are exact by construction: a word's samples are its characters' positions in the text.
+    """
 
     SAMPLE_RATE = 16_000
 
     def __init__(
-        self, slots: int = 4, *, voice: str = "echo-voice", about: str = "silence, one sample per character"
+        self,
+        slots: int = 4,
+        *,
+        voice: str = "echo-voice",
+        about: str = "silence, one sample per character",
+        word_timings: bool = True,
     ) -> None:
         self._slots = slots
         self._active = 0
@@ -61,6 +71,7 @@ class EchoSpeechEngine:
                 description=f"TEST ENGINE: {about}",
                 is_test_engine=True,
                 sample_rate_hertz=self.SAMPLE_RATE,
+                word_timings=word_timings,
             ),
         )
 
@@ -101,11 +112,17 @@ class EchoSpeechEngine:
         try:
             offset = chars = 0
             async for piece in request.text:
+                # The piece's text rides on its first chunk, each word on the chunk it starts in; no chunk is longer
+                # than the request allows. A word split across pieces counts as two.
+                words = [
+                    WordTiming(t.text, chars + t.start, chars + t.end, chars + t.start, chars + t.end)
+                    for t in tokens(piece)
+                ]
                 chars += len(piece)
-                # The piece's text rides on its first chunk; no chunk is longer than the request allows.
                 for start in range(0, len(piece), request.max_chunk_samples):
                     samples = min(request.max_chunk_samples, len(piece) - start)
-                    yield AudioChunk(b"\0\0" * samples, self.SAMPLE_RATE, 1, offset, "" if start else piece)
+                    carried = tuple(w for w in words if offset <= w.start_sample < offset + samples)
+                    yield AudioChunk(b"\0\0" * samples, self.SAMPLE_RATE, 1, offset, "" if start else piece, carried)
                     offset += samples
             usage = Usage(input_characters=chars, output_audio_seconds=offset / self.SAMPLE_RATE)
             yield EngineFinished(FinishReason.STOP, usage)
@@ -120,7 +137,7 @@ class ToneSpeechEngine(EchoSpeechEngine):
     CHUNK_SECONDS = 0.1
 
     def __init__(self, seconds_per_char: float = 0.02, speedup: float = 4.0) -> None:
-        super().__init__(voice="tone-voice", about="a 440 Hz tone, its length from the text's")
+        super().__init__(voice="tone-voice", about="a 440 Hz tone, its length from the text's", word_timings=False)
         self._seconds_per_char = seconds_per_char
         self._speedup = speedup
         samples = int(self.SAMPLE_RATE * self.CHUNK_SECONDS)

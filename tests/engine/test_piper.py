@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import sys
-import threading
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import numpy as np
 import pytest
@@ -16,8 +16,8 @@ from piper import PiperVoice
 
 import rillet.server.engine.piper as piper_module
 from rillet.server.config import PiperConfig
-from rillet.server.engine.piper import DeadlinePool, PiperEngine, configured_voices, load_voice, render
-from rillet.server.errors import InvalidArgument, NotFound, Unavailable
+from rillet.server.engine.piper import PiperEngine, configured_voices, load_voice, render
+from rillet.server.errors import NotFound, Unavailable
 from rillet.server.types import (
     AudioChunk,
     EngineEvent,
@@ -47,8 +47,8 @@ async def pieces(items: Iterable[str]) -> AsyncIterator[str]:
         yield item
 
 
-def request(text: AsyncIterator[str], *, rate: int = 0, chunk: int = CHUNK) -> SynthesisRequest:
-    return SynthesisRequest("r1", VOICE, text, rate, chunk)
+def request(text: AsyncIterator[str], *, chunk: int = CHUNK) -> SynthesisRequest:
+    return SynthesisRequest("r1", VOICE, text, chunk)
 
 
 async def collect(stream: AsyncIterator[EngineEvent]) -> tuple[list[AudioChunk], EngineFinished]:
@@ -72,7 +72,7 @@ def assert_contiguous(chunks: list[AudioChunk], max_samples: int) -> int:
         assert chunk.offset_samples == offset
         assert chunk.sample_rate_hertz == RATE
         assert chunk.channel_count == 1
-        assert len(chunk.pcm) % 2 == 0
+        assert len(chunk.audio) % 2 == 0
         assert 0 < chunk.samples <= max_samples
         offset += chunk.samples
     return offset
@@ -94,7 +94,7 @@ async def test_speech_is_contiguous_bounded_and_plausibly_long(engine: PiperEngi
     total = assert_contiguous(chunks, CHUNK)
     seconds = total / RATE
     assert 0.03 * len(text) <= seconds <= 0.15 * len(text)
-    audio = np.frombuffer(b"".join(c.pcm for c in chunks), dtype=np.int16)
+    audio = np.frombuffer(b"".join(c.audio for c in chunks), dtype=np.int16)
     assert np.abs(audio).max() > 1000  # speech, not silence
     assert finished.reason is FinishReason.STOP
     assert finished.usage.input_characters == len(text)
@@ -107,10 +107,17 @@ async def test_speech_is_contiguous_bounded_and_plausibly_long(engine: PiperEngi
     assert engine.active == 0
 
 
-async def test_the_native_rate_may_be_asked_for_explicitly(engine: PiperEngine) -> None:
-    chunks, _ = await collect(engine.stream(request(pieces(["Yes."]), rate=RATE, chunk=512)))
+async def test_short_chunks_carry_each_word_where_its_audio_starts(engine: PiperEngine) -> None:
+    text = "Yes, in the morning we paid $3.50 for it."
+    chunks, _ = await collect(engine.stream(request(pieces([text[:9], text[9:]]), chunk=512)))
     assert_contiguous(chunks, 512)
-    assert chunks
+    words = [word for chunk in chunks for word in chunk.words]
+    assert [w.text for w in words] == text.split()
+    assert all(text[w.start_char : w.end_char] == w.text for w in words)
+    for chunk in chunks:
+        assert all(chunk.offset_samples <= w.start_sample < chunk.offset_samples + chunk.samples for w in chunk.words)
+    assert all(a.end_sample <= b.start_sample for a, b in itertools.pairwise(words))
+    assert all(w.start_sample < w.end_sample for w in words)
 
 
 async def test_text_that_renders_no_audio_labels_the_next_chunk(engine: PiperEngine) -> None:
@@ -161,7 +168,7 @@ def render_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = piper_module.render
 
-    def counting(voice: PiperVoice, text: str) -> bytes:
+    def counting(voice: PiperVoice, text: str) -> piper_module.Rendering:
         calls.append(text)
         return real(voice, text)
 
@@ -227,19 +234,12 @@ async def test_cancel_while_waiting_for_input_frees_the_engine(engine: PiperEngi
     assert engine.active == 0
 
 
-async def test_empty_text_is_an_error(engine: PiperEngine) -> None:
-    stream = engine.stream(request(pieces(["", "  ", "\n\t"])))
-    with pytest.raises(InvalidArgument) as error:
-        await anext(stream)  # the error comes before any output
-    assert error.value.reason == "EMPTY_TEXT"
-    assert engine.active == 0
-
-
-async def test_an_unsupported_sample_rate_is_refused_before_any_work(engine: PiperEngine) -> None:
-    with pytest.raises(InvalidArgument) as error:
-        engine.stream(request(pieces(["Hello."]), rate=16000))
-    assert error.value.reason == "UNSUPPORTED_SAMPLE_RATE"
-    assert error.value.metadata["supported_sample_rate_hertz"] == str(RATE)
+async def test_text_with_nothing_to_speak_finishes_with_no_audio(engine: PiperEngine) -> None:
+    """A generation can say nothing (stopped at once): what is not the client's fault finishes normally."""
+    chunks, finished = await collect(engine.stream(request(pieces(["", "  ", "\n\t"]))))
+    assert chunks == []
+    assert finished.reason is FinishReason.STOP
+    assert finished.usage.output_audio_seconds == 0
     assert engine.active == 0
 
 
@@ -267,69 +267,6 @@ async def test_a_stream_cut_by_engine_shutdown_fails_unavailable() -> None:
             pass
     assert error.value.reason == "ENGINE_CLOSED"
     assert engine.active == 0
-
-
-def _blocked_pool() -> tuple[DeadlinePool, threading.Event]:
-    """A one-worker pool whose worker is busy until the returned event is set."""
-    pool = DeadlinePool(1, "test-pool")
-    release = threading.Event()
-    pool.submit(0.0, lambda _alone: release.wait())
-    return pool, release
-
-
-def _recorder(order: list[str], name: str) -> Callable[[bool], str]:
-    def run(_alone: bool) -> str:
-        order.append(name)
-        return name
-
-    return run
-
-
-async def test_the_pool_runs_the_earliest_deadline_first_and_skips_cancelled_jobs() -> None:
-    pool, release = _blocked_pool()
-    order: list[str] = []
-    late = pool.submit(3.0, _recorder(order, "late"))
-    cancelled = pool.submit(0.5, _recorder(order, "cancelled"))
-    soon = pool.submit(1.0, _recorder(order, "soon"))
-    middle = pool.submit(2.0, _recorder(order, "middle"))
-    assert cancelled.cancel()
-    release.set()
-    assert [f.result(timeout=10) for f in (soon, middle, late)] == ["soon", "middle", "late"]
-    assert order == ["soon", "middle", "late"]
-    pool.close()
-    pool.join(10)
-
-
-async def test_closing_the_pool_fails_queued_jobs_and_refuses_new_ones() -> None:
-    pool, release = _blocked_pool()
-    queued = pool.submit(1.0, lambda _: "never")
-    pool.close()
-    assert isinstance(queued.exception(timeout=0), Unavailable)
-    with pytest.raises(Unavailable):
-        pool.submit(1.0, lambda _: "refused")
-    release.set()
-    pool.join(10)
-
-
-async def test_a_job_knows_whether_it_starts_alone() -> None:
-    pool = DeadlinePool(2, "test-pool")
-    release = threading.Event()
-    first_started = threading.Event()
-
-    def first(alone: bool) -> bool:
-        first_started.set()
-        release.wait()
-        return alone
-
-    lone = pool.submit(0.0, first)
-    assert first_started.wait(10)
-    beside = pool.submit(0.0, lambda alone: alone)  # starts while the first one runs
-    assert beside.result(timeout=10) is False
-    release.set()
-    assert lone.result(timeout=10) is True
-    assert pool.submit(0.0, lambda alone: alone).result(timeout=10) is True  # alone again
-    pool.close()
-    pool.join(10)
 
 
 async def test_a_lone_segment_renders_on_every_core_and_shared_ones_on_one_thread(
@@ -404,14 +341,14 @@ async def test_release_memory_hands_back_what_a_long_segment_took() -> None:
     released = load_voice(files, 1, release_memory=True)
     kept = load_voice(files, 1)
     for voice in (released, kept):
-        assert render(voice, "Hi there.")  # the first run's one-off allocations, out of the measurement
+        assert render(voice, "Hi there.").pcm  # the first run's one-off allocations, out of the measurement
     text = "The river runs quietly past the old mill, where light falls on the grey stone and water turns slowly."
     start = _rss_mb()
     for _ in range(3):
-        assert render(released, text)
+        assert render(released, text).pcm
     after_released = _rss_mb()
     for _ in range(3):
-        assert render(kept, text)
+        assert render(kept, text).pcm
     after_kept = _rss_mb()
     assert after_released - start < 60  # measured: +16 MB
     assert after_kept - after_released > 60, "the default arena keeps its growth: the measurement can see it"

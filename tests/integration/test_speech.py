@@ -167,7 +167,7 @@ async def test_speech_errors_fail_only_their_request(client: Client) -> None:
         cases = [
             (await session.synthesize("   "), InvalidArgumentError, "EMPTY_TEXT"),
             (await session.synthesize("hi", voice="nobody"), NotFoundError, "MODEL_NOT_FOUND"),
-            (await session.synthesize("hi", sample_rate_hertz=8000), InvalidArgumentError, "UNSUPPORTED_SAMPLE_RATE"),
+            (await session.synthesize("hi", sample_rate_hertz=3000), InvalidArgumentError, "UNSUPPORTED_SAMPLE_RATE"),
             (await session.synthesize("hi", max_chunk_s=5.0), InvalidArgumentError, "CHUNK_DURATION_OUT_OF_RANGE"),
             (await session.synthesize(text_from="ghost"), NotFoundError, "UNKNOWN_SOURCE_REQUEST"),
             (await session.synthesize("hi", text_from=neighbour), InvalidArgumentError, "CONFLICTING_TEXT_SOURCES"),
@@ -199,7 +199,7 @@ async def test_unsupported_encoding(speech_server: RilletServer) -> None:
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{speech_server.port}") as channel:
         stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
-        params = speech_pb2.SynthesizeParams(text="hello", encoding=7)  # type: ignore[arg-type]
+        params = speech_pb2.SynthesizeParams(text="hello", encoding=99)  # type: ignore[arg-type]
         call = stub.Synthesize(inference_service_pb2.SynthesizeRequest(params=params))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call.read()

@@ -9,12 +9,13 @@ import pytest
 import rillet.client
 
 EXPECTED = {
-    "AlreadyExistsError", "AudioChunk", "ChannelConfig", "ChatMessage", "Client", "DeadlineExceededError",
+    "AlreadyExistsError", "AudioChunk", "AudioEncoding", "ChannelConfig", "ChatMessage", "Client", "DeadlineExceededError",
     "FinishReason", "Finished", "GenerateOptions", "GenerateResult", "GenerateStream", "InternalError",
     "InvalidArgumentError", "KeepAlive", "Model", "ModelKind", "NotFoundError", "ProtocolError",
     "RequestCancelledError", "RequestStream", "ResourceExhaustedError", "RilletError", "Session",
-    "SynthesizeOptions", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions",
+    "SpokenText", "SynthesizeOptions", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions",
     "TokenDelta", "TokenLogprob", "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError", "Usage",
+    "WordTiming",
 }  # fmt: skip
 
 

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-from rillet.server.engine.segment import Segmenter, segments
+from rillet.server.engine.segment import Segment, Segmenter, segments
 
 
-def cut(text: str, **options: int) -> list[str]:
+def cut(text: str, **options: int) -> list[Segment]:
     """Segments of `text` fed whole, checked equal to those of the same text fed one character at a time."""
     whole = Segmenter(**options)
     at_once = whole.feed(text) + whole.flush()

@@ -25,12 +25,14 @@ from rillet.client._streams import GenerateStream, RequestStream, SynthesizeStre
 from rillet.client._tls import TlsOptions
 from rillet.client._types import (
     AudioChunk,
+    AudioEncoding,
     ChatMessage,
     Finished,
     FinishReason,
     GenerateResult,
     Model,
     ModelKind,
+    SpokenText,
     SynthesizeResult,
     TextCapabilities,
     Timings,
@@ -38,11 +40,13 @@ from rillet.client._types import (
     TokenLogprob,
     TokenLogprobs,
     Usage,
+    WordTiming,
 )
 
 __all__ = [
     "AlreadyExistsError",
     "AudioChunk",
+    "AudioEncoding",
     "ChannelConfig",
     "ChatMessage",
     "Client",
@@ -64,6 +68,7 @@ __all__ = [
     "ResourceExhaustedError",
     "RilletError",
     "Session",
+    "SpokenText",
     "SynthesizeOptions",
     "SynthesizeResult",
     "SynthesizeStream",
@@ -77,6 +82,7 @@ __all__ = [
     "UnavailableError",
     "UnknownError",
     "Usage",
+    "WordTiming",
 ]
 
 _DEPRECATED = {"CancelledError": "RequestCancelledError"}

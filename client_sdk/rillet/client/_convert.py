@@ -10,17 +10,20 @@ from google.protobuf import duration_pb2
 from rillet.client._options import GenerateOptions, SynthesizeOptions
 from rillet.client._types import (
     AudioChunk,
+    AudioEncoding,
     ChatMessage,
     Finished,
     FinishReason,
     Model,
     ModelKind,
+    SpokenText,
     TextCapabilities,
     Timings,
     TokenDelta,
     TokenLogprob,
     TokenLogprobs,
     Usage,
+    WordTiming,
 )
 from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, speech_pb2
 
@@ -31,6 +34,12 @@ _REASONS = {
     common_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH,
     common_pb2.FINISH_REASON_STOP_SEQUENCE: FinishReason.STOP_SEQUENCE,
     common_pb2.FINISH_REASON_CANCELLED: FinishReason.CANCELLED,
+}
+_ENCODINGS = {
+    AudioEncoding.LINEAR16: speech_pb2.AUDIO_ENCODING_LINEAR16,
+    AudioEncoding.OGG_OPUS: speech_pb2.AUDIO_ENCODING_OGG_OPUS,
+    AudioEncoding.MULAW: speech_pb2.AUDIO_ENCODING_MULAW,
+    AudioEncoding.ALAW: speech_pb2.AUDIO_ENCODING_ALAW,
 }
 _KINDS = {
     inference_service_pb2.Model.KIND_TEXT_GENERATION: ModelKind.TEXT_GENERATION,
@@ -77,7 +86,8 @@ def synthesize_params(text: str, options: SynthesizeOptions) -> speech_pb2.Synth
         voice=options.voice,
         text=text,
         sample_rate_hertz=options.sample_rate_hertz,
-        encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
+        encoding=_ENCODINGS[options.encoding],
+        word_timings=options.word_timings,
     )
     if options.max_chunk_s is not None:
         params.max_chunk_duration.CopyFrom(duration(options.max_chunk_s))
@@ -136,6 +146,8 @@ def audio_chunk(message: speech_pb2.AudioChunk) -> AudioChunk:
         channel_count=message.channel_count,
         offset_samples=message.offset_samples,
         text=message.text,
+        words=tuple(WordTiming(w.text, w.start_char, w.end_char, w.start_sample, w.end_sample) for w in message.words),
+        sample_count=message.sample_count or None,  # unset by a server older than the field
     )
 
 
@@ -159,7 +171,12 @@ def finished(message: common_pb2.Finished) -> Finished:
             total_s=_seconds(timings.total_duration),
         ),
         stop_sequence=message.stop_sequence,
+        spoken=_spoken(message.spoken) if message.HasField("spoken") else None,
     )
+
+
+def _spoken(message: common_pb2.SpokenText) -> SpokenText:
+    return SpokenText(message.text, message.start_char, message.end_char, message.played_samples)
 
 
 def model(message: inference_service_pb2.Model) -> Model:
@@ -177,6 +194,7 @@ def model(message: inference_service_pb2.Model) -> Model:
         text_capabilities=_text_capabilities(message.text_capabilities)
         if message.HasField("text_capabilities")
         else None,
+        word_timings=message.word_timings,
     )
 
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar
 
+from rillet.client._types import AudioEncoding
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerateOptions:
@@ -68,14 +70,18 @@ class SynthesizeOptions:
     """How one synthesis runs; passed or given as keywords like GenerateOptions.
 
     - `voice`: the voice's name; "" for the server's default voice.
-    - `sample_rate_hertz`: the audio's rate; 0 for the voice's own.
+    - `encoding`: how the audio is encoded (AudioEncoding): PCM16 by default, Ogg Opus, μ-law or A-law.
+    - `sample_rate_hertz`: the audio's rate; 0 for the encoding's usual one (PCM16: the voice's own).
     - `max_chunk_s`: the longest audio chunk, in seconds; None for the server's default.
+    - `word_timings`: each chunk carries the words whose audio starts in it (voices whose Model says so).
     - `timeout`, `traceparent`, `tracestate`: as in GenerateOptions.
     """
 
     voice: str = ""
+    encoding: AudioEncoding = AudioEncoding.LINEAR16
     sample_rate_hertz: int = 0
     max_chunk_s: float | None = None
+    word_timings: bool = False
     timeout: float | None = None
     traceparent: str = ""
     tracestate: str = ""
@@ -85,8 +91,10 @@ class SynthesizeFields(TypedDict, total=False):
     """SynthesizeOptions' fields as keyword arguments."""
 
     voice: str
+    encoding: AudioEncoding
     sample_rate_hertz: int
     max_chunk_s: float | None
+    word_timings: bool
     timeout: float | None
     traceparent: str
     tracestate: str

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import weakref
@@ -160,14 +161,28 @@ class Session(Closing):
             text, options, streaming_input=streaming_input, text_from_request_id=source_id
         )
         await self._send(inference_service_pb2.SessionRequest(request_id=rid, start_synthesize=start))
-        stream = SynthesizeStream(rid, from_inbox(rid, inbox, AudioChunk), self._canceller(rid), inbox, self._send)
+        spoken: str | Callable[[], str] = text
+        if isinstance(text_from, GenerateStream):
+            spoken = functools.partial(getattr, text_from, "text")
+        stream = SynthesizeStream(
+            rid,
+            from_inbox(rid, inbox, AudioChunk),
+            self._canceller(rid),
+            inbox,
+            self._send,
+            interrupt=self._interrupter(rid, source_id),
+            text=spoken,
+        )
         return self._watch(stream, inbox)
 
-    async def cancel(self, request_id: str) -> None:
-        """Ask the server to cancel a request; it then ends with Finished(reason=CANCELLED)."""
-        await self._send(
-            inference_service_pb2.SessionRequest(request_id=request_id, cancel=inference_service_pb2.Cancel())
-        )
+    async def cancel(self, request_id: str, *, played_samples: int | None = None) -> None:
+        """Ask the server to cancel a request; it then ends with Finished(reason=CANCELLED).
+
+        `played_samples` (synthesize requests): how much of its audio was played; its Finished then says what was
+        heard (`Finished.spoken`). `SynthesizeStream.interrupt` does this and more.
+        """
+        cancel = inference_service_pb2.Cancel(played_samples=played_samples)
+        await self._send(inference_service_pb2.SessionRequest(request_id=request_id, cancel=cancel))
 
     def _new_id(self) -> str:
         return f"r{next(self._ids)}"
@@ -185,6 +200,15 @@ class Session(Closing):
         """A stream dropped unread must not hold the session: its inbox is discarded when the stream is collected."""
         weakref.finalize(stream, _discard_soon, self._loop, inbox).atexit = False
         return stream
+
+    def _interrupter(self, request_id: str, source_id: str) -> Callable[[int], Awaitable[None]]:
+        async def interrupt(played_samples: int) -> None:
+            for rid, played in ((request_id, played_samples), (source_id, None)):  # the synthesis first
+                if rid in self._pending and self._failure is None and not self._call.done():
+                    with contextlib.suppress(RilletError):  # the call is ending anyway; the server aborts all then
+                        await self.cancel(rid, played_samples=played)
+
+        return interrupt
 
     def _canceller(self, request_id: str) -> Callable[[], Awaitable[None]]:
         async def cancel() -> None:

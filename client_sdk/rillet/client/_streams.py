@@ -12,11 +12,21 @@ from rillet.client import _convert, _tracing
 from rillet.client._closing import Closing
 from rillet.client._errors import ProtocolError, RequestCancelledError, RilletError, error_from_rpc
 from rillet.client._inbox import Inbox
-from rillet.client._types import AudioChunk, Finished, GenerateResult, SynthesizeResult, TokenDelta
+from rillet.client._types import (
+    AudioChunk,
+    Finished,
+    GenerateResult,
+    SpokenText,
+    SynthesizeResult,
+    TokenDelta,
+    WordTiming,
+)
 from rillet.v1 import inference_service_pb2
 
 E = TypeVar("E", TokenDelta, AudioChunk)
 Send = Callable[[inference_service_pb2.SessionRequest], Awaitable[None]]
+Interrupt = Callable[[int], Awaitable[None]]
+"""Sends a synthesis's Cancel with the samples played, then cancels the generation it speaks (if any)."""
 
 
 class RequestStream(Closing, Generic[E]):
@@ -41,6 +51,7 @@ class RequestStream(Closing, Generic[E]):
         self._inbox = inbox
         self._ended = False
         self._iterated = False
+        self._over = asyncio.Event()  # its iteration ended: Finished, an error, or left early
 
     @property
     def buffered_bytes(self) -> int:
@@ -63,12 +74,18 @@ class RequestStream(Closing, Generic[E]):
                 if isinstance(item, Finished):
                     self.finished = item
                     self._ended = True
+                else:
+                    self._seen(item)
                 yield item
         except RilletError:
             self._ended = True
             raise
         finally:
+            self._over.set()
             await self.aclose()
+
+    def _seen(self, item: E) -> None:
+        """An output on its way to the caller."""
 
     async def aclose(self) -> None:
         """End it now: cancel the request unless it already ended, and drop what the SDK holds for it."""
@@ -81,6 +98,26 @@ class RequestStream(Closing, Generic[E]):
 
 class GenerateStream(RequestStream[TokenDelta]):
     """The token deltas of one generation request, then its Finished."""
+
+    def __init__(
+        self,
+        request_id: str,
+        source: AsyncIterator[TokenDelta | Finished],
+        cancel: Callable[[], Awaitable[None]],
+        inbox: Inbox | None = None,
+    ) -> None:
+        super().__init__(request_id, source, cancel, inbox)
+        self._text: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """The text iterated so far."""
+        if len(self._text) > 1:
+            self._text = ["".join(self._text)]
+        return self._text[0] if self._text else ""
+
+    def _seen(self, item: TokenDelta) -> None:
+        self._text.append(item.text)
 
     async def collect(self) -> GenerateResult:
         """Consume the stream and return the whole text."""
@@ -104,12 +141,61 @@ class SynthesizeStream(RequestStream[AudioChunk]):
         cancel: Callable[[], Awaitable[None]],
         inbox: Inbox | None = None,
         send: Send | None = None,
+        *,
+        interrupt: Interrupt | None = None,
+        text: str | Callable[[], str] = "",
     ) -> None:
         super().__init__(request_id, source, cancel, inbox)
         self._send = send
+        self._interrupt = interrupt
+        self._text = text  # what it speaks, as far as the SDK knows it: sent, or a generation's, as iterated
+        self._words: list[WordTiming] = []
+        self._received = 0  # samples iterated
+
+    def _seen(self, item: AudioChunk) -> None:
+        self._words.extend(item.words)
+        self._received = item.offset_samples + item.samples
+
+    async def interrupt(self, played_samples: int) -> SpokenText | None:
+        """Barge-in: stop this synthesis, and the generation it speaks, and return what the listener heard.
+
+        `played_samples`: how much of this request's audio was played (at its chunks' rate). While the server still
+        synthesizes, it is told (Cancel.played_samples) and answers with the text through the last word played in
+        full (`Finished.spoken`; the generation's Finished says the same, in its text). Once the synthesis has
+        finished, the SDK works it out the same way from the word timings it received, when the request asked for
+        them (`word_timings=True`), with the text it knows (what it sent, or the generation's as iterated); else
+        None. The audio still on its way is dropped. Call it from any task; another may be iterating the stream.
+        """
+        if played_samples < 0:
+            raise ValueError("played_samples must not be negative")
+        if self._interrupt is None:
+            raise RuntimeError("only session requests can be interrupted; close a one-shot stream instead")
+        if not self._ended:
+            self._ended = True  # the server ends it now: nothing else may cancel it without the samples played
+            await self._interrupt(played_samples)
+        if not self._iterated:
+            async for _ in self:
+                pass
+        await self._over.wait()
+        if self.finished is not None and self.finished.spoken is not None:
+            return self.finished.spoken
+        return self._heard(played_samples)
+
+    def _heard(self, played_samples: int) -> SpokenText | None:
+        if not self._words:
+            return None
+        played = min(played_samples, self._received)
+        heard = [word for word in self._words if word.end_sample <= played]
+        if not heard:
+            return SpokenText("", 0, 0, played)
+        start, end = heard[0].start_char, heard[-1].end_char
+        text = self._text() if callable(self._text) else self._text
+        return SpokenText(text[start:end], start, end, played)
 
     async def append_text(self, text: str) -> None:
         """Send more input text (streaming-input requests started in a session)."""
+        if isinstance(self._text, str):
+            self._text += text
         await self._session_send()(
             inference_service_pb2.SessionRequest(
                 request_id=self.request_id, append_text=inference_service_pb2.AppendText(text=text)

@@ -40,19 +40,56 @@ class TokenDelta:
     logprobs: tuple[TokenLogprobs, ...] = ()
 
 
+class AudioEncoding(enum.Enum):
+    """How a synthesis's audio bytes are encoded (rillet.v1.AudioEncoding)."""
+
+    LINEAR16 = "linear16"
+    """Headerless 16-bit little-endian PCM: the voice's rate by default, any rate on request."""
+    OGG_OPUS = "ogg_opus"
+    """Ogg Opus at 48 kHz (browsers, WebRTC): the chunks' bytes in order are one stream, decodable as they arrive."""
+    MULAW = "mulaw"
+    """G.711 μ-law, 8 kHz by default (telephony)."""
+    ALAW = "alaw"
+    """G.711 A-law, 8 kHz by default (telephony)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WordTiming:
+    """A word of a synthesis, placed in the request's text and in its audio.
+
+    [start_char, end_char) in the request's whole text (code points); [start_sample, end_sample) of its audio from
+    the start of the request's audio, at its chunks' rate.
+    """
+
+    text: str
+    start_char: int
+    end_char: int
+    start_sample: int
+    end_sample: int
+
+
 @dataclass(frozen=True, slots=True)
 class AudioChunk:
-    """Synthesized PCM16 audio placed at `offset_samples` (per channel) from the start of the request's audio."""
+    """Synthesized audio placed at `offset_samples` (per channel) from the start of the request's audio.
+
+    `audio` is encoded as the request asked (PCM16 by default); `words` are the words whose audio starts in this
+    chunk, when the request asked for word timings.
+    """
 
     audio: bytes
     sample_rate_hertz: int
     channel_count: int
     offset_samples: int
     text: str = ""
+    words: tuple[WordTiming, ...] = ()
+    sample_count: int | None = None
+    """Samples per channel this chunk carries (None from a server that does not say: PCM16, counted from bytes)."""
 
     @property
     def samples(self) -> int:
         """Number of samples per channel in this chunk."""
+        if self.sample_count is not None:
+            return self.sample_count
         return len(self.audio) // (2 * max(self.channel_count, 1))
 
     @property
@@ -83,6 +120,19 @@ class Timings:
 
 
 @dataclass(frozen=True, slots=True)
+class SpokenText:
+    """What a listener heard of a synthesis cut short: request text[start_char:end_char], whole words.
+
+    `end_char` is where an agent cuts its history (in the generation's text, for a synthesis of a generation).
+    """
+
+    text: str
+    start_char: int
+    end_char: int
+    played_samples: int
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The terminal message of a request that ended without error."""
 
@@ -90,6 +140,8 @@ class Finished:
     usage: Usage
     timings: Timings
     stop_sequence: str = ""
+    spoken: SpokenText | None = None
+    """What the listener heard, for a request cut short by `SynthesizeStream.interrupt` (see SpokenText)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +197,8 @@ class Model:
     supports_chat: bool
     max_tokens_limit: int
     text_capabilities: TextCapabilities | None = None
+    word_timings: bool = False
+    """Voices: whether it gives word timings (SynthesizeOptions.word_timings) and says what a barge-in heard."""
 
 
 @dataclass(frozen=True, slots=True)

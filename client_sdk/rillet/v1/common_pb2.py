@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rillet/v1/common.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\"P\n\x0cTraceContext\x12 \n\x0btraceparent\x18\x01 \x01(\tR\x0btraceparent\x12\x1e\n\ntracestate\x18\x02 \x01(\tR\ntracestate\"\xf9\x01\n\x05Usage\x12!\n\x0cinput_tokens\x18\x01 \x01(\rR\x0binputTokens\x12#\n\routput_tokens\x18\x02 \x01(\rR\x0coutputTokens\x12)\n\x10input_characters\x18\x03 \x01(\rR\x0finputCharacters\x12M\n\x15output_audio_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\x13outputAudioDuration\x12.\n\x13\x63\x61\x63hed_input_tokens\x18\x05 \x01(\rR\x11\x63\x61\x63hedInputTokens\"\x9f\x02\n\x07Timings\x12@\n\x0equeue_duration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\rqueueDuration\x12\x44\n\x10prefill_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0fprefillDuration\x12J\n\x14time_to_first_output\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11timeToFirstOutput\x12@\n\x0etotal_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\rtotalDuration\"\xb6\x01\n\x08\x46inished\x12/\n\x06reason\x18\x01 \x01(\x0e\x32\x17.rillet.v1.FinishReasonR\x06reason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x10.rillet.v1.UsageR\x05usage\x12,\n\x07timings\x18\x03 \x01(\x0b\x32\x12.rillet.v1.TimingsR\x07timings\x12#\n\rstop_sequence\x18\x04 \x01(\tR\x0cstopSequence*\x9d\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x42]\n\rdev.rillet.v1B\x0b\x43ommonProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rillet/v1/common.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\"P\n\x0cTraceContext\x12 \n\x0btraceparent\x18\x01 \x01(\tR\x0btraceparent\x12\x1e\n\ntracestate\x18\x02 \x01(\tR\ntracestate\"\xf9\x01\n\x05Usage\x12!\n\x0cinput_tokens\x18\x01 \x01(\rR\x0binputTokens\x12#\n\routput_tokens\x18\x02 \x01(\rR\x0coutputTokens\x12)\n\x10input_characters\x18\x03 \x01(\rR\x0finputCharacters\x12M\n\x15output_audio_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\x13outputAudioDuration\x12.\n\x13\x63\x61\x63hed_input_tokens\x18\x05 \x01(\rR\x11\x63\x61\x63hedInputTokens\"\x9f\x02\n\x07Timings\x12@\n\x0equeue_duration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\rqueueDuration\x12\x44\n\x10prefill_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0fprefillDuration\x12J\n\x14time_to_first_output\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11timeToFirstOutput\x12@\n\x0etotal_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\rtotalDuration\"\xe5\x01\n\x08\x46inished\x12/\n\x06reason\x18\x01 \x01(\x0e\x32\x17.rillet.v1.FinishReasonR\x06reason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x10.rillet.v1.UsageR\x05usage\x12,\n\x07timings\x18\x03 \x01(\x0b\x32\x12.rillet.v1.TimingsR\x07timings\x12#\n\rstop_sequence\x18\x04 \x01(\tR\x0cstopSequence\x12-\n\x06spoken\x18\x05 \x01(\x0b\x32\x15.rillet.v1.SpokenTextR\x06spoken\"\x81\x01\n\nSpokenText\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1d\n\nstart_char\x18\x02 \x01(\rR\tstartChar\x12\x19\n\x08\x65nd_char\x18\x03 \x01(\rR\x07\x65ndChar\x12%\n\x0eplayed_samples\x18\x04 \x01(\x04R\rplayedSamples*\x9d\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x42]\n\rdev.rillet.v1B\x0b\x43ommonProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rillet.v1.common_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.rillet.v1B\013CommonProtoP\001Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1'
-  _globals['_FINISHREASON']._serialized_start=879
-  _globals['_FINISHREASON']._serialized_end=1036
+  _globals['_FINISHREASON']._serialized_start=1058
+  _globals['_FINISHREASON']._serialized_end=1215
   _globals['_TRACECONTEXT']._serialized_start=69
   _globals['_TRACECONTEXT']._serialized_end=149
   _globals['_USAGE']._serialized_start=152
@@ -42,5 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMINGS']._serialized_start=404
   _globals['_TIMINGS']._serialized_end=691
   _globals['_FINISHED']._serialized_start=694
-  _globals['_FINISHED']._serialized_end=876
+  _globals['_FINISHED']._serialized_end=923
+  _globals['_SPOKENTEXT']._serialized_start=926
+  _globals['_SPOKENTEXT']._serialized_end=1055
 # @@protoc_insertion_point(module_scope)

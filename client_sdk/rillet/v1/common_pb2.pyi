@@ -196,6 +196,7 @@ class Finished(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
     STOP_SEQUENCE_FIELD_NUMBER: _builtins.int
+    SPOKEN_FIELD_NUMBER: _builtins.int
     reason: Global___FinishReason.ValueType
     """Why the request ended."""
     stop_sequence: _builtins.str
@@ -208,6 +209,15 @@ class Finished(_message.Message):
     def timings(self) -> Global___Timings:
         """Server-side timings."""
 
+    @_builtins.property
+    def spoken(self) -> Global___SpokenText:
+        """What the listener heard, when the request was cut short by a Cancel that
+        said how much audio was played (`Cancel.played_samples`): on the cancelled
+        synthesis, and on the generation it spoke (in the generation's text) if
+        that generation was still in flight. Unset otherwise, and on voices
+        without word timings.
+        """
+
     def __init__(
         self,
         *,
@@ -215,11 +225,56 @@ class Finished(_message.Message):
         usage: Global___Usage | None = ...,
         timings: Global___Timings | None = ...,
         stop_sequence: _builtins.str = ...,
+        spoken: Global___SpokenText | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spoken", b"spoken", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "stop_sequence", b"stop_sequence", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "spoken", b"spoken", "stop_sequence", b"stop_sequence", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Finished: _TypeAlias = Finished  # noqa: Y015
+
+@_typing.final
+class SpokenText(_message.Message):
+    """The text a listener heard of a synthesis cut short (barge-in): whole words,
+    from the start of the text. Characters are Unicode code points of the
+    synthesis's whole text, which for a synthesis of a generation
+    (`text_from_request_id`) is the generation's output: an agent cuts its
+    history at `end_char`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    START_CHAR_FIELD_NUMBER: _builtins.int
+    END_CHAR_FIELD_NUMBER: _builtins.int
+    PLAYED_SAMPLES_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The text from `start_char` to `end_char`: through the last word whose
+    audio ended within `played_samples`. A word played only in part was not
+    heard. Empty when no word was.
+    """
+    start_char: _builtins.int
+    """Where `text` starts: the first word's first character (0 when none)."""
+    end_char: _builtins.int
+    """Where `text` ends (exclusive): the last heard word's end (0 when none)."""
+    played_samples: _builtins.int
+    """The played samples the server went by: the client's `played_samples`,
+    at most the samples the request sent.
+    """
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        start_char: _builtins.int = ...,
+        end_char: _builtins.int = ...,
+        played_samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_char", b"end_char", "played_samples", b"played_samples", "start_char", b"start_char", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokenText: _TypeAlias = SpokenText  # noqa: Y015

@@ -82,7 +82,10 @@ class StartSynthesize(_message.Message):
     """When set, the text to speak is the output of this generation request of
     the same session, streamed server-side as it is generated. The generate
     request must be in flight; cancelling it cancels this request too.
-    Mutually exclusive with `params.text` and `streaming_input`.
+    Mutually exclusive with `params.text` and `streaming_input`. A generation
+    whose output holds nothing to speak (stopped at once, or only whitespace)
+    makes this request finish normally (FINISH_REASON_STOP) with no audio;
+    an empty text a client sends itself stays INVALID_ARGUMENT (EMPTY_TEXT).
     """
     @_builtins.property
     def params(self) -> _speech_pb2.SynthesizeParams:
@@ -166,14 +169,28 @@ class Cancel(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PLAYED_SAMPLES_FIELD_NUMBER: _builtins.int
+    played_samples: _builtins.int
+    """For a synthesis cut short by its listener (barge-in): how much of the
+    request's audio the client played, in samples at its chunks' rate. Its
+    `finished` then reports what was heard (`Finished.spoken`), and so does
+    the terminal message of the generation it speaks, if that is still in
+    flight (cancel the synthesis first, then the generation). Only for
+    synthesize requests: on a generation the Cancel is rejected
+    (INVALID_ARGUMENT) and changes nothing.
+    """
     def __init__(
         self,
+        *,
+        played_samples: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_played_samples", b"_played_samples", "played_samples", b"played_samples"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_played_samples", b"_played_samples", "played_samples", b"played_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__played_samples: _TypeAlias = _typing.Literal["played_samples"]  # noqa: Y015
+    _WhichOneofArgType__played_samples: _TypeAlias = _typing.Literal["_played_samples", b"_played_samples"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__played_samples) -> _WhichOneofReturnType__played_samples | None: ...
 
 Global___Cancel: _TypeAlias = Cancel  # noqa: Y015
 
@@ -497,6 +514,7 @@ class Model(_message.Message):
     SUPPORTS_CHAT_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_LIMIT_FIELD_NUMBER: _builtins.int
     TEXT_CAPABILITIES_FIELD_NUMBER: _builtins.int
+    WORD_TIMINGS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The name to put in GenerateParams.model or SynthesizeParams.voice."""
     kind: Global___Model.Kind.ValueType
@@ -518,6 +536,11 @@ class Model(_message.Message):
     max_tokens_limit: _builtins.int
     """Upper bound on GenerateParams.max_tokens (text models); 0 when not
     applicable.
+    """
+    word_timings: _builtins.bool
+    """Voices: whether the voice aligns each word with its audio. Such a voice
+    honours SynthesizeParams.word_timings and reports what a listener heard
+    when a synthesis is cancelled with `played_samples` (Finished.spoken).
     """
     @_builtins.property
     def text_capabilities(self) -> Global___TextCapabilities:
@@ -541,10 +564,11 @@ class Model(_message.Message):
         supports_chat: _builtins.bool = ...,
         max_tokens_limit: _builtins.int = ...,
         text_capabilities: Global___TextCapabilities | None = ...,
+        word_timings: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["text_capabilities", b"text_capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "description", b"description", "engine", b"engine", "is_default", b"is_default", "is_test_engine", b"is_test_engine", "kind", b"kind", "max_tokens_limit", b"max_tokens_limit", "name", b"name", "sample_rate_hertz", b"sample_rate_hertz", "supports_chat", b"supports_chat", "text_capabilities", b"text_capabilities"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "description", b"description", "engine", b"engine", "is_default", b"is_default", "is_test_engine", b"is_test_engine", "kind", b"kind", "max_tokens_limit", b"max_tokens_limit", "name", b"name", "sample_rate_hertz", b"sample_rate_hertz", "supports_chat", b"supports_chat", "text_capabilities", b"text_capabilities", "word_timings", b"word_timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -28,18 +30,48 @@ class _AudioEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AudioEn
     """The server's default, which is AUDIO_ENCODING_LINEAR16."""
     AUDIO_ENCODING_LINEAR16: _AudioEncoding.ValueType  # 1
     """Headerless signed 16-bit little-endian PCM, interleaved when several
-    channels are present.
+    channels are present. At the voice's native rate by default; any rate
+    from 4,000 to 192,000 Hz may be asked for (the voice's audio is
+    resampled).
     """
+    AUDIO_ENCODING_OGG_OPUS: _AudioEncoding.ValueType  # 2
+    """Opus in Ogg (RFC 7845), mono, at 48 kHz only, for WebRTC and browsers.
+    The `audio` of a request's chunks, concatenated in order, is one Ogg
+    Opus stream; the first chunk starts with its headers. Each chunk holds
+    whole Ogg pages of whole 20 ms Opus frames, so whatever has arrived
+    decodes as it arrives. A decoder drops the stream's pre-skip, and the
+    decoded audio then lines up with `offset_samples`, `sample_count` and the
+    word timings sample for sample.
+    """
+    AUDIO_ENCODING_MULAW: _AudioEncoding.ValueType  # 3
+    """G.711 μ-law (telephony), one byte per sample, 8 kHz by default."""
+    AUDIO_ENCODING_ALAW: _AudioEncoding.ValueType  # 4
+    """G.711 A-law (telephony), one byte per sample, 8 kHz by default."""
 
 class AudioEncoding(_AudioEncoding, metaclass=_AudioEncodingEnumTypeWrapper):
-    """How audio bytes are encoded."""
+    """How audio bytes are encoded. Every voice can produce every encoding."""
 
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding.ValueType  # 0
 """The server's default, which is AUDIO_ENCODING_LINEAR16."""
 AUDIO_ENCODING_LINEAR16: AudioEncoding.ValueType  # 1
 """Headerless signed 16-bit little-endian PCM, interleaved when several
-channels are present.
+channels are present. At the voice's native rate by default; any rate
+from 4,000 to 192,000 Hz may be asked for (the voice's audio is
+resampled).
 """
+AUDIO_ENCODING_OGG_OPUS: AudioEncoding.ValueType  # 2
+"""Opus in Ogg (RFC 7845), mono, at 48 kHz only, for WebRTC and browsers.
+The `audio` of a request's chunks, concatenated in order, is one Ogg
+Opus stream; the first chunk starts with its headers. Each chunk holds
+whole Ogg pages of whole 20 ms Opus frames, so whatever has arrived
+decodes as it arrives. A decoder drops the stream's pre-skip, and the
+decoded audio then lines up with `offset_samples`, `sample_count` and the
+word timings sample for sample.
+"""
+AUDIO_ENCODING_MULAW: AudioEncoding.ValueType  # 3
+"""G.711 μ-law (telephony), one byte per sample, 8 kHz by default."""
+AUDIO_ENCODING_ALAW: AudioEncoding.ValueType  # 4
+"""G.711 A-law (telephony), one byte per sample, 8 kHz by default."""
 Global___AudioEncoding: _TypeAlias = AudioEncoding  # noqa: Y015
 
 @_typing.final
@@ -53,6 +85,7 @@ class SynthesizeParams(_message.Message):
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_DURATION_FIELD_NUMBER: _builtins.int
+    WORD_TIMINGS_FIELD_NUMBER: _builtins.int
     voice: _builtins.str
     """Voice name as listed by ListModels; empty selects the server's default
     voice. An unknown name fails with NOT_FOUND.
@@ -63,16 +96,25 @@ class SynthesizeParams(_message.Message):
     comes from another request (`text_from_request_id`).
     """
     sample_rate_hertz: _builtins.int
-    """Sample rate of the returned audio; 0 takes the voice's native rate. A rate
-    the voice cannot produce fails with INVALID_ARGUMENT.
+    """Sample rate of the returned audio; 0 takes the encoding's usual rate (the
+    voice's native rate for LINEAR16, 8,000 Hz for MULAW and ALAW, 48,000 Hz
+    for OGG_OPUS). A rate the encoding does not allow fails with
+    INVALID_ARGUMENT (reason UNSUPPORTED_SAMPLE_RATE).
     """
     encoding: Global___AudioEncoding.ValueType
     """Encoding of the returned audio."""
+    word_timings: _builtins.bool
+    """When true, each AudioChunk carries the words whose audio starts in it
+    (`AudioChunk.words`). Only voices whose ListModels entry says
+    `word_timings` honour it; for others the request fails with
+    INVALID_ARGUMENT (reason FIELD_UNSUPPORTED).
+    """
     @_builtins.property
     def max_chunk_duration(self) -> _duration_pb2.Duration:
         """Upper bound on the audio in one AudioChunk; unset takes the server's
         default (about 100-200 ms). Long synthesized segments are sliced into
-        chunks of at most this duration.
+        chunks of at most this duration. For OGG_OPUS it is rounded down to whole
+        20 ms frames, at least two, and the last chunk may carry one frame more.
         """
 
     def __init__(
@@ -83,20 +125,68 @@ class SynthesizeParams(_message.Message):
         sample_rate_hertz: _builtins.int = ...,
         encoding: Global___AudioEncoding.ValueType = ...,
         max_chunk_duration: _duration_pb2.Duration | None = ...,
+        word_timings: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["max_chunk_duration", b"max_chunk_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "max_chunk_duration", b"max_chunk_duration", "sample_rate_hertz", b"sample_rate_hertz", "text", b"text", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "max_chunk_duration", b"max_chunk_duration", "sample_rate_hertz", b"sample_rate_hertz", "text", b"text", "voice", b"voice", "word_timings", b"word_timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SynthesizeParams: _TypeAlias = SynthesizeParams  # noqa: Y015
 
 @_typing.final
+class WordTiming(_message.Message):
+    """One word of a synthesis, placed in the request's text and in its audio.
+    Characters are Unicode code points of the request's whole text (every
+    piece, in order: `text`, then AppendText, or a generation's output);
+    samples count from the start of the request's audio at the chunks' rate.
+    Words are runs of text between whitespace that hold a letter or a digit,
+    punctuation attached; their times come from the voice's own alignment of
+    its phonemes with its audio.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    START_CHAR_FIELD_NUMBER: _builtins.int
+    END_CHAR_FIELD_NUMBER: _builtins.int
+    START_SAMPLE_FIELD_NUMBER: _builtins.int
+    END_SAMPLE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The word as it is in the text."""
+    start_char: _builtins.int
+    """Where the word starts in the request's text (code points)."""
+    end_char: _builtins.int
+    """Where the word ends in the request's text (exclusive)."""
+    start_sample: _builtins.int
+    """The first sample of the word's audio."""
+    end_sample: _builtins.int
+    """The sample after the word's audio (exclusive): a pause after the word is
+    not part of it.
+    """
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        start_char: _builtins.int = ...,
+        end_char: _builtins.int = ...,
+        start_sample: _builtins.int = ...,
+        end_sample: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_char", b"end_char", "end_sample", b"end_sample", "start_char", b"start_char", "start_sample", b"start_sample", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WordTiming: _TypeAlias = WordTiming  # noqa: Y015
+
+@_typing.final
 class AudioChunk(_message.Message):
     """A piece of synthesized audio. Chunks of one request are contiguous: each
-    starts where the previous ended (`offset_samples` + number of samples of
-    the previous chunk), with no gap and no overlap.
+    starts where the previous ended (`offset_samples` + `sample_count` of the
+    previous chunk), with no gap and no overlap.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -106,6 +196,8 @@ class AudioChunk(_message.Message):
     CHANNEL_COUNT_FIELD_NUMBER: _builtins.int
     OFFSET_SAMPLES_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    WORDS_FIELD_NUMBER: _builtins.int
+    SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
     audio: _builtins.bytes
     """Encoded audio, as the request's encoding says."""
     sample_rate_hertz: _builtins.int
@@ -120,6 +212,16 @@ class AudioChunk(_message.Message):
     """The text segment this audio speaks, set on the first chunk of each
     segment and empty on the chunks that continue it.
     """
+    sample_count: _builtins.int
+    """Samples (per channel) of audio this chunk carries once decoded, for every
+    encoding (for LINEAR16 also its byte length / 2 / channel_count).
+    """
+    @_builtins.property
+    def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___WordTiming]:
+        """The words whose audio starts in this chunk, in order; only when the
+        request asked for `word_timings`.
+        """
+
     def __init__(
         self,
         *,
@@ -128,10 +230,12 @@ class AudioChunk(_message.Message):
         channel_count: _builtins.int = ...,
         offset_samples: _builtins.int = ...,
         text: _builtins.str = ...,
+        words: _abc.Iterable[Global___WordTiming] | None = ...,
+        sample_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "channel_count", b"channel_count", "offset_samples", b"offset_samples", "sample_rate_hertz", b"sample_rate_hertz", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "channel_count", b"channel_count", "offset_samples", b"offset_samples", "sample_count", b"sample_count", "sample_rate_hertz", b"sample_rate_hertz", "text", b"text", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

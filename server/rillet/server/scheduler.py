@@ -6,13 +6,15 @@ import asyncio
 import collections
 import dataclasses
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar, overload
 
+from rillet.server.audio.output import speak
+from rillet.server.audio.transcript import Transcript
 from rillet.server.config import SchedulerConfig
 from rillet.server.engine.base import Engine, SpeechEngine, SpeechEvent, TextEngine, TextEvent
 from rillet.server.errors import NotFound, ResourceExhausted, Unavailable, clip
-from rillet.server.types import GenerationRequest, ModelInfo, ModelKind, SynthesisRequest
+from rillet.server.types import AudioOutput, GenerationRequest, ModelInfo, ModelKind, SynthesisRequest
 
 E = TypeVar("E", TextEngine, SpeechEngine)
 
@@ -134,13 +136,20 @@ class TextJob:
 
 @dataclass(frozen=True, slots=True)
 class SpeechJob:
-    """A validated synthesis request bound to its speech route."""
+    """A validated synthesis request bound to its speech route, with what its client asked of the audio.
+
+    `transcript` keeps what the synthesis has said (its text, and where each word is in the audio sent), so that a
+    barge-in can be told what was heard.
+    """
 
     route: SpeechRoute
     request: SynthesisRequest
+    output: AudioOutput
+    transcript: Transcript = field(default_factory=Transcript)
 
     def stream(self) -> AsyncGenerator[SpeechEvent, None]:
-        return self.route.engine.stream(self.request)
+        request = dataclasses.replace(self.request, text=self.transcript.reading(self.request.text))
+        return speak(self.route.engine.stream(request), self.output, self.transcript)
 
 
 Job = TextJob | SpeechJob

@@ -113,6 +113,9 @@ class ModelInfo:
     supports_chat: bool = False
     max_tokens_limit: int = 0
     capabilities: TextCapabilities | None = None
+    word_timings: bool = False
+    """Voices: the engine aligns each word with its audio (AudioChunk.words), so `word_timings` requests and a
+    barge-in's heard text (SpokenText) are served."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,13 +174,36 @@ class GenerationRequest:
 
 @dataclass(frozen=True, slots=True)
 class SynthesisRequest:
-    """One validated speech-synthesis request. Its text arrives as an async stream of pieces."""
+    """One validated speech-synthesis request, as an engine receives it. Its text arrives as an async stream of pieces.
+
+    The engine produces PCM16 at the voice's own rate, in chunks of at most `max_chunk_samples`; what the client
+    asked of the audio (its rate, its encoding, word timings on the wire) is applied above the engine
+    (audio/output.py), the same for every engine.
+    """
 
     request_id: str
     voice: str
     text: AsyncIterator[str]
-    sample_rate_hertz: int  # 0: the voice's native rate; the engine refuses a rate it cannot produce
     max_chunk_samples: int
+
+
+class AudioEncoding(enum.Enum):
+    """Encodings the server can produce (mirrors rillet.v1.AudioEncoding)."""
+
+    LINEAR16 = "linear16"
+    OGG_OPUS = "ogg_opus"
+    MULAW = "mulaw"
+    ALAW = "alaw"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioOutput:
+    """What a synthesis request asked of its audio: encoding, rate, chunk length and word timings on the wire."""
+
+    encoding: AudioEncoding
+    sample_rate_hertz: int
+    max_chunk_seconds: float
+    word_timings: bool = False
 
 
 EngineRequest = GenerationRequest | SynthesisRequest
@@ -220,18 +246,46 @@ class TokenDelta:
 
 
 @dataclass(frozen=True, slots=True)
-class AudioChunk:
-    """A piece of synthesized PCM16 audio, placed exactly by its sample offset."""
+class WordTiming:
+    """One word of a synthesis: where it is in the request's text and in the request's audio.
 
-    pcm: bytes
+    Characters are Unicode code points of the request's whole text (all its pieces, in order), [start_char,
+    end_char); samples count from the start of the request's audio at its chunks' rate, [start_sample, end_sample).
+    """
+
+    text: str
+    start_char: int
+    end_char: int
+    start_sample: int
+    end_sample: int
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """A piece of synthesized audio, placed exactly by its sample offset.
+
+    An engine yields PCM16; above it (audio/output.py) `audio` may be encoded, and then `sample_count` says how many
+    samples per channel it carries (PCM16's are counted from its bytes). `words` are the words whose audio starts in
+    this chunk.
+    """
+
+    audio: bytes
     sample_rate_hertz: int
     channel_count: int
     offset_samples: int
     text: str = ""
+    words: tuple[WordTiming, ...] = ()
+    sample_count: int | None = None
 
     @property
     def samples(self) -> int:
-        return len(self.pcm) // (2 * self.channel_count)
+        if self.sample_count is not None:
+            return self.sample_count
+        return len(self.audio) // (2 * self.channel_count)
+
+    @property
+    def pcm(self) -> bytes:
+        return self.audio
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +325,20 @@ EngineEvent = TokenDelta | AudioChunk | EngineFinished
 
 
 @dataclass(frozen=True, slots=True)
+class SpokenText:
+    """What a listener heard of a request's text when it was cut short: whole words, from the text's start.
+
+    `text` is the request's text[start_char:end_char] (code points), through the last word whose audio ended within
+    the `played_samples` the client reported (clamped to the audio it was sent). Empty when no word was heard.
+    """
+
+    text: str
+    start_char: int
+    end_char: int
+    played_samples: int
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The terminal result of a request, as the session reports it."""
 
@@ -278,6 +346,7 @@ class Finished:
     usage: Usage
     timings: Timings
     stop_sequence: str = ""
+    spoken: SpokenText | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,12 +355,6 @@ class TraceContext:
 
     traceparent: str
     tracestate: str = ""
-
-
-class AudioEncoding(enum.Enum):
-    """Encodings the server can produce."""
-
-    LINEAR16 = "linear16"
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +387,7 @@ class SynthesizeSpec:
     max_chunk_seconds: float | None = None
     streaming_input: bool = False
     text_from_request_id: str = ""
+    word_timings: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,9 +417,10 @@ class EndInput:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """Session command: cancel a request."""
+    """Session command: cancel a request. `played_samples`: how much of a synthesis's audio the client played."""
 
     request_id: str
+    played_samples: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 
+from rillet.server.audio import OPUS_RATE
 from rillet.server.config import LimitsConfig
 from rillet.server.errors import InvalidArgument, clip
 from rillet.server.scheduler import Router, SpeechRoute, TextRoute
 from rillet.server.types import (
+    AudioEncoding,
+    AudioOutput,
     ChatMessage,
     Constraint,
     ConstraintKind,
@@ -232,12 +235,22 @@ def validate_generate(
     return route, request
 
 
+MIN_SAMPLE_RATE_HERTZ = 4_000
+MAX_SAMPLE_RATE_HERTZ = 192_000
+"""The output rates a synthesis may ask for (LINEAR16, MULAW, ALAW); the voice's audio is resampled to them."""
+G711_RATE_HERTZ = 8_000
+"""μ-law and A-law default to telephony's 8 kHz."""
+
+
 def validate_synthesize(
     request_id: str, spec: SynthesizeSpec, text: AsyncIterator[str], limits: LimitsConfig, router: Router
-) -> tuple[SpeechRoute, SynthesisRequest]:
+) -> tuple[SpeechRoute, SynthesisRequest, AudioOutput]:
     """Resolve the voice and check every field; the text itself arrives later through `text`.
 
-    Sizes and characters are checked first: a request is refused for its size before anything is looked up.
+    Sizes and characters are checked first: a request is refused for its size before anything is looked up. A
+    client's own text must hold something to speak (a streaming input is checked as it ends); a generation's output
+    (`text_from_request_id`) may hold nothing, and its synthesis then finishes with no audio: the client did not
+    write it.
     """
     _check_name(spec.voice, "params.voice", limits)
     if len(spec.text) > limits.max_synthesis_chars:
@@ -251,11 +264,17 @@ def validate_synthesize(
     route = router.resolve(spec.voice, ModelKind.SPEECH_SYNTHESIS)
     if spec.unknown_encoding is not None:
         raise InvalidArgument(
-            f"audio encoding {spec.unknown_encoding} is not supported; use AUDIO_ENCODING_LINEAR16",
+            f"audio encoding {spec.unknown_encoding} is not supported; use one of "
+            + ", ".join(f"AUDIO_ENCODING_{encoding.name}" for encoding in AudioEncoding),
             field="params.encoding",
             reason="UNSUPPORTED_ENCODING",
         )
-    rate = spec.sample_rate_hertz or route.model.sample_rate_hertz  # the engine refuses rates it cannot produce
+    if spec.word_timings and not route.model.word_timings:
+        raise InvalidArgument(
+            f"voice {route.model.name!r} gives no word timings (ListModels says which voices do)",
+            field="params.word_timings",
+            reason="FIELD_UNSUPPORTED",
+        )
     chunk_s = limits.default_chunk_ms / 1000 if spec.max_chunk_seconds is None else spec.max_chunk_seconds
     if not 0.01 <= chunk_s <= 2.0:
         raise InvalidArgument(
@@ -270,13 +289,53 @@ def validate_synthesize(
                 field="text_from_request_id",
                 reason="CONFLICTING_TEXT_SOURCES",
             )
-    elif not spec.streaming_input and not spec.text.strip():
+    elif spec.streaming_input:
+        text = _something_to_speak(text)
+    elif not spec.text.strip():
         raise InvalidArgument("the text must not be empty", field="params.text", reason="EMPTY_TEXT")
+    encoding = spec.encoding or AudioEncoding.LINEAR16
+    output = AudioOutput(
+        encoding,
+        _output_rate(spec.sample_rate_hertz, encoding, route.model.sample_rate_hertz),
+        chunk_s,
+        spec.word_timings,
+    )
     request = SynthesisRequest(
         request_id=request_id,
         voice=route.model.name,
         text=text,
-        sample_rate_hertz=spec.sample_rate_hertz,
-        max_chunk_samples=max(1, round(rate * chunk_s)),
+        max_chunk_samples=max(1, round(route.model.sample_rate_hertz * chunk_s)),
     )
-    return route, request
+    return route, request, output
+
+
+def _output_rate(asked: int, encoding: AudioEncoding, native: int) -> int:
+    """The rate of the request's audio: the one asked for, else the encoding's usual one (LINEAR16: the voice's)."""
+    if encoding is AudioEncoding.OGG_OPUS:
+        if asked not in (0, OPUS_RATE):
+            raise InvalidArgument(
+                f"Ogg Opus is produced at {OPUS_RATE} Hz, not {asked} Hz; leave sample_rate_hertz at 0",
+                field="params.sample_rate_hertz",
+                reason="UNSUPPORTED_SAMPLE_RATE",
+                metadata={"supported_sample_rate_hertz": str(OPUS_RATE)},
+            )
+        return OPUS_RATE
+    if asked == 0:
+        return G711_RATE_HERTZ if encoding in (AudioEncoding.MULAW, AudioEncoding.ALAW) else native
+    if not MIN_SAMPLE_RATE_HERTZ <= asked <= MAX_SAMPLE_RATE_HERTZ:
+        raise InvalidArgument(
+            f"sample_rate_hertz {asked} is outside [{MIN_SAMPLE_RATE_HERTZ}, {MAX_SAMPLE_RATE_HERTZ}]",
+            field="params.sample_rate_hertz",
+            reason="UNSUPPORTED_SAMPLE_RATE",
+        )
+    return asked
+
+
+async def _something_to_speak(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+    """A client's streaming input, passed through; at its end, INVALID_ARGUMENT if it held only whitespace."""
+    speakable = False
+    async for piece in pieces:
+        speakable = speakable or bool(piece.strip())
+        yield piece
+    if not speakable:
+        raise InvalidArgument("the text to synthesize is empty", field="text", reason="EMPTY_TEXT")

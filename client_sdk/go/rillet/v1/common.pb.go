@@ -316,7 +316,13 @@ type Finished struct {
 	// Server-side timings.
 	Timings *Timings `protobuf:"bytes,3,opt,name=timings,proto3" json:"timings,omitempty"`
 	// The stop string that matched, when `reason` is FINISH_REASON_STOP_SEQUENCE.
-	StopSequence  string `protobuf:"bytes,4,opt,name=stop_sequence,json=stopSequence,proto3" json:"stop_sequence,omitempty"`
+	StopSequence string `protobuf:"bytes,4,opt,name=stop_sequence,json=stopSequence,proto3" json:"stop_sequence,omitempty"`
+	// What the listener heard, when the request was cut short by a Cancel that
+	// said how much audio was played (`Cancel.played_samples`): on the cancelled
+	// synthesis, and on the generation it spoke (in the generation's text) if
+	// that generation was still in flight. Unset otherwise, and on voices
+	// without word timings.
+	Spoken        *SpokenText `protobuf:"bytes,5,opt,name=spoken,proto3" json:"spoken,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -379,6 +385,93 @@ func (x *Finished) GetStopSequence() string {
 	return ""
 }
 
+func (x *Finished) GetSpoken() *SpokenText {
+	if x != nil {
+		return x.Spoken
+	}
+	return nil
+}
+
+// The text a listener heard of a synthesis cut short (barge-in): whole words,
+// from the start of the text. Characters are Unicode code points of the
+// synthesis's whole text, which for a synthesis of a generation
+// (`text_from_request_id`) is the generation's output: an agent cuts its
+// history at `end_char`.
+type SpokenText struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The text from `start_char` to `end_char`: through the last word whose
+	// audio ended within `played_samples`. A word played only in part was not
+	// heard. Empty when no word was.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	// Where `text` starts: the first word's first character (0 when none).
+	StartChar uint32 `protobuf:"varint,2,opt,name=start_char,json=startChar,proto3" json:"start_char,omitempty"`
+	// Where `text` ends (exclusive): the last heard word's end (0 when none).
+	EndChar uint32 `protobuf:"varint,3,opt,name=end_char,json=endChar,proto3" json:"end_char,omitempty"`
+	// The played samples the server went by: the client's `played_samples`,
+	// at most the samples the request sent.
+	PlayedSamples uint64 `protobuf:"varint,4,opt,name=played_samples,json=playedSamples,proto3" json:"played_samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpokenText) Reset() {
+	*x = SpokenText{}
+	mi := &file_rillet_v1_common_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpokenText) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpokenText) ProtoMessage() {}
+
+func (x *SpokenText) ProtoReflect() protoreflect.Message {
+	mi := &file_rillet_v1_common_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpokenText.ProtoReflect.Descriptor instead.
+func (*SpokenText) Descriptor() ([]byte, []int) {
+	return file_rillet_v1_common_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SpokenText) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *SpokenText) GetStartChar() uint32 {
+	if x != nil {
+		return x.StartChar
+	}
+	return 0
+}
+
+func (x *SpokenText) GetEndChar() uint32 {
+	if x != nil {
+		return x.EndChar
+	}
+	return 0
+}
+
+func (x *SpokenText) GetPlayedSamples() uint64 {
+	if x != nil {
+		return x.PlayedSamples
+	}
+	return 0
+}
+
 var File_rillet_v1_common_proto protoreflect.FileDescriptor
 
 const file_rillet_v1_common_proto_rawDesc = "" +
@@ -399,12 +492,20 @@ const file_rillet_v1_common_proto_rawDesc = "" +
 	"\x0equeue_duration\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\rqueueDuration\x12D\n" +
 	"\x10prefill_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0fprefillDuration\x12J\n" +
 	"\x14time_to_first_output\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11timeToFirstOutput\x12@\n" +
-	"\x0etotal_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\"\xb6\x01\n" +
+	"\x0etotal_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\"\xe5\x01\n" +
 	"\bFinished\x12/\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x17.rillet.v1.FinishReasonR\x06reason\x12&\n" +
 	"\x05usage\x18\x02 \x01(\v2\x10.rillet.v1.UsageR\x05usage\x12,\n" +
 	"\atimings\x18\x03 \x01(\v2\x12.rillet.v1.TimingsR\atimings\x12#\n" +
-	"\rstop_sequence\x18\x04 \x01(\tR\fstopSequence*\x9d\x01\n" +
+	"\rstop_sequence\x18\x04 \x01(\tR\fstopSequence\x12-\n" +
+	"\x06spoken\x18\x05 \x01(\v2\x15.rillet.v1.SpokenTextR\x06spoken\"\x81\x01\n" +
+	"\n" +
+	"SpokenText\x12\x12\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1d\n" +
+	"\n" +
+	"start_char\x18\x02 \x01(\rR\tstartChar\x12\x19\n" +
+	"\bend_char\x18\x03 \x01(\rR\aendChar\x12%\n" +
+	"\x0eplayed_samples\x18\x04 \x01(\x04R\rplayedSamples*\x9d\x01\n" +
 	"\fFinishReason\x12\x1d\n" +
 	"\x19FINISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FINISH_REASON_STOP\x10\x01\x12\x18\n" +
@@ -426,29 +527,31 @@ func file_rillet_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_rillet_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rillet_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_rillet_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_rillet_v1_common_proto_goTypes = []any{
 	(FinishReason)(0),           // 0: rillet.v1.FinishReason
 	(*TraceContext)(nil),        // 1: rillet.v1.TraceContext
 	(*Usage)(nil),               // 2: rillet.v1.Usage
 	(*Timings)(nil),             // 3: rillet.v1.Timings
 	(*Finished)(nil),            // 4: rillet.v1.Finished
-	(*durationpb.Duration)(nil), // 5: google.protobuf.Duration
+	(*SpokenText)(nil),          // 5: rillet.v1.SpokenText
+	(*durationpb.Duration)(nil), // 6: google.protobuf.Duration
 }
 var file_rillet_v1_common_proto_depIdxs = []int32{
-	5, // 0: rillet.v1.Usage.output_audio_duration:type_name -> google.protobuf.Duration
-	5, // 1: rillet.v1.Timings.queue_duration:type_name -> google.protobuf.Duration
-	5, // 2: rillet.v1.Timings.prefill_duration:type_name -> google.protobuf.Duration
-	5, // 3: rillet.v1.Timings.time_to_first_output:type_name -> google.protobuf.Duration
-	5, // 4: rillet.v1.Timings.total_duration:type_name -> google.protobuf.Duration
+	6, // 0: rillet.v1.Usage.output_audio_duration:type_name -> google.protobuf.Duration
+	6, // 1: rillet.v1.Timings.queue_duration:type_name -> google.protobuf.Duration
+	6, // 2: rillet.v1.Timings.prefill_duration:type_name -> google.protobuf.Duration
+	6, // 3: rillet.v1.Timings.time_to_first_output:type_name -> google.protobuf.Duration
+	6, // 4: rillet.v1.Timings.total_duration:type_name -> google.protobuf.Duration
 	0, // 5: rillet.v1.Finished.reason:type_name -> rillet.v1.FinishReason
 	2, // 6: rillet.v1.Finished.usage:type_name -> rillet.v1.Usage
 	3, // 7: rillet.v1.Finished.timings:type_name -> rillet.v1.Timings
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	5, // 8: rillet.v1.Finished.spoken:type_name -> rillet.v1.SpokenText
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_rillet_v1_common_proto_init() }
@@ -462,7 +565,7 @@ func file_rillet_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rillet_v1_common_proto_rawDesc), len(file_rillet_v1_common_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

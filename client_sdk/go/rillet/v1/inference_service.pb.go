@@ -158,7 +158,10 @@ type StartSynthesize struct {
 	// When set, the text to speak is the output of this generation request of
 	// the same session, streamed server-side as it is generated. The generate
 	// request must be in flight; cancelling it cancels this request too.
-	// Mutually exclusive with `params.text` and `streaming_input`.
+	// Mutually exclusive with `params.text` and `streaming_input`. A generation
+	// whose output holds nothing to speak (stopped at once, or only whitespace)
+	// makes this request finish normally (FINISH_REASON_STOP) with no audio;
+	// an empty text a client sends itself stays INVALID_ARGUMENT (EMPTY_TEXT).
 	TextFromRequestId string `protobuf:"bytes,5,opt,name=text_from_request_id,json=textFromRequestId,proto3" json:"text_from_request_id,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -317,7 +320,15 @@ func (*EndInput) Descriptor() ([]byte, []int) {
 // Cancels a request of this session. The engine stops working on it at once
 // and the request ends with `finished` (FINISH_REASON_CANCELLED).
 type Cancel struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// For a synthesis cut short by its listener (barge-in): how much of the
+	// request's audio the client played, in samples at its chunks' rate. Its
+	// `finished` then reports what was heard (`Finished.spoken`), and so does
+	// the terminal message of the generation it speaks, if that is still in
+	// flight (cancel the synthesis first, then the generation). Only for
+	// synthesize requests: on a generation the Cancel is rejected
+	// (INVALID_ARGUMENT) and changes nothing.
+	PlayedSamples *uint64 `protobuf:"varint,1,opt,name=played_samples,json=playedSamples,proto3,oneof" json:"played_samples,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -350,6 +361,13 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
 	return file_rillet_v1_inference_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Cancel) GetPlayedSamples() uint64 {
+	if x != nil && x.PlayedSamples != nil {
+		return *x.PlayedSamples
+	}
+	return 0
 }
 
 // A client message on a Session call.
@@ -1055,8 +1073,12 @@ type Model struct {
 	// FIELD_UNSUPPORTED and metadata "field" naming the field: nothing is
 	// silently ignored.
 	TextCapabilities *TextCapabilities `protobuf:"bytes,11,opt,name=text_capabilities,json=textCapabilities,proto3" json:"text_capabilities,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Voices: whether the voice aligns each word with its audio. Such a voice
+	// honours SynthesizeParams.word_timings and reports what a listener heard
+	// when a synthesis is cancelled with `played_samples` (Finished.spoken).
+	WordTimings   bool `protobuf:"varint,12,opt,name=word_timings,json=wordTimings,proto3" json:"word_timings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Model) Reset() {
@@ -1164,6 +1186,13 @@ func (x *Model) GetTextCapabilities() *TextCapabilities {
 		return x.TextCapabilities
 	}
 	return nil
+}
+
+func (x *Model) GetWordTimings() bool {
+	if x != nil {
+		return x.WordTimings
+	}
+	return false
 }
 
 // What a text model honours beyond the prompt, max_tokens and stop strings
@@ -1275,8 +1304,10 @@ const file_rillet_v1_inference_service_proto_rawDesc = "" +
 	"AppendText\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\"\n" +
 	"\n" +
-	"\bEndInput\"\b\n" +
-	"\x06Cancel\"\xde\x02\n" +
+	"\bEndInput\"G\n" +
+	"\x06Cancel\x12*\n" +
+	"\x0eplayed_samples\x18\x01 \x01(\x04H\x00R\rplayedSamples\x88\x01\x01B\x11\n" +
+	"\x0f_played_samples\"\xde\x02\n" +
 	"\x0eSessionRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12A\n" +
@@ -1317,7 +1348,7 @@ const file_rillet_v1_inference_service_proto_rawDesc = "" +
 	"\x04kind\"\x13\n" +
 	"\x11ListModelsRequest\">\n" +
 	"\x12ListModelsResponse\x12(\n" +
-	"\x06models\x18\x01 \x03(\v2\x10.rillet.v1.ModelR\x06models\"\x84\x04\n" +
+	"\x06models\x18\x01 \x03(\v2\x10.rillet.v1.ModelR\x06models\"\xa7\x04\n" +
 	"\x05Model\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x15.rillet.v1.Model.KindR\x04kind\x12\x16\n" +
@@ -1331,7 +1362,8 @@ const file_rillet_v1_inference_service_proto_rawDesc = "" +
 	"\rsupports_chat\x18\t \x01(\bR\fsupportsChat\x12(\n" +
 	"\x10max_tokens_limit\x18\n" +
 	" \x01(\rR\x0emaxTokensLimit\x12H\n" +
-	"\x11text_capabilities\x18\v \x01(\v2\x1b.rillet.v1.TextCapabilitiesR\x10textCapabilities\"Q\n" +
+	"\x11text_capabilities\x18\v \x01(\v2\x1b.rillet.v1.TextCapabilitiesR\x10textCapabilities\x12!\n" +
+	"\fword_timings\x18\f \x01(\bR\vwordTimings\"Q\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KIND_TEXT_GENERATION\x10\x01\x12\x19\n" +
@@ -1442,6 +1474,7 @@ func file_rillet_v1_inference_service_proto_init() {
 	file_rillet_v1_common_proto_init()
 	file_rillet_v1_generation_proto_init()
 	file_rillet_v1_speech_proto_init()
+	file_rillet_v1_inference_service_proto_msgTypes[4].OneofWrappers = []any{}
 	file_rillet_v1_inference_service_proto_msgTypes[5].OneofWrappers = []any{
 		(*SessionRequest_StartGenerate)(nil),
 		(*SessionRequest_StartSynthesize)(nil),

@@ -22,15 +22,29 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// How audio bytes are encoded.
+// How audio bytes are encoded. Every voice can produce every encoding.
 type AudioEncoding int32
 
 const (
 	// The server's default, which is AUDIO_ENCODING_LINEAR16.
 	AudioEncoding_AUDIO_ENCODING_UNSPECIFIED AudioEncoding = 0
 	// Headerless signed 16-bit little-endian PCM, interleaved when several
-	// channels are present.
+	// channels are present. At the voice's native rate by default; any rate
+	// from 4,000 to 192,000 Hz may be asked for (the voice's audio is
+	// resampled).
 	AudioEncoding_AUDIO_ENCODING_LINEAR16 AudioEncoding = 1
+	// Opus in Ogg (RFC 7845), mono, at 48 kHz only, for WebRTC and browsers.
+	// The `audio` of a request's chunks, concatenated in order, is one Ogg
+	// Opus stream; the first chunk starts with its headers. Each chunk holds
+	// whole Ogg pages of whole 20 ms Opus frames, so whatever has arrived
+	// decodes as it arrives. A decoder drops the stream's pre-skip, and the
+	// decoded audio then lines up with `offset_samples`, `sample_count` and the
+	// word timings sample for sample.
+	AudioEncoding_AUDIO_ENCODING_OGG_OPUS AudioEncoding = 2
+	// G.711 μ-law (telephony), one byte per sample, 8 kHz by default.
+	AudioEncoding_AUDIO_ENCODING_MULAW AudioEncoding = 3
+	// G.711 A-law (telephony), one byte per sample, 8 kHz by default.
+	AudioEncoding_AUDIO_ENCODING_ALAW AudioEncoding = 4
 )
 
 // Enum value maps for AudioEncoding.
@@ -38,10 +52,16 @@ var (
 	AudioEncoding_name = map[int32]string{
 		0: "AUDIO_ENCODING_UNSPECIFIED",
 		1: "AUDIO_ENCODING_LINEAR16",
+		2: "AUDIO_ENCODING_OGG_OPUS",
+		3: "AUDIO_ENCODING_MULAW",
+		4: "AUDIO_ENCODING_ALAW",
 	}
 	AudioEncoding_value = map[string]int32{
 		"AUDIO_ENCODING_UNSPECIFIED": 0,
 		"AUDIO_ENCODING_LINEAR16":    1,
+		"AUDIO_ENCODING_OGG_OPUS":    2,
+		"AUDIO_ENCODING_MULAW":       3,
+		"AUDIO_ENCODING_ALAW":        4,
 	}
 )
 
@@ -82,17 +102,25 @@ type SynthesizeParams struct {
 	// session it may be empty when more text follows in AppendText messages or
 	// comes from another request (`text_from_request_id`).
 	Text string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
-	// Sample rate of the returned audio; 0 takes the voice's native rate. A rate
-	// the voice cannot produce fails with INVALID_ARGUMENT.
+	// Sample rate of the returned audio; 0 takes the encoding's usual rate (the
+	// voice's native rate for LINEAR16, 8,000 Hz for MULAW and ALAW, 48,000 Hz
+	// for OGG_OPUS). A rate the encoding does not allow fails with
+	// INVALID_ARGUMENT (reason UNSUPPORTED_SAMPLE_RATE).
 	SampleRateHertz uint32 `protobuf:"varint,3,opt,name=sample_rate_hertz,json=sampleRateHertz,proto3" json:"sample_rate_hertz,omitempty"`
 	// Encoding of the returned audio.
 	Encoding AudioEncoding `protobuf:"varint,4,opt,name=encoding,proto3,enum=rillet.v1.AudioEncoding" json:"encoding,omitempty"`
 	// Upper bound on the audio in one AudioChunk; unset takes the server's
 	// default (about 100-200 ms). Long synthesized segments are sliced into
-	// chunks of at most this duration.
+	// chunks of at most this duration. For OGG_OPUS it is rounded down to whole
+	// 20 ms frames, at least two, and the last chunk may carry one frame more.
 	MaxChunkDuration *durationpb.Duration `protobuf:"bytes,5,opt,name=max_chunk_duration,json=maxChunkDuration,proto3" json:"max_chunk_duration,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// When true, each AudioChunk carries the words whose audio starts in it
+	// (`AudioChunk.words`). Only voices whose ListModels entry says
+	// `word_timings` honour it; for others the request fails with
+	// INVALID_ARGUMENT (reason FIELD_UNSUPPORTED).
+	WordTimings   bool `protobuf:"varint,6,opt,name=word_timings,json=wordTimings,proto3" json:"word_timings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SynthesizeParams) Reset() {
@@ -160,9 +188,105 @@ func (x *SynthesizeParams) GetMaxChunkDuration() *durationpb.Duration {
 	return nil
 }
 
+func (x *SynthesizeParams) GetWordTimings() bool {
+	if x != nil {
+		return x.WordTimings
+	}
+	return false
+}
+
+// One word of a synthesis, placed in the request's text and in its audio.
+// Characters are Unicode code points of the request's whole text (every
+// piece, in order: `text`, then AppendText, or a generation's output);
+// samples count from the start of the request's audio at the chunks' rate.
+// Words are runs of text between whitespace that hold a letter or a digit,
+// punctuation attached; their times come from the voice's own alignment of
+// its phonemes with its audio.
+type WordTiming struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The word as it is in the text.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	// Where the word starts in the request's text (code points).
+	StartChar uint32 `protobuf:"varint,2,opt,name=start_char,json=startChar,proto3" json:"start_char,omitempty"`
+	// Where the word ends in the request's text (exclusive).
+	EndChar uint32 `protobuf:"varint,3,opt,name=end_char,json=endChar,proto3" json:"end_char,omitempty"`
+	// The first sample of the word's audio.
+	StartSample uint64 `protobuf:"varint,4,opt,name=start_sample,json=startSample,proto3" json:"start_sample,omitempty"`
+	// The sample after the word's audio (exclusive): a pause after the word is
+	// not part of it.
+	EndSample     uint64 `protobuf:"varint,5,opt,name=end_sample,json=endSample,proto3" json:"end_sample,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WordTiming) Reset() {
+	*x = WordTiming{}
+	mi := &file_rillet_v1_speech_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WordTiming) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WordTiming) ProtoMessage() {}
+
+func (x *WordTiming) ProtoReflect() protoreflect.Message {
+	mi := &file_rillet_v1_speech_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WordTiming.ProtoReflect.Descriptor instead.
+func (*WordTiming) Descriptor() ([]byte, []int) {
+	return file_rillet_v1_speech_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WordTiming) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *WordTiming) GetStartChar() uint32 {
+	if x != nil {
+		return x.StartChar
+	}
+	return 0
+}
+
+func (x *WordTiming) GetEndChar() uint32 {
+	if x != nil {
+		return x.EndChar
+	}
+	return 0
+}
+
+func (x *WordTiming) GetStartSample() uint64 {
+	if x != nil {
+		return x.StartSample
+	}
+	return 0
+}
+
+func (x *WordTiming) GetEndSample() uint64 {
+	if x != nil {
+		return x.EndSample
+	}
+	return 0
+}
+
 // A piece of synthesized audio. Chunks of one request are contiguous: each
-// starts where the previous ended (`offset_samples` + number of samples of
-// the previous chunk), with no gap and no overlap.
+// starts where the previous ended (`offset_samples` + `sample_count` of the
+// previous chunk), with no gap and no overlap.
 type AudioChunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Encoded audio, as the request's encoding says.
@@ -176,14 +300,20 @@ type AudioChunk struct {
 	OffsetSamples uint64 `protobuf:"varint,4,opt,name=offset_samples,json=offsetSamples,proto3" json:"offset_samples,omitempty"`
 	// The text segment this audio speaks, set on the first chunk of each
 	// segment and empty on the chunks that continue it.
-	Text          string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
+	Text string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
+	// The words whose audio starts in this chunk, in order; only when the
+	// request asked for `word_timings`.
+	Words []*WordTiming `protobuf:"bytes,6,rep,name=words,proto3" json:"words,omitempty"`
+	// Samples (per channel) of audio this chunk carries once decoded, for every
+	// encoding (for LINEAR16 also its byte length / 2 / channel_count).
+	SampleCount   uint32 `protobuf:"varint,7,opt,name=sample_count,json=sampleCount,proto3" json:"sample_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AudioChunk) Reset() {
 	*x = AudioChunk{}
-	mi := &file_rillet_v1_speech_proto_msgTypes[1]
+	mi := &file_rillet_v1_speech_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -195,7 +325,7 @@ func (x *AudioChunk) String() string {
 func (*AudioChunk) ProtoMessage() {}
 
 func (x *AudioChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rillet_v1_speech_proto_msgTypes[1]
+	mi := &file_rillet_v1_speech_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -208,7 +338,7 @@ func (x *AudioChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AudioChunk.ProtoReflect.Descriptor instead.
 func (*AudioChunk) Descriptor() ([]byte, []int) {
-	return file_rillet_v1_speech_proto_rawDescGZIP(), []int{1}
+	return file_rillet_v1_speech_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AudioChunk) GetAudio() []byte {
@@ -246,27 +376,56 @@ func (x *AudioChunk) GetText() string {
 	return ""
 }
 
+func (x *AudioChunk) GetWords() []*WordTiming {
+	if x != nil {
+		return x.Words
+	}
+	return nil
+}
+
+func (x *AudioChunk) GetSampleCount() uint32 {
+	if x != nil {
+		return x.SampleCount
+	}
+	return 0
+}
+
 var File_rillet_v1_speech_proto protoreflect.FileDescriptor
 
 const file_rillet_v1_speech_proto_rawDesc = "" +
 	"\n" +
-	"\x16rillet/v1/speech.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe7\x01\n" +
+	"\x16rillet/v1/speech.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\"\x8a\x02\n" +
 	"\x10SynthesizeParams\x12\x14\n" +
 	"\x05voice\x18\x01 \x01(\tR\x05voice\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12*\n" +
 	"\x11sample_rate_hertz\x18\x03 \x01(\rR\x0fsampleRateHertz\x124\n" +
 	"\bencoding\x18\x04 \x01(\x0e2\x18.rillet.v1.AudioEncodingR\bencoding\x12G\n" +
-	"\x12max_chunk_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10maxChunkDuration\"\xae\x01\n" +
+	"\x12max_chunk_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10maxChunkDuration\x12!\n" +
+	"\fword_timings\x18\x06 \x01(\bR\vwordTimings\"\x9c\x01\n" +
+	"\n" +
+	"WordTiming\x12\x12\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1d\n" +
+	"\n" +
+	"start_char\x18\x02 \x01(\rR\tstartChar\x12\x19\n" +
+	"\bend_char\x18\x03 \x01(\rR\aendChar\x12!\n" +
+	"\fstart_sample\x18\x04 \x01(\x04R\vstartSample\x12\x1d\n" +
+	"\n" +
+	"end_sample\x18\x05 \x01(\x04R\tendSample\"\xfe\x01\n" +
 	"\n" +
 	"AudioChunk\x12\x14\n" +
 	"\x05audio\x18\x01 \x01(\fR\x05audio\x12*\n" +
 	"\x11sample_rate_hertz\x18\x02 \x01(\rR\x0fsampleRateHertz\x12#\n" +
 	"\rchannel_count\x18\x03 \x01(\rR\fchannelCount\x12%\n" +
 	"\x0eoffset_samples\x18\x04 \x01(\x04R\roffsetSamples\x12\x12\n" +
-	"\x04text\x18\x05 \x01(\tR\x04text*L\n" +
+	"\x04text\x18\x05 \x01(\tR\x04text\x12+\n" +
+	"\x05words\x18\x06 \x03(\v2\x15.rillet.v1.WordTimingR\x05words\x12!\n" +
+	"\fsample_count\x18\a \x01(\rR\vsampleCount*\x9c\x01\n" +
 	"\rAudioEncoding\x12\x1e\n" +
 	"\x1aAUDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n" +
-	"\x17AUDIO_ENCODING_LINEAR16\x10\x01B]\n" +
+	"\x17AUDIO_ENCODING_LINEAR16\x10\x01\x12\x1b\n" +
+	"\x17AUDIO_ENCODING_OGG_OPUS\x10\x02\x12\x18\n" +
+	"\x14AUDIO_ENCODING_MULAW\x10\x03\x12\x17\n" +
+	"\x13AUDIO_ENCODING_ALAW\x10\x04B]\n" +
 	"\rdev.rillet.v1B\vSpeechProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3"
 
 var (
@@ -282,21 +441,23 @@ func file_rillet_v1_speech_proto_rawDescGZIP() []byte {
 }
 
 var file_rillet_v1_speech_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rillet_v1_speech_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_rillet_v1_speech_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_rillet_v1_speech_proto_goTypes = []any{
 	(AudioEncoding)(0),          // 0: rillet.v1.AudioEncoding
 	(*SynthesizeParams)(nil),    // 1: rillet.v1.SynthesizeParams
-	(*AudioChunk)(nil),          // 2: rillet.v1.AudioChunk
-	(*durationpb.Duration)(nil), // 3: google.protobuf.Duration
+	(*WordTiming)(nil),          // 2: rillet.v1.WordTiming
+	(*AudioChunk)(nil),          // 3: rillet.v1.AudioChunk
+	(*durationpb.Duration)(nil), // 4: google.protobuf.Duration
 }
 var file_rillet_v1_speech_proto_depIdxs = []int32{
 	0, // 0: rillet.v1.SynthesizeParams.encoding:type_name -> rillet.v1.AudioEncoding
-	3, // 1: rillet.v1.SynthesizeParams.max_chunk_duration:type_name -> google.protobuf.Duration
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	4, // 1: rillet.v1.SynthesizeParams.max_chunk_duration:type_name -> google.protobuf.Duration
+	2, // 2: rillet.v1.AudioChunk.words:type_name -> rillet.v1.WordTiming
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_rillet_v1_speech_proto_init() }
@@ -310,7 +471,7 @@ func file_rillet_v1_speech_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rillet_v1_speech_proto_rawDesc), len(file_rillet_v1_speech_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

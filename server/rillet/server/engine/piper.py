@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
-import itertools
 import json
 import logging
-import math
-import queue
-import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import onnxruntime  # type: ignore[import-untyped]
 from piper import PiperConfig as VoiceConfig
@@ -25,8 +20,10 @@ from piper import PiperVoice
 from rillet.server.config import PiperConfig
 from rillet.server.engine.base import SpeechEvent
 from rillet.server.engine.cpu import available_cores
+from rillet.server.engine.deadline import DeadlinePool
 from rillet.server.engine.espeak import mend_get_phonemes
-from rillet.server.engine.segment import Segmenter, segments
+from rillet.server.engine.segment import Segment, Segmenter, segments
+from rillet.server.engine.words import Phone, align_words
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, NotFound, RilletError, Unavailable
 from rillet.server.types import (
     AudioChunk,
@@ -36,13 +33,12 @@ from rillet.server.types import (
     ModelKind,
     SynthesisRequest,
     Usage,
+    WordTiming,
 )
 
-__all__ = ["DeadlinePool", "PiperEngine", "Voice", "VoiceFiles", "solo_threads"]
+__all__ = ["PiperEngine", "Rendering", "Voice", "VoiceFiles", "aligned_model", "load_voice", "render", "solo_threads"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 WARMUP_TEXT = "Warming up."
 SAMPLE_WIDTH = 2  # PCM16
@@ -124,12 +120,46 @@ class _ReleasingSession(onnxruntime.InferenceSession):  # type: ignore[misc]
         return super().run(output_names, input_feed, run_options or self._RELEASE)
 
 
-def load_voice(files: VoiceFiles, threads: int, *, release_memory: bool = False) -> PiperVoice:
+def aligned_model(files: VoiceFiles) -> bytes | str:
+    """The voice's model with its phoneme durations as a second output: piper's own patch, applied in memory.
+
+    piper 1.8 reads a voice's alignment from the graph's duration tensor (the VITS `w_ceil`, its only Ceil), which
+    voice files do not expose; `onnx` patches the graph. Without `onnx` piper silently gives no alignment, and a
+    graph with no single Ceil cannot give one: both fail the engine's start here rather than word timings later.
+    Returns the patched model's bytes, or the path of a model already patched on disk.
+    """
+    try:
+        import onnx
+        from piper.patch_voice_with_alignment import add_alignment_output
+    except ImportError as exc:
+        raise EngineDead(
+            "word timings need the onnx package (pip install 'piper-tts[alignment]'); without it piper gives none",
+            reason="VOICE_UNAVAILABLE",
+        ) from exc
+    model = onnx.load(str(files.model_path))
+    if any(
+        node.op_type == "Ceil" and set(node.output) & {o.name for o in model.graph.output} for node in model.graph.node
+    ):
+        return str(files.model_path)  # patched on disk already (python -m piper.patch_voice_with_alignment)
+    try:
+        add_alignment_output(model)
+    except ValueError as exc:
+        raise EngineDead(
+            f"piper voice {files.name!r} exposes no phoneme alignment: {exc}", reason="VOICE_UNAVAILABLE"
+        ) from exc
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+def load_voice(
+    files: VoiceFiles, threads: int, *, release_memory: bool = False, model: bytes | str | None = None
+) -> PiperVoice:
     """Load one voice for CPU inference with `threads` intra-op threads per synthesis (blocking).
 
     onnxruntime fixes a session's intra-op thread count when it is created (no run option changes it), so a voice
     that should render with more threads when alone gets a second session (`Voice`). With `release_memory`, each
-    synthesis returns its working memory (`_ReleasingSession`).
+    synthesis returns its working memory (`_ReleasingSession`). `model`: the graph to run (`aligned_model`), by
+    default the voice's file as it is.
     """
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -137,13 +167,43 @@ def load_voice(files: VoiceFiles, threads: int, *, release_memory: bool = False)
     # A spinning thread pool steals the cores other workers and engines need (see DESIGN.md §4, llamacpp).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     kind = _ReleasingSession if release_memory else onnxruntime.InferenceSession
-    session = kind(str(files.model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    source = str(files.model_path) if model is None else model
+    session = kind(source, sess_options=options, providers=["CPUExecutionProvider"])
     return PiperVoice(session=session, config=VoiceConfig.from_dict(files.config))
 
 
-def render(voice: PiperVoice, text: str) -> bytes:
-    """Synthesize `text` to PCM16 mono bytes at the voice's rate (blocking; run on a worker thread)."""
-    return b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text))
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """A text's audio (PCM16 mono at the voice's rate) and its phonemes aligned with it, in order.
+
+    `phones` is empty when the voice gave no alignment for some sentence of the text (piper could not pair its
+    phonemes with their ids, which its own phonemizer never causes); their spans tile the audio exactly otherwise.
+    """
+
+    pcm: bytes
+    phones: tuple[Phone, ...]
+
+
+def render(voice: PiperVoice, text: str) -> Rendering:
+    """Synthesize `text` with its alignment (blocking; run on a worker thread)."""
+    pcm: list[bytes] = []
+    phones: list[Phone] = []
+    aligned = True
+    position = 0
+    for chunk in voice.synthesize(text, include_alignments=True):
+        pcm.append(chunk.audio_int16_bytes)
+        if chunk.phoneme_alignments is None:
+            aligned = False
+        elif aligned:
+            for alignment in chunk.phoneme_alignments:
+                phones.append(Phone(alignment.phoneme, position, position + alignment.num_samples))
+                position += alignment.num_samples
+    return Rendering(b"".join(pcm), tuple(phones) if aligned else ())
+
+
+def phonemes(voice: PiperVoice, word: str) -> list[str]:
+    """The phonemes the voice says `word` alone with (blocking: espeak)."""
+    return [phoneme for sentence in voice.phonemize(word) for phoneme in sentence]
 
 
 def solo_threads(config: PiperConfig) -> int:
@@ -167,107 +227,25 @@ class Voice:
         return self.solo if alone and self.solo is not None else self.shared
 
 
-def _render_segment(voice: Voice, text: str, alone: bool) -> bytes:
-    return render(voice.pick(alone), text)
-
-
-@dataclass(order=True, slots=True)
-class _Job:
-    deadline: float
-    seq: int
-    run: Callable[[bool], None] | None = field(compare=False)
-    """Runs the job, or with True fails it because the pool is closing; None tells a worker to exit."""
-
-
-def _closed_error() -> Unavailable:
-    return Unavailable("the piper engine is shutting down", reason="ENGINE_CLOSED")
-
-
-class DeadlinePool:
-    """A fixed set of worker threads that run jobs earliest-deadline-first.
-
-    The engine gives a request's first segment the deadline "now" and each later segment the moment the audio
-    already produced for that request would run out if played in real time. So a new request's first audio
-    overtakes segments that are not needed yet, and under load every stream stays ahead of its playback.
-
-    A job is told whether it starts alone (no other job running or queued), so it may use every core.
-
-    Invariants: a job cancelled before a worker takes it never runs; a running job always completes its future
-    (its caller may have stopped waiting and drops the result); after `close` nothing new starts, and every
-    future not yet running fails with Unavailable.
-    """
-
-    def __init__(self, workers: int, name: str) -> None:
-        self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
-        self._seq = itertools.count()
-        self._closed = False
-        self._lock = threading.Lock()
-        self._running = 0
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True) for index in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, deadline: float, fn: Callable[[bool], T]) -> concurrent.futures.Future[T]:
-        """Queue `fn(alone)` to run when no job with an earlier deadline waits; cancelling the future unqueues it."""
-        if self._closed:
-            raise _closed_error()
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run(closing: bool) -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            if closing:
-                future.set_exception(_closed_error())
-                return
-            with self._lock:
-                self._running += 1
-                alone = self._running == 1 and self._queue.empty()
-            try:
-                result = fn(alone)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-            finally:
-                with self._lock:
-                    self._running -= 1
-
-        self._queue.put(_Job(deadline, next(self._seq), run))
-        return future
-
-    def close(self) -> None:
-        """Fail queued jobs and stop the workers once their current job is done (non-blocking)."""
-        self._closed = True
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job.run is not None:
-                job.run(True)
-        for _ in self._threads:
-            self._queue.put(_Job(-math.inf, next(self._seq), None))
-
-    def join(self, timeout: float) -> None:
-        """Wait (blocking) up to `timeout` seconds in all for the workers to exit."""
-        end = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, end - time.monotonic()))
-
-    def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job.run is None:
-                return
-            job.run(False)
-
-
 @dataclass(frozen=True, slots=True)
 class _Rendered:
-    text: str
+    text: Segment
     pcm: bytes
+    words: list[WordTiming]  # samples from the start of the segment's audio
+
+
+def _render_segment(voice: Voice, text: Segment, alone: bool) -> _Rendered:
+    """A segment's audio and its words' timings (on a worker thread: phonemizing the words is espeak work too)."""
+    session = voice.pick(alone)
+    rendering = render(session, text)
+    words = align_words(
+        text,
+        rendering.phones,
+        functools.partial(phonemes, session),
+        samples=len(rendering.pcm) // SAMPLE_WIDTH,
+        char_base=text.start,
+    )
+    return _Rendered(text, rendering.pcm, words)
 
 
 class PiperEngine:
@@ -288,6 +266,7 @@ class PiperEngine:
                 engine=self.name,
                 description=voice.description,
                 sample_rate_hertz=voice.sample_rate_hertz,
+                word_timings=True,  # every voice gives its alignment, or the engine does not start
             )
             for voice in self._files.values()
         )
@@ -344,14 +323,17 @@ class PiperEngine:
         for name, files in self._files.items():
             started = time.perf_counter()
             release = self._config.release_memory
-            shared = load_voice(files, self._config.threads_per_worker, release_memory=release)
-            alone = load_voice(files, solo, release_memory=release) if solo > self._config.threads_per_worker else None
+            model = aligned_model(files)
+            shared = load_voice(files, self._config.threads_per_worker, release_memory=release, model=model)
+            alone = (
+                load_voice(files, solo, release_memory=release, model=model)
+                if solo > self._config.threads_per_worker
+                else None
+            )
+            del model  # the patched graph's bytes: onnxruntime holds its own copy now
             voice = Voice(shared, alone)
             for session in (shared,) if voice.solo is None else (shared, voice.solo):  # the first run allocates
-                if not render(session, WARMUP_TEXT):
-                    raise EngineDead(
-                        f"piper voice {name!r} produced no audio when warming up", reason="VOICE_UNAVAILABLE"
-                    )
+                _check_warm_up(name, render(session, WARMUP_TEXT))
             voices[name] = voice
             log.info("piper voice %s ready in %.2fs", name, time.perf_counter() - started)
         return voices
@@ -381,13 +363,6 @@ class PiperEngine:
                 metadata={"model": request.voice},
             )
         native = self._files[request.voice].sample_rate_hertz
-        if request.sample_rate_hertz not in (0, native):
-            raise InvalidArgument(
-                f"voice {request.voice!r} produces {native} Hz audio; {request.sample_rate_hertz} Hz is not supported",
-                field="params.sample_rate_hertz",
-                reason="UNSUPPORTED_SAMPLE_RATE",
-                metadata={"supported_sample_rate_hertz": str(native)},
-            )
         if request.max_chunk_samples < 1:
             raise InvalidArgument(
                 f"max_chunk_samples must be positive, got {request.max_chunk_samples}", reason="INVALID_CHUNK_SIZE"
@@ -409,9 +384,10 @@ class PiperEngine:
         """Consume rendered segments from a producer task and slice them into chunks.
 
         Invariants: chunk offsets are contiguous from 0; every segment's text rides on the first chunk of its
-        audio (or of the next audio, if it rendered to none); memory per request is bounded by one segment being
-        rendered, one waiting in `rendered` and one being sliced; on close or cancellation the producer is
-        cancelled before `active` drops, so no further segment starts.
+        audio (or of the next audio, if it rendered to none), and each word on the chunk its audio starts in (a word
+        of a segment without audio on the next chunk); memory per request is bounded by one segment being rendered,
+        one waiting in `rendered` and one being sliced; on close or cancellation the producer is cancelled before
+        `active` drops, so no further segment starts. Text with nothing to speak finishes with no audio.
         """
         self._active += 1
         started = time.perf_counter()
@@ -423,6 +399,7 @@ class PiperEngine:
         try:
             offset = 0
             unspoken = ""  # text of segments that rendered to no audio, not yet carried by a chunk
+            words: list[WordTiming] = []  # words not yet carried by a chunk, samples from the request's start
             time_to_first_audio: float | None = None
             step = request.max_chunk_samples * SAMPLE_WIDTH * CHANNELS
             while (item := await rendered.get()) is not None:
@@ -433,6 +410,7 @@ class PiperEngine:
                         f"speech synthesis failed: {type(item).__name__}", reason="SYNTHESIS_FAILED"
                     ) from item
                 label = f"{unspoken} {item.text}" if unspoken else item.text
+                words += (_shifted(word, offset) for word in item.words)
                 if not item.pcm:  # e.g. only punctuation: its text labels the next audio instead
                     unspoken = label
                     continue
@@ -441,8 +419,16 @@ class PiperEngine:
                     pcm = item.pcm[start : start + step]
                     if time_to_first_audio is None:
                         time_to_first_audio = time.perf_counter() - started
-                    yield AudioChunk(pcm, rate, CHANNELS, offset, label if start == 0 else "")
-                    offset += len(pcm) // (SAMPLE_WIDTH * CHANNELS)
+                    end = offset + len(pcm) // (SAMPLE_WIDTH * CHANNELS)
+                    last = start + step >= len(item.pcm)
+                    carried = (
+                        len(words)
+                        if last
+                        else next((i for i, w in enumerate(words) if w.start_sample >= end), len(words))
+                    )
+                    yield AudioChunk(pcm, rate, CHANNELS, offset, label if start == 0 else "", tuple(words[:carried]))
+                    del words[:carried]
+                    offset = end
             usage = Usage(input_characters=segmenter.characters, output_audio_seconds=offset / rate)
             yield EngineFinished(FinishReason.STOP, usage, prefill_seconds=time_to_first_audio)
         finally:
@@ -471,17 +457,12 @@ class PiperEngine:
                 async for segment in texts:
                     deadline = time.monotonic() if first_ready is None else first_ready + audio_seconds
                     future = pool.submit(deadline, functools.partial(_render_segment, voice, segment))
-                    pcm = await asyncio.wrap_future(future)
+                    item = await asyncio.wrap_future(future)
                     if first_ready is None:
                         first_ready = time.monotonic()
-                    audio_seconds += len(pcm) / (SAMPLE_WIDTH * CHANNELS * rate)
-                    await rendered.put(_Rendered(segment, pcm))
-            if segmenter.emitted == 0:
-                await rendered.put(
-                    InvalidArgument("the text to synthesize is empty", field="text", reason="EMPTY_TEXT")
-                )
-            else:
-                await rendered.put(None)  # the end
+                    audio_seconds += len(item.pcm) / (SAMPLE_WIDTH * CHANNELS * rate)
+                    await rendered.put(item)
+            await rendered.put(None)  # the end
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -491,3 +472,19 @@ class PiperEngine:
             if not isinstance(exc, RilletError):
                 log.exception("piper synthesis failed")
             await rendered.put(exc)
+
+
+def _shifted(word: WordTiming, samples: int) -> WordTiming:
+    return replace(word, start_sample=word.start_sample + samples, end_sample=word.end_sample + samples)
+
+
+def _check_warm_up(name: str, rendering: Rendering) -> None:
+    """A voice must speak, and give an alignment that tiles its audio exactly (the words' timings rest on it)."""
+    samples = len(rendering.pcm) // SAMPLE_WIDTH
+    if not samples:
+        raise EngineDead(f"piper voice {name!r} produced no audio when warming up", reason="VOICE_UNAVAILABLE")
+    if not rendering.phones or rendering.phones[-1].end != samples:
+        raise EngineDead(
+            f"piper voice {name!r} gave no phoneme alignment matching its audio when warming up",
+            reason="VOICE_UNAVAILABLE",
+        )

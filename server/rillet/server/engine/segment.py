@@ -6,7 +6,7 @@ import enum
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 
-__all__ = ["Segmenter", "segments"]
+__all__ = ["Segment", "Segmenter", "segments"]
 
 SENTENCE_ENDS = frozenset(".!?…")
 """End a sentence when whitespace follows (after any closing quotes or brackets)."""
@@ -28,6 +28,17 @@ ABBREVIATIONS = frozenset(
 
 _WORD_BEFORE = re.compile(r"[\w.]+$")
 _INITIALISM = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")  # e.g, i.e, u.s, a.m
+
+
+class Segment(str):
+    """A segment's text, and `start`: the index of its first character in the whole input (all pieces, in order)."""
+
+    start: int
+
+    def __new__(cls, text: str, start: int) -> Segment:
+        segment = super().__new__(cls, text)
+        segment.start = start
+        return segment
 
 
 class _Boundary(enum.Enum):
@@ -54,6 +65,7 @@ class Segmenter:
     - A boundary is decided only once the character after it has arrived (or at `flush`), so the segments do
       not depend on how the text was split into pieces.
     - Segments come out in input order, stripped, never empty; their words, in order, are the input's words.
+    - Each segment is the input's text from its `start` (Segment.start), character for character.
     """
 
     def __init__(
@@ -72,6 +84,8 @@ class Segmenter:
         self._first_clause_chars = first_clause_chars
         self._first_max_chars = first_max
         self._buffer = ""
+        self._start = 0
+        """Where `_buffer` starts in the whole input."""
         self._scanned = 0
         """Positions of `_buffer` before this one were already checked (and did not cut)."""
         self._last_clause = 0
@@ -89,32 +103,39 @@ class Segmenter:
         """Segments emitted so far. Zero after `flush` means the input held no text to speak."""
         return self._emitted
 
-    def feed(self, piece: str) -> list[str]:
+    def feed(self, piece: str) -> list[Segment]:
         """Add a piece of text; return the segments it completes (often none)."""
         self._characters += len(piece)
-        self._buffer += piece.lstrip() if not self._buffer else piece
-        out: list[str] = []
+        if self._buffer:
+            self._buffer += piece
+        else:  # the buffer never starts with whitespace
+            self._buffer = piece.lstrip()
+            self._start = self._characters - len(self._buffer)
+        out: list[Segment] = []
         while (cut := self._next_cut()) is not None:
             end, resume = cut
             self._emit(self._buffer[:end], out)
-            self._buffer = self._buffer[resume:].lstrip()
+            rest = self._buffer[resume:]
+            self._buffer = rest.lstrip()
+            self._start += resume + len(rest) - len(self._buffer)
             self._scanned = 0
             self._last_clause = 0
         return out
 
-    def flush(self) -> list[str]:
+    def flush(self) -> list[Segment]:
         """End of input: return the rest as a last segment (or nothing) and reset for a new input."""
-        out: list[str] = []
+        out: list[Segment] = []
         self._emit(self._buffer, out)
         self._buffer = ""
+        self._start = self._characters
         self._scanned = 0
         self._last_clause = 0
         return out
 
-    def _emit(self, text: str, out: list[str]) -> None:
-        segment = text.strip()
+    def _emit(self, text: str, out: list[Segment]) -> None:
+        segment = text.rstrip()  # `text` starts at `_start`, never with whitespace
         if segment:
-            out.append(segment)
+            out.append(Segment(segment, self._start))
             self._emitted += 1
 
     def _next_cut(self) -> tuple[int, int] | None:
@@ -180,7 +201,7 @@ class Segmenter:
         return word.isdigit() and match.start() == 0
 
 
-async def segments(pieces: AsyncIterator[str], segmenter: Segmenter | None = None) -> AsyncGenerator[str, None]:
+async def segments(pieces: AsyncIterator[str], segmenter: Segmenter | None = None) -> AsyncGenerator[Segment, None]:
     """Segments of an async stream of text pieces, each yielded as soon as it is complete; the rest at the end."""
     cutter = segmenter if segmenter is not None else Segmenter()
     async for piece in pieces:

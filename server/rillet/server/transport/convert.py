@@ -35,6 +35,7 @@ from rillet.server.types import (
     ModelKind,
     Output,
     Prompt,
+    SpokenText,
     Start,
     SynthesizeSpec,
     TextCapabilities,
@@ -42,6 +43,7 @@ from rillet.server.types import (
     TokenDelta,
     TraceContext,
     Usage,
+    WordTiming,
 )
 from rillet.server.validation import check_id_length
 from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, speech_pb2
@@ -62,6 +64,12 @@ _FINISH_REASONS = {
     FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP_SEQUENCE: common_pb2.FINISH_REASON_STOP_SEQUENCE,
     FinishReason.CANCELLED: common_pb2.FINISH_REASON_CANCELLED,
+}
+_ENCODINGS = {
+    speech_pb2.AUDIO_ENCODING_LINEAR16: AudioEncoding.LINEAR16,
+    speech_pb2.AUDIO_ENCODING_OGG_OPUS: AudioEncoding.OGG_OPUS,
+    speech_pb2.AUDIO_ENCODING_MULAW: AudioEncoding.MULAW,
+    speech_pb2.AUDIO_ENCODING_ALAW: AudioEncoding.ALAW,
 }
 _MODEL_KINDS = {
     ModelKind.TEXT_GENERATION: inference_service_pb2.Model.KIND_TEXT_GENERATION,
@@ -162,12 +170,8 @@ def constraint(params: generation_pb2.GenerateParams, limits: LimitsConfig) -> C
 def synthesize_spec(
     params: speech_pb2.SynthesizeParams, *, streaming_input: bool = False, text_from_request_id: str = ""
 ) -> SynthesizeSpec:
-    encoding: AudioEncoding | None = None
-    unknown: int | None = None
-    if params.encoding == speech_pb2.AUDIO_ENCODING_LINEAR16:
-        encoding = AudioEncoding.LINEAR16
-    elif params.encoding != speech_pb2.AUDIO_ENCODING_UNSPECIFIED:
-        unknown = params.encoding
+    encoding = _ENCODINGS.get(params.encoding)
+    unknown = params.encoding if encoding is None and params.encoding != speech_pb2.AUDIO_ENCODING_UNSPECIFIED else None
     return SynthesizeSpec(
         voice=params.voice,
         text=params.text,
@@ -179,6 +183,7 @@ def synthesize_spec(
         else None,
         streaming_input=streaming_input,
         text_from_request_id=text_from_request_id,
+        word_timings=params.word_timings,
     )
 
 
@@ -229,7 +234,8 @@ def _command(message: inference_service_pb2.SessionRequest, limits: LimitsConfig
         case "end_input":
             return EndInput(request_id)
         case "cancel":
-            return Cancel(request_id)
+            cancel = message.cancel
+            return Cancel(request_id, cancel.played_samples if cancel.HasField("played_samples") else None)
         case _:
             raise InvalidArgument("the message has no kind set", field="kind", reason="MISSING_KIND")
 
@@ -263,11 +269,29 @@ def token_delta(delta: TokenDelta) -> generation_pb2.TokenDelta:
 
 def audio_chunk(chunk: AudioChunk) -> speech_pb2.AudioChunk:
     return speech_pb2.AudioChunk(
-        audio=chunk.pcm,
+        audio=chunk.audio,
         sample_rate_hertz=chunk.sample_rate_hertz,
         channel_count=chunk.channel_count,
         offset_samples=chunk.offset_samples,
         text=chunk.text,
+        words=[word_timing(word) for word in chunk.words] if chunk.words else None,
+        sample_count=chunk.samples,
+    )
+
+
+def word_timing(word: WordTiming) -> speech_pb2.WordTiming:
+    return speech_pb2.WordTiming(
+        text=word.text,
+        start_char=word.start_char,
+        end_char=word.end_char,
+        start_sample=word.start_sample,
+        end_sample=word.end_sample,
+    )
+
+
+def spoken_text(spoken: SpokenText) -> common_pb2.SpokenText:
+    return common_pb2.SpokenText(
+        text=spoken.text, start_char=spoken.start_char, end_char=spoken.end_char, played_samples=spoken.played_samples
     )
 
 
@@ -300,6 +324,7 @@ def finished(result: Finished) -> common_pb2.Finished:
         usage=_usage(result.usage),
         timings=_timings(result.timings),
         stop_sequence=result.stop_sequence,
+        spoken=spoken_text(result.spoken) if result.spoken is not None else None,
     )
 
 
@@ -362,6 +387,7 @@ def model(info: ModelInfo, is_default: bool) -> inference_service_pb2.Model:
         supports_chat=info.supports_chat,
         max_tokens_limit=info.max_tokens_limit,
         text_capabilities=text_capabilities(info.capabilities) if info.capabilities is not None else None,
+        word_timings=info.word_timings,
     )
 
 

@@ -114,6 +114,39 @@ export interface Finished {
     | undefined;
   /** The stop string that matched, when `reason` is FINISH_REASON_STOP_SEQUENCE. */
   stopSequence: string;
+  /**
+   * What the listener heard, when the request was cut short by a Cancel that
+   * said how much audio was played (`Cancel.played_samples`): on the cancelled
+   * synthesis, and on the generation it spoke (in the generation's text) if
+   * that generation was still in flight. Unset otherwise, and on voices
+   * without word timings.
+   */
+  spoken: SpokenText | undefined;
+}
+
+/**
+ * The text a listener heard of a synthesis cut short (barge-in): whole words,
+ * from the start of the text. Characters are Unicode code points of the
+ * synthesis's whole text, which for a synthesis of a generation
+ * (`text_from_request_id`) is the generation's output: an agent cuts its
+ * history at `end_char`.
+ */
+export interface SpokenText {
+  /**
+   * The text from `start_char` to `end_char`: through the last word whose
+   * audio ended within `played_samples`. A word played only in part was not
+   * heard. Empty when no word was.
+   */
+  text: string;
+  /** Where `text` starts: the first word's first character (0 when none). */
+  startChar: number;
+  /** Where `text` ends (exclusive): the last heard word's end (0 when none). */
+  endChar: number;
+  /**
+   * The played samples the server went by: the client's `played_samples`,
+   * at most the samples the request sent.
+   */
+  playedSamples: bigint;
 }
 
 function createBaseTraceContext(): TraceContext {
@@ -393,7 +426,7 @@ export const Timings: MessageFns<Timings> = {
 };
 
 function createBaseFinished(): Finished {
-  return { reason: 0, usage: undefined, timings: undefined, stopSequence: "" };
+  return { reason: 0, usage: undefined, timings: undefined, stopSequence: "", spoken: undefined };
 }
 
 export const Finished: MessageFns<Finished> = {
@@ -409,6 +442,9 @@ export const Finished: MessageFns<Finished> = {
     }
     if (message.stopSequence !== "") {
       writer.uint32(34).string(message.stopSequence);
+    }
+    if (message.spoken !== undefined) {
+      SpokenText.encode(message.spoken, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -458,6 +494,14 @@ export const Finished: MessageFns<Finished> = {
             message.stopSequence = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.spoken = SpokenText.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -481,6 +525,105 @@ export const Finished: MessageFns<Finished> = {
       ? Timings.fromPartial(object.timings)
       : undefined;
     message.stopSequence = object.stopSequence ?? "";
+    message.spoken = (object.spoken !== undefined && object.spoken !== null)
+      ? SpokenText.fromPartial(object.spoken)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSpokenText(): SpokenText {
+  return { text: "", startChar: 0, endChar: 0, playedSamples: 0n };
+}
+
+export const SpokenText: MessageFns<SpokenText> = {
+  encode(message: SpokenText, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.text !== "") {
+      writer.uint32(10).string(message.text);
+    }
+    if (message.startChar !== 0) {
+      writer.uint32(16).uint32(message.startChar);
+    }
+    if (message.endChar !== 0) {
+      writer.uint32(24).uint32(message.endChar);
+    }
+    if (message.playedSamples !== 0n) {
+      if (BigInt.asUintN(64, message.playedSamples) !== message.playedSamples) {
+        throw new globalThis.Error("value provided for field message.playedSamples of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.playedSamples);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SpokenText {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSpokenText();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.text = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.startChar = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.endChar = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.playedSamples = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SpokenText>): SpokenText {
+    return SpokenText.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SpokenText>): SpokenText {
+    const message = createBaseSpokenText();
+    message.text = object.text ?? "";
+    message.startChar = object.startChar ?? 0;
+    message.endChar = object.endChar ?? 0;
+    message.playedSamples = (object.playedSamples !== undefined && object.playedSamples !== null)
+      ? BigInt(object.playedSamples)
+      : 0n;
     return message;
   },
 };

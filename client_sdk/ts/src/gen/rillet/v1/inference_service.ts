@@ -60,7 +60,10 @@ export interface StartSynthesize {
    * When set, the text to speak is the output of this generation request of
    * the same session, streamed server-side as it is generated. The generate
    * request must be in flight; cancelling it cancels this request too.
-   * Mutually exclusive with `params.text` and `streaming_input`.
+   * Mutually exclusive with `params.text` and `streaming_input`. A generation
+   * whose output holds nothing to speak (stopped at once, or only whitespace)
+   * makes this request finish normally (FINISH_REASON_STOP) with no audio;
+   * an empty text a client sends itself stays INVALID_ARGUMENT (EMPTY_TEXT).
    */
   textFromRequestId: string;
 }
@@ -86,6 +89,16 @@ export interface EndInput {
  * and the request ends with `finished` (FINISH_REASON_CANCELLED).
  */
 export interface Cancel {
+  /**
+   * For a synthesis cut short by its listener (barge-in): how much of the
+   * request's audio the client played, in samples at its chunks' rate. Its
+   * `finished` then reports what was heard (`Finished.spoken`), and so does
+   * the terminal message of the generation it speaks, if that is still in
+   * flight (cancel the synthesis first, then the generation). Only for
+   * synthesize requests: on a generation the Cancel is rejected
+   * (INVALID_ARGUMENT) and changes nothing.
+   */
+  playedSamples?: bigint | undefined;
 }
 
 /** A client message on a Session call. */
@@ -231,7 +244,15 @@ export interface Model {
    * FIELD_UNSUPPORTED and metadata "field" naming the field: nothing is
    * silently ignored.
    */
-  textCapabilities: TextCapabilities | undefined;
+  textCapabilities:
+    | TextCapabilities
+    | undefined;
+  /**
+   * Voices: whether the voice aligns each word with its audio. Such a voice
+   * honours SynthesizeParams.word_timings and reports what a listener heard
+   * when a synthesis is cancelled with `played_samples` (Finished.spoken).
+   */
+  wordTimings: boolean;
 }
 
 /** What a model does. */
@@ -576,11 +597,17 @@ export const EndInput: MessageFns<EndInput> = {
 };
 
 function createBaseCancel(): Cancel {
-  return {};
+  return { playedSamples: undefined };
 }
 
 export const Cancel: MessageFns<Cancel> = {
-  encode(_: Cancel, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: Cancel, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.playedSamples !== undefined) {
+      if (BigInt.asUintN(64, message.playedSamples) !== message.playedSamples) {
+        throw new globalThis.Error("value provided for field message.playedSamples of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.playedSamples);
+    }
     return writer;
   },
 
@@ -597,6 +624,14 @@ export const Cancel: MessageFns<Cancel> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.playedSamples = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -612,8 +647,11 @@ export const Cancel: MessageFns<Cancel> = {
   create(base?: DeepPartial<Cancel>): Cancel {
     return Cancel.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<Cancel>): Cancel {
+  fromPartial(object: DeepPartial<Cancel>): Cancel {
     const message = createBaseCancel();
+    message.playedSamples = (object.playedSamples !== undefined && object.playedSamples !== null)
+      ? BigInt(object.playedSamples)
+      : undefined;
     return message;
   },
 };
@@ -1338,6 +1376,7 @@ function createBaseModel(): Model {
     supportsChat: false,
     maxTokensLimit: 0,
     textCapabilities: undefined,
+    wordTimings: false,
   };
 }
 
@@ -1375,6 +1414,9 @@ export const Model: MessageFns<Model> = {
     }
     if (message.textCapabilities !== undefined) {
       TextCapabilities.encode(message.textCapabilities, writer.uint32(90).fork()).join();
+    }
+    if (message.wordTimings !== false) {
+      writer.uint32(96).bool(message.wordTimings);
     }
     return writer;
   },
@@ -1480,6 +1522,14 @@ export const Model: MessageFns<Model> = {
             message.textCapabilities = TextCapabilities.decode(reader, reader.uint32());
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.wordTimings = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1510,6 +1560,7 @@ export const Model: MessageFns<Model> = {
     message.textCapabilities = (object.textCapabilities !== undefined && object.textCapabilities !== null)
       ? TextCapabilities.fromPartial(object.textCapabilities)
       : undefined;
+    message.wordTimings = object.wordTimings ?? false;
     return message;
   },
 };

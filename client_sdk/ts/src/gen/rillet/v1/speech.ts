@@ -12,15 +12,31 @@ export const protobufPackage = "rillet.v1";
 
 export const protobufFileName = "rillet/v1/speech.proto";
 
-/** How audio bytes are encoded. */
+/** How audio bytes are encoded. Every voice can produce every encoding. */
 export enum AudioEncoding {
   /** AUDIO_ENCODING_UNSPECIFIED - The server's default, which is AUDIO_ENCODING_LINEAR16. */
   AUDIO_ENCODING_UNSPECIFIED = 0,
   /**
    * AUDIO_ENCODING_LINEAR16 - Headerless signed 16-bit little-endian PCM, interleaved when several
-   * channels are present.
+   * channels are present. At the voice's native rate by default; any rate
+   * from 4,000 to 192,000 Hz may be asked for (the voice's audio is
+   * resampled).
    */
   AUDIO_ENCODING_LINEAR16 = 1,
+  /**
+   * AUDIO_ENCODING_OGG_OPUS - Opus in Ogg (RFC 7845), mono, at 48 kHz only, for WebRTC and browsers.
+   * The `audio` of a request's chunks, concatenated in order, is one Ogg
+   * Opus stream; the first chunk starts with its headers. Each chunk holds
+   * whole Ogg pages of whole 20 ms Opus frames, so whatever has arrived
+   * decodes as it arrives. A decoder drops the stream's pre-skip, and the
+   * decoded audio then lines up with `offset_samples`, `sample_count` and the
+   * word timings sample for sample.
+   */
+  AUDIO_ENCODING_OGG_OPUS = 2,
+  /** AUDIO_ENCODING_MULAW - G.711 μ-law (telephony), one byte per sample, 8 kHz by default. */
+  AUDIO_ENCODING_MULAW = 3,
+  /** AUDIO_ENCODING_ALAW - G.711 A-law (telephony), one byte per sample, 8 kHz by default. */
+  AUDIO_ENCODING_ALAW = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -38,8 +54,10 @@ export interface SynthesizeParams {
    */
   text: string;
   /**
-   * Sample rate of the returned audio; 0 takes the voice's native rate. A rate
-   * the voice cannot produce fails with INVALID_ARGUMENT.
+   * Sample rate of the returned audio; 0 takes the encoding's usual rate (the
+   * voice's native rate for LINEAR16, 8,000 Hz for MULAW and ALAW, 48,000 Hz
+   * for OGG_OPUS). A rate the encoding does not allow fails with
+   * INVALID_ARGUMENT (reason UNSUPPORTED_SAMPLE_RATE).
    */
   sampleRateHertz: number;
   /** Encoding of the returned audio. */
@@ -47,15 +65,50 @@ export interface SynthesizeParams {
   /**
    * Upper bound on the audio in one AudioChunk; unset takes the server's
    * default (about 100-200 ms). Long synthesized segments are sliced into
-   * chunks of at most this duration.
+   * chunks of at most this duration. For OGG_OPUS it is rounded down to whole
+   * 20 ms frames, at least two, and the last chunk may carry one frame more.
    */
-  maxChunkDuration: Duration | undefined;
+  maxChunkDuration:
+    | Duration
+    | undefined;
+  /**
+   * When true, each AudioChunk carries the words whose audio starts in it
+   * (`AudioChunk.words`). Only voices whose ListModels entry says
+   * `word_timings` honour it; for others the request fails with
+   * INVALID_ARGUMENT (reason FIELD_UNSUPPORTED).
+   */
+  wordTimings: boolean;
+}
+
+/**
+ * One word of a synthesis, placed in the request's text and in its audio.
+ * Characters are Unicode code points of the request's whole text (every
+ * piece, in order: `text`, then AppendText, or a generation's output);
+ * samples count from the start of the request's audio at the chunks' rate.
+ * Words are runs of text between whitespace that hold a letter or a digit,
+ * punctuation attached; their times come from the voice's own alignment of
+ * its phonemes with its audio.
+ */
+export interface WordTiming {
+  /** The word as it is in the text. */
+  text: string;
+  /** Where the word starts in the request's text (code points). */
+  startChar: number;
+  /** Where the word ends in the request's text (exclusive). */
+  endChar: number;
+  /** The first sample of the word's audio. */
+  startSample: bigint;
+  /**
+   * The sample after the word's audio (exclusive): a pause after the word is
+   * not part of it.
+   */
+  endSample: bigint;
 }
 
 /**
  * A piece of synthesized audio. Chunks of one request are contiguous: each
- * starts where the previous ended (`offset_samples` + number of samples of
- * the previous chunk), with no gap and no overlap.
+ * starts where the previous ended (`offset_samples` + `sample_count` of the
+ * previous chunk), with no gap and no overlap.
  */
 export interface AudioChunk {
   /** Encoded audio, as the request's encoding says. */
@@ -74,10 +127,20 @@ export interface AudioChunk {
    * segment and empty on the chunks that continue it.
    */
   text: string;
+  /**
+   * The words whose audio starts in this chunk, in order; only when the
+   * request asked for `word_timings`.
+   */
+  words: WordTiming[];
+  /**
+   * Samples (per channel) of audio this chunk carries once decoded, for every
+   * encoding (for LINEAR16 also its byte length / 2 / channel_count).
+   */
+  sampleCount: number;
 }
 
 function createBaseSynthesizeParams(): SynthesizeParams {
-  return { voice: "", text: "", sampleRateHertz: 0, encoding: 0, maxChunkDuration: undefined };
+  return { voice: "", text: "", sampleRateHertz: 0, encoding: 0, maxChunkDuration: undefined, wordTimings: false };
 }
 
 export const SynthesizeParams: MessageFns<SynthesizeParams> = {
@@ -96,6 +159,9 @@ export const SynthesizeParams: MessageFns<SynthesizeParams> = {
     }
     if (message.maxChunkDuration !== undefined) {
       Duration.encode(message.maxChunkDuration, writer.uint32(42).fork()).join();
+    }
+    if (message.wordTimings !== false) {
+      writer.uint32(48).bool(message.wordTimings);
     }
     return writer;
   },
@@ -153,6 +219,14 @@ export const SynthesizeParams: MessageFns<SynthesizeParams> = {
             message.maxChunkDuration = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.wordTimings = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -177,12 +251,132 @@ export const SynthesizeParams: MessageFns<SynthesizeParams> = {
     message.maxChunkDuration = (object.maxChunkDuration !== undefined && object.maxChunkDuration !== null)
       ? Duration.fromPartial(object.maxChunkDuration)
       : undefined;
+    message.wordTimings = object.wordTimings ?? false;
+    return message;
+  },
+};
+
+function createBaseWordTiming(): WordTiming {
+  return { text: "", startChar: 0, endChar: 0, startSample: 0n, endSample: 0n };
+}
+
+export const WordTiming: MessageFns<WordTiming> = {
+  encode(message: WordTiming, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.text !== "") {
+      writer.uint32(10).string(message.text);
+    }
+    if (message.startChar !== 0) {
+      writer.uint32(16).uint32(message.startChar);
+    }
+    if (message.endChar !== 0) {
+      writer.uint32(24).uint32(message.endChar);
+    }
+    if (message.startSample !== 0n) {
+      if (BigInt.asUintN(64, message.startSample) !== message.startSample) {
+        throw new globalThis.Error("value provided for field message.startSample of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.startSample);
+    }
+    if (message.endSample !== 0n) {
+      if (BigInt.asUintN(64, message.endSample) !== message.endSample) {
+        throw new globalThis.Error("value provided for field message.endSample of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.endSample);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WordTiming {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWordTiming();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.text = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.startChar = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.endChar = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.startSample = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.endSample = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<WordTiming>): WordTiming {
+    return WordTiming.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WordTiming>): WordTiming {
+    const message = createBaseWordTiming();
+    message.text = object.text ?? "";
+    message.startChar = object.startChar ?? 0;
+    message.endChar = object.endChar ?? 0;
+    message.startSample = (object.startSample !== undefined && object.startSample !== null)
+      ? BigInt(object.startSample)
+      : 0n;
+    message.endSample = (object.endSample !== undefined && object.endSample !== null) ? BigInt(object.endSample) : 0n;
     return message;
   },
 };
 
 function createBaseAudioChunk(): AudioChunk {
-  return { audio: new Uint8Array(0), sampleRateHertz: 0, channelCount: 0, offsetSamples: 0n, text: "" };
+  return {
+    audio: new Uint8Array(0),
+    sampleRateHertz: 0,
+    channelCount: 0,
+    offsetSamples: 0n,
+    text: "",
+    words: [],
+    sampleCount: 0,
+  };
 }
 
 export const AudioChunk: MessageFns<AudioChunk> = {
@@ -204,6 +398,12 @@ export const AudioChunk: MessageFns<AudioChunk> = {
     }
     if (message.text !== "") {
       writer.uint32(42).string(message.text);
+    }
+    for (const v of message.words) {
+      WordTiming.encode(v!, writer.uint32(50).fork()).join();
+    }
+    if (message.sampleCount !== 0) {
+      writer.uint32(56).uint32(message.sampleCount);
     }
     return writer;
   },
@@ -261,6 +461,22 @@ export const AudioChunk: MessageFns<AudioChunk> = {
             message.text = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.words.push(WordTiming.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.sampleCount = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -285,6 +501,8 @@ export const AudioChunk: MessageFns<AudioChunk> = {
       ? BigInt(object.offsetSamples)
       : 0n;
     message.text = object.text ?? "";
+    message.words = object.words?.map((e) => WordTiming.fromPartial(e)) || [];
+    message.sampleCount = object.sampleCount ?? 0;
     return message;
   },
 };
