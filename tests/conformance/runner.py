@@ -49,7 +49,7 @@ def check_audio(request: str, outputs: list[Any]) -> None:
     for chunk in outputs:
         check(isinstance(chunk, AudioChunk), f"{request}: a {type(chunk).__name__} in a synthesis")
         check(chunk.offset_samples == expected, f"{request}: offset {chunk.offset_samples}, expected {expected}")
-        expected += len(chunk.audio) // (2 * max(chunk.channel_count, 1))
+        expected += chunk.samples
 
 
 def check_outputs(step: dict[str, Any], outputs: list[Any]) -> None:
@@ -137,6 +137,8 @@ class Runner:
             await self.streams[step["id"]].end_input()
         elif op == "cancel":
             await self.open().cancel(step["id"])
+        elif op == "interrupt":
+            await self.open().cancel(step["id"], played_samples=step["played_samples"])
         elif op == "half_close":
             self.closing = asyncio.get_running_loop().create_task(self.close_session())
         elif op == "await_output":
@@ -149,6 +151,7 @@ class Runner:
             check_outputs(step, outputs)
             if outputs and isinstance(outputs[0], AudioChunk):
                 check_audio(step["id"], outputs)
+            await self.check_spoken(step, result)
         elif op == "expect_error":
             result, _ = await self.terminal(step["id"])
             check(isinstance(result, RilletError), f"{step['id']}: {result}, expected an error")
@@ -186,6 +189,18 @@ class Runner:
                 )
         else:
             raise Failed(f"unknown op {op!r}")
+
+    async def check_spoken(self, step: dict[str, Any], finished: Finished) -> None:
+        """`spoken_at_most`: it says what was heard, of at most that many samples; `spoken_as`: as another says."""
+        spoken = finished.spoken
+        if "spoken_at_most" in step:
+            check(spoken is not None, f"{step['id']}: no spoken text")
+            assert spoken is not None
+            check(spoken.played_samples <= step["spoken_at_most"], f"{step['id']}: played {spoken.played_samples}")
+            check(len(spoken.text) == spoken.end_char - spoken.start_char, f"{step['id']}: {spoken}")
+        if "spoken_as" in step:
+            other, _ = await self.terminal(step["spoken_as"])
+            check(isinstance(other, Finished) and other.spoken == spoken, f"{step['id']}: {spoken}, not {other}")
 
     async def one_shot(self, step: dict[str, Any], stream: Any) -> None:
         outputs: list[Any] = []

@@ -12,20 +12,28 @@ from collections.abc import AsyncIterator, Iterable
 import numpy as np
 import pytest
 import pytest_asyncio
+import soxr  # type: ignore[import-untyped]
 from piper import PiperVoice
 
 import rillet.server.engine.piper as piper_module
+from rillet.server.audio.output import speak
+from rillet.server.audio.transcript import Transcript
 from rillet.server.config import PiperConfig
+from rillet.server.engine.base import SpeechEvent
 from rillet.server.engine.piper import PiperEngine, configured_voices, load_voice, render
 from rillet.server.errors import NotFound, Unavailable
 from rillet.server.types import (
     AudioChunk,
+    AudioEncoding,
+    AudioOutput,
     EngineEvent,
     EngineFinished,
     FinishReason,
     ModelKind,
     SynthesisRequest,
+    Usage,
 )
+from tests.unit.test_audio_output import decode_opus, g711_decoder, snr_db
 
 pytestmark = [pytest.mark.voice, pytest.mark.asyncio(loop_scope="module")]
 
@@ -352,3 +360,38 @@ async def test_release_memory_hands_back_what_a_long_segment_took() -> None:
     after_kept = _rss_mb()
     assert after_released - start < 60  # measured: +16 MB
     assert after_kept - after_released > 60, "the default arena keeps its growth: the measurement can see it"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate", "min_snr_db"),
+    [
+        (AudioEncoding.OGG_OPUS, 48000, 14),  # measured 18.9 dB
+        (AudioEncoding.MULAW, 8000, 30),  # measured 37.5 dB
+        (AudioEncoding.ALAW, 8000, 30),
+        (AudioEncoding.LINEAR16, 16000, 60),  # streamed vs one-shot resampling: within 2 LSB
+    ],
+)
+async def test_each_encoding_of_real_speech_decodes_to_the_pcm_the_engine_produced(
+    engine: PiperEngine, encoding: AudioEncoding, rate: int, min_snr_db: float
+) -> None:
+    native, _ = await collect(engine.stream(request(pieces(["The quick brown fox jumps over the lazy dog."]))))
+    pcm = np.frombuffer(b"".join(c.audio for c in native), dtype=np.int16)
+
+    async def replay() -> AsyncIterator[SpeechEvent]:
+        for chunk in native:
+            yield chunk
+        yield EngineFinished(FinishReason.STOP, Usage())
+
+    output = AudioOutput(encoding, rate, 0.1)
+    chunks, _ = await collect(speak(replay(), output, Transcript()))  # type: ignore[arg-type]
+    data = b"".join(c.audio for c in chunks)
+    assert sum(c.samples for c in chunks) == round(len(pcm) * rate / RATE)
+    if encoding is AudioEncoding.OGG_OPUS:
+        decoded = decode_opus(data)
+    elif encoding is AudioEncoding.LINEAR16:
+        decoded = np.frombuffer(data, dtype="<i2").astype(np.float64)
+    else:
+        decoded = np.frombuffer(g711_decoder(encoding)(data, 2), dtype=np.int16).astype(np.float64)
+    reference = soxr.resample(pcm, RATE, rate).astype(np.float64)
+    assert len(decoded) == len(reference)
+    assert snr_db(reference, decoded) > min_snr_db

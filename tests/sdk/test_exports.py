@@ -9,11 +9,11 @@ import pytest
 import rillet.client
 
 EXPECTED = {
-    "AlreadyExistsError", "AudioChunk", "AudioEncoding", "ChannelConfig", "ChatMessage", "Client", "DeadlineExceededError",
-    "FinishReason", "Finished", "GenerateOptions", "GenerateResult", "GenerateStream", "InternalError",
-    "InvalidArgumentError", "KeepAlive", "Model", "ModelKind", "NotFoundError", "ProtocolError",
-    "RequestCancelledError", "RequestStream", "ResourceExhaustedError", "RilletError", "Session",
-    "SpokenText", "SynthesizeOptions", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions",
+    "AlreadyExistsError", "AudioChunk", "AudioEncoding", "ChannelConfig", "ChatMessage", "Client",
+    "DeadlineExceededError", "FinishReason", "Finished", "GenerateOptions", "GenerateResult", "GenerateStream",
+    "InternalError", "InvalidArgumentError", "KeepAlive", "Model", "ModelKind", "NotFoundError", "ProtocolError",
+    "RequestCancelledError", "RequestStream", "ResourceExhaustedError", "RilletError", "Session", "SpokenText",
+    "SynthesizeOptions", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions",
     "TokenDelta", "TokenLogprob", "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError", "Usage",
     "WordTiming",
 }  # fmt: skip

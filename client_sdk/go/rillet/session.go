@@ -345,3 +345,20 @@ func (r *Request) Cancel() error {
 		RequestId: r.ID, Kind: &rilletv1.SessionRequest_Cancel{Cancel: &rilletv1.Cancel{}},
 	})
 }
+
+// Interrupt is a barge-in on a synthesis: it cancels the request saying how much of its audio was played
+// (samples at its chunks' rate). Its Finished (read from Events) then carries Spoken: the text through the last
+// word played in full, which is where an agent cuts its history; so does the Finished of the generation it
+// speaks, if that is cancelled next, while still in flight. It does nothing once the terminal message arrived.
+func (r *Request) Interrupt(playedSamples uint64) error {
+	r.mu.Lock()
+	ended := r.ended
+	r.mu.Unlock()
+	if ended {
+		return nil
+	}
+	return r.session.Send(&rilletv1.SessionRequest{
+		RequestId: r.ID,
+		Kind:      &rilletv1.SessionRequest_Cancel{Cancel: &rilletv1.Cancel{PlayedSamples: &playedSamples}},
+	})
+}

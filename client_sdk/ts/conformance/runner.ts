@@ -8,7 +8,7 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 import {
   type AudioChunk, FinishReason, type Model, Model_Kind, RilletClient, RilletError, type Session,
-  type SessionRequestHandle, type SessionResponse, webSocketSession,
+  type SessionRequestHandle, type SessionResponse, type SpokenText, webSocketSession,
 } from "../src";
 
 const WAIT_MS = 30_000; // a bound on every wait: a scenario that would hang fails instead
@@ -73,7 +73,7 @@ function checkAudio(chunks: AudioChunk[]): void {
   let expected = 0n;
   for (const chunk of chunks) {
     check(chunk.offsetSamples === expected, `audio offset ${chunk.offsetSamples}, expected ${expected}`);
-    expected += BigInt(chunk.audio.length / (2 * Math.max(chunk.channelCount, 1)));
+    expected += BigInt(chunk.sampleCount);
   }
 }
 
@@ -138,6 +138,23 @@ class Runner {
     return this.session;
   }
 
+  /** `spoken_at_most`: what was heard is said, of at most that many samples; `spoken_as`: the same as another's. */
+  private async checkSpoken(step: Step, spoken: SpokenText | undefined): Promise<void> {
+    if (typeof step.spoken_at_most === "number") {
+      check(spoken !== undefined, `${step.id}: no spoken text`);
+      check(spoken.playedSamples <= BigInt(step.spoken_at_most), `${step.id}: played ${spoken.playedSamples}`);
+      const chars = [...spoken.text].length; // code points, as the server counts them
+      check(chars === spoken.endChar - spoken.startChar, `${step.id}: ${JSON.stringify(spoken)}`);
+    }
+    if (typeof step.spoken_as === "string") {
+      const { finished } = await within(this.tracked(step.spoken_as).terminal, `${step.spoken_as}'s terminal`);
+      const other = finished?.kind?.$case === "finished" ? finished.kind.value.spoken : undefined;
+      check(JSON.stringify(other, (_, v) => (typeof v === "bigint" ? v.toString() : v)) ===
+        JSON.stringify(spoken, (_, v) => (typeof v === "bigint" ? v.toString() : v)),
+        `${step.id}: spoken unlike ${step.spoken_as}'s`);
+    }
+  }
+
   private tracked(id: string): Tracked {
     const t = this.requests.get(id);
     check(t !== undefined, `no request ${id}`);
@@ -175,6 +192,8 @@ class Runner {
         if (known) return known.request.cancel();
         return this.open().send({ requestId: id, kind: { $case: "cancel", value: {} } });
       }
+      case "interrupt":
+        return this.tracked(id).request.interrupt(step.played_samples as number);
       case "half_close":
         this.closed = true;
         return this.open().end();
@@ -187,6 +206,7 @@ class Runner {
         const reason = finished.kind?.$case === "finished" ? FinishReason[finished.kind.value.reason] : "?";
         check(reason === step.reason, `${id}: reason ${reason}, expected ${step.reason}`);
         checkCount(step, t.outputs.length, tokensOf(t.outputs.map((m) => m.kind)));
+        await this.checkSpoken(step, finished.kind?.$case === "finished" ? finished.kind.value.spoken : undefined);
         return checkAudio(audioOf(t.outputs));
       }
       case "expect_error": {

@@ -1,6 +1,6 @@
 // The generated rillet.v1 messages (and the google.rpc ones errors carry) that both entry points export.
-export { AudioEncoding, AudioChunk, SynthesizeParams } from "./gen/rillet/v1/speech";
-export { FinishReason, Finished, Timings, TraceContext, Usage } from "./gen/rillet/v1/common";
+export { AudioEncoding, AudioChunk, SynthesizeParams, WordTiming } from "./gen/rillet/v1/speech";
+export { FinishReason, Finished, SpokenText, Timings, TraceContext, Usage } from "./gen/rillet/v1/common";
 export { ChatMessage, ChatPrompt, GenerateParams, SamplingParams, TokenDelta } from "./gen/rillet/v1/generation";
 export {
   type DeepPartial, GenerateRequest, GenerateResponse, InferenceServiceDefinition, Model, Model_Kind, SessionRequest,

@@ -70,6 +70,19 @@ export class SessionRequestHandle implements AsyncIterable<SessionResponse> {
   cancel(): void {
     if (!this.ended) this.session.send({ requestId: this.id, kind: { $case: "cancel", value: {} } });
   }
+
+  /**
+   * Barge-in on a synthesis: cancels it saying how much of its audio was played (samples at its chunks' rate).
+   * Its `finished` then carries `spoken`: the text through the last word played in full, where an agent cuts its
+   * history (`spoken.endChar`, in code points); so does the `finished` of the generation it speaks, if that is
+   * cancelled next, while still in flight. A no-op once it ended.
+   */
+  interrupt(playedSamples: number | bigint): void {
+    if (!this.ended) {
+      const value = { playedSamples: BigInt(playedSamples) };
+      this.session.send({ requestId: this.id, kind: { $case: "cancel", value } });
+    }
+  }
 }
 
 /** A multiplexed session. Half-close with `end()`, then `wait()` for the call's end; `close()` cancels it. */

@@ -156,10 +156,11 @@ class PiperConfig(BaseModel, frozen=True):
     clause_segment_chars: int = Field(80, ge=1, description="later segments end at a clause only from this length")
     max_segment_chars: int = Field(160, ge=20, description="a run of text without a boundary is cut here")
     release_memory: bool = Field(
-        False,
+        True,
         description="return onnxruntime's working memory after every segment: RSS then follows the segments being "
-        "rendered instead of keeping the most they ever needed at once (bench/piper_memory.py: 5-10% fewer chars/s "
-        "under load, a lone segment 10-13% slower)",
+        "rendered instead of keeping the most they ever needed at once, which under sustained load climbs for many "
+        "minutes (bench/piper_memory.py: 5-10% fewer chars/s under load, a lone segment 10-13% slower); false keeps "
+        "the arena",
     )
 
     @model_validator(mode="after")

@@ -12,11 +12,13 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/rillet-dev/rillet/client_sdk/go/rillet"
@@ -159,7 +161,34 @@ func checkAudio(chunks []*rilletv1.AudioChunk) error {
 		if c.GetOffsetSamples() != expected {
 			return fmt.Errorf("audio offset %d, expected %d", c.GetOffsetSamples(), expected)
 		}
-		expected += uint64(len(c.GetAudio())) / uint64(2*max(c.GetChannelCount(), 1))
+		expected += uint64(c.GetSampleCount())
+	}
+	return nil
+}
+
+// checkSpoken: `spoken_at_most`, the Finished says what was heard, of at most that many samples; `spoken_as`, the
+// same as another request's Finished.
+func (r *runner) checkSpoken(s step, f *rilletv1.Finished) error {
+	spoken := f.GetSpoken()
+	if most, ok := s.num("spoken_at_most"); ok {
+		if spoken == nil {
+			return fmt.Errorf("no spoken text")
+		}
+		if spoken.GetPlayedSamples() > uint64(most) {
+			return fmt.Errorf("played %d samples, more than %d", spoken.GetPlayedSamples(), most)
+		}
+		if uint32(utf8.RuneCountInString(spoken.GetText())) != spoken.GetEndChar()-spoken.GetStartChar() {
+			return fmt.Errorf("spoken %q is not [%d, %d)", spoken.GetText(), spoken.GetStartChar(), spoken.GetEndChar())
+		}
+	}
+	if as := s.str("spoken_as"); as != "" {
+		other, err := r.terminal(as)
+		if err != nil {
+			return err
+		}
+		if !proto.Equal(other.terminal.GetFinished().GetSpoken(), spoken) {
+			return fmt.Errorf("spoken %v, not %v as %s", spoken, other.terminal.GetFinished().GetSpoken(), as)
+		}
 	}
 	return nil
 }
@@ -213,6 +242,9 @@ func (r *runner) step(s step) error {
 			return err
 		}
 		return session.Send(&rilletv1.SessionRequest{RequestId: id, Kind: &rilletv1.SessionRequest_Cancel{Cancel: &rilletv1.Cancel{}}})
+	case "interrupt":
+		played, _ := s.num("played_samples")
+		return r.requests[id].req.Interrupt(uint64(played))
 	case "half_close":
 		r.closed = true
 		return r.session.CloseSend()
@@ -238,6 +270,9 @@ func (r *runner) step(s step) error {
 			tokens += len(m.GetTokenDelta().GetTokenIds())
 		}
 		if err := checkCount(s, len(t.outputs), tokens); err != nil {
+			return fmt.Errorf("%s: %w", id, err)
+		}
+		if err := r.checkSpoken(s, t.terminal.GetFinished()); err != nil {
 			return fmt.Errorf("%s: %w", id, err)
 		}
 		return checkAudio(chunks)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import json
 import logging
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -120,39 +124,46 @@ class _ReleasingSession(onnxruntime.InferenceSession):  # type: ignore[misc]
         return super().run(output_names, input_feed, run_options or self._RELEASE)
 
 
-def aligned_model(files: VoiceFiles) -> bytes | str:
-    """The voice's model with its phoneme durations as a second output: piper's own patch, applied in memory.
+@contextlib.contextmanager
+def aligned_model(files: VoiceFiles) -> Iterator[str]:
+    """A copy of the voice's model with its phoneme durations as a second output, on disk while sessions load it.
 
     piper 1.8 reads a voice's alignment from the graph's duration tensor (the VITS `w_ceil`, its only Ceil), which
-    voice files do not expose; `onnx` patches the graph. Without `onnx` piper silently gives no alignment, and a
-    graph with no single Ceil cannot give one: both fail the engine's start here rather than word timings later.
-    Returns the patched model's bytes, or the path of a model already patched on disk.
+    voice files do not expose. piper's own tool patches it (`python -m piper.patch_voice_with_alignment`), in a
+    child process: patched in this one, the onnx package's copies of the graph left about 40 MB more RSS behind.
+    Without `onnx` piper silently gives no alignment, and a graph with no single Ceil cannot give one: both fail the
+    engine's start here (or at the warm-up's check) rather than word timings later. A model already patched is
+    used as it is.
     """
-    try:
-        import onnx
-        from piper.patch_voice_with_alignment import add_alignment_output
-    except ImportError as exc:
+    if importlib.util.find_spec("onnx") is None:
         raise EngineDead(
             "word timings need the onnx package (pip install 'piper-tts[alignment]'); without it piper gives none",
             reason="VOICE_UNAVAILABLE",
-        ) from exc
-    model = onnx.load(str(files.model_path))
-    if any(
-        node.op_type == "Ceil" and set(node.output) & {o.name for o in model.graph.output} for node in model.graph.node
-    ):
-        return str(files.model_path)  # patched on disk already (python -m piper.patch_voice_with_alignment)
-    try:
-        add_alignment_output(model)
-    except ValueError as exc:
-        raise EngineDead(
-            f"piper voice {files.name!r} exposes no phoneme alignment: {exc}", reason="VOICE_UNAVAILABLE"
-        ) from exc
-    serialized: bytes = model.SerializeToString()
-    return serialized
+        )
+    with tempfile.TemporaryDirectory(prefix="rillet-voice-") as directory:
+        patched = Path(directory) / files.model_path.name
+        tool = [
+            sys.executable,
+            "-m",
+            "piper.patch_voice_with_alignment",
+            str(files.model_path),
+            "--output",
+            str(patched),
+        ]
+        result = subprocess.run(tool, capture_output=True, text=True, check=False)
+        if patched.is_file():
+            yield str(patched)
+        elif "already marked as output" in result.stderr:
+            yield str(files.model_path)
+        else:
+            problem = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+            raise EngineDead(
+                f"piper voice {files.name!r} exposes no phoneme alignment: {problem[0]}", reason="VOICE_UNAVAILABLE"
+            )
 
 
 def load_voice(
-    files: VoiceFiles, threads: int, *, release_memory: bool = False, model: bytes | str | None = None
+    files: VoiceFiles, threads: int, *, release_memory: bool = False, model: str | None = None
 ) -> PiperVoice:
     """Load one voice for CPU inference with `threads` intra-op threads per synthesis (blocking).
 
@@ -323,14 +334,13 @@ class PiperEngine:
         for name, files in self._files.items():
             started = time.perf_counter()
             release = self._config.release_memory
-            model = aligned_model(files)
-            shared = load_voice(files, self._config.threads_per_worker, release_memory=release, model=model)
-            alone = (
-                load_voice(files, solo, release_memory=release, model=model)
-                if solo > self._config.threads_per_worker
-                else None
-            )
-            del model  # the patched graph's bytes: onnxruntime holds its own copy now
+            with aligned_model(files) as model:
+                shared = load_voice(files, self._config.threads_per_worker, release_memory=release, model=model)
+                alone = (
+                    load_voice(files, solo, release_memory=release, model=model)
+                    if solo > self._config.threads_per_worker
+                    else None
+                )
             voice = Voice(shared, alone)
             for session in (shared,) if voice.solo is None else (shared, voice.solo):  # the first run allocates
                 _check_warm_up(name, render(session, WARMUP_TEXT))
