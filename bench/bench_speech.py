@@ -3,6 +3,9 @@
 The first-audio comparison alternates, text by text, one-shot Synthesize on the server with piper in this process
 rendering the same text's first clause (PiperVoice.load's own session: every core), for 3-sentence texts and for
 texts whose first clause is a few words; streamed-input TTFA (the text sent word by word) is recorded beside them.
+TTFA per output encoding alternates the encodings text by text (PCM16 at the voice's rate first, the ratio's base).
+`--paced-seconds S` adds a real-time listener: a session synthesis of about S seconds of audio, each chunk read only
+once the one before has played (`--paced-only`: that alone), which must get every sample and never be ended stalled.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bench_cpu import percentile  # bench/ is on sys.path when a script in it ru
 from rich.console import Console
 from rich.table import Table
 
-from rillet.client import AudioChunk, Client, TokenDelta
+from rillet.client import AudioChunk, AudioEncoding, Client, Finished, TokenDelta
 from rillet.server.engine.segment import Segmenter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +77,24 @@ class Summary:
         return cls(name, len(values), statistics.median(values), percentile(values, 0.99), min(values), max(values))
 
 
-async def stream_tts(client: Client, text: str) -> tuple[float, float, float]:
+ENCODINGS = (
+    ("PCM16 at the voice's rate", AudioEncoding.LINEAR16, 0),
+    ("Ogg Opus 48 kHz", AudioEncoding.OGG_OPUS, 0),
+    ("mu-law 8 kHz", AudioEncoding.MULAW, 0),
+    ("A-law 8 kHz", AudioEncoding.ALAW, 0),
+    ("PCM16 resampled to 16 kHz", AudioEncoding.LINEAR16, 16000),
+)
+"""The output encodings whose TTFA is compared, the first being the base."""
+
+
+async def stream_tts(
+    client: Client, text: str, encoding: AudioEncoding = AudioEncoding.LINEAR16, rate: int = 0
+) -> tuple[float, float, float]:
     """(time to first audio, time to complete audio, audio seconds) for one streamed synthesis."""
     started = time.perf_counter()
     first: float | None = None
     audio = 0.0
-    async for event in client.synthesize(text):
+    async for event in client.synthesize(text, encoding=encoding, sample_rate_hertz=rate):
         if isinstance(event, AudioChunk):
             if first is None:
                 first = time.perf_counter() - started
@@ -185,6 +200,53 @@ async def first_audio(client: Client, piper: InProcessPiper, rounds: int) -> lis
     return summaries
 
 
+async def first_audio_by_encoding(client: Client, rounds: int) -> list[Summary]:
+    """One-shot TTFA at 1 stream for each output encoding, alternating encodings text by text."""
+    times: dict[str, list[float]] = {label: [] for label, _, _ in ENCODINGS}
+    for _ in range(rounds):
+        for text in TEXTS:
+            for label, encoding, rate in ENCODINGS:
+                times[label].append((await stream_tts(client, text, encoding, rate))[0])
+    return [Summary.of(f"one-shot TTFA, c=1, {label}", values) for label, values in times.items()]
+
+
+async def paced_listener(client: Client, seconds: float) -> dict[str, float | str]:
+    """A session synthesis of about `seconds` of audio read at real time: each chunk once the one before has played.
+
+    Returns what arrived against what the server said it produced, the wall time against the audio's, and the most
+    the SDK held of the request at once (its per-request buffer bound, plus one message).
+    """
+    text: list[str] = []
+    chars = 0
+    while chars < seconds * 14:  # piper's voice speaks about 14-15 characters a second
+        text.append(TEXTS[len(text) % len(TEXTS)])
+        chars += len(text[-1]) + 1
+    received = peak = 0
+    played = 0.0
+    finished: Finished | None = None
+    async with client.session() as session:
+        speech = await session.synthesize(" ".join(text))
+        started = time.perf_counter()
+        async for event in speech:
+            if isinstance(event, AudioChunk):
+                received += event.samples
+                peak = max(peak, speech.buffered_bytes)
+                played += event.duration_s
+                await asyncio.sleep(max(0.0, started + played - time.perf_counter()))  # it plays
+            else:
+                finished = event
+    assert finished is not None
+    produced = round(finished.usage.output_audio_s * 22050)
+    return {
+        "audio_s": played,
+        "wall_s": time.perf_counter() - started,
+        "samples_received": received,
+        "samples_produced": produced,
+        "sdk_peak_buffered_bytes": peak,
+        "finish_reason": finished.reason.value,
+    }
+
+
 def whole_synthesis_seconds(texts: Sequence[str], repeats: int) -> list[float]:
     """Piper run directly on each whole text (no server, no segmentation): the time to complete audio."""
     piper = InProcessPiper()
@@ -220,6 +282,7 @@ async def measure(port: int, levels: Sequence[int], rounds: int, max_tokens: int
     async with Client.connect(f"127.0.0.1:{port}") as client:
         await stream_tts(client, "Warm up the voice.")
         summaries += await first_audio(client, piper, rounds)
+        summaries += await first_audio_by_encoding(client, rounds)
         for level in levels:
             ttfa, total, rtf = [], [], []
             for r in range(rounds):
@@ -251,11 +314,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="batches per concurrency level")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads of the server")
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens generated in the chained comparison")
+    parser.add_argument("--paced-seconds", type=float, default=0, help="a real-time listener of this much audio")
+    parser.add_argument("--paced-only", action="store_true", help="only the real-time listener")
     opts = parser.parse_args()
     port = free_port()
     load_before = os.getloadavg()[0]
+    paced: dict[str, float | str] = {}
     with rillet_server(port, opts.threads):
-        summaries = asyncio.run(measure(port, opts.levels, opts.rounds, opts.max_tokens))
+        summaries = [] if opts.paced_only else asyncio.run(measure(port, opts.levels, opts.rounds, opts.max_tokens))
+        if opts.paced_seconds:
+            paced = asyncio.run(paced_run(port, opts.paced_seconds))
+            print(f"real-time listener: {paced}")
+    if opts.paced_only:
+        record_paced(paced, load_before)
+        return
     summaries.append(
         Summary.of("whole text, piper in process (complete audio)", whole_synthesis_seconds(TEXTS, opts.rounds))
     )
@@ -270,6 +342,8 @@ def main() -> None:
         label: by_name[f"one-shot TTFA, c=1, {label}"].p50 / by_name[f"piper in process, first clause, {label}"].p50
         for label in ("3-sentence texts", "first clause of a few words")
     }
+    base = by_name[f"one-shot TTFA, c=1, {ENCODINGS[0][0]}"].p50
+    encoding_ratios = {label: by_name[f"one-shot TTFA, c=1, {label}"].p50 / base for label, _, _ in ENCODINGS[1:]}
     columns = ("p50", "p99", "minimum", "maximum")
     table = Table("series", "n", *columns, title=f"Rillet speech ({meta['date']}; seconds, RTF unitless)")
     for row in summaries:
@@ -277,7 +351,13 @@ def main() -> None:
     Console().print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    payload = {"meta": meta, "results": [asdict(s) for s in summaries], "ttfa_ratios_p50": ratios}
+    payload = {
+        "meta": meta,
+        "results": [asdict(s) for s in summaries],
+        "ttfa_ratios_p50": ratios,
+        "ttfa_encoding_ratios_p50": encoding_ratios,
+        "paced_listener": paced,
+    }
     (RESULTS / f"speech_{stamp}.json").write_text(json.dumps(payload, indent=2))
     with (RESULTS / f"speech_{stamp}.md").open("w") as md:
         md.write(f"# Speech benchmark {meta['date']} ({meta['machine']})\n\n")
@@ -289,6 +369,24 @@ def main() -> None:
         md.write("| one-shot TTFA p50 / piper's own first clause p50 | ratio |\n|---|---|\n")
         for label, ratio in ratios.items():
             md.write(f"| {label} | {ratio:.2f} |\n")
+        md.write(f"\n| one-shot TTFA p50 / {ENCODINGS[0][0]}'s p50 | ratio |\n|---|---|\n")
+        for label, ratio in encoding_ratios.items():
+            md.write(f"| {label} | {ratio:.2f} |\n")
+        if paced:
+            md.write(f"\nReal-time listener: {json.dumps(paced)}\n")
+
+
+async def paced_run(port: int, seconds: float) -> dict[str, float | str]:
+    async with Client.connect(f"127.0.0.1:{port}") as client:
+        return await paced_listener(client, seconds)
+
+
+def record_paced(paced: dict[str, float | str], load_before: float) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"date": time.strftime("%Y-%m-%d %H:%M"), "load_before": load_before, "load_after": os.getloadavg()[0]}
+    (RESULTS / f"speech_paced_{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
+        json.dumps({**payload, "paced_listener": paced}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from rillet.server.engine.cpu import available_cores
 from rillet.server.engine.deadline import DeadlinePool
 from rillet.server.engine.espeak import mend_get_phonemes
 from rillet.server.engine.segment import Segment, Segmenter, segments
-from rillet.server.engine.words import Phone, align_words
+from rillet.server.engine.words import BLANK, Phone, align_words
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, NotFound, RilletError, Unavailable
 from rillet.server.types import (
     AudioChunk,
@@ -187,8 +187,9 @@ def load_voice(
 class Rendering:
     """A text's audio (PCM16 mono at the voice's rate) and its phonemes aligned with it, in order.
 
-    `phones` is empty when the voice gave no alignment for some sentence of the text (piper could not pair its
-    phonemes with their ids, which its own phonemizer never causes); their spans tile the audio exactly otherwise.
+    Each phoneme is followed by the blank ("_", piper's PAD) the model puts after it, with the samples the model
+    gave each. `phones` is empty when the voice gave no alignment for some sentence of the text (piper could not
+    pair its phonemes with their ids, which its own phonemizer never causes); they tile the audio exactly otherwise.
     """
 
     pcm: bytes
@@ -203,12 +204,19 @@ def render(voice: PiperVoice, text: str) -> Rendering:
     position = 0
     for chunk in voice.synthesize(text, include_alignments=True):
         pcm.append(chunk.audio_int16_bytes)
-        if chunk.phoneme_alignments is None:
+        if chunk.phoneme_alignments is None or chunk.phoneme_id_samples is None:
             aligned = False
         elif aligned:
+            samples = iter(int(n) for n in chunk.phoneme_id_samples)  # per id, in the alignments' order
             for alignment in chunk.phoneme_alignments:
-                phones.append(Phone(alignment.phoneme, position, position + alignment.num_samples))
-                position += alignment.num_samples
+                ids = list(alignment.phoneme_ids)
+                blank = len(ids) > 1 and ids[-1] in voice.config.phoneme_id_map.get(BLANK, ())
+                spans = [next(samples) for _ in ids]
+                sound = sum(spans[:-1]) if blank else sum(spans)
+                phones.append(Phone(alignment.phoneme, position, position + sound))
+                if blank:
+                    phones.append(Phone(BLANK, position + sound, position + sum(spans)))
+                position += sum(spans)
     return Rendering(b"".join(pcm), tuple(phones) if aligned else ())
 
 

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 from rillet.server.types import WordTiming
 
-__all__ = ["Phone", "Token", "align_words", "tokens"]
+__all__ = ["BLANK", "Phone", "Token", "align_words", "tokens"]
 
 _TOKEN = re.compile(r"\S+")
-_NOT_SOUNDS = frozenset("^$_ \u02c8\u02cc")  # BOS, EOS, PAD, the word separator, primary and secondary stress
+BLANK = "_"
+"""The blank a VITS voice puts between phonemes (piper's PAD): an aligned Phone of its own, no sound of a word."""
+_NOT_SOUNDS = frozenset("^$_ \u02c8\u02cc")  # BOS, EOS, the blank, the word separator, primary and secondary stress
 """Alignment entries that are no sound of a word (punctuation, of any script, is told by its Unicode category)."""
 
 
@@ -75,7 +77,7 @@ def align_words(
     words = tokens(text)
     if not words:
         return []
-    sounds = [phone for phone in phones if _sound(phone.symbol)]
+    sounds = [index for index, phone in enumerate(phones) if _sound(phone.symbol)]  # indexes into `phones`
     spoken: list[str] = []
     owner: list[int] = []  # the word each phoneme of `spoken` came from
     for index, word in enumerate(words if sounds else ()):
@@ -85,18 +87,37 @@ def align_words(
                 owner.append(index)
     first: list[int | None] = [None] * len(words)
     last: list[int | None] = [None] * len(words)
-    matcher = difflib.SequenceMatcher(None, spoken, [phone.symbol for phone in sounds], autojunk=False)
+    matcher = difflib.SequenceMatcher(None, spoken, [phones[i].symbol for i in sounds], autojunk=False)
     for block in matcher.get_matching_blocks():
         for k in range(block.size):
-            index, phone = owner[block.a + k], block.b + k
+            index, phone = owner[block.a + k], sounds[block.b + k]
             if first[index] is None:
                 first[index] = phone
             last[index] = phone
     spans: list[tuple[int, int] | None] = [
-        (sounds[a].start, sounds[b].end) if a is not None and b is not None else None
+        (_onset(phones, a), _release(phones, b)) if a is not None and b is not None else None
         for a, b in zip(first, last, strict=True)
     ]
     return _timed(words, _fill_gaps(words, spans, samples), char_base)
+
+
+def _onset(phones: Sequence[Phone], first: int) -> int:
+    """Where a word's audio starts: at the blank before its first phoneme, where the model moves into it.
+
+    Measured against a forced aligner (bench/word_timings.py), starting at the phoneme itself came 58 ms late on
+    average, at the blank before it 33-37 ms.
+    """
+    before = phones[first - 1] if first else None
+    return before.start if before is not None and before.symbol == BLANK else phones[first].start
+
+
+def _release(phones: Sequence[Phone], last: int) -> int:
+    """Where a word's audio ends: with the blank after its last phoneme.
+
+    Against the same aligner, 5 ms late on average, where the phoneme's own end came 18 ms early.
+    """
+    after = phones[last + 1] if last + 1 < len(phones) else None
+    return after.end if after is not None and after.symbol == BLANK else phones[last].end
 
 
 def _fill_gaps(words: list[Token], spans: list[tuple[int, int] | None], total: int) -> list[tuple[int, int]]:
