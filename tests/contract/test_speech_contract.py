@@ -10,7 +10,7 @@ import pytest
 from rillet.server.errors import ResourceExhausted
 from rillet.server.scheduler import Admission
 from rillet.server.session.text import TextInput
-from rillet.server.types import AudioChunk
+from rillet.server.types import AudioChunk, FinishReason
 from tests.conftest import eventually
 from tests.contract.conftest import Speech, SpeechRun, read_speech
 
@@ -31,7 +31,7 @@ def assert_placed(run: SpeechRun, rate: int, max_chunk_samples: int) -> int:
         assert chunk.offset_samples == offset
         assert chunk.sample_rate_hertz == rate
         assert chunk.channel_count == 1
-        assert len(chunk.pcm) % 2 == 0
+        assert len(chunk.audio) % 2 == 0
         assert 0 < chunk.samples <= max_chunk_samples
         offset += chunk.samples
     return offset
@@ -45,6 +45,29 @@ async def test_chunks_are_placed_exactly_by_offset_then_one_finish(speech: Speec
     assert run.finished.usage.output_audio_seconds == pytest.approx(total / speech.rate, abs=1e-9)
     assert run.finished.usage.input_characters > 0
     assert speech.engine.active == 0
+
+
+async def test_text_with_nothing_to_speak_finishes_normally_with_no_audio(speech: Speech) -> None:
+    run = await read_speech(speech.engine.stream(speech.request(pieces(["", "   ", "\n"]))))
+    assert run.chunks == []
+    assert run.finished is not None
+    assert run.finished.reason is FinishReason.STOP
+    assert run.finished.usage.output_audio_seconds == 0
+    assert speech.engine.active == 0
+
+
+async def test_words_ride_the_chunk_their_audio_starts_in_and_point_into_the_text(speech: Speech) -> None:
+    if not speech.engine.models[0].word_timings:
+        pytest.skip("this voice gives no word timings")
+    cut = TEXT.index(" ", 20) + 1  # pieces split between words (a word split across pieces is the engine's choice)
+    run = await read_speech(
+        speech.engine.stream(speech.request(pieces([TEXT[:cut], TEXT[cut:]]), max_chunk_samples=256))
+    )
+    words = [word for chunk in run.chunks for word in chunk.words]
+    assert [word.text for word in words] == TEXT.split()
+    assert all(TEXT[word.start_char : word.end_char] == word.text for word in words)
+    for chunk in run.chunks:
+        assert all(chunk.offset_samples <= w.start_sample < chunk.offset_samples + chunk.samples for w in chunk.words)
 
 
 async def test_streaming_text_input_is_spoken_before_the_input_ends(speech: Speech) -> None:

@@ -111,11 +111,14 @@ class EchoSpeechEngine:
         self._active += 1
         try:
             offset = chars = 0
-            async for piece in request.text:
-                # The piece's text rides on its first chunk, each word on the chunk it starts in; no chunk is longer
-                # than the request allows. A word split across pieces counts as two.
+            async for text in request.text:
+                # Whitespace before the first word is not spoken (so text with nothing to speak makes no audio); from
+                # there on, sample = character. The piece's text rides on its first chunk, each word on the chunk
+                # it starts in; no chunk is longer than the request allows. A word split across pieces counts as two.
+                piece = text if offset else text.lstrip()
+                chars += len(text) - len(piece)
                 words = [
-                    WordTiming(t.text, chars + t.start, chars + t.end, chars + t.start, chars + t.end)
+                    WordTiming(t.text, chars + t.start, chars + t.end, offset + t.start, offset + t.end)
                     for t in tokens(piece)
                 ]
                 chars += len(piece)

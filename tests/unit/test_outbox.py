@@ -109,3 +109,34 @@ async def test_discard_drops_pending_outputs_without_a_seq_gap() -> None:
     assert [(o.seq, o.payload) for o in outbox.take()] == [(1, error)]
     outbox.delivered()
     assert budget.used == 0
+
+
+async def test_a_client_taking_output_at_its_own_pace_is_making_progress_however_long_a_batch_takes() -> None:
+    """A listener playing audio at real time: the writer took 60 chunks at once, and the transport takes one every
+    0.1 s (the listener's pace) while the engine queues more. The batch takes 6 s to go; no output ever waits 0.5 s
+    without the client taking something, so the clock never reaches 0.5 s. Swept at fake times: no clock here."""
+    outbox, _ = make(limit=1 << 30)
+    chunk = AudioChunk(b"\0\0" * 800, 8000, 1, 0)
+    for _ in range(60):
+        await outbox.put(chunk)
+    start = outbox.waiting_for_client(0.0)
+    assert start is not None
+    now = start
+    for _ in outbox.take():
+        await outbox.put(chunk)  # the engine is faster than the listener: there is always more waiting
+        now += 0.1
+        outbox.sent += 1  # the transport took one
+        waiting = outbox.waiting_for_client(now)
+        assert waiting is not None
+        assert now - waiting < 0.5
+
+
+async def test_a_client_that_takes_nothing_stalls_from_its_last_progress() -> None:
+    outbox, _ = make()
+    await outbox.put(TokenDelta("a", ()))
+    await outbox.put(AudioChunk(b"\0\0", 8000, 1, 0))
+    outbox.take()
+    outbox.sent += 1  # the delta went out, then nothing more
+    assert outbox.waiting_for_client(100.0) == 100.0  # progress seen at this look
+    assert outbox.waiting_for_client(101.0) == 100.0  # none since: the clock runs from the last progress
+    assert outbox.waiting_for_client(131.0) == 100.0

@@ -36,7 +36,7 @@ class Inbox:
       arriving, and is never full; a terminal item is still kept, for an iterator another task may be running.
     """
 
-    __slots__ = ("_discarded", "_getter", "_items", "_limit", "_room", "buffered_bytes")
+    __slots__ = ("_discarded", "_end", "_getter", "_items", "_limit", "_room", "buffered_bytes")
 
     def __init__(self, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
         if limit_bytes < 1:
@@ -46,6 +46,7 @@ class Inbox:
         self._getter: asyncio.Future[None] | None = None  # the iterator, waiting for an item
         self._room: asyncio.Future[None] | None = None  # the session's reader, waiting for room
         self._discarded = False
+        self._end: asyncio.Future[Finished | RilletError] | None = None  # made by the first `terminal` caller
         self.buffered_bytes = 0
         """Bytes of outputs held (by `size`)."""
 
@@ -59,9 +60,20 @@ class Inbox:
             return
         self._items.append((item, size))
         self.buffered_bytes += size
+        if isinstance(item, _TERMINAL):
+            self._ending().set_result(item)
         getter = self._getter
         if getter is not None and not getter.done():
             getter.set_result(None)
+
+    async def terminal(self) -> Finished | RilletError:
+        """The request's terminal item once it has arrived, whoever iterates (it still reaches the iterator too)."""
+        return await asyncio.shield(self._ending())
+
+    def _ending(self) -> asyncio.Future[Finished | RilletError]:
+        if self._end is None:
+            self._end = asyncio.get_running_loop().create_future()
+        return self._end
 
     async def room(self) -> None:
         """Wait until the inbox is no longer full (its iterator took outputs, or it was discarded)."""

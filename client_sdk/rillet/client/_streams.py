@@ -51,7 +51,6 @@ class RequestStream(Closing, Generic[E]):
         self._inbox = inbox
         self._ended = False
         self._iterated = False
-        self._over = asyncio.Event()  # its iteration ended: Finished, an error, or left early
 
     @property
     def buffered_bytes(self) -> int:
@@ -81,7 +80,6 @@ class RequestStream(Closing, Generic[E]):
             self._ended = True
             raise
         finally:
-            self._over.set()
             await self.aclose()
 
     def _seen(self, item: E) -> None:
@@ -164,21 +162,22 @@ class SynthesizeStream(RequestStream[AudioChunk]):
         full (`Finished.spoken`; the generation's Finished says the same, in its text). Once the synthesis has
         finished, the SDK works it out the same way from the word timings it received, when the request asked for
         them (`word_timings=True`), with the text it knows (what it sent, or the generation's as iterated); else
-        None. The audio still on its way is dropped. Call it from any task; another may be iterating the stream.
+        None. The audio still on its way is dropped; the Finished still reaches an iteration of the stream. Call it
+        from any task, whether or not another one iterates the stream.
         """
         if played_samples < 0:
             raise ValueError("played_samples must not be negative")
-        if self._interrupt is None:
+        if self._interrupt is None or self._inbox is None:
             raise RuntimeError("only session requests can be interrupted; close a one-shot stream instead")
         if not self._ended:
             self._ended = True  # the server ends it now: nothing else may cancel it without the samples played
             await self._interrupt(played_samples)
-        if not self._iterated:
-            async for _ in self:
-                pass
-        await self._over.wait()
-        if self.finished is not None and self.finished.spoken is not None:
-            return self.finished.spoken
+        self._inbox.discard()  # the audio still on its way will not be played
+        terminal = await self._inbox.terminal()
+        if isinstance(terminal, Finished):
+            self.finished = terminal
+            if terminal.spoken is not None:
+                return terminal.spoken
         return self._heard(played_samples)
 
     def _heard(self, played_samples: int) -> SpokenText | None:

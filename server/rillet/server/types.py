@@ -283,10 +283,6 @@ class AudioChunk:
             return self.sample_count
         return len(self.audio) // (2 * self.channel_count)
 
-    @property
-    def pcm(self) -> bytes:
-        return self.audio
-
 
 @dataclass(frozen=True, slots=True)
 class Usage:

@@ -95,9 +95,12 @@ class TextEngine(EngineBase, Protocol):
 class SpeechEngine(EngineBase, Protocol):
     """An engine that speaks: SynthesisRequest (its text a stream of pieces) in, AudioChunk outputs out.
 
-    Speech specifics: chunks are placed exactly by `offset_samples`, contiguous from 0, each at most
-    `max_chunk_samples`; audio may start before the text has ended; `usage.output_audio_seconds` is the audio
-    streamed (total samples / sample rate).
+    Speech specifics: chunks of PCM16 at the voice's rate are placed exactly by `offset_samples`, contiguous from 0,
+    each at most `max_chunk_samples`; audio may start before the text has ended; `usage.output_audio_seconds` is the
+    audio streamed (total samples / sample rate). Text with nothing to speak (none, or only whitespace) finishes
+    normally with no audio: whether an empty text is the client's fault is decided above the engine. A voice whose
+    ModelInfo says `word_timings` puts on each chunk the words whose audio starts in it, characters indexing the
+    request's whole text. The client's rate and encoding are applied above the engine (audio/output.py).
     """
 
     @property

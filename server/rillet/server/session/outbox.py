@@ -15,7 +15,7 @@ Payload = TokenDelta | AudioChunk | Finished | Failed
 def wire_size(payload: TokenDelta | AudioChunk) -> int:
     """Approximate bytes an output takes on the wire; what the bounds count."""
     if isinstance(payload, AudioChunk):
-        return len(payload.pcm) + len(payload.text) + 32
+        return len(payload.audio) + len(payload.text) + 32
     return len(payload.text) + 8 * len(payload.token_ids) + 16 * sum(1 + len(lp.top) for lp in payload.logprobs)
 
 
@@ -63,8 +63,11 @@ class Outbox:
     - The pending bytes stay under `limit_bytes` (plus one output): `put` waits while this outbox or the session's
       budget is full, which pauses the request's engine stream.
     - The terminal output is taken exactly once, after every other output.
-    - `waiting_since` is when the oldest output not yet taken by the client became ready: the stall watchdog's
-      only clock, so a slow engine is never mistaken for a client that stopped reading.
+    - `waiting_since` is, while an output waits for the client, when the client last made progress: when the
+      oldest waiting output became ready, or later when the transport took one of this request's outputs (`sent`,
+      counted by the writer, seen by `waiting_for_client`). The stall watchdog's only clock: a slow engine is never
+      mistaken for a client that stopped reading, nor a client that reads slowly, at its own pace (a listener
+      playing audio at real time), for one that stopped.
     """
 
     def __init__(
@@ -72,6 +75,8 @@ class Outbox:
     ) -> None:
         self.request_id = request_id
         self.waiting_since: float | None = None
+        self.sent = 0  # outputs the transport took (the writer counts them)
+        self._sent_seen = 0
         self._budget = budget
         self._limit_bytes = limit_bytes
         self._on_ready = on_ready
@@ -146,7 +151,18 @@ class Outbox:
         """The transport took what `take` returned: release its bytes and restart the stall clock."""
         self._budget.release(self._taken_bytes)
         self._taken_bytes = 0
-        self.waiting_since = self._signalled_at if self._queued else None
+        self.waiting_since = time.monotonic() if self._queued else None
+
+    def waiting_for_client(self, now: float) -> float | None:
+        """Since when an output has waited with the client taking nothing of this request; None when none waits.
+
+        Progress made since the last look (`sent` moved) restarts the clock at `now`.
+        """
+        if self.sent != self._sent_seen:
+            self._sent_seen = self.sent
+            if self.waiting_since is not None:
+                self.waiting_since = now
+        return self.waiting_since
 
     def close(self) -> None:
         """Return every byte to the budget (the session is ending)."""

@@ -6,6 +6,7 @@ import asyncio
 import enum
 import time
 
+from rillet.server.audio.transcript import Transcript
 from rillet.server.errors import DeadlineExceeded, RilletError, Unavailable
 from rillet.server.observer import RequestObserver
 from rillet.server.session.outbox import Outbox
@@ -16,6 +17,7 @@ from rillet.server.types import (
     Failed,
     Finished,
     FinishReason,
+    SpokenText,
     Timings,
     TokenDelta,
     Usage,
@@ -63,12 +65,25 @@ class Request:
         self.chain: TextChain | None = None  # generations: where followers read the text from
         self.input: TextInput | None = None  # synthesize requests: the text to speak
         self.source: Request | None = None  # chained synthesize requests: the generation spoken
+        self.transcript: Transcript | None = None  # syntheses by a voice with word timings: what was said where
+        self.spoken: SpokenText | None = None  # what a listener heard, for its terminal to say (a barge-in)
 
     def cancel(self, reason: CancelReason) -> None:
         """Cancel the request's task once; a request already ending just sends its terminal output."""
         if self.task is not None and not self.task.done() and self.cancel_reason is None:
             self.cancel_reason = reason
             self.task.cancel()
+
+    def hear(self, played_samples: int) -> None:
+        """A barge-in: the client played `played_samples` of this synthesis's audio before cancelling it.
+
+        Its terminal, and the terminal of the generation it speaks if that has not ended, say what was heard.
+        """
+        if self.transcript is None or self.state is State.ENDED:
+            return
+        self.spoken = self.transcript.heard(played_samples)
+        if self.source is not None and self.source.state is not State.ENDED:
+            self.source.spoken = self.spoken  # the same range: a chained synthesis's text is the generation's
 
     def admit(self) -> None:
         self.state = State.RUNNING
@@ -110,7 +125,7 @@ class Request:
             time_to_first_output=ttfo,
             total=now - self.arrival,
         )
-        result = Finished(event.reason, event.usage, timings, event.stop_sequence)
+        result = Finished(event.reason, event.usage, timings, event.stop_sequence, self.spoken)
         self._end(result)
         if event.reason is FinishReason.CANCELLED:
             self.observer.cancelled(result)

@@ -194,6 +194,7 @@ class Session:
                     if reader is None and isinstance(output.payload, Failed):
                         raise output.payload.error
                     yield output
+                    item.sent += 1  # the transport took it: the client is reading (the stall clock's progress)
                 item.delivered()
                 request = self._requests.get(item.request_id)
                 if item.done and request is not None and request.outbox is item:
@@ -252,6 +253,14 @@ class Session:
                 f"no request {command.request_id!r} is in flight in this session", reason="UNKNOWN_REQUEST_ID"
             )
         if isinstance(command, Cancel):
+            if command.played_samples is not None:
+                if request.input is None:
+                    return InvalidArgument(
+                        "played_samples is for synthesize requests: cancel the synthesis that played",
+                        field="cancel.played_samples",
+                        reason="NOT_A_SYNTHESIS",
+                    )
+                request.hear(command.played_samples)
             request.cancel(CancelReason.CLIENT)  # a request already ending just sends its terminal output
             return None
         return self._append(command, request)
@@ -323,6 +332,7 @@ class Session:
         text_input = TextInput(streaming=spec.streaming_input)
         job = SpeechJob(*validate_synthesize(command.request_id, spec, text_input.pieces(), self._limits, self._router))
         request.input = text_input
+        request.transcript = job.transcript if job.route.model.word_timings else None
         text_input.feed(spec.text)
         if spec.text_from_request_id:
             source = self._source(spec.text_from_request_id)
