@@ -210,7 +210,9 @@ async def first_audio_by_encoding(client: Client, rounds: int) -> list[Summary]:
     return [Summary.of(f"one-shot TTFA, c=1, {label}", values) for label, values in times.items()]
 
 
-async def paced_listener(client: Client, seconds: float) -> dict[str, float | str]:
+async def paced_listener(
+    client: Client, seconds: float, encoding: AudioEncoding = AudioEncoding.LINEAR16
+) -> dict[str, float | str]:
     """A session synthesis of about `seconds` of audio read at real time: each chunk once the one before has played.
 
     Returns what arrived against what the server said it produced, the wall time against the audio's, and the most
@@ -225,7 +227,7 @@ async def paced_listener(client: Client, seconds: float) -> dict[str, float | st
     played = 0.0
     finished: Finished | None = None
     async with client.session() as session:
-        speech = await session.synthesize(" ".join(text))
+        speech = await session.synthesize(" ".join(text), encoding=encoding)
         started = time.perf_counter()
         async for event in speech:
             if isinstance(event, AudioChunk):
@@ -236,8 +238,10 @@ async def paced_listener(client: Client, seconds: float) -> dict[str, float | st
             else:
                 finished = event
     assert finished is not None
-    produced = round(finished.usage.output_audio_s * 22050)
+    rate = {AudioEncoding.MULAW: 8000, AudioEncoding.ALAW: 8000, AudioEncoding.OGG_OPUS: 48000}.get(encoding, 22050)
+    produced = round(finished.usage.output_audio_s * rate)
     return {
+        "encoding": encoding.value,
         "audio_s": played,
         "wall_s": time.perf_counter() - started,
         "samples_received": received,
@@ -316,6 +320,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens generated in the chained comparison")
     parser.add_argument("--paced-seconds", type=float, default=0, help="a real-time listener of this much audio")
     parser.add_argument("--paced-only", action="store_true", help="only the real-time listener")
+    parser.add_argument(
+        "--paced-encoding", choices=[e.value for e in AudioEncoding], default="linear16", help="the listener's audio"
+    )
     opts = parser.parse_args()
     port = free_port()
     load_before = os.getloadavg()[0]
@@ -323,7 +330,7 @@ def main() -> None:
     with rillet_server(port, opts.threads):
         summaries = [] if opts.paced_only else asyncio.run(measure(port, opts.levels, opts.rounds, opts.max_tokens))
         if opts.paced_seconds:
-            paced = asyncio.run(paced_run(port, opts.paced_seconds))
+            paced = asyncio.run(paced_run(port, opts.paced_seconds, AudioEncoding(opts.paced_encoding)))
             print(f"real-time listener: {paced}")
     if opts.paced_only:
         record_paced(paced, load_before)
@@ -376,9 +383,9 @@ def main() -> None:
             md.write(f"\nReal-time listener: {json.dumps(paced)}\n")
 
 
-async def paced_run(port: int, seconds: float) -> dict[str, float | str]:
+async def paced_run(port: int, seconds: float, encoding: AudioEncoding) -> dict[str, float | str]:
     async with Client.connect(f"127.0.0.1:{port}") as client:
-        return await paced_listener(client, seconds)
+        return await paced_listener(client, seconds, encoding)
 
 
 def record_paced(paced: dict[str, float | str], load_before: float) -> None:

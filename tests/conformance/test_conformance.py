@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS_FILE = Path(__file__).with_name("scenarios.json")
 SUITE = json.loads(SCENARIOS_FILE.read_text())
 SCENARIOS = [s["name"] for s in SUITE["scenarios"]]
-SESSION_OPS = {"generate", "synthesize", "append_text", "end_input", "cancel", "half_close", "await_output",
-               "expect_finished", "expect_error", "expect_rejected", "expect_call_end", "drain"}  # fmt: skip
+SESSION_OPS = {"generate", "synthesize", "append_text", "end_input", "cancel", "interrupt", "half_close",
+               "await_output", "expect_finished", "expect_error", "expect_rejected", "expect_call_end",
+               "drain"}  # fmt: skip
 SESSION_SCENARIOS = [s["name"] for s in SUITE["scenarios"] if all(step["op"] in SESSION_OPS for step in s["steps"])]
 """The scenarios of sessions alone: the WebSocket edge serves the Session RPC (one-shot calls are gRPC's)."""
 TS_RUNNER = ROOT / "client_sdk" / "ts" / "dist" / "conformance" / "runner.js"

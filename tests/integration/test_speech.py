@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import wave
 from collections.abc import AsyncIterator
@@ -12,12 +13,14 @@ import pytest
 
 from rillet.client import (
     AudioChunk,
+    AudioEncoding,
     Client,
     Finished,
     FinishReason,
     InvalidArgumentError,
     NotFoundError,
     TokenDelta,
+    WordTiming,
 )
 from rillet.server.app import RilletServer
 from rillet.v1 import inference_service_pb2, inference_service_pb2_grpc, speech_pb2
@@ -220,3 +223,68 @@ async def test_cli_speak_writes_a_wav(speech_server: RilletServer, tmp_path: Pat
     with wave.open(str(out), "rb") as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, RATE)
         assert 0.5 < wav.getnframes() / RATE < 5
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_barge_in_on_real_speech_reports_the_words_whose_audio_was_played(client: Client, seed: int) -> None:
+    """A chained reply on the real voice, cut at a random point of the audio received: the heard text is the
+    generation's text through the last word whose (piper-aligned) audio ended by then, on both terminals."""
+    rng = random.Random(seed)
+    async with client.session() as session:
+        generation = await session.generate("Tell me a story", max_tokens=120)
+        speech = await session.synthesize(text_from=generation, word_timings=True)
+        generated = asyncio.create_task(collect_generation(generation))
+        words: list[WordTiming] = []
+        received = 0
+        wanted = rng.randint(RATE // 2, 3 * RATE)
+        async for event in speech:
+            assert isinstance(event, AudioChunk)
+            words += event.words
+            received = event.offset_samples + event.samples
+            if received >= wanted:
+                break
+        played = rng.randint(0, received)
+        spoken = await speech.interrupt(played)
+        text, generation_finished = await generated
+    heard = [word for word in words if word.end_sample <= played]
+    assert spoken is not None
+    assert spoken.played_samples == played
+    assert spoken.end_char == (heard[-1].end_char if heard else 0)
+    assert spoken.text == (text[heard[0].start_char : heard[-1].end_char] if heard else "")
+    assert all(text[w.start_char : w.end_char] == w.text for w in words)
+    assert generation_finished.spoken == spoken
+
+
+async def collect_generation(stream: AsyncIterator[TokenDelta | Finished]) -> tuple[str, Finished]:
+    parts: list[str] = []
+    async for event in stream:
+        if isinstance(event, Finished):
+            return "".join(parts), event
+        parts.append(event.text)
+    raise AssertionError("no Finished")
+
+
+async def test_every_encoding_arrives_on_the_wire_with_its_rate_and_sample_counts(client: Client) -> None:
+    for encoding, rate in [
+        (AudioEncoding.OGG_OPUS, 48000),
+        (AudioEncoding.MULAW, 8000),
+        (AudioEncoding.ALAW, 8000),
+        (AudioEncoding.LINEAR16, 24000),
+    ]:
+        asked = 24000 if encoding is AudioEncoding.LINEAR16 else 0
+        events = [
+            e async for e in client.synthesize("Hello from the wire.", encoding=encoding, sample_rate_hertz=asked)
+        ]
+        chunks = [e for e in events if isinstance(e, AudioChunk)]
+        finished = events[-1]
+        assert isinstance(finished, Finished)
+        assert all(c.sample_rate_hertz == rate for c in chunks)
+        offset = 0
+        for chunk in chunks:
+            assert chunk.offset_samples == offset
+            offset += chunk.samples
+        assert offset == round(finished.usage.output_audio_s * rate)
+        if encoding is AudioEncoding.OGG_OPUS:
+            assert chunks[0].audio.startswith(b"OggS")
+        elif encoding is not AudioEncoding.LINEAR16:
+            assert sum(len(c.audio) for c in chunks) == offset  # one byte a sample

@@ -140,18 +140,18 @@ class Runner {
 
   /** `spoken_at_most`: what was heard is said, of at most that many samples; `spoken_as`: the same as another's. */
   private async checkSpoken(step: Step, spoken: SpokenText | undefined): Promise<void> {
+    const show = (value: unknown): string =>
+      JSON.stringify(value, (_, v: unknown) => (typeof v === "bigint" ? v.toString() : v));
     if (typeof step.spoken_at_most === "number") {
       check(spoken !== undefined, `${step.id}: no spoken text`);
       check(spoken.playedSamples <= BigInt(step.spoken_at_most), `${step.id}: played ${spoken.playedSamples}`);
       const chars = [...spoken.text].length; // code points, as the server counts them
-      check(chars === spoken.endChar - spoken.startChar, `${step.id}: ${JSON.stringify(spoken)}`);
+      check(chars === spoken.endChar - spoken.startChar, `${step.id}: ${show(spoken)}`);
     }
     if (typeof step.spoken_as === "string") {
       const { finished } = await within(this.tracked(step.spoken_as).terminal, `${step.spoken_as}'s terminal`);
       const other = finished?.kind?.$case === "finished" ? finished.kind.value.spoken : undefined;
-      check(JSON.stringify(other, (_, v) => (typeof v === "bigint" ? v.toString() : v)) ===
-        JSON.stringify(spoken, (_, v) => (typeof v === "bigint" ? v.toString() : v)),
-        `${step.id}: spoken unlike ${step.spoken_as}'s`);
+      check(show(other) === show(spoken), `${step.id}: spoken ${show(spoken)}, ${step.spoken_as}'s ${show(other)}`);
     }
   }
 
