@@ -220,7 +220,7 @@ async def paced_listener(
     """
     text: list[str] = []
     chars = 0
-    while chars < seconds * 14:  # piper's voice speaks about 14-15 characters a second
+    while chars < seconds * 18:  # piper's voice speaks about 18-19 characters a second
         text.append(TEXTS[len(text) % len(TEXTS)])
         chars += len(text[-1]) + 1
     received = peak = 0

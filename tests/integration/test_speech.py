@@ -20,11 +20,11 @@ from rillet.client import (
     InvalidArgumentError,
     NotFoundError,
     TokenDelta,
-    WordTiming,
 )
 from rillet.server.app import RilletServer
 from rillet.v1 import inference_service_pb2, inference_service_pb2_grpc, speech_pb2
 from tests.conftest import ServerFactory, eventually
+from tests.integration.test_voice import barge_in, heard
 
 pytestmark = pytest.mark.voice
 
@@ -231,37 +231,12 @@ async def test_barge_in_on_real_speech_reports_the_words_whose_audio_was_played(
     generation's text through the last word whose (piper-aligned) audio ended by then, on both terminals."""
     rng = random.Random(seed)
     async with client.session() as session:
-        generation = await session.generate("Tell me a story", max_tokens=120)
-        speech = await session.synthesize(text_from=generation, word_timings=True)
-        generated = asyncio.create_task(collect_generation(generation))
-        words: list[WordTiming] = []
-        received = 0
-        wanted = rng.randint(RATE // 2, 3 * RATE)
-        async for event in speech:
-            assert isinstance(event, AudioChunk)
-            words += event.words
-            received = event.offset_samples + event.samples
-            if received >= wanted:
-                break
-        played = rng.randint(0, received)
-        spoken = await speech.interrupt(played)
-        text, generation_finished = await generated
-    heard = [word for word in words if word.end_sample <= played]
-    assert spoken is not None
-    assert spoken.played_samples == played
-    assert spoken.end_char == (heard[-1].end_char if heard else 0)
-    assert spoken.text == (text[heard[0].start_char : heard[-1].end_char] if heard else "")
-    assert all(text[w.start_char : w.end_char] == w.text for w in words)
-    assert generation_finished.spoken == spoken
-
-
-async def collect_generation(stream: AsyncIterator[TokenDelta | Finished]) -> tuple[str, Finished]:
-    parts: list[str] = []
-    async for event in stream:
-        if isinstance(event, Finished):
-            return "".join(parts), event
-        parts.append(event.text)
-    raise AssertionError("no Finished")
+        cut = await barge_in(session, "Tell me a story", 120, rng.randint(RATE // 2, 3 * RATE), rng)
+    assert cut.spoken is not None
+    assert (cut.spoken.text, cut.spoken.start_char, cut.spoken.end_char) == heard(cut.words, cut.text, cut.played)
+    assert cut.spoken.played_samples == cut.played
+    assert all(cut.text[w.start_char : w.end_char] == w.text for w in cut.words)
+    assert cut.generation.spoken == cut.spoken
 
 
 async def test_every_encoding_arrives_on_the_wire_with_its_rate_and_sample_counts(client: Client) -> None:

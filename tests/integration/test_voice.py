@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from rillet.client import (
     FinishReason,
     GenerateStream,
     InvalidArgumentError,
+    Session,
     SpokenText,
     WordTiming,
 )
@@ -56,37 +58,56 @@ async def collect_text(stream: GenerateStream) -> tuple[str, Finished]:
     raise AssertionError("no Finished")
 
 
+@dataclass
+class BargeIn:
+    """A chained reply cut short: its text, the words received, the samples played and what each terminal said."""
+
+    text: str
+    words: list[WordTiming]
+    played: int
+    spoken: SpokenText | None
+    synthesis: Finished | None
+    generation: Finished
+
+
+async def barge_in(
+    session: Session, prompt: str, max_tokens: int, wanted: int, rng: random.Random, max_chunk_s: float | None = None
+) -> BargeIn:
+    """Speak a generation, receive at least `wanted` samples, then interrupt at a random point of what arrived."""
+    generation = await session.generate(prompt, max_tokens=max_tokens)
+    speech = await session.synthesize(text_from=generation, word_timings=True, max_chunk_s=max_chunk_s)
+    generated = asyncio.create_task(collect_text(generation))
+    words: list[WordTiming] = []
+    received = 0
+    async for event in speech:
+        assert isinstance(event, AudioChunk)
+        words += event.words
+        received = event.offset_samples + event.samples
+        if received >= wanted:
+            break
+    played = rng.randint(0, received)
+    spoken = await speech.interrupt(played)
+    text, generation_finished = await generated
+    return BargeIn(text, words, played, spoken, speech.finished, generation_finished)
+
+
 @pytest.mark.parametrize("seed", range(6))
 async def test_barge_in_at_a_random_point_of_a_chained_reply_reports_the_words_played(
     echo_client: Client, seed: int
 ) -> None:
     rng = random.Random(seed)
+    chunk_s = 0.01 * rng.randint(1, 4)  # 160 to 640 characters a chunk
     async with echo_client.session() as session:
-        generation = await session.generate("tell me everything", max_tokens=400)
-        chunk_s = 0.01 * rng.randint(1, 4)  # 160 to 640 characters a chunk
-        speech = await session.synthesize(text_from=generation, word_timings=True, max_chunk_s=chunk_s)
-        generated = asyncio.create_task(collect_text(generation))
-        words: list[WordTiming] = []
-        received = 0
-        wanted = rng.randint(1, 600)  # samples to receive before the listener barges in
-        async for event in speech:
-            assert isinstance(event, AudioChunk)
-            words += event.words
-            received = event.offset_samples + event.samples
-            if received >= wanted:
-                break
-        played = rng.randint(0, received)
-        spoken = await speech.interrupt(played)
-        text, generation_finished = await generated
-    assert speech.finished is not None
-    assert speech.finished.reason is FinishReason.CANCELLED
-    assert spoken is not None
-    assert (spoken.text, spoken.start_char, spoken.end_char) == heard(words, text, played)
-    assert spoken.played_samples == played
-    assert text[spoken.start_char : spoken.end_char] == spoken.text
+        cut = await barge_in(session, "tell me everything", 400, rng.randint(1, 600), rng, max_chunk_s=chunk_s)
+    assert cut.synthesis is not None
+    assert cut.synthesis.reason is FinishReason.CANCELLED
+    assert cut.spoken is not None
+    assert (cut.spoken.text, cut.spoken.start_char, cut.spoken.end_char) == heard(cut.words, cut.text, cut.played)
+    assert cut.spoken.played_samples == cut.played
+    assert cut.text[cut.spoken.start_char : cut.spoken.end_char] == cut.spoken.text
     # The generation was still in flight (400 tokens at 200/s): its own terminal says the same, in its text.
-    assert generation_finished.reason is FinishReason.CANCELLED
-    assert generation_finished.spoken == spoken
+    assert cut.generation.reason is FinishReason.CANCELLED
+    assert cut.generation.spoken == cut.spoken
 
 
 async def test_played_samples_beyond_the_audio_sent_count_as_all_of_it(echo_client: Client) -> None:

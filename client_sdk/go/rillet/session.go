@@ -334,31 +334,22 @@ func (r *Request) EndInput() error {
 
 // Cancel asks the server to stop the request; it then ends with FINISH_REASON_CANCELLED. It does nothing once
 // the request's terminal message has arrived.
-func (r *Request) Cancel() error {
-	r.mu.Lock()
-	ended := r.ended
-	r.mu.Unlock()
-	if ended {
-		return nil
-	}
-	return r.session.Send(&rilletv1.SessionRequest{
-		RequestId: r.ID, Kind: &rilletv1.SessionRequest_Cancel{Cancel: &rilletv1.Cancel{}},
-	})
-}
+func (r *Request) Cancel() error { return r.cancel(&rilletv1.Cancel{}) }
 
 // Interrupt is a barge-in on a synthesis: it cancels the request saying how much of its audio was played
 // (samples at its chunks' rate). Its Finished (read from Events) then carries Spoken: the text through the last
 // word played in full, which is where an agent cuts its history; so does the Finished of the generation it
 // speaks, if that is cancelled next, while still in flight. It does nothing once the terminal message arrived.
 func (r *Request) Interrupt(playedSamples uint64) error {
+	return r.cancel(&rilletv1.Cancel{PlayedSamples: &playedSamples})
+}
+
+func (r *Request) cancel(c *rilletv1.Cancel) error {
 	r.mu.Lock()
 	ended := r.ended
 	r.mu.Unlock()
 	if ended {
 		return nil
 	}
-	return r.session.Send(&rilletv1.SessionRequest{
-		RequestId: r.ID,
-		Kind:      &rilletv1.SessionRequest_Cancel{Cancel: &rilletv1.Cancel{PlayedSamples: &playedSamples}},
-	})
+	return r.session.Send(&rilletv1.SessionRequest{RequestId: r.ID, Kind: &rilletv1.SessionRequest_Cancel{Cancel: c}})
 }
