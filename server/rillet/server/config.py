@@ -157,10 +157,10 @@ class PiperConfig(BaseModel, frozen=True):
     max_segment_chars: int = Field(160, ge=20, description="a run of text without a boundary is cut here")
     release_memory: bool = Field(
         True,
-        description="return onnxruntime's working memory after every segment: RSS then follows the segments being "
-        "rendered instead of keeping the most they ever needed at once, which under sustained load climbs for many "
-        "minutes (bench/piper_memory.py: 5-10% fewer chars/s under load, a lone segment 10-13% slower); false keeps "
-        "the arena",
+        description="the shared sessions return onnxruntime's working memory after every segment: RSS then follows "
+        "the segments being rendered instead of keeping the most they ever needed at once, which under sustained load "
+        "climbs for many minutes (bench/piper_memory.py: 5-10% fewer chars/s under load); the solo session, one "
+        "segment at a time, keeps its arena, so a lone request's first audio is not slowed; false keeps every arena",
     )
 
     @model_validator(mode="after")

@@ -344,11 +344,9 @@ class PiperEngine:
             release = self._config.release_memory
             with aligned_model(files) as model:
                 shared = load_voice(files, self._config.threads_per_worker, release_memory=release, model=model)
-                alone = (
-                    load_voice(files, solo, release_memory=release, model=model)
-                    if solo > self._config.threads_per_worker
-                    else None
-                )
+                # The solo session renders one segment at a time (a lone request's, so its first audio): its arena
+                # is bounded by one segment, and a lone segment need not pay for allocating it again.
+                alone = load_voice(files, solo, model=model) if solo > self._config.threads_per_worker else None
             voice = Voice(shared, alone)
             for session in (shared,) if voice.solo is None else (shared, voice.solo):  # the first run allocates
                 _check_warm_up(name, render(session, WARMUP_TEXT))
