@@ -1,48 +1,39 @@
-"""Summaries of one load level: latency percentiles, throughput, errors by code, streams lost and why."""
+"""One load level's summary: latency percentiles, throughput, errors by code and reason, streams lost and why."""
 
 from __future__ import annotations
 
 import collections
-import math
 from collections.abc import Sequence
 from typing import Any
 
-from rillet.server.loadgen.streams import Record
+from rillet.bench.stats import distribution_ms
+from rillet.bench.wire import Status, Stream
 
-PERCENTILES = (50, 90, 99)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) of sorted `values`, linearly interpolated between closest ranks."""
-    if not values:
-        return math.nan
-    position = (len(values) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(values) - 1)
-    return values[low] + (values[high] - values[low]) * (position - low)
+LOST_REASONS = 10
+"""How many distinct reasons for lost streams a level keeps (the commonest)."""
 
 
-def distribution_ms(seconds: Sequence[float]) -> dict[str, float] | None:
-    """p50/p90/p99/max/mean in milliseconds, with the sample count; None without samples."""
-    if not seconds:
-        return None
-    values = sorted(seconds)
-    result = {f"p{q}": round(percentile(values, q) * 1000, 4) for q in PERCENTILES}
-    result["max"] = round(values[-1] * 1000, 4)
-    result["mean"] = round(sum(values) / len(values) * 1000, 4)
-    result["count"] = len(values)
-    return result
+def errors(statuses: Sequence[Status]) -> list[dict[str, Any]]:
+    """Failures grouped by code and ErrorInfo reason, the commonest first: each with its count and a sample message."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for status in statuses:
+        group = groups.setdefault(
+            (status.code.name, status.reason),
+            {"code": status.code.name, "reason": status.reason, "count": 0, "sample": status.message},
+        )
+        group["count"] += 1
+    return sorted(groups.values(), key=lambda g: (-g["count"], g["code"], g["reason"]))
 
 
-def summarize(records: Sequence[Record], elapsed_s: float, level: dict[str, float]) -> dict[str, Any]:
+def summarize(records: Sequence[Stream], elapsed_s: float, level: dict[str, float]) -> dict[str, Any]:
     """One level's results (the JSON shape `rillet bench` writes per level)."""
     text = [r for r in records if r.kind == "text"]
     speech = [r for r in records if r.kind == "speech"]
     ok = [r for r in records if r.ok]
-    errors = collections.Counter(r.error for r in records if r.error is not None)
+    failed = [r.error for r in records if r.error is not None]
     lost = collections.Counter(r.lost for r in records if r.lost is not None)
     tokens = sum(r.tokens for r in text)
-    text_messages = sum(r.messages for r in text)
+    text_messages = sum(r.outputs for r in text)
     elapsed = max(elapsed_s, 1e-9)
     tpot = [
         (r.ended - r.first) / (r.tokens - 1)
@@ -54,9 +45,10 @@ def summarize(records: Sequence[Record], elapsed_s: float, level: dict[str, floa
         "elapsed_s": round(elapsed_s, 4),
         "requests": len(records),
         "ok": len(ok),
-        "errors": dict(sorted(errors.items())),
+        "failed": len(failed),
+        "errors": errors(failed),
         "lost": sum(lost.values()),
-        "lost_reasons": dict(lost.most_common(10)),
+        "lost_reasons": dict(lost.most_common(LOST_REASONS)),
         "ttft_ms": distribution_ms([r.first - r.started for r in text if r.ok and r.first is not None]),
         "itl_ms": distribution_ms([g for r in text if r.ok for g in r.gaps]),
         "tpot_ms": distribution_ms(tpot),

@@ -11,12 +11,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rillet.server.loadgen.runner import Bound, Connections, closed_loop, levels, open_loop
-from rillet.server.loadgen.streams import oneshot
-from rillet.server.loadgen.workload import Plan, Rpc, Workload
+from rillet.bench.loadgen.calls import oneshot
+from rillet.bench.loadgen.runner import Bound, Connections, closed_loop, levels, open_loop
+from rillet.bench.loadgen.workload import Plan, Rpc, Workload
 from rillet.v1 import inference_service_pb2
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: a level's errors are grouped by code and reason, each with a sample message, and counted in `failed`."""
 
 
 async def server_models(connections: Connections) -> list[dict[str, Any]]:

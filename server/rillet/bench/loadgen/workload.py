@@ -18,6 +18,14 @@ class Workload(enum.StrEnum):
     SPEECH = "speech"  # a synthesis of the prompt text
     CHAIN = "chain"  # a generation spoken as it streams (a synthesize with text_from_request_id): sessions only
 
+    def rpc_for(self, asked: Rpc | None) -> Rpc:
+        """The RPC to run it over: the one asked for, else one-shot calls, or sessions (the only RPC of a chain)."""
+        if asked is None:
+            return Rpc.SESSION if self is Workload.CHAIN else Rpc.ONESHOT
+        if self is Workload.CHAIN and asked is not Rpc.SESSION:
+            raise ValueError("the chain workload runs in sessions only: leave --rpc out, or give --rpc session")
+        return asked
+
 
 class Rpc(enum.StrEnum):
     """How requests reach the server."""
@@ -80,8 +88,7 @@ class Plan:
     synthesize: SynthesizeOptions = SYNTHESIZE
 
     def __post_init__(self) -> None:
-        if self.workload is Workload.CHAIN and self.rpc is not Rpc.SESSION:
-            raise ValueError("the chain workload runs in sessions (--rpc session)")
+        self.workload.rpc_for(self.rpc)  # refuses a chain over one-shot calls
         if not self.prompts:
             raise ValueError("no prompts")
         if self.generate.max_tokens is not None and self.generate.max_tokens < 1:

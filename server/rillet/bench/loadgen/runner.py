@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from rillet.server.loadgen.stats import summarize
-from rillet.server.loadgen.streams import Record, SessionCall, oneshot
-from rillet.server.loadgen.workload import Plan, Rpc
+from rillet.bench.loadgen.calls import SessionUser, oneshot
+from rillet.bench.loadgen.summary import summarize
+from rillet.bench.loadgen.workload import Plan, Rpc
+from rillet.bench.wire import Stream
 from rillet.v1 import inference_service_pb2_grpc
 
 Progress = Callable[[int], None]
@@ -57,10 +58,14 @@ class Connections:
     async def ready(self, timeout_s: float = 10.0) -> None:
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), timeout_s) for c in self._channels))
 
-    def stub(self) -> InferenceServiceAsyncStub:
-        stub = self._stubs[self._next % len(self._stubs)]
+    def pick(self) -> tuple[grpc.aio.Channel, InferenceServiceAsyncStub]:
+        """The next channel in turn, with its stub."""
+        index = self._next % len(self._channels)
         self._next += 1
-        return stub
+        return self._channels[index], self._stubs[index]
+
+    def stub(self) -> InferenceServiceAsyncStub:
+        return self.pick()[1]
 
     async def aclose(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels))
@@ -71,7 +76,7 @@ async def closed_loop(
 ) -> dict[str, Any]:
     """`concurrency` users, each sending its next request as soon as the last one ended."""
     texts = plan.texts()
-    records: list[Record] = []
+    records: list[Stream] = []
     issued = 0
     started = time.perf_counter()
     deadline = started + bound.duration_s if bound.duration_s is not None else None
@@ -86,8 +91,8 @@ async def closed_loop(
         return True
 
     async def user() -> None:
-        stub = connections.stub()
-        session = SessionCall(stub, None) if plan.rpc is Rpc.SESSION else None
+        channel, stub = connections.pick()
+        session = SessionUser(channel) if plan.rpc is Rpc.SESSION else None
         try:
             while more():
                 prompt = next(texts)
@@ -121,7 +126,7 @@ async def open_loop(
         raise ValueError("the arrival rate must be positive")
     texts = plan.texts()
     rng = random.Random(seed)
-    records: list[Record] = []
+    records: list[Stream] = []
     tasks: set[asyncio.Task[None]] = set()
     in_flight = max_in_flight = 0
     started = time.perf_counter()
@@ -129,10 +134,10 @@ async def open_loop(
 
     async def one(prompt: str) -> None:
         nonlocal in_flight
-        stub = connections.stub()
+        channel, stub = connections.pick()
         try:
             if plan.rpc is Rpc.SESSION:
-                session = SessionCall(stub, None)
+                session = SessionUser(channel)
                 try:
                     records.extend(await session.run(plan, prompt))
                 finally:

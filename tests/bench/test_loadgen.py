@@ -1,4 +1,4 @@
-"""`rillet bench`: its JSON shape and counts against the real server, and its verification against a corrupt one."""
+"""`rillet bench`: its JSON and counts against the real server, its verification against a corrupt one, its CLI."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
+from rillet.bench.loadgen import sweep
+from rillet.bench.loadgen.runner import Bound
+from rillet.bench.loadgen.workload import Plan, Rpc, Workload
 from rillet.client import GenerateOptions
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.synthetic import SyntheticEngine
-from rillet.server.loadgen import bench
-from rillet.server.loadgen.runner import Bound
-from rillet.server.loadgen.workload import Plan, Rpc, Workload
 from rillet.v1 import common_pb2, generation_pb2
 from rillet.v1 import inference_service_pb2 as pb
 from tests.conftest import ServerFactory
@@ -35,7 +38,7 @@ async def serve(make_server: ServerFactory) -> str:
 async def test_a_concurrency_sweep_counts_every_request_and_token(make_server: ServerFactory) -> None:
     target = await serve(make_server)
     plan = Plan(generate=GenerateOptions(max_tokens=16))
-    results = await bench.run(target, plan, concurrency=[1, 4], bound=Bound(requests=20), warmup=2, connections=2)
+    results = await sweep.run(target, plan, concurrency=[1, 4], bound=Bound(requests=20), warmup=2, connections=2)
     assert results["target"] == target
     assert results["plan"]["workload"] == "text"
     assert results["server_models"][0] == {
@@ -46,7 +49,7 @@ async def test_a_concurrency_sweep_counts_every_request_and_token(make_server: S
     }
     assert [level["level"] for level in results["levels"]] == [{"concurrency": 1}, {"concurrency": 4}]
     for level in results["levels"]:
-        assert (level["requests"], level["ok"], level["lost"], level["errors"]) == (20, 20, 0, {})
+        assert (level["requests"], level["ok"], level["lost"], level["failed"], level["errors"]) == (20, 20, 0, 0, [])
         assert level["tokens"] == 20 * 16
         assert level["ttft_ms"].keys() == DISTRIBUTION
         assert level["ttft_ms"]["count"] == 20
@@ -59,14 +62,14 @@ async def test_a_concurrency_sweep_counts_every_request_and_token(make_server: S
 
 async def test_speech_and_chained_sessions_and_poisson_arrivals(make_server: ServerFactory) -> None:
     target = await serve(make_server)
-    speech = await bench.run(
+    speech = await sweep.run(
         target, Plan(workload=Workload.SPEECH, rpc=Rpc.SESSION), concurrency=[2], bound=Bound(requests=6)
     )
     level = speech["levels"][0]
     assert (level["requests"], level["ok"], level["lost"]) == (6, 6, 0)
     assert level["ttfa_ms"]["count"] == 6
     assert level["audio_s"] > 0
-    chain = await bench.run(
+    chain = await sweep.run(
         target,
         Plan(workload=Workload.CHAIN, rpc=Rpc.SESSION, generate=GenerateOptions(max_tokens=8)),
         concurrency=[2],
@@ -76,7 +79,7 @@ async def test_speech_and_chained_sessions_and_poisson_arrivals(make_server: Ser
     assert (level["requests"], level["ok"], level["lost"]) == (8, 8, 0)  # a generation and its synthesis each
     assert level["tokens"] == 4 * 8
     assert level["ttft_ms"]["count"] == level["ttfa_ms"]["count"] == 4
-    poisson = await bench.run(
+    poisson = await sweep.run(
         target, Plan(generate=GenerateOptions(max_tokens=4)), rates=[500.0], bound=Bound(requests=10)
     )
     level = poisson["levels"][0]
@@ -128,13 +131,23 @@ FAULTS: list[tuple[str, list[pb.GenerateResponse] | None]] = [
 ]
 
 
+def _queue_full() -> status_pb2.Status:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason="QUEUE_FULL", domain="rillet.dev"))
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    return status_pb2.Status(code=code, message="the queue is full", details=[detail])
+
+
+QUEUE_FULL = _queue_full()
+
+
 async def corrupt_server() -> tuple[grpc.aio.Server, int]:
     served = iter(FAULTS)
 
     async def generate(request: pb.GenerateRequest, context: Any) -> AsyncIterator[pb.GenerateResponse]:
         _, responses = next(served)
         if responses is None:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "full")
+            await context.abort_with_status(rpc_status.to_status(QUEUE_FULL))
         for response in responses or ():
             yield response
 
@@ -159,7 +172,7 @@ async def corrupt_server() -> tuple[grpc.aio.Server, int]:
 async def test_a_corrupted_stream_is_reported_lost_with_its_reason() -> None:
     server, port = await corrupt_server()
     try:
-        results = await bench.run(
+        results = await sweep.run(
             f"127.0.0.1:{port}",
             Plan(generate=GenerateOptions(max_tokens=2)),
             concurrency=[1],
@@ -170,11 +183,14 @@ async def test_a_corrupted_stream_is_reported_lost_with_its_reason() -> None:
         await server.stop(0)
     level = results["levels"][0]
     assert (level["requests"], level["ok"], level["lost"]) == (6, 1, 4)
-    assert level["errors"] == {"RESOURCE_EXHAUSTED": 1}
+    assert level["failed"] == 1
+    assert level["errors"] == [
+        {"code": "RESOURCE_EXHAUSTED", "reason": "QUEUE_FULL", "count": 1, "sample": "the queue is full"}
+    ]
     assert level["lost_reasons"] == {
         "seq 2 where 1 was due": 1,
-        "stream ended without a terminal message": 1,
+        "the stream ended without a terminal message": 1,
         "2 tokens received, usage says 3": 1,
-        "message after the terminal message": 1,
+        "token_delta (seq 2) after the terminal finished": 1,
     }
     assert level["tokens"] == 2 + 2 + 2 + 2 + 1  # what arrived in order is counted, lost or not
