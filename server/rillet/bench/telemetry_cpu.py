@@ -1,7 +1,7 @@
 """Telemetry CPU per request: N request lifecycles through the server's TelemetryObserver, CPU time per request.
 
 The providers, readers and exporters are the server's own (runtime.Telemetry), exporting OTLP/gRPC to a receiver in
-another process that answers without parsing (bench_tracing's); the Prometheus endpoint is up but not scraped.
+another process that answers without parsing (rillet.bench.tracing's); the Prometheus endpoint is up but not scraped.
 Each lifecycle is what a 64-token generation in a session costs the server: request, queued, admitted,
 first_output, 64 outputs and finished, inside one RPC span, plus one engine step's batch-size record (the
 unthrottled synthetic engine steps about once per request). CPU time, so robust to a busy machine: `loop` is the

@@ -27,8 +27,8 @@ import (
 	rilletv1 "github.com/rillet-dev/rillet/client_sdk/go/rillet/v1"
 )
 
-// result matches bench_frontend.ClientResult field for field; times are CLOCK_MONOTONIC seconds, the clock
-// Python's time.monotonic() reads on Linux, so windows line up across processes.
+// result matches rillet.bench.frontend.ClientResult field for field; times are CLOCK_MONOTONIC seconds, the clock
+// Python's time.perf_counter() and time.monotonic() read on Linux, so windows line up across processes.
 type result struct {
 	Requests     int     `json:"requests"`
 	Tokens       int     `json:"tokens"`
