@@ -186,7 +186,8 @@ class Stream:
         if self.kind == "text" and usage.output_tokens != self.tokens:
             self.lose(f"{self.tokens} tokens received, usage says {usage.output_tokens}")
         if self.kind == "speech" and usage.HasField("output_audio_duration"):
-            reported = usage.output_audio_duration.ToTimedelta().total_seconds()
+            duration = usage.output_audio_duration
+            reported = duration.seconds + duration.nanos / 1e9
             if abs(reported - self.audio_s) > AUDIO_TOLERANCE_S:
                 self.lose(f"{self.audio_s:.3f}s of audio received, usage says {reported:.3f}s")
 
@@ -322,7 +323,12 @@ class RawSession:
     # -- hooks --
 
     def rejected(self, request_id: str, seq: int, status: Status) -> None:
-        """A `rejected` reply: here, only a refused start counts (the request failed: it never ran)."""
+        """A `rejected` reply: here, only a refused start counts (the request failed: it never ran).
+
+        A rejection about a request of which nothing was seen yet and nothing but its start was sent is taken for
+        the refusal of that start: exact for a client that sends only starts (`rillet bench`); a client that sends
+        other frames about its requests matches their rejections itself first (the soak's SoakSession).
+        """
         request = self.requests.get(request_id)
         if request is None or request.done.is_set() or request.follow_ups or request.stream.next_seq:
             return

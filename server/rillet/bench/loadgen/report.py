@@ -16,6 +16,7 @@ NARROW = "  "
 """The indent of a level's label/value rows when not even two columns fit the width."""
 
 UNBOUNDED = 1_000_000
+"""A width no table reaches: a table is measured at its natural width against it."""
 Column = tuple[str, list[str]]
 """A header and one cell per level (a cell may hold several lines)."""
 
