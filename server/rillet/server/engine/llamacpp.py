@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import codecs
 import collections
 import concurrent.futures
 import contextlib
@@ -25,7 +24,7 @@ from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.base import TextEvent
 from rillet.server.engine.cpu import available_cores
 from rillet.server.engine.kvshare import Holder, KvLedger, PrefixCache, common_prefix
-from rillet.server.engine.text import StopCheck, StopMatcher, check_request
+from rillet.server.engine.text import TextDecoder, check_request
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, RilletError, Unavailable
 from rillet.server.observer import StepReporter
 from rillet.server.types import (
@@ -50,7 +49,6 @@ __all__ = [
     "CpuSample",
     "LlamaCppEngine",
     "ThreadGovernor",
-    "Utf8Accumulator",
     "available_cores",
     "coalesce",
     "read_cpu_sample",
@@ -78,24 +76,6 @@ def _closed_error() -> RilletError:
 
 
 # -- pure helpers (no llama.cpp needed) -----------------------------------------------------------------------------
-
-
-class Utf8Accumulator:
-    """Turns a stream of token byte pieces into text without ever splitting a UTF-8 character across outputs.
-
-    Invariant: what `feed` returns is the longest decodable prefix of the bytes seen so far minus what was already
-    returned; the held bytes are an incomplete UTF-8 sequence (at most 3 bytes). Invalid bytes become U+FFFD
-    as soon as they are known to be invalid; `finish` releases an incomplete tail the same way.
-    """
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, data: bytes) -> str:
-        return self._decoder.decode(data)
-
-    def finish(self) -> str:
-        return self._decoder.decode(b"", final=True)
 
 
 def token_logprobs(logits: npt.NDArray[np.float32], token: int, top: int) -> TokenLogprobs:
@@ -352,7 +332,7 @@ class _Sequence:
 
     request: GenerationRequest
     sink: _Sink | None
-    stops: StopMatcher
+    decoder: TextDecoder
     submitted_at: float
     cancelled: bool = False
     tokens: list[int] = field(default_factory=list)
@@ -362,7 +342,6 @@ class _Sequence:
     reused: int = 0
     output_tokens: int = 0
     sampler: Sampler | None = None
-    utf8: Utf8Accumulator = field(default_factory=Utf8Accumulator)
     admitted_at: float | None = None
     prefill_seconds: float | None = None
 
@@ -581,7 +560,7 @@ class _Worker:
         for index in range(self._slots):
             sampling, top_logprobs, stop = kinds[index % len(kinds)]
             request = GenerationRequest("warm-up", "", "The quick brown fox", 3, sampling, stop, top_logprobs)
-            self._accept(_Sequence(request, None, StopMatcher(stop), time.perf_counter()))
+            self._accept(_Sequence(request, None, TextDecoder(stop), time.perf_counter()))
         while self._pending:
             self._admit()
             while self._running:
@@ -918,7 +897,7 @@ class _Worker:
         if seq.request.top_logprobs is not None:
             logprobs = (token_logprobs(self.context.logits(index), token, seq.request.top_logprobs),)
         seq.output_tokens += 1
-        check = seq.stops.feed(seq.utf8.feed(self.model.piece(token)))
+        check = seq.decoder.feed_bytes(self.model.piece(token))
         self._send(seq, TokenDelta(check.emit, (token,), logprobs))
         if check.matched is not None:
             self._finish(seq, FinishReason.STOP_SEQUENCE, check.matched)
@@ -929,14 +908,11 @@ class _Worker:
 
     def _finish(self, seq: _Sequence, reason: FinishReason, matched: str = "") -> None:
         if reason is not FinishReason.STOP_SEQUENCE:
-            tail = seq.utf8.finish()
-            check = seq.stops.feed(tail) if tail else StopCheck("")
-            if check.matched is not None:
-                reason, matched, text = FinishReason.STOP_SEQUENCE, check.matched, check.emit
-            else:
-                text = check.emit + seq.stops.flush()
-            if text:
-                self._send(seq, TokenDelta(text))
+            end = seq.decoder.finish()
+            if end.matched is not None:
+                reason, matched = FinishReason.STOP_SEQUENCE, end.matched
+            if end.emit:
+                self._send(seq, TokenDelta(end.emit))
         usage = Usage(input_tokens=seq.prompt_tokens, output_tokens=seq.output_tokens, cached_input_tokens=seq.reused)
         queued = 0.0 if seq.admitted_at is None else seq.admitted_at - seq.submitted_at
         self._release(seq)
@@ -1064,7 +1040,7 @@ class LlamaCppEngine:
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         check_request(request, CAPABILITIES)
         sink = _Sink(asyncio.get_running_loop())
-        seq = _Sequence(request, sink, StopMatcher(request.stop), time.perf_counter())
+        seq = _Sequence(request, sink, TextDecoder(request.stop), time.perf_counter())
         self._mailbox.submit(seq)
         ended = False
         try:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import TextEvent
-from rillet.server.engine.text import StopMatcher, check_request
+from rillet.server.engine.text import TextDecoder, check_request
 from rillet.server.errors import InvalidArgument, Unavailable
 from rillet.server.observer import StepReporter
 from rillet.server.types import (
@@ -79,7 +79,7 @@ class _Stream:
     max_tokens: int
     top_logprobs: int | None
     prompt_tokens: int
-    stops: StopMatcher
+    decoder: TextDecoder
     submitted: float  # perf_counter at `stream`
     ready_at: float  # loop.time() when its prefill is over: it joins the first step at or after this
     produced: int = 0
@@ -212,7 +212,7 @@ class SyntheticEngine:
             max_tokens=request.max_tokens,
             top_logprobs=request.top_logprobs,
             prompt_tokens=prompt_tokens,
-            stops=StopMatcher(request.stop),
+            decoder=TextDecoder(request.stop),
             submitted=time.perf_counter(),
             ready_at=loop.time() + self._config.first_output_delay_s,
         )
@@ -295,7 +295,7 @@ class SyntheticEngine:
             index = stream.produced
             token = synthetic_token(stream.seed, index)
             stream.produced = index + 1
-            check = stream.stops.feed(VOCABULARY[token] + " ")
+            check = stream.decoder.feed(VOCABULARY[token] + " ")
             if check.emit:
                 stream.texts.append(check.emit)
             stream.ids.append(token)  # its id counts, even with no text left (a stop string's last token)
@@ -306,7 +306,7 @@ class SyntheticEngine:
                 stream.end = EngineFinished(FinishReason.STOP_SEQUENCE, usage, check.matched, stream.prefill)
                 finished.append(stream)
             elif stream.produced == stream.max_tokens:
-                tail = stream.stops.flush()
+                tail = stream.decoder.finish().emit  # text in, so no UTF-8 tail: it cannot complete a stop string
                 if tail:
                     stream.texts.append(tail)
                 usage = Usage(input_tokens=stream.prompt_tokens, output_tokens=stream.produced)
