@@ -24,6 +24,7 @@ from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.base import TextEvent
 from rillet.server.engine.cpu import available_cores
 from rillet.server.engine.kvshare import Holder, KvLedger, PrefixCache, common_prefix
+from rillet.server.engine.prompt import PromptPolicy
 from rillet.server.engine.text import TextDecoder, check_request
 from rillet.server.errors import EngineDead, Internal, InvalidArgument, RilletError, Unavailable
 from rillet.server.observer import StepReporter
@@ -509,7 +510,7 @@ class _Worker:
         if self.model.n_ctx_train > 0:
             limit = min(limit, self.model.n_ctx_train)
         self.loaded = _Loaded(limit, self.model.chat_template is not None)
-        self._limit = limit
+        self._policy = PromptPolicy(vocab_size=self.model.n_vocab, context_length=limit)
         self._pending: collections.deque[_Sequence] = collections.deque()
         self._running: list[_Sequence] = []
         self._arrivals = 0
@@ -618,7 +619,7 @@ class _Worker:
         self._pending.append(seq)
 
     def _tokenize(self, request: GenerationRequest) -> list[int]:
-        """The prompt's token ids, validated against the vocabulary and the per-sequence context.
+        """The prompt's token ids, checked by the prompt policy (the vocabulary, the per-sequence context).
 
         Client text never becomes control tokens: a text prompt and chat message content are tokenized as plain
         text (a user typing "<end_of_turn>" gets those characters); only a chat template's own markers are control
@@ -629,29 +630,11 @@ class _Worker:
             tokens = self.model.tokenize(prompt, add_special=True, parse_special=False)
         elif all(isinstance(part, int) for part in prompt):
             tokens = [part for part in prompt if isinstance(part, int)]
-            bad = [t for t in tokens if not 0 <= t < self.model.n_vocab]
-            if bad:
-                raise InvalidArgument(
-                    f"token id {bad[0]} is outside the vocabulary (0..{self.model.n_vocab - 1})",
-                    field="params.token_ids",
-                    reason="TOKEN_ID_OUT_OF_RANGE",
-                )
+            self._policy.check_ids(tokens)
         else:
             tokens = self._tokenize_chat([(m.role, m.content) for m in prompt if isinstance(m, ChatMessage)])
-        if not tokens:
-            raise InvalidArgument("the prompt has no tokens", field="params.prompt", reason="EMPTY_PROMPT")
-        if len(tokens) + request.max_tokens > self._limit:
-            raise InvalidArgument(
-                f"prompt of {len(tokens)} tokens plus max_tokens {request.max_tokens} exceeds the context of "
-                f"{self._limit} tokens per sequence",
-                field="params.prompt",
-                reason="PROMPT_TOO_LONG",
-                metadata={
-                    "prompt_tokens": str(len(tokens)),
-                    "max_tokens": str(request.max_tokens),
-                    "context_length": str(self._limit),
-                },
-            )
+        self._policy.check_not_empty(len(tokens))
+        self._policy.check_length(len(tokens), request.max_tokens)
         return tokens
 
     def _tokenize_chat(self, messages: list[tuple[str, str]]) -> list[int]:

@@ -12,8 +12,9 @@ from typing import Literal
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import TextEvent
+from rillet.server.engine.prompt import PromptPolicy
 from rillet.server.engine.text import TextDecoder, check_request
-from rillet.server.errors import InvalidArgument, Unavailable
+from rillet.server.errors import Unavailable
 from rillet.server.observer import StepReporter
 from rillet.server.types import (
     GREEDY_BELOW_TEMPERATURE,
@@ -126,6 +127,7 @@ class SyntheticEngine:
 
     def __init__(self, config: SyntheticConfig) -> None:
         self._config = config
+        self._policy = PromptPolicy(vocab_size=len(VOCABULARY), context_length=config.context_length)
         self._active = 0
         self._prefilling: list[_Stream] = []
         self._running: dict[_Stream, None] = {}  # ordered set: the batch, in arrival order
@@ -317,26 +319,17 @@ class SyntheticEngine:
             del self._running[stream]
 
     def _count_prompt(self, request: GenerationRequest) -> int:
+        """The prompt's tokens: a text's words, a chat's messages, token ids (checked against the vocabulary).
+
+        A text of whitespace alone counts 0 and is served, as a real tokenizer's BOS token would have it served.
+        """
         prompt = request.prompt
         if isinstance(prompt, str):
             count = len(prompt.split())
         else:
             count = len(prompt)
-            bad = [t for t in prompt if isinstance(t, int) and not 0 <= t < len(VOCABULARY)]
-            if bad:
-                raise InvalidArgument(
-                    f"token id {bad[0]} is outside the vocabulary (0..{len(VOCABULARY) - 1})",
-                    field="params.token_ids",
-                    reason="TOKEN_ID_OUT_OF_RANGE",
-                )
-        limit = self._config.context_length
-        if count + request.max_tokens > limit:
-            raise InvalidArgument(
-                f"prompt of {count} tokens plus max_tokens {request.max_tokens} exceeds the context of {limit} tokens",
-                field="params.prompt",
-                reason="PROMPT_TOO_LONG",
-                metadata={"prompt_tokens": str(count), "context_length": str(limit)},
-            )
+            self._policy.check_ids([t for t in prompt if isinstance(t, int)])
+        self._policy.check_length(count, request.max_tokens)
         return count
 
     @staticmethod
