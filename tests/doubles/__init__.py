@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from typing import Literal
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import SpeechEvent, TextEvent
+from rillet.server.engine.lifecycle import EngineLifecycle, State
 from rillet.server.engine.synthetic import SyntheticEngine
 from rillet.server.errors import EngineDead
 from rillet.server.types import (
@@ -41,53 +42,31 @@ class FloodEngine(SyntheticEngine):
             self._active -= 1
 
 
-class EchoSpeechEngine:
+class EchoSpeechEngine(EngineLifecycle):
     """A TEST speech engine: silence for each text piece as it arrives (one sample per character), in chunks."""
 
     SAMPLE_RATE = 16_000
 
     def __init__(self, slots: int = 4) -> None:
-        self._slots = slots
-        self._active = 0
-        self._models = (
-            ModelInfo(
-                name="echo-voice",
-                kind=ModelKind.SPEECH_SYNTHESIS,
-                engine=self.name,
-                description="TEST ENGINE: silence, one sample per character",
-                is_test_engine=True,
-                sample_rate_hertz=self.SAMPLE_RATE,
-            ),
+        model = ModelInfo(
+            name="echo-voice",
+            kind=ModelKind.SPEECH_SYNTHESIS,
+            engine="echo-speech",
+            description="TEST ENGINE: silence, one sample per character",
+            is_test_engine=True,
+            sample_rate_hertz=self.SAMPLE_RATE,
         )
-
-    @property
-    def name(self) -> str:
-        return "echo-speech"
+        super().__init__("echo-speech", (model,), slots, state=State.SERVING)
 
     @property
     def serves(self) -> Literal[ModelKind.SPEECH_SYNTHESIS]:
         return ModelKind.SPEECH_SYNTHESIS
-
-    @property
-    def models(self) -> Sequence[ModelInfo]:
-        return self._models
-
-    @property
-    def slots(self) -> int:
-        return self._slots
-
-    @property
-    def active(self) -> int:
-        return self._active
 
     async def start(self) -> None:
         return None
 
     async def aclose(self) -> None:
         return None
-
-    def healthy(self) -> bool:
-        return True
 
     def stream(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
         return self._speak(request)

@@ -327,8 +327,9 @@ async def test_a_crashed_engine_thread_is_dead_for_current_and_future_streams(
 
 async def test_aclose_ends_streams_in_flight_and_refuses_new_ones() -> None:
     engine = LlamaCppEngine(LlamaCppConfig(slots=2, context_length=256))
-    with pytest.raises(Unavailable):
-        await anext(engine.stream(request(max_tokens=4)))  # not started yet
+    with pytest.raises(Unavailable) as not_started:
+        await anext(engine.stream(request(max_tokens=4)))
+    assert not_started.value.reason == "ENGINE_NOT_STARTED"
     await engine.start()
     stream = engine.stream(request(max_tokens=200))
     assert isinstance(await anext(stream), TokenDelta)
@@ -336,8 +337,9 @@ async def test_aclose_ends_streams_in_flight_and_refuses_new_ones() -> None:
     with pytest.raises(Unavailable):
         async for _ in stream:
             pass
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable) as closed:
         await anext(engine.stream(request(max_tokens=4)))
+    assert closed.value.reason == "ENGINE_CLOSED"
     assert engine.active == 0
     assert not engine.healthy()
 

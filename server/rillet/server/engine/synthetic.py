@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import TextEvent
+from rillet.server.engine.lifecycle import EngineLifecycle, State, closed_error
 from rillet.server.engine.prompt import PromptPolicy
 from rillet.server.engine.text import TextDecoder, check_request
 from rillet.server.errors import Unavailable
@@ -31,6 +32,7 @@ from rillet.server.types import (
     Usage,
 )
 
+ENGINE_NAME = "synthetic"
 CAPABILITIES = TextCapabilities(sampling=frozenset({"temperature", "seed"}), reproducible_seed=True)
 """What the test engine honours: a seed (ignored when greedy, as the proto says) and logprobs of its own made-up
 distribution. Its words do not come from a distribution, so top_p, top_k, min_p and the penalty are refused."""
@@ -63,10 +65,6 @@ def synthetic_text(prompt: Prompt, tokens: int, seed: int | None = None) -> str:
     """The text the engine emits for `prompt` over `tokens` tokens (what tests compare streams against)."""
     start = prompt_seed(prompt, seed)
     return "".join(VOCABULARY[synthetic_token(start, i)] + " " for i in range(tokens))
-
-
-def _closed() -> Unavailable:
-    return Unavailable("the synthetic engine is closed", reason="ENGINE_CLOSED")
 
 
 @dataclass(eq=False, slots=True)
@@ -110,7 +108,7 @@ MAX_CATCH_UP_STEPS = 64
 """A paced step loop that finds itself late runs the steps that fell due, up to this many at once."""
 
 
-class SyntheticEngine:
+class SyntheticEngine(EngineLifecycle):
     """A TEST engine shaped like a real batched one: one step loop gives one token to every running request per step.
 
     The step loop is a task on the serving event loop (its per-step work is a table lookup per request, cheaper
@@ -122,72 +120,51 @@ class SyntheticEngine:
     iteration. A consumer that falls behind takes everything produced since its last take as one delta. Idle, the
     loop sleeps until a request arrives and steps at once.
 
-    Output is deterministic: `synthetic_text(prompt, n, seed)` is what a request's deltas spell out.
+    Output is deterministic: `synthetic_text(prompt, n, seed)` is what a request's deltas spell out. Having nothing
+    to load, it serves from construction; `start` only binds the step loop to its event loop early.
     """
 
     def __init__(self, config: SyntheticConfig) -> None:
+        model = ModelInfo(
+            name=config.model_name,
+            kind=ModelKind.TEXT_GENERATION,
+            engine=ENGINE_NAME,
+            description="TEST ENGINE: deterministic synthetic words from a batched step loop; not a language model",
+            is_test_engine=True,
+            context_length=config.context_length,
+            capabilities=CAPABILITIES,
+        )
+        super().__init__(ENGINE_NAME, (model,), config.slots, state=State.SERVING)
         self._config = config
         self._policy = PromptPolicy(vocab_size=len(VOCABULARY), context_length=config.context_length)
-        self._active = 0
         self._prefilling: list[_Stream] = []
         self._running: dict[_Stream, None] = {}  # ordered set: the batch, in arrival order
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._closed = False
         self.steps = 0  # steps run since start (a figure for benchmarks: tokens per step = batch size)
         self.step_reporter = StepReporter()  # observer.Batching: every step's batch size, for telemetry
-        self._models = (
-            ModelInfo(
-                name=config.model_name,
-                kind=ModelKind.TEXT_GENERATION,
-                engine=self.name,
-                description="TEST ENGINE: deterministic synthetic words from a batched step loop; not a language model",
-                is_test_engine=True,
-                context_length=config.context_length,
-                capabilities=CAPABILITIES,
-            ),
-        )
-
-    @property
-    def name(self) -> str:
-        return "synthetic"
 
     @property
     def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
         return ModelKind.TEXT_GENERATION
-
-    @property
-    def models(self) -> Sequence[ModelInfo]:
-        return self._models
-
-    @property
-    def slots(self) -> int:
-        return self._config.slots
-
-    @property
-    def active(self) -> int:
-        return self._active
 
     async def start(self) -> None:
         self._ensure_loop()
 
     async def aclose(self) -> None:
         """Stop the step loop; streams still in flight end with UNAVAILABLE (ENGINE_CLOSED)."""
-        self._closed = True
+        self._mark_closed()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for stream in [*self._prefilling, *self._running]:
-            stream.end = _closed()
+            stream.end = closed_error(ENGINE_NAME)
             stream.wake()
         self._prefilling.clear()
         self._running.clear()
-
-    def healthy(self) -> bool:
-        return not self._closed
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         return self._generate(request)
@@ -206,8 +183,7 @@ class SyntheticEngine:
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         check_request(request, CAPABILITIES)
         prompt_tokens = self._count_prompt(request)
-        if self._closed:
-            raise _closed()
+        self.check_serving()
         loop = self._ensure_loop()
         stream = _Stream(
             seed=prompt_seed(request.prompt, None if greedy(request) else request.sampling.seed),

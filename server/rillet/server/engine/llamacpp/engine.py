@@ -8,18 +8,19 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Literal
 
 from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.base import TextEvent
+from rillet.server.engine.lifecycle import EngineLifecycle, closed_error, dead_error, not_started_error
 from rillet.server.engine.llamacpp.handoff import Mailbox, Sink, SubmittedSequence
 from rillet.server.engine.llamacpp.model import Loaded
 from rillet.server.engine.llamacpp.settings import context_limit, resolve_model_name, resolve_slots
 from rillet.server.engine.llamacpp.worker import Worker
 from rillet.server.engine.text import TextDecoder, check_request
-from rillet.server.errors import EngineDead, RilletError, Unavailable
+from rillet.server.errors import EngineDead, RilletError
 from rillet.server.observer import StepReporter
 from rillet.server.types import EngineFinished, GenerationRequest, ModelInfo, ModelKind, TextCapabilities
 
@@ -33,14 +34,14 @@ CAPABILITIES = TextCapabilities(reproducible_seed=True)
 
 
 def _closed_error() -> RilletError:
-    return Unavailable("the llamacpp engine is closed", reason="ENGINE_CLOSED")
+    return closed_error(ENGINE_NAME)
 
 
 def _not_started_error() -> RilletError:
-    return Unavailable("the llamacpp engine is not started", reason="ENGINE_NOT_STARTED")
+    return not_started_error(ENGINE_NAME)
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(EngineLifecycle):
     """Text generation on llama.cpp (CPU) with continuous batching over `slots` sequences (`resolve_slots`).
 
     One engine thread owns the model and context and runs the step loop (`worker.Worker`); the event loop only submits
@@ -52,6 +53,9 @@ class LlamaCppEngine:
     KV cells instead of computing them (`usage.cached_input_tokens`). `start` warms every path a request takes
     before it returns.
 
+    The mailbox, not the lifecycle's state, decides whether a stream is taken (handoff.Mailbox: one lock with the
+    engine thread); its refusals are the lifecycle's, one reason per condition.
+
     Stream contract specifics: each TokenDelta carries the ids of the tokens it covers (a stop string's text is
     never sent; an end-of-generation token is neither sent nor counted), so the ids of all deltas together number
     `usage.output_tokens`. `engine_queue_seconds` runs from `stream` to the first scheduled prefill;
@@ -60,22 +64,21 @@ class LlamaCppEngine:
     """
 
     def __init__(self, config: LlamaCppConfig) -> None:
+        # models: the configured context and no chat until `start` reads the model
+        super().__init__(ENGINE_NAME, (self._model_info(config, context_limit(config), False),), resolve_slots(config))
         self._config = config
         self._mailbox = Mailbox(_not_started_error)
         self._thread: threading.Thread | None = None
-        self._active = 0
-        self._dead = False
-        self._closed = False
-        self._models = (self._model_info(context_limit(config), False),)
         self.step_reporter = StepReporter()  # observer.Batching: every step's batch size, for telemetry
 
-    def _model_info(self, limit: int, supports_chat: bool) -> ModelInfo:
-        if self._config.model_path is None:
+    @staticmethod
+    def _model_info(config: LlamaCppConfig, limit: int, supports_chat: bool) -> ModelInfo:
+        if config.model_path is None:
             model = "Gemma 3 270M base model (Q4_K_M GGUF; completion prompts)"
         else:
-            model = Path(self._config.model_path).name
+            model = Path(config.model_path).name
         return ModelInfo(
-            name=resolve_model_name(self._config),
+            name=resolve_model_name(config),
             kind=ModelKind.TEXT_GENERATION,
             engine=ENGINE_NAME,
             description=f"{model} on llama.cpp (CPU, continuous batching)",
@@ -86,46 +89,26 @@ class LlamaCppEngine:
         )
 
     @property
-    def name(self) -> str:
-        return ENGINE_NAME
-
-    @property
     def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
         return ModelKind.TEXT_GENERATION
 
-    @property
-    def models(self) -> Sequence[ModelInfo]:
-        """The served model; context and chat support are the configured values until `start` reads the model."""
-        return self._models
-
-    @property
-    def slots(self) -> int:
-        return resolve_slots(self._config)
-
-    @property
-    def active(self) -> int:
-        return self._active
-
-    def healthy(self) -> bool:
-        return not (self._dead or self._closed)
-
     async def start(self) -> None:
         """Load the model and start the engine thread; raises EngineDead if the model cannot be loaded."""
-        if self._thread is not None:
-            raise RuntimeError("the llamacpp engine was already started")
+        self._mark_starting()
         ready: concurrent.futures.Future[Loaded] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._thread_main, args=(ready,), name="rillet-llamacpp", daemon=True)
         self._thread.start()
         try:
             loaded = await asyncio.wrap_future(ready)
         except Exception as exc:
-            self._dead = True
+            self._mark_dead()
             raise EngineDead(f"the llamacpp engine could not start: {exc}", reason="ENGINE_START_FAILED") from exc
-        self._models = (self._model_info(loaded.context_limit, loaded.supports_chat),)
+        self._models = (self._model_info(self._config, loaded.context_limit, loaded.supports_chat),)
+        self._mark_serving()
 
     async def aclose(self) -> None:
         """Stop the engine thread: streams in flight end with Unavailable; the context and model are freed."""
-        self._closed = True
+        self._mark_closed()
         left = self._mailbox.close(_closed_error)
         for seq in left:  # submitted after the engine thread's last look at the inbox
             if seq.sink is not None:
@@ -185,11 +168,11 @@ class LlamaCppEngine:
             worker.fail_all(_closed_error, self._mailbox.close(_closed_error))
         except BaseException as exc:
             log.exception("llamacpp: the engine thread crashed")
-            self._dead = True
-            message = f"the llamacpp engine thread crashed: {exc!r}"
-            left = self._mailbox.close(lambda: EngineDead(message))
+            self._mark_dead()
+            why = f"thread crashed: {exc!r}"
+            left = self._mailbox.close(lambda: dead_error(ENGINE_NAME, why))
             try:
-                worker.fail_all(lambda: EngineDead(message), left)
+                worker.fail_all(lambda: dead_error(ENGINE_NAME, why), left)
             except BaseException:
                 log.exception("llamacpp: could not report the crash to every stream")
         finally:
