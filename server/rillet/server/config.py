@@ -179,7 +179,12 @@ class LimitsConfig(BaseModel, frozen=True):
 
     max_tokens: int = Field(2048, ge=1, description="upper bound on a request's max_tokens")
     default_max_tokens: int = Field(128, ge=1)
-    max_prompt_chars: int = Field(256 * 1024, ge=1, description="larger prompts fail with INVALID_ARGUMENT")
+    max_prompt_chars: int = Field(
+        256 * 1024,
+        ge=1,
+        description="characters of a text prompt, or of a chat's roles and contents (PROMPT_TOO_LARGE)",
+    )
+    max_prompt_token_ids: int = Field(256 * 1024, ge=1, description="ids of a token-id prompt (PROMPT_TOO_LARGE)")
     max_stop_strings: int = Field(8, ge=0)
     max_top_logprobs: int = Field(20, ge=0)
     max_request_id_chars: int = Field(128, ge=1, description="request ids of every message kind")

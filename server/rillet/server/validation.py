@@ -150,9 +150,9 @@ def validate_generate(
                 reason="PROMPT_TOO_LARGE",
             )
     elif isinstance(prompt[0], int):  # tuples are homogeneous (the converter builds them): O(1), not a scan
-        if len(prompt) > limits.max_prompt_chars:
+        if len(prompt) > limits.max_prompt_token_ids:
             raise InvalidArgument(
-                f"the prompt has more than {limits.max_prompt_chars} token ids",
+                f"the prompt has more than {limits.max_prompt_token_ids} token ids",
                 field="params.token_ids",
                 reason="PROMPT_TOO_LARGE",
             )

@@ -82,7 +82,7 @@ class _Stream:
     submitted: float  # perf_counter at `stream`
     ready_at: float  # loop.time() when its prefill is over: it joins the first step at or after this
     produced: int = 0
-    prefill: float | None = None
+    prefill: float | None = None  # from `stream` to joining the batch: its simulated prefill (nothing queues here)
     texts: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprobs] = field(default_factory=list)
@@ -281,7 +281,9 @@ class SyntheticEngine(EngineLifecycle):
                 stream.logprobs.extend(self._logprobs(token, stream.top_logprobs))
             if check.matched is not None:
                 usage = Usage(input_tokens=stream.prompt_tokens, output_tokens=stream.produced)
-                stream.end = EngineFinished(FinishReason.STOP_SEQUENCE, usage, check.matched, stream.prefill)
+                stream.end = EngineFinished(
+                    FinishReason.STOP_SEQUENCE, usage, check.matched, prefill_seconds=stream.prefill
+                )
                 finished.append(stream)
             elif stream.produced == stream.max_tokens:
                 tail = stream.decoder.finish().emit  # text in, so no UTF-8 tail: it cannot complete a stop string

@@ -110,7 +110,7 @@ def generate_spec(params: generation_pb2.GenerateParams, limits: LimitsConfig) -
         case "text":
             prompt = params.text
         case "token_ids":
-            prompt = tuple(params.token_ids.ids[: limits.max_prompt_chars + 1])
+            prompt = tuple(params.token_ids.ids[: limits.max_prompt_token_ids + 1])
         case "chat":
             messages = params.chat.messages[: limits.max_chat_messages + 1]
             prompt = tuple(ChatMessage(m.role, m.content) for m in messages)

@@ -289,7 +289,10 @@ class Worker:
         usage = Usage(input_tokens=seq.prompt_tokens, output_tokens=seq.output_tokens, cached_input_tokens=seq.reused)
         queued = 0.0 if seq.admitted_at is None else seq.admitted_at - seq.submitted_at
         self._release(seq)
-        self._send(seq, EngineFinished(reason, usage, matched, seq.prefill_seconds, queued))
+        finished = EngineFinished(
+            reason, usage, matched, prefill_seconds=seq.prefill_seconds, engine_queue_seconds=queued
+        )
+        self._send(seq, finished)
 
     # Delivery ----------------------------------------------------------------------------------------------------
 
