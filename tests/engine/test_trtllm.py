@@ -7,14 +7,13 @@ Tests marked `gpu` run the real TensorRT-LLM where it is installed and a GPU is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import math
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ from rillet.server.types import (
     ChatMessage,
     EngineFinished,
     FinishReason,
-    GenerationRequest,
     SamplingParams,
 )
 from rillet.server.types import (
@@ -37,9 +35,8 @@ from rillet.server.types import (
 )
 from rillet.v1 import generation_pb2, inference_service_pb2, inference_service_pb2_grpc
 from tests.conftest import ServerFactory, eventually
-from tests.doubles.trtllm import DOUBLES, double, double_config
+from tests.doubles.trtllm import DOUBLES, double, double_config, executor, request, run, running
 
-GREEDY = SamplingParams(temperature=0.0)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -47,37 +44,6 @@ REPO = Path(__file__).resolve().parents[2]
 def sim() -> Iterator[Any]:
     with double() as simulation:
         yield simulation
-
-
-@contextlib.asynccontextmanager
-async def running(config: TrtllmConfig | None = None) -> AsyncIterator[TrtllmEngine]:
-    engine = TrtllmEngine(config or double_config())
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        await engine.aclose()
-
-
-def executor(engine: TrtllmEngine) -> Any:
-    """The double's simulated executor behind the engine (to see what reached TensorRT-LLM)."""
-    llm = engine._llm
-    assert llm is not None
-    return llm._executor
-
-
-def request(prompt: Any = "1, 2, 3, 4, 5, ", max_tokens: int = 8, **fields: Any) -> GenerationRequest:
-    fields.setdefault("sampling", GREEDY)
-    return GenerationRequest("r", "tiny", prompt, max_tokens, **fields)
-
-
-async def run(engine: TrtllmEngine, req: GenerationRequest) -> tuple[list[EngineDelta], EngineFinished]:
-    deltas: list[EngineDelta] = []
-    async for event in engine.stream(req):
-        if isinstance(event, EngineFinished):
-            return deltas, event
-        deltas.append(event)
-    raise AssertionError("the stream ended without EngineFinished")
 
 
 # -- the stream ------------------------------------------------------------------------------------------------------
