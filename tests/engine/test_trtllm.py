@@ -310,12 +310,14 @@ async def test_engine_timeout_is_deadline_exceeded(sim: Any, monkeypatch: pytest
 
 def test_extra_llm_args_are_checked_against_tensorrt_llm_at_construction(sim: Any) -> None:
     with pytest.raises(EngineDead, match="no_such_knob") as unknown:
-        TrtllmEngine(double_config(extra_llm_args={"stream_interval": 4, "no_such_knob": 1}))
+        TrtllmEngine(double_config(extra_llm_args={"print_iter_log": True, "no_such_knob": 1}))
     assert unknown.value.reason == "ENGINE_CONFIG_INVALID"
-    with pytest.raises(EngineDead, match=r"trtllm\.<field>"):
-        TrtllmEngine(double_config(extra_llm_args={"max_batch_size": 4}))
-    engine = TrtllmEngine(double_config(extra_llm_args={"stream_interval": 4}))
-    assert engine._kwargs["stream_interval"] == 4
+    for owned in ({"max_batch_size": 4}, {"stream_interval": 4}, {"sampler_type": "TorchSampler"}):
+        with pytest.raises(EngineDead, match=r"trtllm\.<field>"):
+            TrtllmEngine(double_config(extra_llm_args=owned))
+    engine = TrtllmEngine(double_config(extra_llm_args={"print_iter_log": True}, stream_interval=4))
+    assert engine._kwargs["print_iter_log"] is True
+    assert (engine._kwargs["stream_interval"], engine._kwargs["sampler_type"]) == (4, "auto")
     assert engine._kwargs["kv_cache_config"].free_gpu_memory_fraction == 0.9
     assert str(engine._kwargs["scheduler_config"].capacity_scheduler_policy) == "GUARANTEED_NO_EVICT"
 
@@ -327,8 +329,8 @@ def test_without_a_gpu_or_a_model_the_engine_says_what_to_do(sim: Any) -> None:
     assert "no CUDA GPU is visible" in no_gpu.value.message
     assert INSTALL_HELP in no_gpu.value.message
     sim.device_count = 1
-    with pytest.raises(EngineDead, match="tensor_parallel_size"):
-        TrtllmEngine(double_config(tensor_parallel_size=2))
+    with pytest.raises(EngineDead, match="tensor_parallel_size"):  # two nodes of two GPUs: two must be here
+        TrtllmEngine(double_config(tensor_parallel_size=4, extra_llm_args={"gpus_per_node": 2}))
     with pytest.raises(EngineDead, match="RILLET_TRTLLM__MODEL"):
         TrtllmEngine(TrtllmConfig())
 

@@ -20,7 +20,7 @@ from rillet.server.app import RilletServer, serve
 from rillet.server.config import Settings
 from rillet.server.engine.trtllm import TrtllmEngine, token_logprobs
 from rillet.server.errors import EngineDead, Internal, InvalidArgument
-from rillet.server.types import ChatMessage, FinishReason, SamplingParams
+from rillet.server.types import ChatMessage, FinishReason, SamplingParams, TraceContext
 from rillet.server.types import TokenDelta as EngineDelta
 from tests.conftest import eventually
 from tests.contract.test_server import health_of
@@ -225,12 +225,15 @@ async def test_a_stop_string_in_the_final_response_does_not_abort_a_finished_req
 
 
 async def test_token_ids_are_checked_against_the_models_own_vocabulary(sim: Any) -> None:
-    sim.model_vocab_size = 1000  # config.json's vocab_size below len(tokenizer): the embedding has 1000 rows
+    from tensorrt_llm._double.tokenizer import VOCAB_SIZE
+
+    rows = VOCAB_SIZE - 16  # config.json's vocab_size below len(tokenizer): ids past it have no embedding row
+    sim.model_vocab_size = rows
     async with running() as engine:
         with pytest.raises(InvalidArgument) as error:
-            await anext(engine.stream(request((5, 2000))))
+            await anext(engine.stream(request((5, VOCAB_SIZE - 1))))
         assert error.value.reason == "TOKEN_ID_OUT_OF_RANGE"
-        assert "0..999" in error.value.message
+        assert f"0..{rows - 1}" in error.value.message
         assert engine.healthy()
         assert executor(engine).died is None  # the device-side assert never happened
 
@@ -251,3 +254,103 @@ def test_every_logprob_reported_is_one_tensorrt_llm_gave() -> None:
 
     mapped = token_logprobs([7, 8], [{7: Lp(-0.5, 1)}, {8: Lp(-math.inf, 2), 1: Lp(-0.1, 1)}], 0, 2, 1)
     assert [m.token.logprob for m in mapped] == [-0.5, -9999.0]  # a masked (-inf) value is floored, as servers do
+
+
+# -- The samplers: TRTLLMSampler honours what TorchSampler cannot -----------------------------------------------------
+
+
+async def test_trtllm_sampler_honours_seeds_and_penalties_and_refuses_logprobs(sim: Any) -> None:
+    async with running(double_config(sampler="TRTLLMSampler")) as engine:
+        caps = engine.models[0].capabilities
+        assert caps is not None
+        assert caps.reproducible_seed
+        assert caps.sampling == {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed"}
+        seeded = SamplingParams(temperature=0.8, seed=7)
+        first, _ = await run(engine, request(max_tokens=6, sampling=seeded))
+        again, _ = await run(engine, request(max_tokens=6, sampling=seeded))
+        penalized, _ = await run(engine, request(max_tokens=6, sampling=SamplingParams(0.8, seed=7, min_p=0.1)))
+        ids = [[t for d in deltas for t in d.token_ids] for deltas in (first, again, penalized)]
+        assert ids[0] == ids[1]
+        assert ids[0] != ids[2]  # min_p reached the sampler
+        unseeded = [await run(engine, request(max_tokens=6, sampling=SAMPLED)) for _ in range(2)]
+        assert unseeded[0][0] != unseeded[1][0]  # the C++ sampler's fixed default seed is never left to apply
+        with pytest.raises(InvalidArgument) as error:  # it reports the sampled token's logprob alone: no top-k
+            await anext(engine.stream(request(top_logprobs=2)))
+        assert error.value.field == "params.top_logprobs"
+
+
+# -- Using what 1.2.1 gives: perf metrics, trace headers, cache salt, stream interval, postprocess workers -----------
+
+
+async def test_perf_metrics_split_the_time_to_first_token_into_engine_queue_and_prefill(sim: Any) -> None:
+    sim.step_seconds = 0.005
+    async with running(double_config(max_batch_size=1)) as engine:
+        first, second = await asyncio.gather(run(engine, request(max_tokens=4)), run(engine, request(max_tokens=4)))
+        waited = max(first[1].engine_queue_seconds, second[1].engine_queue_seconds)
+        assert waited > 0  # one of them waited in TensorRT-LLM's own queue for the single slot
+        assert all(f.prefill_seconds is not None and f.prefill_seconds >= 0 for _, f in (first, second))
+    async with running(double_config(return_perf_metrics=False)) as engine:
+        _, finished = await run(engine, request(max_tokens=2))
+        assert finished.engine_queue_seconds == 0.0
+        assert finished.prefill_seconds is not None  # from submission to the first output, queueing included
+
+
+async def test_the_requests_trace_context_reaches_tensorrt_llm_as_trace_headers(sim: Any) -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with running() as engine:
+        stream = engine.stream(request(max_tokens=50, trace=TraceContext(parent, "rillet=1")))
+        await anext(stream)
+        (result,) = engine._in_flight
+        assert result.trace_headers == {"traceparent": parent, "tracestate": "rillet=1"}
+        await stream.aclose()
+        stream = engine.stream(request(max_tokens=50))
+        await anext(stream)
+        (result,) = engine._in_flight
+        assert result.trace_headers is None
+        await stream.aclose()
+
+
+async def test_prefix_reuse_is_scoped_by_the_tenants_cache_salt(sim: Any) -> None:
+    memo = "CONFIDENTIAL: the acquisition closes on the ninth of March at forty-one dollars a share. " * 2
+    async with running() as engine:
+
+        async def cached(scope: str, tail: str) -> int:
+            _, finished = await run(engine, request(memo + tail, max_tokens=2, cache_scope=scope))
+            return finished.usage.cached_input_tokens
+
+        assert await cached("tenant:acme", "A") == 0
+        assert await cached("tenant:beta", "B") == 0  # acme's blocks are salted with acme's scope
+        assert await cached("tenant:acme", "C") > 0  # acme still reuses its own (whole blocks)
+        assert await cached("", "D") == 0  # no scope: no salt, and salted blocks never match it
+        assert await cached("", "E") > 0
+
+
+async def test_two_tenants_through_the_server_share_no_cached_prompt(sim: Any, make_server: Any) -> None:
+    tokens = {"acme": "acme-3f9a1c", "beta": "beta-77d0e2"}
+    tenants = {name: {"tokens": [token]} for name, token in tokens.items()}
+    engine = TrtllmEngine(double_config())
+    server = await make_server(engines=[engine], security={"tenants": tenants})
+    memo = "To the board: the merger closes on the ninth of March, and the announcement stays embargoed. " * 2
+
+    async def cached(tenant: str, tail: str) -> int:
+        async with Client.connect(f"127.0.0.1:{server.port}", token=tokens[tenant]) as client:
+            events = [event async for event in client.generate(memo + tail, max_tokens=2, temperature=0)]
+        return events[-1].usage.cached_input_tokens  # type: ignore[union-attr]
+
+    assert await cached("acme", "A") == 0
+    assert await cached("beta", "B") == 0
+    computed, prompt = executor(engine).last_admitted
+    assert computed == prompt  # beta's prefill computed every token: no head start it could time
+    assert await cached("acme", "C") > 0
+
+
+async def test_stream_interval_and_postprocess_workers_change_delivery_not_output(sim: Any) -> None:
+    async with running() as engine:
+        reference, _ = await run(engine, request(max_tokens=12))
+    for settings in ({"stream_interval": 4}, {"num_postprocess_workers": 2}):
+        async with running(double_config(**settings)) as engine:
+            deltas, finished = await run(engine, request(max_tokens=12))
+            assert "".join(d.text for d in deltas) == "".join(d.text for d in reference)
+            assert finished.usage.output_tokens == 12 == sum(len(d.token_ids) for d in deltas)
+            if "stream_interval" in settings:
+                assert [len(d.token_ids) for d in deltas] == [1, 3, 4, 4]  # the first at once, then 4 at a time

@@ -183,6 +183,7 @@ class SimulatedExecutor:
         self.cpu_seconds = 0.0  # CPU the step loop itself used (thread time): benchmarks subtract it
         self.tokens_produced = 0  # tokens handed to results (end tokens excluded)
         self.cancels = 0  # CancellingRequests received
+        self.last_admitted = (0, 0)  # (prompt tokens it had to compute, prompt tokens) of the latest admission
         SimulatedExecutor.instances.append(self)
         self._thread = threading.Thread(target=self._run, name="trtllm-double-worker", daemon=True)
         self._thread.start()
@@ -310,6 +311,7 @@ class SimulatedExecutor:
             self._kv_used += need
             reuse = self._args.kv_cache_config.enable_block_reuse
             seq.cached = self._cached_prefix(seq.prompt, seq.request.cache_salt_id) if reuse else 0
+            self.last_admitted = (len(seq.prompt) - seq.cached, len(seq.prompt))
             self._running.append(seq)
 
     def _cached_prefix(self, prompt: list[int], salt: int | None) -> int:
