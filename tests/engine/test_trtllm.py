@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from rillet.client import Client, DeadlineExceededError, Finished, TokenDelta
-from rillet.server.config import TrtllmConfig
+from rillet.server.config import TrtllmConfig, TrtllmSampler
 from rillet.server.engine.trtllm import INSTALL_HELP, TrtllmEngine, token_logprobs
 from rillet.server.errors import DeadlineExceeded, EngineDead, Internal, InvalidArgument
 from rillet.server.types import (
@@ -390,3 +390,35 @@ async def test_the_real_engine_streams_cancels_and_stops_on_a_gpu() -> None:
             assert stop not in "".join(d.text for d in deltas)
     finally:
         await engine.aclose()
+
+
+@pytest.mark.gpu
+async def test_the_real_samplers_behave_as_facts_md_records() -> None:
+    """What FACTS.md could not verify in source, settled on a GPU: engine/trtllm/api.py's capabilities rest on it."""
+    reason = _real_tensorrt_llm()
+    if reason is not None:
+        pytest.skip(reason)
+    model = os.environ["RILLET_TRTLLM__MODEL"]
+    story, count = "Once upon a time, in a city nobody remembers,", "Count with me: 1, 2, 3, 4,"
+    seeded = {"temperature": 1.0, "top_k": 0, "seed": 7}  # an open prompt at temperature 1: runs differ unless seeded
+
+    async def tokens(engine: TrtllmEngine, prompt: str, **params: Any) -> list[int]:
+        from tensorrt_llm import SamplingParams as TrtSamplingParams
+
+        llm = engine._llm
+        assert llm is not None
+        result = llm.generate_async(inputs=prompt, sampling_params=TrtSamplingParams(max_tokens=24, **params))
+        return list((await result.aresult()).outputs[0].token_ids)
+
+    async with running(TrtllmConfig(model=model, max_batch_size=8, max_seq_len=1024)) as torch:
+        deltas, _ = await run(torch, request("The capital of France is", max_tokens=8, top_logprobs=2))
+        for lp in (lp for d in deltas for lp in d.logprobs):  # greedy: the emitted token is the top candidate
+            assert lp.top[0].token_id == lp.token.token_id
+        assert await tokens(torch, story, **seeded) != await tokens(torch, story, **seeded), "TorchSampler used a seed"
+        plain = await tokens(torch, count, temperature=0.0)
+        assert plain == await tokens(torch, count, temperature=0.0, repetition_penalty=2.0), "it applied a penalty"
+    config = TrtllmConfig(model=model, max_batch_size=8, max_seq_len=1024, sampler=TrtllmSampler.TRTLLM)
+    async with running(config) as trtllm:
+        assert await tokens(trtllm, story, **seeded) == await tokens(trtllm, story, **seeded), "it ignored the seed"
+        plain = await tokens(trtllm, count, temperature=0.0)
+        assert plain != await tokens(trtllm, count, temperature=0.0, repetition_penalty=2.0), "it ignored the penalty"
