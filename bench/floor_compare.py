@@ -40,6 +40,7 @@ from typing import Any
 
 from bench_frontend import build_go_client  # bench/ is on sys.path when a script in it runs
 
+from rillet.client import GenerateOptions
 from rillet.server.config import EventLoopKind, Settings
 from rillet.server.loadgen import bench
 from rillet.server.loadgen.runner import Bound
@@ -68,7 +69,7 @@ class Scenario:
 SCENARIOS = {
     "idle_ttft": Scenario(
         pace=0,
-        plan=Plan(max_tokens=1),
+        plan=Plan(generate=GenerateOptions(max_tokens=1, timeout=120.0)),
         concurrency=1,
         bound=Bound(requests=400),
         warmup=50,
@@ -78,7 +79,7 @@ SCENARIOS = {
     "stream64": Scenario(
         pace=0,
         rillet_pace=4000,  # 64 x 4000 = 256k tokens/s offered: more than the serving path delivers
-        plan=Plan(max_tokens=1000),
+        plan=Plan(generate=GenerateOptions(max_tokens=1000, timeout=120.0)),
         concurrency=64,
         bound=Bound(requests=192),
         warmup=8,
@@ -92,7 +93,7 @@ SCENARIOS = {
     ),
     "paced512": Scenario(
         pace=50,
-        plan=Plan(rpc=Rpc.SESSION, max_tokens=100),
+        plan=Plan(rpc=Rpc.SESSION, generate=GenerateOptions(max_tokens=100)),  # no per-request timeout
         concurrency=512,
         bound=Bound(requests=1024),
         warmup=8,
@@ -231,7 +232,7 @@ async def run(rounds: int, names: list[str], loop: str) -> dict[str, Any]:
                 results["scenarios"][name] = {
                     "pace_steps_per_s": {"floor": pace, "rillet": pace if rillet_pace is None else rillet_pace},
                     "concurrency": scenario.concurrency,
-                    "plan": {"rpc": scenario.plan.rpc.value, "max_tokens": scenario.plan.max_tokens},
+                    "plan": {"rpc": scenario.plan.rpc.value, "max_tokens": scenario.plan.generate.max_tokens},
                     "bound": {"requests": scenario.bound.requests, "duration_s": scenario.bound.duration_s},
                     "targets": scenario.targets or {},
                     "higher_is_better": sorted(scenario.higher_is_better),
@@ -263,7 +264,7 @@ async def go_level(target: str, scenario: Scenario) -> dict[str, Any]:
         "-conns=8",
         f"-seconds={scenario.go_seconds}",
         f"-warmup={scenario.go_warmup}",
-        f"-max-tokens={scenario.plan.max_tokens}",
+        f"-max-tokens={scenario.plan.generate.max_tokens}",
         stdout=asyncio.subprocess.PIPE,
     )
     stdout, _ = await process.communicate()

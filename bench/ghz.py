@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rillet.client import GenerateOptions
 from rillet.server.loadgen import bench
 from rillet.server.loadgen.runner import Bound
 from rillet.server.loadgen.workload import Plan
@@ -78,7 +79,11 @@ async def run_ghz(target: str) -> dict[str, Any]:
 
 async def run_bench(target: str) -> dict[str, Any]:
     results = await bench.run(
-        target, Plan(max_tokens=TOKENS), concurrency=[CONCURRENCY], bound=Bound(requests=CALLS), warmup=0
+        target,
+        Plan(generate=GenerateOptions(max_tokens=TOKENS, timeout=120.0)),
+        concurrency=[CONCURRENCY],
+        bound=Bound(requests=CALLS),
+        warmup=0,
     )
     level = results["levels"][0]
     return {

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rillet.client import GenerateOptions
 from rillet.server.loadgen import bench
 from rillet.server.loadgen.runner import Bound
 from rillet.server.loadgen.workload import Plan
@@ -56,7 +57,7 @@ async def one_round(workers: int) -> dict[str, Any]:
             serving += b"serving synthetic-test on" in line
         results = await bench.run(
             f"127.0.0.1:{port}",
-            Plan(max_tokens=1000),
+            Plan(generate=GenerateOptions(max_tokens=1000, timeout=120.0)),
             concurrency=[64],
             bound=Bound(requests=256),
             connections=CONNECTIONS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,13 @@ from rillet.v1 import inference_service_pb2_grpc
 
 if TYPE_CHECKING:
     from rillet.v1.inference_service_pb2_grpc import InferenceServiceAsyncStub
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:

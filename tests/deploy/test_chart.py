@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from rillet.client._client import HEALTH_SERVICE
+from rillet.client._channel import HEALTH_SERVICE
 from rillet.server.config import Settings
 from rillet.server.telemetry import semconv
 from rillet.server.transport.servicer import SERVICE_NAME

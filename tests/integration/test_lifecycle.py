@@ -10,12 +10,21 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from rillet.client import Client, FinishReason, InternalError, InvalidArgumentError, TokenDelta, UnavailableError
+from rillet.client import (
+    ChannelConfig,
+    Client,
+    FinishReason,
+    InternalError,
+    InvalidArgumentError,
+    TokenDelta,
+    UnavailableError,
+)
 from rillet.server.app import RilletServer, serve
+from rillet.server.cli import _serving
 from rillet.server.config import Settings, SyntheticConfig
 from rillet.server.engine.synthetic import SyntheticEngine, synthetic_text
 from rillet.v1 import generation_pb2, inference_service_pb2, inference_service_pb2_grpc
-from tests.conftest import ServerFactory, eventually
+from tests.conftest import ServerFactory, eventually, free_port
 from tests.doubles import DyingEngine, EchoSpeechEngine
 
 SERVICE = "rillet.v1.InferenceService"
@@ -38,30 +47,69 @@ async def health_of(port: int, service: str = "") -> int:
         return int(response.status)
 
 
-async def test_health_not_serving_while_warming_serving_after_and_not_serving_when_draining() -> None:
+Warming = tuple[GatedEngine, RilletServer, asyncio.Task[int]]
+
+
+@pytest.fixture
+async def warming() -> AsyncIterator[Warming]:
+    """A server whose engine warms up until the test opens its gate: its port is bound, its start still running."""
     engine = GatedEngine()
     server = RilletServer(Settings(port=0), [engine])
     starting = asyncio.create_task(server.start())
     try:
         await eventually(lambda: server.port != 0)
-        for service in ("", SERVICE):
-            assert await health_of(server.port, service) == health_pb2.HealthCheckResponse.NOT_SERVING
-        engine.gate.set()
-        await starting
-        for service in ("", SERVICE):
-            assert await health_of(server.port, service) == health_pb2.HealthCheckResponse.SERVING
-        async with Client.connect(f"127.0.0.1:{server.port}") as client, client.session() as session:
-            stream = await session.generate("keep the server draining", max_tokens=400)
-            iterator = aiter(stream)
-            await anext(iterator)  # in flight for sure (and kept referenced: a dropped iterator cancels)
-            stopping = asyncio.create_task(server.stop(grace_s=5.0))
-            await eventually(lambda: server.lifecycle.draining)
-            assert await health_of(server.port) == health_pb2.HealthCheckResponse.NOT_SERVING
-            await iterator.aclose()  # type: ignore[attr-defined]
-            await stopping
+        yield engine, server, starting
     finally:
         engine.gate.set()
         await server.stop(grace_s=0)
+
+
+async def test_health_not_serving_while_warming_serving_after_and_not_serving_when_draining(
+    warming: Warming,
+) -> None:
+    engine, server, starting = warming
+    for service in ("", SERVICE):
+        assert await health_of(server.port, service) == health_pb2.HealthCheckResponse.NOT_SERVING
+    engine.gate.set()
+    await starting
+    for service in ("", SERVICE):
+        assert await health_of(server.port, service) == health_pb2.HealthCheckResponse.SERVING
+    async with Client.connect(f"127.0.0.1:{server.port}") as client, client.session() as session:
+        stream = await session.generate("keep the server draining", max_tokens=400)
+        iterator = aiter(stream)
+        await anext(iterator)  # in flight for sure (and kept referenced: a dropped iterator cancels)
+        stopping = asyncio.create_task(server.stop(grace_s=5.0))
+        await eventually(lambda: server.lifecycle.draining)
+        assert await health_of(server.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        await iterator.aclose()  # type: ignore[attr-defined]
+        await stopping
+
+
+async def test_rillet_health_watches_through_warm_up_and_answers_once_serving(
+    warming: Warming,
+) -> None:
+    engine, server, starting = warming
+    config = ChannelConfig(f"127.0.0.1:{server.port}")
+    assert not await _serving(config, "", wait=0)  # warming up: NOT_SERVING, and no waiting asked for
+    watching = asyncio.create_task(_serving(config, SERVICE, wait=30))
+    await eventually(lambda: server.health._watcher_count_by_service[SERVICE] == 1)  # one Watch, open
+    assert not watching.done()
+    engine.gate.set()  # the server pushes SERVING to the open watch
+    assert await asyncio.wait_for(watching, timeout=30)
+    await starting
+    assert await _serving(config, "", wait=0)
+    assert not await _serving(config, "no.such.Service", wait=0)  # SERVICE_UNKNOWN
+
+
+async def test_rillet_health_with_a_wait_waits_for_a_server_not_up_yet(make_server: ServerFactory) -> None:
+    port = free_port()
+    config = ChannelConfig(f"127.0.0.1:{port}")
+    assert not await _serving(config, "", wait=0)  # nothing listens: the first answer decides
+    watching = asyncio.create_task(_serving(config, "", wait=30))
+    server = await make_server(port=port)
+    assert await asyncio.wait_for(watching, timeout=30)
+    await server.stop(grace_s=0)
+    assert not await _serving(config, "", wait=0.3)  # gone: no answer before the deadline
 
 
 async def test_reflection_lists_the_service(server: RilletServer) -> None:

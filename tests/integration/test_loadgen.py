@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from rillet.client import GenerateOptions
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.synthetic import SyntheticEngine
 from rillet.server.loadgen import bench
@@ -33,7 +34,7 @@ async def serve(make_server: ServerFactory) -> str:
 
 async def test_a_concurrency_sweep_counts_every_request_and_token(make_server: ServerFactory) -> None:
     target = await serve(make_server)
-    plan = Plan(max_tokens=16)
+    plan = Plan(generate=GenerateOptions(max_tokens=16))
     results = await bench.run(target, plan, concurrency=[1, 4], bound=Bound(requests=20), warmup=2, connections=2)
     assert results["target"] == target
     assert results["plan"]["workload"] == "text"
@@ -66,13 +67,18 @@ async def test_speech_and_chained_sessions_and_poisson_arrivals(make_server: Ser
     assert level["ttfa_ms"]["count"] == 6
     assert level["audio_s"] > 0
     chain = await bench.run(
-        target, Plan(workload=Workload.CHAIN, rpc=Rpc.SESSION, max_tokens=8), concurrency=[2], bound=Bound(requests=4)
+        target,
+        Plan(workload=Workload.CHAIN, rpc=Rpc.SESSION, generate=GenerateOptions(max_tokens=8)),
+        concurrency=[2],
+        bound=Bound(requests=4),
     )
     level = chain["levels"][0]
     assert (level["requests"], level["ok"], level["lost"]) == (8, 8, 0)  # a generation and its synthesis each
     assert level["tokens"] == 4 * 8
     assert level["ttft_ms"]["count"] == level["ttfa_ms"]["count"] == 4
-    poisson = await bench.run(target, Plan(max_tokens=4), rates=[500.0], bound=Bound(requests=10))
+    poisson = await bench.run(
+        target, Plan(generate=GenerateOptions(max_tokens=4)), rates=[500.0], bound=Bound(requests=10)
+    )
     level = poisson["levels"][0]
     assert level["level"] == {"rate": 500.0}
     assert (level["requests"], level["ok"], level["tokens"]) == (10, 10, 40)
@@ -154,7 +160,11 @@ async def test_a_corrupted_stream_is_reported_lost_with_its_reason() -> None:
     server, port = await corrupt_server()
     try:
         results = await bench.run(
-            f"127.0.0.1:{port}", Plan(max_tokens=2), concurrency=[1], bound=Bound(requests=len(FAULTS)), warmup=0
+            f"127.0.0.1:{port}",
+            Plan(generate=GenerateOptions(max_tokens=2)),
+            concurrency=[1],
+            bound=Bound(requests=len(FAULTS)),
+            warmup=0,
         )
     finally:
         await server.stop(0)

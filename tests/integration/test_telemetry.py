@@ -1,7 +1,8 @@
 """`rillet serve` exporting OTLP/gRPC to a real OTLP receiver run here, driven by the SDK; Prometheus scraped over HTTP.
 
 The receiver is a grpc.aio server implementing opentelemetry-proto's TraceService and MetricsService: what it gets
-is exactly what a collector would get. The server is the real process (the synthetic TEST engine serves text).
+is exactly what a collector would get. The server is the real process (the synthetic TEST engine serves text); the
+flush test drives the entrypoint's Telemetry in process.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -30,7 +31,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from rillet.client import Client, FinishReason, NotFoundError, TokenDelta
+from rillet.server import types as domain
+from rillet.server.config import TelemetryConfig
 from rillet.server.telemetry import semconv as sc
+from rillet.server.telemetry.plan import Exports
+from rillet.server.telemetry.runtime import Telemetry
 from tests.conftest import eventually
 
 GENERATE = "rillet.v1.InferenceService/Generate"
@@ -289,3 +294,46 @@ async def test_span_tree_two_traces_in_one_session_cancel_and_ttft_over_otlp_and
     ]
     outcomes = {s.labels["rillet_request_outcome"]: s.value for s in families["rillet_server_requests"].samples}
     assert outcomes == {"finished": 3.0, "cancelled": 2.0, "failed": 1.0}
+
+
+class _Engine:
+    name, slots, active = "synthetic", 4, 0
+
+
+def _lifecycles(observer: Any, count: int) -> None:
+    """`count` finished 4-token generations told to `observer`, as the session tells them."""
+    model = domain.ModelInfo("synthetic-test", domain.ModelKind.TEXT_GENERATION, "synthetic")
+    result = domain.Finished(domain.FinishReason.LENGTH, domain.Usage(1, 4), domain.Timings(0.0, 0.01, 0.02, 0.05))
+    for index in range(count):
+        request = observer.request(domain.Start(f"r{index}", domain.GenerateSpec(prompt="p", max_tokens=4)))
+        request.queued(model, domain.GenerationRequest(f"r{index}", model.name, "p", 4), None)
+        request.admitted()
+        request.first_output()
+        request.finished(result)
+
+
+@pytest.mark.timeout(60)
+async def test_force_flush_returns_once_spans_and_delta_histograms_are_exported(
+    receiver: tuple[Receiver, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found, port = receiver
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # the exporter child's processor would wait 10 minutes
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")  # and so would the metric reader
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
+    config = TelemetryConfig(otlp_endpoint=f"http://127.0.0.1:{port}")
+    telemetry = Telemetry(config, Exports(otlp_traces=True, otlp_metrics=True))
+    try:
+        telemetry.watch([_Engine()])
+
+        def ttft() -> tuple[int, list[int]]:
+            (metric,) = [m for m in found.metrics if m.name == sc.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN][-1:]
+            return metric.histogram.aggregation_temporality, [p.count for p in metric.histogram.data_points]
+
+        for count, spans in ((3, 3), (2, 5)):
+            _lifecycles(telemetry.observer, count)
+            assert await asyncio.to_thread(telemetry.force_flush)
+            # No waiting: once force_flush returned, the receiver holds every span and this interval's histograms.
+            assert sum(s.name == "text_completion synthetic-test" for s in found.spans) == spans
+            assert ttft() == (AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA, [count])
+    finally:
+        await asyncio.to_thread(telemetry.shutdown)

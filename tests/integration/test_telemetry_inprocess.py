@@ -22,10 +22,11 @@ from rillet.server.config import Settings, SyntheticConfig
 from rillet.server.engine.base import Engine
 from rillet.server.engine.synthetic import SyntheticEngine
 from rillet.server.telemetry import semconv as sc
-from rillet.server.telemetry.instruments import Histograms, Instruments, WithHistograms
+from rillet.server.telemetry.fastpath.histograms import Histograms, WithHistograms
+from rillet.server.telemetry.fastpath.spans import RequestTracer, into
+from rillet.server.telemetry.instruments import Instruments
 from rillet.server.telemetry.requests import TelemetryObserver
 from rillet.server.telemetry.rpc import RpcTelemetry
-from rillet.server.telemetry.spans import RequestTracer, into
 from tests.conftest import eventually
 from tests.doubles import EchoSpeechEngine
 

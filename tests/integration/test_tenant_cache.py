@@ -18,6 +18,13 @@ MEMO = (
     "CONFIDENTIAL. To the board of Northwind Holdings: the acquisition of Contoso Mills closes on the ninth of March "
     "at a price of forty-one dollars a share, and the announcement stays embargoed until the market closes that day."
 )
+
+
+def memo(opening: str) -> str:
+    """The memo behind an opening word of its own: no test's prompts share a first token with another test's."""
+    return f"{opening}. {MEMO}"
+
+
 TOKENS = {"acme": "acme-3f9a1c", "beta": "beta-77d0e2", "gamma": "gamma-0b4c58", "delta": "delta-e21a96"}
 
 
@@ -53,20 +60,21 @@ async def cached(server: RilletServer, tenant: str, prompt: str) -> int:
 
 
 async def test_a_tenant_reuses_none_of_anothers_prompt_and_all_of_its_own(server: RilletServer) -> None:
-    assert await cached(server, "acme", MEMO) == 0
-    assert await cached(server, "beta", MEMO + " Regards,") == 0  # the memo's start is acme's alone
-    assert await cached(server, "beta", MEMO + " Yours,") > 40  # beta's own first request is cached for beta
-    assert await cached(server, "acme", MEMO + " Sincerely,") > 40  # and acme still reuses its own
+    prompt = memo("Draft")
+    assert await cached(server, "acme", prompt) == 0
+    assert await cached(server, "beta", prompt + " Regards,") == 0  # the memo's start is acme's alone
+    assert await cached(server, "beta", prompt + " Yours,") > 40  # beta's own first request is cached for beta
+    assert await cached(server, "acme", prompt + " Sincerely,") > 40  # and acme still reuses its own
 
 
 async def test_concurrent_prompts_of_two_tenants_share_no_cells(server: RilletServer) -> None:
-    prompt = MEMO.replace("Contoso Mills", "Fabrikam Steel")  # nobody's cache holds this one yet
+    prompt = memo("Urgent")  # nobody's cache holds this one yet
     first, second = await asyncio.gather(cached(server, "acme", prompt), cached(server, "beta", prompt + " P.S."))
     assert (first, second) == (0, 0)  # neither took the other's running cells nor waited for its prefill
 
 
 async def test_tenants_of_one_cache_group_share_by_the_operators_choice(server: RilletServer) -> None:
-    prompt = MEMO.replace("Northwind Holdings", "the Northwind group")
+    prompt = memo("Revised")
     assert await cached(server, "gamma", prompt) == 0
     assert await cached(server, "delta", prompt + " Regards,") > 40
     assert await cached(server, "acme", prompt + " Regards,") == 0  # outside the group, nothing

@@ -12,10 +12,11 @@ import pytest
 from rillet.client import Client
 from rillet.v1 import common_pb2, generation_pb2
 from rillet.v1 import inference_service_pb2 as pb
+from tests.sdk import raw_server
 
 
-async def peer_recording_server(peers: collections.Counter[str]) -> tuple[grpc.aio.Server, int]:
-    """A raw server whose Generate and Session note the client connection (peer address) of every call."""
+def peer_recording(peers: collections.Counter[str]) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """A raw server's Generate and Session that note the client connection (peer address) of every call."""
 
     async def generate(request: pb.GenerateRequest, context: Any) -> AsyncIterator[pb.GenerateResponse]:
         peers[context.peer()] += 1
@@ -32,46 +33,27 @@ async def peer_recording_server(peers: collections.Counter[str]) -> tuple[grpc.a
         return
         yield
 
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        "Generate": grpc.unary_stream_rpc_method_handler(
-            generate, pb.GenerateRequest.FromString, pb.GenerateResponse.SerializeToString
-        ),
-        "Session": grpc.stream_stream_rpc_method_handler(
-            session, pb.SessionRequest.FromString, pb.SessionResponse.SerializeToString
-        ),
-    }
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("rillet.v1.InferenceService", handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, port
+    return {"Generate": raw_server.generate(generate), "Session": raw_server.session(session)}
 
 
 async def test_calls_and_sessions_take_the_connections_in_turn() -> None:
     peers: collections.Counter[str] = collections.Counter()
-    server, port = await peer_recording_server(peers)
-    try:
-        async with Client.connect(f"127.0.0.1:{port}", connections=3) as client:
-            for i in range(6):
-                assert (await client.generate(f"p{i}").collect()).text == "x"
-            assert sorted(peers.values()) == [2, 2, 2]  # three connections, two calls each
-            for _ in range(3):
-                async with client.session() as session:
-                    await session.close()
-            assert sorted(peers.values()) == [3, 3, 3]
-    finally:
-        await server.stop(0)
+    async with raw_server.serving(peer_recording(peers)) as target, Client.connect(target, connections=3) as client:
+        for i in range(6):
+            assert (await client.generate(f"p{i}").collect()).text == "x"
+        assert sorted(peers.values()) == [2, 2, 2]  # three connections, two calls each
+        for _ in range(3):
+            async with client.session() as session:
+                await session.close()
+        assert sorted(peers.values()) == [3, 3, 3]
 
 
 async def test_one_connection_by_default_and_at_least_one() -> None:
     peers: collections.Counter[str] = collections.Counter()
-    server, port = await peer_recording_server(peers)
-    try:
-        async with Client.connect(f"127.0.0.1:{port}") as client:
+    async with raw_server.serving(peer_recording(peers)) as target:
+        async with Client.connect(target) as client:
             for i in range(3):
                 await client.generate(f"p{i}").collect()
         assert list(peers.values()) == [3]
-    finally:
-        await server.stop(0)
     with pytest.raises(ValueError, match="at least 1"):
         Client.connect("127.0.0.1:1", connections=0)

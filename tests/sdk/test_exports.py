@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 import rillet.client
 
 EXPECTED = {
-    "AlreadyExistsError", "AudioChunk", "CancelledError", "ChatMessage", "Client", "DeadlineExceededError",
-    "FinishReason", "Finished", "GenerateResult", "GenerateStream", "InternalError", "InvalidArgumentError", "Model",
-    "ModelKind", "NotFoundError", "ProtocolError", "RequestStream", "ResourceExhaustedError", "RilletError",
-    "Session", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions", "TokenDelta",
-    "TokenLogprob", "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError", "Usage",
+    "AlreadyExistsError", "AudioChunk", "ChannelConfig", "ChatMessage", "Client", "DeadlineExceededError",
+    "FinishReason", "Finished", "GenerateOptions", "GenerateResult", "GenerateStream", "InternalError",
+    "InvalidArgumentError", "KeepAlive", "Model", "ModelKind", "NotFoundError", "ProtocolError",
+    "RequestCancelledError", "RequestStream", "ResourceExhaustedError", "RilletError", "Session",
+    "SynthesizeOptions", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions",
+    "TokenDelta", "TokenLogprob", "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError", "Usage",
 }  # fmt: skip
 
 
@@ -27,3 +32,12 @@ def test_errors_subclass_one_base() -> None:
         obj = getattr(rillet.client, name)
         if name.endswith("Error"):
             assert issubclass(obj, rillet.client.RilletError)
+
+
+def test_the_old_cancelled_error_name_still_imports_with_a_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="use RequestCancelledError"):
+        from rillet.client import CancelledError  # type: ignore[attr-defined]
+    assert CancelledError is rillet.client.RequestCancelledError
+    assert not issubclass(CancelledError, asyncio.CancelledError)
+    with pytest.raises(AttributeError):
+        rillet.client.NoSuchName  # type: ignore[attr-defined]  # noqa: B018

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rillet.client._client import HEALTH_SERVICE, channel_target, service_config
+from rillet.client._channel import HEALTH_SERVICE, channel_target, service_config
 
 
 @pytest.mark.parametrize(

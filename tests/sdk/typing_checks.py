@@ -9,13 +9,16 @@ from typing import assert_type
 
 from rillet.client import (
     AudioChunk,
+    ChannelConfig,
     Client,
     Finished,
+    GenerateOptions,
     GenerateResult,
     GenerateStream,
     Model,
     RilletError,
     Session,
+    SynthesizeOptions,
     SynthesizeResult,
     SynthesizeStream,
     TokenDelta,
@@ -47,6 +50,25 @@ async def session(client: Client) -> None:
         async for event in text:
             assert_type(event, TokenDelta | Finished)
         await s.synthesize(text_from=speech)  # type: ignore[arg-type]
+
+
+async def options(client: Client, session: Session) -> None:
+    greedy = GenerateOptions(max_tokens=8, temperature=0.0, stop=["\n"])
+    assert_type(client.generate("prompt", greedy), GenerateStream)
+    assert_type(client.generate("prompt", greedy, seed=3, metadata=[("k", "v")]), GenerateStream)
+    assert_type(await session.generate("prompt", greedy, request_id="a", timeout=2.0), GenerateStream)
+    assert_type(client.synthesize("Hi.", SynthesizeOptions(voice="joe"), timeout=5.0), SynthesizeStream)
+    assert_type(
+        await session.synthesize(options=SynthesizeOptions(max_chunk_s=0.2), streaming_input=True), SynthesizeStream
+    )
+    client.generate("prompt", SynthesizeOptions())  # type: ignore[arg-type]
+    client.synthesize("Hi.", greedy)  # type: ignore[arg-type]
+    client.synthesize("Hi.", max_tokens=8)  # type: ignore[call-arg]
+    GenerateOptions("gemma")  # type: ignore[call-arg]
+    GenerateOptions(max_tokens="8")  # type: ignore[arg-type]
+    greedy.max_tokens = 16  # type: ignore[misc]
+    Client.from_config(ChannelConfig(["10.0.0.1:50051", "10.0.0.2:50051"], connections=2))
+    ChannelConfig("127.0.0.1:50051", connections="2")  # type: ignore[arg-type]
 
 
 def errors(error: RilletError) -> None:

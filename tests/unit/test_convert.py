@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from google.protobuf import duration_pb2
 
@@ -15,6 +17,8 @@ from rillet.server.types import (
     Cancel,
     ChatMessage,
     Command,
+    Constraint,
+    ConstraintKind,
     GenerateSpec,
     Malformed,
     Start,
@@ -24,6 +28,29 @@ from rillet.server.types import (
 from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, speech_pb2
 
 LIMITS = LimitsConfig()
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({}, None),
+        ({"json_schema": "{}"}, Constraint(ConstraintKind.JSON_SCHEMA, "{}")),
+        ({"regex": "a+"}, Constraint(ConstraintKind.REGEX, "a+")),
+        ({"grammar": 'start: "x"'}, Constraint(ConstraintKind.GRAMMAR, 'start: "x"')),
+        ({"choice": generation_pb2.Choice(options=["a", "b"])}, Constraint(ConstraintKind.CHOICE, choices=("a", "b"))),
+        ({"json_object": generation_pb2.JsonObject()}, Constraint(ConstraintKind.JSON_OBJECT)),
+        ({"regex": ""}, Constraint(ConstraintKind.REGEX, "")),  # set but empty: validation refuses it
+    ],
+)
+def test_the_constraint_oneof_becomes_one_constraint(params: dict[str, Any], expected: Constraint | None) -> None:
+    assert convert.generate_spec(generation_pb2.GenerateParams(text="hi", **params), LIMITS).constraint == expected
+
+
+def test_a_choice_is_cut_one_past_its_limit() -> None:
+    params = generation_pb2.GenerateParams(text="hi", choice=generation_pb2.Choice(options=["o"] * 1000))
+    constraint = convert.generate_spec(params, LIMITS).constraint
+    assert constraint is not None
+    assert len(constraint.choices) == LIMITS.max_choices + 1
 
 
 def test_unset_fields_become_none_and_set_zeroes_survive() -> None:

@@ -19,11 +19,12 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 from rillet.server.config import LogFormat, TelemetryConfig
 from rillet.server.errors import NotFound
 from rillet.server.observer import Batching, StepReporter
-from rillet.server.telemetry.instruments import Histograms, Instruments, Tally, WithHistograms
+from rillet.server.telemetry.fastpath.histograms import Histograms, WithHistograms
+from rillet.server.telemetry.fastpath.spans import RequestTracer, into, readable, span_data
+from rillet.server.telemetry.instruments import Instruments, Tally
 from rillet.server.telemetry.logs import JsonFormatter, TraceIds
 from rillet.server.telemetry.plan import Exports, exports
 from rillet.server.telemetry.requests import TelemetryObserver
-from rillet.server.telemetry.spans import RequestTracer, into, readable, span_data
 from rillet.server.types import (
     Finished,
     FinishReason,

@@ -1,20 +1,27 @@
 """Typed async client for Rillet: `async with Client.connect(target) as client: ...`."""
 
-from rillet.client._client import Client, GenerateStream, RequestStream, Session, SynthesizeStream
+import typing as _typing
+import warnings as _warnings
+
+from rillet.client._channel import ChannelConfig, KeepAlive
+from rillet.client._client import Client
 from rillet.client._errors import (
     AlreadyExistsError,
-    CancelledError,
     DeadlineExceededError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
     ProtocolError,
+    RequestCancelledError,
     ResourceExhaustedError,
     RilletError,
     UnauthenticatedError,
     UnavailableError,
     UnknownError,
 )
+from rillet.client._options import GenerateOptions, SynthesizeOptions
+from rillet.client._session import Session
+from rillet.client._streams import GenerateStream, RequestStream, SynthesizeStream
 from rillet.client._tls import TlsOptions
 from rillet.client._types import (
     AudioChunk,
@@ -36,24 +43,28 @@ from rillet.client._types import (
 __all__ = [
     "AlreadyExistsError",
     "AudioChunk",
-    "CancelledError",
+    "ChannelConfig",
     "ChatMessage",
     "Client",
     "DeadlineExceededError",
     "FinishReason",
     "Finished",
+    "GenerateOptions",
     "GenerateResult",
     "GenerateStream",
     "InternalError",
     "InvalidArgumentError",
+    "KeepAlive",
     "Model",
     "ModelKind",
     "NotFoundError",
     "ProtocolError",
+    "RequestCancelledError",
     "RequestStream",
     "ResourceExhaustedError",
     "RilletError",
     "Session",
+    "SynthesizeOptions",
     "SynthesizeResult",
     "SynthesizeStream",
     "TextCapabilities",
@@ -67,3 +78,15 @@ __all__ = [
     "UnknownError",
     "Usage",
 ]
+
+_DEPRECATED = {"CancelledError": "RequestCancelledError"}
+"""Old names still importable, with a DeprecationWarning: CancelledError shadowed asyncio.CancelledError."""
+
+if not _typing.TYPE_CHECKING:  # hidden from type checkers, which then flag the old names instead of accepting any name
+
+    def __getattr__(name: str) -> object:
+        if name in _DEPRECATED:
+            new = _DEPRECATED[name]
+            _warnings.warn(f"rillet.client.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
+            return globals()[new]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

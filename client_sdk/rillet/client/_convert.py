@@ -1,11 +1,13 @@
-"""Pure converters between the SDK's keyword arguments and types and the rillet.v1 protos."""
+"""Pure converters between the SDK's options and types and the rillet.v1 protos."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from google.protobuf import duration_pb2
 
+from rillet.client._options import GenerateOptions, SynthesizeOptions
 from rillet.client._types import (
     AudioChunk,
     ChatMessage,
@@ -42,21 +44,11 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return message
 
 
-def generate_params(
-    prompt: Prompt,
-    *,
-    model: str,
-    max_tokens: int | None,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    min_p: float | None,
-    repetition_penalty: float | None,
-    seed: int | None,
-    stop: Sequence[str],
-    top_logprobs: int | None,
-) -> generation_pb2.GenerateParams:
-    params = generation_pb2.GenerateParams(model=model, stop=list(stop))
+def generate_params(prompt: Prompt, options: GenerateOptions) -> generation_pb2.GenerateParams:
+    """The params of a generation: the prompt, and every option that is set (None leaves a field unset)."""
+    params = generation_pb2.GenerateParams(
+        model=options.model, stop=options.stop, max_tokens=options.max_tokens, top_logprobs=options.top_logprobs
+    )
     if isinstance(prompt, str):
         params.text = prompt
     elif all(isinstance(item, ChatMessage) for item in prompt):
@@ -67,35 +59,56 @@ def generate_params(
             params.chat.SetInParent()
     else:
         params.token_ids.ids.extend(int(t) for t in prompt if isinstance(t, int))
-    if max_tokens is not None:
-        params.max_tokens = max_tokens
-    if top_logprobs is not None:
-        params.top_logprobs = top_logprobs
-    sampling = params.sampling
-    if temperature is not None:
-        sampling.temperature = temperature
-    if top_p is not None:
-        sampling.top_p = top_p
-    if top_k is not None:
-        sampling.top_k = top_k
-    if min_p is not None:
-        sampling.min_p = min_p
-    if repetition_penalty is not None:
-        sampling.repetition_penalty = repetition_penalty
-    if seed is not None:
-        sampling.seed = seed
-    return params
-
-
-def synthesize_params(
-    text: str, *, voice: str, sample_rate_hertz: int, max_chunk_s: float | None
-) -> speech_pb2.SynthesizeParams:
-    params = speech_pb2.SynthesizeParams(
-        voice=voice, text=text, sample_rate_hertz=sample_rate_hertz, encoding=speech_pb2.AUDIO_ENCODING_LINEAR16
+    sampling = generation_pb2.SamplingParams(
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k,
+        min_p=options.min_p,
+        repetition_penalty=options.repetition_penalty,
+        seed=options.seed,
     )
-    if max_chunk_s is not None:
-        params.max_chunk_duration.CopyFrom(duration(max_chunk_s))
+    if sampling.ByteSize():  # left out when no field is set
+        params.sampling.CopyFrom(sampling)
     return params
+
+
+def synthesize_params(text: str, options: SynthesizeOptions) -> speech_pb2.SynthesizeParams:
+    params = speech_pb2.SynthesizeParams(
+        voice=options.voice,
+        text=text,
+        sample_rate_hertz=options.sample_rate_hertz,
+        encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
+    )
+    if options.max_chunk_s is not None:
+        params.max_chunk_duration.CopyFrom(duration(options.max_chunk_s))
+    return params
+
+
+def start_generate(prompt: Prompt, options: GenerateOptions) -> inference_service_pb2.StartGenerate:
+    """A session's start message for a generation."""
+    return inference_service_pb2.StartGenerate(params=generate_params(prompt, options), **_request_fields(options))
+
+
+def start_synthesize(
+    text: str, options: SynthesizeOptions, *, streaming_input: bool = False, text_from_request_id: str = ""
+) -> inference_service_pb2.StartSynthesize:
+    """A session's start message for a synthesis (of `text`, of streamed input, or of another request's tokens)."""
+    return inference_service_pb2.StartSynthesize(
+        params=synthesize_params(text, options),
+        streaming_input=streaming_input,
+        text_from_request_id=text_from_request_id,
+        **_request_fields(options),
+    )
+
+
+def _request_fields(options: GenerateOptions | SynthesizeOptions) -> dict[str, Any]:
+    """What every start message carries: the trace context, and the request's own timeout when it has one."""
+    fields: dict[str, Any] = {
+        "trace_context": common_pb2.TraceContext(traceparent=options.traceparent, tracestate=options.tracestate)
+    }
+    if options.timeout is not None:
+        fields["timeout"] = duration(options.timeout)
+    return fields
 
 
 def _seconds(message: duration_pb2.Duration) -> float:
@@ -173,4 +186,8 @@ def _text_capabilities(message: inference_service_pb2.TextCapabilities) -> TextC
         reproducible_seed=message.reproducible_seed,
         logprobs=message.logprobs,
         sampled_logprobs=message.sampled_logprobs,
+        constraint_kinds=frozenset(
+            generation_pb2.ConstraintKind.Name(kind).removeprefix("CONSTRAINT_KIND_").lower()
+            for kind in message.constraint_kinds
+        ),
     )

@@ -7,7 +7,7 @@ RilletError
 ├── ResourceExhaustedError    RESOURCE_EXHAUSTED (retry_after set when the server sent RetryInfo)
 ├── UnavailableError          UNAVAILABLE
 ├── DeadlineExceededError     DEADLINE_EXCEEDED
-├── CancelledError            CANCELLED
+├── RequestCancelledError     CANCELLED
 ├── UnauthenticatedError      UNAUTHENTICATED
 ├── InternalError             INTERNAL
 ├── UnknownError              any other code
@@ -80,8 +80,8 @@ class DeadlineExceededError(RilletError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class CancelledError(RilletError):
-    """The call was cancelled."""
+class RequestCancelledError(RilletError):
+    """The call or request was cancelled (named apart from asyncio.CancelledError, which cancels a task)."""
 
     code = grpc.StatusCode.CANCELLED
 
@@ -119,7 +119,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RilletError]] = {
         ResourceExhaustedError,
         UnavailableError,
         DeadlineExceededError,
-        CancelledError,
+        RequestCancelledError,
         UnauthenticatedError,
         InternalError,
     )

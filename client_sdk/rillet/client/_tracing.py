@@ -56,27 +56,41 @@ def request_context() -> tuple[str, str]:
 
 
 class CallTrace:
-    """One call's client span (with tracing on) and the metadata that carries its context to the server."""
+    """One call's client span (with tracing on) and the metadata that carries its context to the server.
+
+    The context is the caller's current one, or the W3C `traceparent`/`tracestate` given (a request's options).
+    """
 
     __slots__ = ("metadata", "span")
 
     def __init__(
-        self, tracer: Tracer | None, method: str, attributes: dict[str, Any], metadata: tuple[tuple[str, str], ...]
+        self,
+        tracer: Tracer | None,
+        method: str,
+        attributes: dict[str, Any],
+        metadata: tuple[tuple[str, str], ...],
+        *,
+        traceparent: str = "",
+        tracestate: str = "",
     ) -> None:
         self.span: Span | None = None
         self.metadata: tuple[tuple[str, str], ...]
+        given = {"traceparent": traceparent} if traceparent else {}
+        if traceparent and tracestate:
+            given["tracestate"] = tracestate
         if not AVAILABLE:
-            self.metadata = metadata
+            self.metadata = metadata + tuple(given.items())
             return
-        context = None
+        context = TraceContextTextMapPropagator().extract(given) if given else None
         if tracer is not None:
             name = f"{SERVICE}/{method}"
             self.span = tracer.start_span(
                 name,
+                context=context,
                 kind=SpanKind.CLIENT,
                 attributes={"rpc.system.name": "grpc", "rpc.method": name, **attributes},
             )
-            context = trace.set_span_in_context(self.span)
+            context = trace.set_span_in_context(self.span, context)
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=context)
         self.metadata = metadata + tuple(carrier.items())

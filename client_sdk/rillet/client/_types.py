@@ -126,6 +126,8 @@ class TextCapabilities:
     reproducible_seed: bool
     logprobs: bool
     sampled_logprobs: bool
+    constraint_kinds: frozenset[str] = frozenset()
+    """Output constraints enforced, by their GenerateParams field names ("json_schema", "regex", "grammar", ...)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +18,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ConstraintKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConstraintKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConstraintKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSTRAINT_KIND_UNSPECIFIED: _ConstraintKind.ValueType  # 0
+    """Never sent by the server."""
+    CONSTRAINT_KIND_JSON_SCHEMA: _ConstraintKind.ValueType  # 1
+    """GenerateParams.json_schema."""
+    CONSTRAINT_KIND_REGEX: _ConstraintKind.ValueType  # 2
+    """GenerateParams.regex."""
+    CONSTRAINT_KIND_GRAMMAR: _ConstraintKind.ValueType  # 3
+    """GenerateParams.grammar (Lark)."""
+    CONSTRAINT_KIND_CHOICE: _ConstraintKind.ValueType  # 4
+    """GenerateParams.choice."""
+    CONSTRAINT_KIND_JSON_OBJECT: _ConstraintKind.ValueType  # 5
+    """GenerateParams.json_object."""
+
+class ConstraintKind(_ConstraintKind, metaclass=_ConstraintKindEnumTypeWrapper):
+    """The kinds of output constraint (GenerateParams.constraint)."""
+
+CONSTRAINT_KIND_UNSPECIFIED: ConstraintKind.ValueType  # 0
+"""Never sent by the server."""
+CONSTRAINT_KIND_JSON_SCHEMA: ConstraintKind.ValueType  # 1
+"""GenerateParams.json_schema."""
+CONSTRAINT_KIND_REGEX: ConstraintKind.ValueType  # 2
+"""GenerateParams.regex."""
+CONSTRAINT_KIND_GRAMMAR: ConstraintKind.ValueType  # 3
+"""GenerateParams.grammar (Lark)."""
+CONSTRAINT_KIND_CHOICE: ConstraintKind.ValueType  # 4
+"""GenerateParams.choice."""
+CONSTRAINT_KIND_JSON_OBJECT: ConstraintKind.ValueType  # 5
+"""GenerateParams.json_object."""
+Global___ConstraintKind: _TypeAlias = ConstraintKind  # noqa: Y015
 
 @_typing.final
 class TokenIds(_message.Message):
@@ -186,6 +223,11 @@ class GenerateParams(_message.Message):
     SAMPLING_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    REGEX_FIELD_NUMBER: _builtins.int
+    GRAMMAR_FIELD_NUMBER: _builtins.int
+    CHOICE_FIELD_NUMBER: _builtins.int
+    JSON_OBJECT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name as listed by ListModels; empty selects the server's default
     text model. An unknown name fails with NOT_FOUND.
@@ -201,6 +243,23 @@ class GenerateParams(_message.Message):
     top_logprobs: _builtins.int
     """When set, each TokenDelta carries the log-probability of every emitted
     token and of this many most likely alternatives (at most 20).
+    """
+    json_schema: _builtins.str
+    """A JSON Schema document (as JSON text): the output is one JSON value
+    valid against it. The keywords llguidance supports are accepted
+    (objects, arrays, enums, const, required, $ref/$defs, anyOf/oneOf,
+    string patterns and formats, numeric and length bounds); a schema using
+    one it does not fails CONSTRAINT_INVALID naming it.
+    """
+    regex: _builtins.str
+    """A regular expression the whole output matches (Rust regex syntax; no
+    look-around or back-references). Not anchored by ^ or $: it is always
+    matched against the whole output.
+    """
+    grammar: _builtins.str
+    """A grammar in Lark syntax, as llguidance reads it (its `start` rule is
+    the whole output; `%json`, `%regex` and lexer terminals as llguidance
+    documents). The syntax TensorRT-LLM's llguidance backend takes too.
     """
     @_builtins.property
     def token_ids(self) -> Global___TokenIds:
@@ -221,6 +280,14 @@ class GenerateParams(_message.Message):
         non-empty.
         """
 
+    @_builtins.property
+    def choice(self) -> Global___Choice:
+        """The output is exactly one of these strings."""
+
+    @_builtins.property
+    def json_object(self) -> Global___JsonObject:
+        """The output is one JSON object (any keys and values)."""
+
     def __init__(
         self,
         *,
@@ -232,15 +299,22 @@ class GenerateParams(_message.Message):
         sampling: Global___SamplingParams | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
         top_logprobs: _builtins.int | None = ...,
+        json_schema: _builtins.str = ...,
+        regex: _builtins.str = ...,
+        grammar: _builtins.str = ...,
+        choice: Global___Choice | None = ...,
+        json_object: Global___JsonObject | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_top_logprobs", b"_top_logprobs", "chat", b"chat", "max_tokens", b"max_tokens", "prompt", b"prompt", "sampling", b"sampling", "text", b"text", "token_ids", b"token_ids", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_top_logprobs", b"_top_logprobs", "chat", b"chat", "choice", b"choice", "constraint", b"constraint", "grammar", b"grammar", "json_object", b"json_object", "json_schema", b"json_schema", "max_tokens", b"max_tokens", "prompt", b"prompt", "regex", b"regex", "sampling", b"sampling", "text", b"text", "token_ids", b"token_ids", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_top_logprobs", b"_top_logprobs", "chat", b"chat", "max_tokens", b"max_tokens", "model", b"model", "prompt", b"prompt", "sampling", b"sampling", "stop", b"stop", "text", b"text", "token_ids", b"token_ids", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_top_logprobs", b"_top_logprobs", "chat", b"chat", "choice", b"choice", "constraint", b"constraint", "grammar", b"grammar", "json_object", b"json_object", "json_schema", b"json_schema", "max_tokens", b"max_tokens", "model", b"model", "prompt", b"prompt", "regex", b"regex", "sampling", b"sampling", "stop", b"stop", "text", b"text", "token_ids", b"token_ids", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
     _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
     _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
+    _WhichOneofReturnType_constraint: _TypeAlias = _typing.Literal["json_schema", "regex", "grammar", "choice", "json_object"]  # noqa: Y015
+    _WhichOneofArgType_constraint: _TypeAlias = _typing.Literal["constraint", b"constraint"]  # noqa: Y015
     _WhichOneofReturnType_prompt: _TypeAlias = _typing.Literal["text", "token_ids", "chat"]  # noqa: Y015
     _WhichOneofArgType_prompt: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
     @_typing.overload
@@ -248,9 +322,52 @@ class GenerateParams(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_constraint) -> _WhichOneofReturnType_constraint | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_prompt) -> _WhichOneofReturnType_prompt | None: ...
 
 Global___GenerateParams: _TypeAlias = GenerateParams  # noqa: Y015
+
+@_typing.final
+class Choice(_message.Message):
+    """A choice among strings, for GenerateParams.choice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def options(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The strings the output may be, each non-empty; at least one, at most 64."""
+
+    def __init__(
+        self,
+        *,
+        options: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Choice: _TypeAlias = Choice  # noqa: Y015
+
+@_typing.final
+class JsonObject(_message.Message):
+    """"Any JSON object", for GenerateParams.json_object (no fields)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JsonObject: _TypeAlias = JsonObject  # noqa: Y015
 
 @_typing.final
 class TokenLogprob(_message.Message):

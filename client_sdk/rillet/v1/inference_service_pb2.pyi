@@ -562,6 +562,7 @@ class TextCapabilities(_message.Message):
     REPRODUCIBLE_SEED_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
     SAMPLED_LOGPROBS_FIELD_NUMBER: _builtins.int
+    CONSTRAINT_KINDS_FIELD_NUMBER: _builtins.int
     reproducible_seed: _builtins.bool
     """A request with a seed, run alone, yields the same tokens every time."""
     logprobs: _builtins.bool
@@ -581,6 +582,12 @@ class TextCapabilities(_message.Message):
         default (which asks for nothing); any other value is refused.
         """
 
+    @_builtins.property
+    def constraint_kinds(self) -> _containers.RepeatedScalarFieldContainer[_generation_pb2.ConstraintKind.ValueType]:
+        """The output constraints (GenerateParams.constraint) the model enforces;
+        a request with another kind is refused.
+        """
+
     def __init__(
         self,
         *,
@@ -588,10 +595,11 @@ class TextCapabilities(_message.Message):
         reproducible_seed: _builtins.bool = ...,
         logprobs: _builtins.bool = ...,
         sampled_logprobs: _builtins.bool = ...,
+        constraint_kinds: _abc.Iterable[_generation_pb2.ConstraintKind.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprobs", b"logprobs", "reproducible_seed", b"reproducible_seed", "sampled_logprobs", b"sampled_logprobs", "sampling_fields", b"sampling_fields"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraint_kinds", b"constraint_kinds", "logprobs", b"logprobs", "reproducible_seed", b"reproducible_seed", "sampled_logprobs", b"sampled_logprobs", "sampling_fields", b"sampling_fields"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,7 +8,7 @@ import sys
 import time
 import wave
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -21,6 +21,9 @@ from rillet.server.errors import EngineDead
 from rillet.server.telemetry.logs import configure_logging
 from rillet.server.telemetry.plan import Exports
 from rillet.server.telemetry.plan import exports as telemetry_exports
+
+if TYPE_CHECKING:
+    from rillet.client import ChannelConfig
 
 app = typer.Typer(help="Rillet: streaming inference over gRPC.", no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
@@ -176,24 +179,25 @@ def generate(
     timeout: Annotated[float | None, typer.Option(help="deadline in seconds")] = None,
 ) -> None:
     """Stream a completion to the terminal, then print TTFT and tokens/s."""
-    from rillet.client import Client, Finished, RilletError
+    from rillet.client import Client, Finished, GenerateOptions, RilletError
+
+    options = GenerateOptions(
+        model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=stop or (),
+        timeout=timeout,
+    )
 
     async def run() -> None:
         async with Client.connect(target) as client:
             started = time.perf_counter()
             first: float | None = None
             tokens = 0
-            stream = client.generate(
-                prompt,
-                model=model,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                seed=seed,
-                stop=stop or (),
-                timeout=timeout,
-            )
+            stream = client.generate(prompt, options)
             sys.stdout.write(prompt)
             async for event in stream:
                 if isinstance(event, Finished):
@@ -233,7 +237,17 @@ def speak(
     timeout: Annotated[float | None, typer.Option(help="deadline in seconds")] = None,
 ) -> None:
     """Synthesize speech into a WAV file and print the time to first audio (TTFA)."""
-    from rillet.client import AudioChunk, Client, RilletError, SynthesizeStream, TokenDelta
+    from rillet.client import (
+        AudioChunk,
+        Client,
+        GenerateOptions,
+        RilletError,
+        SynthesizeOptions,
+        SynthesizeStream,
+        TokenDelta,
+    )
+
+    speech = SynthesizeOptions(voice=voice)
 
     async def write(stream: SynthesizeStream, started: float) -> None:
         first: float | None = None
@@ -258,12 +272,12 @@ def speak(
         async with Client.connect(target) as client:
             started = time.perf_counter()
             if not from_generate:
-                await write(client.synthesize(text, voice=voice, timeout=timeout), started)
+                await write(client.synthesize(text, speech, timeout=timeout), started)
                 return
-            async with client.session(timeout=timeout) as session:
-                generation = await session.generate(text, max_tokens=max_tokens)
-                speech = await session.synthesize(voice=voice, text_from=generation)
-                writer = asyncio.create_task(write(speech, started))
+            async with client.session(timeout=timeout) as session:  # the deadline of the generation and its speech
+                generation = await session.generate(text, GenerateOptions(max_tokens=max_tokens))
+                spoken = await session.synthesize(options=speech, text_from=generation)
+                writer = asyncio.create_task(write(spoken, started))
                 sys.stdout.write(text)
                 async for event in generation:
                     if isinstance(event, TokenDelta):
@@ -336,6 +350,7 @@ def bench(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Load-test a Rillet server: latency percentiles, throughput, errors; every stream is verified."""
+    from rillet.client import GenerateOptions, SynthesizeOptions
     from rillet.server.loadgen import bench as loadgen
     from rillet.server.loadgen.report import plot as write_plot
     from rillet.server.loadgen.report import table, write_json
@@ -351,10 +366,8 @@ def bench(
             rpc=Rpc(rpc),
             prompts=load_prompts(prompts),
             prefix_words=shared_prefix,
-            max_tokens=max_tokens,
-            model=model,
-            voice=voice,
-            timeout_s=timeout,
+            generate=GenerateOptions(model=model, max_tokens=max_tokens, timeout=timeout),
+            synthesize=SynthesizeOptions(voice=voice, timeout=timeout),
         )
         bound = Bound(requests if requests is not None or duration is not None else 200, duration)
     except (ValueError, OSError) as error:
@@ -406,40 +419,54 @@ def health(
     ] = None,
 ) -> None:
     """Exit 0 when the server reports SERVING (grpc.health.v1), 1 otherwise: a container or probe health check."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from rillet.client import TlsOptions
+    from rillet.client import ChannelConfig, TlsOptions
 
     if (tls_cert is None) != (tls_key is None):
         err.print("[red]mutual TLS needs both --tls-cert and --tls-key[/red]")
         raise typer.Exit(2)
-
-    def channel() -> grpc.aio.Channel:
-        if tls_ca is None and tls_cert is None:
-            return grpc.aio.insecure_channel(target)
+    tls = None
+    if tls_ca is not None or tls_cert is not None:
         tls = TlsOptions(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, server_name=tls_server_name)
-        options = [] if tls_server_name is None else [("grpc.ssl_target_name_override", tls_server_name)]
-        return grpc.aio.secure_channel(target, tls.credentials(), options=options)
-
-    async def check() -> bool:
-        deadline = time.monotonic() + wait
-        async with channel() as open_channel:
-            stub = health_pb2_grpc.HealthStub(open_channel)
-            while True:
-                try:
-                    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
-                    if response.status == health_pb2.HealthCheckResponse.SERVING:
-                        return True
-                except grpc.aio.AioRpcError:
-                    pass
-                if time.monotonic() >= deadline:
-                    return False
-                await asyncio.sleep(0.2)
-
-    if not asyncio.run(check()):
+    try:
+        config = ChannelConfig(target, tls=tls)
+    except ValueError as error:
+        err.print(f"[red]{escape(str(error))}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    if not asyncio.run(_serving(config, service, wait)):
         err.print(f"[red]{target} is not serving[/red]")
         raise typer.Exit(1)
+
+
+HEALTH_ANSWER_S = 2.0
+"""How long `rillet health` waits for a first answer when it does not wait for SERVING (--wait 0)."""
+
+
+async def _serving(config: ChannelConfig, service: str, wait: float) -> bool:
+    """Whether `service` reports SERVING within `wait` seconds: one Health.Watch, whose server pushes each change.
+
+    With `wait`, the watch waits for the connection (a server still starting) and is opened again if it breaks (a
+    server restarting), until the deadline; without, the first answer decides.
+    """
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (wait or HEALTH_ANSWER_S)
+    request = health_pb2.HealthCheckRequest(service=service)
+    async with config.open() as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while (left := deadline - loop.time()) > 0:
+            try:
+                async for response in stub.Watch(request, timeout=left, wait_for_ready=wait > 0):
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return True
+                    if not wait:
+                        return False
+            except grpc.aio.AioRpcError as error:
+                if not wait or error.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                    return False
+            await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))  # before watching again
+    return False
 
 
 def main() -> None:

@@ -216,6 +216,10 @@ class LimitsConfig(BaseModel, frozen=True):
     max_request_id_chars: int = Field(128, ge=1, description="request ids of every message kind")
     max_name_chars: int = Field(256, ge=1, description="model and voice names")
     max_stop_chars: int = Field(256, ge=1, description="the length of each stop string")
+    max_constraint_chars: int = Field(
+        64 * 1024, ge=1, description="an output constraint's text: a schema, regex or grammar, or all choices together"
+    )
+    max_choices: int = Field(64, ge=1, description="the strings of a choice constraint")
     max_chat_messages: int = Field(1024, ge=1, description="messages in one chat prompt")
     max_chat_role_chars: int = Field(64, ge=1, description="the length of a chat message's role")
     max_text_piece_chars: int = Field(16 * 1024, ge=1, description="the text of one AppendText message")

@@ -25,6 +25,25 @@ class ModelKind(enum.Enum):
     SPEECH_SYNTHESIS = "speech_synthesis"
 
 
+class ConstraintKind(enum.Enum):
+    """The kinds of output constraint (mirrors rillet.v1.ConstraintKind); the value is its GenerateParams field."""
+
+    JSON_SCHEMA = "json_schema"
+    REGEX = "regex"
+    GRAMMAR = "grammar"
+    CHOICE = "choice"
+    JSON_OBJECT = "json_object"
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """An output constraint: `text` is the schema, regex or Lark grammar; `choices` the strings of a CHOICE."""
+
+    kind: ConstraintKind
+    text: str = ""
+    choices: tuple[str, ...] = ()
+
+
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
 """The fields of SamplingParams, by their proto names."""
 
@@ -45,9 +64,19 @@ class TextCapabilities:
     """`top_logprobs` is honoured under greedy decoding (temperature 0)."""
     sampled_logprobs: bool = True
     """`top_logprobs` is honoured under sampling too: the sampled token's own log-probability is always known."""
+    constraints: frozenset[ConstraintKind] = frozenset()
+    """The output constraints the model enforces."""
 
-    def refusal(self, sampling: SamplingParams, top_logprobs: int | None) -> InvalidArgument | None:
+    def refusal(
+        self, sampling: SamplingParams, top_logprobs: int | None, constraint: Constraint | None = None
+    ) -> InvalidArgument | None:
         """The error for the first thing asked of this model that it cannot honour; None when it honours all."""
+        if constraint is not None and constraint.kind not in self.constraints:
+            return InvalidArgument(
+                f"this model does not enforce {constraint.kind.value} constraints (ListModels lists the kinds it does)",
+                field=f"params.{constraint.kind.value}",
+                reason="CONSTRAINT_UNSUPPORTED",
+            )
         for name in SAMPLING_FIELDS:
             value = getattr(sampling, name)
             if name not in self.sampling and value != getattr(_NO_OP_SAMPLING, name):
@@ -133,6 +162,7 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
+    constraint: Constraint | None = None
     cache_scope: str = ""
     """Cached prompt tokens are reused only between requests of the same scope: the tenant's own unless the
     operator groups tenants (SecurityConfig); "" without authentication. No KV, no cached-token count and no timing
@@ -281,6 +311,7 @@ class GenerateSpec:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True, slots=True)

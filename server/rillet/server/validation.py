@@ -14,6 +14,8 @@ from rillet.server.errors import InvalidArgument, clip
 from rillet.server.scheduler import Router, SpeechRoute, TextRoute
 from rillet.server.types import (
     ChatMessage,
+    Constraint,
+    ConstraintKind,
     GenerateSpec,
     GenerationRequest,
     ModelKind,
@@ -95,6 +97,33 @@ def _check_range(name: str, value: float | None, low: float, high: float, *, low
             f"sampling.{name} = {value} is outside {bracket}{low:g}, {high:g}]",
             field=f"params.sampling.{name}",
             reason="SAMPLING_OUT_OF_RANGE",
+        )
+
+
+def _check_constraint(constraint: Constraint, limits: LimitsConfig) -> None:
+    """The bounds of an output constraint; whether it parses and compiles is the engine's (constraints.py)."""
+    field = f"params.{constraint.kind.value}"
+    if constraint.kind is ConstraintKind.CHOICE:
+        if not constraint.choices:
+            raise InvalidArgument("a choice needs at least one option", field=field, reason="CONSTRAINT_INVALID")
+        if len(constraint.choices) > limits.max_choices:
+            raise InvalidArgument(
+                f"a choice has more than {limits.max_choices} options", field=field, reason="CONSTRAINT_TOO_LARGE"
+            )
+        if not all(constraint.choices):
+            raise InvalidArgument("a choice's options must not be empty", field=field, reason="CONSTRAINT_INVALID")
+        size = sum(len(option) for option in constraint.choices)
+    elif constraint.kind is ConstraintKind.JSON_OBJECT:
+        return
+    else:
+        if not constraint.text:
+            raise InvalidArgument(f"{field} must not be empty", field=field, reason="CONSTRAINT_INVALID")
+        size = len(constraint.text)
+    if size > limits.max_constraint_chars:
+        raise InvalidArgument(
+            f"{field} has {size} characters; the limit is {limits.max_constraint_chars}",
+            field=field,
+            reason="CONSTRAINT_TOO_LARGE",
         )
 
 
@@ -182,9 +211,11 @@ def validate_generate(
         repetition_penalty=defaults.repetition_penalty if spec.repetition_penalty is None else spec.repetition_penalty,
         seed=spec.seed,
     )
+    if spec.constraint is not None:
+        _check_constraint(spec.constraint, limits)
     capabilities = route.model.capabilities
     if capabilities is not None:  # what the model cannot honour is refused here, before admission (engines check too)
-        refusal = capabilities.refusal(sampling, spec.top_logprobs)
+        refusal = capabilities.refusal(sampling, spec.top_logprobs, spec.constraint)
         if refusal is not None:
             raise refusal
     request = GenerationRequest(
@@ -195,6 +226,7 @@ def validate_generate(
         sampling=sampling,
         stop=spec.stop,
         top_logprobs=spec.top_logprobs,
+        constraint=spec.constraint,
         cache_scope=cache_scope,
     )
     return route, request

@@ -21,6 +21,71 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// The kinds of output constraint (GenerateParams.constraint).
+type ConstraintKind int32
+
+const (
+	// Never sent by the server.
+	ConstraintKind_CONSTRAINT_KIND_UNSPECIFIED ConstraintKind = 0
+	// GenerateParams.json_schema.
+	ConstraintKind_CONSTRAINT_KIND_JSON_SCHEMA ConstraintKind = 1
+	// GenerateParams.regex.
+	ConstraintKind_CONSTRAINT_KIND_REGEX ConstraintKind = 2
+	// GenerateParams.grammar (Lark).
+	ConstraintKind_CONSTRAINT_KIND_GRAMMAR ConstraintKind = 3
+	// GenerateParams.choice.
+	ConstraintKind_CONSTRAINT_KIND_CHOICE ConstraintKind = 4
+	// GenerateParams.json_object.
+	ConstraintKind_CONSTRAINT_KIND_JSON_OBJECT ConstraintKind = 5
+)
+
+// Enum value maps for ConstraintKind.
+var (
+	ConstraintKind_name = map[int32]string{
+		0: "CONSTRAINT_KIND_UNSPECIFIED",
+		1: "CONSTRAINT_KIND_JSON_SCHEMA",
+		2: "CONSTRAINT_KIND_REGEX",
+		3: "CONSTRAINT_KIND_GRAMMAR",
+		4: "CONSTRAINT_KIND_CHOICE",
+		5: "CONSTRAINT_KIND_JSON_OBJECT",
+	}
+	ConstraintKind_value = map[string]int32{
+		"CONSTRAINT_KIND_UNSPECIFIED": 0,
+		"CONSTRAINT_KIND_JSON_SCHEMA": 1,
+		"CONSTRAINT_KIND_REGEX":       2,
+		"CONSTRAINT_KIND_GRAMMAR":     3,
+		"CONSTRAINT_KIND_CHOICE":      4,
+		"CONSTRAINT_KIND_JSON_OBJECT": 5,
+	}
+)
+
+func (x ConstraintKind) Enum() *ConstraintKind {
+	p := new(ConstraintKind)
+	*p = x
+	return p
+}
+
+func (x ConstraintKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConstraintKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_rillet_v1_generation_proto_enumTypes[0].Descriptor()
+}
+
+func (ConstraintKind) Type() protoreflect.EnumType {
+	return &file_rillet_v1_generation_proto_enumTypes[0]
+}
+
+func (x ConstraintKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConstraintKind.Descriptor instead.
+func (ConstraintKind) EnumDescriptor() ([]byte, []int) {
+	return file_rillet_v1_generation_proto_rawDescGZIP(), []int{0}
+}
+
 // A list of token ids, used as a pre-tokenized prompt.
 type TokenIds struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -294,7 +359,35 @@ type GenerateParams struct {
 	Stop []string `protobuf:"bytes,7,rep,name=stop,proto3" json:"stop,omitempty"`
 	// When set, each TokenDelta carries the log-probability of every emitted
 	// token and of this many most likely alternatives (at most 20).
-	TopLogprobs   *uint32 `protobuf:"varint,8,opt,name=top_logprobs,json=topLogprobs,proto3,oneof" json:"top_logprobs,omitempty"`
+	TopLogprobs *uint32 `protobuf:"varint,8,opt,name=top_logprobs,json=topLogprobs,proto3,oneof" json:"top_logprobs,omitempty"`
+	// An output constraint: at most one. Each token is sampled only among
+	// those that keep the output a prefix of a string the constraint accepts
+	// (llguidance computes the allowed tokens, on every engine that lists the
+	// kind in ListModels' text_capabilities.constraint_kinds; a model that does
+	// not list it refuses the request with INVALID_ARGUMENT, reason
+	// CONSTRAINT_UNSUPPORTED: a constraint is never ignored).
+	//
+	// How a client tells a complete output from a cut one: finish reason STOP
+	// means the whole text is a string the constraint accepts; LENGTH (max_tokens
+	// reached) and STOP_SEQUENCE (a stop string, which still applies) mean the
+	// text is a prefix of one, possibly incomplete. Streaming is unchanged:
+	// deltas as they come.
+	//
+	// Errors: a constraint that does not parse or compile (a bad schema, regex
+	// or grammar) fails with INVALID_ARGUMENT, reason CONSTRAINT_INVALID, the
+	// message saying where; one over the size limit with CONSTRAINT_TOO_LARGE;
+	// one whose compilation exceeds the compiler's work limits with
+	// CONSTRAINT_TOO_COMPLEX. Compiled constraints are cached by their text, so
+	// a pipeline sending the same schema pays its compilation once.
+	//
+	// Types that are valid to be assigned to Constraint:
+	//
+	//	*GenerateParams_JsonSchema
+	//	*GenerateParams_Regex
+	//	*GenerateParams_Grammar
+	//	*GenerateParams_Choice
+	//	*GenerateParams_JsonObject
+	Constraint    isGenerateParams_Constraint `protobuf_oneof:"constraint"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -398,6 +491,58 @@ func (x *GenerateParams) GetTopLogprobs() uint32 {
 	return 0
 }
 
+func (x *GenerateParams) GetConstraint() isGenerateParams_Constraint {
+	if x != nil {
+		return x.Constraint
+	}
+	return nil
+}
+
+func (x *GenerateParams) GetJsonSchema() string {
+	if x != nil {
+		if x, ok := x.Constraint.(*GenerateParams_JsonSchema); ok {
+			return x.JsonSchema
+		}
+	}
+	return ""
+}
+
+func (x *GenerateParams) GetRegex() string {
+	if x != nil {
+		if x, ok := x.Constraint.(*GenerateParams_Regex); ok {
+			return x.Regex
+		}
+	}
+	return ""
+}
+
+func (x *GenerateParams) GetGrammar() string {
+	if x != nil {
+		if x, ok := x.Constraint.(*GenerateParams_Grammar); ok {
+			return x.Grammar
+		}
+	}
+	return ""
+}
+
+func (x *GenerateParams) GetChoice() *Choice {
+	if x != nil {
+		if x, ok := x.Constraint.(*GenerateParams_Choice); ok {
+			return x.Choice
+		}
+	}
+	return nil
+}
+
+func (x *GenerateParams) GetJsonObject() *JsonObject {
+	if x != nil {
+		if x, ok := x.Constraint.(*GenerateParams_JsonObject); ok {
+			return x.JsonObject
+		}
+	}
+	return nil
+}
+
 type isGenerateParams_Prompt interface {
 	isGenerateParams_Prompt()
 }
@@ -424,6 +569,136 @@ func (*GenerateParams_TokenIds) isGenerateParams_Prompt() {}
 
 func (*GenerateParams_Chat) isGenerateParams_Prompt() {}
 
+type isGenerateParams_Constraint interface {
+	isGenerateParams_Constraint()
+}
+
+type GenerateParams_JsonSchema struct {
+	// A JSON Schema document (as JSON text): the output is one JSON value
+	// valid against it. The keywords llguidance supports are accepted
+	// (objects, arrays, enums, const, required, $ref/$defs, anyOf/oneOf,
+	// string patterns and formats, numeric and length bounds); a schema using
+	// one it does not fails CONSTRAINT_INVALID naming it.
+	JsonSchema string `protobuf:"bytes,9,opt,name=json_schema,json=jsonSchema,proto3,oneof"`
+}
+
+type GenerateParams_Regex struct {
+	// A regular expression the whole output matches (Rust regex syntax; no
+	// look-around or back-references). Not anchored by ^ or $: it is always
+	// matched against the whole output.
+	Regex string `protobuf:"bytes,10,opt,name=regex,proto3,oneof"`
+}
+
+type GenerateParams_Grammar struct {
+	// A grammar in Lark syntax, as llguidance reads it (its `start` rule is
+	// the whole output; `%json`, `%regex` and lexer terminals as llguidance
+	// documents). The syntax TensorRT-LLM's llguidance backend takes too.
+	Grammar string `protobuf:"bytes,11,opt,name=grammar,proto3,oneof"`
+}
+
+type GenerateParams_Choice struct {
+	// The output is exactly one of these strings.
+	Choice *Choice `protobuf:"bytes,12,opt,name=choice,proto3,oneof"`
+}
+
+type GenerateParams_JsonObject struct {
+	// The output is one JSON object (any keys and values).
+	JsonObject *JsonObject `protobuf:"bytes,13,opt,name=json_object,json=jsonObject,proto3,oneof"`
+}
+
+func (*GenerateParams_JsonSchema) isGenerateParams_Constraint() {}
+
+func (*GenerateParams_Regex) isGenerateParams_Constraint() {}
+
+func (*GenerateParams_Grammar) isGenerateParams_Constraint() {}
+
+func (*GenerateParams_Choice) isGenerateParams_Constraint() {}
+
+func (*GenerateParams_JsonObject) isGenerateParams_Constraint() {}
+
+// A choice among strings, for GenerateParams.choice.
+type Choice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The strings the output may be, each non-empty; at least one, at most 64.
+	Options       []string `protobuf:"bytes,1,rep,name=options,proto3" json:"options,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Choice) Reset() {
+	*x = Choice{}
+	mi := &file_rillet_v1_generation_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Choice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Choice) ProtoMessage() {}
+
+func (x *Choice) ProtoReflect() protoreflect.Message {
+	mi := &file_rillet_v1_generation_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Choice.ProtoReflect.Descriptor instead.
+func (*Choice) Descriptor() ([]byte, []int) {
+	return file_rillet_v1_generation_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Choice) GetOptions() []string {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+// "Any JSON object", for GenerateParams.json_object (no fields).
+type JsonObject struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JsonObject) Reset() {
+	*x = JsonObject{}
+	mi := &file_rillet_v1_generation_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JsonObject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JsonObject) ProtoMessage() {}
+
+func (x *JsonObject) ProtoReflect() protoreflect.Message {
+	mi := &file_rillet_v1_generation_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JsonObject.ProtoReflect.Descriptor instead.
+func (*JsonObject) Descriptor() ([]byte, []int) {
+	return file_rillet_v1_generation_proto_rawDescGZIP(), []int{6}
+}
+
 // One alternative token and its log-probability.
 type TokenLogprob struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -437,7 +712,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_rillet_v1_generation_proto_msgTypes[5]
+	mi := &file_rillet_v1_generation_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +724,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_rillet_v1_generation_proto_msgTypes[5]
+	mi := &file_rillet_v1_generation_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +737,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_rillet_v1_generation_proto_rawDescGZIP(), []int{5}
+	return file_rillet_v1_generation_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TokenLogprob) GetTokenId() int32 {
@@ -492,7 +767,7 @@ type TokenLogprobs struct {
 
 func (x *TokenLogprobs) Reset() {
 	*x = TokenLogprobs{}
-	mi := &file_rillet_v1_generation_proto_msgTypes[6]
+	mi := &file_rillet_v1_generation_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +779,7 @@ func (x *TokenLogprobs) String() string {
 func (*TokenLogprobs) ProtoMessage() {}
 
 func (x *TokenLogprobs) ProtoReflect() protoreflect.Message {
-	mi := &file_rillet_v1_generation_proto_msgTypes[6]
+	mi := &file_rillet_v1_generation_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,7 +792,7 @@ func (x *TokenLogprobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprobs.ProtoReflect.Descriptor instead.
 func (*TokenLogprobs) Descriptor() ([]byte, []int) {
-	return file_rillet_v1_generation_proto_rawDescGZIP(), []int{6}
+	return file_rillet_v1_generation_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TokenLogprobs) GetToken() *TokenLogprob {
@@ -553,7 +828,7 @@ type TokenDelta struct {
 
 func (x *TokenDelta) Reset() {
 	*x = TokenDelta{}
-	mi := &file_rillet_v1_generation_proto_msgTypes[7]
+	mi := &file_rillet_v1_generation_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +840,7 @@ func (x *TokenDelta) String() string {
 func (*TokenDelta) ProtoMessage() {}
 
 func (x *TokenDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_rillet_v1_generation_proto_msgTypes[7]
+	mi := &file_rillet_v1_generation_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +853,7 @@ func (x *TokenDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenDelta.ProtoReflect.Descriptor instead.
 func (*TokenDelta) Descriptor() ([]byte, []int) {
-	return file_rillet_v1_generation_proto_rawDescGZIP(), []int{7}
+	return file_rillet_v1_generation_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TokenDelta) GetText() string {
@@ -627,20 +902,34 @@ const file_rillet_v1_generation_proto_rawDesc = "" +
 	"\x06_top_kB\b\n" +
 	"\x06_min_pB\x15\n" +
 	"\x13_repetition_penaltyB\a\n" +
-	"\x05_seed\"\xde\x02\n" +
+	"\x05_seed\"\xaa\x04\n" +
 	"\x0eGenerateParams\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x122\n" +
 	"\ttoken_ids\x18\x03 \x01(\v2\x13.rillet.v1.TokenIdsH\x00R\btokenIds\x12+\n" +
 	"\x04chat\x18\x04 \x01(\v2\x15.rillet.v1.ChatPromptH\x00R\x04chat\x12\"\n" +
 	"\n" +
-	"max_tokens\x18\x05 \x01(\rH\x01R\tmaxTokens\x88\x01\x01\x125\n" +
+	"max_tokens\x18\x05 \x01(\rH\x02R\tmaxTokens\x88\x01\x01\x125\n" +
 	"\bsampling\x18\x06 \x01(\v2\x19.rillet.v1.SamplingParamsR\bsampling\x12\x12\n" +
 	"\x04stop\x18\a \x03(\tR\x04stop\x12&\n" +
-	"\ftop_logprobs\x18\b \x01(\rH\x02R\vtopLogprobs\x88\x01\x01B\b\n" +
-	"\x06promptB\r\n" +
+	"\ftop_logprobs\x18\b \x01(\rH\x03R\vtopLogprobs\x88\x01\x01\x12!\n" +
+	"\vjson_schema\x18\t \x01(\tH\x01R\n" +
+	"jsonSchema\x12\x16\n" +
+	"\x05regex\x18\n" +
+	" \x01(\tH\x01R\x05regex\x12\x1a\n" +
+	"\agrammar\x18\v \x01(\tH\x01R\agrammar\x12+\n" +
+	"\x06choice\x18\f \x01(\v2\x11.rillet.v1.ChoiceH\x01R\x06choice\x128\n" +
+	"\vjson_object\x18\r \x01(\v2\x15.rillet.v1.JsonObjectH\x01R\n" +
+	"jsonObjectB\b\n" +
+	"\x06promptB\f\n" +
+	"\n" +
+	"constraintB\r\n" +
 	"\v_max_tokensB\x0f\n" +
-	"\r_top_logprobs\"C\n" +
+	"\r_top_logprobs\"\"\n" +
+	"\x06Choice\x12\x18\n" +
+	"\aoptions\x18\x01 \x03(\tR\aoptions\"\f\n" +
+	"\n" +
+	"JsonObject\"C\n" +
 	"\fTokenLogprob\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\x05R\atokenId\x12\x18\n" +
 	"\alogprob\x18\x02 \x01(\x02R\alogprob\"i\n" +
@@ -651,7 +940,14 @@ const file_rillet_v1_generation_proto_rawDesc = "" +
 	"TokenDelta\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n" +
 	"\ttoken_ids\x18\x02 \x03(\x05R\btokenIds\x124\n" +
-	"\blogprobs\x18\x03 \x03(\v2\x18.rillet.v1.TokenLogprobsR\blogprobsBa\n" +
+	"\blogprobs\x18\x03 \x03(\v2\x18.rillet.v1.TokenLogprobsR\blogprobs*\xc7\x01\n" +
+	"\x0eConstraintKind\x12\x1f\n" +
+	"\x1bCONSTRAINT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bCONSTRAINT_KIND_JSON_SCHEMA\x10\x01\x12\x19\n" +
+	"\x15CONSTRAINT_KIND_REGEX\x10\x02\x12\x1b\n" +
+	"\x17CONSTRAINT_KIND_GRAMMAR\x10\x03\x12\x1a\n" +
+	"\x16CONSTRAINT_KIND_CHOICE\x10\x04\x12\x1f\n" +
+	"\x1bCONSTRAINT_KIND_JSON_OBJECT\x10\x05Ba\n" +
 	"\rdev.rillet.v1B\x0fGenerationProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3"
 
 var (
@@ -666,30 +962,36 @@ func file_rillet_v1_generation_proto_rawDescGZIP() []byte {
 	return file_rillet_v1_generation_proto_rawDescData
 }
 
-var file_rillet_v1_generation_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_rillet_v1_generation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_rillet_v1_generation_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_rillet_v1_generation_proto_goTypes = []any{
-	(*TokenIds)(nil),       // 0: rillet.v1.TokenIds
-	(*ChatMessage)(nil),    // 1: rillet.v1.ChatMessage
-	(*ChatPrompt)(nil),     // 2: rillet.v1.ChatPrompt
-	(*SamplingParams)(nil), // 3: rillet.v1.SamplingParams
-	(*GenerateParams)(nil), // 4: rillet.v1.GenerateParams
-	(*TokenLogprob)(nil),   // 5: rillet.v1.TokenLogprob
-	(*TokenLogprobs)(nil),  // 6: rillet.v1.TokenLogprobs
-	(*TokenDelta)(nil),     // 7: rillet.v1.TokenDelta
+	(ConstraintKind)(0),    // 0: rillet.v1.ConstraintKind
+	(*TokenIds)(nil),       // 1: rillet.v1.TokenIds
+	(*ChatMessage)(nil),    // 2: rillet.v1.ChatMessage
+	(*ChatPrompt)(nil),     // 3: rillet.v1.ChatPrompt
+	(*SamplingParams)(nil), // 4: rillet.v1.SamplingParams
+	(*GenerateParams)(nil), // 5: rillet.v1.GenerateParams
+	(*Choice)(nil),         // 6: rillet.v1.Choice
+	(*JsonObject)(nil),     // 7: rillet.v1.JsonObject
+	(*TokenLogprob)(nil),   // 8: rillet.v1.TokenLogprob
+	(*TokenLogprobs)(nil),  // 9: rillet.v1.TokenLogprobs
+	(*TokenDelta)(nil),     // 10: rillet.v1.TokenDelta
 }
 var file_rillet_v1_generation_proto_depIdxs = []int32{
-	1, // 0: rillet.v1.ChatPrompt.messages:type_name -> rillet.v1.ChatMessage
-	0, // 1: rillet.v1.GenerateParams.token_ids:type_name -> rillet.v1.TokenIds
-	2, // 2: rillet.v1.GenerateParams.chat:type_name -> rillet.v1.ChatPrompt
-	3, // 3: rillet.v1.GenerateParams.sampling:type_name -> rillet.v1.SamplingParams
-	5, // 4: rillet.v1.TokenLogprobs.token:type_name -> rillet.v1.TokenLogprob
-	5, // 5: rillet.v1.TokenLogprobs.top:type_name -> rillet.v1.TokenLogprob
-	6, // 6: rillet.v1.TokenDelta.logprobs:type_name -> rillet.v1.TokenLogprobs
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	2, // 0: rillet.v1.ChatPrompt.messages:type_name -> rillet.v1.ChatMessage
+	1, // 1: rillet.v1.GenerateParams.token_ids:type_name -> rillet.v1.TokenIds
+	3, // 2: rillet.v1.GenerateParams.chat:type_name -> rillet.v1.ChatPrompt
+	4, // 3: rillet.v1.GenerateParams.sampling:type_name -> rillet.v1.SamplingParams
+	6, // 4: rillet.v1.GenerateParams.choice:type_name -> rillet.v1.Choice
+	7, // 5: rillet.v1.GenerateParams.json_object:type_name -> rillet.v1.JsonObject
+	8, // 6: rillet.v1.TokenLogprobs.token:type_name -> rillet.v1.TokenLogprob
+	8, // 7: rillet.v1.TokenLogprobs.top:type_name -> rillet.v1.TokenLogprob
+	9, // 8: rillet.v1.TokenDelta.logprobs:type_name -> rillet.v1.TokenLogprobs
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_rillet_v1_generation_proto_init() }
@@ -702,19 +1004,25 @@ func file_rillet_v1_generation_proto_init() {
 		(*GenerateParams_Text)(nil),
 		(*GenerateParams_TokenIds)(nil),
 		(*GenerateParams_Chat)(nil),
+		(*GenerateParams_JsonSchema)(nil),
+		(*GenerateParams_Regex)(nil),
+		(*GenerateParams_Grammar)(nil),
+		(*GenerateParams_Choice)(nil),
+		(*GenerateParams_JsonObject)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rillet_v1_generation_proto_rawDesc), len(file_rillet_v1_generation_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   8,
+			NumEnums:      1,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_rillet_v1_generation_proto_goTypes,
 		DependencyIndexes: file_rillet_v1_generation_proto_depIdxs,
+		EnumInfos:         file_rillet_v1_generation_proto_enumTypes,
 		MessageInfos:      file_rillet_v1_generation_proto_msgTypes,
 	}.Build()
 	File_rillet_v1_generation_proto = out.File

@@ -1184,6 +1184,9 @@ type TextCapabilities struct {
 	// above 0): the sampled token's own log-probability is always reported,
 	// never estimated.
 	SampledLogprobs bool `protobuf:"varint,4,opt,name=sampled_logprobs,json=sampledLogprobs,proto3" json:"sampled_logprobs,omitempty"`
+	// The output constraints (GenerateParams.constraint) the model enforces;
+	// a request with another kind is refused.
+	ConstraintKinds []ConstraintKind `protobuf:"varint,5,rep,packed,name=constraint_kinds,json=constraintKinds,proto3,enum=rillet.v1.ConstraintKind" json:"constraint_kinds,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1244,6 +1247,13 @@ func (x *TextCapabilities) GetSampledLogprobs() bool {
 		return x.SampledLogprobs
 	}
 	return false
+}
+
+func (x *TextCapabilities) GetConstraintKinds() []ConstraintKind {
+	if x != nil {
+		return x.ConstraintKinds
+	}
+	return nil
 }
 
 var File_rillet_v1_inference_service_proto protoreflect.FileDescriptor
@@ -1325,12 +1335,13 @@ const file_rillet_v1_inference_service_proto_rawDesc = "" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KIND_TEXT_GENERATION\x10\x01\x12\x19\n" +
-	"\x15KIND_SPEECH_SYNTHESIS\x10\x02\"\xaf\x01\n" +
+	"\x15KIND_SPEECH_SYNTHESIS\x10\x02\"\xf5\x01\n" +
 	"\x10TextCapabilities\x12'\n" +
 	"\x0fsampling_fields\x18\x01 \x03(\tR\x0esamplingFields\x12+\n" +
 	"\x11reproducible_seed\x18\x02 \x01(\bR\x10reproducibleSeed\x12\x1a\n" +
 	"\blogprobs\x18\x03 \x01(\bR\blogprobs\x12)\n" +
-	"\x10sampled_logprobs\x18\x04 \x01(\bR\x0fsampledLogprobs2\xb7\x02\n" +
+	"\x10sampled_logprobs\x18\x04 \x01(\bR\x0fsampledLogprobs\x12D\n" +
+	"\x10constraint_kinds\x18\x05 \x03(\x0e2\x19.rillet.v1.ConstraintKindR\x0fconstraintKinds2\xb7\x02\n" +
 	"\x10InferenceService\x12D\n" +
 	"\aSession\x12\x19.rillet.v1.SessionRequest\x1a\x1a.rillet.v1.SessionResponse(\x010\x01\x12E\n" +
 	"\bGenerate\x12\x1a.rillet.v1.GenerateRequest\x1a\x1b.rillet.v1.GenerateResponse0\x01\x12K\n" +
@@ -1379,6 +1390,7 @@ var file_rillet_v1_inference_service_proto_goTypes = []any{
 	(*AudioChunk)(nil),          // 21: rillet.v1.AudioChunk
 	(*Finished)(nil),            // 22: rillet.v1.Finished
 	(*status.Status)(nil),       // 23: google.rpc.Status
+	(ConstraintKind)(0),         // 24: rillet.v1.ConstraintKind
 }
 var file_rillet_v1_inference_service_proto_depIdxs = []int32{
 	16, // 0: rillet.v1.StartGenerate.params:type_name -> rillet.v1.GenerateParams
@@ -1406,19 +1418,20 @@ var file_rillet_v1_inference_service_proto_depIdxs = []int32{
 	14, // 22: rillet.v1.ListModelsResponse.models:type_name -> rillet.v1.Model
 	0,  // 23: rillet.v1.Model.kind:type_name -> rillet.v1.Model.Kind
 	15, // 24: rillet.v1.Model.text_capabilities:type_name -> rillet.v1.TextCapabilities
-	6,  // 25: rillet.v1.InferenceService.Session:input_type -> rillet.v1.SessionRequest
-	8,  // 26: rillet.v1.InferenceService.Generate:input_type -> rillet.v1.GenerateRequest
-	10, // 27: rillet.v1.InferenceService.Synthesize:input_type -> rillet.v1.SynthesizeRequest
-	12, // 28: rillet.v1.InferenceService.ListModels:input_type -> rillet.v1.ListModelsRequest
-	7,  // 29: rillet.v1.InferenceService.Session:output_type -> rillet.v1.SessionResponse
-	9,  // 30: rillet.v1.InferenceService.Generate:output_type -> rillet.v1.GenerateResponse
-	11, // 31: rillet.v1.InferenceService.Synthesize:output_type -> rillet.v1.SynthesizeResponse
-	13, // 32: rillet.v1.InferenceService.ListModels:output_type -> rillet.v1.ListModelsResponse
-	29, // [29:33] is the sub-list for method output_type
-	25, // [25:29] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	24, // 25: rillet.v1.TextCapabilities.constraint_kinds:type_name -> rillet.v1.ConstraintKind
+	6,  // 26: rillet.v1.InferenceService.Session:input_type -> rillet.v1.SessionRequest
+	8,  // 27: rillet.v1.InferenceService.Generate:input_type -> rillet.v1.GenerateRequest
+	10, // 28: rillet.v1.InferenceService.Synthesize:input_type -> rillet.v1.SynthesizeRequest
+	12, // 29: rillet.v1.InferenceService.ListModels:input_type -> rillet.v1.ListModelsRequest
+	7,  // 30: rillet.v1.InferenceService.Session:output_type -> rillet.v1.SessionResponse
+	9,  // 31: rillet.v1.InferenceService.Generate:output_type -> rillet.v1.GenerateResponse
+	11, // 32: rillet.v1.InferenceService.Synthesize:output_type -> rillet.v1.SynthesizeResponse
+	13, // 33: rillet.v1.InferenceService.ListModels:output_type -> rillet.v1.ListModelsResponse
+	30, // [30:34] is the sub-list for method output_type
+	26, // [26:30] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_rillet_v1_inference_service_proto_init() }

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from rillet.client import _convert
 from rillet.server.loadgen.workload import Plan, Workload
 from rillet.v1 import common_pb2, generation_pb2, inference_service_pb2, speech_pb2
 
@@ -124,23 +125,17 @@ def _code_name(code: int) -> str:
     return f"CODE_{code}"
 
 
-def generate_params(plan: Plan, prompt: str) -> generation_pb2.GenerateParams:
-    return generation_pb2.GenerateParams(model=plan.model, text=prompt, max_tokens=plan.max_tokens)
-
-
-def synthesize_params(plan: Plan, text: str) -> speech_pb2.SynthesizeParams:
-    return speech_pb2.SynthesizeParams(voice=plan.voice, text=text)
-
-
 async def oneshot(stub: InferenceServiceAsyncStub, plan: Plan, prompt: str) -> Record:
     """One Generate (text) or Synthesize (speech) call."""
     call: Any
     if plan.workload is Workload.SPEECH:
         record = Record("speech", time.perf_counter())
-        call = stub.Synthesize(pb.SynthesizeRequest(params=synthesize_params(plan, prompt)), timeout=plan.timeout_s)
+        speech = pb.SynthesizeRequest(params=_convert.synthesize_params(prompt, plan.synthesize))
+        call = stub.Synthesize(speech, timeout=plan.synthesize.timeout)
     else:
         record = Record("text", time.perf_counter())
-        call = stub.Generate(pb.GenerateRequest(params=generate_params(plan, prompt)), timeout=plan.timeout_s)
+        text = pb.GenerateRequest(params=_convert.generate_params(prompt, plan.generate))
+        call = stub.Generate(text, timeout=plan.generate.timeout)
     verifier = Verifier(record)
     try:
         async for response in call:
@@ -191,14 +186,14 @@ class SessionCall:
         messages: list[tuple[str, pb.SessionRequest]] = []
         if plan.workload in (Workload.TEXT, Workload.CHAIN):
             rid = f"g{next(self._ids)}"
-            start = pb.StartGenerate(params=generate_params(plan, prompt))
+            start = _convert.start_generate(prompt, plan.generate)
             messages.append(("text", pb.SessionRequest(request_id=rid, start_generate=start)))
         if plan.workload in (Workload.SPEECH, Workload.CHAIN):
             sid = f"s{next(self._ids)}"
             if plan.workload is Workload.CHAIN:
-                start_s = pb.StartSynthesize(params=synthesize_params(plan, ""), text_from_request_id=rid)
+                start_s = _convert.start_synthesize("", plan.synthesize, text_from_request_id=rid)
             else:
-                start_s = pb.StartSynthesize(params=synthesize_params(plan, prompt))
+                start_s = _convert.start_synthesize(prompt, plan.synthesize)
             messages.append(("speech", pb.SessionRequest(request_id=sid, start_synthesize=start_s)))
         waits: list[asyncio.Future[None]] = []
         records: list[Record] = []

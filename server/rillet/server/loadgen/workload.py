@@ -8,6 +8,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rillet.client import GenerateOptions, SynthesizeOptions
+
 
 class Workload(enum.StrEnum):
     """What each request does."""
@@ -57,25 +59,32 @@ def load_prompts(path: Path | None) -> tuple[str, ...]:
     return prompts
 
 
+GENERATE = GenerateOptions(max_tokens=64, timeout=120.0)
+SYNTHESIZE = SynthesizeOptions(timeout=120.0)
+"""What `rillet bench` asks for unless told otherwise: 64 tokens, and a 120 s limit on each request."""
+
+
 @dataclass(frozen=True)
 class Plan:
-    """Everything about one request except when it is sent."""
+    """Everything about one request except when it is sent.
+
+    `generate` and `synthesize` are the SDK's own per-request options: what a request asks for is built by the
+    SDK's converters, as the SDK would send it (`timeout`: a one-shot call's deadline, a session request's limit).
+    """
 
     workload: Workload = Workload.TEXT
     rpc: Rpc = Rpc.ONESHOT
     prompts: Sequence[str] = BUILTIN_PROMPTS
     prefix_words: int = 0
-    max_tokens: int = 64
-    model: str = ""
-    voice: str = ""
-    timeout_s: float = 120.0
+    generate: GenerateOptions = GENERATE
+    synthesize: SynthesizeOptions = SYNTHESIZE
 
     def __post_init__(self) -> None:
         if self.workload is Workload.CHAIN and self.rpc is not Rpc.SESSION:
             raise ValueError("the chain workload runs in sessions (--rpc session)")
         if not self.prompts:
             raise ValueError("no prompts")
-        if self.max_tokens < 1:
+        if self.generate.max_tokens is not None and self.generate.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
 
     def texts(self) -> Iterator[str]:

@@ -7,9 +7,10 @@ context current when the start arrived: the RPC span of the call carrying the se
 current in the handler's task, whose context the session's tasks inherit). It links to that RPC span either way,
 and a chained synthesis links to the generation it speaks.
 
-Cost: nothing per output unless content capture is on; per request a span recorded as plain data (spans.py),
-two or three events, and dict updates for its measurements (instruments.py): ≈ 20 µs of the event loop's time. Observer
-methods never raise (the hook's contract): a failure is logged once and telemetry goes on.
+Cost: nothing per output unless content capture is on; per request a span recorded as plain data
+(fastpath/spans.py), two or three events, and dict updates for its measurements (instruments.py): ≈ 20 µs of the
+event loop's time. Observer methods never raise (the hook's contract): a failure is logged once and telemetry goes
+on.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from rillet.server.errors import RilletError, clip
 from rillet.server.observer import RequestObserver
 from rillet.server.telemetry import semconv as sc
-from rillet.server.telemetry.instruments import REQUEST_KEY, Instruments, attributes_of
-from rillet.server.telemetry.spans import RequestSpan, RequestTracer
+from rillet.server.telemetry.fastpath.histograms import attributes_of
+from rillet.server.telemetry.fastpath.spans import RequestSpan, RequestTracer
+from rillet.server.telemetry.instruments import REQUEST_KEY, Instruments
 from rillet.server.types import (
     AudioChunk,
     EngineRequest,

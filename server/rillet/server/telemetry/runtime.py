@@ -20,12 +20,13 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from rillet.server.config import TelemetryConfig
 from rillet.server.observer import Batching
 from rillet.server.telemetry import semconv as sc
-from rillet.server.telemetry.instruments import Histograms, Instruments, WithHistograms
-from rillet.server.telemetry.offload import OffloadedExport
+from rillet.server.telemetry.fastpath.histograms import Histograms, WithHistograms
+from rillet.server.telemetry.fastpath.offload import OffloadedExport
+from rillet.server.telemetry.fastpath.spans import RequestTracer
+from rillet.server.telemetry.instruments import Instruments
 from rillet.server.telemetry.plan import Exports
 from rillet.server.telemetry.requests import TelemetryObserver
 from rillet.server.telemetry.rpc import RpcTelemetry
-from rillet.server.telemetry.spans import RequestTracer
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ def _version() -> str:
 class Telemetry:
     """The SDK providers and exporters, and what the server plugs in: `observer` and `rpc` (a handler guard).
 
-    `watch` subscribes to the engines (slot gauges, batch sizes); `shutdown` flushes what is pending (call it after
-    the server stopped: the last spans and metrics are exported then).
+    `watch` subscribes to the engines (slot gauges, batch sizes); `force_flush` exports what is pending and returns
+    when it is exported; `shutdown` does too and stops (call it after the server stopped: the last spans and metrics
+    are exported then).
     """
 
     def __init__(self, config: TelemetryConfig, exports: Exports, *, host: str = "", port: int = 0) -> None:
@@ -81,11 +83,11 @@ class Telemetry:
         self._tracer_provider: TracerProvider | None = None
         tracer = request_tracer = None
         if exports.otlp_traces:
-            self._tracer_provider = TracerProvider(resource=resource)
-            spans = OffloadedExport(endpoint, resource)
-            self._tracer_provider.add_span_processor(spans)
-            tracer = self._tracer_provider.get_tracer(SCOPE, version, schema_url=sc.SCHEMA_URL)
-            request_tracer = RequestTracer(self._tracer_provider, scope, spans.ship)
+            provider = self._tracer_provider = TracerProvider(resource=resource)
+            spans = OffloadedExport(endpoint, provider.resource)
+            provider.add_span_processor(spans)
+            tracer = provider.get_tracer(SCOPE, version, schema_url=sc.SCHEMA_URL)
+            request_tracer = RequestTracer(provider, scope, spans.ship)
         histograms = Histograms(scope)
         readers: list[MetricReader] = []
         if exports.otlp_metrics:
@@ -125,6 +127,11 @@ class Telemetry:
         for engine in watched:
             if isinstance(engine, Batching):
                 engine.step_reporter.listen(functools.partial(self.instruments.batch_size.record, (engine.name,)))
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Export what is pending now: spans (through the exporter child) and a collection of every metric reader."""
+        traced = self._tracer_provider is None or self._tracer_provider.force_flush(timeout_millis)
+        return self._meter_provider.force_flush(timeout_millis) and traced
 
     def shutdown(self) -> None:
         """Flush and stop the exporters and the Prometheus endpoint."""

@@ -23,6 +23,8 @@ from rillet.server.types import (
     Cancel,
     ChatMessage,
     Command,
+    Constraint,
+    ConstraintKind,
     EndInput,
     Failed,
     Finished,
@@ -127,7 +129,20 @@ def generate_spec(params: generation_pb2.GenerateParams, limits: LimitsConfig) -
         seed=sampling.seed if sampling.HasField("seed") else None,
         stop=tuple(params.stop[: limits.max_stop_strings + 1]),
         top_logprobs=params.top_logprobs if params.HasField("top_logprobs") else None,
+        constraint=constraint(params, limits),
     )
+
+
+def constraint(params: generation_pb2.GenerateParams, limits: LimitsConfig) -> Constraint | None:
+    """The request's output constraint, if any (a choice cut one option past its limit, as stop strings are)."""
+    kind = params.WhichOneof("constraint")
+    if kind is None:
+        return None
+    if kind == "choice":
+        return Constraint(ConstraintKind.CHOICE, choices=tuple(params.choice.options[: limits.max_choices + 1]))
+    if kind == "json_object":
+        return Constraint(ConstraintKind.JSON_OBJECT)
+    return Constraint(ConstraintKind(kind), text=getattr(params, kind))
 
 
 def synthesize_spec(
@@ -342,4 +357,10 @@ def text_capabilities(capabilities: TextCapabilities) -> inference_service_pb2.T
         reproducible_seed=capabilities.reproducible_seed,
         logprobs=capabilities.logprobs,
         sampled_logprobs=capabilities.sampled_logprobs,
+        constraint_kinds=sorted(_CONSTRAINT_KINDS[kind] for kind in capabilities.constraints),
     )
+
+
+_CONSTRAINT_KINDS = {
+    kind: generation_pb2.ConstraintKind.Value(f"CONSTRAINT_KIND_{kind.name}") for kind in ConstraintKind
+}

@@ -11,6 +11,23 @@ export const protobufPackage = "rillet.v1";
 
 export const protobufFileName = "rillet/v1/generation.proto";
 
+/** The kinds of output constraint (GenerateParams.constraint). */
+export enum ConstraintKind {
+  /** CONSTRAINT_KIND_UNSPECIFIED - Never sent by the server. */
+  CONSTRAINT_KIND_UNSPECIFIED = 0,
+  /** CONSTRAINT_KIND_JSON_SCHEMA - GenerateParams.json_schema. */
+  CONSTRAINT_KIND_JSON_SCHEMA = 1,
+  /** CONSTRAINT_KIND_REGEX - GenerateParams.regex. */
+  CONSTRAINT_KIND_REGEX = 2,
+  /** CONSTRAINT_KIND_GRAMMAR - GenerateParams.grammar (Lark). */
+  CONSTRAINT_KIND_GRAMMAR = 3,
+  /** CONSTRAINT_KIND_CHOICE - GenerateParams.choice. */
+  CONSTRAINT_KIND_CHOICE = 4,
+  /** CONSTRAINT_KIND_JSON_OBJECT - GenerateParams.json_object. */
+  CONSTRAINT_KIND_JSON_OBJECT = 5,
+  UNRECOGNIZED = -1,
+}
+
 /** A list of token ids, used as a pre-tokenized prompt. */
 export interface TokenIds {
   /** Token ids in the model's vocabulary; must not be empty. */
@@ -124,7 +141,71 @@ export interface GenerateParams {
    * When set, each TokenDelta carries the log-probability of every emitted
    * token and of this many most likely alternatives (at most 20).
    */
-  topLogprobs?: number | undefined;
+  topLogprobs?:
+    | number
+    | undefined;
+  /**
+   * An output constraint: at most one. Each token is sampled only among
+   * those that keep the output a prefix of a string the constraint accepts
+   * (llguidance computes the allowed tokens, on every engine that lists the
+   * kind in ListModels' text_capabilities.constraint_kinds; a model that does
+   * not list it refuses the request with INVALID_ARGUMENT, reason
+   * CONSTRAINT_UNSUPPORTED: a constraint is never ignored).
+   *
+   * How a client tells a complete output from a cut one: finish reason STOP
+   * means the whole text is a string the constraint accepts; LENGTH (max_tokens
+   * reached) and STOP_SEQUENCE (a stop string, which still applies) mean the
+   * text is a prefix of one, possibly incomplete. Streaming is unchanged:
+   * deltas as they come.
+   *
+   * Errors: a constraint that does not parse or compile (a bad schema, regex
+   * or grammar) fails with INVALID_ARGUMENT, reason CONSTRAINT_INVALID, the
+   * message saying where; one over the size limit with CONSTRAINT_TOO_LARGE;
+   * one whose compilation exceeds the compiler's work limits with
+   * CONSTRAINT_TOO_COMPLEX. Compiled constraints are cached by their text, so
+   * a pipeline sending the same schema pays its compilation once.
+   */
+  constraint:
+    | //
+    /**
+     * A JSON Schema document (as JSON text): the output is one JSON value
+     * valid against it. The keywords llguidance supports are accepted
+     * (objects, arrays, enums, const, required, $ref/$defs, anyOf/oneOf,
+     * string patterns and formats, numeric and length bounds); a schema using
+     * one it does not fails CONSTRAINT_INVALID naming it.
+     */
+    { $case: "jsonSchema"; value: string }
+    | //
+    /**
+     * A regular expression the whole output matches (Rust regex syntax; no
+     * look-around or back-references). Not anchored by ^ or $: it is always
+     * matched against the whole output.
+     */
+    { $case: "regex"; value: string }
+    | //
+    /**
+     * A grammar in Lark syntax, as llguidance reads it (its `start` rule is
+     * the whole output; `%json`, `%regex` and lexer terminals as llguidance
+     * documents). The syntax TensorRT-LLM's llguidance backend takes too.
+     */
+    { $case: "grammar"; value: string }
+    | //
+    /** The output is exactly one of these strings. */
+    { $case: "choice"; value: Choice }
+    | //
+    /** The output is one JSON object (any keys and values). */
+    { $case: "jsonObject"; value: JsonObject }
+    | undefined;
+}
+
+/** A choice among strings, for GenerateParams.choice. */
+export interface Choice {
+  /** The strings the output may be, each non-empty; at least one, at most 64. */
+  options: string[];
+}
+
+/** "Any JSON object", for GenerateParams.json_object (no fields). */
+export interface JsonObject {
 }
 
 /** One alternative token and its log-probability. */
@@ -480,7 +561,15 @@ export const SamplingParams: MessageFns<SamplingParams> = {
 };
 
 function createBaseGenerateParams(): GenerateParams {
-  return { model: "", prompt: undefined, maxTokens: undefined, sampling: undefined, stop: [], topLogprobs: undefined };
+  return {
+    model: "",
+    prompt: undefined,
+    maxTokens: undefined,
+    sampling: undefined,
+    stop: [],
+    topLogprobs: undefined,
+    constraint: undefined,
+  };
 }
 
 export const GenerateParams: MessageFns<GenerateParams> = {
@@ -510,6 +599,23 @@ export const GenerateParams: MessageFns<GenerateParams> = {
     }
     if (message.topLogprobs !== undefined) {
       writer.uint32(64).uint32(message.topLogprobs);
+    }
+    switch (message.constraint?.$case) {
+      case "jsonSchema":
+        writer.uint32(74).string(message.constraint.value);
+        break;
+      case "regex":
+        writer.uint32(82).string(message.constraint.value);
+        break;
+      case "grammar":
+        writer.uint32(90).string(message.constraint.value);
+        break;
+      case "choice":
+        Choice.encode(message.constraint.value, writer.uint32(98).fork()).join();
+        break;
+      case "jsonObject":
+        JsonObject.encode(message.constraint.value, writer.uint32(106).fork()).join();
+        break;
     }
     return writer;
   },
@@ -591,6 +697,46 @@ export const GenerateParams: MessageFns<GenerateParams> = {
             message.topLogprobs = reader.uint32();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.constraint = { $case: "jsonSchema", value: reader.string() };
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.constraint = { $case: "regex", value: reader.string() };
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.constraint = { $case: "grammar", value: reader.string() };
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.constraint = { $case: "choice", value: Choice.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.constraint = { $case: "jsonObject", value: JsonObject.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -635,6 +781,136 @@ export const GenerateParams: MessageFns<GenerateParams> = {
       : undefined;
     message.stop = object.stop?.map((e) => e) || [];
     message.topLogprobs = object.topLogprobs ?? undefined;
+    switch (object.constraint?.$case) {
+      case "jsonSchema": {
+        if (object.constraint?.value !== undefined && object.constraint?.value !== null) {
+          message.constraint = { $case: "jsonSchema", value: object.constraint.value };
+        }
+        break;
+      }
+      case "regex": {
+        if (object.constraint?.value !== undefined && object.constraint?.value !== null) {
+          message.constraint = { $case: "regex", value: object.constraint.value };
+        }
+        break;
+      }
+      case "grammar": {
+        if (object.constraint?.value !== undefined && object.constraint?.value !== null) {
+          message.constraint = { $case: "grammar", value: object.constraint.value };
+        }
+        break;
+      }
+      case "choice": {
+        if (object.constraint?.value !== undefined && object.constraint?.value !== null) {
+          message.constraint = { $case: "choice", value: Choice.fromPartial(object.constraint.value) };
+        }
+        break;
+      }
+      case "jsonObject": {
+        if (object.constraint?.value !== undefined && object.constraint?.value !== null) {
+          message.constraint = { $case: "jsonObject", value: JsonObject.fromPartial(object.constraint.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseChoice(): Choice {
+  return { options: [] };
+}
+
+export const Choice: MessageFns<Choice> = {
+  encode(message: Choice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.options) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Choice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChoice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.options.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Choice>): Choice {
+    return Choice.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Choice>): Choice {
+    const message = createBaseChoice();
+    message.options = object.options?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseJsonObject(): JsonObject {
+  return {};
+}
+
+export const JsonObject: MessageFns<JsonObject> = {
+  encode(_: JsonObject, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): JsonObject {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseJsonObject();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<JsonObject>): JsonObject {
+    return JsonObject.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<JsonObject>): JsonObject {
+    const message = createBaseJsonObject();
     return message;
   },
 };

@@ -25,7 +25,7 @@ import {
 import { Duration } from "../../google/protobuf/duration";
 import { Status } from "../../google/rpc/status";
 import { Finished, TraceContext } from "./common";
-import { GenerateParams, TokenDelta } from "./generation";
+import { ConstraintKind, GenerateParams, TokenDelta } from "./generation";
 import { AudioChunk, SynthesizeParams } from "./speech";
 
 export const protobufPackage = "rillet.v1";
@@ -286,6 +286,11 @@ export interface TextCapabilities {
    * never estimated.
    */
   sampledLogprobs: boolean;
+  /**
+   * The output constraints (GenerateParams.constraint) the model enforces;
+   * a request with another kind is refused.
+   */
+  constraintKinds: ConstraintKind[];
 }
 
 function createBaseStartGenerate(): StartGenerate {
@@ -1526,7 +1531,7 @@ export const Model: MessageFns<Model> = {
 };
 
 function createBaseTextCapabilities(): TextCapabilities {
-  return { samplingFields: [], reproducibleSeed: false, logprobs: false, sampledLogprobs: false };
+  return { samplingFields: [], reproducibleSeed: false, logprobs: false, sampledLogprobs: false, constraintKinds: [] };
 }
 
 export const TextCapabilities: MessageFns<TextCapabilities> = {
@@ -1542,6 +1547,13 @@ export const TextCapabilities: MessageFns<TextCapabilities> = {
     }
     if (message.sampledLogprobs !== false) {
       writer.uint32(32).bool(message.sampledLogprobs);
+    }
+    if (message.constraintKinds.length !== 0) {
+      writer.uint32(42).fork();
+      for (const v of message.constraintKinds) {
+        writer.int32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -1591,6 +1603,24 @@ export const TextCapabilities: MessageFns<TextCapabilities> = {
             message.sampledLogprobs = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag === 40) {
+              message.constraintKinds.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 42) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.constraintKinds.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1612,6 +1642,7 @@ export const TextCapabilities: MessageFns<TextCapabilities> = {
     message.reproducibleSeed = object.reproducibleSeed ?? false;
     message.logprobs = object.logprobs ?? false;
     message.sampledLogprobs = object.sampledLogprobs ?? false;
+    message.constraintKinds = object.constraintKinds?.map((e) => e) || [];
     return message;
   },
 };

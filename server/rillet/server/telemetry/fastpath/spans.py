@@ -1,12 +1,11 @@
 """Spans as plain data (SpanData): how request spans are recorded, and how every span reaches its exporter.
 
 A request span (RequestTracer) is sampled and given its ids by the TracerProvider's own sampler and id generator,
-as the SDK's Tracer does, but is recorded as plain values and handed to a sink when it ends: the SDK's Span cleans
-and bounds every attribute, event and link as it is set (≈ 40 µs a request), this costs ≈ 8. Where spans are
-exported (offload.py's child process, or a test's span processor) `into` rebuilds the SDK's ReadableSpan for the
-SDK's own exporters. RPC spans stay SDK spans (they are made current for the call); `span_data` turns them into
-the same plain data. Request spans are never made current: nothing has them as its parent but a chained synthesis's
-link, which takes their ids.
+as the SDK's Tracer does, but is recorded as plain values and handed to a sink when it ends (what that skips of the
+SDK, and why: fastpath/__init__.py). Where spans are exported (offload.py's child process, or a test's span
+processor) `into` rebuilds the SDK's ReadableSpan for the SDK's own exporters. RPC spans stay SDK spans (they are
+made current for the call); `span_data` turns them into the same plain data. Request spans are never made current:
+nothing has them as its parent but a chained synthesis's link, which takes their ids.
 """
 
 from __future__ import annotations

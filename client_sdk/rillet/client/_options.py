@@ -1,0 +1,101 @@
+"""Per-request options: one frozen object per request kind, the one list of what a request can ask for."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict, TypeVar
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerateOptions:
+    """How one generation runs; None (or empty) leaves a field to the server's defaults.
+
+    Pass it to `Client.generate` or `Session.generate`, or give its fields as keywords there (keywords override the
+    fields of an options object given with them). The CLI and `rillet bench` build one from their flags.
+
+    - `model`: the model's name; "" for the server's default text model.
+    - `max_tokens`: at most this many tokens are generated.
+    - `temperature` (0: greedy), `top_p`, `top_k`, `min_p`, `repetition_penalty`, `seed`: sampling.
+    - `stop`: strings that end the generation when generated (left out of the output).
+    - `top_logprobs`: each token comes with the log-probabilities of this many most likely alternatives.
+    - `timeout`: seconds the request may take: a one-shot call's deadline, or a session request's own limit.
+    - `traceparent`, `tracestate`: the W3C trace context the request joins; unset, the caller's current
+      OpenTelemetry context (with opentelemetry-api installed).
+    """
+
+    model: str = ""
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    top_logprobs: int | None = None
+    timeout: float | None = None
+    traceparent: str = ""
+    tracestate: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            raise TypeError("stop takes a list of strings, e.g. stop=['\\n']")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+class GenerateFields(TypedDict, total=False):
+    """GenerateOptions' fields as keyword arguments."""
+
+    model: str
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    repetition_penalty: float | None
+    seed: int | None
+    stop: Sequence[str]
+    top_logprobs: int | None
+    timeout: float | None
+    traceparent: str
+    tracestate: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SynthesizeOptions:
+    """How one synthesis runs; passed or given as keywords like GenerateOptions.
+
+    - `voice`: the voice's name; "" for the server's default voice.
+    - `sample_rate_hertz`: the audio's rate; 0 for the voice's own.
+    - `max_chunk_s`: the longest audio chunk, in seconds; None for the server's default.
+    - `timeout`, `traceparent`, `tracestate`: as in GenerateOptions.
+    """
+
+    voice: str = ""
+    sample_rate_hertz: int = 0
+    max_chunk_s: float | None = None
+    timeout: float | None = None
+    traceparent: str = ""
+    tracestate: str = ""
+
+
+class SynthesizeFields(TypedDict, total=False):
+    """SynthesizeOptions' fields as keyword arguments."""
+
+    voice: str
+    sample_rate_hertz: int
+    max_chunk_s: float | None
+    timeout: float | None
+    traceparent: str
+    tracestate: str
+
+
+Options = TypeVar("Options", GenerateOptions, SynthesizeOptions)
+
+
+def resolve(options: Options | None, default: Options, fields: Mapping[str, Any]) -> Options:
+    """`options` (or `default`) with `fields` given as keywords in its place."""
+    base = default if options is None else options
+    return dataclasses.replace(base, **fields) if fields else base

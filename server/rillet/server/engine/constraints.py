@@ -1,0 +1,158 @@
+"""Output constraints through llguidance: each constraint's grammar, its bounded and cached compilation, its errors.
+
+Why llguidance (../shared/research/fleet-constraints-2026-12.md): its token mask costs ≈0.02 ms a step on Gemma's
+262k vocabulary (llama.cpp's GBNF sampler ≈23 ms), it builds its tokenizer from llama.cpp's own vocabulary (no
+Hugging Face files, no torch), and TensorRT-LLM 1.2.1 takes it as `guided_decoding_backend="llguidance"` on the
+PyTorch backend, so the CPU and GPU engines share one semantics (JSON Schema, Rust-syntax regex, Lark grammars).
+xgrammar would bring torch and transformers into the CPU server.
+
+A constraint becomes an llguidance grammar (`grammar`); `check` validates one without a tokenizer (an engine whose
+library compiles it, trtllm); a `Compiler` makes a fresh matcher per request for one tokenizer, off the event loop,
+within llguidance's work limits and a wall-clock bound, caching a pristine matcher per grammar so that a pipeline
+sending the same schema pays its compilation once (a request gets a copy: copying is ≈10 µs).
+llguidance never raises for a bad grammar: errors come back as text, which becomes INVALID_ARGUMENT here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rillet.server.errors import InvalidArgument, clip
+from rillet.server.types import Constraint, ConstraintKind
+
+if TYPE_CHECKING:  # imported lazily: a server without a constrained engine never loads it
+    from llguidance import LLMatcher, LLParserLimits, LLTokenizer
+
+__all__ = ["COMPILE_TIMEOUT_S", "Compiler", "check", "constraint_error", "grammar"]
+
+COMPILE_TIMEOUT_S = 5.0
+"""A compilation still running after this long fails CONSTRAINT_TOO_COMPLEX (llguidance's fuel bounds its work)."""
+
+ERROR_CHARS = 400
+"""How much of llguidance's error text (which quotes the client's grammar) a message repeats."""
+
+_LIMIT_WORDS = ("fuel", "limit", "too many", "too large", "too big", "max_")
+"""Words of llguidance's errors that mean a work limit was hit rather than a mistake in the constraint."""
+
+
+def grammar(constraint: Constraint) -> str:
+    """The llguidance grammar for `constraint` (not yet checked: `check` or a Compiler does that)."""
+    from llguidance import LLMatcher
+
+    kind = constraint.kind
+    if kind is ConstraintKind.JSON_SCHEMA:
+        try:
+            schema = json.loads(constraint.text)
+        except ValueError as error:
+            raise InvalidArgument(
+                f"json_schema is not JSON: {error}", field="params.json_schema", reason="CONSTRAINT_INVALID"
+            ) from None
+        if not isinstance(schema, dict | bool):
+            raise InvalidArgument(
+                "json_schema must be a JSON object (or true/false)",
+                field="params.json_schema",
+                reason="CONSTRAINT_INVALID",
+            )
+        return LLMatcher.grammar_from_json_schema(json.dumps(schema))
+    if kind is ConstraintKind.JSON_OBJECT:
+        return LLMatcher.grammar_from_json_schema({"type": "object"})
+    if kind is ConstraintKind.REGEX:
+        return LLMatcher.grammar_from_regex(constraint.text)
+    if kind is ConstraintKind.GRAMMAR:
+        return LLMatcher.grammar_from_lark(constraint.text)
+    # A choice: a Lark rule of string literals (JSON's string escapes are Lark's).
+    return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(option) for option in constraint.choices))
+
+
+def constraint_error(constraint: Constraint, message: str) -> InvalidArgument:
+    """The InvalidArgument a client sees for llguidance's error `message` about `constraint`."""
+    lowered = message.lower()
+    reason = "CONSTRAINT_TOO_COMPLEX" if any(word in lowered for word in _LIMIT_WORDS) else "CONSTRAINT_INVALID"
+    what = "exceeds the constraint compiler's work limits" if reason == "CONSTRAINT_TOO_COMPLEX" else "is not valid"
+    return InvalidArgument(
+        f"{constraint.kind.value} {what}: {clip(message.strip(), ERROR_CHARS)}",
+        field=f"params.{constraint.kind.value}",
+        reason=reason,
+    )
+
+
+def check(constraint: Constraint, limits: LLParserLimits | None = None) -> None:
+    """Raise InvalidArgument if `constraint` does not parse (no tokenizer: what can be known before one is used)."""
+    from llguidance import LLMatcher
+
+    message = LLMatcher.validate_grammar(grammar(constraint), None, limits=limits)
+    if message:
+        raise constraint_error(constraint, message)
+
+
+class Compiler:
+    """Fresh llguidance matchers for one tokenizer, compiled off the event loop, bounded and cached by grammar.
+
+    Invariants: a matcher handed out is never handed out again (each request gets its own copy of the cached,
+    never-advanced original); the cache holds at most `cache_size` grammars, least recently used dropped first;
+    compilation runs in a worker thread (llguidance releases the GIL while it builds) and a request whose
+    compilation outlives `timeout_s` fails CONSTRAINT_TOO_COMPLEX while the thread finishes within llguidance's fuel.
+    Thread-safe.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Callable[[], LLTokenizer],
+        *,
+        cache_size: int = 64,
+        timeout_s: float = COMPILE_TIMEOUT_S,
+        limits: LLParserLimits | None = None,
+    ) -> None:
+        self._make_tokenizer = tokenizer
+        self._tokenizer: LLTokenizer | None = None
+        self._cache_size = cache_size
+        self._timeout_s = timeout_s
+        self._limits = limits
+        self._lock = threading.Lock()
+        self._cache: collections.OrderedDict[str, LLMatcher] = collections.OrderedDict()
+        self.compiled = 0  # grammars compiled (cache misses), for tests and benchmarks
+
+    @property
+    def tokenizer(self) -> LLTokenizer:
+        """The tokenizer, built on first use (for llama.cpp's vocabulary, 1-3 s: engines build it while warming)."""
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = self._make_tokenizer()
+            return self._tokenizer
+
+    async def matcher(self, constraint: Constraint) -> LLMatcher:
+        """A matcher of its own for one request; InvalidArgument when the constraint is bad or too costly."""
+        text = grammar(constraint)
+        with self._lock:
+            cached = self._cache.get(text)
+            if cached is not None:
+                self._cache.move_to_end(text)
+                return cached.deep_copy()
+        work = asyncio.to_thread(self._compile, constraint, text)
+        try:
+            return await asyncio.wait_for(work, self._timeout_s)
+        except TimeoutError:
+            raise InvalidArgument(
+                f"{constraint.kind.value} took over {self._timeout_s:g} s to compile",
+                field=f"params.{constraint.kind.value}",
+                reason="CONSTRAINT_TOO_COMPLEX",
+            ) from None
+
+    def _compile(self, constraint: Constraint, text: str) -> LLMatcher:
+        from llguidance import LLMatcher
+
+        original = LLMatcher(self.tokenizer, text, limits=self._limits, log_level=0)
+        if original.is_error():
+            raise constraint_error(constraint, original.get_error())
+        with self._lock:
+            self.compiled += 1
+            self._cache[text] = original
+            self._cache.move_to_end(text)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return original.deep_copy()
