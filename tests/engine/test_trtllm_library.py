@@ -20,7 +20,14 @@ from rillet.server.app import RilletServer, serve
 from rillet.server.config import Settings
 from rillet.server.engine.trtllm import TrtllmEngine, token_logprobs
 from rillet.server.errors import EngineDead, Internal, InvalidArgument
-from rillet.server.types import ChatMessage, FinishReason, SamplingParams, TraceContext
+from rillet.server.types import (
+    ChatMessage,
+    Constraint,
+    ConstraintKind,
+    FinishReason,
+    SamplingParams,
+    TraceContext,
+)
 from rillet.server.types import TokenDelta as EngineDelta
 from tests.conftest import eventually
 from tests.contract.test_server import health_of
@@ -95,6 +102,17 @@ async def test_logprobs_under_sampling_are_refused_where_the_sampled_token_may_b
         with pytest.raises(InvalidArgument) as error:
             await anext(engine.stream(request(sampling=SAMPLED, top_logprobs=1)))
         assert (error.value.reason, error.value.field) == ("FIELD_UNSUPPORTED", "params.top_logprobs")
+
+
+async def test_an_output_constraint_is_refused_not_ignored(sim: Any) -> None:
+    async with running() as engine:
+        caps = engine.models[0].capabilities
+        assert caps is not None
+        assert not caps.constraints
+        with pytest.raises(InvalidArgument) as error:
+            await anext(engine.stream(request(constraint=Constraint(ConstraintKind.REGEX, "[0-9]+"))))
+        assert (error.value.reason, error.value.field) == ("CONSTRAINT_UNSUPPORTED", "params.regex")
+        assert executor(engine).in_flight == 0
 
 
 def test_a_logprob_tensorrt_llm_did_not_report_is_never_invented() -> None:

@@ -28,6 +28,7 @@ from rillet.server.types import (
     ModelInfo,
     ModelKind,
     Prompt,
+    SamplingParams,
     TraceContext,
     Usage,
 )
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from tensorrt_llm import LLM
     from tensorrt_llm.executor.result import CompletionOutput
     from tensorrt_llm.llmapi.llm import RequestOutput
-    from tensorrt_llm.sampling_params import SamplingParams
+    from tensorrt_llm.sampling_params import SamplingParams as TrtSamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,10 @@ class TrtllmEngine:
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         check_request(request, self._capabilities)
+        if request.constraint is not None:  # TensorRT-LLM's guided decoding is not wired in: refused, never ignored
+            refusal = self._capabilities.refusal(SamplingParams(), None, request.constraint)
+            if refusal is not None:
+                raise refusal
         llm = self._running()
         prompt_ids = await self._prompt_ids(llm, request.prompt)
         self._check_length(len(prompt_ids), request.max_tokens)
@@ -396,7 +401,7 @@ class TrtllmEngine:
                 metadata={"prompt_tokens": str(prompt_tokens), "max_num_tokens": str(self._config.max_num_tokens)},
             )
 
-    def _sampling_params(self, request: GenerationRequest) -> SamplingParams:
+    def _sampling_params(self, request: GenerationRequest) -> TrtSamplingParams:
         """TensorRT-LLM's SamplingParams for the request; a ValueError from its checks is INVALID_ARGUMENT.
 
         Only fields the sampler honours can differ from their no-op values here (`check_request` refused the rest).
@@ -430,7 +435,7 @@ class TrtllmEngine:
             ) from None
 
     def _submit(
-        self, llm: LLM, prompt_ids: list[int], params: SamplingParams, request: GenerationRequest
+        self, llm: LLM, prompt_ids: list[int], params: TrtSamplingParams, request: GenerationRequest
     ) -> RequestOutput:
         try:
             return llm.generate_async(
