@@ -98,6 +98,14 @@ class TrtllmCapacityPolicy(enum.StrEnum):
     STATIC_BATCH = "STATIC_BATCH"
 
 
+class TrtllmSampler(enum.StrEnum):
+    """TensorRT-LLM 1.2's samplers (its `sampler_type`); what each honours is the model's TextCapabilities."""
+
+    AUTO = "auto"  # TorchSampler (TensorRT-LLM picks TRTLLMSampler only for beam search, which Rillet never asks)
+    TORCH = "TorchSampler"  # temperature, top_p, top_k; top-k logprobs under greedy decoding
+    TRTLLM = "TRTLLMSampler"  # every sampling field, reproducible seeds; no logprobs (only the sampled token's)
+
+
 class TrtllmConfig(BaseModel, frozen=True, extra="forbid"):
     """The TensorRT-LLM GPU engine: its LLM API on the PyTorch backend, in-flight batching inside TensorRT-LLM."""
 
@@ -124,6 +132,29 @@ class TrtllmConfig(BaseModel, frozen=True, extra="forbid"):
     )
     enable_chunked_prefill: bool = Field(
         True, description="split long prompts across steps, so decodes keep running (and prompts > max_num_tokens fit)"
+    )
+    sampler: TrtllmSampler = Field(
+        TrtllmSampler.AUTO,
+        description="auto/TorchSampler honours temperature, top_p, top_k and greedy logprobs; TRTLLMSampler (the "
+        "C++ decoder, deprecated after 1.2) also min_p, repetition_penalty and reproducible seeds, but no logprobs. "
+        "A field the sampler cannot honour is refused by name",
+    )
+    return_perf_metrics: bool = Field(
+        True,
+        description="TensorRT-LLM times each request (arrival, first scheduled, first token): Rillet's engine queue "
+        "and prefill timings come from there; off, prefill runs from submission to the first output, queue included",
+    )
+    stream_interval: int = Field(
+        1,
+        ge=1,
+        description="TensorRT-LLM answers a stream every n steps (the first token at once): fewer, larger deltas and "
+        "less CPU per token, at the cost of inter-token smoothness (tokens arrive n at a time)",
+    )
+    num_postprocess_workers: int = Field(
+        0,
+        ge=0,
+        description="processes that fold and detokenize responses, off Rillet's event loop: more tokens/s across many "
+        "streams at the cost of one more process hop per response; 0 detokenizes in Rillet's process",
     )
     extra_llm_args: dict[str, Any] = Field(
         default_factory=dict,
