@@ -167,6 +167,8 @@ class GenerationRequest:
     """Cached prompt tokens are reused only between requests of the same scope: the tenant's own unless the
     operator groups tenants (SecurityConfig); "" without authentication. No KV, no cached-token count and no timing
     crosses scopes."""
+    trace: TraceContext | None = None
+    """The W3C trace context an engine's own spans join (trtllm passes it to TensorRT-LLM as `trace_headers`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ def check_request(request: GenerationRequest, capabilities: TextCapabilities) ->
             field="params.top_logprobs",
             reason="TOP_LOGPROBS_OUT_OF_RANGE",
         )
-    refusal = capabilities.refusal(sampling, request.top_logprobs)
+    refusal = capabilities.refusal(sampling, request.top_logprobs, request.constraint)
     if refusal is not None:
         raise refusal
 
