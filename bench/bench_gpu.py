@@ -3,4 +3,4 @@
 from rillet.bench.gpu import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 
 from rillet.bench.soak.clients import SCENARIOS, client
 from rillet.bench.soak.context import Soak, connect
 from rillet.bench.soak.leaks import slot_check
+from rillet.bench.soak.run import arguments
 from rillet.bench.soak.tally import Tally
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.synthetic import SyntheticEngine
 from tests.conftest import ServerFactory
 from tests.doubles import EchoSpeechEngine
 
-OPTIONS = argparse.Namespace(
-    seed=7,
-    think_s=0.1,
-    hang_s=30.0,
-    scenario_timeout_s=60.0,
-    cancel_chance=0.25,
-    bad_chance=0.3,
-    min_tokens=4,
-    max_tokens=32,
-    max_attempts=8,
-    request_id_limit=128,
-)
+OPTIONS = arguments().parse_args(["--think-s", "0.1", "--hang-s", "30", "--scenario-timeout-s", "60"])
+"""The soak's own defaults, but a short pause between scenarios and a short hang watch."""
 
 
 async def test_every_scenario_runs_clean_for_a_few_seconds(make_server: ServerFactory) -> None:

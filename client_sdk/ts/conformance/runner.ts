@@ -8,7 +8,7 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 import {
   type AudioChunk, FinishReason, type Model, Model_Kind, RilletClient, RilletError, type Session,
-  type SessionRequestHandle, type SessionResponse,
+  type SessionRequestHandle, type SessionResponse, webSocketSession,
 } from "../src";
 
 const WAIT_MS = 30_000; // a bound on every wait: a scenario that would hang fails instead
@@ -121,11 +121,12 @@ class Runner {
   private rejectionArrived: () => void = () => {};
 
   constructor(private readonly client: RilletClient, private readonly target: string,
-    private readonly serverPid: number) {}
+    private readonly serverPid: number, private readonly websocket: string | undefined) {}
 
+  /** The scenario's session: a gRPC call, or with --websocket a session on the WebSocket edge. */
   private open(): Session {
     if (!this.session) {
-      const session = this.client.session();
+      const session = this.websocket ? webSocketSession(this.websocket) : this.client.session();
       this.session = session;
       void (async () => {
         for await (const rejection of session.rejections()) {
@@ -297,7 +298,10 @@ function modelLike(model: Model, want: Record<string, unknown>): boolean {
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { scenarios: { type: "string" }, target: { type: "string" }, "server-pid": { type: "string" } },
+    options: {
+      scenarios: { type: "string" }, target: { type: "string" }, "server-pid": { type: "string" },
+      websocket: { type: "string" },
+    },
   });
   const suite = JSON.parse(readFileSync(values.scenarios as string, "utf8")) as {
     scenarios: Array<{ name: string; steps: Step[] }>;
@@ -306,7 +310,7 @@ async function main(): Promise<void> {
   const client = new RilletClient(target);
   let failed = false;
   for (const scenario of suite.scenarios) {
-    const runner = new Runner(client, target, Number(values["server-pid"]));
+    const runner = new Runner(client, target, Number(values["server-pid"]), values.websocket);
     let detail = "";
     try {
       for (const step of scenario.steps) await runner.step(step);

@@ -4,10 +4,11 @@ import { type ChannelCredentials, type ChannelOptions, type ClientReadableStream
 
 import { GenerateParams } from "./gen/rillet/v1/generation";
 import {
-  type DeepPartial, type GenerateResponse, InferenceServiceClient, type Model, type SynthesizeResponse,
+  type DeepPartial, type GenerateResponse, type Model, type SynthesizeResponse,
 } from "./gen/rillet/v1/inference_service";
 import { SynthesizeParams } from "./gen/rillet/v1/speech";
-import { ProtocolError, RilletError, toRilletError } from "./errors";
+import { ProtocolError, RilletError } from "./errors";
+import { InferenceServiceClient, grpcSessionCall, toRilletError } from "./grpc";
 import { Session } from "./session";
 
 /** Per-call options. */
@@ -80,7 +81,7 @@ export class RilletClient {
   session(options: Omit<CallOptions, "timeoutMs"> & { timeoutMs?: number } = {}): Session {
     const call = this.stub.session(this.callMetadata(options.metadata), deadline(options));
     options.signal?.addEventListener("abort", () => call.cancel(), { once: true });
-    return new Session(call);
+    return new Session(grpcSessionCall(call));
   }
 }
 

@@ -22,6 +22,7 @@ from rillet.server.types import (
     SamplingParams,
     SynthesisRequest,
     SynthesizeSpec,
+    TraceContext,
 )
 
 
@@ -128,12 +129,17 @@ def _check_constraint(constraint: Constraint, limits: LimitsConfig) -> None:
 
 
 def validate_generate(
-    request_id: str, spec: GenerateSpec, limits: LimitsConfig, router: Router, cache_scope: str = ""
+    request_id: str,
+    spec: GenerateSpec,
+    limits: LimitsConfig,
+    router: Router,
+    cache_scope: str = "",
+    trace: TraceContext | None = None,
 ) -> tuple[TextRoute, GenerationRequest]:
     """Resolve the model and check every field; raises InvalidArgument or NotFound naming the field.
 
     Fields the model does not honour (its ModelInfo.capabilities) are refused too. `cache_scope` is the caller's
-    (GenerationRequest.cache_scope).
+    (GenerationRequest.cache_scope), `trace` the request's trace context (GenerationRequest.trace).
 
     Repeated fields may arrive cut one item past their limit (see convert.generate_spec): messages say "more than".
     """
@@ -150,9 +156,9 @@ def validate_generate(
                 reason="PROMPT_TOO_LARGE",
             )
     elif isinstance(prompt[0], int):  # tuples are homogeneous (the converter builds them): O(1), not a scan
-        if len(prompt) > limits.max_prompt_chars:
+        if len(prompt) > limits.max_prompt_token_ids:
             raise InvalidArgument(
-                f"the prompt has more than {limits.max_prompt_chars} token ids",
+                f"the prompt has more than {limits.max_prompt_token_ids} token ids",
                 field="params.token_ids",
                 reason="PROMPT_TOO_LARGE",
             )
@@ -228,6 +234,7 @@ def validate_generate(
         top_logprobs=spec.top_logprobs,
         constraint=spec.constraint,
         cache_scope=cache_scope,
+        trace=trace,
     )
     return route, request
 

@@ -43,7 +43,7 @@ SYSTEM_PROMPT_SENTENCES = (
 
 def shared_prefix(gguf: str, tokens: int) -> str:
     """A system prompt of exactly `tokens` tokens (BOS included) under the model's tokenizer, ending a paragraph."""
-    from rillet.server.engine import llamacpp_native as native
+    from rillet.server.engine.llamacpp import native
 
     native.init_backend()
     vocab = native.LlamaModel(gguf, vocab_only=True)

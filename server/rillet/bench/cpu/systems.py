@@ -38,7 +38,7 @@ def amx_offered() -> bool:
     They crash it (llama.cpp#20824), so llama-server then runs with --no-repack (extra buffer types off), as Rillet
     turns them off itself.
     """
-    from rillet.server.engine import llamacpp_native as native
+    from rillet.server.engine.llamacpp import native
 
     return "AMX" in native.cpu_extra_buffer_types()
 

@@ -206,7 +206,8 @@ def serve(opts: argparse.Namespace, port: int, log: Path) -> subprocess.Popen[by
         return subprocess.Popen([str(BIN / "rillet"), "serve", "--port", str(port)], env=env, stdout=sink, stderr=sink)
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The soak's options."""
     parser = argparse.ArgumentParser(description=ABOUT, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration-s", type=float, default=900.0, help="how long clients start new work")
     parser.add_argument("--sessions", type=int, default=200, help="concurrent clients, each looping over scenarios")
@@ -245,7 +246,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--model", help="GGUF path (default: the packaged Gemma 3 270M Q4_K_M)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    opts = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    opts = arguments().parse_args()
     opts.text_slots = resolve_slots(LlamaCppConfig(slots=opts.text_slots))  # the count the leak check must fill
     console = Console(width=None if sys.stdout.isatty() else 160)
     port = free_port()

@@ -35,6 +35,7 @@ _ONE_SHOT_PREFIX = secrets.token_hex(4)
 _one_shot_ids = itertools.count()
 
 T = TypeVar("T")
+F = TypeVar("F", bound=bytes | str)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
@@ -105,7 +106,7 @@ class InferenceServicer:
     async def Session(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SessionResponse]:
-        commands = (await _off_loop(frame, self._command) async for frame in request_iterator)
+        commands = (await off_loop(frame, self._command) async for frame in request_iterator)
         async for response in self._serve(convert.session_response, context, commands=commands):
             yield response
 
@@ -136,7 +137,7 @@ class InferenceServicer:
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await abort(context, _canonical(error))
+            await abort(context, canonical(error))
 
     def _command(self, frame: bytes) -> Command:
         """One Session frame as a command; never raises, so one bad frame cannot end the session."""
@@ -147,7 +148,7 @@ class InferenceServicer:
         try:
             return convert.session_command(message, self._limits)
         except Exception as error:  # a bug in conversion: this message alone fails
-            return Malformed(clip(message.request_id), _canonical(error))
+            return Malformed(clip(message.request_id), canonical(error))
 
     def _generate_spec(self, frame: bytes) -> GenerateSpec:
         return convert.generate_spec(convert.parse(frame, pb.GenerateRequest).params, self._limits)
@@ -175,7 +176,7 @@ class InferenceServicer:
                 assert commands is not None
                 outputs = self._session().run(commands)
             else:
-                start = Start(f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}", await _off_loop(frame, to_spec))
+                start = Start(f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}", await off_loop(frame, to_spec))
                 outputs = self._session().run_one(start)
             async with aclosing(outputs) as stream:  # type: ignore[type-var]
                 async for output in stream:
@@ -183,10 +184,10 @@ class InferenceServicer:
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await abort(context, _canonical(error))
+            await abort(context, canonical(error))
 
 
-def _canonical(error: Exception) -> RilletError:
+def canonical(error: Exception) -> RilletError:
     """The error to send for `error`: a RilletError as it is; anything else is a bug, logged here (once): INTERNAL."""
     if isinstance(error, RilletError):
         return error
@@ -194,7 +195,7 @@ def _canonical(error: Exception) -> RilletError:
     return Internal("the server failed unexpectedly; the error is logged")
 
 
-async def _off_loop(frame: bytes, parse: Callable[[bytes], T]) -> T:
+async def off_loop(frame: F, parse: Callable[[F], T]) -> T:
     """`parse(frame)`: inline when the frame is small, in a worker thread when large (PARSE_INLINE_MAX_BYTES)."""
     if len(frame) <= PARSE_INLINE_MAX_BYTES:
         return parse(frame)
