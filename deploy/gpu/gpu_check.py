@@ -57,6 +57,8 @@ MEANINGS = {
     "test_logprobs_are_real_or_refused": "a logprob was missing or not the emitted token's: keep top_logprobs "
     "refused under this sampler (api.capabilities) and report the TensorRT-LLM version",
     "test_more_streams_than_slots": "in-flight batching or admission misbehaves past max_batch_size",
+    "test_a_constraint_is_enforced_or_refused": "TensorRT-LLM's llguidance backend did not constrain the output (or "
+    "llguidance is missing beside it): keep trtllm.guided_decoding_backend=none, which refuses constraints",
     "test_the_real_engine_streams": "the engine cannot stream, cancel or stop on this GPU at all: see its log",
     "test_the_real_samplers_behave": "a sampler fact recorded as unverified in FACTS.md is false here: the "
     "capabilities in engine/trtllm/api.py must change",
@@ -111,6 +113,9 @@ def run_tests(opts: argparse.Namespace, sampler: str, out: Path) -> tuple[list[C
     """The contract suite and the gpu tests under one sampler; (cases, a note when pytest itself failed)."""
     junit = out / f"tests_{sampler}.xml"
     env = {**os.environ, "RILLET_TRTLLM__SAMPLER": sampler}
+    # Constraints are enforced under auto (TensorRT-LLM's llguidance backend) and refused under the other sampler, so
+    # the contract's constraint case proves both on the GPU, as the double's two cases do.
+    env["RILLET_TRTLLM__GUIDED_DECODING_BACKEND"] = "llguidance" if sampler == "auto" else "none"
     if opts.double:
         case = "trtllm-double and not trtllm-sampler" if sampler == "auto" else "trtllm-double-trtllm-sampler"
         selection = ["tests/contract/test_text_contract.py", "-k", case]  # the double's cases (no gpu test)

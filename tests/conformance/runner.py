@@ -7,6 +7,7 @@ import asyncio
 import enum
 import json
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -59,6 +60,19 @@ def check_outputs(step: dict[str, Any], outputs: list[Any]) -> None:
         check(tokens == step["tokens"], f"{tokens} tokens, expected {step['tokens']}")
     if "min_outputs" in step:
         check(len(outputs) >= step["min_outputs"], f"{len(outputs)} outputs, expected ≥ {step['min_outputs']}")
+    text = "".join(o.text for o in outputs if isinstance(o, TokenDelta))
+    if "matches" in step:
+        check(re.fullmatch(step["matches"], text) is not None, f"text {text!r} does not match {step['matches']}")
+    if step.get("json"):
+        try:
+            json.loads(text)
+        except ValueError as error:
+            raise Failed(f"text {text!r} is not JSON: {error}") from None
+
+
+def constraint(step: dict[str, Any]) -> dict[str, Any]:
+    """The step's output constraint as GenerateOptions keywords (`json_schema` goes as the dict it is)."""
+    return dict(step.get("constraint", {}))
 
 
 def check_error(step: dict[str, Any], error: RilletError) -> None:
@@ -120,7 +134,11 @@ class Runner:
         if op == "generate":
             timeout = step["timeout_ms"] / 1000 if "timeout_ms" in step else None
             stream = await self.open().generate(
-                step["prompt"], request_id=step["id"], max_tokens=step["max_tokens"], timeout=timeout
+                step["prompt"],
+                request_id=step["id"],
+                max_tokens=step["max_tokens"],
+                timeout=timeout,
+                **constraint(step),
             )
             self.track(step["id"], stream)
         elif op == "synthesize":
@@ -173,7 +191,9 @@ class Runner:
             await self.drain()
         elif op == "call_generate":
             deadline = step["deadline_ms"] / 1000 if "deadline_ms" in step else None
-            stream = self.client.generate(step["prompt"], max_tokens=step["max_tokens"], timeout=deadline)
+            stream = self.client.generate(
+                step["prompt"], max_tokens=step["max_tokens"], timeout=deadline, **constraint(step)
+            )
             await self.one_shot(step, stream)
         elif op == "call_synthesize":
             await self.one_shot(step, self.client.synthesize(step["text"]))

@@ -310,7 +310,9 @@ async def test_perf_metrics_split_the_time_to_first_token_into_engine_queue_and_
     async with running(double_config(return_perf_metrics=False)) as engine:
         _, finished = await run(engine, request(max_tokens=2))
         assert finished.engine_queue_seconds == 0.0
-        assert finished.prefill_seconds is not None  # from submission to the first output, queueing included
+        assert finished.prefill_seconds is None  # TensorRT-LLM's queue and prefill cannot be told apart without them
+        assert finished.first_output_seconds is not None  # from submission to the first output, queueing included
+        assert finished.first_output_seconds > 0
 
 
 async def test_the_requests_trace_context_reaches_tensorrt_llm_as_trace_headers(sim: Any) -> None:

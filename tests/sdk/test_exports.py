@@ -10,11 +10,12 @@ import rillet.client
 
 EXPECTED = {
     "AlreadyExistsError", "AudioChunk", "ChannelConfig", "ChatMessage", "Client", "DeadlineExceededError",
-    "FinishReason", "Finished", "GenerateOptions", "GenerateResult", "GenerateStream", "InternalError",
-    "InvalidArgumentError", "KeepAlive", "Model", "ModelKind", "NotFoundError", "ProtocolError",
-    "RequestCancelledError", "RequestStream", "ResourceExhaustedError", "RilletError", "Session",
+    "FinishReason", "Finished", "GenerateOptions", "GenerateResult", "GenerateStream", "IncompleteOutputError",
+    "InternalError", "InvalidArgumentError", "JsonModel", "KeepAlive", "Model", "ModelKind", "NotFoundError",
+    "ProtocolError", "RequestCancelledError", "RequestStream", "ResourceExhaustedError", "RilletError", "Session",
     "SynthesizeOptions", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions",
-    "TokenDelta", "TokenLogprob", "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError", "Usage",
+    "TokenDelta", "TokenLogprob", "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError",
+    "Usage",
 }  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from rillet.client._client import Client
 from rillet.client._errors import (
     AlreadyExistsError,
     DeadlineExceededError,
+    IncompleteOutputError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -21,7 +22,7 @@ from rillet.client._errors import (
 )
 from rillet.client._options import GenerateOptions, SynthesizeOptions
 from rillet.client._session import Session
-from rillet.client._streams import GenerateStream, RequestStream, SynthesizeStream
+from rillet.client._streams import GenerateStream, JsonModel, RequestStream, SynthesizeStream
 from rillet.client._tls import TlsOptions
 from rillet.client._types import (
     AudioChunk,
@@ -52,8 +53,10 @@ __all__ = [
     "GenerateOptions",
     "GenerateResult",
     "GenerateStream",
+    "IncompleteOutputError",
     "InternalError",
     "InvalidArgumentError",
+    "JsonModel",
     "KeepAlive",
     "Model",
     "ModelKind",

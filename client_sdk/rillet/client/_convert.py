@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2
 
-from rillet.client._options import GenerateOptions, SynthesizeOptions
+from rillet.client._options import GenerateOptions, SynthesizeOptions, schema_text
 from rillet.client._types import (
     AudioChunk,
     ChatMessage,
@@ -69,6 +69,17 @@ def generate_params(prompt: Prompt, options: GenerateOptions) -> generation_pb2.
     )
     if sampling.ByteSize():  # left out when no field is set
         params.sampling.CopyFrom(sampling)
+    if options.json_schema is not None:
+        params.json_schema = schema_text(options.json_schema)  # already its text: GenerateOptions keeps it so
+    elif options.regex is not None:
+        params.regex = options.regex
+    elif options.grammar is not None:
+        params.grammar = options.grammar
+    elif options.choice is not None:
+        params.choice.SetInParent()  # set even when empty: the server refuses an empty choice, never ignores it
+        params.choice.options.extend(options.choice)
+    elif options.json_object:
+        params.json_object.SetInParent()
     return params
 
 

@@ -7,8 +7,8 @@ import { type Client, makeGenericClientConstructor, credentials } from "@grpc/gr
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 import {
-  type AudioChunk, FinishReason, type Model, Model_Kind, RilletClient, RilletError, type Session,
-  type SessionRequestHandle, type SessionResponse, webSocketSession,
+  type AudioChunk, type DeepPartial, FinishReason, type GenerateParams, type Model, Model_Kind, RilletClient,
+  RilletError, type Session, type SessionRequestHandle, type SessionResponse, webSocketSession,
 } from "../src";
 
 const WAIT_MS = 30_000; // a bound on every wait: a scenario that would hang fails instead
@@ -66,6 +66,41 @@ function checkError(step: Step, error: RilletError | undefined): void {
 function checkCount(step: Step, n: number, tokens: number): void {
   if (typeof step.tokens === "number") check(tokens === step.tokens, `${tokens} tokens, expected ${step.tokens}`);
   if (typeof step.min_outputs === "number") check(n >= step.min_outputs, `${n} outputs, expected ≥ ${step.min_outputs}`);
+}
+
+/** The params of a generate step: its prompt, max_tokens and output constraint (the `constraint` object's one key). */
+function generateParams(step: Step): DeepPartial<GenerateParams> {
+  const params: DeepPartial<GenerateParams> = {
+    prompt: { $case: "text", value: step.prompt as string }, maxTokens: step.max_tokens as number,
+  };
+  for (const [kind, value] of Object.entries((step.constraint ?? {}) as Record<string, unknown>)) {
+    if (kind === "json_schema") params.constraint = { $case: "jsonSchema", value: JSON.stringify(value) };
+    else if (kind === "regex") params.constraint = { $case: "regex", value: value as string };
+    else if (kind === "grammar") params.constraint = { $case: "grammar", value: value as string };
+    else if (kind === "choice") params.constraint = { $case: "choice", value: { options: value as string[] } };
+    else if (kind === "json_object") params.constraint = { $case: "jsonObject", value: {} };
+    else throw new Failed(`unknown constraint ${kind}`);
+  }
+  return params;
+}
+
+/** The whole text matches `matches` (a regular expression, whole text) and is one JSON document when `json`. */
+function checkText(step: Step, text: string): void {
+  if (typeof step.matches === "string") {
+    check(new RegExp(`^(?:${step.matches})$`, "u").test(text), `text ${JSON.stringify(text)} does not match ${step.matches}`);
+  }
+  if (step.json === true) {
+    try {
+      JSON.parse(text);
+    } catch (error) {
+      throw new Failed(`text ${JSON.stringify(text)} is not JSON: ${(error as Error).message}`);
+    }
+  }
+}
+
+/** The text of the deltas among the messages' kinds. */
+function textOf(kinds: Array<{ $case: string; value: unknown } | undefined>): string {
+  return kinds.map((k) => (k?.$case === "tokenDelta" ? (k.value as { text: string }).text : "")).join("");
 }
 
 /** Each chunk starts at the sample where the previous one ended. */
@@ -149,7 +184,7 @@ class Runner {
     switch (step.op) {
       case "generate": {
         const request = this.open().generate({
-          params: { prompt: { $case: "text", value: step.prompt as string }, maxTokens: step.max_tokens as number },
+          params: generateParams(step),
           timeout: typeof step.timeout_ms === "number"
             ? { seconds: BigInt(Math.floor(step.timeout_ms / 1000)), nanos: (step.timeout_ms % 1000) * 1e6 }
             : undefined,
@@ -187,6 +222,7 @@ class Runner {
         const reason = finished.kind?.$case === "finished" ? FinishReason[finished.kind.value.reason] : "?";
         check(reason === step.reason, `${id}: reason ${reason}, expected ${step.reason}`);
         checkCount(step, t.outputs.length, tokensOf(t.outputs.map((m) => m.kind)));
+        checkText(step, textOf(t.outputs.map((m) => m.kind)));
         return checkAudio(audioOf(t.outputs));
       }
       case "expect_error": {
@@ -221,8 +257,7 @@ class Runner {
         return this.drain();
       case "call_generate":
         return this.oneShot(step, this.client.generate(
-          { prompt: { $case: "text", value: step.prompt as string }, maxTokens: step.max_tokens as number },
-          { timeoutMs: step.deadline_ms as number | undefined },
+          generateParams(step), { timeoutMs: step.deadline_ms as number | undefined },
         ));
       case "call_synthesize":
         return this.oneShot(step, this.client.synthesize({ text: step.text as string }));
@@ -251,6 +286,7 @@ class Runner {
           const reason = FinishReason[(msg.kind.value as { reason: FinishReason }).reason];
           check(reason === step.reason, `reason ${reason}, expected ${step.reason}`);
           checkCount(step, outputs, tokensOf(kinds));
+          checkText(step, textOf(kinds));
           return checkAudio(chunks);
         }
         outputs++;

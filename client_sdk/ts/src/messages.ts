@@ -1,7 +1,9 @@
 // The generated rillet.v1 messages (and the google.rpc ones errors carry) that both entry points export.
 export { AudioEncoding, AudioChunk, SynthesizeParams } from "./gen/rillet/v1/speech";
 export { FinishReason, Finished, Timings, TraceContext, Usage } from "./gen/rillet/v1/common";
-export { ChatMessage, ChatPrompt, GenerateParams, SamplingParams, TokenDelta } from "./gen/rillet/v1/generation";
+export {
+  ChatMessage, ChatPrompt, Choice, ConstraintKind, GenerateParams, JsonObject, SamplingParams, TokenDelta,
+} from "./gen/rillet/v1/generation";
 export {
   type DeepPartial, GenerateRequest, GenerateResponse, InferenceServiceDefinition, Model, Model_Kind, SessionRequest,
   SessionResponse, StartGenerate, StartSynthesize, SynthesizeRequest, SynthesizeResponse,

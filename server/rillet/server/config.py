@@ -106,6 +106,13 @@ class TrtllmSampler(enum.StrEnum):
     TRTLLM = "TRTLLMSampler"  # every sampling field, reproducible seeds; no logprobs (only the sampled token's)
 
 
+class TrtllmGuidedDecoding(enum.StrEnum):
+    """TensorRT-LLM 1.2's guided decoding backends Rillet drives (its `guided_decoding_backend`)."""
+
+    NONE = "none"  # no GuidedDecoder: TensorRT-LLM would drop a request's guide silently, so Rillet refuses them all
+    LLGUIDANCE = "llguidance"  # the library the CPU engine uses too: one semantics (JSON Schema, regex, Lark)
+
+
 class TrtllmConfig(BaseModel, frozen=True, extra="forbid"):
     """The TensorRT-LLM GPU engine: its LLM API on the PyTorch backend, in-flight batching inside TensorRT-LLM."""
 
@@ -138,6 +145,12 @@ class TrtllmConfig(BaseModel, frozen=True, extra="forbid"):
         description="auto/TorchSampler honours temperature, top_p, top_k and greedy logprobs; TRTLLMSampler (the "
         "C++ decoder, deprecated after 1.2) also min_p, repetition_penalty and reproducible seeds, but no logprobs. "
         "A field the sampler cannot honour is refused by name",
+    )
+    guided_decoding_backend: TrtllmGuidedDecoding = Field(
+        TrtllmGuidedDecoding.NONE,
+        description="llguidance: output constraints (json_schema, regex, Lark grammar, choice, json_object) are "
+        "enforced by TensorRT-LLM's llguidance backend (PyTorch backend only; needs the llguidance package, which the "
+        "trtllm extra installs); none: every constrained request is refused",
     )
     return_perf_metrics: bool = Field(
         True,

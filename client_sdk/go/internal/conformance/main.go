@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -152,6 +153,56 @@ func checkCount(s step, n, tokens int) error {
 	return nil
 }
 
+// withConstraint sets the params' output constraint from the step's `constraint` object (at most one key).
+func withConstraint(s step, params *rilletv1.GenerateParams) (*rilletv1.GenerateParams, error) {
+	c, ok := s["constraint"].(map[string]any)
+	if !ok {
+		return params, nil
+	}
+	for kind, value := range c {
+		switch kind {
+		case "json_schema":
+			schema, err := json.Marshal(value)
+			if err != nil {
+				return nil, err
+			}
+			params.Constraint = &rilletv1.GenerateParams_JsonSchema{JsonSchema: string(schema)}
+		case "regex":
+			params.Constraint = &rilletv1.GenerateParams_Regex{Regex: value.(string)}
+		case "grammar":
+			params.Constraint = &rilletv1.GenerateParams_Grammar{Grammar: value.(string)}
+		case "choice":
+			choice := &rilletv1.Choice{}
+			for _, option := range value.([]any) {
+				choice.Options = append(choice.Options, option.(string))
+			}
+			params.Constraint = &rilletv1.GenerateParams_Choice{Choice: choice}
+		case "json_object":
+			params.Constraint = &rilletv1.GenerateParams_JsonObject{JsonObject: &rilletv1.JsonObject{}}
+		default:
+			return nil, fmt.Errorf("unknown constraint %q", kind)
+		}
+	}
+	return params, nil
+}
+
+// checkText checks the whole text: it matches `matches` (a regular expression, whole text) and parses as one JSON
+// document when `json` is true.
+func checkText(s step, text string) error {
+	if pattern := s.str("matches"); pattern != "" {
+		if !regexp.MustCompile(`^(?:` + pattern + `)$`).MatchString(text) {
+			return fmt.Errorf("text %q does not match %s", text, pattern)
+		}
+	}
+	if s.flag("json") {
+		var value any
+		if err := json.Unmarshal([]byte(text), &value); err != nil {
+			return fmt.Errorf("text %q is not JSON: %v", text, err)
+		}
+	}
+	return nil
+}
+
 // checkAudio: each chunk starts at the sample where the previous one ended.
 func checkAudio(chunks []*rilletv1.AudioChunk) error {
 	var expected uint64
@@ -175,9 +226,13 @@ func (r *runner) step(s step) error {
 		}
 		maxTokens, _ := s.num("max_tokens")
 		mt := uint32(maxTokens)
-		start := &rilletv1.StartGenerate{Params: &rilletv1.GenerateParams{
+		params, err := withConstraint(s, &rilletv1.GenerateParams{
 			Prompt: &rilletv1.GenerateParams_Text{Text: s.str("prompt")}, MaxTokens: &mt,
-		}}
+		})
+		if err != nil {
+			return err
+		}
+		start := &rilletv1.StartGenerate{Params: params}
 		if ms, ok := s.num("timeout_ms"); ok {
 			start.Timeout = durationpb.New(time.Duration(ms) * time.Millisecond)
 		}
@@ -230,14 +285,19 @@ func (r *runner) step(s step) error {
 			return fmt.Errorf("%s: reason %s, expected %s", id, got, s.str("reason"))
 		}
 		var chunks []*rilletv1.AudioChunk
+		var text strings.Builder
 		tokens := 0
 		for _, m := range t.outputs {
 			if c := m.GetAudioChunk(); c != nil {
 				chunks = append(chunks, c)
 			}
 			tokens += len(m.GetTokenDelta().GetTokenIds())
+			text.WriteString(m.GetTokenDelta().GetText())
 		}
 		if err := checkCount(s, len(t.outputs), tokens); err != nil {
+			return fmt.Errorf("%s: %w", id, err)
+		}
+		if err := checkText(s, text.String()); err != nil {
 			return fmt.Errorf("%s: %w", id, err)
 		}
 		return checkAudio(chunks)
@@ -291,18 +351,27 @@ func (r *runner) step(s step) error {
 			ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
 			defer cancel()
 		}
-		var outputs, tokens int
-		for msg, err := range r.client.Generate(ctx, &rilletv1.GenerateParams{
+		params, err := withConstraint(s, &rilletv1.GenerateParams{
 			Prompt: &rilletv1.GenerateParams_Text{Text: s.str("prompt")}, MaxTokens: &mt,
-		}) {
+		})
+		if err != nil {
+			return err
+		}
+		var outputs, tokens int
+		var text strings.Builder
+		for msg, err := range r.client.Generate(ctx, params) {
 			if err != nil {
 				return checkError(s, err)
 			}
 			if f := msg.GetFinished(); f != nil {
-				return finishedOneShot(s, f, outputs, tokens, nil)
+				if err := finishedOneShot(s, f, outputs, tokens, nil); err != nil {
+					return err
+				}
+				return checkText(s, text.String())
 			}
 			outputs++
 			tokens += len(msg.GetTokenDelta().GetTokenIds())
+			text.WriteString(msg.GetTokenDelta().GetText())
 		}
 		return errors.New("the stream ended with no terminal message")
 	case "call_synthesize":

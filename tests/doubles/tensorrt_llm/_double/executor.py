@@ -27,9 +27,16 @@ The sampler is what `TorchLlmArgs.sampler_type` picks (`auto`: TorchSampler, the
   _get_sampling_config`) with its seed (unset: 0, the runtime's default), penalties and min_p; logprobs are the
   sampled token's alone, `{token: Logprob(logprob, rank=1)}` (`update_requests_single_beam_single_step`).
 
-The worker can die: `SIMULATION.worker_death`, or a prompt token at or past the model's vocabulary (a CUDA device-side
-assert in the embedding). It then stops at once, answers nothing more, and hands its exception to the proxy's done
-callback (`mpi_done_callback`).
+Guided decoding (`guided_decoding_backend="llguidance"`; `_double/guidance.py`): a request whose SamplingParams carry
+a guide gets one llguidance matcher per sequence when its context ends, and then decodes one byte piece at a time
+among the tokens the matcher allows. Without a backend there is no guided decoder and a request's guide is ignored,
+as in 1.2.1 (`create_py_executor` builds the GuidedDecoder only for a configured backend); "xgrammar" is not
+simulated (`LLM(...)` raises NotImplementedError).
+
+The worker can die: `SIMULATION.worker_death`, a guide llguidance cannot compile (the ValueError is raised inside the
+step, as `GuidedDecoder._build` raises it; what 1.2.1's PyExecutor does with it is not verified, and the double takes
+the worst case), or a prompt token at or past the model's vocabulary (a CUDA device-side assert in the embedding). It
+then stops at once, answers nothing more, and hands its exception to the proxy's done callback (`mpi_done_callback`).
 """
 
 from __future__ import annotations
@@ -47,9 +54,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tensorrt_llm._double import SIMULATION
+from tensorrt_llm._double.guidance import Guide
 from tensorrt_llm._double.tokenizer import EOS, EOT, piece_bytes, piece_ids
 from tensorrt_llm.bindings.executor import (
     FinishReason,
+    GuidedDecodingParams,
     KvCacheMetrics,
     RequestPerfMetrics,
     TimingMetrics,
@@ -128,6 +137,9 @@ class _Sequence:
     pieces: list[int] = field(default_factory=list)  # the simulated model's text, cut once at arrival
     start: int = 0  # where a sampled sequence 0 starts reading `pieces`
     stop_words: list[list[int]] = field(default_factory=list)  # non-empty stop word ids, read once
+    guide: GuidedDecodingParams | None = None  # the request's guide, when the executor has a guided decoder
+    guides: list[Guide] = field(default_factory=list)  # one matcher per sequence, from the end of the context on
+    text: bytes = b""  # a guided request's model text, decoded a byte at a time
     record: DetokenizedGenerationResultBase | None = None  # its postprocess worker's fold, when there are workers
 
     @property
@@ -165,6 +177,12 @@ class SimulatedExecutor:
         self._dispatch = dispatch
         self._done = done
         self.sampler = SamplerType.TRTLLMSampler if args.sampler_type == "TRTLLMSampler" else SamplerType.TorchSampler
+        if args.guided_decoding_backend not in (None, "llguidance"):
+            raise NotImplementedError(
+                f"the double simulates the llguidance backend only, not {args.guided_decoding_backend}"
+            )
+        self.guided = args.guided_decoding_backend is not None
+        self.guided_sequences = 0  # guided sequences decoded (matchers created), for tests
         self._generator = random.Random(TORCH_SAMPLER_SEED)
         self.max_batch_size = args.max_batch_size or DEFAULT_MAX_BATCH_SIZE
         self.max_num_tokens = args.max_num_tokens or 8192
@@ -274,6 +292,7 @@ class SimulatedExecutor:
             seq.iterations = [0] * n
             seq.pieces, seq.start = self._model_text(seq.prompt, seq.params)
             seq.stop_words = [w for w in seq.params._get_stop_words() if w]
+            seq.guide = seq.params._get_guided_decoding_params() if self.guided else None
             self._waiting.append(seq)
 
     def _apply_cancellations(self, cancels: set[int], out: list[tuple[_Sequence, Response]]) -> None:
@@ -344,6 +363,10 @@ class SimulatedExecutor:
             budget -= chunk
             seq.prefilled += chunk
             if not seq.in_context:
+                if seq.guide is not None:  # GuidedDecoder._build: the matchers are made at the last context chunk
+                    seq.guides = [Guide(seq.guide) for _ in seq.generated]
+                    seq.text = b"".join(piece_bytes(t) for t in seq.pieces)
+                    self.guided_sequences += len(seq.guides)
                 produced.extend((seq, index) for index in range(len(seq.generated)))
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len({id(s) for s, _ in produced}))
@@ -370,7 +393,10 @@ class SimulatedExecutor:
         if SIMULATION.final_without_reason_after is not None and position >= SIMULATION.final_without_reason_after:
             seq.finished = [True] * len(seq.finished)
             return Response(seq.id, Result(True, [[]], [FinishReason.NOT_FINISHED], index, cached_tokens=seq.cached))
-        token = self._model_token(seq, index, position)
+        if seq.guides:
+            token = seq.guides[index].next_token(self._model_byte(seq, index, position))
+        else:
+            token = self._model_token(seq, index, position)
         reason = FinishReason.NOT_FINISHED
         now = time.monotonic()
         if seq.first_token is None:
@@ -498,6 +524,13 @@ class SimulatedExecutor:
         if seq.params._greedy_decoding:
             return seq.pieces[position % len(seq.pieces)]
         return seq.pieces[(seq.start + 7919 * index + position) % len(seq.pieces)]
+
+    def _model_byte(self, seq: _Sequence, index: int, position: int) -> int:
+        """The byte the simulated model's text has at `position` of a guided sequence (decoded a byte at a time)."""
+        text = seq.text
+        if seq.params._greedy_decoding:
+            return text[position % len(text)]
+        return text[(seq.start + 7919 * index + position) % len(text)]
 
 
 def _key(tokens: list[int], salt: int | None) -> bytes:

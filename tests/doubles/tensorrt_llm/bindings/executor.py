@@ -1,6 +1,7 @@
 """Mirror of `tensorrt_llm.bindings.executor` (C++ `executor/types.h`, bound in `nanobind/executor/request.cpp`).
 
-`FinishReason`, and `RequestPerfMetrics` with its `TimingMetrics` (steady-clock time points, which the bindings turn
+`FinishReason`, `GuidedDecodingParams` (a guide type and its text, what the executor's guided decoder compiles),
+and `RequestPerfMetrics` with its `TimingMetrics` (steady-clock time points, which the bindings turn
 into `datetime.timedelta` since the clock's epoch; 0 when unset), `KvCacheMetrics` and `SpeculativeDecodingMetrics`,
 field names as the bindings define them (`def_rw("arrival_time", ...)`, ...).
 """
@@ -21,6 +22,21 @@ class FinishReason(enum.IntEnum):
     LENGTH = 3
     TIMED_OUT = 4
     CANCELLED = 5
+
+
+class GuidedDecodingParams:
+    """A request's guide as the executor receives it (`GuidedDecodingParams(guide_type, guide=None)`)."""
+
+    class GuideType(enum.IntEnum):
+        JSON = 0
+        JSON_SCHEMA = 1
+        REGEX = 2
+        EBNF_GRAMMAR = 3
+        STRUCTURAL_TAG = 4
+
+    def __init__(self, guide_type: GuidedDecodingParams.GuideType, guide: str | None = None) -> None:
+        self.guide_type = guide_type
+        self.guide = guide
 
 
 @dataclass

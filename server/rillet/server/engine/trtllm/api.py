@@ -1,4 +1,4 @@
-"""What the trtllm engine takes from TensorRT-LLM: its names, the LLM keywords, GPUs per node, samplers, health."""
+"""What the trtllm engine takes from TensorRT-LLM: names, LLM keywords, GPUs per node, samplers, guides, health."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rillet.server.config import TrtllmConfig, TrtllmSampler
+from rillet.server.config import TrtllmConfig, TrtllmGuidedDecoding, TrtllmSampler
+from rillet.server.engine.constraints import Checker, choice_lark
 from rillet.server.errors import EngineDead
-from rillet.server.types import SAMPLING_FIELDS, TextCapabilities
+from rillet.server.types import SAMPLING_FIELDS, Constraint, ConstraintKind, TextCapabilities
 
 if TYPE_CHECKING:  # the package is imported lazily: CPU installs never need it
     from tensorrt_llm import LLM
-    from tensorrt_llm.sampling_params import SamplingParams
+    from tensorrt_llm.sampling_params import GuidedDecodingParams, SamplingParams
 
 CONTAINER = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
 INSTALL_HELP = (
@@ -39,6 +40,7 @@ class Api:
     version: str
     llm: type[LLM]
     sampling_params: type[SamplingParams]
+    guided_decoding_params: type[GuidedDecodingParams]
     request_error: type[Exception]
     template_error: type[Exception]
     kv_cache_config: Callable[..., Any]
@@ -56,6 +58,7 @@ def import_api() -> Api:
         from tensorrt_llm.llmapi import CapacitySchedulerPolicy, KvCacheConfig, SchedulerConfig
         from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
         from tensorrt_llm.llmapi.utils import get_device_count
+        from tensorrt_llm.sampling_params import GuidedDecodingParams
     except Exception as exc:  # ImportError, or the OSError/RuntimeError of a broken CUDA install
         raise EngineDead(f"{INSTALL_HELP} (import tensorrt_llm failed: {exc})", reason="ENGINE_UNAVAILABLE") from exc
     template_error: type[Exception] = _NoTemplateError
@@ -67,6 +70,7 @@ def import_api() -> Api:
         version=tensorrt_llm.__version__,
         llm=tensorrt_llm.LLM,
         sampling_params=tensorrt_llm.SamplingParams,
+        guided_decoding_params=GuidedDecodingParams,
         request_error=RequestError,
         template_error=template_error,
         kv_cache_config=KvCacheConfig,
@@ -96,6 +100,7 @@ TYPED_LLM_ARGS = frozenset(
         "postprocess_tokenizer_dir",
         "skip_tokenizer_init",
         "backend",
+        "guided_decoding_backend",
     }
 )
 """LLM keywords the typed config (or the engine itself) sets; `extra_llm_args` may not set them again."""
@@ -138,6 +143,10 @@ def llm_kwargs(config: TrtllmConfig, api: Api) -> dict[str, Any]:
         "return_perf_metrics": config.return_perf_metrics,
         "stream_interval": config.stream_interval,
         "num_postprocess_workers": config.num_postprocess_workers,
+        # None builds no GuidedDecoder, and TensorRT-LLM then ignores a request's guide: the capabilities refuse them
+        "guided_decoding_backend": None
+        if config.guided_decoding_backend is TrtllmGuidedDecoding.NONE
+        else config.guided_decoding_backend.value,
     }
     if config.tokenizer is not None:
         kwargs["tokenizer"] = config.tokenizer
@@ -173,8 +182,11 @@ TORCH_SAMPLER_FIELDS = frozenset({"temperature", "top_p", "top_k"})
 """What 1.2's TorchSampler reads of a request (`UtilsSamplingParams`): not its seed, min_p or penalties."""
 
 
-def capabilities(sampler: TrtllmSampler) -> TextCapabilities:
-    """What a model honours under `sampler`, as TensorRT-LLM 1.2.1's samplers really behave (FACTS.md "Samplers").
+def capabilities(sampler: TrtllmSampler, *, guided: bool = False) -> TextCapabilities:
+    """What a model honours under `sampler` (FACTS.md "Samplers"), and every constraint kind when `guided`.
+
+    Constraints are listed only when a guided decoding backend is configured (`guided`): without one TensorRT-LLM
+    would drop a request's guide silently, so every kind is refused.
 
     TorchSampler (`auto`) samples every request from one generator seeded once, so a request's seed plays no part;
     it reads temperature, top_p and top_k only; its logprobs are the distribution's top k, which under sampling can
@@ -182,13 +194,60 @@ def capabilities(sampler: TrtllmSampler) -> TextCapabilities:
     decoder) takes the request's whole SamplingConfig, seed included, but reports the sampled token's logprob alone
     and never alternatives, which `top_logprobs` promises.
     """
+    constraints = frozenset(ConstraintKind) if guided else frozenset()
     if sampler is TrtllmSampler.TRTLLM:
         return TextCapabilities(
-            sampling=frozenset(SAMPLING_FIELDS), reproducible_seed=True, logprobs=False, sampled_logprobs=False
+            sampling=frozenset(SAMPLING_FIELDS),
+            reproducible_seed=True,
+            logprobs=False,
+            sampled_logprobs=False,
+            constraints=constraints,
         )
     return TextCapabilities(
-        sampling=TORCH_SAMPLER_FIELDS, reproducible_seed=False, logprobs=True, sampled_logprobs=False
+        sampling=TORCH_SAMPLER_FIELDS,
+        reproducible_seed=False,
+        logprobs=True,
+        sampled_logprobs=False,
+        constraints=constraints,
     )
+
+
+def guided_decoding(config: TrtllmConfig) -> Checker | None:
+    """The validator of constraints before submission, when a guided decoding backend is configured, else None.
+
+    Rillet validates with llguidance in its own process, so llguidance must be importable here too (the trtllm extra
+    installs it; NVIDIA's container may not have it): EngineDead saying so at construction otherwise.
+    """
+    if config.guided_decoding_backend is TrtllmGuidedDecoding.NONE:
+        return None
+    try:
+        import llguidance  # noqa: F401
+    except ImportError as exc:
+        raise EngineDead(
+            "trtllm.guided_decoding_backend=llguidance needs the llguidance package in Rillet's environment: "
+            'pip install "llguidance>=0.7.29,<2" (the trtllm extra has it), or set it to none',
+            reason="ENGINE_CONFIG_INVALID",
+        ) from exc
+    return Checker()
+
+
+def guide(constraint: Constraint) -> dict[str, Any]:
+    """The GuidedDecodingParams keywords for a constraint, as TensorRT-LLM's llguidance backend compiles them.
+
+    `_get_guided_decoding_params` (sampling_params.py) turns `json` into a JSON_SCHEMA guide, `json_object` into
+    JSON (compiled as {"type": "object"}), `regex` into REGEX and `grammar` into a grammar guide that the llguidance
+    backend reads as Lark (`grammar_matcher.py`); a choice, which has no field there, goes as its Lark grammar.
+    """
+    kind = constraint.kind
+    if kind is ConstraintKind.JSON_SCHEMA:
+        return {"json": constraint.text}
+    if kind is ConstraintKind.JSON_OBJECT:
+        return {"json_object": True}
+    if kind is ConstraintKind.REGEX:
+        return {"regex": constraint.text}
+    if kind is ConstraintKind.GRAMMAR:
+        return {"grammar": constraint.text}
+    return {"grammar": choice_lark(constraint.choices)}
 
 
 def executor_failure(llm: LLM) -> str | None:

@@ -8,17 +8,28 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from rillet.server.config import TrtllmConfig, TrtllmSampler
 from rillet.server.engine.base import TextEvent
+from rillet.server.engine.constraints import Checker
+from rillet.server.engine.lifecycle import EngineLifecycle, State, closed_error, dead_error
+from rillet.server.engine.prompt import PromptPolicy
 from rillet.server.engine.text import check_request
-from rillet.server.engine.trtllm.api import capabilities, check_gpus, executor_failure, import_api, llm_kwargs
+from rillet.server.engine.trtllm.api import (
+    capabilities,
+    check_gpus,
+    executor_failure,
+    guide,
+    guided_decoding,
+    import_api,
+    llm_kwargs,
+)
 from rillet.server.engine.trtllm.stream import Deltas, engine_timings
-from rillet.server.errors import DeadlineExceeded, EngineDead, Internal, InvalidArgument, RilletError, Unavailable
+from rillet.server.errors import DeadlineExceeded, EngineDead, Internal, InvalidArgument, RilletError
 from rillet.server.types import (
     GREEDY_BELOW_TEMPERATURE,
     ChatMessage,
@@ -28,7 +39,6 @@ from rillet.server.types import (
     ModelInfo,
     ModelKind,
     Prompt,
-    SamplingParams,
     TraceContext,
     Usage,
 )
@@ -88,7 +98,7 @@ class _Stream:
     cancelling: int = 0  # the task's pending cancellations before `_die` added its own
 
 
-class TrtllmEngine:
+class TrtllmEngine(EngineLifecycle):
     """Text generation on TensorRT-LLM's LLM API (PyTorch backend) with in-flight batching on NVIDIA GPUs.
 
     TensorRT-LLM owns the batching: up to `max_batch_size` sequences in flight, `max_num_tokens` per executor step,
@@ -97,18 +107,23 @@ class TrtllmEngine:
     (results arrive from TensorRT-LLM's dispatch thread; the GPU work runs in its worker processes).
 
     Stream contract specifics: prompts are tokenized here (text, token ids checked against the model's vocabulary,
-    chat through the model's template), so their length is known before submission; stop strings are matched here on
-    TensorRT-LLM's cumulative text and the request is aborted at the first match (TensorRT-LLM's own stop words
-    truncate token ids and can leave a stop word's prefix in the text); the ids of all deltas together number
-    `usage.output_tokens`. What the configured sampler cannot honour is refused (api.capabilities). Cancel,
-    disconnect and deadline all close the stream, and the stream's `finally` aborts the request then (never a poll).
-    With `return_perf_metrics`, TensorRT-LLM's own timing splits the time to the first token into engine queue and
-    prefill; without it, `prefill_seconds` runs from submission to the first output, queueing included.
+    chat through the model's template), so their length is known before submission (`PromptPolicy`); stop strings are
+    matched here on TensorRT-LLM's cumulative text and the request is aborted at the first match (TensorRT-LLM's own
+    stop words truncate token ids and can leave a stop word's prefix in the text); the ids of all deltas together
+    number `usage.output_tokens`. What the configured sampler cannot honour is refused (api.capabilities). Output
+    constraints go to TensorRT-LLM's guided decoding (`SamplingParams.guided_decoding`) when
+    `guided_decoding_backend` is llguidance, after llguidance itself validated them here (`constraints.Checker`), so a
+    bad one is INVALID_ARGUMENT before submission and never reaches the executor; with no backend every constrained
+    request is refused (TensorRT-LLM would drop the guide silently). Cancel, disconnect and deadline all close the
+    stream, and the stream's `finally` aborts the request then (never a poll). With `return_perf_metrics`,
+    TensorRT-LLM's own timing splits the time to the first token into engine queue and prefill; without it, the
+    finish carries `first_output_seconds` (submission to the first output, TensorRT-LLM's queueing included).
 
-    Death: a worker process that dies leaves 1.2.1's proxy unaware until its next submit, so while streams are in
-    flight the engine asks every HEALTH_POLL_SECONDS (`executor_failure`); `healthy()` asks too. Once dead, every stream
-    fails with EngineDead (those waiting on TensorRT-LLM at once), and so does every new one: the server drains and
-    exits non-zero, as for the other engines.
+    Lifecycle (EngineLifecycle): NEW → STARTING (loading, then a warm-up request) → SERVING; a stream asked before
+    then is refused ENGINE_NOT_STARTED. Death: a worker process that dies leaves 1.2.1's proxy unaware until its next
+    submit, so while streams are in flight the engine asks every HEALTH_POLL_SECONDS (`executor_failure`);
+    `healthy()` asks too. Once dead, every stream fails with EngineDead (those waiting on TensorRT-LLM at once), and so
+    does every new one: the server drains and exits non-zero, as for the other engines.
     """
 
     def __init__(self, config: TrtllmConfig) -> None:
@@ -123,15 +138,15 @@ class TrtllmEngine:
                 reason="ENGINE_CONFIG_INVALID",
             )
         self._kwargs = llm_kwargs(config, self._api)
-        self._capabilities = capabilities(config.sampler)
+        self._checker: Checker | None = guided_decoding(config)
+        self._capabilities = capabilities(config.sampler, guided=self._checker is not None)
         self._llm: LLM | None = None
-        self._vocab_size = 0
+        self._policy = PromptPolicy(vocab_size=0, context_length=config.max_seq_len)  # the vocabulary comes at start
         self._in_flight: dict[RequestOutput, _Stream] = {}
         self._drained = asyncio.Event()  # set whenever nothing is in flight
         self._death: str | None = None  # why the executor can serve nothing more, once it cannot
-        self._closed = False
         self._watchdog: asyncio.Task[None] | None = None
-        self._models = (self._model_info(supports_chat=False),)
+        super().__init__(ENGINE_NAME, (self._model_info(supports_chat=False),), config.max_batch_size)
 
     def _model_info(self, supports_chat: bool) -> ModelInfo:
         config = self._config
@@ -141,7 +156,7 @@ class TrtllmEngine:
             kind=ModelKind.TEXT_GENERATION,
             engine=ENGINE_NAME,
             description=f"{config.model} on TensorRT-LLM {self._api.version} (PyTorch backend, in-flight batching; "
-            f"{layout}; {config.sampler.value} sampler)",
+            f"{layout}; {config.sampler.value} sampler; guided decoding: {config.guided_decoding_backend.value})",
             context_length=config.max_seq_len,
             supports_chat=supports_chat,
             max_tokens_limit=config.max_seq_len - 1,
@@ -149,50 +164,39 @@ class TrtllmEngine:
         )
 
     @property
-    def name(self) -> str:
-        return ENGINE_NAME
-
-    @property
     def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
         return ModelKind.TEXT_GENERATION
 
-    @property
-    def models(self) -> Sequence[ModelInfo]:
-        return self._models
-
-    @property
-    def slots(self) -> int:
-        return self._config.max_batch_size
-
-    @property
-    def active(self) -> int:
-        """Requests submitted to TensorRT-LLM and not yet finished or aborted."""
-        return len(self._in_flight)
-
     def healthy(self) -> bool:
         """False once closed or once the executor died (asked of TensorRT-LLM itself on every call)."""
-        if self._death is None and not self._closed and self._llm is not None:
+        if super().healthy() and self._llm is not None:
             failure = executor_failure(self._llm)
             if failure is not None:
                 self._die(failure)
-        return not (self._death is not None or self._closed)
+        return super().healthy()
 
     async def start(self) -> None:
         """Load the model (TensorRT-LLM starts its executor), then warm up; EngineDead when either fails."""
-        if self._llm is not None:
-            raise RuntimeError("the trtllm engine was already started")
+        self._mark_starting()
         try:
             llm = await asyncio.to_thread(self._api.llm, **self._kwargs)  # minutes for a large model: off the loop
         except Exception as exc:
             self._death = f"TensorRT-LLM could not load {self._config.model!r}: {exc}"
+            self._mark_dead()
             raise EngineDead(self._death, reason="ENGINE_START_FAILED") from exc
         self._llm = llm
         self._watchdog = asyncio.get_running_loop().create_task(self._watch(), name="trtllm-watchdog")
         tokenizer = llm.tokenizer
         if tokenizer is None:
-            await self.aclose()
-            raise EngineDead("the trtllm engine needs the model's tokenizer (skip_tokenizer_init is not supported)")
-        self._vocab_size = _vocabulary(llm, tokenizer)
+            await self._fail_start(
+                "the trtllm engine needs the model's tokenizer (skip_tokenizer_init is not supported)"
+            )
+        config = self._config
+        self._policy = PromptPolicy(
+            vocab_size=_vocabulary(llm, tokenizer),
+            context_length=config.max_seq_len,
+            max_prompt_tokens=None if config.enable_chunked_prefill else config.max_num_tokens,
+        )
         try:
             tokenizer.get_chat_template()
             supports_chat = True
@@ -202,19 +206,25 @@ class TrtllmEngine:
         try:
             await self._warm_up()
         except RilletError as exc:
-            await self.aclose()
-            self._death = f"the trtllm engine failed its warm-up request: {exc.message}"
-            raise EngineDead(self._death) from exc
+            await self._fail_start(f"the trtllm engine failed its warm-up request: {exc.message}", exc)
+        self._mark_serving()
+
+    async def _fail_start(self, why: str, cause: BaseException | None = None) -> NoReturn:
+        """The loaded engine cannot serve: DEAD, its executor shut down, and EngineDead saying why."""
+        self._death = why
+        self._mark_dead()
+        await self.aclose()
+        raise EngineDead(why) from cause
 
     async def _warm_up(self) -> None:
         """One short greedy generation through the whole path (CUDA graphs, sampler, detokenizer) before SERVING."""
         request = GenerationRequest("trtllm-warm-up", self._models[0].name, "Hello", 2)
-        async for _ in self._generate(request):
+        async for _ in self._generate(request, warm_up=True):
             pass
 
     async def aclose(self) -> None:
         """Abort what is in flight (those streams end CANCELLED) and release the executor and its GPU memory."""
-        self._closed = True
+        self._mark_closed()
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._death is None:  # a dead executor answers nothing: its streams fail on their own
@@ -230,20 +240,20 @@ class TrtllmEngine:
     def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         return self._generate(request)
 
-    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
+    async def _generate(self, request: GenerationRequest, *, warm_up: bool = False) -> AsyncGenerator[TextEvent, None]:
         check_request(request, self._capabilities)
-        if request.constraint is not None:  # TensorRT-LLM's guided decoding is not wired in: refused, never ignored
-            refusal = self._capabilities.refusal(SamplingParams(), None, request.constraint)
-            if refusal is not None:
-                raise refusal
-        llm = self._running()
+        llm = self._running(warm_up)
+        if request.constraint is not None:
+            assert self._checker is not None  # check_request refused every constraint without a backend
+            await self._checker.check(request.constraint)
         prompt_ids = await self._prompt_ids(llm, request.prompt)
-        self._check_length(len(prompt_ids), request.max_tokens)
+        self._policy.check_length(len(prompt_ids), request.max_tokens)
         params = self._sampling_params(request)
         submitted = time.perf_counter()
         result = self._submit(llm, prompt_ids, params, request)
         stream = _Stream(result)
         self._in_flight[result] = stream
+        self._active = len(self._in_flight)
         self._drained.clear()
         deltas = Deltas(request.stop, request.top_logprobs)
         first_output: float | None = None
@@ -279,10 +289,14 @@ class TrtllmEngine:
                     # GenerationResultBase.cached_tokens: prompt tokens served from reused KV blocks
                     cached_input_tokens=result.cached_tokens,
                 )
-                queue, prefill = engine_timings(completion) or (0.0, first_output)
+                timings = engine_timings(completion)
                 # Our own stop match aborts a request TensorRT-LLM has not finished; `active` drops before the finish
                 self._release(result, abort=not ended)
-                yield EngineFinished(reason, usage, matched or "", prefill, queue)
+                if timings is None:  # no perf metrics: submission to the first output, TensorRT-LLM's queue included
+                    yield EngineFinished(reason, usage, matched or "", first_output_seconds=first_output)
+                else:
+                    queue, prefill = timings
+                    yield EngineFinished(reason, usage, matched or "", prefill, queue)
                 return
             ended = True
             raise Internal("TensorRT-LLM ended the stream before the request finished", reason="ENGINE_STREAM_ENDED")
@@ -300,13 +314,14 @@ class TrtllmEngine:
             # disconnect (GeneratorExit or CancelledError at a yield above). Aborting frees the slot and KV now.
             self._release(result, abort=not ended and self._death is None)
 
-    def _running(self) -> LLM:
-        if self._closed:
-            raise Unavailable("the trtllm engine is closed", reason="ENGINE_CLOSED")
+    def _running(self, warm_up: bool) -> LLM:
+        """The LLM a new stream runs on, or why none may run now (one reason per lifecycle state)."""
+        if warm_up and self.state is State.STARTING and self._llm is not None:
+            return self._llm
         if self._death is not None:
             raise self._dead_error()
-        if self._llm is None:
-            raise Unavailable("the trtllm engine is not started", reason="WARMING_UP")
+        self.check_serving()
+        assert self._llm is not None  # SERVING: loaded, and not yet closed
         return self._llm
 
     async def _watch(self) -> None:
@@ -330,6 +345,7 @@ class TrtllmEngine:
             return
         log.error("trtllm: %s; every request in flight fails, and the server stops", failure)
         self._death = failure
+        self._mark_dead()
         for stream in self._in_flight.values():
             task = stream.waiting
             if task is not None and not stream.killed:
@@ -338,7 +354,7 @@ class TrtllmEngine:
                 task.cancel()
 
     def _dead_error(self) -> EngineDead:
-        return EngineDead(f"the trtllm engine's executor has stopped: {self._death}")
+        return dead_error(ENGINE_NAME, f"can serve no more: its executor has stopped ({self._death})")
 
     def _fatal(self, llm: LLM, exc: BaseException) -> EngineDead | None:
         """EngineDead when `exc` came with the executor's death, else None.
@@ -363,13 +379,7 @@ class TrtllmEngine:
                 ids = tokenizer.encode(prompt, add_special_tokens=True)
         elif prompt and isinstance(prompt[0], int):
             ids = [int(t) for t in prompt if isinstance(t, int)]
-            bad = next((t for t in ids if not 0 <= t < self._vocab_size), None)
-            if bad is not None:  # an id past the embedding table is a device-side fault on the GPU: refuse it here
-                raise InvalidArgument(
-                    f"token id {bad} is outside the vocabulary (0..{self._vocab_size - 1})",
-                    field="params.token_ids",
-                    reason="TOKEN_ID_OUT_OF_RANGE",
-                )
+            self._policy.check_ids(ids)  # an id past the embedding table is a device-side fault on the GPU
         else:
             messages = [{"role": m.role, "content": m.content} for m in prompt if isinstance(m, ChatMessage)]
             try:
@@ -379,27 +389,8 @@ class TrtllmEngine:
             except (ValueError, self._api.template_error) as exc:  # no template, or one that refuses these turns
                 raise InvalidArgument(str(exc), field="params.chat", reason="CHAT_TEMPLATE_UNSUPPORTED") from None
             ids = list(encoded)
-        if not ids:
-            raise InvalidArgument("the prompt has no tokens", field="params.prompt", reason="EMPTY_PROMPT")
+        self._policy.check_not_empty(len(ids))
         return ids
-
-    def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
-        limit = self._config.max_seq_len
-        if prompt_tokens + max_tokens > limit:
-            raise InvalidArgument(
-                f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds max_seq_len {limit}",
-                field="params.prompt",
-                reason="PROMPT_TOO_LONG",
-                metadata={"prompt_tokens": str(prompt_tokens), "context_length": str(limit)},
-            )
-        if not self._config.enable_chunked_prefill and prompt_tokens > self._config.max_num_tokens:
-            raise InvalidArgument(
-                f"prompt of {prompt_tokens} tokens exceeds max_num_tokens {self._config.max_num_tokens} "
-                "(chunked prefill is off)",
-                field="params.prompt",
-                reason="PROMPT_TOO_LONG",
-                metadata={"prompt_tokens": str(prompt_tokens), "max_num_tokens": str(self._config.max_num_tokens)},
-            )
 
     def _sampling_params(self, request: GenerationRequest) -> TrtSamplingParams:
         """TensorRT-LLM's SamplingParams for the request; a ValueError from its checks is INVALID_ARGUMENT.
@@ -425,6 +416,8 @@ class TrtllmEngine:
             options["repetition_penalty"] = sampling.repetition_penalty
         if request.top_logprobs is not None:
             options["logprobs"] = max(1, request.top_logprobs)  # 0 would mean none: ask for one, report the token's
+        if request.constraint is not None:
+            options["guided_decoding"] = self._api.guided_decoding_params(**guide(request.constraint))
         try:
             return self._api.sampling_params(**options)
         except ValueError as exc:
@@ -446,8 +439,8 @@ class TrtllmEngine:
                 cache_salt=request.cache_scope or None,  # KV blocks are reused only under the same salt
             )
         except Exception as exc:
-            if self._closed:
-                raise Unavailable("the trtllm engine is closed", reason="ENGINE_CLOSED") from None
+            if self.state is State.CLOSED:
+                raise closed_error(ENGINE_NAME) from None
             dead = self._fatal(llm, exc)  # "LLM is shutting down", or a dead worker's queued error of any type
             if dead is not None:
                 raise dead from exc
@@ -469,8 +462,12 @@ class TrtllmEngine:
         raise Internal(f"TensorRT-LLM finished the request without a known finish reason ({reason!r})")
 
     def _release(self, result: RequestOutput, *, abort: bool) -> None:
-        """Forget a request (idempotent); abort it in TensorRT-LLM first unless TensorRT-LLM ended it."""
+        """Forget a request (idempotent); abort it in TensorRT-LLM first unless TensorRT-LLM ended it.
+
+        `active` counts the requests submitted to TensorRT-LLM and not yet released (`_in_flight`).
+        """
         if self._in_flight.pop(result, None) is not None:
+            self._active = len(self._in_flight)
             if abort:
                 self._abort(result)
             if not self._in_flight:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rillet.server.engine.text import StopMatcher
+from rillet.server.engine.text import TextDecoder
 from rillet.server.errors import Internal
 from rillet.server.types import TokenDelta, TokenLogprob, TokenLogprobs
 
@@ -75,18 +75,17 @@ class Deltas:
     Invariants: `sent_ids` token ids have been emitted, and they are a prefix of the engine's `token_ids`. Those only
     grow from one response to the next: the one place TensorRT-LLM truncates them is a STOP_WORDS finish (Rillet
     passes no stop words, but `_setup` adds the generation config's extra EOS ids, Llama 3's <|eot_id|>), and it cuts
-    the stop word in the same fold that appended it, so never below what an earlier response showed. The text fed to
-    the StopMatcher is a prefix of the engine's `text` (append-only: its incremental detokenizer holds back
-    incomplete UTF-8), and what the matcher still holds is the only fed text not yet emitted. `token_ids_diff`/
+    the stop word in the same fold that appended it, so never below what an earlier response showed. The text goes
+    through `TextDecoder.feed_cumulative` (TensorRT-LLM's `text` is append-only: its incremental detokenizer holds
+    back incomplete UTF-8), so what the decoder holds is the only fed text not yet emitted. `token_ids_diff`/
     `text_diff` are never read: with more than one output they are stale (TensorRT-LLM's own gRPC servers compute
     deltas the same way), and a postprocess worker's output replaces the whole CompletionOutput.
     """
 
     def __init__(self, stop: Sequence[str], top_logprobs: int | None) -> None:
-        self._stops = StopMatcher(stop)
+        self._text = TextDecoder(stop)
         self._top = top_logprobs
         self.sent_ids = 0
-        self._fed_chars = 0
 
     def step(self, output: CompletionOutput, final: bool) -> tuple[TokenDelta | None, str | None]:
         """The delta this output adds (None when nothing is new) and the stop string matched, if any."""
@@ -97,11 +96,9 @@ class Deltas:
         if self._top is not None and new_ids:
             logprobs = token_logprobs(token_ids, output.logprobs, self.sent_ids, end, self._top)
         self.sent_ids = max(self.sent_ids, end)
-        text = output.text
-        check = self._stops.feed(text[self._fed_chars :])
-        self._fed_chars = max(self._fed_chars, len(text))
+        check = self._text.feed_cumulative(output.text)
         emit = check.emit
         if final and check.matched is None:
-            emit += self._stops.flush()
+            emit += self._text.finish().emit  # text in, never bytes: no UTF-8 tail that could complete a stop string
         delta = TokenDelta(emit, new_ids, logprobs) if emit or new_ids else None
         return delta, check.matched
