@@ -40,6 +40,25 @@ export enum FinishReason {
 }
 
 /**
+ * How urgently a request wants an engine slot. When requests wait for a slot,
+ * the interactive ones are admitted first; batch requests take the slots
+ * interactive ones leave, and are never starved: while both classes wait, at
+ * least one freed slot in every few goes to the oldest batch request (the
+ * server's `batch_every` setting, 4 by default), so a batch request's wait is
+ * bounded by its place in the batch queue, not by the interactive load. A
+ * tenant's share of each queue holds for both classes.
+ */
+export enum Priority {
+  /** PRIORITY_UNSPECIFIED - Interactive, the default. */
+  PRIORITY_UNSPECIFIED = 0,
+  /** PRIORITY_INTERACTIVE - A person or a live pipeline waits for the first output. */
+  PRIORITY_INTERACTIVE = 1,
+  /** PRIORITY_BATCH - Throughput work that may wait (offline jobs, evaluations, backfills). */
+  PRIORITY_BATCH = 2,
+  UNRECOGNIZED = -1,
+}
+
+/**
  * W3C trace context (https://www.w3.org/TR/trace-context/) for one request, so
  * requests multiplexed on one session can belong to different traces.
  */
