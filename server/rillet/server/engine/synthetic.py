@@ -17,6 +17,7 @@ from rillet.server.errors import InvalidArgument, Unavailable
 from rillet.server.observer import StepReporter
 from rillet.server.types import (
     GREEDY_BELOW_TEMPERATURE,
+    ChatMessage,
     EngineFinished,
     FinishReason,
     GenerationRequest,
@@ -46,6 +47,9 @@ VOCABULARY = (
     "green", "fields", "beyond", "hills", "with", "rain", "clouds", "café", "naïve", "über", "日本", "🦩",
 )  # fmt: skip
 """The words the engine emits, one per token; the last five are multibyte in UTF-8 (2, 3 and 4 bytes a character)."""
+
+
+_WORD_IDS = {word: index for index, word in enumerate(VOCABULARY)}
 
 
 def synthetic_token(seed: int, index: int) -> int:
@@ -189,6 +193,29 @@ class SyntheticEngine:
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         return self._generate(request)
+
+    def tokenize(self, model: str, prompt: str | tuple[ChatMessage, ...]) -> list[int]:
+        """base.Tokenizing: one token per whitespace-separated word, as a text prompt is counted for its usage.
+
+        A word of VOCABULARY is its index; any other word a stable index from its CRC-32 (a TEST tokenizer: text of
+        other words does not come back from `detokenize`). The model has no chat template, so chat is refused.
+        """
+        if not isinstance(prompt, str):
+            raise InvalidArgument(
+                "this model has no chat template; send a text prompt", field="chat", reason="CHAT_TEMPLATE_MISSING"
+            )
+        return [_WORD_IDS.get(word, zlib.crc32(word.encode()) % len(VOCABULARY)) for word in prompt.split()]
+
+    def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
+        """base.Tokenizing: each id's word and a space, as the engine streams them."""
+        for token in token_ids:
+            if not 0 <= token < len(VOCABULARY):
+                raise InvalidArgument(
+                    f"token id {token} is outside the vocabulary (0..{len(VOCABULARY) - 1})",
+                    field="token_ids",
+                    reason="TOKEN_ID_OUT_OF_RANGE",
+                )
+        return "".join(VOCABULARY[token] + " " for token in token_ids)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         """The step loop runs on the event loop of the first caller (start, or a stream before it)."""
