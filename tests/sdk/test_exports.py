@@ -15,6 +15,7 @@ EXPECTED = {
     "RequestCancelledError", "RequestStream", "ResourceExhaustedError", "RilletError", "Session",
     "SynthesizeOptions", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions",
     "TokenDelta", "TokenLogprob", "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError", "Usage",
+    "EngineInfo", "EngineLoad", "Priority", "ServerInfo", "ServerLoad", "TokenCount",
 }  # fmt: skip
 
 

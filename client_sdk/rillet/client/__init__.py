@@ -5,6 +5,7 @@ import warnings as _warnings
 
 from rillet.client._channel import ChannelConfig, KeepAlive
 from rillet.client._client import Client
+from rillet.client._control import EngineInfo, EngineLoad, ServerInfo, ServerLoad, TokenCount
 from rillet.client._errors import (
     AlreadyExistsError,
     DeadlineExceededError,
@@ -31,6 +32,7 @@ from rillet.client._types import (
     GenerateResult,
     Model,
     ModelKind,
+    Priority,
     SynthesizeResult,
     TextCapabilities,
     Timings,
@@ -47,6 +49,8 @@ __all__ = [
     "ChatMessage",
     "Client",
     "DeadlineExceededError",
+    "EngineInfo",
+    "EngineLoad",
     "FinishReason",
     "Finished",
     "GenerateOptions",
@@ -58,11 +62,14 @@ __all__ = [
     "Model",
     "ModelKind",
     "NotFoundError",
+    "Priority",
     "ProtocolError",
     "RequestCancelledError",
     "RequestStream",
     "ResourceExhaustedError",
     "RilletError",
+    "ServerInfo",
+    "ServerLoad",
     "Session",
     "SynthesizeOptions",
     "SynthesizeResult",
@@ -70,6 +77,7 @@ __all__ = [
     "TextCapabilities",
     "Timings",
     "TlsOptions",
+    "TokenCount",
     "TokenDelta",
     "TokenLogprob",
     "TokenLogprobs",

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar
 
+from rillet.client._types import Priority
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerateOptions:
@@ -21,6 +23,8 @@ class GenerateOptions:
     - `stop`: strings that end the generation when generated (left out of the output).
     - `top_logprobs`: each token comes with the log-probabilities of this many most likely alternatives.
     - `timeout`: seconds the request may take: a one-shot call's deadline, or a session request's own limit.
+    - `priority`: its admission class (Priority.BATCH waits behind interactive requests, never starved); None is the
+      server's default, interactive.
     - `traceparent`, `tracestate`: the W3C trace context the request joins; unset, the caller's current
       OpenTelemetry context (with opentelemetry-api installed).
     """
@@ -36,6 +40,7 @@ class GenerateOptions:
     stop: Sequence[str] = ()
     top_logprobs: int | None = None
     timeout: float | None = None
+    priority: Priority | None = None
     traceparent: str = ""
     tracestate: str = ""
 
@@ -59,6 +64,7 @@ class GenerateFields(TypedDict, total=False):
     stop: Sequence[str]
     top_logprobs: int | None
     timeout: float | None
+    priority: Priority | None
     traceparent: str
     tracestate: str
 
@@ -70,13 +76,14 @@ class SynthesizeOptions:
     - `voice`: the voice's name; "" for the server's default voice.
     - `sample_rate_hertz`: the audio's rate; 0 for the voice's own.
     - `max_chunk_s`: the longest audio chunk, in seconds; None for the server's default.
-    - `timeout`, `traceparent`, `tracestate`: as in GenerateOptions.
+    - `timeout`, `priority`, `traceparent`, `tracestate`: as in GenerateOptions.
     """
 
     voice: str = ""
     sample_rate_hertz: int = 0
     max_chunk_s: float | None = None
     timeout: float | None = None
+    priority: Priority | None = None
     traceparent: str = ""
     tracestate: str = ""
 
@@ -88,6 +95,7 @@ class SynthesizeFields(TypedDict, total=False):
     sample_rate_hertz: int
     max_chunk_s: float | None
     timeout: float | None
+    priority: Priority | None
     traceparent: str
     tracestate: str
 

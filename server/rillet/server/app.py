@@ -92,8 +92,9 @@ def tune_collector(gen0_threshold: int) -> None:
 
 
 def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
-    """gRPC's max_connection_age (and its grace), when set: old connections get a GOAWAY, so clients reconnect and
-    re-resolve, and find replicas added since (a Kubernetes scale-out) without restarting.
+    """The server's max_connection_age (and its grace) options, when set: old connections get a GOAWAY.
+
+    So clients reconnect and re-resolve, and find replicas added since (a Kubernetes scale-out) without restarting.
 
     The GOAWAY ends no call: calls open on the old connection go on (for the grace, when one is set), new ones go on
     a new connection. gRPC adds ±10% jitter to the age, so a fleet's clients do not all reconnect at once.

@@ -160,6 +160,7 @@ async def _serve(settings: Settings, exports: Exports) -> int:
     try:
         server = RilletServer(settings, observer=telemetry.observer, guards=[telemetry.rpc])
         telemetry.watch(server.router.engines)
+        telemetry.watch_load(server.load.gauges)
         return await run_server(settings, server)
     finally:
         telemetry.shutdown()  # after the drain: the last spans and metrics are exported

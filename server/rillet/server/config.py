@@ -236,8 +236,10 @@ class SchedulerConfig(BaseModel, frozen=True):
         "oldest batch request (batch is never starved); the others go to interactive requests",
     )
     batch_queue_share: float = Field(
-        0.75, gt=0, le=1, description="the part of each engine's queue batch requests may fill (room is left for "
-        "interactive ones)"
+        0.75,
+        gt=0,
+        le=1,
+        description="the part of each engine's queue batch requests may fill (room is left for interactive ones)",
     )
 
 

@@ -12,7 +12,7 @@ from rillet.server.engine.base import KvCacheReporting
 from rillet.server.scheduler import Router
 from rillet.server.types import ModelKind
 
-__all__ = ["EngineLoad", "LoadBoard", "ServerLoad", "utilization"]
+__all__ = ["EngineGauges", "EngineLoad", "LoadBoard", "ServerLoad", "utilization"]
 
 SAMPLE_GAP_S = 0.5
 """Counters are sampled at most this often (when the load is read: there is no timer); rates span the samples."""
@@ -57,6 +57,16 @@ class ServerLoad:
     cpu_utilization: float
     open_calls: int
     draining: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EngineGauges:
+    """One engine's instantaneous load: what routers outside gRPC read from Prometheus (telemetry/instruments.py)."""
+
+    engine: str
+    running: int
+    waiting: int
+    kv_cache_utilization: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +146,23 @@ class LoadBoard:
             open_calls=self._open_calls(),
             draining=self._draining(),
         )
+
+    def gauges(self) -> list[EngineGauges]:
+        """Each engine's running and waiting requests and KV cache use, as `snapshot` reports them.
+
+        Safe from any thread (a metrics exporter's): it reads counters and touches none of the rate samples.
+        """
+        if not self._router.started:
+            return []
+        return [
+            EngineGauges(
+                engine.name,
+                admission.running,
+                admission.queued,
+                engine.kv_cache_utilization() if isinstance(engine, KvCacheReporting) else None,
+            )
+            for engine, admission, _ in self._router.queues()
+        ]
 
     def _advance(self, now: _Sample) -> _Sample:
         """Keep `now` as a sample when the last is SAMPLE_GAP_S old, drop those past the window; the base to use."""

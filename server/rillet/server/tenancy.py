@@ -186,7 +186,7 @@ _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("rillet_tenant", d
 
 
 def current_tenant() -> str:
-    """The tenant the call being handled acts for ("" without token auth): set by the auth gate in the handler's task."""
+    """The tenant the call being handled acts for ("" without token auth): set by the auth gate, in its task."""
     return _tenant.get()
 
 

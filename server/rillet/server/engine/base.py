@@ -1,5 +1,8 @@
-"""The engine protocols: what every backend shares (EngineBase), the TextEngine and SpeechEngine seams, and the
-optional capabilities an engine may add (Tokenizing, KvCacheReporting), found with isinstance, never hasattr."""
+"""The engine protocols: what every backend shares, the text and speech seams, and optional capabilities.
+
+EngineBase is what every backend shares, TextEngine and SpeechEngine the two seams; an engine may add the optional
+capabilities (Tokenizing, KvCacheReporting), which the server finds with isinstance, never hasattr.
+"""
 
 from __future__ import annotations
 

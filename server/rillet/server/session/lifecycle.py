@@ -27,8 +27,10 @@ class Drainable(Protocol):
 
 
 class Lifecycle:
-    """Server-wide state that sessions consult: whether the server drains, which sessions are open, and the
-    requests in flight by tenant (`requests`, for ControlService.Abort)."""
+    """Server-wide state that sessions consult: whether the server drains, which sessions are open.
+
+    And the requests in flight by tenant (`requests`, a RequestRegistry, for ControlService.Abort).
+    """
 
     def __init__(self, on_engine_dead: Callable[[], None] = lambda: None) -> None:
         self.draining = False

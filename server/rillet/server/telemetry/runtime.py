@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -18,6 +18,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, start_http_server
 
 from rillet.server.config import TelemetryConfig
+from rillet.server.load import EngineGauges
 from rillet.server.observer import Batching
 from rillet.server.telemetry import semconv as sc
 from rillet.server.telemetry.fastpath.histograms import Histograms, WithHistograms
@@ -127,6 +128,10 @@ class Telemetry:
         for engine in watched:
             if isinstance(engine, Batching):
                 engine.step_reporter.listen(functools.partial(self.instruments.batch_size.record, (engine.name,)))
+
+    def watch_load(self, gauges: Callable[[], Iterable[EngineGauges]]) -> None:
+        """Gauge the engines' running and waiting requests and KV cache use, as the load reports (load.LoadBoard)."""
+        self.instruments.observe_load(gauges)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Export what is pending now: spans (through the exporter child) and a collection of every metric reader."""

@@ -37,7 +37,10 @@ OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "xds.service.orca.v3.OpenRca
 """Services any caller may use without a token."""
 
 HELD_METHODS = frozenset(
-    (*(f"/{SERVICE_NAME}/{method}" for method in ("Session", "Generate", "Synthesize")), "/rillet.v1.ControlService/WatchLoad")
+    (
+        *(f"/{SERVICE_NAME}/{method}" for method in ("Session", "Generate", "Synthesize")),
+        "/rillet.v1.ControlService/WatchLoad",
+    )
 )
 """Calls counted in the tenant ledger while they are open (they hold engine work or a stream; ListModels does not)."""
 

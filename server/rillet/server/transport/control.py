@@ -112,7 +112,7 @@ async def _unary(serve: Callable[[], Awaitable[R]], context: Context) -> R:
 
 def add_to_server(servicer: ControlServicer, server: Registry) -> None:
     """Register the service with no request deserializer: each method parses its raw bytes (servicer.py's reason)."""
-    unary = {
+    unary: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name), response_serializer=lambda message: message.SerializeToString()
         )

@@ -64,7 +64,7 @@ _FINISH_REASONS = {
     FinishReason.STOP_SEQUENCE: common_pb2.FINISH_REASON_STOP_SEQUENCE,
     FinishReason.CANCELLED: common_pb2.FINISH_REASON_CANCELLED,
 }
-_PRIORITIES = {
+_PRIORITIES: dict[int, Priority] = {
     common_pb2.PRIORITY_UNSPECIFIED: Priority.INTERACTIVE,
     common_pb2.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
     common_pb2.PRIORITY_BATCH: Priority.BATCH,

@@ -37,7 +37,7 @@ TRAILER_REFRESH_S = 0.25
 """Per-call reports reuse one serialized report for this long: a call's trailer costs no snapshot of its own."""
 
 
-def _message_classes() -> tuple[type[Message], type[Message]]:
+def _message_classes() -> tuple[Any, Any]:
     data = resources.files("rillet.server.transport").joinpath("xds/orca.binpb").read_bytes()
     pool = descriptor_pool.DescriptorPool()
     for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
@@ -98,9 +98,11 @@ class StreamSlots:
 
 
 class OrcaService:
-    """StreamCoreMetrics: a report at once, then one every interval (the client's, raised to the configured minimum,
-    as gRFC A51 asks of a server), until the client leaves or the server drains (the stream then ends OK and the
-    client, which retries any end with backoff, reconnects to a serving replica)."""
+    """StreamCoreMetrics: a report at once, then one every interval, until the client leaves or the server drains.
+
+    The interval is the client's, raised to the configured minimum, as gRFC A51 asks of a server. On a drain the
+    stream ends OK, and the client, which retries any end with backoff, reconnects to a serving replica.
+    """
 
     def __init__(self, board: LoadBoard, config: LoadConfig, slots: StreamSlots, draining: Callable[[], bool]) -> None:
         self._board = board
@@ -143,12 +145,12 @@ class OrcaService:
             ) from None
         interval = message.report_interval
         asked = interval.seconds + interval.nanos / 1e9
-        return max(asked, self._min_interval_s)
+        return max(float(asked), self._min_interval_s)
 
 
 def add_to_server(service: OrcaService, server: grpc.aio.Server) -> None:
     """Register StreamCoreMetrics on `server` directly: open like grpc.health.v1 (transport/auth.py)."""
-    handler = grpc.unary_stream_rpc_method_handler(service.StreamCoreMetrics)  # raw bytes in and out
-    handlers = {"StreamCoreMetrics": handler}
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(service.StreamCoreMetrics)
+    handlers = {"StreamCoreMetrics": handler}  # raw bytes in and out
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
