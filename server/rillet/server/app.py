@@ -155,7 +155,7 @@ class RilletServer:
         )
         self.control = Control(self.router, settings.limits, self.lifecycle, self.load)
         self._report_streams = orca.StreamSlots(settings.load.max_streams)
-        self.orca = orca.OrcaService(self.load, settings.load, self._report_streams, self._draining)
+        self.orca = orca.OrcaService(self.load, settings.load, self._report_streams)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Task[None] | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
@@ -98,17 +98,17 @@ class StreamSlots:
 
 
 class OrcaService:
-    """StreamCoreMetrics: a report at once, then one every interval, until the client leaves or the server drains.
+    """StreamCoreMetrics: a report at once, then one every interval, until the client leaves or the server stops.
 
-    The interval is the client's, raised to the configured minimum, as gRFC A51 asks of a server. On a drain the
-    stream ends OK, and the client, which retries any end with backoff, reconnects to a serving replica.
+    The interval is the client's, raised to the configured minimum, as gRFC A51 asks of a server. A draining server
+    goes on reporting (its health says NOT_SERVING, which takes it out of the clients' picks) until it stops; gRPC
+    clients treat any end of the stream as an error and retry it with backoff.
     """
 
-    def __init__(self, board: LoadBoard, config: LoadConfig, slots: StreamSlots, draining: Callable[[], bool]) -> None:
+    def __init__(self, board: LoadBoard, config: LoadConfig, slots: StreamSlots) -> None:
         self._board = board
         self._min_interval_s = config.min_interval_s
         self._slots = slots
-        self._draining = draining
         self._trailer: tuple[tuple[str, bytes], ...] = ()
         self._trailer_at = -TRAILER_REFRESH_S
 
@@ -121,7 +121,7 @@ class OrcaService:
         except (InvalidArgument, ResourceExhausted) as error:
             await abort(context, error)
         try:
-            while not self._draining():
+            while True:
                 yield report(self._board.snapshot()).SerializeToString()
                 await asyncio.sleep(interval_s)
         finally:
