@@ -27,9 +27,7 @@ def report_fixed(server: RilletServer, utilization: float) -> None:
 
 
 async def three(make_server: ServerFactory) -> list[RilletServer]:
-    return [
-        await make_server(synthetic={"model_name": f"backend-{n}"}, load={"min_interval_s": 0.2}) for n in range(3)
-    ]
+    return [await make_server(synthetic={"model_name": f"backend-{n}"}, load={"min_interval_s": 0.2}) for n in range(3)]
 
 
 async def split(client: Client, calls: int = CALLS) -> collections.Counter[str]:

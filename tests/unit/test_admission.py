@@ -161,7 +161,9 @@ async def hold_class(
         await release.wait()
 
 
-async def run_one_at_a_time(admission: Admission, gate: asyncio.Event, waiters: list[tuple[str, Priority]]) -> list[str]:
+async def run_one_at_a_time(
+    admission: Admission, gate: asyncio.Event, waiters: list[tuple[str, Priority]]
+) -> list[str]:
     """Queue `waiters` in order behind a held slot, then free the slot: the order they were admitted in."""
     started: list[str] = []
     go = asyncio.Event()
