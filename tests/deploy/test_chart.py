@@ -244,7 +244,7 @@ def test_the_inference_pool_matches_its_crd_and_selects_the_pods_it_labels(
 def test_the_crd_schema_catches_a_misspelt_or_missing_field(rendered: dict[str, list[dict[str, Any]]]) -> None:
     pool = one(rendered["all-features"], "InferencePool")
     misspelt = {**pool, "spec": {**pool["spec"], "targetPort": [{"number": 50051}]}}
-    with pytest.raises(AssertionError, match="spec.targetPort"):
+    with pytest.raises(AssertionError, match=r"spec\.targetPort"):
         validate_inference_pool(misspelt)
     missing = {**pool, "spec": {k: v for k, v in pool["spec"].items() if k != "targetPorts"}}
     with pytest.raises(jsonschema.ValidationError):

@@ -130,9 +130,11 @@ async def test_abort_reaches_one_shot_calls_by_their_request_id_and_all_of_a_ten
             ended = await supervisor.abort_all()
             assert sorted(ended) == ["batch-1", second.request_id]
             items = [item async for item in iterator]
-            assert isinstance(items[-1], Finished) and items[-1].reason is FinishReason.CANCELLED
+            assert isinstance(items[-1], Finished)
+            assert items[-1].reason is FinishReason.CANCELLED
             rest = [item async for item in second_items]
-            assert isinstance(rest[-1], Finished) and rest[-1].reason is FinishReason.CANCELLED
+            assert isinstance(rest[-1], Finished)
+            assert rest[-1].reason is FinishReason.CANCELLED
     await eventually(lambda: server.router.active() == 0)
 
 
@@ -234,7 +236,7 @@ async def test_orca_reports_out_of_band_what_the_load_says(make_server: ServerFa
 
 
 async def test_per_call_reports_ride_in_one_shot_trailers_when_asked(make_server: ServerFactory) -> None:
-    """Read with grpcurl (grpc-go): gRPC C-core keeps endpoint-load-metrics-bin for its balancer, out of Python's sight."""
+    """Read with grpcurl (grpc-go): C-core keeps endpoint-load-metrics-bin for its balancer, out of Python's sight."""
     server = await make_server(load={"per_call_reports": True})
     grpcurl = str(ROOT / ".tools" / "bin" / "grpcurl")
     request = '{"params": {"text": "hi", "max_tokens": 2}}'

@@ -64,4 +64,5 @@ async def test_unweighted_balancing_ignores_the_reports(make_server: ServerFacto
     async with Client.connect([f"127.0.0.1:{s.port}" for s in servers], weighted=False) as client:
         await asyncio.sleep(3)  # as long as the weighted test's blackout: reports would count by now
         seen = await split(client, 300)
-    assert len(seen) == 3 and max(seen.values()) - min(seen.values()) <= 3, seen  # round_robin: each in turn
+    assert len(seen) == 3, seen
+    assert max(seen.values()) - min(seen.values()) <= 3, seen  # round_robin: each in turn

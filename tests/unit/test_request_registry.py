@@ -50,9 +50,11 @@ async def test_release_is_once_and_never_removes_a_newer_request_with_the_same_i
     registry.release("", old)  # the session's second way of forgetting it: nothing
     assert len(registry) == 1
     assert registry.abort("", "r") == ["r"]
-    assert new.cancel_reason is CancelReason.ABORTED and old.cancel_reason is None
+    assert new.cancel_reason is CancelReason.ABORTED
+    assert old.cancel_reason is None
     registry.release("", new)
-    assert len(registry) == 0 and registry._tenants == {}  # nothing left behind for idle tenants
+    assert len(registry) == 0
+    assert registry._tenants == {}  # nothing left behind for idle tenants
     registry.release("", request("never-added"))
     assert len(registry) == 0
     old.task.cancel()  # type: ignore[union-attr]
