@@ -7,6 +7,7 @@ import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 from pathlib import Path
 
 import grpc
@@ -174,7 +175,7 @@ async def test_load_and_its_watch_count_running_waiting_and_throughput(make_serv
         watched = client.watch_load(interval=0.01)  # raised to the server's minimum (0.5 s)
         first = await anext(watched)
         assert first.engines[0].running == 1
-        await running_items.aclose()
+        await running.aclose()
         assert (await waiting.collect()).finished.reason is FinishReason.LENGTH
         later = await anext(watched)
         assert later.time - first.time >= 0.45
@@ -194,12 +195,12 @@ async def test_report_streams_are_bounded(make_server: ServerFactory) -> None:
         await eventually(lambda: server._report_streams.open == 0)
 
 
-async def orca_reports(server: RilletServer, count: int, interval_s: float = 0.0) -> list[object]:
+async def orca_reports(server: RilletServer, count: int, interval_s: float = 0.0) -> list[Any]:
     """`count` out-of-band ORCA reports, read as a raw gRPC client reads them (no token: the service is open)."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         request = orca.OrcaLoadReportRequest()
         request.report_interval.nanos = int(interval_s * 1e9)  # the message's own Duration: a pool of its own
-        call = channel.unary_stream(f"/{orca.SERVICE_NAME}/StreamCoreMetrics")(request.SerializeToString())
+        call: Any = channel.unary_stream(f"/{orca.SERVICE_NAME}/StreamCoreMetrics")(request.SerializeToString())
         reports = []
         async for raw in call:
             reports.append(orca.OrcaLoadReport.FromString(raw))

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import typing
 import re
 import signal
 import sys
+import typing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 

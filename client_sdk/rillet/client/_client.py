@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import grpc
@@ -230,7 +230,7 @@ class Client(Closing):
 
     async def watch_load(
         self, interval: float = 1.0, *, metadata: Metadata | None = None
-    ) -> AsyncIterator[_control.ServerLoad]:
+    ) -> AsyncGenerator[_control.ServerLoad, None]:
         """The server's load at once, then every `interval` seconds (clamped by the server).
 
         Until you stop iterating (the call is then cancelled) or the server drains (the iteration ends).
