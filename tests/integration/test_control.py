@@ -7,8 +7,8 @@ import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
