@@ -233,3 +233,25 @@ async def test_a_tenants_share_of_the_queue_counts_both_classes() -> None:
     assert caught.value.reason == "TENANT_QUEUE_SHARE"
     release.set()
     await asyncio.gather(running, *mine)
+
+
+async def test_batch_holds_at_most_its_share_of_slots_and_interactive_starts_at_once() -> None:
+    admission = Admission(slots=4, max_queue=8, retry_after_s=1.0, batch_slot_share=0.5)
+    release_batch, release_interactive = asyncio.Event(), asyncio.Event()
+    started: list[str] = []
+    batch = [asyncio.create_task(hold_class(admission, started, f"b{n}", release_batch, BATCH)) for n in range(3)]
+    await asyncio.sleep(0)
+    assert started == ["b0", "b1"]  # two slots stay free: b2 waits at the batch share
+    assert (admission.running, admission.running_batch, admission.queued_batch) == (2, 2, 1)
+    interactive = [
+        asyncio.create_task(hold_class(admission, started, f"i{n}", release_interactive, INTERACTIVE)) for n in range(2)
+    ]
+    await asyncio.sleep(0)
+    assert started == ["b0", "b1", "i0", "i1"]  # at once, ahead of the waiting batch request
+    release_interactive.set()
+    await asyncio.gather(*interactive)
+    assert started == ["b0", "b1", "i0", "i1"]  # the interactive slots freed are not batch's
+    release_batch.set()
+    await asyncio.gather(*batch)
+    assert started[-1] == "b2"
+    assert (admission.running, admission.running_batch, admission.queued) == (0, 0, 0)

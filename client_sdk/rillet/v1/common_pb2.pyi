@@ -78,13 +78,15 @@ class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.Val
     """Throughput work that may wait (offline jobs, evaluations, backfills)."""
 
 class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
-    """How urgently a request wants an engine slot. When requests wait for a slot,
-    the interactive ones are admitted first; batch requests take the slots
-    interactive ones leave, and are never starved: while both classes wait, at
-    least one freed slot in every few goes to the oldest batch request (the
-    server's `batch_every` setting, 4 by default), so a batch request's wait is
-    bounded by its place in the batch queue, not by the interactive load. A
-    tenant's share of each queue holds for both classes.
+    """How urgently a request wants an engine slot. Batch requests hold at most a
+    share of each engine's slots (the server's `batch_slot_share`, 3/4 by
+    default), so interactive ones start at once under a saturating batch load.
+    When requests wait for a slot, the interactive ones are admitted first;
+    batch is never starved: while both classes wait, at least one freed slot in
+    every few goes to the oldest batch request (`batch_every`, 4 by default), so
+    a batch request's wait is bounded by its place in the batch queue, not by
+    the interactive load. A tenant's share of each queue holds for both
+    classes. Engines that preempt running work prefer preempting batch requests.
     """
 
 PRIORITY_UNSPECIFIED: Priority.ValueType  # 0

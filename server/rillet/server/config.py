@@ -235,6 +235,13 @@ class SchedulerConfig(BaseModel, frozen=True):
         description="while interactive and batch requests both wait, every batch_every-th freed slot goes to the "
         "oldest batch request (batch is never starved); the others go to interactive requests",
     )
+    batch_slot_share: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="the part of each engine's slots batch requests may hold (at least one): the rest stay free for "
+        "interactive requests, which then start at once under a saturating batch load",
+    )
     batch_queue_share: float = Field(
         0.75,
         gt=0,

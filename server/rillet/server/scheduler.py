@@ -21,12 +21,15 @@ class Admission:
     """Admission by class: at most `slots` requests run at once, at most `max_queue` wait, the rest are refused.
 
     Invariants:
-    - `running` never exceeds `slots`; a released slot passes directly to a waiter, so a newcomer can never overtake
-      the queue. Within a class, waiters are admitted oldest first.
-    - Interactive waiters go before batch ones, but batch is never starved: while both classes wait, every
-      `batch_every`-th slot handed over goes to the oldest batch waiter. So the batch request at the head of its
-      queue is admitted within `batch_every` hand-overs, whatever the interactive load (its wait is bounded by the
-      time `batch_every` requests take to end, divided among the slots).
+    - `running` never exceeds `slots`; a released slot passes directly to a waiter that may take it, so a newcomer
+      can never overtake the queue of its class. Within a class, waiters are admitted oldest first.
+    - Batch requests hold at most `batch_slots` (`batch_slot_share` of the slots, at least 1): the others stay for
+      interactive requests, which under a saturating batch load find a free slot at once instead of waiting for a
+      batch request to end. A free slot therefore may have batch waiters (at their share), never interactive ones.
+    - Interactive waiters go before batch ones, but batch is never starved: while both classes wait and batch is
+      below its share, every `batch_every`-th slot handed over goes to the oldest batch waiter. So the batch request
+      at the head of its queue is admitted within `batch_every` hand-overs once a batch slot is free, whatever the
+      interactive load; and every batch slot released goes to a batch waiter when interactive ones do not wait.
     - Batch waiters never fill more than `batch_queue_share` of the queue, so a saturating batch load leaves room
       for interactive requests to wait in.
     - A tenant other than "" never has more than its share (`tenant_queue_share` of `max_queue`, at least 1) of
@@ -42,6 +45,7 @@ class Admission:
         *,
         batch_every: int = 4,
         batch_queue_share: float = 1.0,
+        batch_slot_share: float = 1.0,
     ) -> None:
         self._slots = slots
         self._max_queue = max_queue
@@ -49,7 +53,9 @@ class Admission:
         self._tenant_share = max(1, int(max_queue * tenant_queue_share))
         self._batch_every = batch_every
         self._batch_limit = max(1, int(max_queue * batch_queue_share)) if max_queue else 0
+        self._batch_slots = max(1, int(slots * batch_slot_share))
         self._running = 0
+        self._batch_running = 0
         self._interactive: collections.deque[asyncio.Future[None]] = collections.deque()
         self._batch: collections.deque[asyncio.Future[None]] = collections.deque()
         self._passed_over = 0  # slots handed to interactive waiters in a row while a batch request waited
@@ -72,6 +78,10 @@ class Admission:
     def queued_batch(self) -> int:
         return len(self._batch)
 
+    @property
+    def running_batch(self) -> int:
+        return self._batch_running
+
     def admit(self, tenant: str = "", priority: Priority = Priority.INTERACTIVE) -> _Slot:
         """Hold a slot for an `async with` block; ResourceExhausted when the queue or the tenant's share is full.
 
@@ -80,9 +90,15 @@ class Admission:
         return _Slot(self, tenant, priority)
 
     async def _acquire(self, tenant: str, priority: Priority) -> None:
-        if self._running < self._slots and not self._interactive and not self._batch:
-            self._running += 1
-            return
+        batch = priority is Priority.BATCH
+        if self._running < self._slots and not self._interactive:
+            if not batch:  # a free slot: batch waiters may be at their share, never ahead of an interactive request
+                self._running += 1
+                return
+            if not self._batch and self._batch_running < self._batch_slots:
+                self._running += 1
+                self._batch_running += 1
+                return
         queued = self.queued
         if queued >= self._max_queue:
             raise ResourceExhausted(
@@ -90,7 +106,6 @@ class Admission:
                 retry_after=self._retry_after_s,
                 metadata={"slots": str(self._slots), "queued": str(queued)},
             )
-        batch = priority is Priority.BATCH
         if batch and len(self._batch) >= self._batch_limit:
             raise ResourceExhausted(
                 f"{len(self._batch)} batch requests queued, the batch share of the queue; retry later",
@@ -112,7 +127,7 @@ class Admission:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._release()  # the slot was handed to us just as we were cancelled: pass it on
+                self._release(batch)  # the slot was handed to us just as we were cancelled: pass it on
             elif waiter in waiters:
                 # A cancelled waiter may already have been skipped (and popped) by `_release`.
                 waiters.remove(waiter)
@@ -122,17 +137,22 @@ class Admission:
             if not self._waiting[tenant]:
                 del self._waiting[tenant]
 
-    def _release(self) -> None:
+    def _release(self, was_batch: bool) -> None:
+        """A slot is free (a batch one when `was_batch`): hand it to the next waiter that may take it, or keep it."""
+        if was_batch:
+            self._batch_running -= 1
         interactive, batch = self._interactive, self._batch
         while interactive and interactive[0].done():
             interactive.popleft()  # cancelled while waiting
         while batch and batch[0].done():
             batch.popleft()
-        if batch and (not interactive or self._passed_over >= self._batch_every - 1):
+        batch_may = bool(batch) and self._batch_running < self._batch_slots
+        if batch_may and (not interactive or self._passed_over >= self._batch_every - 1):
             self._passed_over = 0
+            self._batch_running += 1
             batch.popleft().set_result(None)  # the slot moves to the waiter; `running` is unchanged
         elif interactive:
-            self._passed_over = self._passed_over + 1 if batch else 0
+            self._passed_over = self._passed_over + 1 if batch_may else 0
             interactive.popleft().set_result(None)
         else:
             self._running -= 1
@@ -152,7 +172,7 @@ class _Slot:
         await self._admission._acquire(self._tenant, self._priority)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._admission._release()
+        self._admission._release(self._priority is Priority.BATCH)
 
 
 @dataclass(slots=True)
@@ -256,6 +276,7 @@ class Router:
                 config.tenant_queue_share,
                 batch_every=config.batch_every,
                 batch_queue_share=config.batch_queue_share,
+                batch_slot_share=config.batch_slot_share,
             )
             throughput = Throughput()
             queues.append(EngineQueue(engine, admission, throughput))

@@ -87,13 +87,15 @@ func (FinishReason) EnumDescriptor() ([]byte, []int) {
 	return file_rillet_v1_common_proto_rawDescGZIP(), []int{0}
 }
 
-// How urgently a request wants an engine slot. When requests wait for a slot,
-// the interactive ones are admitted first; batch requests take the slots
-// interactive ones leave, and are never starved: while both classes wait, at
-// least one freed slot in every few goes to the oldest batch request (the
-// server's `batch_every` setting, 4 by default), so a batch request's wait is
-// bounded by its place in the batch queue, not by the interactive load. A
-// tenant's share of each queue holds for both classes.
+// How urgently a request wants an engine slot. Batch requests hold at most a
+// share of each engine's slots (the server's `batch_slot_share`, 3/4 by
+// default), so interactive ones start at once under a saturating batch load.
+// When requests wait for a slot, the interactive ones are admitted first;
+// batch is never starved: while both classes wait, at least one freed slot in
+// every few goes to the oldest batch request (`batch_every`, 4 by default), so
+// a batch request's wait is bounded by its place in the batch queue, not by
+// the interactive load. A tenant's share of each queue holds for both
+// classes. Engines that preempt running work prefer preempting batch requests.
 type Priority int32
 
 const (
