@@ -95,7 +95,7 @@ func (FinishReason) EnumDescriptor() ([]byte, []int) {
 // every few goes to the oldest batch request (`batch_every`, 4 by default), so
 // a batch request's wait is bounded by its place in the batch queue, not by
 // the interactive load. A tenant's share of each queue holds for both
-// classes. Engines that preempt running work prefer preempting batch requests.
+// classes.
 type Priority int32
 
 const (

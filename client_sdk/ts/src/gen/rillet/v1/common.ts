@@ -48,7 +48,7 @@ export enum FinishReason {
  * every few goes to the oldest batch request (`batch_every`, 4 by default), so
  * a batch request's wait is bounded by its place in the batch queue, not by
  * the interactive load. A tenant's share of each queue holds for both
- * classes. Engines that preempt running work prefer preempting batch requests.
+ * classes.
  */
 export enum Priority {
   /** PRIORITY_UNSPECIFIED - Interactive, the default. */
