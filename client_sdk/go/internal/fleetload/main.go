@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +21,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rillet-dev/rillet/client_sdk/go/rillet"
@@ -51,7 +54,7 @@ func processCPU() float64 {
 }
 
 func main() {
-	target := flag.String("target", "", "gRPC target naming every backend, e.g. ipv4:127.0.0.1:5001,127.0.0.1:5002")
+	addresses := flag.String("addresses", "", "every backend, host:port,host:port,...")
 	arrivalsPath := flag.String("arrivals", "", "JSON list of arrival times, seconds from the start")
 	balancing := flag.String("balancing", "weighted", "weighted (weighted_round_robin on ORCA) or round_robin")
 	maxTokens := flag.Uint("max-tokens", 32, "tokens per session's generation")
@@ -65,7 +68,15 @@ func main() {
 	if err := json.Unmarshal(data, &arrivals); err != nil {
 		panic(err)
 	}
-	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	// grpc-go resolves no "ipv4:" list: a manual resolver hands it the addresses, as DNS would a headless Service's.
+	fleet := manual.NewBuilderWithScheme("fleet")
+	var state resolver.State
+	for _, address := range strings.Split(*addresses, ",") {
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: address})
+	}
+	fleet.InitialState(state)
+	conn, err := grpc.NewClient("fleet:///replicas", grpc.WithResolvers(fleet),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultServiceConfig(rillet.ServiceConfig(*balancing == "weighted")))
 	if err != nil {
 		panic(err)
