@@ -242,25 +242,46 @@ async def priority_phase(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def priority_run(args: argparse.Namespace, times: list[float], batch_workers: int) -> dict[str, Any]:
+    """The interactive arrivals on a fresh replica, beside `batch_workers` closed-loop batch sessions.
+
+    The batch load runs in a process of its own (this script, --batch-load), so that its messages do not queue on the
+    event loop that times the interactive sessions.
+    """
     replica = await Replica.start(**replica_env(args, args.fast_tps))
-    stop = asyncio.Event()
-    completed = [0]
-
-    async def batch_worker(client: Client, worker: int) -> None:
-        while not stop.is_set():
-            await session(client, 10_000 + worker, args.batch_tokens, Priority.BATCH)
-            completed[0] += 1
-
+    load: asyncio.subprocess.Process | None = None
     try:
-        async with Client.connect(replica.address) as batch_client:
-            workers = [asyncio.create_task(batch_worker(batch_client, w)) for w in range(batch_workers)]
-            await asyncio.sleep(1.0 if workers else 0.0)  # the batch load fills its slots first
-            run = await python_sessions(replica.address, False, times, args.max_tokens, Priority.INTERACTIVE)
-            stop.set()
-            await asyncio.gather(*workers)
+        if batch_workers:
+            load = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--batch-load", replica.address, "--batch-workers", str(batch_workers),
+                "--batch-tokens", str(args.batch_tokens), stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            await asyncio.sleep(1.0)  # the batch load fills its slots first
+        run = await python_sessions(replica.address, False, times, args.max_tokens, Priority.INTERACTIVE)
+        completed = 0
+        if load is not None:
+            load.send_signal(signal.SIGINT)
+            stdout, _ = await asyncio.wait_for(load.communicate(), timeout=120)
+            completed = int(stdout.decode().split()[-1])
     finally:
         await replica.stop()
-    return {**summary(run), "batch_completed": completed[0]}
+    return {**summary(run), "batch_completed": completed}
+
+
+async def batch_load(address: str, workers: int, tokens: int) -> None:
+    """Closed-loop batch sessions until SIGINT; prints how many completed."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    completed = 0
+
+    async def worker(client: Client, index: int) -> None:
+        nonlocal completed
+        while not stop.is_set():
+            await session(client, 10_000 + index, tokens, Priority.BATCH)
+            completed += 1
+
+    async with Client.connect(address) as client:
+        await asyncio.gather(*(worker(client, w) for w in range(workers)))
+    print(completed, flush=True)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -335,6 +356,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--priority-rate", type=float, default=10.0)
     parser.add_argument("--batch-workers", type=int, default=48, help="closed-loop batch sessions beside them")
     parser.add_argument("--batch-tokens", type=int, default=64)
+    parser.add_argument("--batch-load", metavar="ADDRESS", help=argparse.SUPPRESS)  # the priority phase's child
     return parser.parse_args()
 
 
@@ -349,4 +371,8 @@ async def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run(parse()))
+    options = parse()
+    if options.batch_load:
+        asyncio.run(batch_load(options.batch_load, options.batch_workers, options.batch_tokens))
+    else:
+        asyncio.run(run(options))

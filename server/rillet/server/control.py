@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rillet.server import version
 from rillet.server.config import LimitsConfig
 from rillet.server.engine.base import KvCacheReporting, Tokenizing
 from rillet.server.errors import InvalidArgument, NotFound, clip
@@ -46,13 +46,6 @@ class ServerInfo:
     start_time: float  # seconds since the epoch
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("rillet")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree without the package
-        return "0"
-
-
 class Control:
     """ControlService's domain side; the servicer (transport/control.py) only converts.
 
@@ -75,7 +68,7 @@ class Control:
         self._lifecycle = lifecycle
         self._board = board
         self._tokenizers = asyncio.Semaphore(tokenizer_concurrency)
-        self._version = _version()
+        self._version = version()
         self.start_time = time.time()
 
     def server_info(self) -> ServerInfo:
