@@ -96,7 +96,7 @@ SYSTEM_PROMPT_SENTENCES = (
 
 def shared_prefix(gguf: str, tokens: int) -> str:
     """A system prompt of exactly `tokens` tokens (BOS included) under the model's tokenizer, ending a paragraph."""
-    from rillet.server.engine import llamacpp_native as native
+    from rillet.server.engine.llamacpp import native
 
     native.init_backend()
     vocab = native.LlamaModel(gguf, vocab_only=True)
@@ -129,7 +129,7 @@ def amx_offered() -> bool:
     They crash it (llama.cpp#20824), so llama-server then runs with --no-repack (extra buffer types off), as Rillet
     turns them off itself.
     """
-    from rillet.server.engine import llamacpp_native as native
+    from rillet.server.engine.llamacpp import native
 
     return "AMX" in native.cpu_extra_buffer_types()
 

@@ -9,7 +9,9 @@ at least 0.95x trtllm-serve's and its TTFT p99 at most 1.1x, at every level up t
 
 Needs a GPU host with TensorRT-LLM 1.2 (NVIDIA's release container has it: deploy/gpu/Dockerfile) and a local model.
 Run: python bench/bench_gpu.py --model /models/Qwen2.5-7B-Instruct [--concurrency 1 8 32 64 128 256]
-Results: bench/results/gpu_<date>.json and .md.
+Results: bench/results/gpu_<date>.json and .md (or --results-dir). `make gpu-check` runs it after the contract suite.
+`--double` runs the same logic with no GPU: Rillet over the TensorRT-LLM test double (bench/serve_trtllm_double.py)
+beside a trtllm-serve stand-in over the same double (bench/trtllm_serve_double.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ PROMPTS = (
     "What are the trade-offs between tensor and pipeline parallelism when serving language models?",
     "Summarize the plot of a detective novel set in a small mountain village.",
 )
+
+
+DOUBLE_MODEL = "rillet-double/tiny"
 
 
 def preflight(tensor_parallel: int) -> None:
@@ -213,7 +218,17 @@ def llm_api_options(opts: argparse.Namespace) -> dict[str, object]:
         "enable_chunked_prefill": opts.chunked_prefill,
         "kv_cache_config": {"free_gpu_memory_fraction": opts.kv_fraction, "enable_block_reuse": opts.block_reuse},
         "scheduler_config": {"capacity_scheduler_policy": opts.capacity_policy},
+        "sampler_type": opts.sampler,
     }
+
+
+def double_peer_command(opts: argparse.Namespace, port: int) -> list[str]:
+    """The trtllm-serve stand-in over the test double, with the same LLM settings trtllm-serve would get."""
+    limits = {"max_batch_size": opts.max_batch_size, "max_num_tokens": opts.max_num_tokens}
+    options = llm_api_options(opts) | limits | {"max_seq_len": opts.max_seq_len}
+    script = str(ROOT / "bench" / "trtllm_serve_double.py")
+    step = str(opts.step_seconds)
+    return [sys.executable, script, "--port", str(port), "--step-seconds", step, "--llm-args", json.dumps(options)]
 
 
 @contextlib.contextmanager
@@ -271,6 +286,8 @@ async def trtllm_serve(opts: argparse.Namespace, log: Path) -> AsyncIterator[Gen
         "--extra_llm_api_options",
         options.name,
     ]
+    if opts.double:
+        command = double_peer_command(opts, port)
     with process(command, dict(os.environ), log) as proc:
         limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits) as http:
@@ -291,7 +308,7 @@ async def rillet_serve(opts: argparse.Namespace, log: Path) -> AsyncIterator[Gen
         "RILLET_PORT": str(port),
         "RILLET_TEXT_ENGINE": "trtllm",
         "RILLET_SPEECH_ENGINE": "none",
-        "RILLET_TRTLLM__MODEL": opts.model,
+        "RILLET_TRTLLM__MODEL": DOUBLE_MODEL if opts.double else opts.model,
         "RILLET_TRTLLM__TENSOR_PARALLEL_SIZE": str(opts.tp),
         "RILLET_TRTLLM__MAX_BATCH_SIZE": str(opts.max_batch_size),
         "RILLET_TRTLLM__MAX_NUM_TOKENS": str(opts.max_num_tokens),
@@ -300,10 +317,17 @@ async def rillet_serve(opts: argparse.Namespace, log: Path) -> AsyncIterator[Gen
         "RILLET_TRTLLM__ENABLE_BLOCK_REUSE": str(opts.block_reuse).lower(),
         "RILLET_TRTLLM__ENABLE_CHUNKED_PREFILL": str(opts.chunked_prefill).lower(),
         "RILLET_TRTLLM__CAPACITY_SCHEDULER_POLICY": opts.capacity_policy,
+        "RILLET_TRTLLM__SAMPLER": opts.sampler,
         "RILLET_SCHEDULER__MAX_QUEUE": str(max(opts.concurrency)),
         "RILLET_LIMITS__MAX_TOKENS": str(max(opts.max_tokens, 128)),
     }
-    with process([sys.executable, "-m", "rillet.server.cli", "serve"], env, log) as proc:
+    command = [sys.executable, "-m", "rillet.server.cli", "serve"]
+    if opts.double:  # `import tensorrt_llm` finds the test double in that process
+        stats = str(log.with_suffix(".double.json"))
+        script = str(ROOT / "bench" / "serve_trtllm_double.py")
+        step = str(opts.step_seconds)
+        command = [sys.executable, script, "--step-seconds", step, "--stats-out", stats, "--", "serve"]
+    with process(command, env, log) as proc:
         async with Client.connect(f"127.0.0.1:{port}") as client:
 
             async def ready() -> bool:
@@ -316,7 +340,7 @@ async def rillet_serve(opts: argparse.Namespace, log: Path) -> AsyncIterator[Gen
 async def sweep(opts: argparse.Namespace, stamp: str) -> list[Comparison]:
     levels: dict[str, list[Level]] = {}
     for system, serve in (("trtllm-serve", trtllm_serve), ("rillet", rillet_serve)):
-        log = RESULTS / f"gpu_{stamp}_{system}.log"
+        log = opts.results_dir / f"gpu_{stamp}_{system}.log"
         async with serve(opts, log) as generate:
             await run_level(system, generate, 4, 8)  # warm both the same way before measuring
             levels[system] = []
@@ -336,10 +360,12 @@ async def sweep(opts: argparse.Namespace, stamp: str) -> list[Comparison]:
 
 
 def report(comparisons: Sequence[Comparison], opts: argparse.Namespace, stamp: str) -> str:
+    title = "TEST DOUBLE, no GPU: the numbers mean nothing" if opts.double else "GPU"
     lines = [
-        f"# GPU: Rillet (trtllm engine) vs trtllm-serve, {stamp}",
+        f"# {title}: Rillet (trtllm engine) vs trtllm-serve, {stamp}",
         "",
-        f"Model `{opts.model}`, TP {opts.tp}, max_batch_size {opts.max_batch_size}, max_num_tokens "
+        f"Model `{DOUBLE_MODEL if opts.double else opts.model}`, {opts.sampler} sampler, TP {opts.tp}, "
+        f"max_batch_size {opts.max_batch_size}, max_num_tokens "
         f"{opts.max_num_tokens}, max_seq_len {opts.max_seq_len}, KV {opts.kv_fraction}, block reuse "
         f"{opts.block_reuse}, chunked prefill {opts.chunked_prefill}, {opts.capacity_policy}; greedy, "
         f"{opts.max_tokens} tokens per request. Target: tokens/s ratio >= {TOKENS_RATIO_TARGET}, TTFT p99 ratio <= "
@@ -360,9 +386,9 @@ def report(comparisons: Sequence[Comparison], opts: argparse.Namespace, stamp: s
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="local Hugging Face checkpoint directory (or a hub id)")
+    parser.add_argument("--model", help="local Hugging Face checkpoint directory (or a hub id); not with --double")
     parser.add_argument("--tp", type=int, default=1, help="tensor parallel size")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64, 128, 256])
     parser.add_argument("--requests", type=int, default=64, help="requests per level (at least 2x its concurrency)")
@@ -374,21 +400,43 @@ def main() -> None:
     parser.add_argument("--block-reuse", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--capacity-policy", default="GUARANTEED_NO_EVICT")
+    parser.add_argument("--sampler", default="auto", choices=["auto", "TorchSampler", "TRTLLMSampler"])
     parser.add_argument("--load-timeout", type=float, default=1800.0, help="seconds a server may take to load")
-    opts = parser.parse_args()
-    preflight(opts.tp)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the report and logs go")
+    parser.add_argument("--json-out", type=Path, help="the JSON document's path (default: in --results-dir)")
+    parser.add_argument("--double", action="store_true", help="both systems over the test double: no GPU needed")
+    parser.add_argument("--step-seconds", type=float, default=0.002, help="--double: one step of the double")
+    opts = parser.parse_args(argv)
+    if not opts.double and not opts.model:
+        parser.error("--model is required (or --double)")
+    return opts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison; 0 when every level met its target (or with --double, when every level ran)."""
+    opts = options(argv)
+    if not opts.double:
+        preflight(opts.tp)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    opts.results_dir.mkdir(parents=True, exist_ok=True)
     comparisons = asyncio.run(sweep(opts, stamp))
-    document = {"date": stamp, "options": vars(opts), "comparisons": [asdict(c) for c in comparisons]}
-    (RESULTS / f"gpu_{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
+    document = {
+        "date": stamp,
+        "double": opts.double,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()},
+        "comparisons": [asdict(c) for c in comparisons],
+    }
+    json_out = opts.json_out or opts.results_dir / f"gpu_{stamp}.json"
+    json_out.write_text(json.dumps(document, indent=2) + "\n")
     markdown = report(comparisons, opts, stamp)
-    (RESULTS / f"gpu_{stamp}.md").write_text(markdown)
+    (opts.results_dir / f"gpu_{stamp}.md").write_text(markdown)
     print(markdown)
     ratios = [c.tokens_ratio for c in comparisons]
     met = all(c.passed for c in comparisons)
     print(f"median tokens/s ratio {statistics.median(ratios):.3f}; every level met: {met}")
+    ran = all(not level.errors for c in comparisons for level in c.levels)
+    return 0 if (ran if opts.double else met) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS_FILE = Path(__file__).with_name("scenarios.json")
 SUITE = json.loads(SCENARIOS_FILE.read_text())
 SCENARIOS = [s["name"] for s in SUITE["scenarios"]]
+SESSION_OPS = {"generate", "synthesize", "append_text", "end_input", "cancel", "half_close", "await_output",
+               "expect_finished", "expect_error", "expect_rejected", "expect_call_end", "drain"}  # fmt: skip
+SESSION_SCENARIOS = [s["name"] for s in SUITE["scenarios"] if all(step["op"] in SESSION_OPS for step in s["steps"])]
+"""The scenarios of sessions alone: the WebSocket edge serves the Session RPC (one-shot calls are gRPC's)."""
 TS_RUNNER = ROOT / "client_sdk" / "ts" / "dist" / "conformance" / "runner.js"
+LANGUAGES = ["python", "go", "typescript", "typescript-websocket"]
 
 
 def runner_command(language: str) -> tuple[list[str], Path]:
@@ -28,7 +33,13 @@ def runner_command(language: str) -> tuple[list[str], Path]:
         return ["go", "run", "./internal/conformance"], ROOT / "client_sdk" / "go"
     if not TS_RUNNER.exists():
         pytest.fail(f"{TS_RUNNER} is missing: `make test-sdks` (npm ci, then npm test) builds it")
-    return ["node", str(TS_RUNNER)], ROOT / "client_sdk" / "ts"
+    return ["node", *node_websocket_flag(), str(TS_RUNNER)], ROOT / "client_sdk" / "ts"
+
+
+def node_websocket_flag() -> list[str]:
+    """Node 20 has its standard WebSocket class behind a flag (22 and later: on by default)."""
+    probe = subprocess.run(["node", "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], check=False)
+    return [] if probe.returncode == 0 else ["--experimental-websocket"]
 
 
 def drain_and_close(stream: IO[bytes]) -> None:
@@ -36,34 +47,49 @@ def drain_and_close(stream: IO[bytes]) -> None:
         stream.read()
 
 
-def start_serve() -> tuple[subprocess.Popen[bytes], int]:
-    """A real `rillet serve` as the suite configures it, on a free port; its log is drained in a thread."""
+def start_serve() -> tuple[subprocess.Popen[bytes], int, str]:
+    """A real `rillet serve` as the suite configures it, on free ports (gRPC, and the WebSocket edge's URL)."""
     server = SUITE["server"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "rillet.server.cli", "serve", "--port", "0", *server["args"]],
+        [sys.executable, "-m", "rillet.server.cli", "serve", "--port", "0", "--websocket-port", "0", *server["args"]],
         stderr=subprocess.PIPE,
         env={**os.environ, **server["env"]},
     )
     assert process.stderr is not None
     log: list[bytes] = []
+    websocket = ""
     for line in process.stderr:
         log.append(line)
+        if match := re.search(rb"websocket edge on (ws://\S+)", line):
+            websocket = match.group(1).decode()
         if match := re.search(rb"serving .* on [\d.]+:(\d+)", line):
             threading.Thread(target=drain_and_close, args=(process.stderr,), daemon=True).start()
-            return process, int(match.group(1))
+            return process, int(match.group(1)), websocket
     raise AssertionError(f"the server never said where it serves: {b''.join(log).decode()}")
 
 
-@pytest.fixture(scope="module", params=["python", "go", "typescript"])
-def results(request: pytest.FixtureRequest) -> tuple[str, dict[str, dict[str, object]]]:
-    """Run one language's runner over every scenario (the drain scenario stops the server last)."""
+@pytest.fixture(scope="module", params=LANGUAGES)
+def results(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, dict[str, dict[str, object]]]:
+    """Run one language's runner over every scenario (the drain scenario stops the server last).
+
+    `typescript-websocket` is the TypeScript runner with its sessions on the WebSocket edge (`--websocket`): the
+    session scenarios, with the same expectations as over gRPC.
+    """
     language = request.param
-    command, cwd = runner_command(language)
-    process, port = start_serve()
+    command, cwd = runner_command(language.removesuffix("-websocket"))
+    scenarios, extra = SCENARIOS_FILE, []
+    process, port, websocket = start_serve()
+    if language.endswith("-websocket"):
+        scenarios = tmp_path_factory.mktemp("conformance") / "sessions.json"
+        sessions = [s for s in SUITE["scenarios"] if s["name"] in SESSION_SCENARIOS]
+        scenarios.write_text(json.dumps({**SUITE, "scenarios": sessions}))
+        extra = ["--websocket", websocket]
     try:
         run = subprocess.run(
-            [*command, "--scenarios", str(SCENARIOS_FILE), "--target", f"127.0.0.1:{port}",
-             "--server-pid", str(process.pid)],
+            [*command, "--scenarios", str(scenarios), "--target", f"127.0.0.1:{port}",
+             "--server-pid", str(process.pid), *extra],
             cwd=cwd, capture_output=True, timeout=240,
         )  # fmt: skip
     finally:
@@ -81,6 +107,8 @@ def results(request: pytest.FixtureRequest) -> tuple[str, dict[str, dict[str, ob
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario(results: tuple[str, dict[str, dict[str, object]]], scenario: str) -> None:
     language, by_name = results
+    if language.endswith("-websocket") and scenario not in SESSION_SCENARIOS:
+        pytest.skip("a one-shot RPC: the WebSocket edge serves sessions")
     assert scenario in by_name, f"the {language} runner did not report {scenario}"
     outcome = by_name[scenario]
     assert outcome["passed"], f"{language}, {scenario}: {outcome['detail']}"

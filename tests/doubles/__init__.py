@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+import math
+import struct
+from collections.abc import AsyncGenerator
 from typing import Literal
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import SpeechEvent, TextEvent
+from rillet.server.engine.lifecycle import EngineLifecycle, State
 from rillet.server.engine.synthetic import SyntheticEngine
 from rillet.server.errors import EngineDead
 from rillet.server.types import (
@@ -41,53 +44,38 @@ class FloodEngine(SyntheticEngine):
             self._active -= 1
 
 
-class EchoSpeechEngine:
+class EchoSpeechEngine(EngineLifecycle):
     """A TEST speech engine: silence for each text piece as it arrives (one sample per character), in chunks."""
 
     SAMPLE_RATE = 16_000
 
-    def __init__(self, slots: int = 4) -> None:
-        self._slots = slots
-        self._active = 0
-        self._models = (
-            ModelInfo(
-                name="echo-voice",
-                kind=ModelKind.SPEECH_SYNTHESIS,
-                engine=self.name,
-                description="TEST ENGINE: silence, one sample per character",
-                is_test_engine=True,
-                sample_rate_hertz=self.SAMPLE_RATE,
-            ),
+    def __init__(
+        self,
+        slots: int = 4,
+        *,
+        name: str = "echo-speech",
+        voice: str = "echo-voice",
+        about: str = "silence, one sample per character",
+    ) -> None:
+        model = ModelInfo(
+            name=voice,
+            kind=ModelKind.SPEECH_SYNTHESIS,
+            engine=name,
+            description=f"TEST ENGINE: {about}",
+            is_test_engine=True,
+            sample_rate_hertz=self.SAMPLE_RATE,
         )
-
-    @property
-    def name(self) -> str:
-        return "echo-speech"
+        super().__init__(name, (model,), slots, state=State.SERVING)
 
     @property
     def serves(self) -> Literal[ModelKind.SPEECH_SYNTHESIS]:
         return ModelKind.SPEECH_SYNTHESIS
-
-    @property
-    def models(self) -> Sequence[ModelInfo]:
-        return self._models
-
-    @property
-    def slots(self) -> int:
-        return self._slots
-
-    @property
-    def active(self) -> int:
-        return self._active
 
     async def start(self) -> None:
         return None
 
     async def aclose(self) -> None:
         return None
-
-    def healthy(self) -> bool:
-        return True
 
     def stream(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
         return self._speak(request)
@@ -103,6 +91,39 @@ class EchoSpeechEngine:
                     samples = min(request.max_chunk_samples, len(piece) - start)
                     yield AudioChunk(b"\0\0" * samples, self.SAMPLE_RATE, 1, offset, "" if start else piece)
                     offset += samples
+            usage = Usage(input_characters=chars, output_audio_seconds=offset / self.SAMPLE_RATE)
+            yield EngineFinished(FinishReason.STOP, usage)
+        finally:
+            self._active -= 1
+
+
+class ToneSpeechEngine(EchoSpeechEngine):
+    """A TEST speech engine: a 440 Hz tone, `seconds_per_char` of it per character, produced `speedup` times faster
+    than it plays and in 100 ms chunks, so a synthesis streams for a while (a browser plays it as it arrives)."""
+
+    CHUNK_SECONDS = 0.1
+
+    def __init__(self, seconds_per_char: float = 0.02, speedup: float = 4.0) -> None:
+        super().__init__(name="tone-speech", voice="tone-voice", about="a 440 Hz tone, its length from the text's")
+        self._seconds_per_char = seconds_per_char
+        self._speedup = speedup
+        samples = int(self.SAMPLE_RATE * self.CHUNK_SECONDS)
+        wave = (int(6000 * math.sin(2 * math.pi * 440 * i / self.SAMPLE_RATE)) for i in range(samples))
+        self._chunk = struct.pack(f"<{samples}h", *wave)
+
+    async def _speak(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
+        self._active += 1
+        try:
+            offset = chars = 0
+            owed = 0.0  # seconds of tone the text so far asks for, not yet produced
+            async for piece in request.text:
+                chars += len(piece)
+                owed += len(piece) * self._seconds_per_char
+                while owed >= self.CHUNK_SECONDS:
+                    owed -= self.CHUNK_SECONDS
+                    await asyncio.sleep(self.CHUNK_SECONDS / self._speedup)
+                    yield AudioChunk(self._chunk, self.SAMPLE_RATE, 1, offset, piece)
+                    offset += len(self._chunk) // 2
             usage = Usage(input_characters=chars, output_audio_seconds=offset / self.SAMPLE_RATE)
             yield EngineFinished(FinishReason.STOP, usage)
         finally:

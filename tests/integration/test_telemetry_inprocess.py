@@ -22,6 +22,7 @@ from rillet.server.config import Settings, SyntheticConfig
 from rillet.server.engine.base import Engine
 from rillet.server.engine.synthetic import SyntheticEngine
 from rillet.server.telemetry import semconv as sc
+from rillet.server.telemetry.edge import EdgeTelemetry
 from rillet.server.telemetry.fastpath.histograms import Histograms, WithHistograms
 from rillet.server.telemetry.fastpath.spans import RequestTracer, into
 from rillet.server.telemetry.instruments import Instruments
@@ -73,6 +74,7 @@ async def start(**settings: Any) -> Traced:
         engines,
         observer=TelemetryObserver(requests, instruments),
         guards=[RpcTelemetry(tracer, instruments)],
+        edge_observer=EdgeTelemetry(tracer, instruments.meter),
     )
     await server.start()
     return Traced(server, spans, metrics)
@@ -152,3 +154,53 @@ async def test_the_auth_gate_still_decides_and_its_refusal_is_measured_not_an_er
         assert codes == {"UNAUTHENTICATED": 1, "OK": 1}
     finally:
         await traced.server.stop(grace_s=0)
+
+
+async def test_a_websocket_session_gets_a_span_parented_by_its_handshake_and_its_requests_are_children() -> None:
+    from websockets.asyncio.client import connect
+    from websockets.typing import Origin
+
+    from rillet.server.transport.websocket import SESSION_PATH
+    from rillet.v1 import common_pb2, generation_pb2
+    from rillet.v1 import inference_service_pb2 as pb
+
+    traced = await start(websocket={"enabled": True, "port": 0, "allowed_origins": ["https://app.example"]})
+    server = traced.server
+    assert server.websocket is not None
+    url = f"ws://127.0.0.1:{server.websocket.port}{SESSION_PATH}"
+    own = "00-11111111111111111111111111111111-2222222222222222-01"
+    try:
+        async with connect(url, additional_headers={"traceparent": TRACEPARENT}) as ws:
+            params = generation_pb2.GenerateParams(text="hi", max_tokens=3)
+            inherits = pb.StartGenerate(params=params)
+            carries = pb.StartGenerate(params=params, trace_context=common_pb2.TraceContext(traceparent=own))
+            await ws.send(pb.SessionRequest(request_id="a", start_generate=inherits).SerializeToString())
+            await ws.send(pb.SessionRequest(request_id="b", start_generate=carries).SerializeToString())
+            await ws.send(b"")
+            async for _ in ws:
+                pass
+        with pytest.raises(Exception, match="403"):
+            async with connect(url, origin=Origin("https://evil.example")):
+                pass
+        await eventually(lambda: len(traced.finished()) == 3)
+    finally:
+        await server.stop(grace_s=0)
+    session = next(s for s in traced.finished() if s.kind is SpanKind.SERVER)
+    attributes: Any = session.attributes
+    assert session.name == "rillet.v1.InferenceService/Session"
+    assert attributes[sc.RPC_SYSTEM_NAME] == "websocket"
+    assert attributes[sc.RPC_RESPONSE_STATUS_CODE] == "OK"
+    assert session.parent is not None
+    assert f"{session.context.trace_id:032x}" == TRACEPARENT.split("-")[1]
+    a, b = (s for s in traced.finished() if s.kind is not SpanKind.SERVER)
+    by_trace = {f"{s.context.trace_id:032x}": s for s in (a, b)}
+    assert by_trace[TRACEPARENT.split("-")[1]].parent.span_id == session.context.span_id  # type: ignore[union-attr]
+    assert own.split("-")[1] in by_trace  # a request's own trace context wins, as over gRPC
+    (duration,) = traced.histogram("rillet.server.websocket.session.duration")
+    assert duration.count == 1
+    (refused,) = [p for p in traced.histogram("rillet.server.websocket.refused_handshakes")]
+    assert refused.value == 1
+    assert dict(refused.attributes) == {"http.response.status_code": 403}
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

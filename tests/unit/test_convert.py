@@ -154,7 +154,7 @@ def test_durations_outside_their_documented_rules_are_invalid(seconds: int, nano
 
 
 def test_repeated_fields_keep_one_item_past_their_limit() -> None:
-    limits = LimitsConfig(max_stop_strings=2, max_chat_messages=3, max_prompt_chars=4)
+    limits = LimitsConfig(max_stop_strings=2, max_chat_messages=3, max_prompt_token_ids=4)
     stops = convert.generate_spec(generation_pb2.GenerateParams(text="x", stop=["s"] * 1000), limits)
     assert stops.stop == ("s",) * 3
     ids = convert.generate_spec(

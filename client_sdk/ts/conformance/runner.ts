@@ -8,7 +8,7 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 import {
   type AudioChunk, FinishReason, type Model, Model_Kind, Priority, RilletClient, RilletError, type Session,
-  type SessionRequestHandle, type SessionResponse,
+  type SessionRequestHandle, type SessionResponse, webSocketSession,
 } from "../src";
 
 const CONTROL_OPS = new Set(["server_info", "tokenize", "count_tokens", "detokenize", "abort", "load", "orca"]);
@@ -175,11 +175,12 @@ class Runner {
   private rejectionArrived: () => void = () => {};
 
   constructor(private readonly client: RilletClient, private readonly target: string,
-    private readonly serverPid: number) {}
+    private readonly serverPid: number, private readonly websocket: string | undefined) {}
 
+  /** The scenario's session: a gRPC call, or with --websocket a session on the WebSocket edge. */
   private open(): Session {
     if (!this.session) {
-      const session = this.client.session();
+      const session = this.websocket ? webSocketSession(this.websocket) : this.client.session();
       this.session = session;
       void (async () => {
         for await (const rejection of session.rejections()) {
@@ -416,7 +417,10 @@ function modelLike(model: Model, want: Record<string, unknown>): boolean {
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { scenarios: { type: "string" }, target: { type: "string" }, "server-pid": { type: "string" } },
+    options: {
+      scenarios: { type: "string" }, target: { type: "string" }, "server-pid": { type: "string" },
+      websocket: { type: "string" },
+    },
   });
   const suite = JSON.parse(readFileSync(values.scenarios as string, "utf8")) as {
     scenarios: Array<{ name: string; steps: Step[] }>;
@@ -427,7 +431,7 @@ async function main(): Promise<void> {
   const client = new RilletClient(target, { balancing: "weighted" });
   let failed = false;
   for (const scenario of suite.scenarios) {
-    const runner = new Runner(client, target, Number(values["server-pid"]));
+    const runner = new Runner(client, target, Number(values["server-pid"]), values.websocket);
     let detail = "";
     try {
       for (const step of scenario.steps) await runner.step(step);

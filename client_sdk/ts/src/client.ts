@@ -4,16 +4,17 @@ import { type ChannelCredentials, type ChannelOptions, type ClientReadableStream
   from "@grpc/grpc-js";
 
 import {
-  type AbortResponse, type CountTokensResponse, ControlServiceClient, type DetokenizeResponse, type GetLoadResponse,
+  type AbortResponse, type CountTokensResponse, type DetokenizeResponse, type GetLoadResponse,
   type GetServerInfoResponse, type ServerLoad, type TokenizeResponse,
 } from "./gen/rillet/v1/control_service";
 
 import { type ChatMessage, GenerateParams } from "./gen/rillet/v1/generation";
 import {
-  type DeepPartial, type GenerateResponse, InferenceServiceClient, type Model, type SynthesizeResponse,
+  type DeepPartial, type GenerateResponse, type Model, type SynthesizeResponse,
 } from "./gen/rillet/v1/inference_service";
 import { SynthesizeParams } from "./gen/rillet/v1/speech";
-import { ProtocolError, RilletError, toRilletError } from "./errors";
+import { ProtocolError, RilletError } from "./errors";
+import { ControlServiceClient, InferenceServiceClient, grpcSessionCall, toRilletError } from "./grpc";
 import { Session } from "./session";
 
 /** Per-call options. */
@@ -225,7 +226,7 @@ export class RilletClient {
   session(options: Omit<CallOptions, "timeoutMs"> & { timeoutMs?: number } = {}): Session {
     const call = this.stub.session(this.callMetadata(options.metadata), deadline(options));
     options.signal?.addEventListener("abort", () => call.cancel(), { once: true });
-    return new Session(call);
+    return new Session(grpcSessionCall(call));
   }
 }
 

@@ -1,17 +1,37 @@
-// Typed errors: a canonical gRPC code with the server's google.rpc.ErrorInfo and RetryInfo, decoded from the
-// `grpc-status-details-bin` trailer (which @grpc/grpc-js leaves undecoded) or from an in-band google.rpc.Status.
-import { type Metadata, type ServiceError, status as grpcStatus } from "@grpc/grpc-js";
-
+// Typed errors: a canonical status code with the server's google.rpc.ErrorInfo and RetryInfo, from an in-band
+// google.rpc.Status or a call's decoded status (grpc.ts reads it from gRPC trailers, websocket.ts from the edge).
+// Nothing here depends on a transport, so browsers load it as Node does.
 import { ErrorInfo, RetryInfo } from "./gen/google/rpc/error_details";
 import { Status } from "./gen/google/rpc/status";
 
 const ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo";
 const RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo";
 
+/** The canonical status codes (google.rpc.Code): the numbers gRPC uses, so `@grpc/grpc-js`'s `status` compares equal. */
+export enum Code {
+  OK = 0,
+  CANCELLED = 1,
+  UNKNOWN = 2,
+  INVALID_ARGUMENT = 3,
+  DEADLINE_EXCEEDED = 4,
+  NOT_FOUND = 5,
+  ALREADY_EXISTS = 6,
+  PERMISSION_DENIED = 7,
+  RESOURCE_EXHAUSTED = 8,
+  FAILED_PRECONDITION = 9,
+  ABORTED = 10,
+  OUT_OF_RANGE = 11,
+  UNIMPLEMENTED = 12,
+  INTERNAL = 13,
+  UNAVAILABLE = 14,
+  DATA_LOSS = 15,
+  UNAUTHENTICATED = 16,
+}
+
 /** A failed request or call, or a session message the server could not apply (`rejected`). */
 export class RilletError extends Error {
-  /** Canonical status code (grpc-js `status` enum). */
-  readonly code: grpcStatus;
+  /** Canonical status code. */
+  readonly code: Code;
   /** ErrorInfo.reason in UPPER_SNAKE_CASE, e.g. "MAX_TOKENS_OUT_OF_RANGE"; "" without ErrorInfo. */
   readonly reason: string;
   /** ErrorInfo.domain ("rillet.dev" for the server's own errors). */
@@ -26,12 +46,12 @@ export class RilletError extends Error {
   readonly rejected: boolean;
 
   constructor(
-    code: grpcStatus,
+    code: Code,
     message: string,
     fields: { reason?: string; domain?: string; metadata?: Record<string, string>; retryDelayMs?: number;
       requestId?: string; rejected?: boolean } = {},
   ) {
-    super(`${grpcStatus[code] ?? code}: ${message}${fields.reason ? ` [${fields.reason}]` : ""}`);
+    super(`${Code[code] ?? code}: ${message}${fields.reason ? ` [${fields.reason}]` : ""}`);
     this.name = "RilletError";
     this.code = code;
     this.reason = fields.reason ?? "";
@@ -44,24 +64,24 @@ export class RilletError extends Error {
 
   /** The code's name as the proto spells it: "INVALID_ARGUMENT", "UNAVAILABLE", ... */
   get codeName(): string {
-    return grpcStatus[this.code] ?? `CODE_${this.code}`;
+    return Code[this.code] ?? `CODE_${this.code}`;
   }
 
   /** UNAVAILABLE (starting, draining) and RESOURCE_EXHAUSTED (wait retryDelayMs first) may succeed later. */
   get retryable(): boolean {
-    return this.code === grpcStatus.UNAVAILABLE || this.code === grpcStatus.RESOURCE_EXHAUSTED;
+    return this.code === Code.UNAVAILABLE || this.code === Code.RESOURCE_EXHAUSTED;
   }
 }
 
 /** The server broke the stream contract: a seq gap, a message after the terminal one, an unknown request. */
 export class ProtocolError extends RilletError {
   constructor(message: string, requestId = "") {
-    super(grpcStatus.INTERNAL, message, { requestId });
+    super(Code.INTERNAL, message, { requestId });
     this.name = "ProtocolError";
   }
 }
 
-/** An error from a google.rpc.Status (in-band `error` and `rejected`, or a call's decoded trailer). */
+/** An error from a google.rpc.Status (in-band `error` and `rejected`, or a call's decoded status). */
 export function fromStatus(s: Status, requestId = "", rejected = false): RilletError {
   let info: ErrorInfo | undefined;
   let retryDelayMs: number | undefined;
@@ -73,21 +93,7 @@ export function fromStatus(s: Status, requestId = "", rejected = false): RilletE
       if (delay) retryDelayMs = Number(delay.seconds) * 1000 + delay.nanos / 1e6;
     }
   }
-  return new RilletError(s.code as grpcStatus, s.message, {
+  return new RilletError(s.code as Code, s.message, {
     reason: info?.reason, domain: info?.domain, metadata: info?.metadata, retryDelayMs, requestId, rejected,
   });
-}
-
-/** A RilletError from anything a grpc-js call throws; RilletErrors pass through unchanged. */
-export function toRilletError(error: unknown): RilletError {
-  if (error instanceof RilletError) return error;
-  const service = error as Partial<ServiceError>;
-  if (typeof service.code === "number") {
-    const details = (service.metadata as Metadata | undefined)?.get("grpc-status-details-bin")[0];
-    if (details instanceof Uint8Array) {
-      return fromStatus(Status.decode(details));
-    }
-    return new RilletError(service.code, service.details ?? String(error));
-  }
-  return new RilletError(grpcStatus.UNKNOWN, error instanceof Error ? error.message : String(error));
 }

@@ -1,11 +1,25 @@
-// Session: one bidirectional call carrying many requests, each with its own async iterator of messages.
-import { type ClientDuplexStream, status as grpcStatus } from "@grpc/grpc-js";
-
+// Session: one bidirectional call carrying many requests, each with its own async iterator of messages. The call
+// is a gRPC stream (grpc.ts) or a WebSocket (websocket.ts); this module knows neither.
 import {
   type DeepPartial, SessionRequest, type SessionResponse, StartGenerate, StartSynthesize,
 } from "./gen/rillet/v1/inference_service";
-import { ProtocolError, RilletError, fromStatus, toRilletError } from "./errors";
+import { Code, ProtocolError, RilletError, fromStatus } from "./errors";
 import { AsyncQueue } from "./queue";
+
+/** @internal What a session needs of its call. */
+export interface SessionCall {
+  write(message: SessionRequest): void;
+  /** Half-close: no new requests. */
+  end(): void;
+  /** Cancel the whole call. */
+  cancel(): void;
+}
+
+/** @internal What the call tells its session: each message, then once how it ended (undefined: OK). */
+export interface SessionEvents {
+  message(msg: SessionResponse): void;
+  end(error: RilletError | undefined): void;
+}
 
 /** Reasons with which the server refuses a start: the request never began, so its iterator throws. */
 const START_REJECTIONS = new Set([
@@ -60,23 +74,25 @@ export class SessionRequestHandle implements AsyncIterable<SessionResponse> {
 
 /** A multiplexed session. Half-close with `end()`, then `wait()` for the call's end; `close()` cancels it. */
 export class Session {
+  private readonly call: SessionCall;
   private readonly requests = new Map<string, SessionRequestHandle>();
   private readonly rejectionQueue = new AsyncQueue<RilletError>();
   private nextId = 0;
   private outcome: { error?: RilletError } | undefined;
   private readonly waiters: Array<() => void> = [];
 
-  /** @internal */
-  constructor(private readonly call: ClientDuplexStream<SessionRequest, SessionResponse>) {
-    call.on("data", (msg: SessionResponse) => {
-      const violation = this.dispatch(msg);
-      if (violation) {
-        this.finish(violation);
-        call.cancel();
-      }
+  /** @internal `open` starts the call, which reports to the session through `events`. */
+  constructor(open: (events: SessionEvents) => SessionCall) {
+    this.call = open({
+      message: (msg) => {
+        const violation = this.dispatch(msg);
+        if (violation) {
+          this.finish(violation);
+          this.call.cancel();
+        }
+      },
+      end: (error) => this.finish(error),
     });
-    call.on("error", (error) => this.finish(toRilletError(error)));
-    call.on("end", () => this.finish(undefined));
   }
 
   /** Starts a generation. */
@@ -90,7 +106,7 @@ export class Session {
   }
 
   private start(kind: SessionRequest["kind"], options: RequestOptions): SessionRequestHandle {
-    if (this.outcome) throw this.outcome.error ?? new RilletError(grpcStatus.UNAVAILABLE, "the session has ended");
+    if (this.outcome) throw this.outcome.error ?? new RilletError(Code.UNAVAILABLE, "the session has ended");
     const id = options.id ?? `r${this.nextId++}`;
     if (this.requests.has(id)) throw new Error(`request id ${JSON.stringify(id)} is already in flight`);
     const request = new SessionRequestHandle(id, this);
@@ -110,7 +126,7 @@ export class Session {
 
   /** Writes one raw message, for what the helpers do not cover. */
   send(message: DeepPartial<SessionRequest>): void {
-    if (this.outcome) throw this.outcome.error ?? new RilletError(grpcStatus.UNAVAILABLE, "the session has ended");
+    if (this.outcome) throw this.outcome.error ?? new RilletError(Code.UNAVAILABLE, "the session has ended");
     this.call.write(SessionRequest.fromPartial(message));
   }
 

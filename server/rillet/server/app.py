@@ -30,6 +30,7 @@ from rillet.server.transport.auth import CallGate, TokenStore, load_tenants, ser
 from rillet.server.transport.handlers import Guard, GuardedRegistry
 from rillet.server.transport.reflection import enable_reflection
 from rillet.server.transport.servicer import SERVICE_NAME, InferenceServicer, add_to_server
+from rillet.server.transport.websocket import NULL_EDGE_OBSERVER, EdgeObserver, WebSocketEdge
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,12 @@ class RilletServer:
         *,
         observer: Observer = NULL_OBSERVER,
         guards: Sequence[Guard] = (),
+        edge_observer: EdgeObserver = NULL_EDGE_OBSERVER,
     ) -> None:
-        """`observer` hears every request, `guards` wrap every call before the auth gate (telemetry: cli.serve)."""
+        """`observer` hears every request, `guards` wrap every call before the auth gate (telemetry: cli.serve).
+
+        `edge_observer` hears every WebSocket session (the edge runs when `settings.websocket.enabled`).
+        """
         self.settings = settings
         self.observer = observer
         self._guards = tuple(guards)
@@ -158,6 +163,8 @@ class RilletServer:
         self.orca = orca.OrcaService(self.load, settings.load, self._report_streams)
         self.port = 0
         self._server: grpc.aio.Server | None = None
+        self.websocket: WebSocketEdge | None = None  # the WebSocket edge, when settings.websocket.enabled
+        self._edge_observer = edge_observer
         self._stopping: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None  # the session watchdogs' sweep, while serving
         self.engine_died = False
@@ -222,6 +229,17 @@ class RilletServer:
             raise OSError(f"cannot bind {address}: in use, or not an address of this machine")
         await server.start()
         self._server, self.port = server, port
+        if self.settings.websocket.enabled:
+            self.websocket = WebSocketEdge(
+                self.settings,
+                self.router,
+                self.lifecycle,
+                tokens=self._tokens,
+                ledger=self.tenants,
+                observer=self.observer,
+                edge_observer=self._edge_observer,
+            )
+            await self.websocket.start()
         await self.router.start()
         limits = self.settings.limits
         period = sweep_period(limits.stall_timeout_s, limits.input_idle_timeout_s)
@@ -255,6 +273,8 @@ class RilletServer:
             await self.lifecycle.wait_drained(5.0)
         if self._server is not None:
             await self._server.stop(1.0)
+        if self.websocket is not None:
+            await self.websocket.close()
         await self.router.aclose()
         if self._watching is not None:
             self._watching.cancel()

@@ -78,6 +78,16 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, help="server processes sharing the port (SO_REUSEPORT), each with its own engines")
     ] = 1,
+    websocket_port: Annotated[
+        int | None, typer.Option(help="also serve sessions over WebSocket on this port [RILLET_WEBSOCKET__PORT]")
+    ] = None,
+    page: Annotated[
+        bool | None, typer.Option(help="serve the demo page on the WebSocket port [RILLET_WEBSOCKET__PAGE]")
+    ] = None,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="browser origin allowed on the WebSocket edge, repeatable [..._ALLOWED_ORIGINS]"),
+    ] = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain. Telemetry: see README "Observability"."""
     tls = {"cert_file": tls_cert, "key_file": tls_key, "client_ca_file": tls_client_ca}
@@ -95,8 +105,15 @@ def serve(
         "log_format": log_format,
         "capture_content": capture_content,
     }
+    websocket = {
+        "enabled": True if websocket_port is not None or page else None,
+        "port": websocket_port,
+        "page": page,
+        "allowed_origins": allowed_origin,
+    }
     settings = _settings(
         {
+            "websocket": {k: v for k, v in websocket.items() if v is not None} or None,
             "host": host,
             "port": port,
             "text_engine": text_engine,
@@ -154,11 +171,13 @@ async def _serve(settings: Settings, exports: Exports) -> int:
 
     if not exports.enabled:
         return await run_server(settings)
+    from rillet.server.telemetry.edge import EdgeTelemetry
     from rillet.server.telemetry.runtime import Telemetry
 
     telemetry = Telemetry(settings.telemetry, exports, host=settings.host, port=settings.port)
     try:
-        server = RilletServer(settings, observer=telemetry.observer, guards=[telemetry.rpc])
+        edge = EdgeTelemetry(telemetry.rpc.tracer, telemetry.instruments.meter)
+        server = RilletServer(settings, observer=telemetry.observer, guards=[telemetry.rpc], edge_observer=edge)
         telemetry.watch(server.router.engines)
         telemetry.watch_load(server.load.gauges)
         return await run_server(settings, server)

@@ -98,6 +98,14 @@ class TrtllmCapacityPolicy(enum.StrEnum):
     STATIC_BATCH = "STATIC_BATCH"
 
 
+class TrtllmSampler(enum.StrEnum):
+    """TensorRT-LLM 1.2's samplers (its `sampler_type`); what each honours is the model's TextCapabilities."""
+
+    AUTO = "auto"  # TorchSampler (TensorRT-LLM picks TRTLLMSampler only for beam search, which Rillet never asks)
+    TORCH = "TorchSampler"  # temperature, top_p, top_k; top-k logprobs under greedy decoding
+    TRTLLM = "TRTLLMSampler"  # every sampling field, reproducible seeds; no logprobs (only the sampled token's)
+
+
 class TrtllmConfig(BaseModel, frozen=True, extra="forbid"):
     """The TensorRT-LLM GPU engine: its LLM API on the PyTorch backend, in-flight batching inside TensorRT-LLM."""
 
@@ -124,6 +132,29 @@ class TrtllmConfig(BaseModel, frozen=True, extra="forbid"):
     )
     enable_chunked_prefill: bool = Field(
         True, description="split long prompts across steps, so decodes keep running (and prompts > max_num_tokens fit)"
+    )
+    sampler: TrtllmSampler = Field(
+        TrtllmSampler.AUTO,
+        description="auto/TorchSampler honours temperature, top_p, top_k and greedy logprobs; TRTLLMSampler (the "
+        "C++ decoder, deprecated after 1.2) also min_p, repetition_penalty and reproducible seeds, but no logprobs. "
+        "A field the sampler cannot honour is refused by name",
+    )
+    return_perf_metrics: bool = Field(
+        True,
+        description="TensorRT-LLM times each request (arrival, first scheduled, first token): Rillet's engine queue "
+        "and prefill timings come from there; off, prefill runs from submission to the first output, queue included",
+    )
+    stream_interval: int = Field(
+        1,
+        ge=1,
+        description="TensorRT-LLM answers a stream every n steps (the first token at once): fewer, larger deltas and "
+        "less CPU per token, at the cost of inter-token smoothness (tokens arrive n at a time)",
+    )
+    num_postprocess_workers: int = Field(
+        0,
+        ge=0,
+        description="processes that fold and detokenize responses, off Rillet's event loop: more tokens/s across many "
+        "streams at the cost of one more process hop per response; 0 detokenizes in Rillet's process",
     )
     extra_llm_args: dict[str, Any] = Field(
         default_factory=dict,
@@ -179,7 +210,12 @@ class LimitsConfig(BaseModel, frozen=True):
 
     max_tokens: int = Field(2048, ge=1, description="upper bound on a request's max_tokens")
     default_max_tokens: int = Field(128, ge=1)
-    max_prompt_chars: int = Field(256 * 1024, ge=1, description="larger prompts fail with INVALID_ARGUMENT")
+    max_prompt_chars: int = Field(
+        256 * 1024,
+        ge=1,
+        description="characters of a text prompt, or of a chat's roles and contents (PROMPT_TOO_LARGE)",
+    )
+    max_prompt_token_ids: int = Field(256 * 1024, ge=1, description="ids of a token-id prompt (PROMPT_TOO_LARGE)")
     max_stop_strings: int = Field(8, ge=0)
     max_top_logprobs: int = Field(20, ge=0)
     max_request_id_chars: int = Field(128, ge=1, description="request ids of every message kind")
@@ -325,6 +361,41 @@ class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
     )
 
 
+class WebSocketConfig(BaseModel, frozen=True, extra="forbid"):
+    """The WebSocket edge (transport/websocket.py): the Session protocol for browsers, beside gRPC. Off by default.
+
+    It shares the server's TLS (wss when `security.tls` is set), tokens, tenants, limits and message size limit
+    (`max_message_bytes`, per WebSocket message).
+    """
+
+    enabled: bool = Field(False, description="serve sessions over WebSocket on `port`")
+    host: str | None = Field(None, description="address to bind; unset: the server's own host")
+    port: int = Field(50080, ge=0, le=65535, description="0 picks a free port")
+    allowed_origins: tuple[str, ...] = Field(
+        (),
+        description="browser origins (scheme://host[:port]) that may open sessions; a handshake from any other "
+        "origin is refused with 403 (cross-site WebSocket hijacking). Clients that send no Origin (not browsers) pass",
+    )
+    page: bool = Field(
+        False, description="serve the demo chat-and-voice page at / (its own origin is then allowed); not in production"
+    )
+    max_connections: int = Field(256, ge=1, description="WebSocket connections at once; more are refused with 503")
+    idle_timeout_s: float = Field(
+        300.0, ge=0, description="a session with nothing in flight that sends nothing for this long is closed; 0 never"
+    )
+    keepalive_s: float = Field(
+        20.0, gt=0, description="ping interval; a peer that does not answer a ping within as long is disconnected"
+    )
+
+    @model_validator(mode="after")
+    def _origins_are_origins(self) -> WebSocketConfig:
+        for origin in self.allowed_origins:
+            scheme, _, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(f"allowed_origins: {origin!r} is not an origin such as https://app.example.com")
+        return self
+
+
 class LogFormat(enum.StrEnum):
     """How log lines are written."""
 
@@ -372,6 +443,7 @@ class Settings(BaseSettings):
     load: LoadConfig = LoadConfig()
     security: SecurityConfig = SecurityConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    websocket: WebSocketConfig = WebSocketConfig()
     reuse_port: bool = Field(
         False, description="SO_REUSEPORT: several server processes share one port (off: a busy port fails to bind)"
     )

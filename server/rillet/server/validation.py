@@ -23,6 +23,7 @@ from rillet.server.types import (
     SamplingParams,
     SynthesisRequest,
     SynthesizeSpec,
+    TraceContext,
 )
 
 
@@ -143,9 +144,9 @@ def check_prompt(prompt: Prompt | None, limits: LimitsConfig, route: TextRoute) 
                 reason="PROMPT_TOO_LARGE",
             )
     elif isinstance(prompt[0], int):  # tuples are homogeneous (the converter builds them): O(1), not a scan
-        if len(prompt) > limits.max_prompt_chars:
+        if len(prompt) > limits.max_prompt_token_ids:
             raise InvalidArgument(
-                f"the prompt has more than {limits.max_prompt_chars} token ids",
+                f"the prompt has more than {limits.max_prompt_token_ids} token ids",
                 field="params.token_ids",
                 reason="PROMPT_TOO_LARGE",
             )
@@ -172,14 +173,14 @@ def validate_tokenizer_prompt(
 
 
 def validate_token_ids(model: str, token_ids: Sequence[int], limits: LimitsConfig, router: Router) -> TextRoute:
-    """A Detokenize request: the model resolved, the ids present, not negative, and within the prompt limit."""
+    """A Detokenize request: the model resolved, the ids present, not negative, and within the prompt's id limit."""
     _check_name(model, "model", limits)
     route = router.resolve(model, ModelKind.TEXT_GENERATION)
     if not token_ids:
         raise InvalidArgument("token_ids must not be empty", field="token_ids", reason="EMPTY_PROMPT")
-    if len(token_ids) > limits.max_prompt_chars:
+    if len(token_ids) > limits.max_prompt_token_ids:
         raise InvalidArgument(
-            f"more than {limits.max_prompt_chars} token ids", field="token_ids", reason="PROMPT_TOO_LARGE"
+            f"more than {limits.max_prompt_token_ids} token ids", field="token_ids", reason="PROMPT_TOO_LARGE"
         )
     if min(token_ids) < 0:
         raise InvalidArgument("token ids must not be negative", field="token_ids", reason="BAD_TOKEN_ID")
@@ -187,12 +188,17 @@ def validate_token_ids(model: str, token_ids: Sequence[int], limits: LimitsConfi
 
 
 def validate_generate(
-    request_id: str, spec: GenerateSpec, limits: LimitsConfig, router: Router, cache_scope: str = ""
+    request_id: str,
+    spec: GenerateSpec,
+    limits: LimitsConfig,
+    router: Router,
+    cache_scope: str = "",
+    trace: TraceContext | None = None,
 ) -> tuple[TextRoute, GenerationRequest]:
     """Resolve the model and check every field; raises InvalidArgument or NotFound naming the field.
 
     Fields the model does not honour (its ModelInfo.capabilities) are refused too. `cache_scope` is the caller's
-    (GenerationRequest.cache_scope).
+    (GenerationRequest.cache_scope), `trace` the request's trace context (GenerationRequest.trace).
 
     Repeated fields may arrive cut one item past their limit (see convert.generate_spec): messages say "more than".
     """
@@ -261,6 +267,7 @@ def validate_generate(
         top_logprobs=spec.top_logprobs,
         constraint=spec.constraint,
         cache_scope=cache_scope,
+        trace=trace,
         priority=spec.priority,
     )
     return route, request

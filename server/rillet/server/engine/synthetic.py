@@ -12,7 +12,9 @@ from typing import Literal
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import TextEvent
-from rillet.server.engine.text import StopMatcher, check_request
+from rillet.server.engine.lifecycle import EngineLifecycle, State, closed_error
+from rillet.server.engine.prompt import PromptPolicy
+from rillet.server.engine.text import TextDecoder, check_request
 from rillet.server.errors import InvalidArgument, Unavailable
 from rillet.server.observer import StepReporter
 from rillet.server.types import (
@@ -31,6 +33,7 @@ from rillet.server.types import (
     Usage,
 )
 
+ENGINE_NAME = "synthetic"
 CAPABILITIES = TextCapabilities(sampling=frozenset({"temperature", "seed"}), reproducible_seed=True)
 """What the test engine honours: a seed (ignored when greedy, as the proto says) and logprobs of its own made-up
 distribution. Its words do not come from a distribution, so top_p, top_k, min_p and the penalty are refused."""
@@ -68,10 +71,6 @@ def synthetic_text(prompt: Prompt, tokens: int, seed: int | None = None) -> str:
     return "".join(VOCABULARY[synthetic_token(start, i)] + " " for i in range(tokens))
 
 
-def _closed() -> Unavailable:
-    return Unavailable("the synthetic engine is closed", reason="ENGINE_CLOSED")
-
-
 @dataclass(eq=False, slots=True)
 class _Stream:
     """One request inside the step loop: what it has produced that its consumer has not taken yet.
@@ -83,11 +82,11 @@ class _Stream:
     max_tokens: int
     top_logprobs: int | None
     prompt_tokens: int
-    stops: StopMatcher
+    decoder: TextDecoder
     submitted: float  # perf_counter at `stream`
     ready_at: float  # loop.time() when its prefill is over: it joins the first step at or after this
     produced: int = 0
-    prefill: float | None = None
+    prefill: float | None = None  # from `stream` to joining the batch: its simulated prefill (nothing queues here)
     texts: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprobs] = field(default_factory=list)
@@ -113,7 +112,7 @@ MAX_CATCH_UP_STEPS = 64
 """A paced step loop that finds itself late runs the steps that fell due, up to this many at once."""
 
 
-class SyntheticEngine:
+class SyntheticEngine(EngineLifecycle):
     """A TEST engine shaped like a real batched one: one step loop gives one token to every running request per step.
 
     The step loop is a task on the serving event loop (its per-step work is a table lookup per request, cheaper
@@ -125,71 +124,51 @@ class SyntheticEngine:
     iteration. A consumer that falls behind takes everything produced since its last take as one delta. Idle, the
     loop sleeps until a request arrives and steps at once.
 
-    Output is deterministic: `synthetic_text(prompt, n, seed)` is what a request's deltas spell out.
+    Output is deterministic: `synthetic_text(prompt, n, seed)` is what a request's deltas spell out. Having nothing
+    to load, it serves from construction; `start` only binds the step loop to its event loop early.
     """
 
     def __init__(self, config: SyntheticConfig) -> None:
+        model = ModelInfo(
+            name=config.model_name,
+            kind=ModelKind.TEXT_GENERATION,
+            engine=ENGINE_NAME,
+            description="TEST ENGINE: deterministic synthetic words from a batched step loop; not a language model",
+            is_test_engine=True,
+            context_length=config.context_length,
+            capabilities=CAPABILITIES,
+        )
+        super().__init__(ENGINE_NAME, (model,), config.slots, state=State.SERVING)
         self._config = config
-        self._active = 0
+        self._policy = PromptPolicy(vocab_size=len(VOCABULARY), context_length=config.context_length)
         self._prefilling: list[_Stream] = []
         self._running: dict[_Stream, None] = {}  # ordered set: the batch, in arrival order
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._closed = False
         self.steps = 0  # steps run since start (a figure for benchmarks: tokens per step = batch size)
         self.step_reporter = StepReporter()  # observer.Batching: every step's batch size, for telemetry
-        self._models = (
-            ModelInfo(
-                name=config.model_name,
-                kind=ModelKind.TEXT_GENERATION,
-                engine=self.name,
-                description="TEST ENGINE: deterministic synthetic words from a batched step loop; not a language model",
-                is_test_engine=True,
-                context_length=config.context_length,
-                capabilities=CAPABILITIES,
-            ),
-        )
-
-    @property
-    def name(self) -> str:
-        return "synthetic"
 
     @property
     def serves(self) -> Literal[ModelKind.TEXT_GENERATION]:
         return ModelKind.TEXT_GENERATION
-
-    @property
-    def models(self) -> Sequence[ModelInfo]:
-        return self._models
-
-    @property
-    def slots(self) -> int:
-        return self._config.slots
-
-    @property
-    def active(self) -> int:
-        return self._active
 
     async def start(self) -> None:
         self._ensure_loop()
 
     async def aclose(self) -> None:
         """Stop the step loop; streams still in flight end with UNAVAILABLE (ENGINE_CLOSED)."""
-        self._closed = True
+        self._mark_closed()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for stream in [*self._prefilling, *self._running]:
-            stream.end = _closed()
+            stream.end = closed_error(ENGINE_NAME)
             stream.wake()
         self._prefilling.clear()
         self._running.clear()
-
-    def healthy(self) -> bool:
-        return not self._closed
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         return self._generate(request)
@@ -207,14 +186,8 @@ class SyntheticEngine:
         return [_WORD_IDS.get(word, zlib.crc32(word.encode()) % len(VOCABULARY)) for word in prompt.split()]
 
     def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
-        """base.Tokenizing: each id's word and a space, as the engine streams them."""
-        for token in token_ids:
-            if not 0 <= token < len(VOCABULARY):
-                raise InvalidArgument(
-                    f"token id {token} is outside the vocabulary (0..{len(VOCABULARY) - 1})",
-                    field="token_ids",
-                    reason="TOKEN_ID_OUT_OF_RANGE",
-                )
+        """base.Tokenizing: each id's word and a space, as the engine streams them (ids checked as a prompt's)."""
+        self._policy.check_ids(token_ids)
         return "".join(VOCABULARY[token] + " " for token in token_ids)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
@@ -231,15 +204,14 @@ class SyntheticEngine:
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         check_request(request, CAPABILITIES)
         prompt_tokens = self._count_prompt(request)
-        if self._closed:
-            raise _closed()
+        self.check_serving()
         loop = self._ensure_loop()
         stream = _Stream(
             seed=prompt_seed(request.prompt, None if greedy(request) else request.sampling.seed),
             max_tokens=request.max_tokens,
             top_logprobs=request.top_logprobs,
             prompt_tokens=prompt_tokens,
-            stops=StopMatcher(request.stop),
+            decoder=TextDecoder(request.stop),
             submitted=time.perf_counter(),
             ready_at=loop.time() + self._config.first_output_delay_s,
         )
@@ -322,7 +294,7 @@ class SyntheticEngine:
             index = stream.produced
             token = synthetic_token(stream.seed, index)
             stream.produced = index + 1
-            check = stream.stops.feed(VOCABULARY[token] + " ")
+            check = stream.decoder.feed(VOCABULARY[token] + " ")
             if check.emit:
                 stream.texts.append(check.emit)
             stream.ids.append(token)  # its id counts, even with no text left (a stop string's last token)
@@ -330,10 +302,12 @@ class SyntheticEngine:
                 stream.logprobs.extend(self._logprobs(token, stream.top_logprobs))
             if check.matched is not None:
                 usage = Usage(input_tokens=stream.prompt_tokens, output_tokens=stream.produced)
-                stream.end = EngineFinished(FinishReason.STOP_SEQUENCE, usage, check.matched, stream.prefill)
+                stream.end = EngineFinished(
+                    FinishReason.STOP_SEQUENCE, usage, check.matched, prefill_seconds=stream.prefill
+                )
                 finished.append(stream)
             elif stream.produced == stream.max_tokens:
-                tail = stream.stops.flush()
+                tail = stream.decoder.finish().emit  # text in, so no UTF-8 tail: it cannot complete a stop string
                 if tail:
                     stream.texts.append(tail)
                 usage = Usage(input_tokens=stream.prompt_tokens, output_tokens=stream.produced)
@@ -344,26 +318,17 @@ class SyntheticEngine:
             del self._running[stream]
 
     def _count_prompt(self, request: GenerationRequest) -> int:
+        """The prompt's tokens: a text's words, a chat's messages, token ids (checked against the vocabulary).
+
+        A text of whitespace alone counts 0 and is served, as a real tokenizer's BOS token would have it served.
+        """
         prompt = request.prompt
         if isinstance(prompt, str):
             count = len(prompt.split())
         else:
             count = len(prompt)
-            bad = [t for t in prompt if isinstance(t, int) and not 0 <= t < len(VOCABULARY)]
-            if bad:
-                raise InvalidArgument(
-                    f"token id {bad[0]} is outside the vocabulary (0..{len(VOCABULARY) - 1})",
-                    field="params.token_ids",
-                    reason="TOKEN_ID_OUT_OF_RANGE",
-                )
-        limit = self._config.context_length
-        if count + request.max_tokens > limit:
-            raise InvalidArgument(
-                f"prompt of {count} tokens plus max_tokens {request.max_tokens} exceeds the context of {limit} tokens",
-                field="params.prompt",
-                reason="PROMPT_TOO_LONG",
-                metadata={"prompt_tokens": str(count), "context_length": str(limit)},
-            )
+            self._policy.check_ids([t for t in prompt if isinstance(t, int)])
+        self._policy.check_length(count, request.max_tokens)
         return count
 
     @staticmethod

@@ -110,7 +110,8 @@ class Request:
         ttfo = None if self.first_output_at is None else self.first_output_at - self.arrival
         timings = Timings(
             queue=admitted - self.arrival + engine_queue,
-            prefill=event.prefill_seconds,
+            # the engine's prefill; else its own time to first output, an upper bound (its queueing is in it)
+            prefill=event.prefill_seconds if event.prefill_seconds is not None else event.first_output_seconds,
             time_to_first_output=ttfo,
             total=now - self.arrival,
         )

@@ -321,7 +321,10 @@ class Session:
         if isinstance(spec, GenerateSpec):
             if not self._input_closed:  # a later request of this session may speak it: keep its text for that
                 request.chain = TextChain()
-            return TextJob(*validate_generate(command.request_id, spec, self._limits, self._router, self._cache_scope))
+            validated = validate_generate(
+                command.request_id, spec, self._limits, self._router, self._cache_scope, command.trace
+            )
+            return TextJob(*validated)
         text_input = TextInput(streaming=spec.streaming_input)
         job = SpeechJob(*validate_synthesize(command.request_id, spec, text_input.pieces(), self._limits, self._router))
         request.input = text_input

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import ssl
 import tomllib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, TypeAlias
@@ -54,6 +55,19 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
         root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None,
         require_client_auth=tls.client_ca_file is not None,
     )
+
+
+def ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The same TLS as `server_credentials`, for servers built on Python's ssl (the WebSocket edge: wss)."""
+    if tls.cert_file is None or tls.key_file is None:
+        raise ValueError("TLS is not configured")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file is not None:
+        context.load_verify_locations(tls.client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 class _TenantsFile(BaseModel):

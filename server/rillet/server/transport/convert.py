@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
@@ -95,6 +95,20 @@ def parse(data: bytes, message_type: type[M]) -> M:
     return message
 
 
+def parse_json(text: str, message_type: type[M]) -> M:
+    """Parse one client frame in the protobuf JSON mapping; InvalidArgument (UNDECODABLE_MESSAGE) when it is not one.
+
+    Unknown fields are refused, not skipped: a field the server does not know is a field it would ignore.
+    """
+    try:
+        return json_format.Parse(text, message_type(), max_recursion_depth=32)
+    except (json_format.ParseError, RecursionError) as error:
+        raise InvalidArgument(
+            f"the message is not a valid {message_type.DESCRIPTOR.full_name} in JSON: {clip(str(error))}",
+            reason="UNDECODABLE_MESSAGE",
+        ) from None
+
+
 def _seconds(message: duration_pb2.Duration, field: str) -> float:
     """A Duration's seconds; InvalidArgument when it breaks the Duration's own rules (range, nanos and sign)."""
     seconds, nanos = message.seconds, message.nanos
@@ -124,7 +138,7 @@ def generate_spec(params: generation_pb2.GenerateParams, limits: LimitsConfig) -
         case "text":
             prompt = params.text
         case "token_ids":
-            prompt = tuple(params.token_ids.ids[: limits.max_prompt_chars + 1])
+            prompt = tuple(params.token_ids.ids[: limits.max_prompt_token_ids + 1])
         case "chat":
             messages = params.chat.messages[: limits.max_chat_messages + 1]
             prompt = tuple(ChatMessage(m.role, m.content) for m in messages)

@@ -36,6 +36,7 @@ _one_shot_ids = itertools.count()
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str | bytes], ...]
+F = TypeVar("F", bound=bytes | str)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
@@ -114,7 +115,7 @@ class InferenceServicer:
     async def Session(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SessionResponse]:
-        commands = (await _off_loop(frame, self._command) async for frame in request_iterator)
+        commands = (await off_loop(frame, self._command) async for frame in request_iterator)
         async for response in self._serve(convert.session_response, context, commands=commands):
             yield response
 
@@ -186,7 +187,7 @@ class InferenceServicer:
                 assert commands is not None
                 outputs = self._session().run(commands)
             else:
-                outputs = self._session().run_one(await _off_loop(frame, to_start))
+                outputs = self._session().run_one(await off_loop(frame, to_start))
             async with aclosing(outputs) as stream:  # type: ignore[type-var]
                 async for output in stream:
                     yield to_proto(output)
@@ -211,7 +212,7 @@ def _one_shot_id(given: str) -> str:
     return given or f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}"
 
 
-async def _off_loop(frame: bytes, parse: Callable[[bytes], T]) -> T:
+async def off_loop(frame: F, parse: Callable[[F], T]) -> T:
     """`parse(frame)`: inline when the frame is small, in a worker thread when large (PARSE_INLINE_MAX_BYTES)."""
     if len(frame) <= PARSE_INLINE_MAX_BYTES:
         return parse(frame)

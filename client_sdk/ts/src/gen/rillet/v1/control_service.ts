@@ -6,20 +6,6 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import {
-  type CallOptions,
-  type ChannelCredentials,
-  Client,
-  type ClientOptions,
-  type ClientReadableStream,
-  type ClientUnaryCall,
-  type handleServerStreamingCall,
-  type handleUnaryCall,
-  makeGenericClientConstructor,
-  type Metadata,
-  type ServiceError,
-  type UntypedServiceImplementation,
-} from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration";
 import { Timestamp } from "../../google/protobuf/timestamp";
 import { ChatPrompt } from "./generation";
@@ -1889,305 +1875,107 @@ export const AbortResponse: MessageFns<AbortResponse> = {
  * port and open like grpc.health.v1 (gRPC clients open it per backend without
  * call credentials), which gRPC's weighted_round_robin balances on.
  */
-export type ControlServiceService = typeof ControlServiceService;
-export const ControlServiceService = {
-  /** What this server is: version, engines, models, limits, drain state. */
-  getServerInfo: {
-    path: "/rillet.v1.ControlService/GetServerInfo" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: GetServerInfoRequest): Buffer => Buffer.from(GetServerInfoRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): GetServerInfoRequest => GetServerInfoRequest.decode(value),
-    responseSerialize: (value: GetServerInfoResponse): Buffer =>
-      Buffer.from(GetServerInfoResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): GetServerInfoResponse => GetServerInfoResponse.decode(value),
-  },
-  /**
-   * The load now: per engine, requests running and waiting, slots, KV cache
-   * use, recent throughput; the numbers the Prometheus metrics and the ORCA
-   * reports carry.
-   */
-  getLoad: {
-    path: "/rillet.v1.ControlService/GetLoad" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: GetLoadRequest): Buffer => Buffer.from(GetLoadRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): GetLoadRequest => GetLoadRequest.decode(value),
-    responseSerialize: (value: GetLoadResponse): Buffer => Buffer.from(GetLoadResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): GetLoadResponse => GetLoadResponse.decode(value),
-  },
-  /**
-   * The load at once, then every `interval` until the client cancels or the
-   * server drains (the stream then ends with OK). Counted like a session
-   * among the tenant's open calls.
-   */
-  watchLoad: {
-    path: "/rillet.v1.ControlService/WatchLoad" as const,
-    requestStream: false as const,
-    responseStream: true as const,
-    requestSerialize: (value: WatchLoadRequest): Buffer => Buffer.from(WatchLoadRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): WatchLoadRequest => WatchLoadRequest.decode(value),
-    responseSerialize: (value: WatchLoadResponse): Buffer => Buffer.from(WatchLoadResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): WatchLoadResponse => WatchLoadResponse.decode(value),
-  },
-  /**
-   * A prompt's token ids, as the model reads it for generation (a chat
-   * prompt rendered by its chat template first). Bounded like generation:
-   * the same prompt limits apply and fail the same way (INVALID_ARGUMENT).
-   * A model whose engine cannot tokenize for clients fails with
-   * INVALID_ARGUMENT, reason TOKENIZER_UNSUPPORTED (GetServerInfo lists the
-   * engines that can).
-   */
-  tokenize: {
-    path: "/rillet.v1.ControlService/Tokenize" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: TokenizeRequest): Buffer => Buffer.from(TokenizeRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): TokenizeRequest => TokenizeRequest.decode(value),
-    responseSerialize: (value: TokenizeResponse): Buffer => Buffer.from(TokenizeResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): TokenizeResponse => TokenizeResponse.decode(value),
-  },
-  /**
-   * The text of token ids, as the model would print them. Bounded and
-   * refused as Tokenize; an id outside the vocabulary fails with
-   * INVALID_ARGUMENT, reason TOKEN_ID_OUT_OF_RANGE.
-   */
-  detokenize: {
-    path: "/rillet.v1.ControlService/Detokenize" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: DetokenizeRequest): Buffer => Buffer.from(DetokenizeRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): DetokenizeRequest => DetokenizeRequest.decode(value),
-    responseSerialize: (value: DetokenizeResponse): Buffer => Buffer.from(DetokenizeResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): DetokenizeResponse => DetokenizeResponse.decode(value),
-  },
-  /**
-   * How many tokens a prompt takes, as Tokenize counts them, with the
-   * model's context; bounded and refused as Tokenize.
-   */
-  countTokens: {
-    path: "/rillet.v1.ControlService/CountTokens" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: CountTokensRequest): Buffer => Buffer.from(CountTokensRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): CountTokensRequest => CountTokensRequest.decode(value),
-    responseSerialize: (value: CountTokensResponse): Buffer => Buffer.from(CountTokensResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): CountTokensResponse => CountTokensResponse.decode(value),
-  },
-  /**
-   * Ends requests of the caller's tenant in flight on this server, whichever
-   * call carries them (a supervisor, or a client that lost its session): each
-   * ends in its own stream as a cancelled request does, with `finished`
-   * (FINISH_REASON_CANCELLED), and its engine work is freed. Another tenant's
-   * requests are never reached: a request id the caller's tenant has nothing
-   * in flight under fails with NOT_FOUND, reason REQUEST_NOT_FOUND, whether
-   * or not another tenant uses it (the answer tells nothing of other
-   * tenants). Without token auth every caller is the same tenant.
-   */
-  abort: {
-    path: "/rillet.v1.ControlService/Abort" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: AbortRequest): Buffer => Buffer.from(AbortRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): AbortRequest => AbortRequest.decode(value),
-    responseSerialize: (value: AbortResponse): Buffer => Buffer.from(AbortResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): AbortResponse => AbortResponse.decode(value),
+export type ControlServiceDefinition = typeof ControlServiceDefinition;
+export const ControlServiceDefinition = {
+  name: "ControlService",
+  fullName: "rillet.v1.ControlService",
+  methods: {
+    /** What this server is: version, engines, models, limits, drain state. */
+    getServerInfo: {
+      name: "GetServerInfo",
+      requestType: GetServerInfoRequest as typeof GetServerInfoRequest,
+      requestStream: false,
+      responseType: GetServerInfoResponse as typeof GetServerInfoResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * The load now: per engine, requests running and waiting, slots, KV cache
+     * use, recent throughput; the numbers the Prometheus metrics and the ORCA
+     * reports carry.
+     */
+    getLoad: {
+      name: "GetLoad",
+      requestType: GetLoadRequest as typeof GetLoadRequest,
+      requestStream: false,
+      responseType: GetLoadResponse as typeof GetLoadResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * The load at once, then every `interval` until the client cancels or the
+     * server drains (the stream then ends with OK). Counted like a session
+     * among the tenant's open calls.
+     */
+    watchLoad: {
+      name: "WatchLoad",
+      requestType: WatchLoadRequest as typeof WatchLoadRequest,
+      requestStream: false,
+      responseType: WatchLoadResponse as typeof WatchLoadResponse,
+      responseStream: true,
+      options: {},
+    },
+    /**
+     * A prompt's token ids, as the model reads it for generation (a chat
+     * prompt rendered by its chat template first). Bounded like generation:
+     * the same prompt limits apply and fail the same way (INVALID_ARGUMENT).
+     * A model whose engine cannot tokenize for clients fails with
+     * INVALID_ARGUMENT, reason TOKENIZER_UNSUPPORTED (GetServerInfo lists the
+     * engines that can).
+     */
+    tokenize: {
+      name: "Tokenize",
+      requestType: TokenizeRequest as typeof TokenizeRequest,
+      requestStream: false,
+      responseType: TokenizeResponse as typeof TokenizeResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * The text of token ids, as the model would print them. Bounded and
+     * refused as Tokenize; an id outside the vocabulary fails with
+     * INVALID_ARGUMENT, reason TOKEN_ID_OUT_OF_RANGE.
+     */
+    detokenize: {
+      name: "Detokenize",
+      requestType: DetokenizeRequest as typeof DetokenizeRequest,
+      requestStream: false,
+      responseType: DetokenizeResponse as typeof DetokenizeResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * How many tokens a prompt takes, as Tokenize counts them, with the
+     * model's context; bounded and refused as Tokenize.
+     */
+    countTokens: {
+      name: "CountTokens",
+      requestType: CountTokensRequest as typeof CountTokensRequest,
+      requestStream: false,
+      responseType: CountTokensResponse as typeof CountTokensResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * Ends requests of the caller's tenant in flight on this server, whichever
+     * call carries them (a supervisor, or a client that lost its session): each
+     * ends in its own stream as a cancelled request does, with `finished`
+     * (FINISH_REASON_CANCELLED), and its engine work is freed. Another tenant's
+     * requests are never reached: a request id the caller's tenant has nothing
+     * in flight under fails with NOT_FOUND, reason REQUEST_NOT_FOUND, whether
+     * or not another tenant uses it (the answer tells nothing of other
+     * tenants). Without token auth every caller is the same tenant.
+     */
+    abort: {
+      name: "Abort",
+      requestType: AbortRequest as typeof AbortRequest,
+      requestStream: false,
+      responseType: AbortResponse as typeof AbortResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
-
-export interface ControlServiceServer extends UntypedServiceImplementation {
-  /** What this server is: version, engines, models, limits, drain state. */
-  getServerInfo: handleUnaryCall<GetServerInfoRequest, GetServerInfoResponse>;
-  /**
-   * The load now: per engine, requests running and waiting, slots, KV cache
-   * use, recent throughput; the numbers the Prometheus metrics and the ORCA
-   * reports carry.
-   */
-  getLoad: handleUnaryCall<GetLoadRequest, GetLoadResponse>;
-  /**
-   * The load at once, then every `interval` until the client cancels or the
-   * server drains (the stream then ends with OK). Counted like a session
-   * among the tenant's open calls.
-   */
-  watchLoad: handleServerStreamingCall<WatchLoadRequest, WatchLoadResponse>;
-  /**
-   * A prompt's token ids, as the model reads it for generation (a chat
-   * prompt rendered by its chat template first). Bounded like generation:
-   * the same prompt limits apply and fail the same way (INVALID_ARGUMENT).
-   * A model whose engine cannot tokenize for clients fails with
-   * INVALID_ARGUMENT, reason TOKENIZER_UNSUPPORTED (GetServerInfo lists the
-   * engines that can).
-   */
-  tokenize: handleUnaryCall<TokenizeRequest, TokenizeResponse>;
-  /**
-   * The text of token ids, as the model would print them. Bounded and
-   * refused as Tokenize; an id outside the vocabulary fails with
-   * INVALID_ARGUMENT, reason TOKEN_ID_OUT_OF_RANGE.
-   */
-  detokenize: handleUnaryCall<DetokenizeRequest, DetokenizeResponse>;
-  /**
-   * How many tokens a prompt takes, as Tokenize counts them, with the
-   * model's context; bounded and refused as Tokenize.
-   */
-  countTokens: handleUnaryCall<CountTokensRequest, CountTokensResponse>;
-  /**
-   * Ends requests of the caller's tenant in flight on this server, whichever
-   * call carries them (a supervisor, or a client that lost its session): each
-   * ends in its own stream as a cancelled request does, with `finished`
-   * (FINISH_REASON_CANCELLED), and its engine work is freed. Another tenant's
-   * requests are never reached: a request id the caller's tenant has nothing
-   * in flight under fails with NOT_FOUND, reason REQUEST_NOT_FOUND, whether
-   * or not another tenant uses it (the answer tells nothing of other
-   * tenants). Without token auth every caller is the same tenant.
-   */
-  abort: handleUnaryCall<AbortRequest, AbortResponse>;
-}
-
-export interface ControlServiceClient extends Client {
-  /** What this server is: version, engines, models, limits, drain state. */
-  getServerInfo(
-    request: GetServerInfoRequest,
-    callback: (error: ServiceError | null, response: GetServerInfoResponse) => void,
-  ): ClientUnaryCall;
-  getServerInfo(
-    request: GetServerInfoRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: GetServerInfoResponse) => void,
-  ): ClientUnaryCall;
-  getServerInfo(
-    request: GetServerInfoRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: GetServerInfoResponse) => void,
-  ): ClientUnaryCall;
-  /**
-   * The load now: per engine, requests running and waiting, slots, KV cache
-   * use, recent throughput; the numbers the Prometheus metrics and the ORCA
-   * reports carry.
-   */
-  getLoad(
-    request: GetLoadRequest,
-    callback: (error: ServiceError | null, response: GetLoadResponse) => void,
-  ): ClientUnaryCall;
-  getLoad(
-    request: GetLoadRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: GetLoadResponse) => void,
-  ): ClientUnaryCall;
-  getLoad(
-    request: GetLoadRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: GetLoadResponse) => void,
-  ): ClientUnaryCall;
-  /**
-   * The load at once, then every `interval` until the client cancels or the
-   * server drains (the stream then ends with OK). Counted like a session
-   * among the tenant's open calls.
-   */
-  watchLoad(request: WatchLoadRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchLoadResponse>;
-  watchLoad(
-    request: WatchLoadRequest,
-    metadata?: Metadata,
-    options?: Partial<CallOptions>,
-  ): ClientReadableStream<WatchLoadResponse>;
-  /**
-   * A prompt's token ids, as the model reads it for generation (a chat
-   * prompt rendered by its chat template first). Bounded like generation:
-   * the same prompt limits apply and fail the same way (INVALID_ARGUMENT).
-   * A model whose engine cannot tokenize for clients fails with
-   * INVALID_ARGUMENT, reason TOKENIZER_UNSUPPORTED (GetServerInfo lists the
-   * engines that can).
-   */
-  tokenize(
-    request: TokenizeRequest,
-    callback: (error: ServiceError | null, response: TokenizeResponse) => void,
-  ): ClientUnaryCall;
-  tokenize(
-    request: TokenizeRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: TokenizeResponse) => void,
-  ): ClientUnaryCall;
-  tokenize(
-    request: TokenizeRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: TokenizeResponse) => void,
-  ): ClientUnaryCall;
-  /**
-   * The text of token ids, as the model would print them. Bounded and
-   * refused as Tokenize; an id outside the vocabulary fails with
-   * INVALID_ARGUMENT, reason TOKEN_ID_OUT_OF_RANGE.
-   */
-  detokenize(
-    request: DetokenizeRequest,
-    callback: (error: ServiceError | null, response: DetokenizeResponse) => void,
-  ): ClientUnaryCall;
-  detokenize(
-    request: DetokenizeRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: DetokenizeResponse) => void,
-  ): ClientUnaryCall;
-  detokenize(
-    request: DetokenizeRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: DetokenizeResponse) => void,
-  ): ClientUnaryCall;
-  /**
-   * How many tokens a prompt takes, as Tokenize counts them, with the
-   * model's context; bounded and refused as Tokenize.
-   */
-  countTokens(
-    request: CountTokensRequest,
-    callback: (error: ServiceError | null, response: CountTokensResponse) => void,
-  ): ClientUnaryCall;
-  countTokens(
-    request: CountTokensRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: CountTokensResponse) => void,
-  ): ClientUnaryCall;
-  countTokens(
-    request: CountTokensRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: CountTokensResponse) => void,
-  ): ClientUnaryCall;
-  /**
-   * Ends requests of the caller's tenant in flight on this server, whichever
-   * call carries them (a supervisor, or a client that lost its session): each
-   * ends in its own stream as a cancelled request does, with `finished`
-   * (FINISH_REASON_CANCELLED), and its engine work is freed. Another tenant's
-   * requests are never reached: a request id the caller's tenant has nothing
-   * in flight under fails with NOT_FOUND, reason REQUEST_NOT_FOUND, whether
-   * or not another tenant uses it (the answer tells nothing of other
-   * tenants). Without token auth every caller is the same tenant.
-   */
-  abort(
-    request: AbortRequest,
-    callback: (error: ServiceError | null, response: AbortResponse) => void,
-  ): ClientUnaryCall;
-  abort(
-    request: AbortRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: AbortResponse) => void,
-  ): ClientUnaryCall;
-  abort(
-    request: AbortRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: AbortResponse) => void,
-  ): ClientUnaryCall;
-}
-
-export const ControlServiceClient = makeGenericClientConstructor(
-  ControlServiceService,
-  "rillet.v1.ControlService",
-) as unknown as {
-  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): ControlServiceClient;
-  service: typeof ControlServiceService;
-  serviceName: string;
-};
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 

@@ -6,22 +6,6 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import {
-  type CallOptions,
-  type ChannelCredentials,
-  Client,
-  type ClientDuplexStream,
-  type ClientOptions,
-  type ClientReadableStream,
-  type ClientUnaryCall,
-  type handleBidiStreamingCall,
-  type handleServerStreamingCall,
-  type handleUnaryCall,
-  makeGenericClientConstructor,
-  type Metadata,
-  type ServiceError,
-  type UntypedServiceImplementation,
-} from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration";
 import { Status } from "../../google/rpc/status";
 import { Finished, TraceContext } from "./common";
@@ -1699,202 +1683,81 @@ export const TextCapabilities: MessageFns<TextCapabilities> = {
  * DEADLINE_EXCEEDED (the call's deadline), RESOURCE_EXHAUSTED (a message over
  * the transport's size limit), INTERNAL.
  */
-export type InferenceServiceService = typeof InferenceServiceService;
-export const InferenceServiceService = {
-  /**
-   * A long-lived bidirectional session carrying many requests at once, each
-   * tagged with a client-chosen `request_id`.
-   *
-   * Ordering rules:
-   * - A request starts with StartGenerate or StartSynthesize; AppendText,
-   *   EndInput and Cancel refer to a request already started in this session.
-   * - For every started request the server sends zero or more output messages
-   *   (TokenDelta or AudioChunk) and then exactly one terminal message,
-   *   `finished` or `error`. `seq` numbers a request's messages 0, 1, 2, ...
-   *   with no gap. Messages of different requests interleave freely.
-   * - A client message that cannot be applied (unknown request id, duplicate
-   *   start, no kind set, ...) is answered by `rejected`; it changes no request.
-   * - Cancel ends the request promptly with `finished` (FINISH_REASON_CANCELLED)
-   *   unless its terminal message was already on its way.
-   * - Half-close (the client's end of stream) means "no new requests": requests
-   *   in flight run to completion, open synthesize inputs are treated as ended,
-   *   and the server then ends the call with OK.
-   * - Cancelling the call, or the client disconnecting, cancels every request
-   *   of the session in the engine.
-   * - ControlService.Abort, from any call of the same tenant, ends a request
-   *   as Cancel does: `finished` with FINISH_REASON_CANCELLED.
-   * - While the server drains, new starts fail with UNAVAILABLE; requests in
-   *   flight finish within the server's grace period or fail with UNAVAILABLE,
-   *   and the call then ends with UNAVAILABLE.
-   */
-  session: {
-    path: "/rillet.v1.InferenceService/Session" as const,
-    requestStream: true as const,
-    responseStream: true as const,
-    requestSerialize: (value: SessionRequest): Buffer => Buffer.from(SessionRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): SessionRequest => SessionRequest.decode(value),
-    responseSerialize: (value: SessionResponse): Buffer => Buffer.from(SessionResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): SessionResponse => SessionResponse.decode(value),
-  },
-  /**
-   * One-shot text generation: token deltas, then one `finished`. Failures end
-   * the call with the request's status. Cancelling the call aborts the request;
-   * ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
-   */
-  generate: {
-    path: "/rillet.v1.InferenceService/Generate" as const,
-    requestStream: false as const,
-    responseStream: true as const,
-    requestSerialize: (value: GenerateRequest): Buffer => Buffer.from(GenerateRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): GenerateRequest => GenerateRequest.decode(value),
-    responseSerialize: (value: GenerateResponse): Buffer => Buffer.from(GenerateResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): GenerateResponse => GenerateResponse.decode(value),
-  },
-  /**
-   * One-shot speech synthesis: audio chunks, then one `finished`. Failures end
-   * the call with the request's status. Cancelling the call aborts the request.
-   */
-  synthesize: {
-    path: "/rillet.v1.InferenceService/Synthesize" as const,
-    requestStream: false as const,
-    responseStream: true as const,
-    requestSerialize: (value: SynthesizeRequest): Buffer => Buffer.from(SynthesizeRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): SynthesizeRequest => SynthesizeRequest.decode(value),
-    responseSerialize: (value: SynthesizeResponse): Buffer => Buffer.from(SynthesizeResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): SynthesizeResponse => SynthesizeResponse.decode(value),
-  },
-  /** Lists the models and voices this server serves. */
-  listModels: {
-    path: "/rillet.v1.InferenceService/ListModels" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: ListModelsRequest): Buffer => Buffer.from(ListModelsRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): ListModelsRequest => ListModelsRequest.decode(value),
-    responseSerialize: (value: ListModelsResponse): Buffer => Buffer.from(ListModelsResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): ListModelsResponse => ListModelsResponse.decode(value),
+export type InferenceServiceDefinition = typeof InferenceServiceDefinition;
+export const InferenceServiceDefinition = {
+  name: "InferenceService",
+  fullName: "rillet.v1.InferenceService",
+  methods: {
+    /**
+     * A long-lived bidirectional session carrying many requests at once, each
+     * tagged with a client-chosen `request_id`.
+     *
+     * Ordering rules:
+     * - A request starts with StartGenerate or StartSynthesize; AppendText,
+     *   EndInput and Cancel refer to a request already started in this session.
+     * - For every started request the server sends zero or more output messages
+     *   (TokenDelta or AudioChunk) and then exactly one terminal message,
+     *   `finished` or `error`. `seq` numbers a request's messages 0, 1, 2, ...
+     *   with no gap. Messages of different requests interleave freely.
+     * - A client message that cannot be applied (unknown request id, duplicate
+     *   start, no kind set, ...) is answered by `rejected`; it changes no request.
+     * - Cancel ends the request promptly with `finished` (FINISH_REASON_CANCELLED)
+     *   unless its terminal message was already on its way.
+     * - Half-close (the client's end of stream) means "no new requests": requests
+     *   in flight run to completion, open synthesize inputs are treated as ended,
+     *   and the server then ends the call with OK.
+     * - Cancelling the call, or the client disconnecting, cancels every request
+     *   of the session in the engine.
+     * - ControlService.Abort, from any call of the same tenant, ends a request
+     *   as Cancel does: `finished` with FINISH_REASON_CANCELLED.
+     * - While the server drains, new starts fail with UNAVAILABLE; requests in
+     *   flight finish within the server's grace period or fail with UNAVAILABLE,
+     *   and the call then ends with UNAVAILABLE.
+     */
+    session: {
+      name: "Session",
+      requestType: SessionRequest as typeof SessionRequest,
+      requestStream: true,
+      responseType: SessionResponse as typeof SessionResponse,
+      responseStream: true,
+      options: {},
+    },
+    /**
+     * One-shot text generation: token deltas, then one `finished`. Failures end
+     * the call with the request's status. Cancelling the call aborts the request;
+     * ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
+     */
+    generate: {
+      name: "Generate",
+      requestType: GenerateRequest as typeof GenerateRequest,
+      requestStream: false,
+      responseType: GenerateResponse as typeof GenerateResponse,
+      responseStream: true,
+      options: {},
+    },
+    /**
+     * One-shot speech synthesis: audio chunks, then one `finished`. Failures end
+     * the call with the request's status. Cancelling the call aborts the request.
+     */
+    synthesize: {
+      name: "Synthesize",
+      requestType: SynthesizeRequest as typeof SynthesizeRequest,
+      requestStream: false,
+      responseType: SynthesizeResponse as typeof SynthesizeResponse,
+      responseStream: true,
+      options: {},
+    },
+    /** Lists the models and voices this server serves. */
+    listModels: {
+      name: "ListModels",
+      requestType: ListModelsRequest as typeof ListModelsRequest,
+      requestStream: false,
+      responseType: ListModelsResponse as typeof ListModelsResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
-
-export interface InferenceServiceServer extends UntypedServiceImplementation {
-  /**
-   * A long-lived bidirectional session carrying many requests at once, each
-   * tagged with a client-chosen `request_id`.
-   *
-   * Ordering rules:
-   * - A request starts with StartGenerate or StartSynthesize; AppendText,
-   *   EndInput and Cancel refer to a request already started in this session.
-   * - For every started request the server sends zero or more output messages
-   *   (TokenDelta or AudioChunk) and then exactly one terminal message,
-   *   `finished` or `error`. `seq` numbers a request's messages 0, 1, 2, ...
-   *   with no gap. Messages of different requests interleave freely.
-   * - A client message that cannot be applied (unknown request id, duplicate
-   *   start, no kind set, ...) is answered by `rejected`; it changes no request.
-   * - Cancel ends the request promptly with `finished` (FINISH_REASON_CANCELLED)
-   *   unless its terminal message was already on its way.
-   * - Half-close (the client's end of stream) means "no new requests": requests
-   *   in flight run to completion, open synthesize inputs are treated as ended,
-   *   and the server then ends the call with OK.
-   * - Cancelling the call, or the client disconnecting, cancels every request
-   *   of the session in the engine.
-   * - ControlService.Abort, from any call of the same tenant, ends a request
-   *   as Cancel does: `finished` with FINISH_REASON_CANCELLED.
-   * - While the server drains, new starts fail with UNAVAILABLE; requests in
-   *   flight finish within the server's grace period or fail with UNAVAILABLE,
-   *   and the call then ends with UNAVAILABLE.
-   */
-  session: handleBidiStreamingCall<SessionRequest, SessionResponse>;
-  /**
-   * One-shot text generation: token deltas, then one `finished`. Failures end
-   * the call with the request's status. Cancelling the call aborts the request;
-   * ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
-   */
-  generate: handleServerStreamingCall<GenerateRequest, GenerateResponse>;
-  /**
-   * One-shot speech synthesis: audio chunks, then one `finished`. Failures end
-   * the call with the request's status. Cancelling the call aborts the request.
-   */
-  synthesize: handleServerStreamingCall<SynthesizeRequest, SynthesizeResponse>;
-  /** Lists the models and voices this server serves. */
-  listModels: handleUnaryCall<ListModelsRequest, ListModelsResponse>;
-}
-
-export interface InferenceServiceClient extends Client {
-  /**
-   * A long-lived bidirectional session carrying many requests at once, each
-   * tagged with a client-chosen `request_id`.
-   *
-   * Ordering rules:
-   * - A request starts with StartGenerate or StartSynthesize; AppendText,
-   *   EndInput and Cancel refer to a request already started in this session.
-   * - For every started request the server sends zero or more output messages
-   *   (TokenDelta or AudioChunk) and then exactly one terminal message,
-   *   `finished` or `error`. `seq` numbers a request's messages 0, 1, 2, ...
-   *   with no gap. Messages of different requests interleave freely.
-   * - A client message that cannot be applied (unknown request id, duplicate
-   *   start, no kind set, ...) is answered by `rejected`; it changes no request.
-   * - Cancel ends the request promptly with `finished` (FINISH_REASON_CANCELLED)
-   *   unless its terminal message was already on its way.
-   * - Half-close (the client's end of stream) means "no new requests": requests
-   *   in flight run to completion, open synthesize inputs are treated as ended,
-   *   and the server then ends the call with OK.
-   * - Cancelling the call, or the client disconnecting, cancels every request
-   *   of the session in the engine.
-   * - ControlService.Abort, from any call of the same tenant, ends a request
-   *   as Cancel does: `finished` with FINISH_REASON_CANCELLED.
-   * - While the server drains, new starts fail with UNAVAILABLE; requests in
-   *   flight finish within the server's grace period or fail with UNAVAILABLE,
-   *   and the call then ends with UNAVAILABLE.
-   */
-  session(): ClientDuplexStream<SessionRequest, SessionResponse>;
-  session(options: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
-  session(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
-  /**
-   * One-shot text generation: token deltas, then one `finished`. Failures end
-   * the call with the request's status. Cancelling the call aborts the request;
-   * ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
-   */
-  generate(request: GenerateRequest, options?: Partial<CallOptions>): ClientReadableStream<GenerateResponse>;
-  generate(
-    request: GenerateRequest,
-    metadata?: Metadata,
-    options?: Partial<CallOptions>,
-  ): ClientReadableStream<GenerateResponse>;
-  /**
-   * One-shot speech synthesis: audio chunks, then one `finished`. Failures end
-   * the call with the request's status. Cancelling the call aborts the request.
-   */
-  synthesize(request: SynthesizeRequest, options?: Partial<CallOptions>): ClientReadableStream<SynthesizeResponse>;
-  synthesize(
-    request: SynthesizeRequest,
-    metadata?: Metadata,
-    options?: Partial<CallOptions>,
-  ): ClientReadableStream<SynthesizeResponse>;
-  /** Lists the models and voices this server serves. */
-  listModels(
-    request: ListModelsRequest,
-    callback: (error: ServiceError | null, response: ListModelsResponse) => void,
-  ): ClientUnaryCall;
-  listModels(
-    request: ListModelsRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: ListModelsResponse) => void,
-  ): ClientUnaryCall;
-  listModels(
-    request: ListModelsRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: ListModelsResponse) => void,
-  ): ClientUnaryCall;
-}
-
-export const InferenceServiceClient = makeGenericClientConstructor(
-  InferenceServiceService,
-  "rillet.v1.InferenceService",
-) as unknown as {
-  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): InferenceServiceClient;
-  service: typeof InferenceServiceService;
-  serviceName: string;
-};
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 

@@ -64,7 +64,7 @@ export interface SynthesizeParams {
  */
 export interface AudioChunk {
   /** Encoded audio, as the request's encoding says. */
-  audio: Buffer;
+  audio: Uint8Array;
   /** Sample rate of `audio`. */
   sampleRateHertz: number;
   /** Number of interleaved channels in `audio`. */
@@ -199,7 +199,7 @@ export const SynthesizeParams: MessageFns<SynthesizeParams> = {
 };
 
 function createBaseAudioChunk(): AudioChunk {
-  return { audio: Buffer.alloc(0), sampleRateHertz: 0, channelCount: 0, offsetSamples: 0n, text: "" };
+  return { audio: new Uint8Array(0), sampleRateHertz: 0, channelCount: 0, offsetSamples: 0n, text: "" };
 }
 
 export const AudioChunk: MessageFns<AudioChunk> = {
@@ -243,7 +243,7 @@ export const AudioChunk: MessageFns<AudioChunk> = {
               break;
             }
 
-            message.audio = Buffer.from(reader.bytes());
+            message.audio = reader.bytes();
             continue;
           }
           case 2: {
@@ -295,7 +295,7 @@ export const AudioChunk: MessageFns<AudioChunk> = {
   },
   fromPartial(object: DeepPartial<AudioChunk>): AudioChunk {
     const message = createBaseAudioChunk();
-    message.audio = object.audio ?? Buffer.alloc(0);
+    message.audio = object.audio ?? new Uint8Array(0);
     message.sampleRateHertz = object.sampleRateHertz ?? 0;
     message.channelCount = object.channelCount ?? 0;
     message.offsetSamples = (object.offsetSamples !== undefined && object.offsetSamples !== null)
