@@ -2,7 +2,8 @@
 // definition, its errors as RilletErrors, and a session's call. Browsers never load this module.
 import {
   type CallOptions, type ChannelCredentials, type Client, type ClientDuplexStream, type ClientOptions,
-  type ClientReadableStream, type ClientUnaryCall, makeGenericClientConstructor, type Metadata, type ServiceError,
+  type ClientReadableStream, type ClientUnaryCall, makeGenericClientConstructor, type Metadata, type ServiceDefinition,
+  type ServiceError,
 } from "@grpc/grpc-js";
 
 import {
@@ -59,13 +60,18 @@ export interface InferenceServiceClient extends Client {
     callback: (error: ServiceError | null, response: ListModelsResponse) => void): ClientUnaryCall;
 }
 
-export const InferenceServiceClient = makeGenericClientConstructor(
+/** The @grpc/grpc-js client class of `service`, typed as its interface `C`. */
+function clientClass<C, S extends ServiceDefinition>(service: S, fullName: string) {
+  return makeGenericClientConstructor(service, fullName) as unknown as {
+    new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): C;
+    service: S;
+    serviceName: string;
+  };
+}
+
+export const InferenceServiceClient = clientClass<InferenceServiceClient, typeof InferenceServiceService>(
   InferenceServiceService, InferenceServiceDefinition.fullName,
-) as unknown as {
-  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): InferenceServiceClient;
-  service: typeof InferenceServiceService;
-  serviceName: string;
-};
+);
 
 const control = ControlServiceDefinition.methods;
 const controlMethod: typeof method = (m) => method(m, ControlServiceDefinition.fullName);
@@ -96,13 +102,9 @@ export interface ControlServiceClient extends Client {
   abort: Unary<AbortRequest, AbortResponse>;
 }
 
-export const ControlServiceClient = makeGenericClientConstructor(
+export const ControlServiceClient = clientClass<ControlServiceClient, typeof ControlServiceService>(
   ControlServiceService, ControlServiceDefinition.fullName,
-) as unknown as {
-  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): ControlServiceClient;
-  service: typeof ControlServiceService;
-  serviceName: string;
-};
+);
 
 /** A RilletError from anything a grpc-js call throws (the `grpc-status-details-bin` trailer decoded); RilletErrors pass through. */
 export function toRilletError(error: unknown): RilletError {
