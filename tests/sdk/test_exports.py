@@ -15,7 +15,7 @@ EXPECTED = {
     "ProtocolError", "RequestCancelledError", "RequestStream", "ResourceExhaustedError", "RilletError", "Session",
     "SynthesizeOptions", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions",
     "TokenDelta", "TokenLogprob", "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError",
-    "Usage",
+    "Usage", "EngineInfo", "EngineLoad", "Priority", "ServerInfo", "ServerLoad", "TokenCount",
 }  # fmt: skip
 
 

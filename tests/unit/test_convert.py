@@ -188,7 +188,7 @@ def test_an_oversized_trace_context_is_ignored_as_w3c_asks() -> None:
 def test_durations_are_normalized_as_protobuf_does(seconds: float) -> None:
     expected = duration_pb2.Duration()
     expected.FromNanoseconds(round(seconds * 1e9))  # seconds and nanos share the sign; |nanos| < 1e9
-    got = convert._duration(seconds)
+    got = convert.duration(seconds)
     assert (got.seconds, got.nanos) == (expected.seconds, expected.nanos)
 
 

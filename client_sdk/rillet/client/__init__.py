@@ -5,6 +5,7 @@ import warnings as _warnings
 
 from rillet.client._channel import ChannelConfig, KeepAlive
 from rillet.client._client import Client
+from rillet.client._control import EngineInfo, EngineLoad, ServerInfo, ServerLoad, TokenCount
 from rillet.client._errors import (
     AlreadyExistsError,
     DeadlineExceededError,
@@ -32,6 +33,7 @@ from rillet.client._types import (
     GenerateResult,
     Model,
     ModelKind,
+    Priority,
     SynthesizeResult,
     TextCapabilities,
     Timings,
@@ -48,6 +50,8 @@ __all__ = [
     "ChatMessage",
     "Client",
     "DeadlineExceededError",
+    "EngineInfo",
+    "EngineLoad",
     "FinishReason",
     "Finished",
     "GenerateOptions",
@@ -61,11 +65,14 @@ __all__ = [
     "Model",
     "ModelKind",
     "NotFoundError",
+    "Priority",
     "ProtocolError",
     "RequestCancelledError",
     "RequestStream",
     "ResourceExhaustedError",
     "RilletError",
+    "ServerInfo",
+    "ServerLoad",
     "Session",
     "SynthesizeOptions",
     "SynthesizeResult",
@@ -73,6 +80,7 @@ __all__ = [
     "TextCapabilities",
     "Timings",
     "TlsOptions",
+    "TokenCount",
     "TokenDelta",
     "TokenLogprob",
     "TokenLogprobs",

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict, TypeVar
 
+from rillet.client._types import Priority
+
 
 class SchemaModel(Protocol):
     """A class that states its JSON Schema, as a pydantic model does (`model_json_schema()`)."""
@@ -42,6 +44,8 @@ class GenerateOptions:
       reason STOP means the output is complete; LENGTH or STOP_SEQUENCE that it may be a prefix of one.
       `GenerateStream.parse(Model)` collects and validates it.
     - `timeout`: seconds the request may take: a one-shot call's deadline, or a session request's own limit.
+    - `priority`: its admission class (Priority.BATCH waits behind interactive requests, never starved); None is the
+      server's default, interactive.
     - `traceparent`, `tracestate`: the W3C trace context the request joins; unset, the caller's current
       OpenTelemetry context (with opentelemetry-api installed).
     """
@@ -62,6 +66,7 @@ class GenerateOptions:
     choice: Sequence[str] | None = None
     json_object: bool = False
     timeout: float | None = None
+    priority: Priority | None = None
     traceparent: str = ""
     tracestate: str = ""
 
@@ -110,6 +115,7 @@ class GenerateFields(TypedDict, total=False):
     choice: Sequence[str] | None
     json_object: bool
     timeout: float | None
+    priority: Priority | None
     traceparent: str
     tracestate: str
 
@@ -121,13 +127,14 @@ class SynthesizeOptions:
     - `voice`: the voice's name; "" for the server's default voice.
     - `sample_rate_hertz`: the audio's rate; 0 for the voice's own.
     - `max_chunk_s`: the longest audio chunk, in seconds; None for the server's default.
-    - `timeout`, `traceparent`, `tracestate`: as in GenerateOptions.
+    - `timeout`, `priority`, `traceparent`, `tracestate`: as in GenerateOptions.
     """
 
     voice: str = ""
     sample_rate_hertz: int = 0
     max_chunk_s: float | None = None
     timeout: float | None = None
+    priority: Priority | None = None
     traceparent: str = ""
     tracestate: str = ""
 
@@ -139,6 +146,7 @@ class SynthesizeFields(TypedDict, total=False):
     sample_rate_hertz: int
     max_chunk_s: float | None
     timeout: float | None
+    priority: Priority | None
     traceparent: str
     tracestate: str
 

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from rillet.v1 import common_pb2 as rillet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rillet/v1/speech.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe7\x01\n\x10SynthesizeParams\x12\x14\n\x05voice\x18\x01 \x01(\tR\x05voice\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12*\n\x11sample_rate_hertz\x18\x03 \x01(\rR\x0fsampleRateHertz\x12\x34\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x18.rillet.v1.AudioEncodingR\x08\x65ncoding\x12G\n\x12max_chunk_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x10maxChunkDuration\"\xae\x01\n\nAudioChunk\x12\x14\n\x05\x61udio\x18\x01 \x01(\x0cR\x05\x61udio\x12*\n\x11sample_rate_hertz\x18\x02 \x01(\rR\x0fsampleRateHertz\x12#\n\rchannel_count\x18\x03 \x01(\rR\x0c\x63hannelCount\x12%\n\x0eoffset_samples\x18\x04 \x01(\x04R\roffsetSamples\x12\x12\n\x04text\x18\x05 \x01(\tR\x04text*L\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UDIO_ENCODING_LINEAR16\x10\x01\x42]\n\rdev.rillet.v1B\x0bSpeechProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rillet/v1/speech.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16rillet/v1/common.proto\"\x98\x02\n\x10SynthesizeParams\x12\x14\n\x05voice\x18\x01 \x01(\tR\x05voice\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12*\n\x11sample_rate_hertz\x18\x03 \x01(\rR\x0fsampleRateHertz\x12\x34\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x18.rillet.v1.AudioEncodingR\x08\x65ncoding\x12G\n\x12max_chunk_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x10maxChunkDuration\x12/\n\x08priority\x18\x06 \x01(\x0e\x32\x13.rillet.v1.PriorityR\x08priority\"\xae\x01\n\nAudioChunk\x12\x14\n\x05\x61udio\x18\x01 \x01(\x0cR\x05\x61udio\x12*\n\x11sample_rate_hertz\x18\x02 \x01(\rR\x0fsampleRateHertz\x12#\n\rchannel_count\x18\x03 \x01(\rR\x0c\x63hannelCount\x12%\n\x0eoffset_samples\x18\x04 \x01(\x04R\roffsetSamples\x12\x12\n\x04text\x18\x05 \x01(\tR\x04text*L\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UDIO_ENCODING_LINEAR16\x10\x01\x42]\n\rdev.rillet.v1B\x0bSpeechProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +34,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rillet.v1.speech_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.rillet.v1B\013SpeechProtoP\001Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1'
-  _globals['_AUDIOENCODING']._serialized_start=480
-  _globals['_AUDIOENCODING']._serialized_end=556
-  _globals['_SYNTHESIZEPARAMS']._serialized_start=70
-  _globals['_SYNTHESIZEPARAMS']._serialized_end=301
-  _globals['_AUDIOCHUNK']._serialized_start=304
-  _globals['_AUDIOCHUNK']._serialized_end=478
+  _globals['_AUDIOENCODING']._serialized_start=553
+  _globals['_AUDIOENCODING']._serialized_end=629
+  _globals['_SYNTHESIZEPARAMS']._serialized_start=94
+  _globals['_SYNTHESIZEPARAMS']._serialized_end=374
+  _globals['_AUDIOCHUNK']._serialized_start=377
+  _globals['_AUDIOCHUNK']._serialized_end=551
 # @@protoc_insertion_point(module_scope)

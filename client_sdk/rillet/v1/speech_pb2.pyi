@@ -7,6 +7,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from rillet.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -53,6 +54,7 @@ class SynthesizeParams(_message.Message):
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_DURATION_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     voice: _builtins.str
     """Voice name as listed by ListModels; empty selects the server's default
     voice. An unknown name fails with NOT_FOUND.
@@ -68,6 +70,8 @@ class SynthesizeParams(_message.Message):
     """
     encoding: Global___AudioEncoding.ValueType
     """Encoding of the returned audio."""
+    priority: _common_pb2.Priority.ValueType
+    """The admission class; unset is interactive."""
     @_builtins.property
     def max_chunk_duration(self) -> _duration_pb2.Duration:
         """Upper bound on the audio in one AudioChunk; unset takes the server's
@@ -83,10 +87,11 @@ class SynthesizeParams(_message.Message):
         sample_rate_hertz: _builtins.int = ...,
         encoding: Global___AudioEncoding.ValueType = ...,
         max_chunk_duration: _duration_pb2.Duration | None = ...,
+        priority: _common_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["max_chunk_duration", b"max_chunk_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "max_chunk_duration", b"max_chunk_duration", "sample_rate_hertz", b"sample_rate_hertz", "text", b"text", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "max_chunk_duration", b"max_chunk_duration", "priority", b"priority", "sample_rate_hertz", b"sample_rate_hertz", "text", b"text", "voice", b"voice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

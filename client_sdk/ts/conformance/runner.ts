@@ -7,9 +7,63 @@ import { type Client, makeGenericClientConstructor, credentials } from "@grpc/gr
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 import {
-  type AudioChunk, type DeepPartial, FinishReason, type GenerateParams, type Model, Model_Kind, RilletClient,
-  RilletError, type Session, type SessionRequestHandle, type SessionResponse, webSocketSession,
+  type AudioChunk, type DeepPartial, FinishReason, type GenerateParams, type Model, Model_Kind, Priority,
+  RilletClient, RilletError, type Session, type SessionRequestHandle, type SessionResponse, webSocketSession,
 } from "../src";
+
+const CONTROL_OPS = new Set(["server_info", "tokenize", "count_tokens", "detokenize", "abort", "load", "orca"]);
+
+interface OrcaReport {
+  cpuUtilization: number;
+  rpsFractional: number;
+  applicationUtilization: number;
+  namedMetrics: Map<string, number>;
+}
+
+/** One report of gRPC's standard out-of-band ORCA stream, decoded by hand (the fields the steps check). */
+async function orcaReport(target: string): Promise<OrcaReport> {
+  const decode = (bytes: Buffer): OrcaReport => {
+    const reader = new BinaryReader(bytes);
+    const report: OrcaReport = { cpuUtilization: 0, rpsFractional: 0, applicationUtilization: 0, namedMetrics: new Map() };
+    while (reader.pos < reader.len) {
+      const tag = reader.uint32();
+      const field = tag >>> 3;
+      if (field === 1) report.cpuUtilization = reader.double();
+      else if (field === 6) report.rpsFractional = reader.double();
+      else if (field === 9) report.applicationUtilization = reader.double();
+      else if (field === 8) {
+        const entry = new BinaryReader(reader.bytes());
+        let key = "";
+        let value = 0;
+        while (entry.pos < entry.len) {
+          const entryTag = entry.uint32();
+          if (entryTag >>> 3 === 1) key = entry.string();
+          else if (entryTag >>> 3 === 2) value = entry.double();
+          else entry.skip(entryTag & 7);
+        }
+        report.namedMetrics.set(key, value);
+      } else reader.skip(tag & 7);
+    }
+    return report;
+  };
+  const Orca = makeGenericClientConstructor({
+    StreamCoreMetrics: {
+      path: "/xds.service.orca.v3.OpenRcaService/StreamCoreMetrics", requestStream: false, responseStream: true,
+      requestSerialize: () => Buffer.alloc(0), requestDeserialize: () => ({}),
+      responseSerialize: () => Buffer.alloc(0), responseDeserialize: decode,
+    },
+  }, "OpenRcaService");
+  const client = new Orca(target, credentials.createInsecure()) as Client & Record<string, Function>;
+  const call = client.StreamCoreMetrics({});
+  call.on("error", () => {});
+  try {
+    for await (const report of call as AsyncIterable<OrcaReport>) return report;
+    throw new Failed("the ORCA stream ended with no report");
+  } finally {
+    call.cancel();
+    client.close();
+  }
+}
 
 const WAIT_MS = 30_000; // a bound on every wait: a scenario that would hang fails instead
 
@@ -72,6 +126,7 @@ function checkCount(step: Step, n: number, tokens: number): void {
 function generateParams(step: Step): DeepPartial<GenerateParams> {
   const params: DeepPartial<GenerateParams> = {
     prompt: { $case: "text", value: step.prompt as string }, maxTokens: step.max_tokens as number,
+    priority: step.priority === "batch" ? Priority.PRIORITY_BATCH : undefined,
   };
   for (const [kind, value] of Object.entries((step.constraint ?? {}) as Record<string, unknown>)) {
     if (kind === "json_schema") params.constraint = { $case: "jsonSchema", value: JSON.stringify(value) };
@@ -269,7 +324,69 @@ class Runner {
         return;
       }
       default:
-        throw new Failed(`unknown op ${step.op}`);
+        if (!CONTROL_OPS.has(step.op)) throw new Failed(`unknown op ${step.op}`);
+        try {
+          await this.control(step);
+        } catch (error) {
+          if (error instanceof Failed || step.code === undefined) throw error;
+          return checkError(step, error as RilletError);
+        }
+        check(step.code === undefined, `${step.op} succeeded, expected ${step.code}`);
+    }
+  }
+
+  /** The ControlService steps; a failure throws RilletError for the step to check. */
+  private async control(step: Step): Promise<void> {
+    const chat = (step.chat as Array<[string, string]> | undefined)?.map(([role, content]) => ({ role, content }));
+    const prompt = chat ?? (step.prompt as string);
+    switch (step.op) {
+      case "server_info": {
+        const info = await this.client.serverInfo();
+        for (const want of step.engines as Array<{ name: string; tokenizer: boolean }>) {
+          const engine = info.engines.find((e) => e.name === want.name);
+          check(engine !== undefined, `no engine ${want.name}`);
+          check(engine.tokenizer === want.tokenizer, `${want.name}: tokenizer ${engine.tokenizer}`);
+        }
+        return;
+      }
+      case "tokenize": {
+        const ids = await this.client.tokenize(prompt);
+        check(JSON.stringify(ids) === JSON.stringify(step.ids), `ids ${ids}, expected ${step.ids}`);
+        return;
+      }
+      case "count_tokens": {
+        const count = await this.client.countTokens(prompt);
+        check(count.tokenCount === step.tokens, `${count.tokenCount} tokens, expected ${step.tokens}`);
+        return;
+      }
+      case "detokenize": {
+        const text = await this.client.detokenize(step.ids as number[]);
+        check(text === step.text, `text ${JSON.stringify(text)}, expected ${JSON.stringify(step.text)}`);
+        return;
+      }
+      case "abort": {
+        const ended = await this.client.abort(step.target as string);
+        check(JSON.stringify(ended) === JSON.stringify(step.ended), `ended ${ended}, expected ${step.ended}`);
+        return;
+      }
+      case "load": {
+        const load = await this.client.load();
+        const engine = load.engines.find((e) => e.engine === step.engine);
+        check(engine !== undefined, `no engine ${step.engine} in the load`);
+        const got = [engine.running, engine.waiting, engine.slots];
+        check(JSON.stringify(got) === JSON.stringify([step.running, step.waiting, step.slots]),
+          `running, waiting, slots: ${got}`);
+        return;
+      }
+      case "orca": {
+        const report = await orcaReport(this.target);
+        check(report.namedMetrics.get("running") === step.running, `running ${report.namedMetrics.get("running")}`);
+        check(report.namedMetrics.has("waiting"), "no waiting metric");
+        check(report.applicationUtilization === step.utilization,
+          `application_utilization ${report.applicationUtilization}`);
+        check(report.rpsFractional >= 0 && report.cpuUtilization >= 0, "negative rates");
+        return;
+      }
     }
   }
 
@@ -343,7 +460,9 @@ async function main(): Promise<void> {
     scenarios: Array<{ name: string; steps: Step[] }>;
   };
   const target = values.target as string;
-  const client = new RilletClient(target);
+  // Balanced (grpc-js's weighted_round_robin on the server's ORCA reports) over the one backend: the SDK's fleet
+  // mode, played throughout.
+  const client = new RilletClient(target, { balancing: "weighted" });
   let failed = false;
   for (const scenario of suite.scenarios) {
     const runner = new Runner(client, target, Number(values["server-pid"]), values.websocket);

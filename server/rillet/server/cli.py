@@ -180,6 +180,7 @@ async def _serve(settings: Settings, exports: Exports) -> int:
         edge = EdgeTelemetry(telemetry.rpc.tracer, telemetry.instruments.meter)
         server = RilletServer(settings, observer=telemetry.observer, guards=[telemetry.rpc], edge_observer=edge)
         telemetry.watch(server.router.engines)
+        telemetry.watch_load(server.load.gauges)
         return await run_server(settings, server)
     finally:
         telemetry.shutdown()  # after the drain: the last spans and metrics are exported

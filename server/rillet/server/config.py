@@ -278,6 +278,49 @@ class SchedulerConfig(BaseModel, frozen=True):
     tenant_queue_share: float = Field(
         0.5, gt=0, le=1, description="the part of each engine's queue one tenant's waiters may fill (with auth on)"
     )
+    batch_every: int = Field(
+        4,
+        ge=2,
+        description="while interactive and batch requests both wait, every batch_every-th freed slot goes to the "
+        "oldest batch request (batch is never starved); the others go to interactive requests",
+    )
+    batch_slot_share: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="the part of each engine's slots batch requests may hold (at least one): the rest stay free for "
+        "interactive requests, which then start at once under a saturating batch load",
+    )
+    batch_queue_share: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="the part of each engine's queue batch requests may fill (room is left for interactive ones)",
+    )
+
+
+class LoadConfig(BaseModel, frozen=True, extra="forbid"):
+    """Load reports (load.py): ControlService GetLoad and WatchLoad, ORCA for gRPC's weighted_round_robin."""
+
+    window_s: float = Field(10.0, gt=0, description="rates (requests, tokens, characters, CPU) span this recent past")
+    min_interval_s: float = Field(
+        0.5, gt=0, description="the shortest interval WatchLoad and ORCA streams report at; shorter asks are raised"
+    )
+    max_interval_s: float = Field(300.0, gt=0, description="the longest interval WatchLoad takes")
+    max_streams: int = Field(
+        256, ge=1, description="WatchLoad and ORCA report streams open at once, every client; more: RESOURCE_EXHAUSTED"
+    )
+    per_call_reports: bool = Field(
+        False,
+        description="also put an ORCA report in the trailers of each one-shot Generate and Synthesize call "
+        "(endpoint-load-metrics-bin), for clients that balance weighted_round_robin without out-of-band reports",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LoadConfig:
+        if self.min_interval_s > self.max_interval_s:
+            raise ValueError("min_interval_s must not exceed max_interval_s")
+        return self
 
 
 class TlsConfig(BaseModel, frozen=True, extra="forbid"):
@@ -410,6 +453,7 @@ class Settings(BaseSettings):
     piper: PiperConfig = PiperConfig()
     limits: LimitsConfig = LimitsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    load: LoadConfig = LoadConfig()
     security: SecurityConfig = SecurityConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     websocket: WebSocketConfig = WebSocketConfig()
@@ -424,5 +468,17 @@ class Settings(BaseSettings):
         "~10% of a busy streaming server's CPU in the collector); 0 keeps Python's default",
     )
     drain_grace_s: float = Field(10.0, ge=0, description="time in-flight requests get to finish on shutdown")
+    max_connection_age_s: float | None = Field(
+        None,
+        gt=0,
+        description="a connection older than this (±10%, gRPC's jitter) is asked to close (GOAWAY): its calls go on, "
+        "new ones open a new connection, so clients re-resolve and find replicas added since; unset: no limit",
+    )
+    max_connection_age_grace_s: float | None = Field(
+        None,
+        gt=0,
+        description="calls still open this long after the GOAWAY are cut (UNAVAILABLE); unset: never, so sessions "
+        "end on their own",
+    )
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="transport limit on one message")
     log_level: str = "INFO"

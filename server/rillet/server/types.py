@@ -25,6 +25,17 @@ class ModelKind(enum.Enum):
     SPEECH_SYNTHESIS = "speech_synthesis"
 
 
+class Priority(enum.Enum):
+    """A request's admission class (mirrors rillet.v1.Priority; unset is INTERACTIVE).
+
+    The scheduler admits waiting interactive requests before batch ones, never starving batch (scheduler.Admission);
+    engines see it on the request (an engine that preempts prefers preempting batch work).
+    """
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
 class ConstraintKind(enum.Enum):
     """The kinds of output constraint (mirrors rillet.v1.ConstraintKind); the value is its GenerateParams field."""
 
@@ -169,6 +180,8 @@ class GenerationRequest:
     crosses scopes."""
     trace: TraceContext | None = None
     """The W3C trace context an engine's own spans join (trtllm passes it to TensorRT-LLM as `trace_headers`)."""
+    priority: Priority = Priority.INTERACTIVE
+    """Its admission class; an engine that preempts running work to make room prefers preempting BATCH requests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +193,7 @@ class SynthesisRequest:
     text: AsyncIterator[str]
     sample_rate_hertz: int  # 0: the voice's native rate; the engine refuses a rate it cannot produce
     max_chunk_samples: int
+    priority: Priority = Priority.INTERACTIVE
 
 
 EngineRequest = GenerationRequest | SynthesisRequest
@@ -321,6 +335,7 @@ class GenerateSpec:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
     constraint: Constraint | None = None
+    priority: Priority = Priority.INTERACTIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +350,7 @@ class SynthesizeSpec:
     max_chunk_seconds: float | None = None
     streaming_input: bool = False
     text_from_request_id: str = ""
+    priority: Priority = Priority.INTERACTIVE
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,8 +91,10 @@ type SynthesizeParams struct {
 	// default (about 100-200 ms). Long synthesized segments are sliced into
 	// chunks of at most this duration.
 	MaxChunkDuration *durationpb.Duration `protobuf:"bytes,5,opt,name=max_chunk_duration,json=maxChunkDuration,proto3" json:"max_chunk_duration,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The admission class; unset is interactive.
+	Priority      Priority `protobuf:"varint,6,opt,name=priority,proto3,enum=rillet.v1.Priority" json:"priority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SynthesizeParams) Reset() {
@@ -158,6 +160,13 @@ func (x *SynthesizeParams) GetMaxChunkDuration() *durationpb.Duration {
 		return x.MaxChunkDuration
 	}
 	return nil
+}
+
+func (x *SynthesizeParams) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_PRIORITY_UNSPECIFIED
 }
 
 // A piece of synthesized audio. Chunks of one request are contiguous: each
@@ -250,13 +259,14 @@ var File_rillet_v1_speech_proto protoreflect.FileDescriptor
 
 const file_rillet_v1_speech_proto_rawDesc = "" +
 	"\n" +
-	"\x16rillet/v1/speech.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe7\x01\n" +
+	"\x16rillet/v1/speech.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16rillet/v1/common.proto\"\x98\x02\n" +
 	"\x10SynthesizeParams\x12\x14\n" +
 	"\x05voice\x18\x01 \x01(\tR\x05voice\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12*\n" +
 	"\x11sample_rate_hertz\x18\x03 \x01(\rR\x0fsampleRateHertz\x124\n" +
 	"\bencoding\x18\x04 \x01(\x0e2\x18.rillet.v1.AudioEncodingR\bencoding\x12G\n" +
-	"\x12max_chunk_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10maxChunkDuration\"\xae\x01\n" +
+	"\x12max_chunk_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10maxChunkDuration\x12/\n" +
+	"\bpriority\x18\x06 \x01(\x0e2\x13.rillet.v1.PriorityR\bpriority\"\xae\x01\n" +
 	"\n" +
 	"AudioChunk\x12\x14\n" +
 	"\x05audio\x18\x01 \x01(\fR\x05audio\x12*\n" +
@@ -288,15 +298,17 @@ var file_rillet_v1_speech_proto_goTypes = []any{
 	(*SynthesizeParams)(nil),    // 1: rillet.v1.SynthesizeParams
 	(*AudioChunk)(nil),          // 2: rillet.v1.AudioChunk
 	(*durationpb.Duration)(nil), // 3: google.protobuf.Duration
+	(Priority)(0),               // 4: rillet.v1.Priority
 }
 var file_rillet_v1_speech_proto_depIdxs = []int32{
 	0, // 0: rillet.v1.SynthesizeParams.encoding:type_name -> rillet.v1.AudioEncoding
 	3, // 1: rillet.v1.SynthesizeParams.max_chunk_duration:type_name -> google.protobuf.Duration
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	4, // 2: rillet.v1.SynthesizeParams.priority:type_name -> rillet.v1.Priority
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_rillet_v1_speech_proto_init() }
@@ -304,6 +316,7 @@ func file_rillet_v1_speech_proto_init() {
 	if File_rillet_v1_speech_proto != nil {
 		return
 	}
+	file_rillet_v1_common_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

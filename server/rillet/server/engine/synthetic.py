@@ -7,7 +7,7 @@ import contextlib
 import importlib.util
 import time
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -17,10 +17,11 @@ from rillet.server.engine.constraints import Compiler
 from rillet.server.engine.lifecycle import EngineLifecycle, State, closed_error
 from rillet.server.engine.prompt import PromptPolicy
 from rillet.server.engine.text import TextDecoder, check_request
-from rillet.server.errors import Internal, Unavailable
+from rillet.server.errors import Internal, InvalidArgument, Unavailable
 from rillet.server.observer import StepReporter
 from rillet.server.types import (
     GREEDY_BELOW_TEMPERATURE,
+    ChatMessage,
     ConstraintKind,
     EngineFinished,
     FinishReason,
@@ -134,6 +135,9 @@ class _Guide:
         if not self._matcher.consume_token(token):
             raise Internal(f"the constraint's matcher refused the token it allowed: {self._matcher.get_error()}")
         return token
+
+
+_WORD_IDS = {word: index for index, word in enumerate(VOCABULARY)}
 
 
 def synthetic_token(seed: int, index: int) -> int:
@@ -262,6 +266,23 @@ class SyntheticEngine(EngineLifecycle):
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         return self._generate(request)
+
+    def tokenize(self, model: str, prompt: str | tuple[ChatMessage, ...]) -> list[int]:
+        """base.Tokenizing: one token per whitespace-separated word, as a text prompt is counted for its usage.
+
+        A word of VOCABULARY is its index; any other word a stable index from its CRC-32 (a TEST tokenizer: text of
+        other words does not come back from `detokenize`). The model has no chat template, so chat is refused.
+        """
+        if not isinstance(prompt, str):
+            raise InvalidArgument(
+                "this model has no chat template; send a text prompt", field="chat", reason="CHAT_TEMPLATE_MISSING"
+            )
+        return [_WORD_IDS.get(word, zlib.crc32(word.encode()) % len(VOCABULARY)) for word in prompt.split()]
+
+    def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
+        """base.Tokenizing: each id's word and a space, as the engine streams them (ids checked as a prompt's)."""
+        self._policy.check_ids(token_ids)
+        return "".join(VOCABULARY[token] + " " for token in token_ids)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         """The step loop runs on the event loop of the first caller (start, or a stream before it)."""

@@ -34,6 +34,7 @@ class CancelReason(enum.Enum):
     """Why a request's task was cancelled, which decides its terminal output."""
 
     CLIENT = "client"  # a Cancel message: FINISH_REASON_CANCELLED
+    ABORTED = "aborted"  # ControlService.Abort, from any call of the tenant: FINISH_REASON_CANCELLED
     UPSTREAM = "upstream"  # the generation it speaks was cancelled or failed: FINISH_REASON_CANCELLED
     GONE = "gone"  # the call ended: nobody is listening, nothing is sent
     SHUTDOWN = "shutdown"  # the drain grace period ran out: UNAVAILABLE
@@ -63,12 +64,15 @@ class Request:
         self.chain: TextChain | None = None  # generations: where followers read the text from
         self.input: TextInput | None = None  # synthesize requests: the text to speak
         self.source: Request | None = None  # chained synthesize requests: the generation spoken
+        self.registered = False  # held in the server's RequestRegistry (registry.py owns this flag)
 
-    def cancel(self, reason: CancelReason) -> None:
-        """Cancel the request's task once; a request already ending just sends its terminal output."""
+    def cancel(self, reason: CancelReason) -> bool:
+        """Cancel the request's task once; True when this call did (a request already ending sends its terminal)."""
         if self.task is not None and not self.task.done() and self.cancel_reason is None:
             self.cancel_reason = reason
             self.task.cancel()
+            return True
+        return False
 
     def admit(self) -> None:
         self.state = State.RUNNING
@@ -127,7 +131,7 @@ class Request:
     def cancelled(self) -> None:
         """Terminal for a cancelled task: the outcome its cancel reason calls for."""
         match self.cancel_reason:
-            case CancelReason.CLIENT | CancelReason.UPSTREAM | CancelReason.GONE:
+            case CancelReason.CLIENT | CancelReason.ABORTED | CancelReason.UPSTREAM | CancelReason.GONE:
                 self.finish(EngineFinished(FinishReason.CANCELLED, self.usage_so_far()))
             case CancelReason.STALLED:
                 self.outbox.discard()

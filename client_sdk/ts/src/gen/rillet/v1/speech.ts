@@ -7,6 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Duration } from "../../google/protobuf/duration";
+import { Priority } from "./common";
 
 export const protobufPackage = "rillet.v1";
 
@@ -49,7 +50,11 @@ export interface SynthesizeParams {
    * default (about 100-200 ms). Long synthesized segments are sliced into
    * chunks of at most this duration.
    */
-  maxChunkDuration: Duration | undefined;
+  maxChunkDuration:
+    | Duration
+    | undefined;
+  /** The admission class; unset is interactive. */
+  priority: Priority;
 }
 
 /**
@@ -77,7 +82,7 @@ export interface AudioChunk {
 }
 
 function createBaseSynthesizeParams(): SynthesizeParams {
-  return { voice: "", text: "", sampleRateHertz: 0, encoding: 0, maxChunkDuration: undefined };
+  return { voice: "", text: "", sampleRateHertz: 0, encoding: 0, maxChunkDuration: undefined, priority: 0 };
 }
 
 export const SynthesizeParams: MessageFns<SynthesizeParams> = {
@@ -96,6 +101,9 @@ export const SynthesizeParams: MessageFns<SynthesizeParams> = {
     }
     if (message.maxChunkDuration !== undefined) {
       Duration.encode(message.maxChunkDuration, writer.uint32(42).fork()).join();
+    }
+    if (message.priority !== 0) {
+      writer.uint32(48).int32(message.priority);
     }
     return writer;
   },
@@ -153,6 +161,14 @@ export const SynthesizeParams: MessageFns<SynthesizeParams> = {
             message.maxChunkDuration = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.priority = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -177,6 +193,7 @@ export const SynthesizeParams: MessageFns<SynthesizeParams> = {
     message.maxChunkDuration = (object.maxChunkDuration !== undefined && object.maxChunkDuration !== null)
       ? Duration.fromPartial(object.maxChunkDuration)
       : undefined;
+    message.priority = object.priority ?? 0;
     return message;
   },
 };
