@@ -57,6 +57,7 @@ class Reason(enum.StrEnum):
     INVALID_CHUNK_SIZE = enum.auto()
     CONFLICTING_TEXT_SOURCES = enum.auto()
     REQUEST_REJECTED = enum.auto()
+    UNKNOWN_PRIORITY = enum.auto()
     # Messages of a session or call
     UNDECODABLE_MESSAGE = enum.auto()
     INVALID_DURATION = enum.auto()
@@ -71,9 +72,12 @@ class Reason(enum.StrEnum):
     SOURCE_NOT_GENERATE = enum.auto()
     SOURCE_ENDED = enum.auto()
     MESSAGE_AFTER_HALF_CLOSE = enum.auto()
+    MISSING_TARGET = enum.auto()
+    REQUEST_NOT_FOUND = enum.auto()
     # Models and voices
     MODEL_NOT_FOUND = enum.auto()
     NO_DEFAULT_MODEL = enum.auto()
+    TOKENIZER_UNSUPPORTED = enum.auto()
     # Limits and load
     QUEUE_FULL = enum.auto()
     TENANT_QUEUE_SHARE = enum.auto()
@@ -81,6 +85,7 @@ class Reason(enum.StrEnum):
     TENANT_SESSION_LIMIT = enum.auto()
     SERVER_SESSION_LIMIT = enum.auto()
     TOO_MANY_REQUESTS_IN_SESSION = enum.auto()
+    LOAD_STREAM_LIMIT = enum.auto()
     # Time
     REQUEST_TIMEOUT = enum.auto()
     CLIENT_STALLED = enum.auto()
@@ -192,6 +197,7 @@ CATALOGUE: dict[Reason, ReasonDoc] = {
         _I, "a synthesis given both text and text_from_request_id, or streaming input and a source", _FIX
     ),
     Reason.REQUEST_REJECTED: ReasonDoc(_I, "the engine's library refused the request at submission", _FIX),
+    Reason.UNKNOWN_PRIORITY: ReasonDoc(_I, "a priority value the server does not know", _FIX),
     Reason.UNDECODABLE_MESSAGE: ReasonDoc(
         _I, "a message that is not valid protobuf (or JSON) of its type, or has bad UTF-8", "fix the client's encoder"
     ),
@@ -215,8 +221,19 @@ CATALOGUE: dict[Reason, ReasonDoc] = {
         _I, "text_from_request_id names a generation whose text can no longer be followed", "start them together"
     ),
     Reason.MESSAGE_AFTER_HALF_CLOSE: ReasonDoc(_I, "a WebSocket message after the client's half-close", _FIX),
+    Reason.MISSING_TARGET: ReasonDoc(_I, "an Abort naming neither a request id nor all requests", _FIX),
+    Reason.REQUEST_NOT_FOUND: ReasonDoc(
+        _NF,
+        "Abort: the caller's tenant has nothing in flight under that id (other tenants are never looked at)",
+        "usually nothing: it ended",
+    ),
     Reason.MODEL_NOT_FOUND: ReasonDoc(_NF, "no model or voice of that name (ListModels lists them)", _FIX),
     Reason.NO_DEFAULT_MODEL: ReasonDoc(_NF, "no model was named and the server serves none of that kind", _FIX),
+    Reason.TOKENIZER_UNSUPPORTED: ReasonDoc(
+        _I,
+        "a tokenizer call for a model whose engine does not tokenize for clients (GetServerInfo says which)",
+        "tokenize elsewhere",
+    ),
     Reason.QUEUE_FULL: ReasonDoc(_RE, "the engine's admission queue is full", _RETRY),
     Reason.TENANT_QUEUE_SHARE: ReasonDoc(_RE, "the tenant's share of the engine's queue is full", _RETRY),
     Reason.TENANT_REQUEST_LIMIT: ReasonDoc(_RE, "the tenant has its limit of requests in flight", _RETRY),
@@ -225,6 +242,7 @@ CATALOGUE: dict[Reason, ReasonDoc] = {
     Reason.TOO_MANY_REQUESTS_IN_SESSION: ReasonDoc(
         _RE, "the session has its limit of requests in flight", "wait for one to end, or open another session"
     ),
+    Reason.LOAD_STREAM_LIMIT: ReasonDoc(_RE, "the server has its limit of load report streams open", _RETRY),
     Reason.REQUEST_TIMEOUT: ReasonDoc(_DE, "the request's own timeout passed", "retry with a longer timeout"),
     Reason.CLIENT_STALLED: ReasonDoc(
         _DE, "the request's output waited stall_timeout_s for the client to read it", "read your streams"
