@@ -29,7 +29,7 @@ export GOTOOLCHAIN ?= auto
 # llama-cpp-python compiles llama.cpp from source; the multimodal part is not needed.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: install proto proto-tools tools proto-baseline protoset page browser-deps lint test test-sdks test-fast run serve bench clean
+.PHONY: install proto proto-tools tools proto-baseline protoset page browser-deps lint test test-sdks test-fast run serve bench gpu-check clean
 
 install: $(STAMP)
 
@@ -116,6 +116,20 @@ bench: install
 	$(PY) bench/bench_cpu.py
 	$(PY) bench/soak.py
 	$(PY) bench/bench_speech.py
+
+# The acceptance run on a GPU host (deploy/gpu/README.md "Acceptance run"): the contract suite and the gpu tests on
+# the real TensorRT-LLM and a small public model, then bench/bench_gpu.py beside trtllm-serve, in one report under
+# bench/results/gpu_check_<date>/. It runs with the Python that has TensorRT-LLM (GPU_PYTHON, e.g. NVIDIA's container's
+# python3 with Rillet's dev extra installed beside it), never this .venv. GPU_CHECK_DOUBLE=1 runs the same logic on
+# the TensorRT-LLM test double, with no GPU; GPU_CHECK_ARGS passes more (--model, --concurrency, --samplers, --out).
+GPU_PYTHON ?= python3
+gpu-check:
+ifdef GPU_CHECK_DOUBLE
+	$(MAKE) install
+	$(PY) deploy/gpu/gpu_check.py --double $(GPU_CHECK_ARGS)
+else
+	$(GPU_PYTHON) deploy/gpu/gpu_check.py $(GPU_CHECK_ARGS)
+endif
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache $(TOOLS) client_sdk/ts/node_modules client_sdk/ts/dist

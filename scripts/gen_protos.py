@@ -1,4 +1,8 @@
-"""Generates every language's code from proto/buf.gen.yaml, or checks that the committed code is fresh."""
+"""Generates every language's code from proto/buf.gen.yaml, or checks that the committed code is fresh.
+
+Also the ORCA descriptor set the server loads its load-report messages from (transport/orca.py): the vendored
+xds.service.orca.v3 protos and their imports, built by `buf build` (see proto/third_party/README.md).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 BUF = Path(sys.executable).parent / "buf"
 # The folders buf.gen.yaml writes, relative to the repository root; each holds only generated files, except KEEP.
-GENERATED = (Path("client_sdk/rillet/v1"), Path("client_sdk/go/rillet/v1"), Path("client_sdk/ts/src/gen"))
+ORCA_DESCRIPTORS = Path("server/rillet/server/transport/xds/orca.binpb")
+GENERATED = (
+    Path("client_sdk/rillet/v1"),
+    Path("client_sdk/go/rillet/v1"),
+    Path("client_sdk/ts/src/gen"),
+    ORCA_DESCRIPTORS.parent,
+)
 # Hand-written files that live beside the generated Python ones.
 KEEP = {"__init__.py", "py.typed", "GENERATED.md"}
 
@@ -26,6 +36,15 @@ def generate(base: Path) -> None:
     if result.returncode != 0:
         sys.stderr.buffer.write(result.stderr)
         sys.exit("buf generate failed: `make proto-tools` installs the pinned plugins it runs")
+    out = base / ORCA_DESCRIPTORS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    orca = "third_party/xds/service/orca/v3/orca.proto"
+    result = subprocess.run(
+        [str(BUF), "build", "--path", orca, "--exclude-source-info", "-o", str(out)], cwd=PROTO_DIR, capture_output=True
+    )
+    if result.returncode != 0:
+        sys.stderr.buffer.write(result.stderr)
+        sys.exit("buf build of the ORCA descriptors failed")
 
 
 def generated_files(root: Path) -> dict[Path, Path]:

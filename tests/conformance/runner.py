@@ -7,6 +7,7 @@ import asyncio
 import enum
 import json
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rillet.client import AudioChunk, Client, Finished, RilletError, Session, TokenDelta
+from rillet.client import AudioChunk, ChatMessage, Client, Finished, Priority, RilletError, Session, TokenDelta
+from rillet.server.transport import orca  # the ORCA messages, from the vendored cncf/xds protos
 
 SERVICE = "rillet.v1.InferenceService"
 WAIT_S = 30.0  # a bound on every wait: a scenario that would hang fails instead
+CONTROL_OPS = frozenset({"server_info", "tokenize", "count_tokens", "detokenize", "abort", "load", "orca"})
 
 
 class Failed(Exception):
@@ -59,6 +62,19 @@ def check_outputs(step: dict[str, Any], outputs: list[Any]) -> None:
         check(tokens == step["tokens"], f"{tokens} tokens, expected {step['tokens']}")
     if "min_outputs" in step:
         check(len(outputs) >= step["min_outputs"], f"{len(outputs)} outputs, expected ≥ {step['min_outputs']}")
+    text = "".join(o.text for o in outputs if isinstance(o, TokenDelta))
+    if "matches" in step:
+        check(re.fullmatch(step["matches"], text) is not None, f"text {text!r} does not match {step['matches']}")
+    if step.get("json"):
+        try:
+            json.loads(text)
+        except ValueError as error:
+            raise Failed(f"text {text!r} is not JSON: {error}") from None
+
+
+def constraint(step: dict[str, Any]) -> dict[str, Any]:
+    """The step's output constraint as GenerateOptions keywords (`json_schema` goes as the dict it is)."""
+    return dict(step.get("constraint", {}))
 
 
 def check_error(step: dict[str, Any], error: RilletError) -> None:
@@ -119,8 +135,14 @@ class Runner:
         op = step["op"]
         if op == "generate":
             timeout = step["timeout_ms"] / 1000 if "timeout_ms" in step else None
+            priority = Priority(step["priority"]) if "priority" in step else None
             stream = await self.open().generate(
-                step["prompt"], request_id=step["id"], max_tokens=step["max_tokens"], timeout=timeout
+                step["prompt"],
+                request_id=step["id"],
+                max_tokens=step["max_tokens"],
+                timeout=timeout,
+                priority=priority,
+                **constraint(step),
             )
             self.track(step["id"], stream)
         elif op == "synthesize":
@@ -176,7 +198,9 @@ class Runner:
             await self.drain()
         elif op == "call_generate":
             deadline = step["deadline_ms"] / 1000 if "deadline_ms" in step else None
-            stream = self.client.generate(step["prompt"], max_tokens=step["max_tokens"], timeout=deadline)
+            stream = self.client.generate(
+                step["prompt"], max_tokens=step["max_tokens"], timeout=deadline, **constraint(step)
+            )
             await self.one_shot(step, stream)
         elif op == "call_synthesize":
             await self.one_shot(step, self.client.synthesize(step["text"]))
@@ -187,6 +211,14 @@ class Runner:
                     any(all(model_field(m, k) == v for k, v in want.items()) for m in models),
                     f"no model like {want} in {models}",
                 )
+        elif op in CONTROL_OPS:
+            try:
+                await self.control(step)
+            except RilletError as error:
+                check("code" in step, f"{op}: {error}")
+                check_error(step, error)
+                return
+            check("code" not in step, f"{op} succeeded, expected {step.get('code')}")
         else:
             raise Failed(f"unknown op {op!r}")
 
@@ -201,6 +233,51 @@ class Runner:
         if "spoken_as" in step:
             other, _ = await self.terminal(step["spoken_as"])
             check(isinstance(other, Finished) and other.spoken == spoken, f"{step['id']}: {spoken}, not {other}")
+
+    async def control(self, step: dict[str, Any]) -> None:
+        """The ControlService steps; a failure raises RilletError for `step` to check."""
+        op, client = step["op"], self.client
+        prompt = step.get("prompt") or [ChatMessage(role, content) for role, content in step.get("chat", [])]
+        if op == "server_info":
+            info = await client.server_info()
+            engines = {e.name: e for e in info.engines}
+            for want in step["engines"]:
+                check(want["name"] in engines, f"no engine {want['name']} in {list(engines)}")
+                check(engines[want["name"]].tokenizer == want["tokenizer"], f"{want['name']}: tokenizer")
+        elif op == "tokenize":
+            ids = await client.tokenize(prompt)
+            check(list(ids) == step["ids"], f"ids {ids}, expected {step['ids']}")
+        elif op == "count_tokens":
+            count = await client.count_tokens(prompt)
+            check(count.tokens == step["tokens"], f"{count.tokens} tokens, expected {step['tokens']}")
+        elif op == "detokenize":
+            text = await client.detokenize(step["ids"])
+            check(text == step["text"], f"text {text!r}, expected {step['text']!r}")
+        elif op == "abort":
+            ended = await client.abort(step["target"])
+            check(list(ended) == step["ended"], f"ended {ended}, expected {step['ended']}")
+        elif op == "load":
+            load = await client.load()
+            [engine] = [e for e in load.engines if e.engine == step["engine"]]
+            got = (engine.running, engine.waiting, engine.slots)
+            check(got == (step["running"], step["waiting"], step["slots"]), f"running, waiting, slots: {got}")
+        elif op == "orca":
+            report = await self.orca_report()
+            check(report.named_metrics["running"] == step["running"], f"running {report.named_metrics['running']}")
+            check("waiting" in report.named_metrics, "no waiting metric")
+            utilization = report.application_utilization
+            check(utilization == step["utilization"], f"application_utilization {utilization}")
+            check(report.rps_fractional >= 0 and report.cpu_utilization >= 0, "negative rates")
+
+    async def orca_report(self) -> Any:
+        """One report of gRPC's standard out-of-band load stream, read as a raw client (it needs no token)."""
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            method: Any = channel.unary_stream(f"/{orca.SERVICE_NAME}/StreamCoreMetrics")
+            call = method(orca.OrcaLoadReportRequest().SerializeToString())
+            async for raw in call:
+                call.cancel()
+                return orca.OrcaLoadReport.FromString(raw)
+        raise Failed("the ORCA stream ended with no report")
 
     async def one_shot(self, step: dict[str, Any], stream: Any) -> None:
         outputs: list[Any] = []
@@ -245,7 +322,8 @@ def model_field(model: Any, key: str) -> Any:
 
 async def play(target: str, server_pid: int, scenarios: list[dict[str, Any]]) -> bool:
     passed_all = True
-    async with Client.connect(target) as client:
+    # Balanced (weighted_round_robin on ORCA reports) over the one backend: the SDK's fleet mode, played throughout.
+    async with Client.connect(target, round_robin=True) as client:
         for scenario in scenarios:
             runner = Runner(client, target, server_pid)
             detail = ""

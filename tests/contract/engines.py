@@ -108,28 +108,34 @@ def _trtllm(settings: Settings) -> AbstractAsyncContextManager[TextEngine]:
     return started(registry.entry("trtllm").create(settings))
 
 
-def _trtllm_double() -> AbstractAsyncContextManager[TextEngine]:
-    if str(DOUBLES) not in sys.path:
-        sys.path.insert(0, str(DOUBLES))  # `import tensorrt_llm` now finds the double, in tests only
-    return _trtllm(Settings.model_validate({"trtllm": TRTLLM_DOUBLE_SECTION}))
+def _trtllm_double(sampler: str, guided: str) -> Callable[[], AbstractAsyncContextManager[TextEngine]]:
+    def open_engine() -> AbstractAsyncContextManager[TextEngine]:
+        if str(DOUBLES) not in sys.path:
+            sys.path.insert(0, str(DOUBLES))  # `import tensorrt_llm` now finds the double, in tests only
+        section = TRTLLM_DOUBLE_SECTION | {"sampler": sampler, "guided_decoding_backend": guided}
+        return _trtllm(Settings.model_validate({"trtllm": section}))
+
+    return open_engine
 
 
 def _trtllm_real() -> AbstractAsyncContextManager[TextEngine]:
-    return _trtllm(Settings())  # the section from RILLET_TRTLLM__* (a local model: GPU hosts may be offline)
+    return _trtllm(Settings())  # the section from RILLET_TRTLLM__* (RILLET_TRTLLM__SAMPLER picks the sampler)
 
 
 def _skip(case_id: str, reason: str, *marks: pytest.MarkDecorator) -> ParameterSet:
     return pytest.param(None, id=case_id, marks=[*marks, pytest.mark.skip(reason=reason)])
 
 
-def _trtllm_double_param() -> ParameterSet:
+def _trtllm_double_param(case_id: str, sampler: str, guided: str) -> ParameterSet:
+    """The double under one of TensorRT-LLM's samplers (each honours other fields: api.capabilities), with or without
+    a guided decoding backend (constraints enforced, or all refused)."""
     if not (DOUBLES / "tensorrt_llm" / "__init__.py").is_file():
-        return _skip("trtllm-double", "the TensorRT-LLM test double (tests/doubles/tensorrt_llm/) does not exist yet")
+        return _skip(case_id, "the TensorRT-LLM test double (tests/doubles/tensorrt_llm/) does not exist yet")
     if "trtllm" not in registry.kinds(ModelKind.TEXT_GENERATION):
-        return _skip("trtllm-double", "engine/registry.py has no trtllm entry yet")
+        return _skip(case_id, "engine/registry.py has no trtllm entry yet")
     if REAL_TRTLLM is not None:
-        return _skip("trtllm-double", f"the real tensorrt_llm is installed ({REAL_TRTLLM}); the double runs without it")
-    case = TextCase("trtllm-double", _trtllm_double, "1, 2, 3, 4, 5, 6, 7, 8,", "🦩🦩🦩🦩🦩🦩🦩🦩", 8)
+        return _skip(case_id, f"the real tensorrt_llm is installed ({REAL_TRTLLM}); the double runs without it")
+    case = TextCase(case_id, _trtllm_double(sampler, guided), "1, 2, 3, 4, 5, 6, 7, 8,", "🦩🦩🦩🦩🦩🦩🦩🦩", 8)
     return pytest.param(case, id=case.id)
 
 
@@ -154,7 +160,8 @@ def text_cases() -> list[ParameterSet]:
     return [
         pytest.param(synthetic, id=synthetic.id),
         pytest.param(llamacpp, id=llamacpp.id, marks=pytest.mark.model),
-        _trtllm_double_param(),
+        _trtllm_double_param("trtllm-double", "auto", "llguidance"),
+        _trtllm_double_param("trtllm-double-trtllm-sampler", "TRTLLMSampler", "none"),
         _trtllm_real_param(),
     ]
 

@@ -7,14 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import math
+import re
 from typing import Any
 
 import pytest
 
 from rillet.server.errors import InvalidArgument, ResourceExhausted
 from rillet.server.scheduler import Admission
-from rillet.server.types import FinishReason, SamplingParams, TextCapabilities, TokenDelta
+from rillet.server.types import (
+    Constraint,
+    ConstraintKind,
+    FinishReason,
+    SamplingParams,
+    TextCapabilities,
+    TokenDelta,
+)
 from tests.conftest import eventually
 from tests.contract.conftest import Text, TextRun
 
@@ -199,6 +209,7 @@ async def test_logprobs_are_real_or_refused(text: Text, temperature: float) -> N
         assert [lp.token.token_id for lp in logprobs] == list(run.ids)
         for lp in logprobs:  # a real value for the emitted token, never a stand-in for an unknown one
             assert math.isfinite(lp.token.logprob)
+            assert lp.token.logprob > -100.0  # what was sampled was likely; a floor like -9999 stands in for "unknown"
             assert lp.token.logprob <= 0.0
             assert len(lp.top) == 2
             if temperature == 0.0:  # greedy emits the most likely token
@@ -207,6 +218,48 @@ async def test_logprobs_are_real_or_refused(text: Text, temperature: float) -> N
         with pytest.raises(InvalidArgument) as error:
             await anext(text.engine.stream(request))
         assert (error.value.reason, error.value.field) == ("FIELD_UNSUPPORTED", "params.top_logprobs")
+    assert text.engine.active == 0
+
+
+CONSTRAINTS = {
+    ConstraintKind.JSON_SCHEMA: Constraint(
+        ConstraintKind.JSON_SCHEMA,
+        json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                    "additionalProperties": False}),
+    ),
+    ConstraintKind.REGEX: Constraint(ConstraintKind.REGEX, "[0-9]{3}"),
+    ConstraintKind.GRAMMAR: Constraint(ConstraintKind.GRAMMAR, 'start: "yes" | "no"'),
+    ConstraintKind.CHOICE: Constraint(ConstraintKind.CHOICE, choices=("red", "green", "blue")),
+    ConstraintKind.JSON_OBJECT: Constraint(ConstraintKind.JSON_OBJECT),
+}  # fmt: skip
+
+
+def accepted(constraint: Constraint, text: str) -> bool:
+    """Whether `text` is a whole string `constraint` accepts (checked independently of llguidance)."""
+    if constraint.kind is ConstraintKind.JSON_SCHEMA:
+        return json.loads(text) in ({"ok": True}, {"ok": False})
+    if constraint.kind is ConstraintKind.JSON_OBJECT:
+        return isinstance(json.loads(text), dict)
+    if constraint.kind is ConstraintKind.REGEX:
+        return re.fullmatch("[0-9]{3}", text) is not None
+    if constraint.kind is ConstraintKind.GRAMMAR:
+        return text in ("yes", "no")
+    return text in constraint.choices
+
+
+@pytest.mark.parametrize("kind", list(ConstraintKind), ids=lambda kind: kind.value)
+async def test_a_constraint_is_enforced_or_refused_by_kind(text: Text, kind: ConstraintKind) -> None:
+    constraint = CONSTRAINTS[kind]
+    request = dataclasses.replace(text.request(max_tokens=48), constraint=constraint)
+    if kind in capabilities(text).constraints:
+        run = await text.run(request)
+        assert run.finished is not None
+        assert run.finished.reason is FinishReason.STOP, "these constraints end well within 48 tokens"
+        assert accepted(constraint, run.text), run.text
+    else:
+        with pytest.raises(InvalidArgument) as error:
+            await anext(text.engine.stream(request))
+        assert (error.value.reason, error.value.field) == ("CONSTRAINT_UNSUPPORTED", f"params.{kind.value}")
     assert text.engine.active == 0
 
 

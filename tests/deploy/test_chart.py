@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
@@ -32,7 +33,8 @@ VALUE_SETS = {
     "gpu-all-features": ("values-gpu.yaml", "ci/all-features-values.yaml"),
 }
 KUBERNETES = ("1.30.0", "1.37.0")  # the oldest and newest minor versions validated (the chart needs >= 1.27)
-CUSTOM_RESOURCES = {"ServiceMonitor"}  # no schema ships offline: checked field by field below
+CUSTOM_RESOURCES = {"ServiceMonitor", "InferencePool"}  # not in kubernetes-validate: checked below
+CRDS = Path(__file__).with_name("crds")
 
 
 def render(value_set: str, kubernetes: str = KUBERNETES[0]) -> list[dict[str, Any]]:
@@ -89,7 +91,7 @@ def test_each_value_set_renders_the_objects_it_turns_on(rendered: dict[str, list
     basic = ["Deployment", "PodDisruptionBudget", "Service", "Service"]
     assert sorted(d["kind"] for d in rendered["cpu"]) == basic
     assert sorted(d["kind"] for d in rendered["gpu"]) == basic
-    every = sorted([*basic, "HorizontalPodAutoscaler", "ServiceMonitor"])
+    every = sorted([*basic, "HorizontalPodAutoscaler", "InferencePool", "ServiceMonitor"])
     assert sorted(d["kind"] for d in rendered["all-features"]) == every
 
 
@@ -183,6 +185,86 @@ def test_the_service_monitor_scrapes_the_metrics_port(rendered: dict[str, list[d
         and any(p["name"] == "metrics" for p in s["spec"]["ports"])
     ]
     assert [s["metadata"]["name"] for s in scraped] == ["rillet"]
+
+
+# -- The Gateway API Inference Extension's InferencePool ------------------------------------------------------------
+
+
+def inference_pool_schema() -> dict[str, Any]:
+    """The v1 InferencePool's openAPIV3Schema, from the vendored CRD (tests/deploy/crds/README.md)."""
+    crd = yaml.safe_load((CRDS / "inference.networking.k8s.io_inferencepools.yaml").read_text())
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def fields_outside(doc: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Fields of `doc` its structural schema does not declare (the API server would prune them silently)."""
+    if not isinstance(doc, dict) or "properties" not in schema:
+        return []
+    found = []
+    for key, value in doc.items():
+        if key not in schema["properties"]:
+            found.append(f"{path}.{key}")
+        else:
+            found.extend(fields_outside(value, schema["properties"][key], f"{path}.{key}"))
+    return found
+
+
+def validate_inference_pool(pool: dict[str, Any]) -> None:
+    schema = inference_pool_schema()
+    jsonschema.validate(pool, schema)
+    outside = [f for f in fields_outside(pool, schema) if not f.startswith(".metadata.")]  # ObjectMeta's own schema
+    assert outside == [], f"fields the InferencePool CRD does not know: {outside}"
+
+
+def test_the_inference_pool_matches_its_crd_and_selects_the_pods_it_labels(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["all-features"]
+    pool = one(docs, "InferencePool")
+    validate_inference_pool(pool)
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pool["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    [grpc_port] = [p["containerPort"] for p in container(docs)["ports"] if p["name"] == "grpc"]
+    assert pool["spec"]["targetPorts"] == [{"number": grpc_port}]
+    assert pool["spec"]["appProtocol"] == "kubernetes.io/h2c"  # gRPC: HTTP/2 in cleartext (TLS: the gateway's)
+    assert pool["spec"]["endpointPickerRef"] == {
+        "name": "rillet-epp",
+        "port": {"number": 9002},
+        "failureMode": "FailClose",
+    }
+    # The label the endpoint picker picks its engineConfigs entry by, and the port it scrapes.
+    assert pod_labels["llm-d.ai/engine-type"] == "rillet"
+    assert "metrics" in {p["name"] for p in container(docs)["ports"]}
+    assert "llm-d.ai/engine-type" not in one(rendered["cpu"], "Deployment")["spec"]["template"]["metadata"]["labels"]
+
+
+def test_the_crd_schema_catches_a_misspelt_or_missing_field(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    pool = one(rendered["all-features"], "InferencePool")
+    misspelt = {**pool, "spec": {**pool["spec"], "targetPort": [{"number": 50051}]}}
+    with pytest.raises(AssertionError, match=r"spec\.targetPort"):
+        validate_inference_pool(misspelt)
+    missing = {**pool, "spec": {k: v for k, v in pool["spec"].items() if k != "targetPorts"}}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_inference_pool(missing)
+
+
+def test_the_readme_maps_the_gauges_the_server_exports_for_the_endpoint_picker() -> None:
+    readme = (CHART / "README.md").read_text()
+    for metric in (
+        semconv.RILLET_ENGINE_REQUESTS_WAITING,
+        semconv.RILLET_ENGINE_REQUESTS_RUNNING,
+        semconv.RILLET_ENGINE_KV_CACHE_UTILIZATION,
+    ):
+        assert f"{metric.replace('.', '_')}{{rillet_engine=" in readme  # Prometheus' name of the OTel gauge
+
+
+def test_connections_age_so_clients_find_new_pods(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert env(rendered["cpu"])["RILLET_MAX_CONNECTION_AGE_S"] == "60"
+    assert "RILLET_MAX_CONNECTION_AGE_GRACE_S" not in env(rendered["cpu"])  # sessions are never cut
+    assert env(rendered["all-features"])["RILLET_MAX_CONNECTION_AGE_GRACE_S"] == "600"
 
 
 # -- TLS: the probe command the chart renders, run against a real server with the files the chart mounts ----------

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from typing import Literal
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import SpeechEvent, TextEvent
+from rillet.server.engine.lifecycle import EngineLifecycle, State
 from rillet.server.engine.synthetic import SyntheticEngine
 from rillet.server.engine.words import tokens
 from rillet.server.errors import EngineDead
@@ -45,7 +46,7 @@ class FloodEngine(SyntheticEngine):
             self._active -= 1
 
 
-class EchoSpeechEngine:
+class EchoSpeechEngine(EngineLifecycle):
     """A TEST speech engine: silence for each text piece as it arrives (one sample per character), in chunks.
 
     Its word timings are exact by construction: a word's samples are its characters' positions in the text.
@@ -57,52 +58,31 @@ class EchoSpeechEngine:
         self,
         slots: int = 4,
         *,
+        name: str = "echo-speech",
         voice: str = "echo-voice",
         about: str = "silence, one sample per character",
         word_timings: bool = True,
     ) -> None:
-        self._slots = slots
-        self._active = 0
-        self._models = (
-            ModelInfo(
-                name=voice,
-                kind=ModelKind.SPEECH_SYNTHESIS,
-                engine=self.name,
-                description=f"TEST ENGINE: {about}",
-                is_test_engine=True,
-                sample_rate_hertz=self.SAMPLE_RATE,
-                word_timings=word_timings,
-            ),
+        model = ModelInfo(
+            name=voice,
+            kind=ModelKind.SPEECH_SYNTHESIS,
+            engine=name,
+            description=f"TEST ENGINE: {about}",
+            is_test_engine=True,
+            sample_rate_hertz=self.SAMPLE_RATE,
+            word_timings=word_timings,
         )
-
-    @property
-    def name(self) -> str:
-        return "echo-speech"
+        super().__init__(name, (model,), slots, state=State.SERVING)
 
     @property
     def serves(self) -> Literal[ModelKind.SPEECH_SYNTHESIS]:
         return ModelKind.SPEECH_SYNTHESIS
-
-    @property
-    def models(self) -> Sequence[ModelInfo]:
-        return self._models
-
-    @property
-    def slots(self) -> int:
-        return self._slots
-
-    @property
-    def active(self) -> int:
-        return self._active
 
     async def start(self) -> None:
         return None
 
     async def aclose(self) -> None:
         return None
-
-    def healthy(self) -> bool:
-        return True
 
     def stream(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
         return self._speak(request)
@@ -140,16 +120,17 @@ class ToneSpeechEngine(EchoSpeechEngine):
     CHUNK_SECONDS = 0.1
 
     def __init__(self, seconds_per_char: float = 0.02, speedup: float = 4.0) -> None:
-        super().__init__(voice="tone-voice", about="a 440 Hz tone, its length from the text's", word_timings=False)
+        super().__init__(
+            name="tone-speech",
+            voice="tone-voice",
+            about="a 440 Hz tone, its length from the text's",
+            word_timings=False,
+        )
         self._seconds_per_char = seconds_per_char
         self._speedup = speedup
         samples = int(self.SAMPLE_RATE * self.CHUNK_SECONDS)
         wave = (int(6000 * math.sin(2 * math.pi * 440 * i / self.SAMPLE_RATE)) for i in range(samples))
         self._chunk = struct.pack(f"<{samples}h", *wave)
-
-    @property
-    def name(self) -> str:
-        return "tone-speech"
 
     async def _speak(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
         self._active += 1

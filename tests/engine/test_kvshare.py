@@ -1,42 +1,13 @@
-"""Shared KV accounting and the prefix LRU against a simulated unified cache; the fair prefill split (no model)."""
+"""Shared KV accounting and the prefix LRU against a simulated unified cache; slots from the context (no model)."""
 
 from __future__ import annotations
 
 import random
 
-import pytest
-
 from rillet.server.config import LlamaCppConfig
-from rillet.server.engine.kvshare import Holder, KvLedger, PrefixCache, common_prefix
-from rillet.server.engine.llamacpp import MAX_AUTO_SLOTS, resolve_slots, share_budget
-
-
-class FakeMemory:
-    """A unified cache as llama.cpp keeps it: each cell a position and the set of sequence ids holding it."""
-
-    def __init__(self) -> None:
-        self.cells: list[tuple[int, set[int]]] = []
-
-    def decode(self, seq_id: int, start: int, count: int) -> None:
-        self.cells += [(pos, {seq_id}) for pos in range(start, start + count)]
-
-    def copy_cells(self, src: int, dst: int, start: int, end: int) -> None:
-        for pos, owners in self.cells:
-            if src in owners and start <= pos < end:
-                owners.add(dst)
-
-    def remove_sequence(self, seq_id: int) -> None:
-        for _, owners in self.cells:
-            owners.discard(seq_id)
-        self.cells = [cell for cell in self.cells if cell[1]]
-
-    def positions(self, seq_id: int) -> list[int]:
-        return sorted(pos for pos, owners in self.cells if seq_id in owners)
-
-
-def decode(memory: FakeMemory, ledger: KvLedger, holder: Holder, count: int) -> None:
-    memory.decode(holder.seq_id, holder.length, count)
-    ledger.grow(holder, count)
+from rillet.server.engine.llamacpp import MAX_AUTO_SLOTS, resolve_slots
+from rillet.server.engine.llamacpp.kvshare import Holder, KvLedger, PrefixCache, common_prefix
+from tests.engine.kvsim import FakeMemory, decode
 
 
 def test_shared_cells_are_counted_once_and_freed_when_their_last_holder_goes() -> None:
@@ -159,24 +130,6 @@ def test_common_prefix() -> None:
     assert common_prefix([1, 2], [1, 2, 3]) == 2
     assert common_prefix([], [1]) == 0
     assert common_prefix([5], [1]) == 0
-
-
-@pytest.mark.parametrize(
-    ("wants", "budget", "grants"),
-    [
-        ([10, 500, 12], 128, [10, 106, 12]),  # short prompts finish beside a long one
-        ([500, 10, 12], 128, [106, 10, 12]),  # behind an older long one too, which still advances
-        ([500, 500, 500], 128, [128, 0, 0]),  # equal prompts one after another: the first one's token comes early
-        ([5, 6], 128, [5, 6]),  # everything fits
-        ([500, 20, 20, 20, 20, 20, 20], 128, [32, 20, 20, 20, 20, 16, 0]),  # the oldest keeps its floor
-        ([], 128, []),
-    ],
-)
-def test_the_prefill_budget_goes_shortest_first_with_a_floor_for_the_oldest(
-    wants: list[int], budget: int, grants: list[int]
-) -> None:
-    assert share_budget(wants, budget) == grants
-    assert sum(grants) == min(budget, sum(wants))
 
 
 def test_slots_follow_the_context_unless_set() -> None:

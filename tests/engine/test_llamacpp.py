@@ -18,8 +18,9 @@ import pytest_asyncio
 
 from rillet.server.config import LlamaCppConfig
 from rillet.server.engine import llamacpp as llamacpp_module
-from rillet.server.engine import llamacpp_native
 from rillet.server.engine.llamacpp import LlamaCppEngine, resolve_model_path
+from rillet.server.engine.llamacpp import native as llamacpp_native
+from rillet.server.engine.llamacpp import worker as worker_module
 from rillet.server.engine.text import StopMatcher
 from rillet.server.errors import EngineDead, InvalidArgument, Unavailable
 from rillet.server.types import (
@@ -326,8 +327,9 @@ async def test_a_crashed_engine_thread_is_dead_for_current_and_future_streams(
 
 async def test_aclose_ends_streams_in_flight_and_refuses_new_ones() -> None:
     engine = LlamaCppEngine(LlamaCppConfig(slots=2, context_length=256))
-    with pytest.raises(Unavailable):
-        await anext(engine.stream(request(max_tokens=4)))  # not started yet
+    with pytest.raises(Unavailable) as not_started:
+        await anext(engine.stream(request(max_tokens=4)))
+    assert not_started.value.reason == "ENGINE_NOT_STARTED"
     await engine.start()
     stream = engine.stream(request(max_tokens=200))
     assert isinstance(await anext(stream), TokenDelta)
@@ -335,8 +337,9 @@ async def test_aclose_ends_streams_in_flight_and_refuses_new_ones() -> None:
     with pytest.raises(Unavailable):
         async for _ in stream:
             pass
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable) as closed:
         await anext(engine.stream(request(max_tokens=4)))
+    assert closed.value.reason == "ENGINE_CLOSED"
     assert engine.active == 0
     assert not engine.healthy()
 
@@ -537,7 +540,7 @@ async def test_start_warms_every_request_path_then_empties_the_cache(monkeypatch
     monkeypatch.setattr(llamacpp_native.LlamaContext, "clear_memory", spy_clear)
     monkeypatch.setattr(llamacpp_native.Sampler, "__init__", spy_sampler)
     monkeypatch.setattr(StopMatcher, "feed", spy_feed)
-    monkeypatch.setattr(llamacpp_module, "token_logprobs", spy_logprobs)
+    monkeypatch.setattr(worker_module, "token_logprobs", spy_logprobs)
     async with started(LlamaCppConfig(slots=3, context_length=256, n_threads=1)) as engine:
         assert 3 in batches[1:]  # one decode ran every slot's next token together
         assert any(p.temperature == 0.0 and p.repetition_penalty == 1.0 for p in samplers)  # the argmax path

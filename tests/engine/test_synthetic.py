@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
+import jsonschema
 import pytest
 
 from rillet.server.config import SyntheticConfig
-from rillet.server.engine.synthetic import SyntheticEngine, synthetic_text
-from rillet.server.errors import Unavailable
-from rillet.server.types import EngineFinished, GenerationRequest, TokenDelta
+from rillet.server.engine import synthetic
+from rillet.server.engine.synthetic import END_TOKEN, VOCABULARY, SyntheticEngine, synthetic_text
+from rillet.server.errors import InvalidArgument, Unavailable
+from rillet.server.types import (
+    Constraint,
+    ConstraintKind,
+    EngineFinished,
+    FinishReason,
+    GenerationRequest,
+    TokenDelta,
+)
 
 
 def request(prompt: str, max_tokens: int) -> GenerationRequest:
@@ -80,3 +92,100 @@ async def test_closing_the_engine_ends_streams_in_flight_unavailable() -> None:
     assert ended.value.reason == "ENGINE_CLOSED"
     assert not engine.healthy()
     assert engine.active == 0
+
+
+# -- output constraints: enforced for real, through llguidance --------------------------------------------------------
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "tags": {"type": "array", "items": {"enum": ["red", "green"]}, "maxItems": 3},
+        "address": {"$ref": "#/$defs/address"},
+    },
+    "required": ["name", "age", "tags", "address"],
+    "additionalProperties": False,
+    "$defs": {"address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+}
+
+
+async def constrained(
+    engine: SyntheticEngine, constraint: Constraint, max_tokens: int = 200, stop: tuple[str, ...] = ()
+) -> tuple[list[TokenDelta], EngineFinished]:
+    req = GenerationRequest("c", "synthetic-test", "the river", max_tokens, stop=stop, constraint=constraint)
+    deltas: list[TokenDelta] = []
+    async with aclosing(engine.stream(req)) as events:
+        async for event in events:
+            if isinstance(event, EngineFinished):
+                return deltas, event
+            deltas.append(event)
+    raise AssertionError("no EngineFinished")
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[SyntheticEngine]:
+    engine = SyntheticEngine(SyntheticConfig(tokens_per_second=0, first_output_delay_s=0.0, slots=8))
+    await engine.start()
+    yield engine
+    await engine.aclose()
+
+
+async def test_a_schema_with_free_strings_nesting_enums_and_refs_completes_and_validates(
+    engine: SyntheticEngine,
+) -> None:
+    deltas, finished = await constrained(engine, Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(PERSON)))
+    text = "".join(d.text for d in deltas)
+    assert finished.reason is FinishReason.STOP
+    jsonschema.validate(json.loads(text), PERSON)
+    assert any(word in text for word in VOCABULARY)  # its own words fill the free strings, then the string closes
+    assert finished.usage.output_tokens == sum(len(d.token_ids) for d in deltas)
+    assert END_TOKEN not in [t for d in deltas for t in d.token_ids]  # the end token is neither sent nor counted
+    assert engine.active == 0
+
+
+async def test_the_same_request_gives_the_same_constrained_output_and_compiles_once(engine: SyntheticEngine) -> None:
+    constraint = Constraint(ConstraintKind.REGEX, r"[a-z]+ [0-9]{2}")
+    outputs = {"".join(d.text for d in (await constrained(engine, constraint))[0]) for _ in range(3)}
+    assert len(outputs) == 1
+    assert re.fullmatch(r"[a-z]+ [0-9]{2}", outputs.pop())
+    assert engine.compiler.compiled == 1
+
+
+async def test_multibyte_characters_spelled_in_bytes_are_never_split(engine: SyntheticEngine) -> None:
+    constraint = Constraint(ConstraintKind.CHOICE, choices=("añ日🦩b",))
+    deltas, finished = await constrained(engine, constraint)
+    assert [d.text for d in deltas if d.text] == list("añ日🦩b")  # one byte a token, whole characters a delta
+    assert "".join(d.text for d in deltas) == "añ日🦩b"
+    assert finished.reason is FinishReason.STOP
+
+
+async def test_max_tokens_leaves_a_prefix_and_stop_strings_still_apply(engine: SyntheticEngine) -> None:
+    schema = Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(PERSON))
+    whole = "".join(d.text for d in (await constrained(engine, schema))[0])
+    deltas, finished = await constrained(engine, schema, max_tokens=6)
+    assert finished.reason is FinishReason.LENGTH
+    assert whole.startswith("".join(d.text for d in deltas))
+    deltas, finished = await constrained(engine, schema, stop=('"age"',))
+    assert finished.reason is FinishReason.STOP_SEQUENCE
+    assert whole.startswith("".join(d.text for d in deltas) + '"age"')
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [Constraint(ConstraintKind.JSON_SCHEMA, '{"type": "objekt"}'), Constraint(ConstraintKind.GRAMMAR, "start: x")],
+)
+async def test_a_bad_constraint_fails_before_any_output(engine: SyntheticEngine, constraint: Constraint) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        await constrained(engine, constraint)
+    assert error.value.reason == "CONSTRAINT_INVALID"
+    assert engine.active == 0
+
+
+def test_without_llguidance_the_engine_lists_no_constraint_and_refuses_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert synthetic.capabilities().constraints == frozenset(ConstraintKind)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llguidance" else real(name, *a))
+    caps = SyntheticEngine(SyntheticConfig()).models[0].capabilities
+    assert caps is not None
+    assert caps.constraints == frozenset()

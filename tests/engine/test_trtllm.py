@@ -7,14 +7,13 @@ Tests marked `gpu` run the real TensorRT-LLM where it is installed and a GPU is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import math
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,13 @@ import grpc
 import pytest
 
 from rillet.client import Client, DeadlineExceededError, Finished, TokenDelta
-from rillet.server.config import TrtllmConfig
+from rillet.server.config import TrtllmConfig, TrtllmSampler
 from rillet.server.engine.trtllm import INSTALL_HELP, TrtllmEngine, token_logprobs
 from rillet.server.errors import DeadlineExceeded, EngineDead, Internal, InvalidArgument
 from rillet.server.types import (
     ChatMessage,
     EngineFinished,
     FinishReason,
-    GenerationRequest,
     SamplingParams,
 )
 from rillet.server.types import (
@@ -37,9 +35,8 @@ from rillet.server.types import (
 )
 from rillet.v1 import generation_pb2, inference_service_pb2, inference_service_pb2_grpc
 from tests.conftest import ServerFactory, eventually
-from tests.doubles.trtllm import DOUBLES, double, double_config
+from tests.doubles.trtllm import DOUBLES, double, double_config, executor, request, run, running
 
-GREEDY = SamplingParams(temperature=0.0)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -47,37 +44,6 @@ REPO = Path(__file__).resolve().parents[2]
 def sim() -> Iterator[Any]:
     with double() as simulation:
         yield simulation
-
-
-@contextlib.asynccontextmanager
-async def running(config: TrtllmConfig | None = None) -> AsyncIterator[TrtllmEngine]:
-    engine = TrtllmEngine(config or double_config())
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        await engine.aclose()
-
-
-def executor(engine: TrtllmEngine) -> Any:
-    """The double's simulated executor behind the engine (to see what reached TensorRT-LLM)."""
-    llm = engine._llm
-    assert llm is not None
-    return llm._executor
-
-
-def request(prompt: Any = "1, 2, 3, 4, 5, ", max_tokens: int = 8, **fields: Any) -> GenerationRequest:
-    fields.setdefault("sampling", GREEDY)
-    return GenerationRequest("r", "tiny", prompt, max_tokens, **fields)
-
-
-async def run(engine: TrtllmEngine, req: GenerationRequest) -> tuple[list[EngineDelta], EngineFinished]:
-    deltas: list[EngineDelta] = []
-    async for event in engine.stream(req):
-        if isinstance(event, EngineFinished):
-            return deltas, event
-        deltas.append(event)
-    raise AssertionError("the stream ended without EngineFinished")
 
 
 # -- the stream ------------------------------------------------------------------------------------------------------
@@ -344,12 +310,14 @@ async def test_engine_timeout_is_deadline_exceeded(sim: Any, monkeypatch: pytest
 
 def test_extra_llm_args_are_checked_against_tensorrt_llm_at_construction(sim: Any) -> None:
     with pytest.raises(EngineDead, match="no_such_knob") as unknown:
-        TrtllmEngine(double_config(extra_llm_args={"stream_interval": 4, "no_such_knob": 1}))
+        TrtllmEngine(double_config(extra_llm_args={"print_iter_log": True, "no_such_knob": 1}))
     assert unknown.value.reason == "ENGINE_CONFIG_INVALID"
-    with pytest.raises(EngineDead, match=r"trtllm\.<field>"):
-        TrtllmEngine(double_config(extra_llm_args={"max_batch_size": 4}))
-    engine = TrtllmEngine(double_config(extra_llm_args={"stream_interval": 4}))
-    assert engine._kwargs["stream_interval"] == 4
+    for owned in ({"max_batch_size": 4}, {"stream_interval": 4}, {"sampler_type": "TorchSampler"}):
+        with pytest.raises(EngineDead, match=r"trtllm\.<field>"):
+            TrtllmEngine(double_config(extra_llm_args=owned))
+    engine = TrtllmEngine(double_config(extra_llm_args={"print_iter_log": True}, stream_interval=4))
+    assert engine._kwargs["print_iter_log"] is True
+    assert (engine._kwargs["stream_interval"], engine._kwargs["sampler_type"]) == (4, "auto")
     assert engine._kwargs["kv_cache_config"].free_gpu_memory_fraction == 0.9
     assert str(engine._kwargs["scheduler_config"].capacity_scheduler_policy) == "GUARANTEED_NO_EVICT"
 
@@ -361,8 +329,8 @@ def test_without_a_gpu_or_a_model_the_engine_says_what_to_do(sim: Any) -> None:
     assert "no CUDA GPU is visible" in no_gpu.value.message
     assert INSTALL_HELP in no_gpu.value.message
     sim.device_count = 1
-    with pytest.raises(EngineDead, match="tensor_parallel_size"):
-        TrtllmEngine(double_config(tensor_parallel_size=2))
+    with pytest.raises(EngineDead, match="tensor_parallel_size"):  # two nodes of two GPUs: two must be here
+        TrtllmEngine(double_config(tensor_parallel_size=4, extra_llm_args={"gpus_per_node": 2}))
     with pytest.raises(EngineDead, match="RILLET_TRTLLM__MODEL"):
         TrtllmEngine(TrtllmConfig())
 
@@ -422,3 +390,35 @@ async def test_the_real_engine_streams_cancels_and_stops_on_a_gpu() -> None:
             assert stop not in "".join(d.text for d in deltas)
     finally:
         await engine.aclose()
+
+
+@pytest.mark.gpu
+async def test_the_real_samplers_behave_as_facts_md_records() -> None:
+    """What FACTS.md could not verify in source, settled on a GPU: engine/trtllm/api.py's capabilities rest on it."""
+    reason = _real_tensorrt_llm()
+    if reason is not None:
+        pytest.skip(reason)
+    model = os.environ["RILLET_TRTLLM__MODEL"]
+    story, count = "Once upon a time, in a city nobody remembers,", "Count with me: 1, 2, 3, 4,"
+    seeded = {"temperature": 1.0, "top_k": 0, "seed": 7}  # an open prompt at temperature 1: runs differ unless seeded
+
+    async def tokens(engine: TrtllmEngine, prompt: str, **params: Any) -> list[int]:
+        from tensorrt_llm import SamplingParams as TrtSamplingParams
+
+        llm = engine._llm
+        assert llm is not None
+        result = llm.generate_async(inputs=prompt, sampling_params=TrtSamplingParams(max_tokens=24, **params))
+        return list((await result.aresult()).outputs[0].token_ids)
+
+    async with running(TrtllmConfig(model=model, max_batch_size=8, max_seq_len=1024)) as torch:
+        deltas, _ = await run(torch, request("The capital of France is", max_tokens=8, top_logprobs=2))
+        for lp in (lp for d in deltas for lp in d.logprobs):  # greedy: the emitted token is the top candidate
+            assert lp.top[0].token_id == lp.token.token_id
+        assert await tokens(torch, story, **seeded) != await tokens(torch, story, **seeded), "TorchSampler used a seed"
+        plain = await tokens(torch, count, temperature=0.0)
+        assert plain == await tokens(torch, count, temperature=0.0, repetition_penalty=2.0), "it applied a penalty"
+    config = TrtllmConfig(model=model, max_batch_size=8, max_seq_len=1024, sampler=TrtllmSampler.TRTLLM)
+    async with running(config) as trtllm:
+        assert await tokens(trtllm, story, **seeded) == await tokens(trtllm, story, **seeded), "it ignored the seed"
+        plain = await tokens(trtllm, count, temperature=0.0)
+        assert plain != await tokens(trtllm, count, temperature=0.0, repetition_penalty=2.0), "it ignored the penalty"

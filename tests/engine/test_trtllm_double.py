@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import eventually
 from tests.doubles.trtllm import DOUBLES, double
 
 FACTS = DOUBLES / "tensorrt_llm" / "FACTS.md"
@@ -111,6 +112,12 @@ def test_the_double_mirrors_the_recorded_surface(sim: Any, kind: str, name: str,
         pytest.fail(f"unknown kind {kind!r} in FACTS.md")
 
 
+def worker(llm: Any) -> Any:
+    """The simulated worker process behind an LLM of the double (its counters)."""
+    assert llm._executor is not None
+    return llm._executor.worker
+
+
 async def _collect(result: Any) -> list[tuple[str, list[int], str | None]]:
     steps = []
     async for output in result:
@@ -122,20 +129,16 @@ async def _collect(result: Any) -> list[tuple[str, list[int], str | None]]:
 async def test_requests_run_in_flight_up_to_max_batch_size(sim: Any) -> None:
     from tensorrt_llm import LLM, SamplingParams
 
-    llm = LLM(model="double", max_batch_size=3)
-    try:
+    with LLM(model="double", max_batch_size=3) as llm:
         results = [
             llm.generate_async(f"prompt {i}", sampling_params=SamplingParams(max_tokens=4), streaming=True)
             for i in range(7)
         ]
         runs = await asyncio.gather(*(_collect(r) for r in results))
         assert all(run[-1][2] == "length" and len(run[-1][1]) == 4 for run in runs)
-        executor = llm._executor
-        assert executor is not None
+        executor = worker(llm)
         assert executor.largest_batch == 3  # batched, never past the limit
         assert executor.in_flight == 0
-    finally:
-        llm.shutdown()
 
 
 async def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(sim: Any) -> None:
@@ -143,29 +146,21 @@ async def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(sim: Any
     from tensorrt_llm.executor.utils import RequestError
 
     long_prompt = "x" * 300  # 101 tokens of three bytes (BOS included)
-    chunked = LLM(model="double", max_num_tokens=32, enable_chunked_prefill=True)
-    try:
+    with LLM(model="double", max_num_tokens=32, enable_chunked_prefill=True) as chunked:
         short = chunked.generate_async("hi", sampling_params=SamplingParams(max_tokens=8), streaming=True)
         long = chunked.generate_async(long_prompt, sampling_params=SamplingParams(max_tokens=1), streaming=True)
         short_run, long_run = await asyncio.gather(_collect(short), _collect(long))
         assert long_run[-1][2] == "length"
         assert len(short_run) == 8  # the short request decoded one token per step throughout
-    finally:
-        chunked.shutdown()
-    whole = LLM(model="double", max_num_tokens=32)
-    try:
-        with pytest.raises(RequestError, match="max_num_tokens"):
-            whole.generate_async(long_prompt, streaming=True)
-    finally:
-        whole.shutdown()
+    with LLM(model="double", max_num_tokens=32) as whole, pytest.raises(RequestError, match="max_num_tokens"):
+        whole.generate_async(long_prompt, streaming=True)
 
 
 async def test_abort_ends_the_request_cancelled_and_frees_its_slot(sim: Any) -> None:
     from tensorrt_llm import LLM, SamplingParams
 
     sim.step_seconds = 0.01
-    llm = LLM(model="double", max_batch_size=1)
-    try:
+    with LLM(model="double", max_batch_size=1) as llm:
         result = llm.generate_async("abort me", sampling_params=SamplingParams(max_tokens=1000), streaming=True)
         await anext(aiter(result))
         result.abort()
@@ -173,20 +168,15 @@ async def test_abort_ends_the_request_cancelled_and_frees_its_slot(sim: Any) -> 
         steps = await _collect(result)
         assert steps[-1][2] == "cancelled"
         assert result.finished
-        executor = llm._executor
-        assert executor is not None
-        assert executor.in_flight == 0
+        assert worker(llm).in_flight == 0
         after = await _collect(llm.generate_async("next", sampling_params=SamplingParams(max_tokens=2), streaming=True))
         assert after[-1][2] == "length"
-    finally:
-        llm.shutdown()
 
 
 async def test_quirks_token_ids_diff_is_stale_with_n_above_one_and_stop_words_truncate(sim: Any) -> None:
     from tensorrt_llm import LLM, SamplingParams
 
-    llm = LLM(model="double")
-    try:
+    with LLM(model="double") as llm:
         params = SamplingParams(max_tokens=3, n=2, temperature=0.7, seed=5)
         result = llm.generate_async("two outputs", sampling_params=params, streaming=True)
         await _collect(result)
@@ -199,15 +189,12 @@ async def test_quirks_token_ids_diff_is_stale_with_n_above_one_and_stop_words_tr
         assert reason == "stop"
         assert "def" not in text
         assert len(ids) == len(steps) - 1  # one token per step, and the last one (the stop word) cut off again
-    finally:
-        llm.shutdown()
 
 
 async def test_text_grows_by_whole_characters(sim: Any) -> None:
     from tensorrt_llm import LLM, SamplingParams
 
-    llm = LLM(model="double")
-    try:
+    with LLM(model="double") as llm:
         steps = await _collect(
             llm.generate_async("🦩🦩🦩", sampling_params=SamplingParams(max_tokens=8), streaming=True)
         )
@@ -216,8 +203,6 @@ async def test_text_grows_by_whole_characters(sim: Any) -> None:
         assert "\ufffd" not in texts[-1]
         assert "🦩" in texts[-1]
         assert any(a == b for a, b in itertools.pairwise(texts))  # a step that held half a flamingo back
-    finally:
-        llm.shutdown()
 
 
 def test_sampling_params_and_llm_arguments_are_checked_like_the_real_ones(sim: Any) -> None:
@@ -233,6 +218,175 @@ def test_sampling_params_and_llm_arguments_are_checked_like_the_real_ones(sim: A
     sim.device_count = 0
     with pytest.raises(RuntimeError, match="CUDA"):
         LLM(model="double")
+
+
+# -- 1.2.1's quirks, each as the real file has it (FACTS.md) ---------------------------------------------------------
+
+
+class WorkerCrash(Exception):
+    """A worker process's fatal error, of no particular type."""
+
+
+async def _text(llm: Any, prompt: str, **params: Any) -> list[int]:
+    from tensorrt_llm import SamplingParams
+
+    result = llm.generate_async(prompt, sampling_params=SamplingParams(**params), streaming=True)
+    steps = await _collect(result)
+    return steps[-1][1]
+
+
+async def test_torch_sampler_ignores_seeds_penalties_and_min_p_and_trtllm_sampler_applies_them(sim: Any) -> None:
+    from tensorrt_llm import LLM
+
+    seeded = {"max_tokens": 6, "temperature": 0.8, "seed": 11}
+    with LLM(model="double") as torch:  # sampler_type "auto": TorchSampler
+        assert await _text(torch, "a prompt", **seeded) != await _text(torch, "a prompt", **seeded)
+    with LLM(model="double", sampler_type="TRTLLMSampler") as trtllm:
+        first = await _text(trtllm, "a prompt", **seeded)
+        assert first == await _text(trtllm, "a prompt", **seeded)  # the request's own seed
+        assert first != await _text(trtllm, "a prompt", **(seeded | {"repetition_penalty": 1.3}))
+        assert first != await _text(trtllm, "a prompt", **(seeded | {"min_p": 0.1}))
+        unseeded = {"max_tokens": 6, "temperature": 0.8}
+        assert await _text(trtllm, "a prompt", **unseeded) == await _text(trtllm, "a prompt", **unseeded)  # seed 0
+    with pytest.raises(ValueError, match="sampler"):
+        LLM(model="double", sampler_type="FlashInferSampler")
+
+
+async def test_sampled_tokens_are_sometimes_missing_from_torch_samplers_top_k_logprobs(sim: Any) -> None:
+    from tensorrt_llm import LLM, SamplingParams
+
+    for sampler, sampled_alone in (("TorchSampler", False), ("TRTLLMSampler", True)):
+        with LLM(model="double", sampler_type=sampler) as llm:
+            params = SamplingParams(max_tokens=6, temperature=0.8, logprobs=1)
+            result = llm.generate_async("logprobs", sampling_params=params, streaming=True)
+            await _collect(result)
+            output = result.outputs[0]
+            entries: list[dict[int, Any]] = list(output.logprobs)  # type: ignore[arg-type]  # the dict shape
+            present = [token in entry for token, entry in zip(output.token_ids, entries, strict=True)]
+            if sampled_alone:  # the C++ decoder's log_probs: the sampled token alone, rank 1
+                assert all(present)
+                assert all(len(entry) == 1 for entry in entries)
+            else:  # the distribution's top 1: the sampled token only when it was the most likely
+                assert any(present)
+                assert not all(present)
+
+
+def test_world_size_per_node_is_computed_as_the_library_computes_it(sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorrt_llm import LLM
+    from tensorrt_llm.llmapi.llm_args import TorchLlmArgs, _ParallelConfig
+
+    assert _ParallelConfig(16, 1, gpus_per_node=8).world_size_per_node == 8
+    assert _ParallelConfig(12, 1, gpus_per_node=8).world_size_per_node == 6
+    assert _ParallelConfig(4, 2, gpus_per_node=8).world_size_per_node == 8
+    sim.device_count = 8
+    assert TorchLlmArgs(model="m", tensor_parallel_size=16).parallel_config.world_size_per_node == 8
+    LLM(model="double", tensor_parallel_size=16).shutdown()
+    sim.device_count = 4  # gpus_per_node defaults to the GPUs seen here: 4 nodes of 4, 4 each
+    LLM(model="double", tensor_parallel_size=16).shutdown()
+    with pytest.raises(RuntimeError, match="Only 4 GPUs are available, but 16 are required"):
+        LLM(model="double", tensor_parallel_size=16, gpus_per_node=8)  # 2 nodes of 8: 8 must be here
+    monkeypatch.setenv("RAY_LOCAL_WORLD_SIZE", "16")
+    LLM(model="double", tensor_parallel_size=16, gpus_per_node=8).shutdown()
+
+
+async def test_generation_config_eos_ids_are_stop_words_cut_from_token_ids(sim: Any) -> None:
+    from tensorrt_llm import LLM, SamplingParams
+    from tensorrt_llm._double.tokenizer import EOT
+
+    sim.eot_after = 2
+    with LLM(model="double") as llm:
+        params = SamplingParams(max_tokens=10)
+        result = llm.generate_async("abcdefgh", sampling_params=params, streaming=True)
+        steps = await _collect(result)
+        assert params.stop_token_ids == [EOT]  # _setup added the generation config's other EOS
+        output = result.outputs[0]
+        assert (output.finish_reason, output.stop_reason) == ("stop", EOT)
+        assert output.token_ids == steps[-2][1]  # the end-of-turn token was appended and cut in the same fold
+        assert "eot" not in output.text
+
+
+async def test_a_cancel_is_answered_a_few_steps_later(sim: Any) -> None:
+    from tensorrt_llm import LLM, SamplingParams
+
+    sim.cancel_steps = 3
+    with LLM(model="double") as llm:
+        result = llm.generate_async("cancel", sampling_params=SamplingParams(max_tokens=1000), streaming=True)
+        await anext(aiter(result))
+        result.abort()
+        steps = await _collect(result)
+        assert steps[-1][2] == "cancelled"
+        assert len(steps) > 2  # tokens kept coming until the cancellation reached the worker
+        assert worker(llm).in_flight == 0
+
+
+async def test_a_dead_worker_answers_nothing_and_its_error_surfaces_at_the_next_submit(sim: Any) -> None:
+    from tensorrt_llm import LLM, SamplingParams
+
+    sim.step_seconds = 0.005
+    with LLM(model="double") as llm:
+        result = llm.generate_async("doomed", sampling_params=SamplingParams(max_tokens=1000), streaming=True)
+        await anext(aiter(result))
+        sim.worker_death = WorkerCrash("CUDA error: an illegal memory access was encountered")
+        await eventually(lambda: worker(llm).died is not None)
+        assert llm._check_health()  # 1.2.1's proxy knows nothing until the error is handled
+        assert not result.finished
+        with pytest.raises(WorkerCrash):  # _handle_background_error at submit: shut down, then raised
+            llm.generate_async("next", streaming=True)
+        assert not llm._check_health()
+        with pytest.raises(RuntimeError, match="LLM is shutting down"):
+            llm.generate_async("after", streaming=True)
+
+
+def test_chat_templates_refuse_conversations_with_template_error(sim: Any) -> None:
+    from jinja2.exceptions import TemplateError
+    from tensorrt_llm import LLM
+
+    with LLM(model="double") as llm:
+        tokenizer = llm.tokenizer
+        assert tokenizer is not None
+        system_first = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+        assert tokenizer.apply_chat_template(system_first, tokenize=True)
+        for roles in (["assistant"], ["user", "user"], ["user", "tool"]):
+            with pytest.raises(TemplateError, match="alternate"):
+                tokenizer.apply_chat_template([{"role": r, "content": "x"} for r in roles], tokenize=True)
+
+
+async def test_stream_interval_batches_responses_after_the_first_token(sim: Any) -> None:
+    from tensorrt_llm import LLM, SamplingParams
+
+    with LLM(model="double", stream_interval=4) as llm:
+        result = llm.generate_async("interval", sampling_params=SamplingParams(max_tokens=10), streaming=True)
+        lengths = [len(ids) for _, ids, _ in await _collect(result)]
+        assert lengths == [1, 4, 8, 10]  # the first token at once, then every 4 iterations, then the last
+
+
+async def test_postprocess_workers_send_their_whole_output_back(sim: Any) -> None:
+    from tensorrt_llm import LLM, SamplingParams
+
+    with LLM(model="double", num_postprocess_workers=2) as llm:
+        result = llm.generate_async("1, 2, 3, ", sampling_params=SamplingParams(max_tokens=6), streaming=True)
+        steps = await _collect(result)
+        assert steps[-1] == ("1, 2, 3, 1, 2, 3, ", steps[-1][1], "length")
+        assert result.cached_tokens == 0  # only the executor's own responses carry it
+
+
+async def test_perf_metrics_and_cache_salt(sim: Any) -> None:
+    from tensorrt_llm import LLM, SamplingParams
+
+    prompt = "1, 2, 3, 4, 5, 6, 7, 8, " * 12
+    with LLM(model="double", return_perf_metrics=True, max_batch_size=1) as llm:
+        first, second = (
+            llm.generate_async(prompt, sampling_params=SamplingParams(max_tokens=3), streaming=True, cache_salt="a")
+            for _ in range(2)
+        )
+        await asyncio.gather(_collect(first), _collect(second))
+        timing = second.outputs[0].request_perf_metrics.timing_metrics
+        assert timing.arrival_time < timing.first_scheduled_time <= timing.first_token_time  # it waited for a slot
+        assert second.cached_tokens > 0
+        assert second.outputs[0].request_perf_metrics.kv_cache_metrics.num_reused_blocks > 0
+        other = llm.generate_async(prompt, sampling_params=SamplingParams(max_tokens=2), streaming=True, cache_salt="b")
+        await _collect(other)
+        assert other.cached_tokens == 0  # another salt never matches
 
 
 def test_facts_name_only_real_files(sim: Any) -> None:

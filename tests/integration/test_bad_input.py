@@ -16,6 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from rillet.client import Client, InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from rillet.server.app import RilletServer
 from rillet.server.config import SyntheticConfig
+from rillet.server.engine import synthetic
 from rillet.server.engine.synthetic import SyntheticEngine, synthetic_text
 from rillet.server.transport import convert
 from rillet.server.transport.servicer import PARSE_INLINE_MAX_BYTES
@@ -174,8 +175,9 @@ BAD_STARTS = [
     (start("bad", GP(token_ids=generation_pb2.TokenIds(ids=[1] * 300_000))), "error", code_pb2.INVALID_ARGUMENT,
      "PROMPT_TOO_LARGE"),
     (start("bad", GP(text="x", sampling=SP(top_p=0.9))), "error", code_pb2.INVALID_ARGUMENT, "FIELD_UNSUPPORTED"),
-    (start("bad", GP(text="x", json_schema='{"type": "object"}')), "error", code_pb2.INVALID_ARGUMENT,
-     "CONSTRAINT_UNSUPPORTED"),
+    (start("bad", GP(text="x", json_schema='{"type": "objekt"}')), "error", code_pb2.INVALID_ARGUMENT,
+     "CONSTRAINT_INVALID"),  # the engine's compile (the synthetic engine enforces constraints)
+    (start("bad", GP(text="x", grammar="start: nowhere")), "error", code_pb2.INVALID_ARGUMENT, "CONSTRAINT_INVALID"),
     (start("bad", GP(text="x", regex="")), "error", code_pb2.INVALID_ARGUMENT, "CONSTRAINT_INVALID"),
     (start("bad", GP(text="x", regex="a" * 70_000)), "error", code_pb2.INVALID_ARGUMENT, "CONSTRAINT_TOO_LARGE"),
     (start("bad", GP(text="x", choice=generation_pb2.Choice())), "error", code_pb2.INVALID_ARGUMENT,
@@ -238,6 +240,21 @@ async def test_bad_message_fails_alone_while_neighbour_streams(
     assert neighbour_end is not None
     assert neighbour_end.WhichOneof("kind") == "finished"
     assert text == synthetic_text("the neighbour", NEIGHBOUR_TOKENS)
+
+
+async def test_a_constraint_kind_the_model_does_not_list_is_refused_at_the_edge(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(synthetic, "capabilities", lambda: synthetic.CAPABILITIES)  # as without llguidance
+    server = await make_server(engines=[SyntheticEngine(SyntheticConfig()), EchoSpeechEngine()])
+    async with Client.connect(f"127.0.0.1:{server.port}") as client:
+        models = await client.list_models()
+        text_model = next(m for m in models if m.text_capabilities is not None)
+        assert text_model.text_capabilities is not None
+        assert text_model.text_capabilities.constraint_kinds == frozenset()
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.generate("x", regex="[0-9]+").collect()
+        assert (caught.value.reason, caught.value.metadata["field"]) == ("CONSTRAINT_UNSUPPORTED", "params.regex")
 
 
 async def test_sdk_raises_typed_errors_with_reason_and_field(client: Client) -> None:

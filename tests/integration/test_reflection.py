@@ -69,8 +69,8 @@ async def test_both_versions_list_the_services_and_resolve_methods_and_fields(
         Request(file_containing_symbol=f"{SERVICE}.NoSuchMethod"),
     )
     names = {s.name for s in listed.list_services_response.service}
-    assert names == {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
-                     "grpc.reflection.v1alpha.ServerReflection"}  # fmt: skip
+    assert names == {SERVICE, "rillet.v1.ControlService", "grpc.health.v1.Health",
+                     "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}  # fmt: skip
     files = files_of(method)
     # The method's real types are described, although the server registers raw-bytes handlers for them.
     generate = next(m for m in files["rillet/v1/inference_service.proto"].service[0].method if m.name == "Generate")

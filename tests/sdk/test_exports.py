@@ -11,11 +11,12 @@ import rillet.client
 EXPECTED = {
     "AlreadyExistsError", "AudioChunk", "AudioEncoding", "ChannelConfig", "ChatMessage", "Client",
     "DeadlineExceededError", "FinishReason", "Finished", "GenerateOptions", "GenerateResult", "GenerateStream",
-    "InternalError", "InvalidArgumentError", "KeepAlive", "Model", "ModelKind", "NotFoundError", "ProtocolError",
-    "RequestCancelledError", "RequestStream", "ResourceExhaustedError", "RilletError", "Session", "SpokenText",
-    "SynthesizeOptions", "SynthesizeResult", "SynthesizeStream", "TextCapabilities", "Timings", "TlsOptions",
-    "TokenDelta", "TokenLogprob", "TokenLogprobs", "UnauthenticatedError", "UnavailableError", "UnknownError", "Usage",
-    "WordTiming",
+    "IncompleteOutputError", "InternalError", "InvalidArgumentError", "JsonModel", "KeepAlive", "Model", "ModelKind",
+    "NotFoundError", "ProtocolError", "RequestCancelledError", "RequestStream", "ResourceExhaustedError",
+    "RilletError", "Session", "SpokenText", "SynthesizeOptions", "SynthesizeResult", "SynthesizeStream",
+    "TextCapabilities", "Timings", "TlsOptions", "TokenDelta", "TokenLogprob", "TokenLogprobs", "UnauthenticatedError",
+    "UnavailableError", "UnknownError", "Usage", "WordTiming", "EngineInfo", "EngineLoad", "Priority", "ServerInfo",
+    "ServerLoad", "TokenCount",
 }  # fmt: skip
 
 

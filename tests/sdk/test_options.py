@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import BaseModel
 
 from rillet.client import ChatMessage, Client, GenerateOptions, SynthesizeOptions
 from rillet.client import _convert as convert
@@ -75,6 +77,47 @@ def test_every_generate_option_reaches_the_params() -> None:
     assert (sampling.top_k, sampling.seed) == (40, 7)
     assert [sampling.top_p, sampling.min_p, sampling.repetition_penalty] == pytest.approx([0.9, 0.05, 1.1])
     assert [(m.role, m.content) for m in params.chat.messages] == [("user", "hi")]
+
+
+class Point(BaseModel):
+    x: int
+    label: Literal["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"json_schema": '{"type": "object"}'}, {"json_schema": '{"type": "object"}'}),
+        ({"json_schema": {"type": "array"}}, {"json_schema": '{"type": "array"}'}),
+        ({"json_schema": Point}, {"json_schema": json.dumps(Point.model_json_schema())}),
+        ({"regex": "[0-9]+"}, {"regex": "[0-9]+"}),
+        ({"grammar": 'start: "x"'}, {"grammar": 'start: "x"'}),
+        ({"choice": ["yes", "no"]}, {"choice": generation_pb2.Choice(options=["yes", "no"])}),
+        ({"choice": []}, {"choice": generation_pb2.Choice()}),  # sent empty: the server refuses it, never ignores it
+        ({"json_object": True}, {"json_object": generation_pb2.JsonObject()}),
+    ],
+    ids=lambda value: str(value)[:40],
+)
+def test_each_output_constraint_reaches_its_field_of_the_oneof(
+    fields: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    params = convert.generate_params("x", GenerateOptions(**fields))
+    assert params == generation_pb2.GenerateParams(text="x", **expected)
+    assert params.WhichOneof("constraint") == next(iter(expected))
+
+
+def test_a_json_schema_is_kept_as_its_text_and_only_one_constraint_is_taken() -> None:
+    assert GenerateOptions(json_schema=Point).json_schema == json.dumps(Point.model_json_schema())
+    assert GenerateOptions(json_schema=Point) == GenerateOptions(json_schema=Point.model_json_schema())
+    with pytest.raises(ValueError, match=r"at most one output constraint.*json_schema, regex"):
+        GenerateOptions(json_schema={}, regex="x")
+    with pytest.raises(ValueError, match="at most one"):
+        resolve(GenerateOptions(choice=["a"]), GenerateOptions(), {"json_object": True})
+    with pytest.raises(TypeError, match="list of strings"):
+        GenerateOptions(choice="yes")
+    with pytest.raises(TypeError, match="pydantic model class"):
+        GenerateOptions(json_schema=42)  # type: ignore[arg-type]
+    assert GenerateOptions(choice=["a", "b"]).choice == ("a", "b")
 
 
 def test_start_messages_carry_the_timeout_and_the_trace_context() -> None:

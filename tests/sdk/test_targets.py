@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rillet.client._channel import HEALTH_SERVICE, channel_target, service_config
+from rillet.client._channel import HEALTH_SERVICE, WEIGHTED_ROUND_ROBIN, channel_target, service_config
 
 
 @pytest.mark.parametrize(
@@ -47,12 +47,24 @@ def test_a_list_takes_ip_literals_of_one_family(addresses: list[str], message: s
 
 
 def test_balancing_watches_health_and_keeps_the_retry_policy() -> None:
-    balanced, single = json.loads(service_config(round_robin=True)), json.loads(service_config(round_robin=False))
-    assert balanced["loadBalancingConfig"] == [{"round_robin": {}}]
-    assert balanced["healthCheckConfig"] == {"serviceName": HEALTH_SERVICE}
+    balanced, single = json.loads(service_config(balanced=True)), json.loads(service_config(balanced=False))
+    plain = json.loads(service_config(balanced=True, weighted=False))
+    assert balanced["loadBalancingConfig"] == [{"weighted_round_robin": WEIGHTED_ROUND_ROBIN}]
+    assert WEIGHTED_ROUND_ROBIN["enableOobLoadReport"] is True  # out-of-band: streams report only when they end
+    assert plain["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert balanced["healthCheckConfig"] == plain["healthCheckConfig"] == {"serviceName": HEALTH_SERVICE}
     assert "loadBalancingConfig" not in single
     assert "healthCheckConfig" not in single
     for config in (balanced, single):
         [method] = config["methodConfig"]
-        assert {n["method"] for n in method["name"]} == {"ListModels", "Generate", "Synthesize"}  # never Session
+        retried = {(n["service"].removeprefix("rillet.v1."), n["method"]) for n in method["name"]}
+        assert retried == {
+            ("InferenceService", "ListModels"),
+            ("InferenceService", "Generate"),
+            ("InferenceService", "Synthesize"),
+            *(
+                ("ControlService", m)
+                for m in ("GetServerInfo", "GetLoad", "WatchLoad", "Tokenize", "Detokenize", "CountTokens")
+            ),
+        }  # never Session, nor Abort
         assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]

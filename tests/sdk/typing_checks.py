@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import assert_type
 
+from pydantic import BaseModel
+
 from rillet.client import (
     AudioChunk,
     ChannelConfig,
@@ -25,6 +27,10 @@ from rillet.client import (
 )
 
 
+class Point(BaseModel):
+    x: int
+
+
 async def one_shot(client: Client) -> None:
     stream = client.generate("prompt", max_tokens=8, temperature=0.0, stop=["\n"], timeout=5.0)
     assert_type(stream, GenerateStream)
@@ -38,6 +44,11 @@ async def one_shot(client: Client) -> None:
     client.generate("x", max_tokens="8")  # type: ignore[arg-type]
     client.generate("x", temprature=0.5)  # type: ignore[call-arg]
     client.generate(42)  # type: ignore[arg-type]
+    assert_type(await client.generate("x", json_schema=Point).parse(Point), Point)
+    client.generate("x", json_schema={"type": "object"}, choice=["a", "b"], json_object=True)
+    client.generate("x", choice="yes")  # a str is a Sequence[str]: refused at run time (TypeError), not here
+    client.generate("x", regex=3)  # type: ignore[arg-type]
+    await client.generate("x").parse(dict)  # type: ignore[type-var]
 
 
 async def session(client: Client) -> None:

@@ -1,4 +1,4 @@
-"""Admission: FIFO slot hand-off, a bounded queue, and no leaked slot when a waiter is cancelled."""
+"""Admission: FIFO slot hand-off, a bounded queue, no leaked slot when a waiter is cancelled, priority classes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import pytest
 
 from rillet.server.errors import ResourceExhausted
 from rillet.server.scheduler import Admission
+from rillet.server.types import Priority
+
+INTERACTIVE, BATCH = Priority.INTERACTIVE, Priority.BATCH
 
 
 async def hold(admission: Admission, started: list[str], name: str, release: asyncio.Event) -> None:
@@ -148,3 +151,107 @@ async def test_a_tenants_share_frees_as_its_waiters_leave() -> None:
     await last
     assert started == ["again", "last"]
     assert (admission.running, admission.queued) == (0, 0)
+
+
+async def hold_class(
+    admission: Admission, started: list[str], name: str, release: asyncio.Event, priority: Priority, tenant: str = ""
+) -> None:
+    async with admission.admit(tenant, priority):
+        started.append(name)
+        await release.wait()
+
+
+async def run_one_at_a_time(
+    admission: Admission, gate: asyncio.Event, waiters: list[tuple[str, Priority]]
+) -> list[str]:
+    """Queue `waiters` in order behind a held slot, then free the slot: the order they were admitted in."""
+    started: list[str] = []
+    go = asyncio.Event()
+    go.set()
+    async with admission.admit():
+        tasks = [asyncio.create_task(hold_class(admission, started, n, go, p)) for n, p in waiters]
+        await asyncio.sleep(0)
+        assert admission.queued == len(waiters)
+        await gate.wait()
+    await asyncio.gather(*tasks)
+    return started
+
+
+async def test_interactive_waiters_go_before_batch_ones() -> None:
+    admission = Admission(slots=1, max_queue=8, retry_after_s=1.0, batch_every=4)
+    gate = asyncio.Event()
+    gate.set()
+    order = await run_one_at_a_time(
+        admission, gate, [("b1", BATCH), ("b2", BATCH), ("i1", INTERACTIVE), ("i2", INTERACTIVE)]
+    )
+    assert order == ["i1", "i2", "b1", "b2"]
+
+
+async def test_batch_is_never_starved_one_slot_in_batch_every_goes_to_it() -> None:
+    admission = Admission(slots=1, max_queue=32, retry_after_s=1.0, batch_every=3)
+    gate = asyncio.Event()
+    gate.set()
+    waiters = [("b1", BATCH), ("b2", BATCH), *((f"i{n}", INTERACTIVE) for n in range(1, 8))]
+    order = await run_one_at_a_time(admission, gate, waiters)
+    # Two interactive hand-overs, then the oldest batch request: the bound on a batch request's wait.
+    assert order == ["i1", "i2", "b1", "i3", "i4", "b2", "i5", "i6", "i7"]
+    assert (admission.running, admission.queued) == (0, 0)
+
+
+async def test_batch_fills_only_its_share_of_the_queue_and_interactive_finds_room() -> None:
+    admission = Admission(slots=1, max_queue=4, retry_after_s=1.0, batch_queue_share=0.5)
+    release = asyncio.Event()
+    started: list[str] = []
+    running = asyncio.create_task(hold_class(admission, started, "run", release, INTERACTIVE))
+    batch = [asyncio.create_task(hold_class(admission, started, f"b{n}", release, BATCH)) for n in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceExhausted) as caught:
+        async with admission.admit("", BATCH):
+            pass
+    assert caught.value.metadata["priority"] == "batch"
+    interactive = [asyncio.create_task(hold_class(admission, started, f"i{n}", release, INTERACTIVE)) for n in range(2)]
+    await asyncio.sleep(0)
+    assert (admission.queued, admission.queued_batch) == (4, 2)
+    release.set()
+    await asyncio.gather(running, *batch, *interactive)
+    assert started == ["run", "i0", "i1", "b0", "b1"]
+
+
+async def test_a_tenants_share_of_the_queue_counts_both_classes() -> None:
+    admission = Admission(slots=1, max_queue=4, retry_after_s=1.0, tenant_queue_share=0.5)
+    release = asyncio.Event()
+    started: list[str] = []
+    running = asyncio.create_task(hold_class(admission, started, "run", release, INTERACTIVE, "other"))
+    mine = [
+        asyncio.create_task(hold_class(admission, started, "b", release, BATCH, "acme")),
+        asyncio.create_task(hold_class(admission, started, "i", release, INTERACTIVE, "acme")),
+    ]
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceExhausted) as caught:
+        async with admission.admit("acme", INTERACTIVE):
+            pass
+    assert caught.value.reason == "TENANT_QUEUE_SHARE"
+    release.set()
+    await asyncio.gather(running, *mine)
+
+
+async def test_batch_holds_at_most_its_share_of_slots_and_interactive_starts_at_once() -> None:
+    admission = Admission(slots=4, max_queue=8, retry_after_s=1.0, batch_slot_share=0.5)
+    release_batch, release_interactive = asyncio.Event(), asyncio.Event()
+    started: list[str] = []
+    batch = [asyncio.create_task(hold_class(admission, started, f"b{n}", release_batch, BATCH)) for n in range(3)]
+    await asyncio.sleep(0)
+    assert started == ["b0", "b1"]  # two slots stay free: b2 waits at the batch share
+    assert (admission.running, admission.running_batch, admission.queued_batch) == (2, 2, 1)
+    interactive = [
+        asyncio.create_task(hold_class(admission, started, f"i{n}", release_interactive, INTERACTIVE)) for n in range(2)
+    ]
+    await asyncio.sleep(0)
+    assert started == ["b0", "b1", "i0", "i1"]  # at once, ahead of the waiting batch request
+    release_interactive.set()
+    await asyncio.gather(*interactive)
+    assert started == ["b0", "b1", "i0", "i1"]  # the interactive slots freed are not batch's
+    release_batch.set()
+    await asyncio.gather(*batch)
+    assert started[-1] == "b2"
+    assert (admission.running, admission.running_batch, admission.queued) == (0, 0, 0)

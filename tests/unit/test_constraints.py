@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 from llguidance import LLMatcher, LLTokenizer, TokenizerWrapper
 
-from rillet.server.engine.constraints import Compiler, check, grammar
+from rillet.server.engine.constraints import Checker, Compiler, check, choice_lark, grammar
 from rillet.server.errors import InvalidArgument
 from rillet.server.types import Constraint, ConstraintKind
 
@@ -135,3 +135,25 @@ def test_grammar_text_is_a_pure_function_of_the_constraint() -> None:
     constraint = Constraint(ConstraintKind.CHOICE, choices=("a", "b"))
     assert grammar(constraint) == grammar(Constraint(ConstraintKind.CHOICE, choices=("a", "b")))
     assert grammar(constraint) != grammar(Constraint(ConstraintKind.CHOICE, choices=("b", "a")))
+
+
+async def test_a_checker_validates_off_the_loop_once_per_grammar_and_every_time_a_bad_one() -> None:
+    checker = Checker(cache_size=2)
+    schema = Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(SCHEMA))
+    await checker.check(schema)
+    await checker.check(schema)
+    assert checker.validated == 1
+    bad = Constraint(ConstraintKind.REGEX, "a(b")
+    for _ in range(2):
+        with pytest.raises(InvalidArgument) as error:
+            await checker.check(bad)
+        assert error.value.reason == "CONSTRAINT_INVALID"
+    assert checker.validated == 3  # a bad one is never remembered as good
+    await checker.check(Constraint(ConstraintKind.REGEX, "x"))
+    await checker.check(Constraint(ConstraintKind.REGEX, "y"))  # past cache_size: the schema goes
+    await checker.check(schema)
+    assert checker.validated == 6
+
+
+def test_a_choice_is_one_lark_rule_of_its_strings() -> None:
+    assert choice_lark(["a", 'say "hi"', "back\\slash"]) == 'start: "a" | "say \\"hi\\"" | "back\\\\slash"'

@@ -154,7 +154,7 @@ def test_durations_outside_their_documented_rules_are_invalid(seconds: int, nano
 
 
 def test_repeated_fields_keep_one_item_past_their_limit() -> None:
-    limits = LimitsConfig(max_stop_strings=2, max_chat_messages=3, max_prompt_chars=4)
+    limits = LimitsConfig(max_stop_strings=2, max_chat_messages=3, max_prompt_token_ids=4)
     stops = convert.generate_spec(generation_pb2.GenerateParams(text="x", stop=["s"] * 1000), limits)
     assert stops.stop == ("s",) * 3
     ids = convert.generate_spec(
@@ -188,7 +188,7 @@ def test_an_oversized_trace_context_is_ignored_as_w3c_asks() -> None:
 def test_durations_are_normalized_as_protobuf_does(seconds: float) -> None:
     expected = duration_pb2.Duration()
     expected.FromNanoseconds(round(seconds * 1e9))  # seconds and nanos share the sign; |nanos| < 1e9
-    got = convert._duration(seconds)
+    got = convert.duration(seconds)
     assert (got.seconds, got.nanos) == (expected.seconds, expected.nanos)
 
 

@@ -1,4 +1,4 @@
-"""The llamacpp engine's pure helpers: UTF-8 accumulation, logprobs, seeds, coalescing, naming (no model)."""
+"""The llamacpp engine's pure helpers: logprobs, seeds, coalescing, naming (no model)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.llamacpp import (
-    Utf8Accumulator,
     coalesce,
     context_limit,
     resolve_model_name,
@@ -18,43 +17,6 @@ from rillet.server.engine.llamacpp import (
 )
 from rillet.server.errors import InvalidArgument, RilletError
 from rillet.server.types import EngineFinished, FinishReason, TokenDelta, TokenLogprob, TokenLogprobs, Usage
-
-
-def feed_all(pieces: list[bytes]) -> list[str]:
-    acc = Utf8Accumulator()
-    return [acc.feed(piece) for piece in pieces] + [acc.finish()]
-
-
-@pytest.mark.parametrize("char", ["é", "日", "🦩", "ꙮ"])
-def test_a_character_split_byte_by_byte_is_emitted_once_whole(char: str) -> None:
-    data = char.encode()
-    outputs = feed_all([data[i : i + 1] for i in range(len(data))])
-    assert outputs[: len(data) - 1] == [""] * (len(data) - 1)
-    assert outputs[len(data) - 1] == char
-    assert "".join(outputs) == char
-
-
-def test_splits_at_every_position_of_mixed_text_reassemble_exactly() -> None:
-    text = "a é 日本 🦩 z"
-    data = text.encode()
-    for cut in range(len(data) + 1):
-        outputs = feed_all([data[:cut], data[cut:]])
-        assert "".join(outputs) == text
-        assert all("\ufffd" not in out for out in outputs)
-
-
-def test_emits_the_longest_complete_prefix_at_once() -> None:
-    acc = Utf8Accumulator()
-    flamingo = "🦩".encode()
-    assert acc.feed(b"ab" + flamingo[:2]) == "ab"
-    assert acc.feed(flamingo[2:] + b"c") == "🦩c"
-
-
-def test_invalid_bytes_become_replacement_and_an_incomplete_tail_is_released_at_finish() -> None:
-    acc = Utf8Accumulator()
-    assert acc.feed(b"\xff") == "\ufffd"
-    assert acc.feed(b"ok\xf0\x9f") == "ok"
-    assert acc.finish() == "\ufffd"
 
 
 def test_token_logprobs_are_a_log_softmax_with_sorted_alternatives() -> None:

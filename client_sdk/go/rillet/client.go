@@ -25,14 +25,17 @@ import (
 	rilletv1 "github.com/rillet-dev/rillet/client_sdk/go/rillet/v1"
 )
 
-// Client calls a Rillet server over one gRPC connection (safe for concurrent use).
+// Client calls a Rillet server over one gRPC connection (safe for concurrent use): InferenceService and the
+// control plane (ControlService).
 type Client struct {
-	stub rilletv1.InferenceServiceClient
+	stub    rilletv1.InferenceServiceClient
+	control rilletv1.ControlServiceClient
 }
 
-// NewClient wraps a connection, e.g. from grpc.NewClient; the caller owns and closes it.
+// NewClient wraps a connection, e.g. from grpc.NewClient (with Balanced() for several backends); the caller owns
+// and closes it.
 func NewClient(conn grpc.ClientConnInterface) *Client {
-	return &Client{stub: rilletv1.NewInferenceServiceClient(conn)}
+	return &Client{stub: rilletv1.NewInferenceServiceClient(conn), control: rilletv1.NewControlServiceClient(conn)}
 }
 
 // Stub is the generated client, for calls this layer does not wrap.
@@ -53,10 +56,17 @@ func (c *Client) ListModels(ctx context.Context, opts ...grpc.CallOption) ([]*ri
 func (c *Client) Generate(
 	ctx context.Context, params *rilletv1.GenerateParams, opts ...grpc.CallOption,
 ) iter.Seq2[*rilletv1.GenerateResponse, error] {
+	return c.GenerateRequest(ctx, &rilletv1.GenerateRequest{Params: params}, opts...)
+}
+
+// GenerateRequest is Generate with the whole request: its RequestId names it for Abort from another call.
+func (c *Client) GenerateRequest(
+	ctx context.Context, req *rilletv1.GenerateRequest, opts ...grpc.CallOption,
+) iter.Seq2[*rilletv1.GenerateResponse, error] {
 	return func(yield func(*rilletv1.GenerateResponse, error) bool) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		stream, err := c.stub.Generate(ctx, &rilletv1.GenerateRequest{Params: params}, opts...)
+		stream, err := c.stub.Generate(ctx, req, opts...)
 		if err != nil {
 			yield(nil, FromError(err))
 			return
@@ -70,10 +80,17 @@ func (c *Client) Generate(
 func (c *Client) Synthesize(
 	ctx context.Context, params *rilletv1.SynthesizeParams, opts ...grpc.CallOption,
 ) iter.Seq2[*rilletv1.SynthesizeResponse, error] {
+	return c.SynthesizeRequest(ctx, &rilletv1.SynthesizeRequest{Params: params}, opts...)
+}
+
+// SynthesizeRequest is Synthesize with the whole request: its RequestId names it for Abort from another call.
+func (c *Client) SynthesizeRequest(
+	ctx context.Context, req *rilletv1.SynthesizeRequest, opts ...grpc.CallOption,
+) iter.Seq2[*rilletv1.SynthesizeResponse, error] {
 	return func(yield func(*rilletv1.SynthesizeResponse, error) bool) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		stream, err := c.stub.Synthesize(ctx, &rilletv1.SynthesizeRequest{Params: params}, opts...)
+		stream, err := c.stub.Synthesize(ctx, req, opts...)
 		if err != nil {
 			yield(nil, FromError(err))
 			return

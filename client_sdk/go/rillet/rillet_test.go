@@ -2,6 +2,7 @@ package rillet_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -256,4 +257,33 @@ func TestSeqGapIsAProtocolViolation(t *testing.T) {
 	if err := session.Wait(); !errors.Is(err, rillet.ErrProtocol) {
 		t.Fatalf("call: %v", err)
 	}
+}
+
+func TestServiceConfigWeighsByOutOfBandReportsAndChecksHealth(t *testing.T) {
+	var weighted, plain map[string]any
+	if err := json.Unmarshal([]byte(rillet.ServiceConfig(true)), &weighted); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(rillet.ServiceConfig(false)), &plain); err != nil {
+		t.Fatal(err)
+	}
+	policy := weighted["loadBalancingConfig"].([]any)[0].(map[string]any)
+	wrr, ok := policy["weighted_round_robin"].(map[string]any)
+	if !ok || wrr["enableOobLoadReport"] != true {
+		t.Fatalf("weighted config: %v", policy)
+	}
+	if _, ok := plain["loadBalancingConfig"].([]any)[0].(map[string]any)["round_robin"]; !ok {
+		t.Fatalf("plain config: %v", plain)
+	}
+	for _, config := range []map[string]any{weighted, plain} {
+		if config["healthCheckConfig"].(map[string]any)["serviceName"] != rillet.HealthService {
+			t.Fatalf("health: %v", config["healthCheckConfig"])
+		}
+	}
+	// The options parse: grpc-go knows weighted_round_robin (the blank import registered it).
+	conn, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()), rillet.Balanced())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
 }

@@ -5,9 +5,11 @@ import warnings as _warnings
 
 from rillet.client._channel import ChannelConfig, KeepAlive
 from rillet.client._client import Client
+from rillet.client._control import EngineInfo, EngineLoad, ServerInfo, ServerLoad, TokenCount
 from rillet.client._errors import (
     AlreadyExistsError,
     DeadlineExceededError,
+    IncompleteOutputError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -21,7 +23,7 @@ from rillet.client._errors import (
 )
 from rillet.client._options import GenerateOptions, SynthesizeOptions
 from rillet.client._session import Session
-from rillet.client._streams import GenerateStream, RequestStream, SynthesizeStream
+from rillet.client._streams import GenerateStream, JsonModel, RequestStream, SynthesizeStream
 from rillet.client._tls import TlsOptions
 from rillet.client._types import (
     AudioChunk,
@@ -32,6 +34,7 @@ from rillet.client._types import (
     GenerateResult,
     Model,
     ModelKind,
+    Priority,
     SpokenText,
     SynthesizeResult,
     TextCapabilities,
@@ -51,22 +54,29 @@ __all__ = [
     "ChatMessage",
     "Client",
     "DeadlineExceededError",
+    "EngineInfo",
+    "EngineLoad",
     "FinishReason",
     "Finished",
     "GenerateOptions",
     "GenerateResult",
     "GenerateStream",
+    "IncompleteOutputError",
     "InternalError",
     "InvalidArgumentError",
+    "JsonModel",
     "KeepAlive",
     "Model",
     "ModelKind",
     "NotFoundError",
+    "Priority",
     "ProtocolError",
     "RequestCancelledError",
     "RequestStream",
     "ResourceExhaustedError",
     "RilletError",
+    "ServerInfo",
+    "ServerLoad",
     "Session",
     "SpokenText",
     "SynthesizeOptions",
@@ -75,6 +85,7 @@ __all__ = [
     "TextCapabilities",
     "Timings",
     "TlsOptions",
+    "TokenCount",
     "TokenDelta",
     "TokenLogprob",
     "TokenLogprobs",

@@ -19,25 +19,47 @@ MAX_RECEIVE_BYTES = 16 * 1024 * 1024
 """The largest message the client accepts (the server's default limit is 4 MiB)."""
 
 
-def service_config(*, round_robin: bool) -> str:
+WEIGHTED_ROUND_ROBIN = {
+    "enableOobLoadReport": True,
+    "oobReportingPeriod": "1s",
+    "blackoutPeriod": "2s",
+    "weightUpdatePeriod": "1s",
+    "weightExpirationPeriod": "60s",
+}
+"""gRPC's weighted_round_robin (gRFC A58) on the servers' out-of-band ORCA reports (C-core's camelCase keys).
+
+Each backend reports its load every second on one ORCA stream per connection; a backend's weight is its requests per
+second over its utilization (slots, queue and KV cache in use: the server's load.py), used once reports have come for
+`blackoutPeriod` and dropped after `weightExpirationPeriod` without one. A backend that reports nothing (an older
+server) gets the mean weight, so mixed fleets balance as round_robin would. Out-of-band rather than per-call reports:
+a streamed request's per-call report comes only when it ends, and sessions last long.
+"""
+
+
+def service_config(*, balanced: bool, weighted: bool = True) -> str:
     """The channel's gRPC service config (JSON).
 
-    Retries: gRPC retries UNAVAILABLE only until the first response message arrives: ListModels, and one-shot
-    streams before their first token or chunk. A stream that has started is never replayed (it would duplicate
-    output); sessions are not retried at all.
+    Retries: gRPC retries UNAVAILABLE only until the first response message arrives: ListModels, the control RPCs,
+    and one-shot streams before their first token or chunk. A stream that has started is never replayed (it would
+    duplicate output); sessions are not retried at all, nor is Abort (a second one would find nothing).
 
-    Balancing (`round_robin`): calls are spread over every address the target resolves to, skipping backends whose
+    Balancing (`balanced`): calls are spread over every address the target resolves to, skipping backends whose
     grpc.health.v1 Watch of HEALTH_SERVICE says NOT_SERVING (warming up, draining) and backends that are down; gRPC
     reconnects to those by itself (with backoff) and takes them back once they serve. A call refused by a draining
-    backend before its first output is retried on the next one.
+    backend before its first output is retried on the next one. `weighted`: by the backends' load reports
+    (WEIGHTED_ROUND_ROBIN), so new calls go where there is room; otherwise plain round_robin.
     """
+    retried = [
+        *({"service": "rillet.v1.InferenceService", "method": m} for m in ("ListModels", "Generate", "Synthesize")),
+        *(
+            {"service": "rillet.v1.ControlService", "method": m}
+            for m in ("GetServerInfo", "GetLoad", "WatchLoad", "Tokenize", "Detokenize", "CountTokens")
+        ),
+    ]
     config: dict[str, Any] = {
         "methodConfig": [
             {
-                "name": [
-                    {"service": "rillet.v1.InferenceService", "method": method}
-                    for method in ("ListModels", "Generate", "Synthesize")
-                ],
+                "name": retried,
                 "retryPolicy": {
                     "maxAttempts": 3,
                     "initialBackoff": "0.1s",
@@ -48,8 +70,9 @@ def service_config(*, round_robin: bool) -> str:
             }
         ]
     }
-    if round_robin:
-        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    if balanced:
+        policy = {"weighted_round_robin": WEIGHTED_ROUND_ROBIN} if weighted else {"round_robin": {}}
+        config["loadBalancingConfig"] = [policy]
         config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE}
     return json.dumps(config)
 
@@ -112,7 +135,8 @@ class ChannelConfig:
     """How a client reaches a Rillet server, built once (`Client.connect` makes one from its arguments).
 
     - `target`: "host:port", any gRPC target ("dns:///name:port", "ipv4:a:p,b:p"), or a list of "ip:port"
-      addresses; targets naming several backends are balanced (`channel_target`; `round_robin` overrides).
+      addresses; targets naming several backends are balanced (`channel_target`; `round_robin` overrides), by the
+      backends' load reports unless `weighted` is False (then plain round_robin; see `service_config`).
     - `connections`: channels opened by `open_all` (each its own TCP connection).
     - `tls`: TLS (mutual TLS with a client certificate); without it the connection is plaintext.
     - `token`: sent on every call as `authorization: Bearer <token>` (as call credentials under TLS, as plain
@@ -122,6 +146,7 @@ class ChannelConfig:
 
     target: str | Sequence[str]
     round_robin: bool | None = None
+    weighted: bool = True
     connections: int = 1
     tls: TlsOptions | None = None
     token: str | None = None
@@ -130,7 +155,7 @@ class ChannelConfig:
     grpc_target: str = field(init=False)
     """The gRPC target string `target` names."""
     balanced: bool = field(init=False)
-    """Whether calls are balanced round_robin over the target's backends."""
+    """Whether calls are balanced over the target's backends (weighted_round_robin, or round_robin)."""
 
     def __post_init__(self) -> None:
         token = self.token
@@ -152,7 +177,7 @@ class ChannelConfig:
             "grpc.keepalive_time_ms": round(self.keepalive.time_s * 1000),
             "grpc.keepalive_timeout_ms": round(self.keepalive.timeout_s * 1000),
             "grpc.enable_retries": 1,
-            "grpc.service_config": service_config(round_robin=self.balanced),
+            "grpc.service_config": service_config(balanced=self.balanced, weighted=self.weighted),
         }
         if self.tls is not None and self.tls.server_name is not None:
             merged["grpc.ssl_target_name_override"] = self.tls.server_name

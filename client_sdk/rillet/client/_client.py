@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import grpc
 
-from rillet.client import _convert, _tracing
+from rillet.client import _control, _convert, _tracing
 from rillet.client._channel import ChannelConfig, KeepAlive
 from rillet.client._closing import Closing
 from rillet.client._errors import error_from_rpc
@@ -18,13 +18,14 @@ from rillet.client._options import GenerateFields, GenerateOptions, SynthesizeFi
 from rillet.client._session import Session
 from rillet.client._streams import GenerateStream, SynthesizeStream, one_shot
 from rillet.client._tls import TlsOptions
-from rillet.client._types import Model
-from rillet.v1 import inference_service_pb2, inference_service_pb2_grpc
+from rillet.client._types import ChatMessage, Model
+from rillet.v1 import control_service_pb2, control_service_pb2_grpc, inference_service_pb2, inference_service_pb2_grpc
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from rillet.client._convert import Prompt
+    from rillet.v1.control_service_pb2_grpc import ControlServiceAsyncStub
     from rillet.v1.inference_service_pb2_grpc import InferenceServiceAsyncStub
 
 Metadata = Sequence[tuple[str, str]]
@@ -63,6 +64,7 @@ class Client(Closing):
         if not self._channels:
             raise ValueError("a client needs a channel")
         self._stubs = [inference_service_pb2_grpc.InferenceServiceStub(c) for c in self._channels]
+        self._control: ControlServiceAsyncStub = control_service_pb2_grpc.ControlServiceStub(self._channels[0])
         self._turn = 0
         self._metadata = tuple(metadata)
         self._owns_channel = owns_channel
@@ -77,6 +79,7 @@ class Client(Closing):
         target: str | Sequence[str],
         *,
         round_robin: bool | None = None,
+        weighted: bool = True,
         connections: int = 1,
         tls: TlsOptions | None = None,
         token: str | None = None,
@@ -88,9 +91,11 @@ class Client(Closing):
     ) -> Client:
         """A client for `target`: "host:port", any gRPC target ("dns:///name:port", "ipv4:a:p,b:p"), or a list.
 
-        A list of addresses or a "dns:" target is balanced `round_robin` over its healthy backends (see
-        `channel_target`; `round_robin=True` balances a plain "name:port" over every address it resolves to): calls
-        skip backends that are down, warming up or draining, and come back to them once they serve again.
+        A list of addresses or a "dns:" target is balanced over its healthy backends (see `channel_target`;
+        `round_robin=True` balances a plain "name:port" over every address it resolves to): calls skip backends that
+        are down, warming up or draining, and come back to them once they serve again. They are weighed by each
+        backend's load reports (gRPC's weighted_round_robin on ORCA), so new calls go where there is room;
+        `weighted=False` balances plain round_robin.
         `tls` makes the connection TLS (mutual TLS with a client certificate); without it the connection is plain.
         `token` is sent on every call as `authorization: Bearer <token>` (as gRPC call credentials under TLS).
         `keepalive` pings idle connections; `options` are extra gRPC channel arguments (see ChannelConfig).
@@ -105,6 +110,7 @@ class Client(Closing):
         config = ChannelConfig(
             target,
             round_robin=round_robin,
+            weighted=weighted,
             connections=connections,
             tls=tls,
             token=token,
@@ -177,16 +183,14 @@ class Client(Closing):
             tracestate=tracestate,
         )
 
-    async def list_models(self, *, timeout: float | None = 10.0, metadata: Metadata | None = None) -> list[Model]:
-        """Every model and voice the server serves."""
+    async def _unary(
+        self, method: str, call: Callable[..., Any], request: Any, timeout: float | None, metadata: Metadata | None
+    ) -> Any:
+        """One unary call: traced, tracked, its failure raised as the SDK's exception."""
         self._check_open()
-        trace = self._trace("ListModels", metadata)
+        trace = self._trace(method, metadata)
         try:
-            response = await self._track(
-                self._stubs[0].ListModels(
-                    inference_service_pb2.ListModelsRequest(), timeout=timeout, metadata=trace.metadata
-                )
-            )
+            response = await self._track(call(request, timeout=timeout, metadata=trace.metadata))
         except grpc.aio.AioRpcError as error:
             trace.end(error.code().name)
             raise error_from_rpc(error) from None
@@ -194,13 +198,130 @@ class Client(Closing):
             trace.end("CANCELLED")
             raise
         trace.end("OK")
+        return response
+
+    async def list_models(self, *, timeout: float | None = 10.0, metadata: Metadata | None = None) -> list[Model]:
+        """Every model and voice the server serves."""
+        self._check_open()
+        request = inference_service_pb2.ListModelsRequest()
+        response = await self._unary("ListModels", self._stubs[0].ListModels, request, timeout, metadata)
         return [_convert.model(m) for m in response.models]
+
+    # ---- the control plane (rillet.v1.ControlService) ----------------------------------------------------------
+    # On a balanced client each call goes to one backend, as the balancer picks it: ask a backend of your choice
+    # with a client of its own address (Abort, notably, reaches only the requests of the server it lands on).
+
+    async def server_info(
+        self, *, timeout: float | None = 10.0, metadata: Metadata | None = None
+    ) -> _control.ServerInfo:
+        """What the server is: version, engines (and which tokenize), models, limits, drain state."""
+        self._check_open()
+        request = control_service_pb2.GetServerInfoRequest()
+        response = await self._unary("GetServerInfo", self._control.GetServerInfo, request, timeout, metadata)
+        return _control.server_info(response)
+
+    async def load(self, *, timeout: float | None = 10.0, metadata: Metadata | None = None) -> _control.ServerLoad:
+        """The server's load now: per engine, requests running and waiting, KV cache use, recent throughput."""
+        self._check_open()
+        response = await self._unary(
+            "GetLoad", self._control.GetLoad, control_service_pb2.GetLoadRequest(), timeout, metadata
+        )
+        return _control.server_load(response.load)
+
+    async def watch_load(
+        self, interval: float = 1.0, *, metadata: Metadata | None = None
+    ) -> AsyncGenerator[_control.ServerLoad, None]:
+        """The server's load at once, then every `interval` seconds (clamped by the server).
+
+        Until you stop iterating (the call is then cancelled) or the server drains (the iteration ends).
+        """
+        self._check_open()
+        request = control_service_pb2.WatchLoadRequest(interval=_convert.duration(interval))
+        trace = self._trace("WatchLoad", metadata)
+        call = self._track(self._control.WatchLoad(request, metadata=trace.metadata))
+        status = "CANCELLED"
+        try:
+            async for response in call:
+                yield _control.server_load(response.load)
+            status = "OK"
+        except grpc.aio.AioRpcError as error:
+            status = error.code().name
+            raise error_from_rpc(error) from None
+        finally:
+            call.cancel()
+            trace.end(status)
+
+    async def tokenize(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        *,
+        model: str = "",
+        timeout: float | None = 10.0,
+        metadata: Metadata | None = None,
+    ) -> tuple[int, ...]:
+        """The prompt's token ids as the model reads it for generation (a chat prompt through its chat template)."""
+        self._check_open()
+        request = control_service_pb2.TokenizeRequest(model=model)
+        _set_prompt(request, prompt)
+        response = await self._unary("Tokenize", self._control.Tokenize, request, timeout, metadata)
+        return tuple(response.token_ids)
+
+    async def detokenize(
+        self,
+        token_ids: Sequence[int],
+        *,
+        model: str = "",
+        timeout: float | None = 10.0,
+        metadata: Metadata | None = None,
+    ) -> str:
+        """The text of `token_ids`, as the model would print them."""
+        self._check_open()
+        request = control_service_pb2.DetokenizeRequest(model=model, token_ids=token_ids)
+        response = await self._unary("Detokenize", self._control.Detokenize, request, timeout, metadata)
+        text: str = response.text
+        return text
+
+    async def count_tokens(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        *,
+        model: str = "",
+        timeout: float | None = 10.0,
+        metadata: Metadata | None = None,
+    ) -> _control.TokenCount:
+        """How many tokens the prompt takes, and the model's context length."""
+        self._check_open()
+        request = control_service_pb2.CountTokensRequest(model=model)
+        _set_prompt(request, prompt)
+        response = await self._unary("CountTokens", self._control.CountTokens, request, timeout, metadata)
+        return _control.TokenCount(response.token_count, response.context_length)
+
+    async def abort(
+        self, request_id: str, *, timeout: float | None = 10.0, metadata: Metadata | None = None
+    ) -> tuple[str, ...]:
+        """End this tenant's requests in flight under `request_id` on the server, from any call or session.
+
+        Each ends in its own stream with Finished(reason=CANCELLED). Returns the ids ended (one per request);
+        NotFoundError (REQUEST_NOT_FOUND) when the tenant has none in flight under that id.
+        """
+        self._check_open()
+        request = control_service_pb2.AbortRequest(request_id=request_id)
+        response = await self._unary("Abort", self._control.Abort, request, timeout, metadata)
+        return tuple(response.request_ids)
+
+    async def abort_all(self, *, timeout: float | None = 10.0, metadata: Metadata | None = None) -> tuple[str, ...]:
+        """End every request of this tenant in flight on the server; the ids ended."""
+        self._check_open()
+        request = control_service_pb2.AbortRequest(all_requests=control_service_pb2.AllRequests())
+        response = await self._unary("Abort", self._control.Abort, request, timeout, metadata)
+        return tuple(response.request_ids)
 
     def generate(
         self,
         prompt: Prompt,
         options: GenerateOptions | None = None,
         *,
+        request_id: str = "",
         metadata: Metadata | None = None,
         **fields: Unpack[GenerateFields],
     ) -> GenerateStream:
@@ -208,29 +329,35 @@ class Client(Closing):
 
         `options` (or its fields as keywords; see GenerateOptions): `timeout` is the call's deadline. Prompt: text,
         token ids, or ChatMessages (models with a chat template only). Unset sampling fields take the server's
-        defaults.
+        defaults. `request_id` names the request for `abort` from another call (empty: the server names it).
         """
         options = resolve(options, _GENERATE, fields)
-        request = inference_service_pb2.GenerateRequest(params=_convert.generate_params(prompt, options))
+        params = _convert.generate_params(prompt, options)
+        request = inference_service_pb2.GenerateRequest(params=params, request_id=request_id)
         call, trace = self._one_shot("Generate", request, options, metadata)
-        return GenerateStream("", one_shot(call, _convert.token_delta, "token_delta", trace), _cancel_call(call))
+        stream = one_shot(call, _convert.token_delta, "token_delta", trace)
+        return GenerateStream(request_id, stream, _cancel_call(call))
 
     def synthesize(
         self,
         text: str,
         options: SynthesizeOptions | None = None,
         *,
+        request_id: str = "",
         metadata: Metadata | None = None,
         **fields: Unpack[SynthesizeFields],
     ) -> SynthesizeStream:
         """Synthesize speech: `async for` yields AudioChunk (PCM16) then one Finished.
 
-        `options` (or its fields as keywords; see SynthesizeOptions): `timeout` is the call's deadline.
+        `options` (or its fields as keywords; see SynthesizeOptions): `timeout` is the call's deadline. `request_id`:
+        as in `generate`.
         """
         options = resolve(options, _SYNTHESIZE, fields)
-        request = inference_service_pb2.SynthesizeRequest(params=_convert.synthesize_params(text, options))
+        params = _convert.synthesize_params(text, options)
+        request = inference_service_pb2.SynthesizeRequest(params=params, request_id=request_id)
         call, trace = self._one_shot("Synthesize", request, options, metadata)
-        return SynthesizeStream("", one_shot(call, _convert.audio_chunk, "audio_chunk", trace), _cancel_call(call))
+        stream = one_shot(call, _convert.audio_chunk, "audio_chunk", trace)
+        return SynthesizeStream(request_id, stream, _cancel_call(call))
 
     def _one_shot(
         self, method: str, request: Any, options: GenerateOptions | SynthesizeOptions, metadata: Metadata | None
@@ -262,6 +389,17 @@ class Client(Closing):
         )
         self._track(session._call)
         return session
+
+
+def _set_prompt(
+    request: control_service_pb2.TokenizeRequest | control_service_pb2.CountTokensRequest,
+    prompt: str | Sequence[ChatMessage],
+) -> None:
+    if isinstance(prompt, str):
+        request.text = prompt
+    else:
+        request.chat.messages.extend(_convert.chat_message(m) for m in prompt)
+        request.chat.SetInParent()
 
 
 def _cancel_call(call: grpc.aio.Call) -> Callable[[], Awaitable[None]]:

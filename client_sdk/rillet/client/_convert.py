@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2
 
-from rillet.client._options import GenerateOptions, SynthesizeOptions
+from rillet.client._options import GenerateOptions, SynthesizeOptions, schema_text
 from rillet.client._types import (
     AudioChunk,
     AudioEncoding,
@@ -16,6 +16,7 @@ from rillet.client._types import (
     FinishReason,
     Model,
     ModelKind,
+    Priority,
     SpokenText,
     TextCapabilities,
     Timings,
@@ -41,6 +42,7 @@ _ENCODINGS = {
     AudioEncoding.MULAW: speech_pb2.AUDIO_ENCODING_MULAW,
     AudioEncoding.ALAW: speech_pb2.AUDIO_ENCODING_ALAW,
 }
+_PRIORITIES = {Priority.INTERACTIVE: common_pb2.PRIORITY_INTERACTIVE, Priority.BATCH: common_pb2.PRIORITY_BATCH}
 _KINDS = {
     inference_service_pb2.Model.KIND_TEXT_GENERATION: ModelKind.TEXT_GENERATION,
     inference_service_pb2.Model.KIND_SPEECH_SYNTHESIS: ModelKind.SPEECH_SYNTHESIS,
@@ -53,6 +55,10 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return message
 
 
+def chat_message(message: ChatMessage) -> generation_pb2.ChatMessage:
+    return generation_pb2.ChatMessage(role=message.role, content=message.content)
+
+
 def generate_params(prompt: Prompt, options: GenerateOptions) -> generation_pb2.GenerateParams:
     """The params of a generation: the prompt, and every option that is set (None leaves a field unset)."""
     params = generation_pb2.GenerateParams(
@@ -61,9 +67,7 @@ def generate_params(prompt: Prompt, options: GenerateOptions) -> generation_pb2.
     if isinstance(prompt, str):
         params.text = prompt
     elif all(isinstance(item, ChatMessage) for item in prompt):
-        params.chat.messages.extend(
-            generation_pb2.ChatMessage(role=m.role, content=m.content) for m in prompt if isinstance(m, ChatMessage)
-        )
+        params.chat.messages.extend(chat_message(m) for m in prompt if isinstance(m, ChatMessage))
         if not prompt:
             params.chat.SetInParent()
     else:
@@ -78,6 +82,19 @@ def generate_params(prompt: Prompt, options: GenerateOptions) -> generation_pb2.
     )
     if sampling.ByteSize():  # left out when no field is set
         params.sampling.CopyFrom(sampling)
+    if options.priority is not None:
+        params.priority = _PRIORITIES[options.priority]
+    if options.json_schema is not None:
+        params.json_schema = schema_text(options.json_schema)  # already its text: GenerateOptions keeps it so
+    elif options.regex is not None:
+        params.regex = options.regex
+    elif options.grammar is not None:
+        params.grammar = options.grammar
+    elif options.choice is not None:
+        params.choice.SetInParent()  # set even when empty: the server refuses an empty choice, never ignores it
+        params.choice.options.extend(options.choice)
+    elif options.json_object:
+        params.json_object.SetInParent()
     return params
 
 
@@ -91,6 +108,8 @@ def synthesize_params(text: str, options: SynthesizeOptions) -> speech_pb2.Synth
     )
     if options.max_chunk_s is not None:
         params.max_chunk_duration.CopyFrom(duration(options.max_chunk_s))
+    if options.priority is not None:
+        params.priority = _PRIORITIES[options.priority]
     return params
 
 
@@ -121,7 +140,7 @@ def _request_fields(options: GenerateOptions | SynthesizeOptions) -> dict[str, A
     return fields
 
 
-def _seconds(message: duration_pb2.Duration) -> float:
+def seconds(message: duration_pb2.Duration) -> float:
     return message.seconds + message.nanos / 1e9
 
 
@@ -159,16 +178,16 @@ def finished(message: common_pb2.Finished) -> Finished:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             input_characters=usage.input_characters,
-            output_audio_s=_seconds(usage.output_audio_duration),
+            output_audio_s=seconds(usage.output_audio_duration),
             cached_input_tokens=usage.cached_input_tokens,
         ),
         timings=Timings(
-            queue_s=_seconds(timings.queue_duration),
-            prefill_s=_seconds(timings.prefill_duration) if timings.HasField("prefill_duration") else None,
-            time_to_first_output_s=_seconds(timings.time_to_first_output)
+            queue_s=seconds(timings.queue_duration),
+            prefill_s=seconds(timings.prefill_duration) if timings.HasField("prefill_duration") else None,
+            time_to_first_output_s=seconds(timings.time_to_first_output)
             if timings.HasField("time_to_first_output")
             else None,
-            total_s=_seconds(timings.total_duration),
+            total_s=seconds(timings.total_duration),
         ),
         stop_sequence=message.stop_sequence,
         spoken=_spoken(message.spoken) if message.HasField("spoken") else None,

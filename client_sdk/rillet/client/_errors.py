@@ -11,15 +11,21 @@ RilletError
 ├── UnauthenticatedError      UNAUTHENTICATED
 ├── InternalError             INTERNAL
 ├── UnknownError              any other code
-└── ProtocolError             the server broke the stream contract (sequence gap, unexpected message)
+├── ProtocolError             the server broke the stream contract (sequence gap, unexpected message)
+└── IncompleteOutputError     OK: the call succeeded, but `GenerateStream.parse` got a constrained output that ended
+                              before its constraint accepted it (reason LENGTH or STOP_SEQUENCE; also a ValueError)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
+if TYPE_CHECKING:
+    from rillet.client._types import GenerateResult
 
 
 class RilletError(Exception):
@@ -108,6 +114,21 @@ class ProtocolError(RilletError):
     """The server broke the stream contract (a sequence gap, a message for an unknown request)."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+class IncompleteOutputError(RilletError, ValueError):
+    """A constrained output that may be only a prefix of one its constraint accepts: `result` holds it all.
+
+    Not a failed call (its code is OK): the request ended by max_tokens or a stop string before the output was
+    complete, so it cannot be parsed. `reason` is the finish reason's name: LENGTH or STOP_SEQUENCE.
+    """
+
+    code = grpc.StatusCode.OK
+
+    def __init__(self, result: GenerateResult) -> None:
+        reason = result.finished.reason.name
+        super().__init__(f"the output ended before its constraint accepted it: {result.text[:200]!r}", reason=reason)
+        self.result = result
 
 
 _BY_CODE: dict[grpc.StatusCode, type[RilletError]] = {

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import grpc
 
 from rillet.client import _convert, _tracing
 from rillet.client._closing import Closing
-from rillet.client._errors import ProtocolError, RequestCancelledError, RilletError, error_from_rpc
+from rillet.client._errors import (
+    IncompleteOutputError,
+    ProtocolError,
+    RequestCancelledError,
+    RilletError,
+    error_from_rpc,
+)
 from rillet.client._inbox import Inbox
 from rillet.client._types import (
     AudioChunk,
     Finished,
+    FinishReason,
     GenerateResult,
     SpokenText,
     SynthesizeResult,
@@ -27,6 +34,16 @@ E = TypeVar("E", TokenDelta, AudioChunk)
 Send = Callable[[inference_service_pb2.SessionRequest], Awaitable[None]]
 Interrupt = Callable[[int], Awaitable[None]]
 """Sends a synthesis's Cancel with the samples played, then cancels the generation it speaks (if any)."""
+
+
+class JsonModel(Protocol):
+    """A class that validates JSON text into an instance, as a pydantic model does (`model_validate_json`)."""
+
+    @classmethod
+    def model_validate_json(cls, json_data: str, /) -> Self: ...
+
+
+M = TypeVar("M", bound=JsonModel)
 
 
 class RequestStream(Closing, Generic[E]):
@@ -127,6 +144,18 @@ class GenerateStream(RequestStream[TokenDelta]):
                 ids.extend(item.token_ids)
         assert self.finished is not None
         return GenerateResult("".join(text), tuple(ids), self.finished)
+
+    async def parse(self, model: type[M]) -> M:
+        """Consume the stream and validate its text into `model` (a pydantic model class, or any JsonModel).
+
+        For a request with a `json_schema` (`json_schema=Model` asks for exactly this model's schema): raises
+        IncompleteOutputError when the output ended before the constraint accepted it (LENGTH, STOP_SEQUENCE), and
+        lets the model's own validation error through when the text is not valid for it.
+        """
+        result = await self.collect()
+        if result.finished.reason is not FinishReason.STOP:
+            raise IncompleteOutputError(result)
+        return model.model_validate_json(result.text)
 
 
 class SynthesizeStream(RequestStream[AudioChunk]):

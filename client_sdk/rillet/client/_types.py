@@ -15,6 +15,13 @@ class FinishReason(enum.Enum):
     CANCELLED = "cancelled"
 
 
+class Priority(enum.Enum):
+    """A request's admission class: waiting interactive requests are admitted first, batch ones are never starved."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
 @dataclass(frozen=True, slots=True)
 class TokenLogprob:
     """A token id and its natural-log probability."""

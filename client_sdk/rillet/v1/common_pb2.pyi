@@ -64,6 +64,39 @@ one-shot RPC, or because a request it took its input from was cancelled.
 """
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _Priority:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
+    """Interactive, the default."""
+    PRIORITY_INTERACTIVE: _Priority.ValueType  # 1
+    """A person or a live pipeline waits for the first output."""
+    PRIORITY_BATCH: _Priority.ValueType  # 2
+    """Throughput work that may wait (offline jobs, evaluations, backfills)."""
+
+class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
+    """How urgently a request wants an engine slot. Batch requests hold at most a
+    share of each engine's slots (the server's `batch_slot_share`, 3/4 by
+    default), so interactive ones start at once under a saturating batch load.
+    When requests wait for a slot, the interactive ones are admitted first;
+    batch is never starved: while both classes wait, at least one freed slot in
+    every few goes to the oldest batch request (`batch_every`, 4 by default), so
+    a batch request's wait is bounded by its place in the batch queue, not by
+    the interactive load. A tenant's share of each queue holds for both
+    classes.
+    """
+
+PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
+"""Interactive, the default."""
+PRIORITY_INTERACTIVE: Priority.ValueType  # 1
+"""A person or a live pipeline waits for the first output."""
+PRIORITY_BATCH: Priority.ValueType  # 2
+"""Throughput work that may wait (offline jobs, evaluations, backfills)."""
+Global___Priority: _TypeAlias = Priority  # noqa: Y015
+
 @_typing.final
 class TraceContext(_message.Message):
     """W3C trace context (https://www.w3.org/TR/trace-context/) for one request, so

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from rillet.v1 import common_pb2 as rillet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arillet/v1/generation.proto\x12\trillet.v1\"\x1c\n\x08TokenIds\x12\x10\n\x03ids\x18\x01 \x03(\x05R\x03ids\";\n\x0b\x43hatMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"@\n\nChatPrompt\x12\x32\n\x08messages\x18\x01 \x03(\x0b\x32\x16.rillet.v1.ChatMessageR\x08messages\"\xa0\x02\n\x0eSamplingParams\x12%\n\x0btemperature\x18\x01 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\x18\n\x05top_k\x18\x03 \x01(\x05H\x02R\x04topK\x88\x01\x01\x12\x18\n\x05min_p\x18\x04 \x01(\x02H\x03R\x04minP\x88\x01\x01\x12\x32\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04R\x11repetitionPenalty\x88\x01\x01\x12\x17\n\x04seed\x18\x06 \x01(\x04H\x05R\x04seed\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\xaa\x04\n\x0eGenerateParams\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n\x04text\x18\x02 \x01(\tH\x00R\x04text\x12\x32\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.rillet.v1.TokenIdsH\x00R\x08tokenIds\x12+\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.rillet.v1.ChatPromptH\x00R\x04\x63hat\x12\"\n\nmax_tokens\x18\x05 \x01(\rH\x02R\tmaxTokens\x88\x01\x01\x12\x35\n\x08sampling\x18\x06 \x01(\x0b\x32\x19.rillet.v1.SamplingParamsR\x08sampling\x12\x12\n\x04stop\x18\x07 \x03(\tR\x04stop\x12&\n\x0ctop_logprobs\x18\x08 \x01(\rH\x03R\x0btopLogprobs\x88\x01\x01\x12!\n\x0bjson_schema\x18\t \x01(\tH\x01R\njsonSchema\x12\x16\n\x05regex\x18\n \x01(\tH\x01R\x05regex\x12\x1a\n\x07grammar\x18\x0b \x01(\tH\x01R\x07grammar\x12+\n\x06\x63hoice\x18\x0c \x01(\x0b\x32\x11.rillet.v1.ChoiceH\x01R\x06\x63hoice\x12\x38\n\x0bjson_object\x18\r \x01(\x0b\x32\x15.rillet.v1.JsonObjectH\x01R\njsonObjectB\x08\n\x06promptB\x0c\n\nconstraintB\r\n\x0b_max_tokensB\x0f\n\r_top_logprobs\"\"\n\x06\x43hoice\x12\x18\n\x07options\x18\x01 \x03(\tR\x07options\"\x0c\n\nJsonObject\"C\n\x0cTokenLogprob\x12\x19\n\x08token_id\x18\x01 \x01(\x05R\x07tokenId\x12\x18\n\x07logprob\x18\x02 \x01(\x02R\x07logprob\"i\n\rTokenLogprobs\x12-\n\x05token\x18\x01 \x01(\x0b\x32\x17.rillet.v1.TokenLogprobR\x05token\x12)\n\x03top\x18\x02 \x03(\x0b\x32\x17.rillet.v1.TokenLogprobR\x03top\"s\n\nTokenDelta\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\x05R\x08tokenIds\x12\x34\n\x08logprobs\x18\x03 \x03(\x0b\x32\x18.rillet.v1.TokenLogprobsR\x08logprobs*\xc7\x01\n\x0e\x43onstraintKind\x12\x1f\n\x1b\x43ONSTRAINT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONSTRAINT_KIND_JSON_SCHEMA\x10\x01\x12\x19\n\x15\x43ONSTRAINT_KIND_REGEX\x10\x02\x12\x1b\n\x17\x43ONSTRAINT_KIND_GRAMMAR\x10\x03\x12\x1a\n\x16\x43ONSTRAINT_KIND_CHOICE\x10\x04\x12\x1f\n\x1b\x43ONSTRAINT_KIND_JSON_OBJECT\x10\x05\x42\x61\n\rdev.rillet.v1B\x0fGenerationProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arillet/v1/generation.proto\x12\trillet.v1\x1a\x16rillet/v1/common.proto\"\x1c\n\x08TokenIds\x12\x10\n\x03ids\x18\x01 \x03(\x05R\x03ids\";\n\x0b\x43hatMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"@\n\nChatPrompt\x12\x32\n\x08messages\x18\x01 \x03(\x0b\x32\x16.rillet.v1.ChatMessageR\x08messages\"\xa0\x02\n\x0eSamplingParams\x12%\n\x0btemperature\x18\x01 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\x18\n\x05top_k\x18\x03 \x01(\x05H\x02R\x04topK\x88\x01\x01\x12\x18\n\x05min_p\x18\x04 \x01(\x02H\x03R\x04minP\x88\x01\x01\x12\x32\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04R\x11repetitionPenalty\x88\x01\x01\x12\x17\n\x04seed\x18\x06 \x01(\x04H\x05R\x04seed\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\xdb\x04\n\x0eGenerateParams\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n\x04text\x18\x02 \x01(\tH\x00R\x04text\x12\x32\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.rillet.v1.TokenIdsH\x00R\x08tokenIds\x12+\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.rillet.v1.ChatPromptH\x00R\x04\x63hat\x12\"\n\nmax_tokens\x18\x05 \x01(\rH\x02R\tmaxTokens\x88\x01\x01\x12\x35\n\x08sampling\x18\x06 \x01(\x0b\x32\x19.rillet.v1.SamplingParamsR\x08sampling\x12\x12\n\x04stop\x18\x07 \x03(\tR\x04stop\x12&\n\x0ctop_logprobs\x18\x08 \x01(\rH\x03R\x0btopLogprobs\x88\x01\x01\x12!\n\x0bjson_schema\x18\t \x01(\tH\x01R\njsonSchema\x12\x16\n\x05regex\x18\n \x01(\tH\x01R\x05regex\x12\x1a\n\x07grammar\x18\x0b \x01(\tH\x01R\x07grammar\x12+\n\x06\x63hoice\x18\x0c \x01(\x0b\x32\x11.rillet.v1.ChoiceH\x01R\x06\x63hoice\x12\x38\n\x0bjson_object\x18\r \x01(\x0b\x32\x15.rillet.v1.JsonObjectH\x01R\njsonObject\x12/\n\x08priority\x18\x0e \x01(\x0e\x32\x13.rillet.v1.PriorityR\x08priorityB\x08\n\x06promptB\x0c\n\nconstraintB\r\n\x0b_max_tokensB\x0f\n\r_top_logprobs\"\"\n\x06\x43hoice\x12\x18\n\x07options\x18\x01 \x03(\tR\x07options\"\x0c\n\nJsonObject\"C\n\x0cTokenLogprob\x12\x19\n\x08token_id\x18\x01 \x01(\x05R\x07tokenId\x12\x18\n\x07logprob\x18\x02 \x01(\x02R\x07logprob\"i\n\rTokenLogprobs\x12-\n\x05token\x18\x01 \x01(\x0b\x32\x17.rillet.v1.TokenLogprobR\x05token\x12)\n\x03top\x18\x02 \x03(\x0b\x32\x17.rillet.v1.TokenLogprobR\x03top\"s\n\nTokenDelta\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\x05R\x08tokenIds\x12\x34\n\x08logprobs\x18\x03 \x03(\x0b\x32\x18.rillet.v1.TokenLogprobsR\x08logprobs*\xc7\x01\n\x0e\x43onstraintKind\x12\x1f\n\x1b\x43ONSTRAINT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONSTRAINT_KIND_JSON_SCHEMA\x10\x01\x12\x19\n\x15\x43ONSTRAINT_KIND_REGEX\x10\x02\x12\x1b\n\x17\x43ONSTRAINT_KIND_GRAMMAR\x10\x03\x12\x1a\n\x16\x43ONSTRAINT_KIND_CHOICE\x10\x04\x12\x1f\n\x1b\x43ONSTRAINT_KIND_JSON_OBJECT\x10\x05\x42\x61\n\rdev.rillet.v1B\x0fGenerationProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,26 +33,26 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rillet.v1.generation_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.rillet.v1B\017GenerationProtoP\001Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1'
-  _globals['_CONSTRAINTKIND']._serialized_start=1390
-  _globals['_CONSTRAINTKIND']._serialized_end=1589
-  _globals['_TOKENIDS']._serialized_start=41
-  _globals['_TOKENIDS']._serialized_end=69
-  _globals['_CHATMESSAGE']._serialized_start=71
-  _globals['_CHATMESSAGE']._serialized_end=130
-  _globals['_CHATPROMPT']._serialized_start=132
-  _globals['_CHATPROMPT']._serialized_end=196
-  _globals['_SAMPLINGPARAMS']._serialized_start=199
-  _globals['_SAMPLINGPARAMS']._serialized_end=487
-  _globals['_GENERATEPARAMS']._serialized_start=490
-  _globals['_GENERATEPARAMS']._serialized_end=1044
-  _globals['_CHOICE']._serialized_start=1046
-  _globals['_CHOICE']._serialized_end=1080
-  _globals['_JSONOBJECT']._serialized_start=1082
-  _globals['_JSONOBJECT']._serialized_end=1094
-  _globals['_TOKENLOGPROB']._serialized_start=1096
-  _globals['_TOKENLOGPROB']._serialized_end=1163
-  _globals['_TOKENLOGPROBS']._serialized_start=1165
-  _globals['_TOKENLOGPROBS']._serialized_end=1270
-  _globals['_TOKENDELTA']._serialized_start=1272
-  _globals['_TOKENDELTA']._serialized_end=1387
+  _globals['_CONSTRAINTKIND']._serialized_start=1463
+  _globals['_CONSTRAINTKIND']._serialized_end=1662
+  _globals['_TOKENIDS']._serialized_start=65
+  _globals['_TOKENIDS']._serialized_end=93
+  _globals['_CHATMESSAGE']._serialized_start=95
+  _globals['_CHATMESSAGE']._serialized_end=154
+  _globals['_CHATPROMPT']._serialized_start=156
+  _globals['_CHATPROMPT']._serialized_end=220
+  _globals['_SAMPLINGPARAMS']._serialized_start=223
+  _globals['_SAMPLINGPARAMS']._serialized_end=511
+  _globals['_GENERATEPARAMS']._serialized_start=514
+  _globals['_GENERATEPARAMS']._serialized_end=1117
+  _globals['_CHOICE']._serialized_start=1119
+  _globals['_CHOICE']._serialized_end=1153
+  _globals['_JSONOBJECT']._serialized_start=1155
+  _globals['_JSONOBJECT']._serialized_end=1167
+  _globals['_TOKENLOGPROB']._serialized_start=1169
+  _globals['_TOKENLOGPROB']._serialized_end=1236
+  _globals['_TOKENLOGPROBS']._serialized_start=1238
+  _globals['_TOKENLOGPROBS']._serialized_end=1343
+  _globals['_TOKENDELTA']._serialized_start=1345
+  _globals['_TOKENDELTA']._serialized_end=1460
 # @@protoc_insertion_point(module_scope)

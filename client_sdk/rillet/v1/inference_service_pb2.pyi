@@ -320,6 +320,13 @@ class GenerateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PARAMS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """An id by which ControlService.Abort finds this request from another call
+    of the same tenant (at most the server's request-id limit, 128
+    characters). Empty: the server names the request itself, and only an
+    abort of all the tenant's requests reaches it.
+    """
     @_builtins.property
     def params(self) -> _generation_pb2.GenerateParams:
         """What to generate."""
@@ -328,10 +335,11 @@ class GenerateRequest(_message.Message):
         self,
         *,
         params: _generation_pb2.GenerateParams | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -380,6 +388,11 @@ class SynthesizeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PARAMS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """An id by which ControlService.Abort finds this request, as
+    GenerateRequest.request_id.
+    """
     @_builtins.property
     def params(self) -> _speech_pb2.SynthesizeParams:
         """What to synthesize and how; `params.text` must not be empty."""
@@ -388,10 +401,11 @@ class SynthesizeRequest(_message.Message):
         self,
         *,
         params: _speech_pb2.SynthesizeParams | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

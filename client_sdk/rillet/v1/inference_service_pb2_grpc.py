@@ -99,6 +99,8 @@ class InferenceServiceServicer:
         and the server then ends the call with OK.
         - Cancelling the call, or the client disconnecting, cancels every request
         of the session in the engine.
+        - ControlService.Abort, from any call of the same tenant, ends a request
+        as Cancel does: `finished` with FINISH_REASON_CANCELLED.
         - While the server drains, new starts fail with UNAVAILABLE; requests in
         flight finish within the server's grace period or fail with UNAVAILABLE,
         and the call then ends with UNAVAILABLE.
@@ -109,7 +111,8 @@ class InferenceServiceServicer:
 
     def Generate(self, request, context):
         """One-shot text generation: token deltas, then one `finished`. Failures end
-        the call with the request's status. Cancelling the call aborts the request.
+        the call with the request's status. Cancelling the call aborts the request;
+        ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -63,13 +63,16 @@ class InferenceServiceStub:
       and the server then ends the call with OK.
     - Cancelling the call, or the client disconnecting, cancels every request
       of the session in the engine.
+    - ControlService.Abort, from any call of the same tenant, ends a request
+      as Cancel does: `finished` with FINISH_REASON_CANCELLED.
     - While the server drains, new starts fail with UNAVAILABLE; requests in
       flight finish within the server's grace period or fail with UNAVAILABLE,
       and the call then ends with UNAVAILABLE.
     """
     Generate: _grpc.UnaryStreamMultiCallable[_inference_service_pb2.GenerateRequest, _inference_service_pb2.GenerateResponse]
     """One-shot text generation: token deltas, then one `finished`. Failures end
-    the call with the request's status. Cancelling the call aborts the request.
+    the call with the request's status. Cancelling the call aborts the request;
+    ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
     """
     Synthesize: _grpc.UnaryStreamMultiCallable[_inference_service_pb2.SynthesizeRequest, _inference_service_pb2.SynthesizeResponse]
     """One-shot speech synthesis: audio chunks, then one `finished`. Failures end
@@ -113,13 +116,16 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
       and the server then ends the call with OK.
     - Cancelling the call, or the client disconnecting, cancels every request
       of the session in the engine.
+    - ControlService.Abort, from any call of the same tenant, ends a request
+      as Cancel does: `finished` with FINISH_REASON_CANCELLED.
     - While the server drains, new starts fail with UNAVAILABLE; requests in
       flight finish within the server's grace period or fail with UNAVAILABLE,
       and the call then ends with UNAVAILABLE.
     """
     Generate: _aio.UnaryStreamMultiCallable[_inference_service_pb2.GenerateRequest, _inference_service_pb2.GenerateResponse]  # type: ignore[assignment]
     """One-shot text generation: token deltas, then one `finished`. Failures end
-    the call with the request's status. Cancelling the call aborts the request.
+    the call with the request's status. Cancelling the call aborts the request;
+    ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
     """
     Synthesize: _aio.UnaryStreamMultiCallable[_inference_service_pb2.SynthesizeRequest, _inference_service_pb2.SynthesizeResponse]  # type: ignore[assignment]
     """One-shot speech synthesis: audio chunks, then one `finished`. Failures end
@@ -166,6 +172,8 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
           and the server then ends the call with OK.
         - Cancelling the call, or the client disconnecting, cancels every request
           of the session in the engine.
+        - ControlService.Abort, from any call of the same tenant, ends a request
+          as Cancel does: `finished` with FINISH_REASON_CANCELLED.
         - While the server drains, new starts fail with UNAVAILABLE; requests in
           flight finish within the server's grace period or fail with UNAVAILABLE,
           and the call then ends with UNAVAILABLE.
@@ -178,7 +186,8 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_inference_service_pb2.GenerateResponse], _abc.AsyncIterator[_inference_service_pb2.GenerateResponse]]:
         """One-shot text generation: token deltas, then one `finished`. Failures end
-        the call with the request's status. Cancelling the call aborts the request.
+        the call with the request's status. Cancelling the call aborts the request;
+        ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
         """
 
     @_abc_1.abstractmethod

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from rillet.v1 import common_pb2 as rillet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rillet/v1/speech.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\"\x8a\x02\n\x10SynthesizeParams\x12\x14\n\x05voice\x18\x01 \x01(\tR\x05voice\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12*\n\x11sample_rate_hertz\x18\x03 \x01(\rR\x0fsampleRateHertz\x12\x34\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x18.rillet.v1.AudioEncodingR\x08\x65ncoding\x12G\n\x12max_chunk_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x10maxChunkDuration\x12!\n\x0cword_timings\x18\x06 \x01(\x08R\x0bwordTimings\"\x9c\x01\n\nWordTiming\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1d\n\nstart_char\x18\x02 \x01(\rR\tstartChar\x12\x19\n\x08\x65nd_char\x18\x03 \x01(\rR\x07\x65ndChar\x12!\n\x0cstart_sample\x18\x04 \x01(\x04R\x0bstartSample\x12\x1d\n\nend_sample\x18\x05 \x01(\x04R\tendSample\"\xfe\x01\n\nAudioChunk\x12\x14\n\x05\x61udio\x18\x01 \x01(\x0cR\x05\x61udio\x12*\n\x11sample_rate_hertz\x18\x02 \x01(\rR\x0fsampleRateHertz\x12#\n\rchannel_count\x18\x03 \x01(\rR\x0c\x63hannelCount\x12%\n\x0eoffset_samples\x18\x04 \x01(\x04R\roffsetSamples\x12\x12\n\x04text\x18\x05 \x01(\tR\x04text\x12+\n\x05words\x18\x06 \x03(\x0b\x32\x15.rillet.v1.WordTimingR\x05words\x12!\n\x0csample_count\x18\x07 \x01(\rR\x0bsampleCount*\x9c\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UDIO_ENCODING_LINEAR16\x10\x01\x12\x1b\n\x17\x41UDIO_ENCODING_OGG_OPUS\x10\x02\x12\x18\n\x14\x41UDIO_ENCODING_MULAW\x10\x03\x12\x17\n\x13\x41UDIO_ENCODING_ALAW\x10\x04\x42]\n\rdev.rillet.v1B\x0bSpeechProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rillet/v1/speech.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16rillet/v1/common.proto\"\xbb\x02\n\x10SynthesizeParams\x12\x14\n\x05voice\x18\x01 \x01(\tR\x05voice\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12*\n\x11sample_rate_hertz\x18\x03 \x01(\rR\x0fsampleRateHertz\x12\x34\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x18.rillet.v1.AudioEncodingR\x08\x65ncoding\x12G\n\x12max_chunk_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x10maxChunkDuration\x12/\n\x08priority\x18\x06 \x01(\x0e\x32\x13.rillet.v1.PriorityR\x08priority\x12!\n\x0cword_timings\x18\x07 \x01(\x08R\x0bwordTimings\"\x9c\x01\n\nWordTiming\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1d\n\nstart_char\x18\x02 \x01(\rR\tstartChar\x12\x19\n\x08\x65nd_char\x18\x03 \x01(\rR\x07\x65ndChar\x12!\n\x0cstart_sample\x18\x04 \x01(\x04R\x0bstartSample\x12\x1d\n\nend_sample\x18\x05 \x01(\x04R\tendSample\"\xfe\x01\n\nAudioChunk\x12\x14\n\x05\x61udio\x18\x01 \x01(\x0cR\x05\x61udio\x12*\n\x11sample_rate_hertz\x18\x02 \x01(\rR\x0fsampleRateHertz\x12#\n\rchannel_count\x18\x03 \x01(\rR\x0c\x63hannelCount\x12%\n\x0eoffset_samples\x18\x04 \x01(\x04R\roffsetSamples\x12\x12\n\x04text\x18\x05 \x01(\tR\x04text\x12+\n\x05words\x18\x06 \x03(\x0b\x32\x15.rillet.v1.WordTimingR\x05words\x12!\n\x0csample_count\x18\x07 \x01(\rR\x0bsampleCount*\x9c\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UDIO_ENCODING_LINEAR16\x10\x01\x12\x1b\n\x17\x41UDIO_ENCODING_OGG_OPUS\x10\x02\x12\x18\n\x14\x41UDIO_ENCODING_MULAW\x10\x03\x12\x17\n\x13\x41UDIO_ENCODING_ALAW\x10\x04\x42]\n\rdev.rillet.v1B\x0bSpeechProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +34,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rillet.v1.speech_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.rillet.v1B\013SpeechProtoP\001Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1'
-  _globals['_AUDIOENCODING']._serialized_start=755
-  _globals['_AUDIOENCODING']._serialized_end=911
-  _globals['_SYNTHESIZEPARAMS']._serialized_start=70
-  _globals['_SYNTHESIZEPARAMS']._serialized_end=336
-  _globals['_WORDTIMING']._serialized_start=339
-  _globals['_WORDTIMING']._serialized_end=495
-  _globals['_AUDIOCHUNK']._serialized_start=498
-  _globals['_AUDIOCHUNK']._serialized_end=752
+  _globals['_AUDIOENCODING']._serialized_start=828
+  _globals['_AUDIOENCODING']._serialized_end=984
+  _globals['_SYNTHESIZEPARAMS']._serialized_start=94
+  _globals['_SYNTHESIZEPARAMS']._serialized_end=409
+  _globals['_WORDTIMING']._serialized_start=412
+  _globals['_WORDTIMING']._serialized_end=568
+  _globals['_AUDIOCHUNK']._serialized_start=571
+  _globals['_AUDIOCHUNK']._serialized_end=825
 # @@protoc_insertion_point(module_scope)

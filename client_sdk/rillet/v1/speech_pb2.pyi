@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from rillet.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -85,6 +86,7 @@ class SynthesizeParams(_message.Message):
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_DURATION_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     WORD_TIMINGS_FIELD_NUMBER: _builtins.int
     voice: _builtins.str
     """Voice name as listed by ListModels; empty selects the server's default
@@ -103,6 +105,8 @@ class SynthesizeParams(_message.Message):
     """
     encoding: Global___AudioEncoding.ValueType
     """Encoding of the returned audio."""
+    priority: _common_pb2.Priority.ValueType
+    """The admission class; unset is interactive."""
     word_timings: _builtins.bool
     """When true, each AudioChunk carries the words whose audio starts in it
     (`AudioChunk.words`). Only voices whose ListModels entry says
@@ -125,11 +129,12 @@ class SynthesizeParams(_message.Message):
         sample_rate_hertz: _builtins.int = ...,
         encoding: Global___AudioEncoding.ValueType = ...,
         max_chunk_duration: _duration_pb2.Duration | None = ...,
+        priority: _common_pb2.Priority.ValueType = ...,
         word_timings: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["max_chunk_duration", b"max_chunk_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "max_chunk_duration", b"max_chunk_duration", "sample_rate_hertz", b"sample_rate_hertz", "text", b"text", "voice", b"voice", "word_timings", b"word_timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "max_chunk_duration", b"max_chunk_duration", "priority", b"priority", "sample_rate_hertz", b"sample_rate_hertz", "text", b"text", "voice", b"voice", "word_timings", b"word_timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,9 +7,64 @@ import { type Client, makeGenericClientConstructor, credentials } from "@grpc/gr
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 import {
-  type AudioChunk, FinishReason, type Model, Model_Kind, RilletClient, RilletError, type Session,
-  type SessionRequestHandle, type SessionResponse, type SpokenText, webSocketSession,
+  type AudioChunk, type DeepPartial, FinishReason, type GenerateParams, type Model, Model_Kind, Priority,
+  RilletClient, RilletError, type Session, type SessionRequestHandle, type SessionResponse, type SpokenText,
+  webSocketSession,
 } from "../src";
+
+const CONTROL_OPS = new Set(["server_info", "tokenize", "count_tokens", "detokenize", "abort", "load", "orca"]);
+
+interface OrcaReport {
+  cpuUtilization: number;
+  rpsFractional: number;
+  applicationUtilization: number;
+  namedMetrics: Map<string, number>;
+}
+
+/** One report of gRPC's standard out-of-band ORCA stream, decoded by hand (the fields the steps check). */
+async function orcaReport(target: string): Promise<OrcaReport> {
+  const decode = (bytes: Buffer): OrcaReport => {
+    const reader = new BinaryReader(bytes);
+    const report: OrcaReport = { cpuUtilization: 0, rpsFractional: 0, applicationUtilization: 0, namedMetrics: new Map() };
+    while (reader.pos < reader.len) {
+      const tag = reader.uint32();
+      const field = tag >>> 3;
+      if (field === 1) report.cpuUtilization = reader.double();
+      else if (field === 6) report.rpsFractional = reader.double();
+      else if (field === 9) report.applicationUtilization = reader.double();
+      else if (field === 8) {
+        const entry = new BinaryReader(reader.bytes());
+        let key = "";
+        let value = 0;
+        while (entry.pos < entry.len) {
+          const entryTag = entry.uint32();
+          if (entryTag >>> 3 === 1) key = entry.string();
+          else if (entryTag >>> 3 === 2) value = entry.double();
+          else entry.skip(entryTag & 7);
+        }
+        report.namedMetrics.set(key, value);
+      } else reader.skip(tag & 7);
+    }
+    return report;
+  };
+  const Orca = makeGenericClientConstructor({
+    StreamCoreMetrics: {
+      path: "/xds.service.orca.v3.OpenRcaService/StreamCoreMetrics", requestStream: false, responseStream: true,
+      requestSerialize: () => Buffer.alloc(0), requestDeserialize: () => ({}),
+      responseSerialize: () => Buffer.alloc(0), responseDeserialize: decode,
+    },
+  }, "OpenRcaService");
+  const client = new Orca(target, credentials.createInsecure()) as Client & Record<string, Function>;
+  const call = client.StreamCoreMetrics({});
+  call.on("error", () => {});
+  try {
+    for await (const report of call as AsyncIterable<OrcaReport>) return report;
+    throw new Failed("the ORCA stream ended with no report");
+  } finally {
+    call.cancel();
+    client.close();
+  }
+}
 
 const WAIT_MS = 30_000; // a bound on every wait: a scenario that would hang fails instead
 
@@ -66,6 +121,42 @@ function checkError(step: Step, error: RilletError | undefined): void {
 function checkCount(step: Step, n: number, tokens: number): void {
   if (typeof step.tokens === "number") check(tokens === step.tokens, `${tokens} tokens, expected ${step.tokens}`);
   if (typeof step.min_outputs === "number") check(n >= step.min_outputs, `${n} outputs, expected ≥ ${step.min_outputs}`);
+}
+
+/** The params of a generate step: its prompt, max_tokens and output constraint (the `constraint` object's one key). */
+function generateParams(step: Step): DeepPartial<GenerateParams> {
+  const params: DeepPartial<GenerateParams> = {
+    prompt: { $case: "text", value: step.prompt as string }, maxTokens: step.max_tokens as number,
+    priority: step.priority === "batch" ? Priority.PRIORITY_BATCH : undefined,
+  };
+  for (const [kind, value] of Object.entries((step.constraint ?? {}) as Record<string, unknown>)) {
+    if (kind === "json_schema") params.constraint = { $case: "jsonSchema", value: JSON.stringify(value) };
+    else if (kind === "regex") params.constraint = { $case: "regex", value: value as string };
+    else if (kind === "grammar") params.constraint = { $case: "grammar", value: value as string };
+    else if (kind === "choice") params.constraint = { $case: "choice", value: { options: value as string[] } };
+    else if (kind === "json_object") params.constraint = { $case: "jsonObject", value: {} };
+    else throw new Failed(`unknown constraint ${kind}`);
+  }
+  return params;
+}
+
+/** The whole text matches `matches` (a regular expression, whole text) and is one JSON document when `json`. */
+function checkText(step: Step, text: string): void {
+  if (typeof step.matches === "string") {
+    check(new RegExp(`^(?:${step.matches})$`, "u").test(text), `text ${JSON.stringify(text)} does not match ${step.matches}`);
+  }
+  if (step.json === true) {
+    try {
+      JSON.parse(text);
+    } catch (error) {
+      throw new Failed(`text ${JSON.stringify(text)} is not JSON: ${(error as Error).message}`);
+    }
+  }
+}
+
+/** The text of the deltas among the messages' kinds. */
+function textOf(kinds: Array<{ $case: string; value: unknown } | undefined>): string {
+  return kinds.map((k) => (k?.$case === "tokenDelta" ? (k.value as { text: string }).text : "")).join("");
 }
 
 /** Each chunk starts at the sample where the previous one ended. */
@@ -166,7 +257,7 @@ class Runner {
     switch (step.op) {
       case "generate": {
         const request = this.open().generate({
-          params: { prompt: { $case: "text", value: step.prompt as string }, maxTokens: step.max_tokens as number },
+          params: generateParams(step),
           timeout: typeof step.timeout_ms === "number"
             ? { seconds: BigInt(Math.floor(step.timeout_ms / 1000)), nanos: (step.timeout_ms % 1000) * 1e6 }
             : undefined,
@@ -206,6 +297,7 @@ class Runner {
         const reason = finished.kind?.$case === "finished" ? FinishReason[finished.kind.value.reason] : "?";
         check(reason === step.reason, `${id}: reason ${reason}, expected ${step.reason}`);
         checkCount(step, t.outputs.length, tokensOf(t.outputs.map((m) => m.kind)));
+        checkText(step, textOf(t.outputs.map((m) => m.kind)));
         await this.checkSpoken(step, finished.kind?.$case === "finished" ? finished.kind.value.spoken : undefined);
         return checkAudio(audioOf(t.outputs));
       }
@@ -241,8 +333,7 @@ class Runner {
         return this.drain();
       case "call_generate":
         return this.oneShot(step, this.client.generate(
-          { prompt: { $case: "text", value: step.prompt as string }, maxTokens: step.max_tokens as number },
-          { timeoutMs: step.deadline_ms as number | undefined },
+          generateParams(step), { timeoutMs: step.deadline_ms as number | undefined },
         ));
       case "call_synthesize":
         return this.oneShot(step, this.client.synthesize({ text: step.text as string }));
@@ -254,7 +345,69 @@ class Runner {
         return;
       }
       default:
-        throw new Failed(`unknown op ${step.op}`);
+        if (!CONTROL_OPS.has(step.op)) throw new Failed(`unknown op ${step.op}`);
+        try {
+          await this.control(step);
+        } catch (error) {
+          if (error instanceof Failed || step.code === undefined) throw error;
+          return checkError(step, error as RilletError);
+        }
+        check(step.code === undefined, `${step.op} succeeded, expected ${step.code}`);
+    }
+  }
+
+  /** The ControlService steps; a failure throws RilletError for the step to check. */
+  private async control(step: Step): Promise<void> {
+    const chat = (step.chat as Array<[string, string]> | undefined)?.map(([role, content]) => ({ role, content }));
+    const prompt = chat ?? (step.prompt as string);
+    switch (step.op) {
+      case "server_info": {
+        const info = await this.client.serverInfo();
+        for (const want of step.engines as Array<{ name: string; tokenizer: boolean }>) {
+          const engine = info.engines.find((e) => e.name === want.name);
+          check(engine !== undefined, `no engine ${want.name}`);
+          check(engine.tokenizer === want.tokenizer, `${want.name}: tokenizer ${engine.tokenizer}`);
+        }
+        return;
+      }
+      case "tokenize": {
+        const ids = await this.client.tokenize(prompt);
+        check(JSON.stringify(ids) === JSON.stringify(step.ids), `ids ${ids}, expected ${step.ids}`);
+        return;
+      }
+      case "count_tokens": {
+        const count = await this.client.countTokens(prompt);
+        check(count.tokenCount === step.tokens, `${count.tokenCount} tokens, expected ${step.tokens}`);
+        return;
+      }
+      case "detokenize": {
+        const text = await this.client.detokenize(step.ids as number[]);
+        check(text === step.text, `text ${JSON.stringify(text)}, expected ${JSON.stringify(step.text)}`);
+        return;
+      }
+      case "abort": {
+        const ended = await this.client.abort(step.target as string);
+        check(JSON.stringify(ended) === JSON.stringify(step.ended), `ended ${ended}, expected ${step.ended}`);
+        return;
+      }
+      case "load": {
+        const load = await this.client.load();
+        const engine = load.engines.find((e) => e.engine === step.engine);
+        check(engine !== undefined, `no engine ${step.engine} in the load`);
+        const got = [engine.running, engine.waiting, engine.slots];
+        check(JSON.stringify(got) === JSON.stringify([step.running, step.waiting, step.slots]),
+          `running, waiting, slots: ${got}`);
+        return;
+      }
+      case "orca": {
+        const report = await orcaReport(this.target);
+        check(report.namedMetrics.get("running") === step.running, `running ${report.namedMetrics.get("running")}`);
+        check(report.namedMetrics.has("waiting"), "no waiting metric");
+        check(report.applicationUtilization === step.utilization,
+          `application_utilization ${report.applicationUtilization}`);
+        check(report.rpsFractional >= 0 && report.cpuUtilization >= 0, "negative rates");
+        return;
+      }
     }
   }
 
@@ -271,6 +424,7 @@ class Runner {
           const reason = FinishReason[(msg.kind.value as { reason: FinishReason }).reason];
           check(reason === step.reason, `reason ${reason}, expected ${step.reason}`);
           checkCount(step, outputs, tokensOf(kinds));
+          checkText(step, textOf(kinds));
           return checkAudio(chunks);
         }
         outputs++;
@@ -327,7 +481,9 @@ async function main(): Promise<void> {
     scenarios: Array<{ name: string; steps: Step[] }>;
   };
   const target = values.target as string;
-  const client = new RilletClient(target);
+  // Balanced (grpc-js's weighted_round_robin on the server's ORCA reports) over the one backend: the SDK's fleet
+  // mode, played throughout.
+  const client = new RilletClient(target, { balancing: "weighted" });
   let failed = false;
   for (const scenario of suite.scenarios) {
     const runner = new Runner(client, target, Number(values["server-pid"]), values.websocket);

@@ -2,13 +2,20 @@
 // definition, its errors as RilletErrors, and a session's call. Browsers never load this module.
 import {
   type CallOptions, type ChannelCredentials, type Client, type ClientDuplexStream, type ClientOptions,
-  type ClientReadableStream, type ClientUnaryCall, makeGenericClientConstructor, type Metadata, type ServiceError,
+  type ClientReadableStream, type ClientUnaryCall, makeGenericClientConstructor, type Metadata, type ServiceDefinition,
+  type ServiceError,
 } from "@grpc/grpc-js";
 
 import {
   type GenerateRequest, type GenerateResponse, InferenceServiceDefinition, type ListModelsRequest,
   type ListModelsResponse, type SessionRequest, type SessionResponse, type SynthesizeRequest, type SynthesizeResponse,
 } from "./gen/rillet/v1/inference_service";
+import {
+  type AbortRequest, type AbortResponse, ControlServiceDefinition, type CountTokensRequest, type CountTokensResponse,
+  type DetokenizeRequest, type DetokenizeResponse, type GetLoadRequest, type GetLoadResponse,
+  type GetServerInfoRequest, type GetServerInfoResponse, type TokenizeRequest, type TokenizeResponse,
+  type WatchLoadRequest, type WatchLoadResponse,
+} from "./gen/rillet/v1/control_service";
 import { Status } from "./gen/google/rpc/status";
 import { Code, RilletError, fromStatus } from "./errors";
 import type { SessionCall, SessionEvents } from "./session";
@@ -20,9 +27,9 @@ interface Codec<T> {
 
 function method<Req, Res, ReqStream extends boolean, ResStream extends boolean>(m: {
   name: string; requestType: Codec<Req>; requestStream: ReqStream; responseType: Codec<Res>; responseStream: ResStream;
-}) {
+}, service: string = InferenceServiceDefinition.fullName) {
   return {
-    path: `/${InferenceServiceDefinition.fullName}/${m.name}`,
+    path: `/${service}/${m.name}`,
     requestStream: m.requestStream,
     responseStream: m.responseStream,
     requestSerialize: (value: Req): Buffer => Buffer.from(m.requestType.encode(value).finish()),
@@ -53,13 +60,51 @@ export interface InferenceServiceClient extends Client {
     callback: (error: ServiceError | null, response: ListModelsResponse) => void): ClientUnaryCall;
 }
 
-export const InferenceServiceClient = makeGenericClientConstructor(
+/** The @grpc/grpc-js client class of `service`, typed as its interface `C`. */
+function clientClass<C, S extends ServiceDefinition>(service: S, fullName: string) {
+  return makeGenericClientConstructor(service, fullName) as unknown as {
+    new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): C;
+    service: S;
+    serviceName: string;
+  };
+}
+
+export const InferenceServiceClient = clientClass<InferenceServiceClient, typeof InferenceServiceService>(
   InferenceServiceService, InferenceServiceDefinition.fullName,
-) as unknown as {
-  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): InferenceServiceClient;
-  service: typeof InferenceServiceService;
-  serviceName: string;
+);
+
+const control = ControlServiceDefinition.methods;
+const controlMethod: typeof method = (m) => method(m, ControlServiceDefinition.fullName);
+
+/** rillet.v1.ControlService as @grpc/grpc-js defines services. */
+export const ControlServiceService = {
+  getServerInfo: controlMethod(control.getServerInfo),
+  getLoad: controlMethod(control.getLoad),
+  watchLoad: controlMethod(control.watchLoad),
+  tokenize: controlMethod(control.tokenize),
+  detokenize: controlMethod(control.detokenize),
+  countTokens: controlMethod(control.countTokens),
+  abort: controlMethod(control.abort),
 };
+
+type Unary<Req, Res> = (request: Req, metadata: Metadata, options: Partial<CallOptions>,
+  callback: (error: ServiceError | null, response: Res) => void) => ClientUnaryCall;
+
+/** The generated-style @grpc/grpc-js client of rillet.v1.ControlService (RilletClient.control). */
+export interface ControlServiceClient extends Client {
+  getServerInfo: Unary<GetServerInfoRequest, GetServerInfoResponse>;
+  getLoad: Unary<GetLoadRequest, GetLoadResponse>;
+  watchLoad(request: WatchLoadRequest, metadata?: Metadata, options?: Partial<CallOptions>):
+    ClientReadableStream<WatchLoadResponse>;
+  tokenize: Unary<TokenizeRequest, TokenizeResponse>;
+  detokenize: Unary<DetokenizeRequest, DetokenizeResponse>;
+  countTokens: Unary<CountTokensRequest, CountTokensResponse>;
+  abort: Unary<AbortRequest, AbortResponse>;
+}
+
+export const ControlServiceClient = clientClass<ControlServiceClient, typeof ControlServiceService>(
+  ControlServiceService, ControlServiceDefinition.fullName,
+);
 
 /** A RilletError from anything a grpc-js call throws (the `grpc-status-details-bin` trailer decoded); RilletErrors pass through. */
 export function toRilletError(error: unknown): RilletError {

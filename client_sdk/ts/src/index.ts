@@ -1,8 +1,10 @@
 // @rillet/client: a TypeScript client for Rillet over @grpc/grpc-js (Node) or the WebSocket edge (browsers and
 // Node), with the generated rillet.v1 types. Browsers import "@rillet/client/browser", which loads no gRPC code.
-export { type CallOptions, type ClientOptions, RilletClient } from "./client";
+export { type CallOptions, type ClientOptions, RilletClient, WEIGHTED_ROUND_ROBIN, serviceConfig } from "./client";
 export { Code, ProtocolError, RilletError, fromStatus } from "./errors";
-export { InferenceServiceClient, InferenceServiceService, toRilletError } from "./grpc";
+export {
+  ControlServiceClient, ControlServiceService, InferenceServiceClient, InferenceServiceService, toRilletError,
+} from "./grpc";
 export { type RequestOptions, Session, SessionRequestHandle } from "./session";
 export {
   PROTO_SUBPROTOCOL, SESSION_PATH, type WebSocketConstructor, type WebSocketLike, type WebSocketSessionOptions,

@@ -8,7 +8,7 @@ import { Metadata, Server, ServerCredentials, type ServerDuplexStream, type Serv
 
 import {
   ErrorInfo, Finished, FinishReason, type GenerateRequest, type GenerateResponse, InferenceServiceService, RetryInfo,
-  RilletClient, RilletError, type SessionRequest, type SessionResponse, Status,
+  RilletClient, RilletError, type SessionRequest, type SessionResponse, Status, WEIGHTED_ROUND_ROBIN, serviceConfig,
 } from "../src";
 import { Any } from "../src/gen/google/protobuf/any";
 
@@ -130,4 +130,14 @@ test("aborting a request's signal sends Cancel", async () => {
   assert.deepEqual(cancels, ["long"]);
   assert.deepEqual(reasons, [FinishReason.FINISH_REASON_CANCELLED]);
   session.close();
+});
+
+test("balanced clients use weighted_round_robin with grpc-js's snake_case keys, out of band", () => {
+  const weighted = JSON.parse(serviceConfig(true));
+  assert.deepEqual(weighted.loadBalancingConfig, [{ weighted_round_robin: WEIGHTED_ROUND_ROBIN }]);
+  assert.equal(WEIGHTED_ROUND_ROBIN.enable_oob_load_report, true);
+  assert.deepEqual(JSON.parse(serviceConfig(false)).loadBalancingConfig, [{ round_robin: {} }]);
+  const retried = weighted.methodConfig[0].name.map((n: { method: string }) => n.method);
+  assert.ok(!retried.includes("Session") && !retried.includes("Abort"));
+  new RilletClient("ipv4:127.0.0.1:1,127.0.0.2:1", { balancing: "weighted" }).close(); // grpc-js accepts the config
 });

@@ -15,13 +15,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from rillet.server.config import EventLoopKind, Settings
+from rillet.server.control import Control
 from rillet.server.engine import registry
 from rillet.server.engine.base import Engine
+from rillet.server.load import LoadBoard
 from rillet.server.observer import NULL_OBSERVER, Observer
 from rillet.server.scheduler import Router
 from rillet.server.session import Lifecycle
 from rillet.server.session.watchdog import sweep_period
 from rillet.server.tenancy import TenantLedger, TenantLimits, cache_scope
+from rillet.server.transport import control as control_service
+from rillet.server.transport import orca
 from rillet.server.transport.auth import CallGate, TokenStore, load_tenants, server_credentials
 from rillet.server.transport.handlers import Guard, GuardedRegistry
 from rillet.server.transport.reflection import enable_reflection
@@ -88,6 +92,22 @@ def tune_collector(gen0_threshold: int) -> None:
     )
 
 
+def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """The server's max_connection_age (and its grace) options, when set: old connections get a GOAWAY.
+
+    So clients reconnect and re-resolve, and find replicas added since (a Kubernetes scale-out) without restarting.
+
+    The GOAWAY ends no call: calls open on the old connection go on (for the grace, when one is set), new ones go on
+    a new connection. gRPC adds ±10% jitter to the age, so a fleet's clients do not all reconnect at once.
+    """
+    options: list[tuple[str, int]] = []
+    if settings.max_connection_age_s is not None:
+        options.append(("grpc.max_connection_age_ms", round(settings.max_connection_age_s * 1000)))
+    if settings.max_connection_age_grace_s is not None:
+        options.append(("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_s * 1000)))
+    return options
+
+
 def build_engines(settings: Settings) -> list[Engine]:
     """The engines the settings select, from the registry (engine/registry.py), text first.
 
@@ -132,6 +152,15 @@ class RilletServer:
             retry_after_s=settings.scheduler.retry_after_s,
         )
         self._tokens = TokenStore(tenants) if tenants else None
+        self.load = LoadBoard(
+            self.router,
+            window_s=settings.load.window_s,
+            open_calls=lambda: self.tenants.calls,
+            draining=self._draining,
+        )
+        self.control = Control(self.router, settings.limits, self.lifecycle, self.load)
+        self._report_streams = orca.StreamSlots(settings.load.max_streams)
+        self.orca = orca.OrcaService(self.load, settings.load, self._report_streams)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self.websocket: WebSocketEdge | None = None  # the WebSocket edge, when settings.websocket.enabled
@@ -164,17 +193,26 @@ class RilletServer:
                 # ... and accept the SDK's 30 s pings instead of answering them with GOAWAY ENHANCE_YOUR_CALM.
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
                 ("grpc.http2.max_ping_strikes", 0),
+                *connection_age_options(self.settings),
             ],
         )
         # InferenceService and reflection behind the guards and the auth gate; health is registered beside them, open.
         gated = GuardedRegistry(server, [*self._guards, CallGate(self._tokens, self.tenants)])
-        add_to_server(
-            InferenceServicer(self.router, self.settings.limits, self.lifecycle, observer=self.observer), gated
+        trailer = self.orca.trailer if self.settings.load.per_call_reports else None
+        servicer = InferenceServicer(
+            self.router, self.settings.limits, self.lifecycle, observer=self.observer, trailer=trailer
         )
+        add_to_server(servicer, gated)
+        control_servicer = control_service.ControlServicer(
+            self.control, self.settings, self._report_streams, self._draining
+        )
+        control_service.add_to_server(control_servicer, gated)
+        # Open like health: gRPC clients open ORCA streams per backend, without call credentials (transport/auth.py).
+        orca.add_to_server(self.orca, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         if security.reflection:
-            enable_reflection([SERVICE_NAME, health_name], gated)  # v1 and v1alpha
+            enable_reflection([SERVICE_NAME, control_service.SERVICE_NAME, health_name], gated)  # v1 and v1alpha
         for service in ("", SERVICE_NAME):
             await self.health.set(service, NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"
@@ -242,6 +280,9 @@ class RilletServer:
             self._watching.cancel()
         log.info("stopped")
         self.stopped.set()
+
+    def _draining(self) -> bool:
+        return self.lifecycle.draining
 
     async def _check_engines(self) -> None:
         """Health probes land here first: an engine that reports itself unhealthy once serving starts the drain."""

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rillet.bench.loadgen.cli import bench
 from rillet.server.config import LogFormat, Settings, SpeechEngineKind, TextEngineKind
 from rillet.server.errors import EngineDead
 from rillet.server.telemetry.logs import configure_logging
@@ -179,6 +180,7 @@ async def _serve(settings: Settings, exports: Exports) -> int:
         edge = EdgeTelemetry(telemetry.rpc.tracer, telemetry.instruments.meter)
         server = RilletServer(settings, observer=telemetry.observer, guards=[telemetry.rpc], edge_observer=edge)
         telemetry.watch(server.router.engines)
+        telemetry.watch_load(server.load.gauges)
         return await run_server(settings, server)
     finally:
         telemetry.shutdown()  # after the drain: the last spans and metrics are exported
@@ -337,92 +339,7 @@ def models(target: Target = "127.0.0.1:50051") -> None:
         raise typer.Exit(1) from None
 
 
-@app.command()
-def bench(
-    target: Target = "127.0.0.1:50051",
-    workload: Annotated[str, typer.Option(help="text, speech, or chain (a generation spoken as it streams)")] = "text",
-    rpc: Annotated[str, typer.Option(help="oneshot (Generate/Synthesize calls) or session (bidi Session calls)")] = (
-        "oneshot"
-    ),
-    concurrency: Annotated[
-        str | None, typer.Option(help="closed-loop sweep, e.g. 1,4,16,64 (default when no --rate is given)")
-    ] = None,
-    rate: Annotated[
-        list[float] | None, typer.Option(help="open loop: Poisson arrivals per second (repeatable)")
-    ] = None,
-    requests: Annotated[int | None, typer.Option(help="requests per level (default 200 unless --duration)")] = None,
-    duration: Annotated[float | None, typer.Option(help="seconds per level")] = None,
-    max_tokens: Annotated[int, typer.Option(help="tokens per generation")] = 64,
-    model: Annotated[str, typer.Option(help="model name; empty for the server's default")] = "",
-    voice: Annotated[str, typer.Option(help="voice name; empty for the server's default")] = "",
-    prompts: Annotated[Path | None, typer.Option(help="prompt file, one per line (default: built-in prompts)")] = None,
-    shared_prefix: Annotated[int, typer.Option(help="words of a system prefix every prompt shares")] = 0,
-    connections: Annotated[int, typer.Option(help="gRPC connections; users are spread over them in turn")] = 1,
-    warmup: Annotated[int, typer.Option(help="requests sent (and not counted) before the first level")] = 8,
-    timeout: Annotated[float, typer.Option(help="deadline of each request in seconds")] = 120.0,
-    output: Annotated[
-        Path | None, typer.Option(help="JSON results (default bench-results/rillet-bench-TIME.json)")
-    ] = None,
-    plot: Annotated[bool, typer.Option(help="also write a PNG beside the JSON (needs matplotlib: the bench extra)")] = (
-        True
-    ),
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-) -> None:
-    """Load-test a Rillet server: latency percentiles, throughput, errors; every stream is verified."""
-    from rillet.client import GenerateOptions, SynthesizeOptions
-    from rillet.server.loadgen import bench as loadgen
-    from rillet.server.loadgen.report import plot as write_plot
-    from rillet.server.loadgen.report import table, write_json
-    from rillet.server.loadgen.runner import Bound
-    from rillet.server.loadgen.workload import Plan, Rpc, Workload, load_prompts
-
-    try:
-        levels = [int(c) for c in concurrency.split(",")] if concurrency else ([] if rate else [1, 4, 16, 64])
-        if any(c < 1 for c in levels):
-            raise ValueError("concurrency levels must be at least 1")
-        plan = Plan(
-            workload=Workload(workload),
-            rpc=Rpc(rpc),
-            prompts=load_prompts(prompts),
-            prefix_words=shared_prefix,
-            generate=GenerateOptions(model=model, max_tokens=max_tokens, timeout=timeout),
-            synthesize=SynthesizeOptions(voice=voice, timeout=timeout),
-        )
-        bound = Bound(requests if requests is not None or duration is not None else 200, duration)
-    except (ValueError, OSError) as error:
-        err.print(f"[red]invalid benchmark:[/red] {escape(str(error))}", highlight=False)
-        raise typer.Exit(2) from None
-    console = Console(stderr=True) if progress else None
-    try:
-        results = asyncio.run(
-            loadgen.run(
-                target,
-                plan,
-                concurrency=levels,
-                rates=rate or (),
-                bound=bound,
-                connections=connections,
-                warmup=warmup,
-                console=console,
-            )
-        )
-    except Exception as error:  # grpc errors reaching the server, ListModels failing: say what and stop
-        err.print(f"[red]benchmark failed:[/red] {escape(repr(error))}", highlight=False)
-        raise typer.Exit(1) from None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = output or Path("bench-results") / f"rillet-bench-{stamp}.json"
-    write_json(results, path)
-    Console().print(table(results))
-    err.print(f"results: {path}")
-    if plot:
-        png = path.with_suffix(".png")
-        if write_plot(results, png):
-            err.print(f"plot: {png}")
-        else:
-            err.print("[yellow]no plot: matplotlib is not installed (pip install 'rillet[bench]')[/yellow]")
-    if any(level["lost"] for level in results["levels"]):
-        err.print("[red]streams were lost (seq gap, missing terminal message, or counts that disagree)[/red]")
-        raise typer.Exit(1)
+app.command()(bench)  # `rillet bench`: the load generator, a client tool of its own package (rillet.bench)
 
 
 @app.command()

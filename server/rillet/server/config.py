@@ -98,6 +98,21 @@ class TrtllmCapacityPolicy(enum.StrEnum):
     STATIC_BATCH = "STATIC_BATCH"
 
 
+class TrtllmSampler(enum.StrEnum):
+    """TensorRT-LLM 1.2's samplers (its `sampler_type`); what each honours is the model's TextCapabilities."""
+
+    AUTO = "auto"  # TorchSampler (TensorRT-LLM picks TRTLLMSampler only for beam search, which Rillet never asks)
+    TORCH = "TorchSampler"  # temperature, top_p, top_k; top-k logprobs under greedy decoding
+    TRTLLM = "TRTLLMSampler"  # every sampling field, reproducible seeds; no logprobs (only the sampled token's)
+
+
+class TrtllmGuidedDecoding(enum.StrEnum):
+    """TensorRT-LLM 1.2's guided decoding backends Rillet drives (its `guided_decoding_backend`)."""
+
+    NONE = "none"  # no GuidedDecoder: TensorRT-LLM would drop a request's guide silently, so Rillet refuses them all
+    LLGUIDANCE = "llguidance"  # the library the CPU engine uses too: one semantics (JSON Schema, regex, Lark)
+
+
 class TrtllmConfig(BaseModel, frozen=True, extra="forbid"):
     """The TensorRT-LLM GPU engine: its LLM API on the PyTorch backend, in-flight batching inside TensorRT-LLM."""
 
@@ -124,6 +139,35 @@ class TrtllmConfig(BaseModel, frozen=True, extra="forbid"):
     )
     enable_chunked_prefill: bool = Field(
         True, description="split long prompts across steps, so decodes keep running (and prompts > max_num_tokens fit)"
+    )
+    sampler: TrtllmSampler = Field(
+        TrtllmSampler.AUTO,
+        description="auto/TorchSampler honours temperature, top_p, top_k and greedy logprobs; TRTLLMSampler (the "
+        "C++ decoder, deprecated after 1.2) also min_p, repetition_penalty and reproducible seeds, but no logprobs. "
+        "A field the sampler cannot honour is refused by name",
+    )
+    guided_decoding_backend: TrtllmGuidedDecoding = Field(
+        TrtllmGuidedDecoding.NONE,
+        description="llguidance: output constraints (json_schema, regex, Lark grammar, choice, json_object) are "
+        "enforced by TensorRT-LLM's llguidance backend (PyTorch backend only; needs the llguidance package, which the "
+        "trtllm extra installs); none: every constrained request is refused",
+    )
+    return_perf_metrics: bool = Field(
+        True,
+        description="TensorRT-LLM times each request (arrival, first scheduled, first token): Rillet's engine queue "
+        "and prefill timings come from there; off, prefill runs from submission to the first output, queue included",
+    )
+    stream_interval: int = Field(
+        1,
+        ge=1,
+        description="TensorRT-LLM answers a stream every n steps (the first token at once): fewer, larger deltas and "
+        "less CPU per token, at the cost of inter-token smoothness (tokens arrive n at a time)",
+    )
+    num_postprocess_workers: int = Field(
+        0,
+        ge=0,
+        description="processes that fold and detokenize responses, off Rillet's event loop: more tokens/s across many "
+        "streams at the cost of one more process hop per response; 0 detokenizes in Rillet's process",
     )
     extra_llm_args: dict[str, Any] = Field(
         default_factory=dict,
@@ -180,7 +224,12 @@ class LimitsConfig(BaseModel, frozen=True):
 
     max_tokens: int = Field(2048, ge=1, description="upper bound on a request's max_tokens")
     default_max_tokens: int = Field(128, ge=1)
-    max_prompt_chars: int = Field(256 * 1024, ge=1, description="larger prompts fail with INVALID_ARGUMENT")
+    max_prompt_chars: int = Field(
+        256 * 1024,
+        ge=1,
+        description="characters of a text prompt, or of a chat's roles and contents (PROMPT_TOO_LARGE)",
+    )
+    max_prompt_token_ids: int = Field(256 * 1024, ge=1, description="ids of a token-id prompt (PROMPT_TOO_LARGE)")
     max_stop_strings: int = Field(8, ge=0)
     max_top_logprobs: int = Field(20, ge=0)
     max_request_id_chars: int = Field(128, ge=1, description="request ids of every message kind")
@@ -230,6 +279,49 @@ class SchedulerConfig(BaseModel, frozen=True):
     tenant_queue_share: float = Field(
         0.5, gt=0, le=1, description="the part of each engine's queue one tenant's waiters may fill (with auth on)"
     )
+    batch_every: int = Field(
+        4,
+        ge=2,
+        description="while interactive and batch requests both wait, every batch_every-th freed slot goes to the "
+        "oldest batch request (batch is never starved); the others go to interactive requests",
+    )
+    batch_slot_share: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="the part of each engine's slots batch requests may hold (at least one): the rest stay free for "
+        "interactive requests, which then start at once under a saturating batch load",
+    )
+    batch_queue_share: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="the part of each engine's queue batch requests may fill (room is left for interactive ones)",
+    )
+
+
+class LoadConfig(BaseModel, frozen=True, extra="forbid"):
+    """Load reports (load.py): ControlService GetLoad and WatchLoad, ORCA for gRPC's weighted_round_robin."""
+
+    window_s: float = Field(10.0, gt=0, description="rates (requests, tokens, characters, CPU) span this recent past")
+    min_interval_s: float = Field(
+        0.5, gt=0, description="the shortest interval WatchLoad and ORCA streams report at; shorter asks are raised"
+    )
+    max_interval_s: float = Field(300.0, gt=0, description="the longest interval WatchLoad takes")
+    max_streams: int = Field(
+        256, ge=1, description="WatchLoad and ORCA report streams open at once, every client; more: RESOURCE_EXHAUSTED"
+    )
+    per_call_reports: bool = Field(
+        False,
+        description="also put an ORCA report in the trailers of each one-shot Generate and Synthesize call "
+        "(endpoint-load-metrics-bin), for clients that balance weighted_round_robin without out-of-band reports",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LoadConfig:
+        if self.min_interval_s > self.max_interval_s:
+            raise ValueError("min_interval_s must not exceed max_interval_s")
+        return self
 
 
 class TlsConfig(BaseModel, frozen=True, extra="forbid"):
@@ -362,6 +454,7 @@ class Settings(BaseSettings):
     piper: PiperConfig = PiperConfig()
     limits: LimitsConfig = LimitsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    load: LoadConfig = LoadConfig()
     security: SecurityConfig = SecurityConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     websocket: WebSocketConfig = WebSocketConfig()
@@ -376,5 +469,17 @@ class Settings(BaseSettings):
         "~10% of a busy streaming server's CPU in the collector); 0 keeps Python's default",
     )
     drain_grace_s: float = Field(10.0, ge=0, description="time in-flight requests get to finish on shutdown")
+    max_connection_age_s: float | None = Field(
+        None,
+        gt=0,
+        description="a connection older than this (±10%, gRPC's jitter) is asked to close (GOAWAY): its calls go on, "
+        "new ones open a new connection, so clients re-resolve and find replicas added since; unset: no limit",
+    )
+    max_connection_age_grace_s: float | None = Field(
+        None,
+        gt=0,
+        description="calls still open this long after the GOAWAY are cut (UNAVAILABLE); unset: never, so sessions "
+        "end on their own",
+    )
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="transport limit on one message")
     log_level: str = "INFO"

@@ -7,33 +7,60 @@ import collections
 import dataclasses
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar, overload
+from typing import Generic, Literal, NamedTuple, TypeVar, overload
 
 from rillet.server.audio.output import speak
 from rillet.server.audio.transcript import Transcript
 from rillet.server.config import SchedulerConfig
 from rillet.server.engine.base import Engine, SpeechEngine, SpeechEvent, TextEngine, TextEvent
 from rillet.server.errors import NotFound, ResourceExhausted, Unavailable, clip
-from rillet.server.types import AudioOutput, GenerationRequest, ModelInfo, ModelKind, SynthesisRequest
+from rillet.server.types import AudioOutput, GenerationRequest, ModelInfo, ModelKind, Priority, SynthesisRequest
 
 E = TypeVar("E", TextEngine, SpeechEngine)
 
 
 class Admission:
-    """FIFO admission: at most `slots` requests run at once, at most `max_queue` wait, the rest are refused.
+    """Admission by class: at most `slots` requests run at once, at most `max_queue` wait, the rest are refused.
 
-    Invariants: `running` never exceeds `slots`; a released slot passes directly to the oldest waiter, so a
-    newcomer can never overtake the queue. A tenant other than "" never has more than its share
-    (`tenant_queue_share` of `max_queue`, at least 1) of requests waiting, so one tenant cannot fill the queue.
+    Invariants:
+    - `running` never exceeds `slots`; a released slot passes directly to a waiter that may take it, so a newcomer
+      can never overtake the queue of its class. Within a class, waiters are admitted oldest first.
+    - Batch requests hold at most `batch_slots` (`batch_slot_share` of the slots, at least 1): the others stay for
+      interactive requests, which under a saturating batch load find a free slot at once instead of waiting for a
+      batch request to end. A free slot therefore may have batch waiters (at their share), never interactive ones.
+    - Interactive waiters go before batch ones, but batch is never starved: while both classes wait and batch is
+      below its share, every `batch_every`-th slot handed over goes to the oldest batch waiter. So the batch request
+      at the head of its queue is admitted within `batch_every` hand-overs once a batch slot is free, whatever the
+      interactive load; and every batch slot released goes to a batch waiter when interactive ones do not wait.
+    - Batch waiters never fill more than `batch_queue_share` of the queue, so a saturating batch load leaves room
+      for interactive requests to wait in.
+    - A tenant other than "" never has more than its share (`tenant_queue_share` of `max_queue`, at least 1) of
+      requests waiting, both classes together, so one tenant cannot fill the queue.
     """
 
-    def __init__(self, slots: int, max_queue: int, retry_after_s: float, tenant_queue_share: float = 1.0) -> None:
+    def __init__(
+        self,
+        slots: int,
+        max_queue: int,
+        retry_after_s: float,
+        tenant_queue_share: float = 1.0,
+        *,
+        batch_every: int = 4,
+        batch_queue_share: float = 1.0,
+        batch_slot_share: float = 1.0,
+    ) -> None:
         self._slots = slots
         self._max_queue = max_queue
         self._retry_after_s = retry_after_s
         self._tenant_share = max(1, int(max_queue * tenant_queue_share))
+        self._batch_every = batch_every
+        self._batch_limit = max(1, int(max_queue * batch_queue_share)) if max_queue else 0
+        self._batch_slots = max(1, int(slots * batch_slot_share))
         self._running = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._batch_running = 0
+        self._interactive: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._batch: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._passed_over = 0  # slots handed to interactive waiters in a row while a batch request waited
         self._waiting: collections.Counter[str] = collections.Counter()  # tasks waiting in `admit`, by tenant
 
     @property
@@ -41,25 +68,51 @@ class Admission:
         return self._running
 
     @property
-    def queued(self) -> int:
-        return len(self._waiters)
+    def slots(self) -> int:
+        return self._slots
 
-    def admit(self, tenant: str = "") -> _Slot:
+    @property
+    def queued(self) -> int:
+        """Requests waiting, both classes (cancelled waiters not yet skipped included)."""
+        return len(self._interactive) + len(self._batch)
+
+    @property
+    def queued_batch(self) -> int:
+        return len(self._batch)
+
+    @property
+    def running_batch(self) -> int:
+        return self._batch_running
+
+    def admit(self, tenant: str = "", priority: Priority = Priority.INTERACTIVE) -> _Slot:
         """Hold a slot for an `async with` block; ResourceExhausted when the queue or the tenant's share is full.
 
         A small class, not an asynccontextmanager: entering while a slot is free makes no generator.
         """
-        return _Slot(self, tenant)
+        return _Slot(self, tenant, priority)
 
-    async def _acquire(self, tenant: str) -> None:
-        if self._running < self._slots and not self._waiters:
-            self._running += 1
-            return
-        if len(self._waiters) >= self._max_queue:
+    async def _acquire(self, tenant: str, priority: Priority) -> None:
+        batch = priority is Priority.BATCH
+        if self._running < self._slots and not self._interactive:
+            if not batch:  # a free slot: batch waiters may be at their share, never ahead of an interactive request
+                self._running += 1
+                return
+            if not self._batch and self._batch_running < self._batch_slots:
+                self._running += 1
+                self._batch_running += 1
+                return
+        queued = self.queued
+        if queued >= self._max_queue:
             raise ResourceExhausted(
-                f"all {self._slots} slots busy and {len(self._waiters)} requests queued; retry later",
+                f"all {self._slots} slots busy and {queued} requests queued; retry later",
                 retry_after=self._retry_after_s,
-                metadata={"slots": str(self._slots), "queued": str(len(self._waiters))},
+                metadata={"slots": str(self._slots), "queued": str(queued)},
+            )
+        if batch and len(self._batch) >= self._batch_limit:
+            raise ResourceExhausted(
+                f"{len(self._batch)} batch requests queued, the batch share of the queue; retry later",
+                retry_after=self._retry_after_s,
+                metadata={"slots": str(self._slots), "queued": str(queued), "priority": "batch"},
             )
         if tenant and self._waiting[tenant] >= self._tenant_share:
             raise ResourceExhausted(
@@ -68,46 +121,78 @@ class Admission:
                 reason="TENANT_QUEUE_SHARE",
                 metadata={"tenant": tenant, "share": str(self._tenant_share)},
             )
+        waiters = self._batch if batch else self._interactive
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        waiters.append(waiter)
         self._waiting[tenant] += 1
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._release()  # the slot was handed to us just as we were cancelled: pass it on
-            elif waiter in self._waiters:
+                self._release(batch)  # the slot was handed to us just as we were cancelled: pass it on
+            elif waiter in waiters:
                 # A cancelled waiter may already have been skipped (and popped) by `_release`.
-                self._waiters.remove(waiter)
+                waiters.remove(waiter)
             raise
         finally:
             self._waiting[tenant] -= 1
             if not self._waiting[tenant]:
                 del self._waiting[tenant]
 
-    def _release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot moves to the waiter; `running` is unchanged
-                return
-        self._running -= 1
+    def _release(self, was_batch: bool) -> None:
+        """A slot is free (a batch one when `was_batch`): hand it to the next waiter that may take it, or keep it."""
+        if was_batch:
+            self._batch_running -= 1
+        interactive, batch = self._interactive, self._batch
+        while interactive and interactive[0].done():
+            interactive.popleft()  # cancelled while waiting
+        while batch and batch[0].done():
+            batch.popleft()
+        batch_may = bool(batch) and self._batch_running < self._batch_slots
+        if batch_may and (not interactive or self._passed_over >= self._batch_every - 1):
+            self._passed_over = 0
+            self._batch_running += 1
+            batch.popleft().set_result(None)  # the slot moves to the waiter; `running` is unchanged
+        elif interactive:
+            self._passed_over = self._passed_over + 1 if batch_may else 0
+            interactive.popleft().set_result(None)
+        else:
+            self._running -= 1
 
 
 class _Slot:
     """`Admission.admit`'s context: a slot is acquired on entry and released on exit."""
 
-    __slots__ = ("_admission", "_tenant")
+    __slots__ = ("_admission", "_priority", "_tenant")
 
-    def __init__(self, admission: Admission, tenant: str) -> None:
+    def __init__(self, admission: Admission, tenant: str, priority: Priority) -> None:
         self._admission = admission
         self._tenant = tenant
+        self._priority = priority
 
     async def __aenter__(self) -> None:
-        await self._admission._acquire(self._tenant)
+        await self._admission._acquire(self._tenant, self._priority)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._admission._release()
+        self._admission._release(self._priority is Priority.BATCH)
+
+
+@dataclass(slots=True)
+class Throughput:
+    """What an engine's requests produced, counted as each ends (the load reports' rates: load.py).
+
+    Monotonic counters written on the event loop by the session as each of its requests ends (output included when
+    it was cancelled or failed after some): no per-output cost.
+    """
+
+    requests: int = 0
+    tokens: int = 0
+    characters: int = 0
+
+    def ended(self, tokens: int, characters: int) -> None:
+        self.requests += 1
+        self.tokens += tokens
+        self.characters += characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +202,7 @@ class Route(Generic[E]):
     model: ModelInfo
     engine: E
     admission: Admission
+    throughput: Throughput
 
 
 TextRoute = Route[TextEngine]
@@ -156,6 +242,14 @@ Job = TextJob | SpeechJob
 """A request paired with the engine that serves its kind; the pairing is typed where a job is made."""
 
 
+class EngineQueue(NamedTuple):
+    """One engine, the admission queue in front of it, and what its requests produced (shared by its models)."""
+
+    engine: Engine
+    admission: Admission
+    throughput: Throughput
+
+
 class Router:
     """Maps model and voice names to their engine and admission queue; owns the engines' lifecycle.
 
@@ -172,6 +266,7 @@ class Router:
         self._speech: dict[str, SpeechRoute] = {}
         self._listed: list[ModelInfo] = []
         self._defaults: dict[ModelKind, str] = {}
+        self._queues: list[EngineQueue] = []
         self._started = False
 
     def _build_routes(self) -> None:
@@ -180,10 +275,20 @@ class Router:
         speech: dict[str, SpeechRoute] = {}
         listed: list[ModelInfo] = []
         defaults: dict[ModelKind, str] = {}
+        queues: list[EngineQueue] = []
         for engine in self._engines:
+            config = self._config
             admission = Admission(
-                engine.slots, self._config.max_queue, self._config.retry_after_s, self._config.tenant_queue_share
+                engine.slots,
+                config.max_queue,
+                config.retry_after_s,
+                config.tenant_queue_share,
+                batch_every=config.batch_every,
+                batch_queue_share=config.batch_queue_share,
+                batch_slot_share=config.batch_slot_share,
             )
+            throughput = Throughput()
+            queues.append(EngineQueue(engine, admission, throughput))
             for model in map(self._published, engine.models):
                 if model.name in text or model.name in speech:
                     raise ValueError(f"model name {model.name!r} is served by two engines")
@@ -193,12 +298,13 @@ class Router:
                         f"{model.kind.value}"
                     )
                 if engine.serves is ModelKind.TEXT_GENERATION:
-                    text[model.name] = Route(model, engine, admission)
+                    text[model.name] = Route(model, engine, admission, throughput)
                 else:
-                    speech[model.name] = Route(model, engine, admission)
+                    speech[model.name] = Route(model, engine, admission, throughput)
                 listed.append(model)
                 defaults.setdefault(model.kind, model.name)
         self._text, self._speech, self._listed, self._defaults = text, speech, listed, defaults
+        self._queues = queues
 
     def _published(self, model: ModelInfo) -> ModelInfo:
         """The model as clients see it: max_tokens_limit is what validation enforces (the engine's and ours)."""
@@ -210,6 +316,11 @@ class Router:
     @property
     def engines(self) -> tuple[Engine, ...]:
         return self._engines
+
+    def queues(self) -> list[EngineQueue]:
+        """Each engine with its admission queue and throughput counters, in engine order; Unavailable while warming."""
+        self._check_started()
+        return self._queues
 
     def models(self) -> list[tuple[ModelInfo, bool]]:
         """Every model with whether it is the default of its kind; Unavailable while the engines warm up."""

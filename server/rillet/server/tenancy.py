@@ -8,7 +8,16 @@ from dataclasses import dataclass
 
 from rillet.server.errors import ResourceExhausted
 
-__all__ = ["TenantLedger", "TenantLimits", "TenantQuota", "cache_scope", "current_quota", "use_quota"]
+__all__ = [
+    "TenantLedger",
+    "TenantLimits",
+    "TenantQuota",
+    "cache_scope",
+    "current_quota",
+    "current_tenant",
+    "use_quota",
+    "use_tenant",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +180,16 @@ def current_quota() -> TenantQuota | None:
 def use_quota(quota: TenantQuota) -> None:
     """Make `quota` the current call's (the auth gate calls this in the handler's task, before the handler)."""
     _current.set(quota)
+
+
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("rillet_tenant", default="")
+
+
+def current_tenant() -> str:
+    """The tenant the call being handled acts for ("" without token auth): set by the auth gate, in its task."""
+    return _tenant.get()
+
+
+def use_tenant(tenant: str) -> None:
+    """Make `tenant` the current call's (the auth gate calls this in the handler's task, before the handler)."""
+    _tenant.set(tenant)

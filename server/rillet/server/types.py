@@ -25,6 +25,17 @@ class ModelKind(enum.Enum):
     SPEECH_SYNTHESIS = "speech_synthesis"
 
 
+class Priority(enum.Enum):
+    """A request's admission class (mirrors rillet.v1.Priority; unset is INTERACTIVE).
+
+    The scheduler admits waiting interactive requests before batch ones, never starving batch (scheduler.Admission);
+    engines see it on the request (an engine that preempts prefers preempting batch work).
+    """
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
 class ConstraintKind(enum.Enum):
     """The kinds of output constraint (mirrors rillet.v1.ConstraintKind); the value is its GenerateParams field."""
 
@@ -170,6 +181,10 @@ class GenerationRequest:
     """Cached prompt tokens are reused only between requests of the same scope: the tenant's own unless the
     operator groups tenants (SecurityConfig); "" without authentication. No KV, no cached-token count and no timing
     crosses scopes."""
+    trace: TraceContext | None = None
+    """The W3C trace context an engine's own spans join (trtllm passes it to TensorRT-LLM as `trace_headers`)."""
+    priority: Priority = Priority.INTERACTIVE
+    """Its admission class; an engine that preempts running work to make room prefers preempting BATCH requests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +200,7 @@ class SynthesisRequest:
     voice: str
     text: AsyncIterator[str]
     max_chunk_samples: int
+    priority: Priority = Priority.INTERACTIVE
 
 
 class AudioEncoding(enum.Enum):
@@ -313,7 +329,16 @@ class EngineFinished:
     usage: Usage
     stop_sequence: str = ""
     prefill_seconds: float | None = None
-    engine_queue_seconds: float = 0.0  # time the engine held the request before scheduling it (after admission)
+    """Prefill alone: from the engine starting work on the request (after `engine_queue_seconds`) to its first
+    output; the prompt's forward passes for text, the first segment's synthesis for speech. None where the engine
+    cannot measure it apart from its own queueing (it sets `first_output_seconds` instead)."""
+    engine_queue_seconds: float = 0.0
+    """From `stream` to the engine starting work on the request: its wait inside the engine (for a slot, KV room)
+    after the scheduler admitted it. 0 where the engine does not queue, or cannot tell (see `first_output_seconds`)."""
+    first_output_seconds: float | None = None
+    """From `stream` to the first output, whatever the engine did meanwhile (its own queueing included): set by an
+    engine that cannot split it into `engine_queue_seconds` and `prefill_seconds`, e.g. TensorRT-LLM, which queues and
+    prefills inside its executor. Timings.prefill reports it when `prefill_seconds` is None."""
 
 
 EngineEvent = TokenDelta | AudioChunk | EngineFinished
@@ -369,6 +394,7 @@ class GenerateSpec:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
     constraint: Constraint | None = None
+    priority: Priority = Priority.INTERACTIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +410,7 @@ class SynthesizeSpec:
     streaming_input: bool = False
     text_from_request_id: str = ""
     word_timings: bool = False
+    priority: Priority = Priority.INTERACTIVE
 
 
 @dataclass(frozen=True, slots=True)

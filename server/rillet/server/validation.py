@@ -7,7 +7,7 @@ of a client's string than `clip` allows.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from rillet.server.audio import OPUS_RATE
 from rillet.server.config import LimitsConfig
@@ -22,9 +22,11 @@ from rillet.server.types import (
     GenerateSpec,
     GenerationRequest,
     ModelKind,
+    Prompt,
     SamplingParams,
     SynthesisRequest,
     SynthesizeSpec,
+    TraceContext,
 )
 
 
@@ -130,19 +132,11 @@ def _check_constraint(constraint: Constraint, limits: LimitsConfig) -> None:
         )
 
 
-def validate_generate(
-    request_id: str, spec: GenerateSpec, limits: LimitsConfig, router: Router, cache_scope: str = ""
-) -> tuple[TextRoute, GenerationRequest]:
-    """Resolve the model and check every field; raises InvalidArgument or NotFound naming the field.
+def check_prompt(prompt: Prompt | None, limits: LimitsConfig, route: TextRoute) -> Prompt:
+    """A prompt within the limits, of a kind the model reads (chat only with a chat template); the prompt itself.
 
-    Fields the model does not honour (its ModelInfo.capabilities) are refused too. `cache_scope` is the caller's
-    (GenerationRequest.cache_scope).
-
-    Repeated fields may arrive cut one item past their limit (see convert.generate_spec): messages say "more than".
+    Generation and the tokenizer RPCs (control.py) check prompts here alike, so they fail the same way.
     """
-    _check_name(spec.model, "params.model", limits)
-    route = router.resolve(spec.model, ModelKind.TEXT_GENERATION)
-    prompt = spec.prompt
     if prompt is None or len(prompt) == 0:
         raise InvalidArgument("the prompt must not be empty", field="params.prompt", reason="EMPTY_PROMPT")
     if isinstance(prompt, str):
@@ -153,9 +147,9 @@ def validate_generate(
                 reason="PROMPT_TOO_LARGE",
             )
     elif isinstance(prompt[0], int):  # tuples are homogeneous (the converter builds them): O(1), not a scan
-        if len(prompt) > limits.max_prompt_chars:
+        if len(prompt) > limits.max_prompt_token_ids:
             raise InvalidArgument(
-                f"the prompt has more than {limits.max_prompt_chars} token ids",
+                f"the prompt has more than {limits.max_prompt_token_ids} token ids",
                 field="params.token_ids",
                 reason="PROMPT_TOO_LARGE",
             )
@@ -169,6 +163,51 @@ def validate_generate(
                 field="params.chat",
                 reason="CHAT_TEMPLATE_MISSING",
             )
+    return prompt
+
+
+def validate_tokenizer_prompt(
+    model: str, prompt: Prompt | None, limits: LimitsConfig, router: Router
+) -> tuple[TextRoute, Prompt]:
+    """A Tokenize or CountTokens request: the model resolved and the prompt checked as generation checks it."""
+    _check_name(model, "model", limits)
+    route = router.resolve(model, ModelKind.TEXT_GENERATION)
+    return route, check_prompt(prompt, limits, route)
+
+
+def validate_token_ids(model: str, token_ids: Sequence[int], limits: LimitsConfig, router: Router) -> TextRoute:
+    """A Detokenize request: the model resolved, the ids present, not negative, and within the prompt's id limit."""
+    _check_name(model, "model", limits)
+    route = router.resolve(model, ModelKind.TEXT_GENERATION)
+    if not token_ids:
+        raise InvalidArgument("token_ids must not be empty", field="token_ids", reason="EMPTY_PROMPT")
+    if len(token_ids) > limits.max_prompt_token_ids:
+        raise InvalidArgument(
+            f"more than {limits.max_prompt_token_ids} token ids", field="token_ids", reason="PROMPT_TOO_LARGE"
+        )
+    if min(token_ids) < 0:
+        raise InvalidArgument("token ids must not be negative", field="token_ids", reason="BAD_TOKEN_ID")
+    return route
+
+
+def validate_generate(
+    request_id: str,
+    spec: GenerateSpec,
+    limits: LimitsConfig,
+    router: Router,
+    cache_scope: str = "",
+    trace: TraceContext | None = None,
+) -> tuple[TextRoute, GenerationRequest]:
+    """Resolve the model and check every field; raises InvalidArgument or NotFound naming the field.
+
+    Fields the model does not honour (its ModelInfo.capabilities) are refused too. `cache_scope` is the caller's
+    (GenerationRequest.cache_scope), `trace` the request's trace context (GenerationRequest.trace).
+
+    Repeated fields may arrive cut one item past their limit (see convert.generate_spec): messages say "more than".
+    """
+    _check_name(spec.model, "params.model", limits)
+    route = router.resolve(spec.model, ModelKind.TEXT_GENERATION)
+    prompt = check_prompt(spec.prompt, limits, route)
     limit = min(limits.max_tokens, route.model.max_tokens_limit or limits.max_tokens)
     max_tokens = spec.max_tokens if spec.max_tokens is not None else min(limits.default_max_tokens, limit)
     if not 1 <= max_tokens <= limit:
@@ -231,6 +270,8 @@ def validate_generate(
         top_logprobs=spec.top_logprobs,
         constraint=spec.constraint,
         cache_scope=cache_scope,
+        trace=trace,
+        priority=spec.priority,
     )
     return route, request
 
@@ -305,6 +346,7 @@ def validate_synthesize(
         voice=route.model.name,
         text=text,
         max_chunk_samples=max(1, round(route.model.sample_rate_hertz * chunk_s)),
+        priority=spec.priority,
     )
     return route, request, output
 

@@ -1,10 +1,15 @@
-"""Mirror of `tensorrt_llm/sampling_params.py` (1.2.1): `SamplingParams`, its validation and `_setup`."""
+"""Mirror of `tensorrt_llm/sampling_params.py` (1.2.1): `SamplingParams`, its validation and `_setup`, and
+`GuidedDecodingParams` with the conversion the executor request gets (`_get_guided_decoding_params`)."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from pydantic import BaseModel
+from tensorrt_llm.bindings import executor as tllme
 
 
 @dataclass(slots=True, kw_only=True)
@@ -188,3 +193,26 @@ class SamplingParams:
             words = [self.stop] if isinstance(self.stop, str) else self.stop
             pairs.extend(zip(words, self._stop_word_ids, strict=True))
         return pairs
+
+    def _get_guided_decoding_params(self) -> tllme.GuidedDecodingParams | None:
+        """The executor's guide: json_object first, then json (a pydantic model's schema, a dict dumped), regex,
+        grammar; in that order, as the real one checks them."""
+        if self.guided_decoding is None:
+            return None
+        guide_type = tllme.GuidedDecodingParams.GuideType
+        if self.guided_decoding.json_object:
+            return tllme.GuidedDecodingParams(guide_type.JSON)
+        if self.guided_decoding.json is not None:
+            json_schema = self.guided_decoding.json
+            if isinstance(json_schema, BaseModel):
+                json_schema = json_schema.model_json_schema()
+            if isinstance(json_schema, dict):
+                json_schema = json.dumps(json_schema)
+            return tllme.GuidedDecodingParams(guide_type.JSON_SCHEMA, json_schema)
+        if self.guided_decoding.regex is not None:
+            return tllme.GuidedDecodingParams(guide_type.REGEX, self.guided_decoding.regex)
+        if self.guided_decoding.grammar is not None:
+            return tllme.GuidedDecodingParams(guide_type.EBNF_GRAMMAR, self.guided_decoding.grammar)
+        if self.guided_decoding.structural_tag is not None:
+            return tllme.GuidedDecodingParams(guide_type.STRUCTURAL_TAG, self.guided_decoding.structural_tag)
+        return None

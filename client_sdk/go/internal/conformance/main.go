@@ -9,11 +9,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
 	"unicode/utf8"
 
+	orcapb "github.com/cncf/xds/go/xds/service/orca/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -154,6 +156,56 @@ func checkCount(s step, n, tokens int) error {
 	return nil
 }
 
+// withConstraint sets the params' output constraint from the step's `constraint` object (at most one key).
+func withConstraint(s step, params *rilletv1.GenerateParams) (*rilletv1.GenerateParams, error) {
+	c, ok := s["constraint"].(map[string]any)
+	if !ok {
+		return params, nil
+	}
+	for kind, value := range c {
+		switch kind {
+		case "json_schema":
+			schema, err := json.Marshal(value)
+			if err != nil {
+				return nil, err
+			}
+			params.Constraint = &rilletv1.GenerateParams_JsonSchema{JsonSchema: string(schema)}
+		case "regex":
+			params.Constraint = &rilletv1.GenerateParams_Regex{Regex: value.(string)}
+		case "grammar":
+			params.Constraint = &rilletv1.GenerateParams_Grammar{Grammar: value.(string)}
+		case "choice":
+			choice := &rilletv1.Choice{}
+			for _, option := range value.([]any) {
+				choice.Options = append(choice.Options, option.(string))
+			}
+			params.Constraint = &rilletv1.GenerateParams_Choice{Choice: choice}
+		case "json_object":
+			params.Constraint = &rilletv1.GenerateParams_JsonObject{JsonObject: &rilletv1.JsonObject{}}
+		default:
+			return nil, fmt.Errorf("unknown constraint %q", kind)
+		}
+	}
+	return params, nil
+}
+
+// checkText checks the whole text: it matches `matches` (a regular expression, whole text) and parses as one JSON
+// document when `json` is true.
+func checkText(s step, text string) error {
+	if pattern := s.str("matches"); pattern != "" {
+		if !regexp.MustCompile(`^(?:` + pattern + `)$`).MatchString(text) {
+			return fmt.Errorf("text %q does not match %s", text, pattern)
+		}
+	}
+	if s.flag("json") {
+		var value any
+		if err := json.Unmarshal([]byte(text), &value); err != nil {
+			return fmt.Errorf("text %q is not JSON: %v", text, err)
+		}
+	}
+	return nil
+}
+
 // checkAudio: each chunk starts at the sample where the previous one ended.
 func checkAudio(chunks []*rilletv1.AudioChunk) error {
 	var expected uint64
@@ -204,9 +256,16 @@ func (r *runner) step(s step) error {
 		}
 		maxTokens, _ := s.num("max_tokens")
 		mt := uint32(maxTokens)
-		start := &rilletv1.StartGenerate{Params: &rilletv1.GenerateParams{
+		params, err := withConstraint(s, &rilletv1.GenerateParams{
 			Prompt: &rilletv1.GenerateParams_Text{Text: s.str("prompt")}, MaxTokens: &mt,
-		}}
+		})
+		if err != nil {
+			return err
+		}
+		if s.str("priority") == "batch" {
+			params.Priority = rilletv1.Priority_PRIORITY_BATCH
+		}
+		start := &rilletv1.StartGenerate{Params: params}
 		if ms, ok := s.num("timeout_ms"); ok {
 			start.Timeout = durationpb.New(time.Duration(ms) * time.Millisecond)
 		}
@@ -262,14 +321,19 @@ func (r *runner) step(s step) error {
 			return fmt.Errorf("%s: reason %s, expected %s", id, got, s.str("reason"))
 		}
 		var chunks []*rilletv1.AudioChunk
+		var text strings.Builder
 		tokens := 0
 		for _, m := range t.outputs {
 			if c := m.GetAudioChunk(); c != nil {
 				chunks = append(chunks, c)
 			}
 			tokens += len(m.GetTokenDelta().GetTokenIds())
+			text.WriteString(m.GetTokenDelta().GetText())
 		}
 		if err := checkCount(s, len(t.outputs), tokens); err != nil {
+			return fmt.Errorf("%s: %w", id, err)
+		}
+		if err := checkText(s, text.String()); err != nil {
 			return fmt.Errorf("%s: %w", id, err)
 		}
 		if err := r.checkSpoken(s, t.terminal.GetFinished()); err != nil {
@@ -326,18 +390,27 @@ func (r *runner) step(s step) error {
 			ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
 			defer cancel()
 		}
-		var outputs, tokens int
-		for msg, err := range r.client.Generate(ctx, &rilletv1.GenerateParams{
+		params, err := withConstraint(s, &rilletv1.GenerateParams{
 			Prompt: &rilletv1.GenerateParams_Text{Text: s.str("prompt")}, MaxTokens: &mt,
-		}) {
+		})
+		if err != nil {
+			return err
+		}
+		var outputs, tokens int
+		var text strings.Builder
+		for msg, err := range r.client.Generate(ctx, params) {
 			if err != nil {
 				return checkError(s, err)
 			}
 			if f := msg.GetFinished(); f != nil {
-				return finishedOneShot(s, f, outputs, tokens, nil)
+				if err := finishedOneShot(s, f, outputs, tokens, nil); err != nil {
+					return err
+				}
+				return checkText(s, text.String())
 			}
 			outputs++
 			tokens += len(msg.GetTokenDelta().GetTokenIds())
+			text.WriteString(msg.GetTokenDelta().GetText())
 		}
 		return errors.New("the stream ended with no terminal message")
 	case "call_synthesize":
@@ -362,8 +435,140 @@ func (r *runner) step(s step) error {
 				return fmt.Errorf("no model like %v", raw)
 			}
 		}
+	case "server_info", "tokenize", "count_tokens", "detokenize", "abort", "load", "orca":
+		err := r.control(ctx, s)
+		if _, wantError := s["code"]; wantError {
+			return checkError(s, err)
+		}
+		return err
 	default:
 		return fmt.Errorf("unknown op %q", op)
+	}
+	return nil
+}
+
+// control plays the ControlService steps; their failure is returned for the step to check.
+func (r *runner) control(ctx context.Context, s step) error {
+	var chat []*rilletv1.ChatMessage
+	if raw, ok := s["chat"].([]any); ok {
+		for _, m := range raw {
+			pair := m.([]any)
+			chat = append(chat, &rilletv1.ChatMessage{Role: pair[0].(string), Content: pair[1].(string)})
+		}
+	}
+	ids := func(key string) []int32 {
+		var out []int32
+		for _, v := range s[key].([]any) {
+			out = append(out, int32(v.(float64)))
+		}
+		return out
+	}
+	switch s.str("op") {
+	case "server_info":
+		info, err := r.client.ServerInfo(ctx)
+		if err != nil {
+			return err
+		}
+		for _, raw := range s["engines"].([]any) {
+			want := raw.(map[string]any)
+			found := false
+			for _, e := range info.GetEngines() {
+				if e.GetName() == want["name"] {
+					found = true
+					if e.GetTokenizer() != want["tokenizer"] {
+						return fmt.Errorf("engine %s: tokenizer %v", e.GetName(), e.GetTokenizer())
+					}
+				}
+			}
+			if !found {
+				return fmt.Errorf("no engine %v", want["name"])
+			}
+		}
+	case "tokenize":
+		req := &rilletv1.TokenizeRequest{Prompt: &rilletv1.TokenizeRequest_Text{Text: s.str("prompt")}}
+		if chat != nil {
+			req.Prompt = &rilletv1.TokenizeRequest_Chat{Chat: &rilletv1.ChatPrompt{Messages: chat}}
+		}
+		got, err := r.client.Tokenize(ctx, req)
+		if err != nil {
+			return err
+		}
+		if fmt.Sprint(got) != fmt.Sprint(ids("ids")) {
+			return fmt.Errorf("ids %v, expected %v", got, ids("ids"))
+		}
+	case "count_tokens":
+		resp, err := r.client.CountTokens(ctx, &rilletv1.CountTokensRequest{
+			Prompt: &rilletv1.CountTokensRequest_Text{Text: s.str("prompt")},
+		})
+		if err != nil {
+			return err
+		}
+		if want, _ := s.num("tokens"); int(resp.GetTokenCount()) != want {
+			return fmt.Errorf("%d tokens, expected %d", resp.GetTokenCount(), want)
+		}
+	case "detokenize":
+		text, err := r.client.Detokenize(ctx, "", ids("ids"))
+		if err != nil {
+			return err
+		}
+		if text != s.str("text") {
+			return fmt.Errorf("text %q, expected %q", text, s.str("text"))
+		}
+	case "abort":
+		ended, err := r.client.Abort(ctx, s.str("target"))
+		if err != nil {
+			return err
+		}
+		if fmt.Sprint(ended) != fmt.Sprint(s["ended"]) {
+			return fmt.Errorf("ended %v, expected %v", ended, s["ended"])
+		}
+	case "load":
+		load, err := r.client.Load(ctx)
+		if err != nil {
+			return err
+		}
+		for _, e := range load.GetEngines() {
+			if e.GetEngine() == s.str("engine") {
+				running, _ := s.num("running")
+				waiting, _ := s.num("waiting")
+				slots, _ := s.num("slots")
+				if int(e.GetRunning()) != running || int(e.GetWaiting()) != waiting || int(e.GetSlots()) != slots {
+					return fmt.Errorf("running %d, waiting %d, slots %d", e.GetRunning(), e.GetWaiting(), e.GetSlots())
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no engine %s in the load", s.str("engine"))
+	case "orca":
+		return r.orca(ctx, s)
+	}
+	return nil
+}
+
+// orca reads one report of gRPC's standard out-of-band load stream with the cncf/xds Go stubs grpc-go itself uses.
+func (r *runner) orca(ctx context.Context, s step) error {
+	ctx, cancel := context.WithTimeout(ctx, waitLimit)
+	defer cancel()
+	stream, err := orcapb.NewOpenRcaServiceClient(r.conn).StreamCoreMetrics(ctx, &orcapb.OrcaLoadReportRequest{})
+	if err != nil {
+		return err
+	}
+	report, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	running, _ := s.num("running")
+	if got := report.GetNamedMetrics()["running"]; got != float64(running) {
+		return fmt.Errorf("running %v, expected %d", got, running)
+	}
+	if _, ok := report.GetNamedMetrics()["waiting"]; !ok {
+		return errors.New("no waiting metric")
+	}
+	if want, _ := s["utilization"].(float64); report.GetApplicationUtilization() != want {
+		return fmt.Errorf("application_utilization %v, expected %v", report.GetApplicationUtilization(), want)
+	}
+	if report.GetRpsFractional() < 0 || report.GetCpuUtilization() < 0 {
+		return errors.New("negative rates")
 	}
 	return nil
 }
@@ -451,7 +656,9 @@ func main() {
 	if err := json.Unmarshal(data, &suite); err != nil {
 		panic(err)
 	}
-	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Balanced (grpc-go's weighted_round_robin on the server's ORCA reports, health-checked) over the one backend:
+	// the SDK's fleet mode, played throughout.
+	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()), rillet.Balanced())
 	if err != nil {
 		panic(err)
 	}

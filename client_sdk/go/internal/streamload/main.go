@@ -27,8 +27,8 @@ import (
 	rilletv1 "github.com/rillet-dev/rillet/client_sdk/go/rillet/v1"
 )
 
-// result matches bench_frontend.ClientResult field for field; times are CLOCK_MONOTONIC seconds, the clock
-// Python's time.monotonic() reads on Linux, so windows line up across processes.
+// result matches rillet.bench.frontend.ClientResult field for field; times are CLOCK_MONOTONIC seconds, the clock
+// Python's time.perf_counter() and time.monotonic() read on Linux, so windows line up across processes.
 type result struct {
 	Requests     int     `json:"requests"`
 	Tokens       int     `json:"tokens"`
@@ -145,15 +145,24 @@ func main() {
 	total.CPUSeconds = processCPU() - cpuBefore
 	if len(total.gaps) > 0 {
 		sort.Float64s(total.gaps)
-		at := func(q float64) float64 { return total.gaps[int(q*float64(len(total.gaps)-1))] }
-		total.GapP50Ms, total.GapP99Ms, total.GapMaxMs = at(0.5), at(0.99), total.gaps[len(total.gaps)-1]
+		total.GapP50Ms, total.GapP99Ms = percentile(total.gaps, 50), percentile(total.gaps, 99)
+		total.GapMaxMs = total.gaps[len(total.gaps)-1]
 	}
 	if len(total.ttfts) > 0 {
 		sort.Float64s(total.ttfts)
-		at := func(q float64) float64 { return total.ttfts[int(q*float64(len(total.ttfts)-1))] }
-		total.TTFTP50Ms, total.TTFTP99Ms = at(0.5), at(0.99)
+		total.TTFTP50Ms, total.TTFTP99Ms = percentile(total.ttfts, 50), percentile(total.ttfts, 99)
 	}
 	_ = json.NewEncoder(os.Stdout).Encode(total)
+}
+
+// percentile is the q-th percentile (0-100) of ascending samples by the benchmarks' one definition
+// (rillet.bench.stats.percentile, Hyndman and Fan's 7, numpy's default): the value at the 0-based position
+// (n-1)*q/100, interpolated linearly between the two samples around it.
+func percentile(sorted []float64, q float64) float64 {
+	position := float64(len(sorted)-1) * q / 100
+	low := int(position)
+	high := min(low+1, len(sorted)-1)
+	return sorted[low] + (sorted[high]-sorted[low])*(position-float64(low))
 }
 
 // stream runs one request to its end and returns what was wrong with it ("" when nothing).

@@ -87,6 +87,67 @@ func (FinishReason) EnumDescriptor() ([]byte, []int) {
 	return file_rillet_v1_common_proto_rawDescGZIP(), []int{0}
 }
 
+// How urgently a request wants an engine slot. Batch requests hold at most a
+// share of each engine's slots (the server's `batch_slot_share`, 3/4 by
+// default), so interactive ones start at once under a saturating batch load.
+// When requests wait for a slot, the interactive ones are admitted first;
+// batch is never starved: while both classes wait, at least one freed slot in
+// every few goes to the oldest batch request (`batch_every`, 4 by default), so
+// a batch request's wait is bounded by its place in the batch queue, not by
+// the interactive load. A tenant's share of each queue holds for both
+// classes.
+type Priority int32
+
+const (
+	// Interactive, the default.
+	Priority_PRIORITY_UNSPECIFIED Priority = 0
+	// A person or a live pipeline waits for the first output.
+	Priority_PRIORITY_INTERACTIVE Priority = 1
+	// Throughput work that may wait (offline jobs, evaluations, backfills).
+	Priority_PRIORITY_BATCH Priority = 2
+)
+
+// Enum value maps for Priority.
+var (
+	Priority_name = map[int32]string{
+		0: "PRIORITY_UNSPECIFIED",
+		1: "PRIORITY_INTERACTIVE",
+		2: "PRIORITY_BATCH",
+	}
+	Priority_value = map[string]int32{
+		"PRIORITY_UNSPECIFIED": 0,
+		"PRIORITY_INTERACTIVE": 1,
+		"PRIORITY_BATCH":       2,
+	}
+)
+
+func (x Priority) Enum() *Priority {
+	p := new(Priority)
+	*p = x
+	return p
+}
+
+func (x Priority) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Priority) Descriptor() protoreflect.EnumDescriptor {
+	return file_rillet_v1_common_proto_enumTypes[1].Descriptor()
+}
+
+func (Priority) Type() protoreflect.EnumType {
+	return &file_rillet_v1_common_proto_enumTypes[1]
+}
+
+func (x Priority) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Priority.Descriptor instead.
+func (Priority) EnumDescriptor() ([]byte, []int) {
+	return file_rillet_v1_common_proto_rawDescGZIP(), []int{1}
+}
+
 // W3C trace context (https://www.w3.org/TR/trace-context/) for one request, so
 // requests multiplexed on one session can belong to different traces.
 type TraceContext struct {
@@ -511,7 +572,11 @@ const file_rillet_v1_common_proto_rawDesc = "" +
 	"\x12FINISH_REASON_STOP\x10\x01\x12\x18\n" +
 	"\x14FINISH_REASON_LENGTH\x10\x02\x12\x1f\n" +
 	"\x1bFINISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n" +
-	"\x17FINISH_REASON_CANCELLED\x10\x04B]\n" +
+	"\x17FINISH_REASON_CANCELLED\x10\x04*R\n" +
+	"\bPriority\x12\x18\n" +
+	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n" +
+	"\x0ePRIORITY_BATCH\x10\x02B]\n" +
 	"\rdev.rillet.v1B\vCommonProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3"
 
 var (
@@ -526,27 +591,28 @@ func file_rillet_v1_common_proto_rawDescGZIP() []byte {
 	return file_rillet_v1_common_proto_rawDescData
 }
 
-var file_rillet_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_rillet_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_rillet_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_rillet_v1_common_proto_goTypes = []any{
 	(FinishReason)(0),           // 0: rillet.v1.FinishReason
-	(*TraceContext)(nil),        // 1: rillet.v1.TraceContext
-	(*Usage)(nil),               // 2: rillet.v1.Usage
-	(*Timings)(nil),             // 3: rillet.v1.Timings
-	(*Finished)(nil),            // 4: rillet.v1.Finished
-	(*SpokenText)(nil),          // 5: rillet.v1.SpokenText
-	(*durationpb.Duration)(nil), // 6: google.protobuf.Duration
+	(Priority)(0),               // 1: rillet.v1.Priority
+	(*TraceContext)(nil),        // 2: rillet.v1.TraceContext
+	(*Usage)(nil),               // 3: rillet.v1.Usage
+	(*Timings)(nil),             // 4: rillet.v1.Timings
+	(*Finished)(nil),            // 5: rillet.v1.Finished
+	(*SpokenText)(nil),          // 6: rillet.v1.SpokenText
+	(*durationpb.Duration)(nil), // 7: google.protobuf.Duration
 }
 var file_rillet_v1_common_proto_depIdxs = []int32{
-	6, // 0: rillet.v1.Usage.output_audio_duration:type_name -> google.protobuf.Duration
-	6, // 1: rillet.v1.Timings.queue_duration:type_name -> google.protobuf.Duration
-	6, // 2: rillet.v1.Timings.prefill_duration:type_name -> google.protobuf.Duration
-	6, // 3: rillet.v1.Timings.time_to_first_output:type_name -> google.protobuf.Duration
-	6, // 4: rillet.v1.Timings.total_duration:type_name -> google.protobuf.Duration
+	7, // 0: rillet.v1.Usage.output_audio_duration:type_name -> google.protobuf.Duration
+	7, // 1: rillet.v1.Timings.queue_duration:type_name -> google.protobuf.Duration
+	7, // 2: rillet.v1.Timings.prefill_duration:type_name -> google.protobuf.Duration
+	7, // 3: rillet.v1.Timings.time_to_first_output:type_name -> google.protobuf.Duration
+	7, // 4: rillet.v1.Timings.total_duration:type_name -> google.protobuf.Duration
 	0, // 5: rillet.v1.Finished.reason:type_name -> rillet.v1.FinishReason
-	2, // 6: rillet.v1.Finished.usage:type_name -> rillet.v1.Usage
-	3, // 7: rillet.v1.Finished.timings:type_name -> rillet.v1.Timings
-	5, // 8: rillet.v1.Finished.spoken:type_name -> rillet.v1.SpokenText
+	3, // 6: rillet.v1.Finished.usage:type_name -> rillet.v1.Usage
+	4, // 7: rillet.v1.Finished.timings:type_name -> rillet.v1.Timings
+	6, // 8: rillet.v1.Finished.spoken:type_name -> rillet.v1.SpokenText
 	9, // [9:9] is the sub-list for method output_type
 	9, // [9:9] is the sub-list for method input_type
 	9, // [9:9] is the sub-list for extension type_name
@@ -564,7 +630,7 @@ func file_rillet_v1_common_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rillet_v1_common_proto_rawDesc), len(file_rillet_v1_common_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,

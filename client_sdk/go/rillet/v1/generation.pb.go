@@ -387,7 +387,9 @@ type GenerateParams struct {
 	//	*GenerateParams_Grammar
 	//	*GenerateParams_Choice
 	//	*GenerateParams_JsonObject
-	Constraint    isGenerateParams_Constraint `protobuf_oneof:"constraint"`
+	Constraint isGenerateParams_Constraint `protobuf_oneof:"constraint"`
+	// The admission class; unset is interactive.
+	Priority      Priority `protobuf:"varint,14,opt,name=priority,proto3,enum=rillet.v1.Priority" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -541,6 +543,13 @@ func (x *GenerateParams) GetJsonObject() *JsonObject {
 		}
 	}
 	return nil
+}
+
+func (x *GenerateParams) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_PRIORITY_UNSPECIFIED
 }
 
 type isGenerateParams_Prompt interface {
@@ -881,7 +890,7 @@ var File_rillet_v1_generation_proto protoreflect.FileDescriptor
 
 const file_rillet_v1_generation_proto_rawDesc = "" +
 	"\n" +
-	"\x1arillet/v1/generation.proto\x12\trillet.v1\"\x1c\n" +
+	"\x1arillet/v1/generation.proto\x12\trillet.v1\x1a\x16rillet/v1/common.proto\"\x1c\n" +
 	"\bTokenIds\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\x05R\x03ids\";\n" +
 	"\vChatMessage\x12\x12\n" +
@@ -902,7 +911,7 @@ const file_rillet_v1_generation_proto_rawDesc = "" +
 	"\x06_top_kB\b\n" +
 	"\x06_min_pB\x15\n" +
 	"\x13_repetition_penaltyB\a\n" +
-	"\x05_seed\"\xaa\x04\n" +
+	"\x05_seed\"\xdb\x04\n" +
 	"\x0eGenerateParams\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x122\n" +
@@ -920,7 +929,8 @@ const file_rillet_v1_generation_proto_rawDesc = "" +
 	"\agrammar\x18\v \x01(\tH\x01R\agrammar\x12+\n" +
 	"\x06choice\x18\f \x01(\v2\x11.rillet.v1.ChoiceH\x01R\x06choice\x128\n" +
 	"\vjson_object\x18\r \x01(\v2\x15.rillet.v1.JsonObjectH\x01R\n" +
-	"jsonObjectB\b\n" +
+	"jsonObject\x12/\n" +
+	"\bpriority\x18\x0e \x01(\x0e2\x13.rillet.v1.PriorityR\bpriorityB\b\n" +
 	"\x06promptB\f\n" +
 	"\n" +
 	"constraintB\r\n" +
@@ -976,22 +986,24 @@ var file_rillet_v1_generation_proto_goTypes = []any{
 	(*TokenLogprob)(nil),   // 8: rillet.v1.TokenLogprob
 	(*TokenLogprobs)(nil),  // 9: rillet.v1.TokenLogprobs
 	(*TokenDelta)(nil),     // 10: rillet.v1.TokenDelta
+	(Priority)(0),          // 11: rillet.v1.Priority
 }
 var file_rillet_v1_generation_proto_depIdxs = []int32{
-	2, // 0: rillet.v1.ChatPrompt.messages:type_name -> rillet.v1.ChatMessage
-	1, // 1: rillet.v1.GenerateParams.token_ids:type_name -> rillet.v1.TokenIds
-	3, // 2: rillet.v1.GenerateParams.chat:type_name -> rillet.v1.ChatPrompt
-	4, // 3: rillet.v1.GenerateParams.sampling:type_name -> rillet.v1.SamplingParams
-	6, // 4: rillet.v1.GenerateParams.choice:type_name -> rillet.v1.Choice
-	7, // 5: rillet.v1.GenerateParams.json_object:type_name -> rillet.v1.JsonObject
-	8, // 6: rillet.v1.TokenLogprobs.token:type_name -> rillet.v1.TokenLogprob
-	8, // 7: rillet.v1.TokenLogprobs.top:type_name -> rillet.v1.TokenLogprob
-	9, // 8: rillet.v1.TokenDelta.logprobs:type_name -> rillet.v1.TokenLogprobs
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	2,  // 0: rillet.v1.ChatPrompt.messages:type_name -> rillet.v1.ChatMessage
+	1,  // 1: rillet.v1.GenerateParams.token_ids:type_name -> rillet.v1.TokenIds
+	3,  // 2: rillet.v1.GenerateParams.chat:type_name -> rillet.v1.ChatPrompt
+	4,  // 3: rillet.v1.GenerateParams.sampling:type_name -> rillet.v1.SamplingParams
+	6,  // 4: rillet.v1.GenerateParams.choice:type_name -> rillet.v1.Choice
+	7,  // 5: rillet.v1.GenerateParams.json_object:type_name -> rillet.v1.JsonObject
+	11, // 6: rillet.v1.GenerateParams.priority:type_name -> rillet.v1.Priority
+	8,  // 7: rillet.v1.TokenLogprobs.token:type_name -> rillet.v1.TokenLogprob
+	8,  // 8: rillet.v1.TokenLogprobs.top:type_name -> rillet.v1.TokenLogprob
+	9,  // 9: rillet.v1.TokenDelta.logprobs:type_name -> rillet.v1.TokenLogprobs
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_rillet_v1_generation_proto_init() }
@@ -999,6 +1011,7 @@ func file_rillet_v1_generation_proto_init() {
 	if File_rillet_v1_generation_proto != nil {
 		return
 	}
+	file_rillet_v1_common_proto_init()
 	file_rillet_v1_generation_proto_msgTypes[3].OneofWrappers = []any{}
 	file_rillet_v1_generation_proto_msgTypes[4].OneofWrappers = []any{
 		(*GenerateParams_Text)(nil),

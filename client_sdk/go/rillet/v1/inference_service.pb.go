@@ -681,7 +681,12 @@ func (*SessionResponse_Rejected) isSessionResponse_Kind() {}
 type GenerateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// What to generate.
-	Params        *GenerateParams `protobuf:"bytes,1,opt,name=params,proto3" json:"params,omitempty"`
+	Params *GenerateParams `protobuf:"bytes,1,opt,name=params,proto3" json:"params,omitempty"`
+	// An id by which ControlService.Abort finds this request from another call
+	// of the same tenant (at most the server's request-id limit, 128
+	// characters). Empty: the server names the request itself, and only an
+	// abort of all the tenant's requests reaches it.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -721,6 +726,13 @@ func (x *GenerateRequest) GetParams() *GenerateParams {
 		return x.Params
 	}
 	return nil
+}
+
+func (x *GenerateRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // A message of the one-shot Generate RPC's response stream.
@@ -823,7 +835,10 @@ func (*GenerateResponse_Finished) isGenerateResponse_Kind() {}
 type SynthesizeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// What to synthesize and how; `params.text` must not be empty.
-	Params        *SynthesizeParams `protobuf:"bytes,1,opt,name=params,proto3" json:"params,omitempty"`
+	Params *SynthesizeParams `protobuf:"bytes,1,opt,name=params,proto3" json:"params,omitempty"`
+	// An id by which ControlService.Abort finds this request, as
+	// GenerateRequest.request_id.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -863,6 +878,13 @@ func (x *SynthesizeRequest) GetParams() *SynthesizeParams {
 		return x.Params
 	}
 	return nil
+}
+
+func (x *SynthesizeRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // A message of the one-shot Synthesize RPC's response stream.
@@ -1329,17 +1351,21 @@ const file_rillet_v1_inference_service_proto_rawDesc = "" +
 	"\bfinished\x18\x05 \x01(\v2\x13.rillet.v1.FinishedH\x00R\bfinished\x12*\n" +
 	"\x05error\x18\x06 \x01(\v2\x12.google.rpc.StatusH\x00R\x05error\x120\n" +
 	"\brejected\x18\a \x01(\v2\x12.google.rpc.StatusH\x00R\brejectedB\x06\n" +
-	"\x04kind\"D\n" +
+	"\x04kind\"c\n" +
 	"\x0fGenerateRequest\x121\n" +
-	"\x06params\x18\x01 \x01(\v2\x19.rillet.v1.GenerateParamsR\x06params\"\x99\x01\n" +
+	"\x06params\x18\x01 \x01(\v2\x19.rillet.v1.GenerateParamsR\x06params\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"\x99\x01\n" +
 	"\x10GenerateResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x128\n" +
 	"\vtoken_delta\x18\x02 \x01(\v2\x15.rillet.v1.TokenDeltaH\x00R\n" +
 	"tokenDelta\x121\n" +
 	"\bfinished\x18\x03 \x01(\v2\x13.rillet.v1.FinishedH\x00R\bfinishedB\x06\n" +
-	"\x04kind\"H\n" +
+	"\x04kind\"g\n" +
 	"\x11SynthesizeRequest\x123\n" +
-	"\x06params\x18\x01 \x01(\v2\x1b.rillet.v1.SynthesizeParamsR\x06params\"\x9b\x01\n" +
+	"\x06params\x18\x01 \x01(\v2\x1b.rillet.v1.SynthesizeParamsR\x06params\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"\x9b\x01\n" +
 	"\x12SynthesizeResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x128\n" +
 	"\vaudio_chunk\x18\x02 \x01(\v2\x15.rillet.v1.AudioChunkH\x00R\n" +

@@ -59,12 +59,15 @@ type InferenceServiceClient interface {
 	//     and the server then ends the call with OK.
 	//   - Cancelling the call, or the client disconnecting, cancels every request
 	//     of the session in the engine.
+	//   - ControlService.Abort, from any call of the same tenant, ends a request
+	//     as Cancel does: `finished` with FINISH_REASON_CANCELLED.
 	//   - While the server drains, new starts fail with UNAVAILABLE; requests in
 	//     flight finish within the server's grace period or fail with UNAVAILABLE,
 	//     and the call then ends with UNAVAILABLE.
 	Session(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SessionRequest, SessionResponse], error)
 	// One-shot text generation: token deltas, then one `finished`. Failures end
-	// the call with the request's status. Cancelling the call aborts the request.
+	// the call with the request's status. Cancelling the call aborts the request;
+	// ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GenerateResponse], error)
 	// One-shot speech synthesis: audio chunks, then one `finished`. Failures end
 	// the call with the request's status. Cancelling the call aborts the request.
@@ -176,12 +179,15 @@ type InferenceServiceServer interface {
 	//     and the server then ends the call with OK.
 	//   - Cancelling the call, or the client disconnecting, cancels every request
 	//     of the session in the engine.
+	//   - ControlService.Abort, from any call of the same tenant, ends a request
+	//     as Cancel does: `finished` with FINISH_REASON_CANCELLED.
 	//   - While the server drains, new starts fail with UNAVAILABLE; requests in
 	//     flight finish within the server's grace period or fail with UNAVAILABLE,
 	//     and the call then ends with UNAVAILABLE.
 	Session(grpc.BidiStreamingServer[SessionRequest, SessionResponse]) error
 	// One-shot text generation: token deltas, then one `finished`. Failures end
-	// the call with the request's status. Cancelling the call aborts the request.
+	// the call with the request's status. Cancelling the call aborts the request;
+	// ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
 	Generate(*GenerateRequest, grpc.ServerStreamingServer[GenerateResponse]) error
 	// One-shot speech synthesis: audio chunks, then one `finished`. Failures end
 	// the call with the request's status. Cancelling the call aborts the request.

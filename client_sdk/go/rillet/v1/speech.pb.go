@@ -114,11 +114,13 @@ type SynthesizeParams struct {
 	// chunks of at most this duration. For OGG_OPUS it is rounded down to whole
 	// 20 ms frames, at least two, and the last chunk may carry one frame more.
 	MaxChunkDuration *durationpb.Duration `protobuf:"bytes,5,opt,name=max_chunk_duration,json=maxChunkDuration,proto3" json:"max_chunk_duration,omitempty"`
+	// The admission class; unset is interactive.
+	Priority Priority `protobuf:"varint,6,opt,name=priority,proto3,enum=rillet.v1.Priority" json:"priority,omitempty"`
 	// When true, each AudioChunk carries the words whose audio starts in it
 	// (`AudioChunk.words`). Only voices whose ListModels entry says
 	// `word_timings` honour it; for others the request fails with
 	// INVALID_ARGUMENT (reason FIELD_UNSUPPORTED).
-	WordTimings   bool `protobuf:"varint,6,opt,name=word_timings,json=wordTimings,proto3" json:"word_timings,omitempty"`
+	WordTimings   bool `protobuf:"varint,7,opt,name=word_timings,json=wordTimings,proto3" json:"word_timings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -186,6 +188,13 @@ func (x *SynthesizeParams) GetMaxChunkDuration() *durationpb.Duration {
 		return x.MaxChunkDuration
 	}
 	return nil
+}
+
+func (x *SynthesizeParams) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_PRIORITY_UNSPECIFIED
 }
 
 func (x *SynthesizeParams) GetWordTimings() bool {
@@ -394,14 +403,15 @@ var File_rillet_v1_speech_proto protoreflect.FileDescriptor
 
 const file_rillet_v1_speech_proto_rawDesc = "" +
 	"\n" +
-	"\x16rillet/v1/speech.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\"\x8a\x02\n" +
+	"\x16rillet/v1/speech.proto\x12\trillet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16rillet/v1/common.proto\"\xbb\x02\n" +
 	"\x10SynthesizeParams\x12\x14\n" +
 	"\x05voice\x18\x01 \x01(\tR\x05voice\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12*\n" +
 	"\x11sample_rate_hertz\x18\x03 \x01(\rR\x0fsampleRateHertz\x124\n" +
 	"\bencoding\x18\x04 \x01(\x0e2\x18.rillet.v1.AudioEncodingR\bencoding\x12G\n" +
-	"\x12max_chunk_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10maxChunkDuration\x12!\n" +
-	"\fword_timings\x18\x06 \x01(\bR\vwordTimings\"\x9c\x01\n" +
+	"\x12max_chunk_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10maxChunkDuration\x12/\n" +
+	"\bpriority\x18\x06 \x01(\x0e2\x13.rillet.v1.PriorityR\bpriority\x12!\n" +
+	"\fword_timings\x18\a \x01(\bR\vwordTimings\"\x9c\x01\n" +
 	"\n" +
 	"WordTiming\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1d\n" +
@@ -448,16 +458,18 @@ var file_rillet_v1_speech_proto_goTypes = []any{
 	(*WordTiming)(nil),          // 2: rillet.v1.WordTiming
 	(*AudioChunk)(nil),          // 3: rillet.v1.AudioChunk
 	(*durationpb.Duration)(nil), // 4: google.protobuf.Duration
+	(Priority)(0),               // 5: rillet.v1.Priority
 }
 var file_rillet_v1_speech_proto_depIdxs = []int32{
 	0, // 0: rillet.v1.SynthesizeParams.encoding:type_name -> rillet.v1.AudioEncoding
 	4, // 1: rillet.v1.SynthesizeParams.max_chunk_duration:type_name -> google.protobuf.Duration
-	2, // 2: rillet.v1.AudioChunk.words:type_name -> rillet.v1.WordTiming
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 2: rillet.v1.SynthesizeParams.priority:type_name -> rillet.v1.Priority
+	2, // 3: rillet.v1.AudioChunk.words:type_name -> rillet.v1.WordTiming
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_rillet_v1_speech_proto_init() }
@@ -465,6 +477,7 @@ func file_rillet_v1_speech_proto_init() {
 	if File_rillet_v1_speech_proto != nil {
 		return
 	}
+	file_rillet_v1_common_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

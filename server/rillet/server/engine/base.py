@@ -1,12 +1,17 @@
-"""The engine protocols: what every backend shares (EngineBase), and the TextEngine and SpeechEngine seams."""
+"""The engine protocols: what every backend shares, the text and speech seams, and optional capabilities.
+
+EngineBase is what every backend shares, TextEngine and SpeechEngine the two seams; an engine may add the optional
+capabilities (Tokenizing, KvCacheReporting), which the server finds with isinstance, never hasattr.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from rillet.server.types import (
     AudioChunk,
+    ChatMessage,
     EngineFinished,
     GenerationRequest,
     ModelInfo,
@@ -15,7 +20,16 @@ from rillet.server.types import (
     TokenDelta,
 )
 
-__all__ = ["Engine", "EngineBase", "SpeechEngine", "SpeechEvent", "TextEngine", "TextEvent"]
+__all__ = [
+    "Engine",
+    "EngineBase",
+    "KvCacheReporting",
+    "SpeechEngine",
+    "SpeechEvent",
+    "TextEngine",
+    "TextEvent",
+    "Tokenizing",
+]
 
 TextEvent = TokenDelta | EngineFinished
 """What a text engine's stream yields."""
@@ -115,3 +129,33 @@ class SpeechEngine(EngineBase, Protocol):
 
 Engine = TextEngine | SpeechEngine
 """Any engine; `engine.serves` tells which (mypy narrows on it)."""
+
+
+@runtime_checkable
+class Tokenizing(Protocol):
+    """A text engine that tokenizes for clients: ControlService Tokenize, Detokenize and CountTokens.
+
+    Contract: `tokenize` returns the ids a GenerationRequest with the same prompt would be read as (a chat prompt
+    rendered by the model's chat template first), so CountTokens agrees with `usage.input_tokens`; it refuses what
+    generation would refuse of the prompt itself (InvalidArgument with the same reason, e.g. CHAT_TEMPLATE_MISSING),
+    before any limit of max_tokens. `detokenize` returns the text the model would print for the ids, and refuses an
+    id outside the vocabulary (InvalidArgument, TOKEN_ID_OUT_OF_RANGE). Both may block: the server calls them on a
+    worker thread, a bounded number at a time, so they must be safe beside the engine's own work.
+    """
+
+    def tokenize(self, model: str, prompt: str | tuple[ChatMessage, ...]) -> list[int]:
+        """The prompt's token ids, as generation reads them."""
+        ...
+
+    def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
+        """The text of `token_ids`."""
+        ...
+
+
+@runtime_checkable
+class KvCacheReporting(Protocol):
+    """An engine with a KV cache that reports how full it is (the load reports, ORCA and the router gauges)."""
+
+    def kv_cache_utilization(self) -> float:
+        """The share of the KV cache in use now, in [0, 1]. Cheap, and callable from the event loop at any time."""
+        ...

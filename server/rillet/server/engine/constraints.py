@@ -6,10 +6,11 @@ Hugging Face files, no torch), and TensorRT-LLM 1.2.1 takes it as `guided_decodi
 PyTorch backend, so the CPU and GPU engines share one semantics (JSON Schema, Rust-syntax regex, Lark grammars).
 xgrammar would bring torch and transformers into the CPU server.
 
-A constraint becomes an llguidance grammar (`grammar`); `check` validates one without a tokenizer (an engine whose
-library compiles it, trtllm); a `Compiler` makes a fresh matcher per request for one tokenizer, off the event loop,
-within llguidance's work limits and a wall-clock bound, caching a pristine matcher per grammar so that a pipeline
-sending the same schema pays its compilation once (a request gets a copy: copying is ≈10 µs).
+A constraint becomes an llguidance grammar (`grammar`); `check` validates one without a tokenizer, and a `Checker`
+does so off the event loop, bounded and cached, for an engine whose library compiles the grammar itself (trtllm:
+`choice_lark` is the one kind TensorRT-LLM has no field for); a `Compiler` makes a fresh matcher per request for one
+tokenizer, off the event loop, within llguidance's work limits and a wall-clock bound, caching a pristine matcher per
+grammar so that a pipeline sending the same schema pays its compilation once (a request gets a copy: ≈10 µs).
 llguidance never raises for a bad grammar: errors come back as text, which becomes INVALID_ARGUMENT here.
 """
 
@@ -19,8 +20,8 @@ import asyncio
 import collections
 import json
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from rillet.server.errors import InvalidArgument, clip
 from rillet.server.types import Constraint, ConstraintKind
@@ -28,7 +29,9 @@ from rillet.server.types import Constraint, ConstraintKind
 if TYPE_CHECKING:  # imported lazily: a server without a constrained engine never loads it
     from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 
-__all__ = ["COMPILE_TIMEOUT_S", "Compiler", "check", "constraint_error", "grammar"]
+__all__ = ["COMPILE_TIMEOUT_S", "Checker", "Compiler", "check", "choice_lark", "constraint_error", "grammar"]
+
+T = TypeVar("T")
 
 COMPILE_TIMEOUT_S = 5.0
 """A compilation still running after this long fails CONSTRAINT_TOO_COMPLEX (llguidance's fuel bounds its work)."""
@@ -65,8 +68,12 @@ def grammar(constraint: Constraint) -> str:
         return LLMatcher.grammar_from_regex(constraint.text)
     if kind is ConstraintKind.GRAMMAR:
         return LLMatcher.grammar_from_lark(constraint.text)
-    # A choice: a Lark rule of string literals (JSON's string escapes are Lark's).
-    return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(option) for option in constraint.choices))
+    return LLMatcher.grammar_from_lark(choice_lark(constraint.choices))
+
+
+def choice_lark(choices: Sequence[str]) -> str:
+    """A choice as a Lark grammar: one rule of string literals (JSON's string escapes are Lark's)."""
+    return "start: " + " | ".join(json.dumps(option) for option in choices)
 
 
 def constraint_error(constraint: Constraint, message: str) -> InvalidArgument:
@@ -83,11 +90,59 @@ def constraint_error(constraint: Constraint, message: str) -> InvalidArgument:
 
 def check(constraint: Constraint, limits: LLParserLimits | None = None) -> None:
     """Raise InvalidArgument if `constraint` does not parse (no tokenizer: what can be known before one is used)."""
+    _validate(constraint, grammar(constraint), limits)
+
+
+def _validate(constraint: Constraint, text: str, limits: LLParserLimits | None) -> None:
     from llguidance import LLMatcher
 
-    message = LLMatcher.validate_grammar(grammar(constraint), None, limits=limits)
+    message = LLMatcher.validate_grammar(text, None, limits=limits)
     if message:
         raise constraint_error(constraint, message)
+
+
+async def _bounded(constraint: Constraint, work: Callable[[], T], timeout_s: float) -> T:
+    """`work` in a worker thread; CONSTRAINT_TOO_COMPLEX once it outlives `timeout_s` (it finishes within its fuel)."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(work), timeout_s)
+    except TimeoutError:
+        raise InvalidArgument(
+            f"{constraint.kind.value} took over {timeout_s:g} s to compile",
+            field=f"params.{constraint.kind.value}",
+            reason="CONSTRAINT_TOO_COMPLEX",
+        ) from None
+
+
+class Checker:
+    """Constraints validated without a tokenizer, off the event loop, bounded and cached by grammar.
+
+    For an engine whose library compiles the grammar itself (TensorRT-LLM's llguidance backend, in its executor): a
+    constraint that passes here is one llguidance parses, so a bad one is INVALID_ARGUMENT before submission and never
+    reaches the executor. Invariants: a grammar that validated is remembered (at most `cache_size`, least recently
+    used dropped first) and passes at once after that; a bad one is validated again each time; validation runs in a
+    worker thread, and one outliving `timeout_s` fails CONSTRAINT_TOO_COMPLEX. Used from one event loop.
+    """
+
+    def __init__(
+        self, *, cache_size: int = 256, timeout_s: float = COMPILE_TIMEOUT_S, limits: LLParserLimits | None = None
+    ) -> None:
+        self._cache_size = cache_size
+        self._timeout_s = timeout_s
+        self._limits = limits
+        self._valid: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.validated = 0  # validations run (cache misses), for tests and benchmarks
+
+    async def check(self, constraint: Constraint) -> None:
+        """Return when `constraint` is one llguidance accepts; InvalidArgument when it is bad or too costly."""
+        text = grammar(constraint)
+        if text in self._valid:
+            self._valid.move_to_end(text)
+            return
+        self.validated += 1
+        await _bounded(constraint, lambda: _validate(constraint, text, self._limits), self._timeout_s)
+        self._valid[text] = None
+        while len(self._valid) > self._cache_size:
+            self._valid.popitem(last=False)
 
 
 class Compiler:
@@ -133,15 +188,7 @@ class Compiler:
             if cached is not None:
                 self._cache.move_to_end(text)
                 return cached.deep_copy()
-        work = asyncio.to_thread(self._compile, constraint, text)
-        try:
-            return await asyncio.wait_for(work, self._timeout_s)
-        except TimeoutError:
-            raise InvalidArgument(
-                f"{constraint.kind.value} took over {self._timeout_s:g} s to compile",
-                field=f"params.{constraint.kind.value}",
-                reason="CONSTRAINT_TOO_COMPLEX",
-            ) from None
+        return await _bounded(constraint, lambda: self._compile(constraint, text), self._timeout_s)
 
     def _compile(self, constraint: Constraint, text: str) -> LLMatcher:
         from llguidance import LLMatcher

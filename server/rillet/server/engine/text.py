@@ -1,13 +1,16 @@
-"""Helpers shared by text engines: the sampling check at the engine seam, stop-string matching across tokens."""
+"""Helpers shared by text engines: the sampling check at the engine seam, and one decoder from output to deltas."""
 
 from __future__ import annotations
 
+import codecs
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rillet.server.errors import InvalidArgument
 from rillet.server.types import GenerationRequest, TextCapabilities
+
+__all__ = ["StopCheck", "StopMatcher", "TextDecoder", "check_request"]
 
 
 def check_request(request: GenerationRequest, capabilities: TextCapabilities) -> None:
@@ -49,7 +52,7 @@ def check_request(request: GenerationRequest, capabilities: TextCapabilities) ->
             field="params.top_logprobs",
             reason="TOP_LOGPROBS_OUT_OF_RANGE",
         )
-    refusal = capabilities.refusal(sampling, request.top_logprobs)
+    refusal = capabilities.refusal(sampling, request.top_logprobs, request.constraint)
     if refusal is not None:
         raise refusal
 
@@ -104,3 +107,46 @@ class StopMatcher:
                     longest = n
                     break
         return longest
+
+
+class TextDecoder(StopMatcher):
+    """One request's output on its way to deltas: token bytes or text in, text safe to emit (or the stop) out.
+
+    The one pipeline of every text engine: bytes → UTF-8 → stop strings held back (StopMatcher) → what may be
+    emitted now, and the stop string that ends the stream. Three ways in, one per kind of engine output (a decoder
+    takes one of them):
+    - `feed_bytes`: one token's bytes (llama.cpp's pieces). Invariant: what it passes on is the longest decodable
+      prefix of the bytes seen so far minus what was already passed on; the bytes held are an incomplete UTF-8
+      sequence (at most 3), so no character is ever split across deltas. Invalid bytes become U+FFFD as soon as they
+      are known to be invalid.
+    - `feed`: a piece of text (the synthetic engine's words).
+    - `feed_cumulative`: the whole text so far, append-only (TensorRT-LLM's `CompletionOutput.text`, whose
+      incremental detokenizer holds back incomplete UTF-8 itself). Invariant: the text fed on is a prefix of the
+      engine's text, and what the stop matcher holds is the only fed text not yet emitted.
+    `finish` ends a stream that stopped for another reason (length, an end-of-generation token): it releases an
+    incomplete UTF-8 tail (as U+FFFD) and the held-back text, unless that tail completes a stop string, which then
+    matches. Nothing is fed after a match or `finish`.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        super().__init__(stops)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._fed_chars = 0
+
+    def feed_bytes(self, data: bytes) -> StopCheck:
+        """Add one token's bytes."""
+        return self.feed(self._utf8.decode(data))
+
+    def feed_cumulative(self, text: str) -> StopCheck:
+        """Add the engine's whole text so far; only what is new since the last call is fed."""
+        piece = text[self._fed_chars :]
+        self._fed_chars = max(self._fed_chars, len(text))
+        return self.feed(piece)
+
+    def finish(self) -> StopCheck:
+        """End the stream: everything left to emit, or the stop string an incomplete UTF-8 tail completed."""
+        tail = self._utf8.decode(b"", final=True)
+        check = self.feed(tail) if tail else StopCheck("")
+        if check.matched is not None:
+            return check
+        return StopCheck(check.emit + self.flush())

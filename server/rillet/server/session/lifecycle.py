@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from rillet.server.session.registry import RequestRegistry
+
 log = logging.getLogger(__name__)
 
 
@@ -25,11 +27,15 @@ class Drainable(Protocol):
 
 
 class Lifecycle:
-    """Server-wide state that sessions consult: whether the server drains, and which sessions are open."""
+    """Server-wide state that sessions consult: whether the server drains, which sessions are open.
+
+    And the requests in flight by tenant (`requests`, a RequestRegistry, for ControlService.Abort).
+    """
 
     def __init__(self, on_engine_dead: Callable[[], None] = lambda: None) -> None:
         self.draining = False
         self.on_engine_dead = on_engine_dead
+        self.requests = RequestRegistry()
         self._sessions: set[Drainable] = set()
         self._idle = asyncio.Event()
         self._idle.set()

@@ -36,6 +36,7 @@ class CancelReason(enum.Enum):
     """Why a request's task was cancelled, which decides its terminal output."""
 
     CLIENT = "client"  # a Cancel message: FINISH_REASON_CANCELLED
+    ABORTED = "aborted"  # ControlService.Abort, from any call of the tenant: FINISH_REASON_CANCELLED
     UPSTREAM = "upstream"  # the generation it speaks was cancelled or failed: FINISH_REASON_CANCELLED
     GONE = "gone"  # the call ended: nobody is listening, nothing is sent
     SHUTDOWN = "shutdown"  # the drain grace period ran out: UNAVAILABLE
@@ -67,12 +68,15 @@ class Request:
         self.source: Request | None = None  # chained synthesize requests: the generation spoken
         self.transcript: Transcript | None = None  # syntheses by a voice with word timings: what was said where
         self.spoken: SpokenText | None = None  # what a listener heard, for its terminal to say (a barge-in)
+        self.registered = False  # held in the server's RequestRegistry (registry.py owns this flag)
 
-    def cancel(self, reason: CancelReason) -> None:
-        """Cancel the request's task once; a request already ending just sends its terminal output."""
+    def cancel(self, reason: CancelReason) -> bool:
+        """Cancel the request's task once; True when this call did (a request already ending sends its terminal)."""
         if self.task is not None and not self.task.done() and self.cancel_reason is None:
             self.cancel_reason = reason
             self.task.cancel()
+            return True
+        return False
 
     def hear(self, played_samples: int) -> None:
         """A barge-in: the client played `played_samples` of this synthesis's audio before cancelling it.
@@ -121,7 +125,8 @@ class Request:
         ttfo = None if self.first_output_at is None else self.first_output_at - self.arrival
         timings = Timings(
             queue=admitted - self.arrival + engine_queue,
-            prefill=event.prefill_seconds,
+            # the engine's prefill; else its own time to first output, an upper bound (its queueing is in it)
+            prefill=event.prefill_seconds if event.prefill_seconds is not None else event.first_output_seconds,
             time_to_first_output=ttfo,
             total=now - self.arrival,
         )
@@ -141,7 +146,7 @@ class Request:
     def cancelled(self) -> None:
         """Terminal for a cancelled task: the outcome its cancel reason calls for."""
         match self.cancel_reason:
-            case CancelReason.CLIENT | CancelReason.UPSTREAM | CancelReason.GONE:
+            case CancelReason.CLIENT | CancelReason.ABORTED | CancelReason.UPSTREAM | CancelReason.GONE:
                 self.finish(EngineFinished(FinishReason.CANCELLED, self.usage_so_far()))
             case CancelReason.STALLED:
                 self.outbox.discard()

@@ -227,6 +227,7 @@ class Session:
         if request in self._quota_holders and self._quota is not None:
             self._quota_holders.discard(request)
             self._quota.end_request()
+        self._lifecycle.requests.release(self._tenant, request)
 
     async def _read(self, commands: AsyncIterator[Command]) -> None:
         async for command in commands:
@@ -321,6 +322,7 @@ class Session:
         source = request.source.observer if request.source is not None else None
         request.observer.queued(job.route.model, job.request, source)
         request.task = asyncio.create_task(self._pump(request, job, command.timeout_s))
+        self._lifecycle.requests.add(self._tenant, request)
         return None
 
     def _prepare(self, command: Start, request: Request) -> Job:
@@ -328,7 +330,10 @@ class Session:
         if isinstance(spec, GenerateSpec):
             if not self._input_closed:  # a later request of this session may speak it: keep its text for that
                 request.chain = TextChain()
-            return TextJob(*validate_generate(command.request_id, spec, self._limits, self._router, self._cache_scope))
+            validated = validate_generate(
+                command.request_id, spec, self._limits, self._router, self._cache_scope, command.trace
+            )
+            return TextJob(*validated)
         text_input = TextInput(streaming=spec.streaming_input)
         job = SpeechJob(*validate_synthesize(command.request_id, spec, text_input.pieces(), self._limits, self._router))
         request.input = text_input
@@ -368,7 +373,7 @@ class Session:
         """Run the request through admission and its engine, handing outputs to its outbox."""
         route = job.route
         try:
-            async with _time_limit(timeout_s), route.admission.admit(self._tenant):
+            async with _time_limit(timeout_s), route.admission.admit(self._tenant, job.request.priority):
                 request.admit()
                 async with aclosing(job.stream()) as events:
                     async for event in events:
@@ -394,6 +399,8 @@ class Session:
         except Exception as error:  # a bug or engine failure: this request fails, the session goes on
             log.exception("request %s failed in engine %s", request.request_id, route.engine.name)
             request.fail(Internal(f"the engine failed: {type(error).__name__}"))
+        finally:
+            route.throughput.ended(request.output_tokens, request.input.chars if request.input is not None else 0)
 
     async def _reject(self, request_id: str, error: RilletError) -> None:
         """Answer a client message with `rejected`; waits (and so stops reading) while the budget is full."""

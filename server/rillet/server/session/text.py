@@ -56,11 +56,11 @@ class TextChain:
 
     def __init__(self) -> None:
         self._text: list[str] = []
-        self._followers: dict[TextInput, Callable[[], None]] = {}
+        self._followers: dict[TextInput, Callable[[], object]] = {}
         self.closed = False
         self.complete = False  # closed because the source completed (not cancelled, not failed)
 
-    def follow(self, target: TextInput, on_lost: Callable[[], None]) -> None:
+    def follow(self, target: TextInput, on_lost: Callable[[], object]) -> None:
         for text in self._text:
             target.feed(text)
         if not self.closed:

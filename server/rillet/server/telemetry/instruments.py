@@ -7,6 +7,7 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from rillet.server.load import EngineGauges
 from rillet.server.telemetry import semconv as sc
 from rillet.server.telemetry.fastpath.histograms import Histograms, attributes_of
 
@@ -133,6 +134,38 @@ class Instruments:
         self.batch_size = histogram(
             sc.RILLET_ENGINE_BATCH_SIZE, (sc.RILLET_ENGINE,), "{sequence}",
             "Sequences advanced by one engine step (batching engines)", sc.BATCH_SIZE_BUCKETS,
+        )  # fmt: skip
+
+    def observe_load(self, gauges: Callable[[], Iterable[EngineGauges]]) -> None:
+        """Gauges of requests running and waiting and of KV cache use, per engine, read from `gauges()` (load.py).
+
+        The numbers GetLoad and ORCA report; the KV gauge has a series only for engines that report their cache.
+        """
+
+        def running(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(g.running, {sc.RILLET_ENGINE: g.engine}) for g in gauges()]
+
+        def waiting(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(g.waiting, {sc.RILLET_ENGINE: g.engine}) for g in gauges()]
+
+        def kv_cache(options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(g.kv_cache_utilization, {sc.RILLET_ENGINE: g.engine})
+                for g in gauges()
+                if g.kv_cache_utilization is not None
+            ]
+
+        self.meter.create_observable_gauge(
+            sc.RILLET_ENGINE_REQUESTS_RUNNING, [running], unit="{request}",
+            description="Requests holding an engine slot",
+        )  # fmt: skip
+        self.meter.create_observable_gauge(
+            sc.RILLET_ENGINE_REQUESTS_WAITING, [waiting], unit="{request}",
+            description="Requests waiting for an engine slot (both priority classes)",
+        )  # fmt: skip
+        self.meter.create_observable_gauge(
+            sc.RILLET_ENGINE_KV_CACHE_UTILIZATION, [kv_cache], unit="1",
+            description="Share of the engine's KV cache in use (engines that report it)",
         )  # fmt: skip
 
     def observe_slots(self, engines: Callable[[], Iterable[tuple[str, int, int]]]) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -17,7 +16,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, start_http_server
 
+from rillet.server import version as rillet_version
 from rillet.server.config import TelemetryConfig
+from rillet.server.load import EngineGauges
 from rillet.server.observer import Batching
 from rillet.server.telemetry import semconv as sc
 from rillet.server.telemetry.fastpath.histograms import Histograms, WithHistograms
@@ -54,17 +55,10 @@ class _Prometheus(WithHistograms, PrometheusMetricReader):
 
 def _resource() -> Resource:
     """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (read by the SDK), with "rillet" as the default name."""
-    resource = Resource.create({SERVICE_VERSION: _version()})
+    resource = Resource.create({SERVICE_VERSION: rillet_version()})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "rillet"}))
     return resource
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("rillet")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree without the package
-        return "0"
 
 
 class Telemetry:
@@ -77,7 +71,7 @@ class Telemetry:
 
     def __init__(self, config: TelemetryConfig, exports: Exports, *, host: str = "", port: int = 0) -> None:
         resource = _resource()
-        version = _version()
+        version = rillet_version()
         endpoint = config.otlp_endpoint  # None: the exporters read OTEL_EXPORTER_OTLP_* themselves
         scope = InstrumentationScope(SCOPE, version, sc.SCHEMA_URL)
         self._tracer_provider: TracerProvider | None = None
@@ -127,6 +121,10 @@ class Telemetry:
         for engine in watched:
             if isinstance(engine, Batching):
                 engine.step_reporter.listen(functools.partial(self.instruments.batch_size.record, (engine.name,)))
+
+    def watch_load(self, gauges: Callable[[], Iterable[EngineGauges]]) -> None:
+        """Gauge the engines' running and waiting requests and KV cache use, as the load reports (load.LoadBoard)."""
+        self.instruments.observe_load(gauges)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Export what is pending now: spans (through the exporter child) and a collection of every metric reader."""

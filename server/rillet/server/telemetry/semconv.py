@@ -106,4 +106,11 @@ RILLET_QUEUED_REQUESTS: Final = "rillet.server.queued_requests"
 RILLET_ENGINE_SLOTS_USED: Final = "rillet.engine.slots.used"
 RILLET_ENGINE_SLOTS_LIMIT: Final = "rillet.engine.slots.limit"
 RILLET_ENGINE_BATCH_SIZE: Final = "rillet.engine.batch.size"
+# The Gateway API Inference Extension's model-server protocol (its endpoint picker, now llm-d's router) reads a
+# waiting-requests gauge, a running-requests gauge and a KV-cache-utilization gauge (0-1) per pod; these are
+# Rillet's, one series per engine (rillet_engine label), mapped for the picker by the engineConfigs entry that
+# deploy/helm/rillet/README.md gives.
+RILLET_ENGINE_REQUESTS_RUNNING: Final = "rillet.engine.requests.running"
+RILLET_ENGINE_REQUESTS_WAITING: Final = "rillet.engine.requests.waiting"
+RILLET_ENGINE_KV_CACHE_UTILIZATION: Final = "rillet.engine.kv_cache.utilization"
 BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

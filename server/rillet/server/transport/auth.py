@@ -1,12 +1,16 @@
 """Transport security: TLS credentials, bearer tokens mapped to tenants, and the gate that admits each call.
 
 Policy, enforced by `CallGate` on every call before its handler does anything:
-- grpc.health.v1 is open to everyone (load balancers and kubelets carry no token).
+- grpc.health.v1 and ORCA's xds.service.orca.v3.OpenRcaService are open to everyone: load balancers, kubelets and
+  gRPC clients' own per-backend health and load streams carry no token (ORCA tells server-wide load, no tenant's).
 - With token auth on, every other call (InferenceService and reflection) needs `authorization: Bearer <token>`
   naming a configured tenant: missing → UNAUTHENTICATED MISSING_TOKEN, unknown → UNAUTHENTICATED INVALID_TOKEN.
 - Session, Generate and Synthesize calls are held in the tenant ledger for their whole life: past the server's
   or the tenant's limit → RESOURCE_EXHAUSTED (SERVER_SESSION_LIMIT, TENANT_SESSION_LIMIT) with RetryInfo.
-  The call's TenantQuota is then current (`tenancy.current_quota()`) while its handler runs.
+  The call's TenantQuota is then current (`tenancy.current_quota()`) while its handler runs. So are ControlService
+  WatchLoad streams, which stay open as long.
+- The call's tenant is current (`tenancy.current_tenant()`) while its handler runs: ControlService.Abort reaches only
+  that tenant's requests.
 """
 
 from __future__ import annotations
@@ -24,17 +28,22 @@ from pydantic import BaseModel, ConfigDict
 
 from rillet.server.config import SecurityConfig, TenantConfig, TlsConfig
 from rillet.server.errors import ResourceExhausted, Unauthenticated
-from rillet.server.tenancy import TenantLedger, TenantQuota, use_quota
+from rillet.server.tenancy import TenantLedger, TenantQuota, use_quota, use_tenant
 from rillet.server.transport.handlers import behavior, with_behavior
 from rillet.server.transport.servicer import SERVICE_NAME, abort
 
 log = logging.getLogger(__name__)
 
-OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
+OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "xds.service.orca.v3.OpenRcaService"})
 """Services any caller may use without a token."""
 
-HELD_METHODS = frozenset(f"/{SERVICE_NAME}/{method}" for method in ("Session", "Generate", "Synthesize"))
-"""Calls counted in the tenant ledger while they are open (they hold engine work; ListModels does not)."""
+HELD_METHODS = frozenset(
+    (
+        *(f"/{SERVICE_NAME}/{method}" for method in ("Session", "Generate", "Synthesize")),
+        "/rillet.v1.ControlService/WatchLoad",
+    )
+)
+"""Calls counted in the tenant ledger while they are open (they hold engine work or a stream; ListModels does not)."""
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
@@ -147,13 +156,15 @@ class CallGate:
         if not handler.response_streaming:
 
             async def checked(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> object:
-                await self._tenant(context)
+                use_tenant(await self._tenant(context))
                 return await served(request, context)
 
             return with_behavior(handler, checked)
 
         async def gated(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[object]:
             tenant = "" if self._tokens is None else await self._tenant(context)  # no coroutine without auth
+            if tenant:
+                use_tenant(tenant)
             quota: TenantQuota | None = None
             if held:
                 try:

@@ -34,6 +34,7 @@ from rillet.server.types import (
     ModelInfo,
     ModelKind,
     Output,
+    Priority,
     Prompt,
     SpokenText,
     Start,
@@ -70,6 +71,11 @@ _ENCODINGS = {
     speech_pb2.AUDIO_ENCODING_OGG_OPUS: AudioEncoding.OGG_OPUS,
     speech_pb2.AUDIO_ENCODING_MULAW: AudioEncoding.MULAW,
     speech_pb2.AUDIO_ENCODING_ALAW: AudioEncoding.ALAW,
+}
+_PRIORITIES: dict[int, Priority] = {
+    common_pb2.PRIORITY_UNSPECIFIED: Priority.INTERACTIVE,
+    common_pb2.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
+    common_pb2.PRIORITY_BATCH: Priority.BATCH,
 }
 _MODEL_KINDS = {
     ModelKind.TEXT_GENERATION: inference_service_pb2.Model.KIND_TEXT_GENERATION,
@@ -121,6 +127,14 @@ def _seconds(message: duration_pb2.Duration, field: str) -> float:
     return seconds + nanos / 1e9
 
 
+def priority(value: int, field: str) -> Priority:
+    """The admission class a rillet.v1.Priority number names; InvalidArgument (UNKNOWN_PRIORITY) for any other."""
+    found = _PRIORITIES.get(value)
+    if found is None:
+        raise InvalidArgument(f"{field} = {value} is not a known priority", field=field, reason="UNKNOWN_PRIORITY")
+    return found
+
+
 def generate_spec(params: generation_pb2.GenerateParams, limits: LimitsConfig) -> GenerateSpec:
     """The spec as sent, except that a repeated field keeps at most one item past its limit.
 
@@ -132,7 +146,7 @@ def generate_spec(params: generation_pb2.GenerateParams, limits: LimitsConfig) -
         case "text":
             prompt = params.text
         case "token_ids":
-            prompt = tuple(params.token_ids.ids[: limits.max_prompt_chars + 1])
+            prompt = tuple(params.token_ids.ids[: limits.max_prompt_token_ids + 1])
         case "chat":
             messages = params.chat.messages[: limits.max_chat_messages + 1]
             prompt = tuple(ChatMessage(m.role, m.content) for m in messages)
@@ -152,6 +166,7 @@ def generate_spec(params: generation_pb2.GenerateParams, limits: LimitsConfig) -
         stop=tuple(params.stop[: limits.max_stop_strings + 1]),
         top_logprobs=params.top_logprobs if params.HasField("top_logprobs") else None,
         constraint=constraint(params, limits),
+        priority=priority(params.priority, "params.priority"),
     )
 
 
@@ -184,6 +199,7 @@ def synthesize_spec(
         streaming_input=streaming_input,
         text_from_request_id=text_from_request_id,
         word_timings=params.word_timings,
+        priority=priority(params.priority, "params.priority"),
     )
 
 
@@ -243,7 +259,7 @@ def _command(message: inference_service_pb2.SessionRequest, limits: LimitsConfig
 # ---- domain → proto ------------------------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
+def duration(seconds: float) -> duration_pb2.Duration:
     # divmod floors, so a negative duration keeps nanos in [0, 1e9), as FromNanoseconds would normalize it
     whole, nanos = divmod(round(seconds * 1e9), 1_000_000_000)
     if whole < 0 and nanos:  # Duration's sign rule: seconds and nanos share the sign
@@ -303,17 +319,17 @@ def _usage(usage: Usage) -> common_pb2.Usage:
         cached_input_tokens=usage.cached_input_tokens,
     )
     if usage.output_audio_seconds:
-        message.output_audio_duration.CopyFrom(_duration(usage.output_audio_seconds))
+        message.output_audio_duration.CopyFrom(duration(usage.output_audio_seconds))
     return message
 
 
 def _timings(timings: Timings) -> common_pb2.Timings:
     return common_pb2.Timings(
-        queue_duration=_duration(timings.queue),
-        total_duration=_duration(timings.total),
-        prefill_duration=_duration(timings.prefill) if timings.prefill is not None else None,
+        queue_duration=duration(timings.queue),
+        total_duration=duration(timings.total),
+        prefill_duration=duration(timings.prefill) if timings.prefill is not None else None,
         time_to_first_output=(
-            _duration(timings.time_to_first_output) if timings.time_to_first_output is not None else None
+            duration(timings.time_to_first_output) if timings.time_to_first_output is not None else None
         ),
     )
 
@@ -335,7 +351,7 @@ def status(error: RilletError) -> status_pb2.Status:
     details = [info]
     if isinstance(error, ResourceExhausted):
         retry = any_pb2.Any()
-        retry.Pack(error_details_pb2.RetryInfo(retry_delay=_duration(error.retry_after)))
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration(error.retry_after)))
         details.append(retry)
     return status_pb2.Status(code=int(error.code), message=error.message, details=details)
 

@@ -25,7 +25,7 @@ from rillet.server.session import Lifecycle, Session
 from rillet.server.tenancy import current_quota
 from rillet.server.transport import convert
 from rillet.server.transport.handlers import Registry
-from rillet.server.types import Command, GenerateSpec, Malformed, Output, Start, SynthesizeSpec
+from rillet.server.types import Command, Malformed, Output, Start
 from rillet.v1 import inference_service_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ _ONE_SHOT_PREFIX = secrets.token_hex(4)
 _one_shot_ids = itertools.count()
 
 T = TypeVar("T")
+Metadata = tuple[tuple[str, str | bytes], ...]
 F = TypeVar("F", bound=bytes | str)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -92,12 +93,20 @@ class InferenceServicer:
     """Maps each RPC onto a Session; converters do the proto work, the session does the rest."""
 
     def __init__(
-        self, router: Router, limits: LimitsConfig, lifecycle: Lifecycle, *, observer: Observer = NULL_OBSERVER
+        self,
+        router: Router,
+        limits: LimitsConfig,
+        lifecycle: Lifecycle,
+        *,
+        observer: Observer = NULL_OBSERVER,
+        trailer: Callable[[], Metadata] | None = None,
     ) -> None:
+        """`trailer`: trailing metadata for every one-shot call that ends well (the per-call ORCA report), or None."""
         self._router = router
         self._limits = limits
         self._lifecycle = lifecycle
         self._observer = observer
+        self._trailer = trailer
 
     def _session(self) -> Session:
         # The call's tenant quota: the gate made it current in this call's task (transport/auth.py).
@@ -114,7 +123,7 @@ class InferenceServicer:
         self, request: bytes, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.GenerateResponse]:
         async for response in self._serve(
-            convert.generate_response, context, frame=request, to_spec=self._generate_spec
+            convert.generate_response, context, frame=request, to_start=self._generate_start
         ):
             yield response
 
@@ -122,7 +131,7 @@ class InferenceServicer:
         self, request: bytes, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.SynthesizeResponse]:
         async for response in self._serve(
-            convert.synthesize_response, context, frame=request, to_spec=self._synthesize_spec
+            convert.synthesize_response, context, frame=request, to_start=self._synthesize_start
         ):
             yield response
 
@@ -150,11 +159,13 @@ class InferenceServicer:
         except Exception as error:  # a bug in conversion: this message alone fails
             return Malformed(clip(message.request_id), canonical(error))
 
-    def _generate_spec(self, frame: bytes) -> GenerateSpec:
-        return convert.generate_spec(convert.parse(frame, pb.GenerateRequest).params, self._limits)
+    def _generate_start(self, frame: bytes) -> Start:
+        message = convert.parse(frame, pb.GenerateRequest)
+        return Start(_one_shot_id(message.request_id), convert.generate_spec(message.params, self._limits))
 
-    def _synthesize_spec(self, frame: bytes) -> SynthesizeSpec:
-        return convert.synthesize_spec(convert.parse(frame, pb.SynthesizeRequest).params)
+    def _synthesize_start(self, frame: bytes) -> Start:
+        message = convert.parse(frame, pb.SynthesizeRequest)
+        return Start(_one_shot_id(message.request_id), convert.synthesize_spec(message.params))
 
     async def _serve(
         self,
@@ -163,24 +174,25 @@ class InferenceServicer:
         *,
         commands: AsyncIterator[Command] | None = None,
         frame: bytes = b"",
-        to_spec: Callable[[bytes], GenerateSpec | SynthesizeSpec] | None = None,
+        to_start: Callable[[bytes], Start] | None = None,
     ) -> AsyncIterator[T]:
-        """The responses of a session (`commands`) or of a one-shot RPC's single request (`frame`, `to_spec`).
+        """The responses of a session (`commands`) or of a one-shot RPC's single request (`frame`, `to_start`).
 
         One generator from the call to the session's outputs: each generator between them would cost every output
         a resumption. A one-shot frame that fails to parse is INVALID_ARGUMENT.
         """
         # aclosing: the session's cleanup (engine aborts) runs even when the call is cancelled mid-write.
         try:
-            if to_spec is None:
+            if to_start is None:
                 assert commands is not None
                 outputs = self._session().run(commands)
             else:
-                start = Start(f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}", await off_loop(frame, to_spec))
-                outputs = self._session().run_one(start)
+                outputs = self._session().run_one(await off_loop(frame, to_start))
             async with aclosing(outputs) as stream:  # type: ignore[type-var]
                 async for output in stream:
                     yield to_proto(output)
+            if to_start is not None and self._trailer is not None:
+                context.set_trailing_metadata(self._trailer())
         except grpc.aio.AbortError:
             raise
         except Exception as error:
@@ -193,6 +205,11 @@ def canonical(error: Exception) -> RilletError:
         return error
     log.error("unexpected error in the InferenceService transport", exc_info=error)
     return Internal("the server failed unexpectedly; the error is logged")
+
+
+def _one_shot_id(given: str) -> str:
+    """A one-shot request's id: the client's (for Abort; the session checks its length), or the server's own."""
+    return given or f"{_ONE_SHOT_PREFIX}-{next(_one_shot_ids)}"
 
 
 async def off_loop(frame: F, parse: Callable[[F], T]) -> T:

@@ -1,38 +1,77 @@
-"""NOT a mirror: the simulated executor, standing in for TensorRT-LLM's PyExecutor and its worker process.
+"""NOT a mirror: the simulated worker process, standing in for TensorRT-LLM's PyExecutor and its sampler.
 
-One thread runs the step loop, as the real executor runs off the caller's event loop. Each step:
-1. applies aborts (a final CANCELLED response, the slot and KV freed at once);
+One thread runs the step loop, as the real worker runs in its own MPI process; it talks to the proxy only through its
+request queue (`submit`, `abort_request`, `stop`) and the dispatch callback. Each step:
+1. takes new requests (their arrival time) and cancellations; a cancellation lands `SIMULATION.cancel_steps` steps
+   after `abort_request` (it crosses the IPC queue, and the PyExecutor acts on it at a later iteration): the request
+   keeps generating until then, then gets a final CANCELLED response, its slot and KV freed;
 2. admits waiting requests in arrival order while fewer than `max_batch_size` run and the KV budget allows it
    (GUARANTEED_NO_EVICT reserves prompt + max_tokens, MAX_UTILIZATION only the prompt);
 3. spends at most `max_num_tokens` tokens: one decode token for every generating sequence first, then prompt chunks
    in arrival order (without chunked prefill a prompt must fit the rest of the budget whole); a prompt's last chunk
    yields its first token, as a context step does;
-4. sends one response per sequence that produced a token or finished, then wakes the event loops once per step.
-Prompt prefixes are remembered block by block, so a repeated prefix is reported as `cached_tokens` and skipped.
+4. answers a sequence when its decoding iteration is the first, a multiple of `stream_interval`, or its last
+   (`PyExecutor._handle_responses`: `py_decoding_iter == 1 or is_finished or py_decoding_iter % stream_interval
+   == 0`), with every token since its previous response; through simulated postprocess workers when
+   `num_postprocess_workers > 0`; then the proxy wakes the event loops once per step.
+Prompt prefixes are remembered block by block under the request's cache salt, so a repeated prefix with the same salt
+(or none) is reported as `cached_tokens` and skipped; another salt never matches.
+
+The sampler is what `TorchLlmArgs.sampler_type` picks (`auto`: TorchSampler, there being no beam search):
+- TorchSampler (`_torch/pyexecutor/sampler.py`, 1.2-era): one torch.Generator for every request, seeded once with
+  `_global_seed = 42`; a request's strategy comes from temperature, top_p and top_k only (`_request_get_sampling_params`
+  / `UtilsSamplingParams`): its seed, min_p and penalties play no part. Logprobs are the distribution's top k
+  (`handle_logprobs`: `Logprob(logprob, rank)` for the top-k indices), so the sampled token is among them only when
+  its rank is within k: here its rank cycles 1, 2, 3 along the sequence.
+- TRTLLMSampler (the C++ decoder, `GptDecoderBatched`): the request's SamplingConfig (`SamplingParams.
+  _get_sampling_config`) with its seed (unset: 0, the runtime's default), penalties and min_p; logprobs are the
+  sampled token's alone, `{token: Logprob(logprob, rank=1)}` (`update_requests_single_beam_single_step`).
+
+Guided decoding (`guided_decoding_backend="llguidance"`; `_double/guidance.py`): a request whose SamplingParams carry
+a guide gets one llguidance matcher per sequence when its context ends, and then decodes one byte piece at a time
+among the tokens the matcher allows. Without a backend there is no guided decoder and a request's guide is ignored,
+as in 1.2.1 (`create_py_executor` builds the GuidedDecoder only for a configured backend); "xgrammar" is not
+simulated (`LLM(...)` raises NotImplementedError).
+
+The worker can die: `SIMULATION.worker_death`, a guide llguidance cannot compile (the ValueError is raised inside the
+step, as `GuidedDecoder._build` raises it; what 1.2.1's PyExecutor does with it is not verified, and the double takes
+the worst case), or a prompt token at or past the model's vocabulary (a CUDA device-side assert in the embedding). It
+then stops at once, answers nothing more, and hands its exception to the proxy's done callback (`mpi_done_callback`).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
+import copy
+import datetime
 import math
+import random
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tensorrt_llm._double import SIMULATION
-from tensorrt_llm._double.tokenizer import EOS, piece_bytes, piece_ids
-from tensorrt_llm.bindings.executor import FinishReason
-from tensorrt_llm.executor.result import Logprob
-from tensorrt_llm.llmapi.llm_args import CapacitySchedulerPolicy, TorchLlmArgs
-from tensorrt_llm.llmapi.utils import _SyncQueue
-from tensorrt_llm.sampling_params import SamplingParams
+from tensorrt_llm._double.guidance import Guide
+from tensorrt_llm._double.tokenizer import EOS, EOT, piece_bytes, piece_ids
+from tensorrt_llm.bindings.executor import (
+    FinishReason,
+    GuidedDecodingParams,
+    KvCacheMetrics,
+    RequestPerfMetrics,
+    TimingMetrics,
+)
+from tensorrt_llm.executor.postproc_worker import PostprocWorker
+from tensorrt_llm.executor.result import DetokenizedGenerationResultBase, Logprob
+from tensorrt_llm.llmapi.llm_args import CapacitySchedulerPolicy, SamplerType
 
 if TYPE_CHECKING:
-    from tensorrt_llm.executor.result import GenerationResult
+    from tensorrt_llm.executor.request import GenerationRequest
+    from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
+    from tensorrt_llm.llmapi.tokenizer import TransformersTokenizer
+    from tensorrt_llm.sampling_params import SamplingParams
 
 CORPUS = (
     "The river runs quietly past the old mill, where light falls on wet stone. Café au lait, naïve façades, "
@@ -41,18 +80,11 @@ CORPUS = (
 CORPUS_BYTES = CORPUS.encode("utf-8")
 DEFAULT_MAX_BATCH_SIZE = 2048
 CATCH_UP_STEPS = 8
-
-
-@dataclass
-class GenerationRequest:
-    """Stand-in for `tensorrt_llm.executor.request.GenerationRequest` (the fields GenerationResult reads)."""
-
-    id: int
-    prompt_token_ids: list[int]
-    sampling_params: SamplingParams
-    streaming: bool
-    postproc_params: Any = None
-    trace_headers: dict[str, str] | None = None
+IDLE_POLL_SECONDS = 0.02
+"""An idle worker still looks at SIMULATION this often (a death set while nothing runs is noticed)."""
+TORCH_SAMPLER_SEED = 42
+"""TorchSampler's `_global_seed`: the one generator every request draws from."""
+DEVICE_ASSERT = "CUDA error: device-side assert triggered (index out of bounds in the embedding lookup)"
 
 
 @dataclass(slots=True)
@@ -68,6 +100,7 @@ class Result:
     decoding_iter: int = 0
     cached_tokens: int = 0
     avg_decoded_tokens_per_iter: float | None = None
+    request_perf_metrics: RequestPerfMetrics | None = None
 
 
 @dataclass(slots=True)
@@ -84,25 +117,38 @@ class Response:
 
 @dataclass(eq=False, slots=True)  # identity: the executor finds sequences in its lists by `in` and `remove`
 class _Sequence:
-    """One request inside the simulated executor."""
+    """One request inside the simulated worker."""
 
     request: GenerationRequest
-    result: GenerationResult
-    queue: _SyncQueue
+    id: int
+    arrival: float = 0.0
+    scheduled: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
     cached: int = 0
     prefilled: int = 0
     reserved: int = 0
     generated: list[list[int]] = field(default_factory=list)
+    unsent: list[list[int]] = field(default_factory=list)
+    unsent_logprobs: list[list[Any]] = field(default_factory=list)
     finished: list[bool] = field(default_factory=list)
     cum_logprob: list[float] = field(default_factory=list)
-    iterations: int = 0
-    pieces: list[int] = field(default_factory=list)  # the simulated model's text, cut once at submission
+    iterations: list[int] = field(default_factory=list)
+    pieces: list[int] = field(default_factory=list)  # the simulated model's text, cut once at arrival
     start: int = 0  # where a sampled sequence 0 starts reading `pieces`
     stop_words: list[list[int]] = field(default_factory=list)  # non-empty stop word ids, read once
+    guide: GuidedDecodingParams | None = None  # the request's guide, when the executor has a guided decoder
+    guides: list[Guide] = field(default_factory=list)  # one matcher per sequence, from the end of the context on
+    text: bytes = b""  # a guided request's model text, decoded a byte at a time
+    record: DetokenizedGenerationResultBase | None = None  # its postprocess worker's fold, when there are workers
 
     @property
     def prompt(self) -> list[int]:
         return self.request.prompt_token_ids
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.sampling_params
 
     @property
     def in_context(self) -> bool:
@@ -113,65 +159,75 @@ class SimulatedExecutor:
     """Runs requests in flight, batched per step, on one background thread; see the module docstring."""
 
     instances: ClassVar[list[SimulatedExecutor]] = []
-    """Every executor created in this process (kept: benchmarks read their counters at exit)."""
+    """Every worker created in this process (kept: benchmarks read their counters at exit)."""
 
-    def __init__(self, args: TorchLlmArgs, end_id: int) -> None:
+    def __init__(
+        self,
+        args: TorchLlmArgs,
+        end_id: int,
+        vocab_size: int,
+        tokenizer: TransformersTokenizer | None,
+        dispatch: Callable[[Iterable[Any]], None],
+        done: Callable[[BaseException | None], None],
+    ) -> None:
         self._args = args
         self._end_id = end_id
+        self._vocab_size = vocab_size
+        self._tokenizer = tokenizer
+        self._dispatch = dispatch
+        self._done = done
+        self.sampler = SamplerType.TRTLLMSampler if args.sampler_type == "TRTLLMSampler" else SamplerType.TorchSampler
+        if args.guided_decoding_backend not in (None, "llguidance"):
+            raise NotImplementedError(
+                f"the double simulates the llguidance backend only, not {args.guided_decoding_backend}"
+            )
+        self.guided = args.guided_decoding_backend is not None
+        self.guided_sequences = 0  # guided sequences decoded (matchers created), for tests
+        self._generator = random.Random(TORCH_SAMPLER_SEED)
         self.max_batch_size = args.max_batch_size or DEFAULT_MAX_BATCH_SIZE
         self.max_num_tokens = args.max_num_tokens or 8192
         self._lock = threading.Condition()
         self._incoming: collections.deque[_Sequence] = collections.deque()
-        self._aborts: set[int] = set()
+        self._cancel_requests: set[int] = set()
+        self._cancelling: dict[int, int] = {}  # request id -> steps until the cancellation lands
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._running: list[_Sequence] = []
         self._kv_used = 0
         self._prefixes: set[bytes] = set()
-        self._next_id = 1
-        self._shutdown = False
+        self._stopping = False
+        self.died: BaseException | None = None
         self.steps = 0
         self.largest_batch = 0
         self.cpu_seconds = 0.0  # CPU the step loop itself used (thread time): benchmarks subtract it
         self.tokens_produced = 0  # tokens handed to results (end tokens excluded)
+        self.cancels = 0  # CancellingRequests received
+        self.last_admitted = (0, 0)  # (prompt tokens it had to compute, prompt tokens) of the latest admission
         SimulatedExecutor.instances.append(self)
-        self._thread = threading.Thread(target=self._run, name="trtllm-double-executor", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="trtllm-double-worker", daemon=True)
         self._thread.start()
 
-    # -- the API GenerationResult and BaseLLM use ----------------------------------------------------------------
+    # -- the request queue, as the proxy uses it -----------------------------------------------------------------
 
-    def new_request_id(self) -> int:
+    def submit(self, request: GenerationRequest) -> None:
+        assert request.id is not None
         with self._lock:
-            request_id = self._next_id
-            self._next_id += 1
-            return request_id
-
-    def submit(self, request: GenerationRequest, result: GenerationResult) -> None:
-        assert result.aqueue is not None, "the double serves async callers only"
-        seq = _Sequence(request, result, result.aqueue.sync_q)
-        n = request.sampling_params.best_of or 1
-        seq.generated = [[] for _ in range(n)]
-        seq.finished = [False] * n
-        seq.cum_logprob = [0.0] * n
-        seq.pieces, seq.start = _model_text(request.prompt_token_ids, request.sampling_params)
-        seq.stop_words = [w for w in request.sampling_params._get_stop_words() if w]
-        with self._lock:
-            self._incoming.append(seq)
+            self._incoming.append(_Sequence(request, request.id))
             self._lock.notify()
 
     def abort_request(self, request_id: int) -> None:
         with self._lock:
-            self._aborts.add(request_id)
+            self.cancels += 1
+            self._cancel_requests.add(request_id)
             self._lock.notify()
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
         with self._lock:
-            self._shutdown = True
+            self._stopping = True
             self._lock.notify()
+
+    def join(self) -> None:
         if self._thread is not threading.current_thread():
             self._thread.join()
-
-    def is_shutdown(self) -> bool:
-        return self._shutdown
 
     @property
     def in_flight(self) -> int:
@@ -182,19 +238,30 @@ class SimulatedExecutor:
     # -- the step loop -------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            self._loop()
+        except BaseException as exc:  # the worker process dies: nothing more is answered
+            error = self.died = exc
+        self._done(error)
+
+    def _loop(self) -> None:
         next_step = time.monotonic()
         while True:
             with self._lock:
-                while not self._shutdown and not (self._incoming or self._waiting or self._running or self._aborts):
-                    self._lock.wait()
-                if self._shutdown:
-                    break
-                self._waiting.extend(self._incoming)
+                while not (self._stopping or SIMULATION.worker_death or self._busy()):
+                    self._lock.wait(IDLE_POLL_SECONDS)
+                if self._stopping:
+                    return
+                arrivals = list(self._incoming)
                 self._incoming.clear()
-                aborts, self._aborts = self._aborts, set()
+                cancels, self._cancel_requests = self._cancel_requests, set()
+            if SIMULATION.worker_death is not None:
+                raise SIMULATION.worker_death
             started = time.thread_time()
             out: list[tuple[_Sequence, Response]] = []
-            self._apply_aborts(aborts, out)
+            self._arrive(arrivals)
+            self._apply_cancellations(cancels, out)
             self._admit()
             self._step(out)
             self._deliver(out)
@@ -209,14 +276,44 @@ class SimulatedExecutor:
             elif delay < -CATCH_UP_STEPS * SIMULATION.step_seconds:
                 next_step = time.monotonic()
 
-    def _apply_aborts(self, aborts: set[int], out: list[tuple[_Sequence, Response]]) -> None:
-        if not aborts:
+    def _busy(self) -> bool:
+        return bool(self._incoming or self._waiting or self._running or self._cancel_requests or self._cancelling)
+
+    def _arrive(self, arrivals: list[_Sequence]) -> None:
+        now = time.monotonic()
+        for seq in arrivals:
+            n = seq.params.best_of or 1
+            seq.arrival = now
+            seq.generated = [[] for _ in range(n)]
+            seq.unsent = [[] for _ in range(n)]
+            seq.unsent_logprobs = [[] for _ in range(n)]
+            seq.finished = [False] * n
+            seq.cum_logprob = [0.0] * n
+            seq.iterations = [0] * n
+            seq.pieces, seq.start = self._model_text(seq.prompt, seq.params)
+            seq.stop_words = [w for w in seq.params._get_stop_words() if w]
+            seq.guide = seq.params._get_guided_decoding_params() if self.guided else None
+            self._waiting.append(seq)
+
+    def _apply_cancellations(self, cancels: set[int], out: list[tuple[_Sequence, Response]]) -> None:
+        for request_id in cancels:
+            self._cancelling.setdefault(request_id, SIMULATION.cancel_steps)
+        if not self._cancelling:
             return
-        for seq in [s for s in (*self._waiting, *self._running) if s.request.id in aborts]:
-            self._release(seq)
-            n = len(seq.generated)
-            result = Result(True, [[] for _ in range(n)], [FinishReason.CANCELLED] * n, cached_tokens=seq.cached)
-            out.append((seq, Response(seq.request.id, result)))
+        live = {s.id: s for s in (*self._waiting, *self._running)}
+        for request_id, steps in list(self._cancelling.items()):
+            seq = live.get(request_id)
+            if seq is None:  # it finished meanwhile (the real worker logs the cancel and moves on)
+                del self._cancelling[request_id]
+            elif steps > 0:
+                self._cancelling[request_id] = steps - 1
+            else:
+                del self._cancelling[request_id]
+                self._release(seq)
+                n = len(seq.generated)
+                result = Result(True, [[] for _ in range(n)], [FinishReason.CANCELLED] * n, cached_tokens=seq.cached)
+                result.request_perf_metrics = self._perf_metrics(seq)
+                out.append((seq, Response(seq.id, result)))
 
     def _admit(self) -> None:
         policy = self._args.scheduler_config.capacity_scheduler_policy
@@ -224,20 +321,23 @@ class SimulatedExecutor:
             seq = self._waiting[0]
             need = len(seq.prompt)
             if policy is CapacitySchedulerPolicy.GUARANTEED_NO_EVICT:
-                need += seq.request.sampling_params.max_tokens
+                need += seq.params.max_tokens
             if self._kv_used + need > SIMULATION.kv_cache_tokens and self._running:
                 return
             self._waiting.popleft()
             seq.reserved = need
+            seq.scheduled = time.monotonic()
             self._kv_used += need
-            seq.cached = self._cached_prefix(seq.prompt) if self._args.kv_cache_config.enable_block_reuse else 0
+            reuse = self._args.kv_cache_config.enable_block_reuse
+            seq.cached = self._cached_prefix(seq.prompt, seq.request.cache_salt_id) if reuse else 0
+            self.last_admitted = (len(seq.prompt) - seq.cached, len(seq.prompt))
             self._running.append(seq)
 
-    def _cached_prefix(self, prompt: list[int]) -> int:
+    def _cached_prefix(self, prompt: list[int], salt: int | None) -> int:
         block = SIMULATION.block_size
         cached = 0
         for end in range(block, len(prompt), block):  # the last token is always computed
-            if _key(prompt[:end]) not in self._prefixes:
+            if _key(prompt[:end], salt) not in self._prefixes:
                 break
             cached = end
         return cached
@@ -257,65 +357,118 @@ class SimulatedExecutor:
             remaining = len(seq.prompt) - seq.cached - seq.prefilled
             if remaining > budget and not self._args.enable_chunked_prefill:
                 continue
+            if seq.prefilled == 0 and any(t >= self._vocab_size for t in seq.prompt):
+                raise RuntimeError(DEVICE_ASSERT)  # the embedding lookup of this batch: the process is lost
             chunk = min(remaining, budget)
             budget -= chunk
             seq.prefilled += chunk
             if not seq.in_context:
+                if seq.guide is not None:  # GuidedDecoder._build: the matchers are made at the last context chunk
+                    seq.guides = [Guide(seq.guide) for _ in seq.generated]
+                    seq.text = b"".join(piece_bytes(t) for t in seq.pieces)
+                    self.guided_sequences += len(seq.guides)
                 produced.extend((seq, index) for index in range(len(seq.generated)))
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len({id(s) for s, _ in produced}))
         for seq, index in produced:
-            out.append((seq, self._generate(seq, index)))
+            response = self._generate(seq, index)
+            if response is not None:
+                out.append((seq, response))
         for seq in [s for s in self._running if all(s.finished)]:
             self._release(seq)
             if self._args.kv_cache_config.enable_block_reuse:
                 block = SIMULATION.block_size
-                self._prefixes.update(_key(seq.prompt[:end]) for end in range(block, len(seq.prompt) + 1, block))
+                salt = seq.request.cache_salt_id
+                self._prefixes.update(_key(seq.prompt[:end], salt) for end in range(block, len(seq.prompt) + 1, block))
 
-    def _generate(self, seq: _Sequence, index: int) -> Response:
-        params = seq.request.sampling_params
+    def _generate(self, seq: _Sequence, index: int) -> Response | None:
+        """Decode one token of sequence `index`; the response to send now, or None while the stream interval waits."""
+        params = seq.params
         generated = seq.generated[index]
-        seq.iterations += 1
+        seq.iterations[index] += 1
         position = len(generated)
         if SIMULATION.request_error_after is not None and position >= SIMULATION.request_error_after:
             seq.finished = [True] * len(seq.finished)
-            return Response(seq.request.id, None, f"simulated executor error in request {seq.request.id}")
+            return Response(seq.id, None, f"simulated executor error in request {seq.id}")
         if SIMULATION.final_without_reason_after is not None and position >= SIMULATION.final_without_reason_after:
             seq.finished = [True] * len(seq.finished)
-            result = Result(True, [[]], [FinishReason.NOT_FINISHED], index, cached_tokens=seq.cached)
-            return Response(seq.request.id, result)
-        token = _model_token(seq, index, position)
+            return Response(seq.id, Result(True, [[]], [FinishReason.NOT_FINISHED], index, cached_tokens=seq.cached))
+        if seq.guides:
+            token = seq.guides[index].next_token(self._model_byte(seq, index, position))
+        else:
+            token = self._model_token(seq, index, position)
         reason = FinishReason.NOT_FINISHED
-        new: list[int] = []
-        logprobs: list[Any] | None = None
+        now = time.monotonic()
+        if seq.first_token is None:
+            seq.first_token = now
+        seq.last_token = now
         if token == self._end_id and not params.ignore_eos:
             reason = FinishReason.END_ID
         else:
-            new = [token]
             generated.append(token)
+            seq.unsent[index].append(token)
             self.tokens_produced += 1
             if params.logprobs:
-                value = -0.25 * (1 + position % 3)
+                rank = self._sampled_rank(params, position)
+                value = -0.25 - math.log(rank) - (0.5 if rank > 1 else 0.0)
                 seq.cum_logprob[index] += value
-                logprobs = [_logprobs(token, value, params.logprobs)]
+                seq.unsent_logprobs[index].append(self._logprobs(token, value, rank, params.logprobs))
             if seq.stop_words and any(generated[-len(w) :] == w for w in seq.stop_words):
                 reason = FinishReason.STOP_WORDS
             elif len(generated) >= params.max_tokens:
                 reason = FinishReason.LENGTH
         if reason is not FinishReason.NOT_FINISHED:
             seq.finished[index] = True
+        iteration = seq.iterations[index]
+        interval = params._stream_interval or 1
+        if reason is FinishReason.NOT_FINISHED and iteration != 1 and iteration % interval:
+            return None
+        new, seq.unsent[index] = seq.unsent[index], []
+        logprobs, seq.unsent_logprobs[index] = seq.unsent_logprobs[index], []
         result = Result(
             is_final=all(seq.finished),
             output_token_ids=[new],
             finish_reasons=[reason],
             sequence_index=index,
-            log_probs=[logprobs] if logprobs is not None else None,
+            log_probs=[logprobs] if params.logprobs else None,
             cum_log_probs=[seq.cum_logprob[index]] if params.logprobs else None,
-            decoding_iter=seq.iterations,
+            decoding_iter=iteration,
             cached_tokens=seq.cached,
             avg_decoded_tokens_per_iter=1.0,
+            request_perf_metrics=self._perf_metrics(seq) if params.return_perf_metrics else None,
         )
-        return Response(seq.request.id, result)
+        return Response(seq.id, result)
+
+    def _perf_metrics(self, seq: _Sequence) -> RequestPerfMetrics:
+        def at(seconds: float | None) -> datetime.timedelta:
+            return datetime.timedelta(seconds=seconds or 0.0)
+
+        block = SIMULATION.block_size
+        prompt_blocks = math.ceil(len(seq.prompt) / block)
+        reused = seq.cached // block
+        total = math.ceil((len(seq.prompt) + max(map(len, seq.generated), default=0)) / block)
+        return RequestPerfMetrics(
+            TimingMetrics(at(seq.arrival), at(seq.scheduled), at(seq.first_token), at(seq.last_token)),
+            KvCacheMetrics(total, total - reused, reused, prompt_blocks - reused, reused / max(prompt_blocks, 1)),
+            first_iter=None,
+            last_iter=self.steps,
+            iter=self.steps,
+        )
+
+    def _sampled_rank(self, params: SamplingParams, position: int) -> int:
+        """The emitted token's rank in the distribution: first when greedy, cycling 1, 2, 3 when sampled."""
+        return 1 if params._greedy_decoding else 1 + position % 3
+
+    def _logprobs(self, token: int, value: float, rank: int, top: int) -> Any:
+        if SIMULATION.logprobs_format == "float":
+            return value
+        if self.sampler is SamplerType.TRTLLMSampler:
+            return {token: Logprob(value, 1)}  # the C++ decoder's log_probs: the sampled token's alone
+        entries: dict[int, Logprob] = {}
+        for r in range(1, top + 1):  # the distribution's top k; the sampled token only if its rank is within it
+            candidate = token if r == rank else token + 4 * (r + 7)
+            entries[candidate] = Logprob(-0.25 - math.log(r) - (0.5 if r > 1 else 0.0), r)
+        return entries
 
     def _release(self, seq: _Sequence) -> None:
         if seq in self._running:
@@ -324,45 +477,63 @@ class SimulatedExecutor:
         elif seq in self._waiting:
             self._waiting.remove(seq)
 
-    def _deliver(self, out: Iterable[tuple[_Sequence, Response]]) -> None:
-        queues: dict[Any, dict[int, _SyncQueue]] = collections.defaultdict(dict)
+    def _deliver(self, out: list[tuple[_Sequence, Response]]) -> None:
+        batch: list[Any] = []
         for seq, response in out:
             if response.result is None or response.result.is_final:
                 self._release(seq)
-            seq.queue.put_nowait(response)
-            queues[seq.queue.loop][id(seq.queue)] = seq.queue
-        for loop, targets in queues.items():
-            with contextlib.suppress(RuntimeError):  # the caller's event loop is gone (its test or server ended)
-                _SyncQueue.notify_many(loop, targets.values())
+            batch.append(self._postprocess(seq, response) if self._args.num_postprocess_workers else response)
+        if batch:
+            self._dispatch(batch)
+
+    def _postprocess(self, seq: _Sequence, response: Response) -> Any:
+        """What a postprocess worker makes of a response: its own fold, the CompletionOutput sent back whole."""
+        if response.result is None:
+            return response  # errors go to the proxy directly
+        if seq.record is None:
+            seq.record = DetokenizedGenerationResultBase(
+                seq.id, seq.params, tokenizer=self._tokenizer, streaming=seq.request.streaming
+            )
+        seq.record._handle_response(response)
+        output = copy.deepcopy(seq.record.outputs[0])  # pickled across the IPC pipe
+        return PostprocWorker.Output(seq.id, output, response.result.is_final)
+
+    # -- the simulated model ---------------------------------------------------------------------------------------
+
+    def _model_text(self, prompt: list[int], params: SamplingParams) -> tuple[list[int], int]:
+        """The simulated model's text for one request, as piece ids, and where sampling starts reading it: greedy
+        decoding repeats the prompt's text; sampling walks the prompt and CORPUS from a start the sampler picks.
+        Pieces are re-cut from the text's bytes, three at a time."""
+        text = b"".join(piece_bytes(t) for t in prompt) or CORPUS_BYTES
+        if params._greedy_decoding:
+            return piece_ids(text), 0
+        start = zlib.crc32(_key(prompt, None))
+        if self.sampler is SamplerType.TRTLLMSampler:  # the request's own seed; penalties and min_p applied
+            start += 104729 * (params.seed or 0)
+            start += 7919 * round(1000 * (params.repetition_penalty or 1.0)) + 31 * round(1000 * (params.min_p or 0))
+        else:  # TorchSampler: the next draw from the one shared generator, whatever the request's seed
+            start += self._generator.randrange(1 << 31)
+        return piece_ids(text + b" " + CORPUS_BYTES), start
+
+    def _model_token(self, seq: _Sequence, index: int, position: int) -> int:
+        """The simulated model's token at `position` of sequence `index` (each sequence starts elsewhere)."""
+        if SIMULATION.eos_after is not None and position == SIMULATION.eos_after:
+            return EOS
+        if SIMULATION.eot_after is not None and position == SIMULATION.eot_after:
+            return EOT
+        if seq.params._greedy_decoding:
+            return seq.pieces[position % len(seq.pieces)]
+        return seq.pieces[(seq.start + 7919 * index + position) % len(seq.pieces)]
+
+    def _model_byte(self, seq: _Sequence, index: int, position: int) -> int:
+        """The byte the simulated model's text has at `position` of a guided sequence (decoded a byte at a time)."""
+        text = seq.text
+        if seq.params._greedy_decoding:
+            return text[position % len(text)]
+        return text[(seq.start + 7919 * index + position) % len(text)]
 
 
-def _key(tokens: list[int]) -> bytes:
-    return b"".join(t.to_bytes(4, "little") for t in tokens)
-
-
-def _model_text(prompt: list[int], params: SamplingParams) -> tuple[list[int], int]:
-    """The simulated model's text for one request, as piece ids, and where sampling starts reading it: greedy
-    decoding repeats the prompt's text; sampling walks the prompt and CORPUS from a start the seed picks. Pieces
-    are re-cut from the text's bytes, three at a time."""
-    text = b"".join(piece_bytes(t) for t in prompt) or CORPUS_BYTES
-    if params._greedy_decoding:
-        return piece_ids(text), 0
-    return piece_ids(text + b" " + CORPUS_BYTES), zlib.crc32(_key(prompt)) + 104729 * (params.seed or 0)
-
-
-def _model_token(seq: _Sequence, index: int, position: int) -> int:
-    """The simulated model's token at `position` of sequence `index` (each sequence starts elsewhere)."""
-    if SIMULATION.eos_after is not None and position == SIMULATION.eos_after:
-        return EOS
-    if seq.request.sampling_params._greedy_decoding:
-        return seq.pieces[position % len(seq.pieces)]
-    return seq.pieces[(seq.start + 7919 * index + position) % len(seq.pieces)]
-
-
-def _logprobs(token: int, value: float, top: int) -> Any:
-    if SIMULATION.logprobs_format == "float":
-        return value
-    entries = {token: Logprob(value, 1)}
-    for rank in range(2, top + 1):
-        entries[token + 4 * rank] = Logprob(value - math.log(rank) - 0.5, rank)
-    return entries
+def _key(tokens: list[int], salt: int | None) -> bytes:
+    """A prefix's identity in the KV cache: its tokens, under its cache salt (the block hashes include it)."""
+    prefix = b"" if salt is None else salt.to_bytes(8, "little")
+    return prefix + b"".join(t.to_bytes(4, "little") for t in tokens)

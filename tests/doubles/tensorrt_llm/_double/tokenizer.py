@@ -1,8 +1,11 @@
 """NOT a mirror: a stand-in for the Hugging Face tokenizer a real model ships: UTF-8 bytes, three to a token.
 
 A token is a run of up to three bytes, so a token is usually several characters (deltas look like a real model's)
-and a four-byte character always spans two tokens (streaming must never split it). Ids: EOS=1, BOS=2, and
-16 + (bytes << 2 | length) for a run of `length` bytes.
+and a four-byte character always spans two tokens (streaming must never split it). Ids: EOS=1, BOS=2, EOT=3 (an
+end-of-turn token the generation config lists beside EOS, as Llama 3's <|eot_id|>), and 16 + (bytes << 2 | length)
+for a run of `length` bytes. Its chat template behaves as strict Hugging Face templates (Mistral's, Gemma's) do:
+roles other than an opening system message must alternate user/assistant starting with user, else the template's
+`raise_exception` raises jinja2's TemplateError (transformers 4.57.1 `utils/chat_template_utils.py`).
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from jinja2.exceptions import TemplateError
 from tensorrt_llm._double import SIMULATION
 
 EOS = 1
 BOS = 2
+EOT = 3
 FIRST_PIECE = 16
 VOCAB_SIZE = FIRST_PIECE + (1 << 26)
-SPECIALS = {EOS: "<|eos|>", BOS: "<|bos|>"}
+SPECIALS = {EOS: "<|eos|>", BOS: "<|bos|>", EOT: "<|eot|>"}
+ALTERNATION = "Conversation roles must alternate user/assistant/user/assistant/..."
 NO_TEMPLATE = (
     "Cannot use chat template functions because tokenizer.chat_template is not set and no template argument was "
     "passed! For information about writing templates and setting the tokenizer.chat_template attribute, please see "
@@ -89,6 +95,11 @@ class ByteTokenizer:
     ) -> str | list[int]:
         if self.chat_template is None:
             raise ValueError(NO_TEMPLATE)
+        turns = [m["role"] for m in conversation]
+        if turns and turns[0] == "system":
+            turns = turns[1:]
+        if any(role != ("user", "assistant")[i % 2] for i, role in enumerate(turns)):
+            raise TemplateError(ALTERNATION)  # the template's raise_exception(...)
         text = "".join(f"{m['role']}: {m['content']}\n" for m in conversation)
         if add_generation_prompt:
             text += "assistant: "

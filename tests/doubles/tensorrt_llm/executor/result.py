@@ -9,7 +9,9 @@ The folding logic follows the real `_handle_sequence`/`_handle_response` step fo
   word's prefix;
 - a stop string found in the detokenized text truncates `text`, sets finish_reason 'stop' and `_done`, without
   aborting the request in the executor;
-- iterating (`async for`) yields the same object after each response; it stops only once `_done`.
+- iterating (`async for`) yields the same object after each response; it stops only once `_done`;
+- a postprocess worker's output replaces `outputs[0]` whole and is not detokenized again (`cached_tokens` is only
+  read from the executor's own responses, so it stays 0 then); `request_perf_metrics` is copied from each response.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from queue import Queue
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from tensorrt_llm.bindings.executor import FinishReason
+from tensorrt_llm.executor.postproc_worker import PostprocWorker
 from tensorrt_llm.executor.utils import RequestError, has_event_loop
 from tensorrt_llm.llmapi.utils import AsyncQueue
 from tensorrt_llm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
-    from tensorrt_llm._double.executor import GenerationRequest, Response, SimulatedExecutor
+    from tensorrt_llm._double.executor import Response
+    from tensorrt_llm.executor.executor import GenerationExecutor
+    from tensorrt_llm.executor.request import GenerationRequest
 
 __all__ = [
     "CompletionOutput",
@@ -148,6 +153,8 @@ class GenerationResultBase:
         if response_tensors.log_probs is not None:
             output._last_logprobs_len = len(output.logprobs)
             output.logprobs += response_tensors.log_probs[src_idx]
+        if response_tensors.request_perf_metrics is not None:
+            output.request_perf_metrics = response_tensors.request_perf_metrics
         if finish_reasons and finish_reasons[src_idx] == FinishReason.CANCELLED:
             output.finish_reason = "cancelled"
         sequence_is_finished = (
@@ -176,7 +183,18 @@ class GenerationResultBase:
             else:
                 raise ValueError(f"Unknown finish reason: {reason}")
 
-    def _handle_response(self, response: Response) -> None:
+    def _handle_response(self, response: Response | PostprocWorker.Output) -> None:
+        if isinstance(response, PostprocWorker.Output):
+            self._done = response.is_final
+            if isinstance(response.res, CompletionOutput):  # in streaming mode
+                self._outputs[0] = response.res
+            else:
+                self._outputs[0]._postprocess_result = response.res
+            if response.error:
+                handler = self._background_error_handler() if self._background_error_handler is not None else None
+                if handler is not None:
+                    handler(response.error)
+            return
         if response.has_error():
             handler = self._background_error_handler() if self._background_error_handler is not None else None
             if handler is not None:
@@ -209,8 +227,10 @@ class DetokenizedGenerationResultBase(GenerationResultBase):
         self.tokenizer = tokenizer
         self._streaming = streaming
 
-    def _handle_response(self, response: Response) -> None:
+    def _handle_response(self, response: Response | PostprocWorker.Output) -> None:
         GenerationResultBase._handle_response(self, response)
+        if isinstance(response, PostprocWorker.Output):
+            return  # the postprocess has been performed, return directly
         kwargs = {
             "skip_special_tokens": self.sampling_params.skip_special_tokens,
             "spaces_between_special_tokens": self.sampling_params.spaces_between_special_tokens,
@@ -253,10 +273,11 @@ class GenerationResult(GenerationResultBase):
         self,
         generation_request: GenerationRequest,
         background_error_handler: Callable[..., None] | None = None,
-        executor: SimulatedExecutor | None = None,
+        executor: GenerationExecutor | None = None,
         disaggregated_params: Any = None,
         logprob_params: Any = None,
     ) -> None:
+        assert generation_request.id is not None, "the executor sets the id before it builds the result"
         super().__init__(
             generation_request.id,
             generation_request.sampling_params,
@@ -267,12 +288,14 @@ class GenerationResult(GenerationResultBase):
         self._streaming = generation_request.streaming
         self.disaggregated_params = disaggregated_params
         self._logprob_params = logprob_params
-        self.trace_headers = generation_request.trace_headers
-        self._executor: weakref.ReferenceType[SimulatedExecutor] | None = weakref.ref(executor) if executor else None
+        headers = generation_request.trace_headers
+        self.trace_headers = dict(headers) if headers is not None else None
+        self._executor: weakref.ReferenceType[GenerationExecutor] | None = weakref.ref(executor) if executor else None
         self._aborted = False
 
     @property
     def request_id(self) -> int:
+        assert self._generation_request.id is not None
         return self._generation_request.id
 
     @property

@@ -1,23 +1,30 @@
 """Mirror of `tensorrt_llm/llmapi/llm.py` (1.2.1): `LLM` (the PyTorch backend), `generate_async`, `RequestOutput`.
 
 What follows the real code: the constructor signature and its keyword check (ValueError "<class> got invalid
-argument: <key>" for anything that is not a TorchLlmArgs field), `generate_async`'s signature (a sync method
-returning a RequestOutput at once; "LLM is shutting down" RuntimeError after shutdown), `_prepare_sampling_params`
-(`_setup` with the tokenizer when end_id is unset), `_check_arguments` on the PyTorch backend (RequestError when the
-prompt exceeds max_num_tokens without chunked prefill; no max_seq_len check there), `tokenizer`, `shutdown`,
-`_check_health` and the context manager. Model loading, the executor and the GPU are simulated (`_double`).
+argument: <key>" for anything that is not a TorchLlmArgs field); the multi-GPU check against the GPUs of *this node*
+(`get_device_count() < parallel_config.world_size_per_node`, skipped when RAY_LOCAL_WORLD_SIZE is set); the model's
+`config.json` and `generation_config.json` kept as `_hf_model_config` / `_generation_config`; `generate_async`'s
+signature (a sync method returning a RequestOutput at once; "LLM is shutting down" RuntimeError after shutdown; the
+cache salt hashed to `cache_salt_id`), `_prepare_sampling_params` (`_setup` with the tokenizer, the model config and
+the generation config when end_id is unset, so the generation config's extra EOS ids become stop token ids),
+`_check_arguments` on the PyTorch backend (RequestError when the prompt exceeds max_num_tokens without chunked
+prefill; no max_seq_len check there), `tokenizer`, `shutdown`, `_check_health` (not shut down: a worker that died is
+not seen there until its error is handled) and the context manager. The model, the worker and the GPU are simulated.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 from tensorrt_llm._double import SIMULATION
-from tensorrt_llm._double.executor import GenerationRequest, SimulatedExecutor
-from tensorrt_llm._double.tokenizer import ByteTokenizer
+from tensorrt_llm._double.tokenizer import EOS, EOT, VOCAB_SIZE, ByteTokenizer
+from tensorrt_llm.executor.executor import get_cache_salt_id
+from tensorrt_llm.executor.proxy import GenerationExecutorProxy
 from tensorrt_llm.executor.result import DetokenizedGenerationResultBase, GenerationResult
 from tensorrt_llm.executor.utils import RequestError
 from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
@@ -26,6 +33,20 @@ from tensorrt_llm.llmapi.utils import get_device_count
 from tensorrt_llm.sampling_params import SamplingParams
 
 PromptInputs = str | list[int] | Mapping[str, Any]
+
+
+@dataclass
+class _ModelConfig:
+    """NOT a mirror: the simulated model's `config.json` (a transformers PretrainedConfig in the real one)."""
+
+    vocab_size: int
+
+
+@dataclass
+class _GenerationConfig:
+    """NOT a mirror: the simulated model's `generation_config.json`: EOS and an end-of-turn token, as Llama 3's."""
+
+    eos_token_id: list[int]
 
 
 class RequestOutput(DetokenizedGenerationResultBase, GenerationResult):
@@ -72,7 +93,7 @@ class BaseLLM:
         tokenizer_revision: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self._executor: SimulatedExecutor | None = None
+        self._executor: GenerationExecutorProxy | None = None
         valid_keys = set(TorchLlmArgs.model_fields) | {"_mpi_session", "backend"}
         for key in kwargs:
             if key not in valid_keys:
@@ -90,16 +111,20 @@ class BaseLLM:
             **kwargs,
         )
         parallel = self.args.parallel_config
-        if parallel.is_multi_gpu and get_device_count() < parallel.world_size_per_node:
-            raise RuntimeError(f"Only {get_device_count()} GPUs are available, but {parallel.world_size} are required.")
+        if parallel.is_multi_gpu:  # noqa: SIM102  (the real code nests these)
+            if os.getenv("RAY_LOCAL_WORLD_SIZE") is None and get_device_count() < parallel.world_size_per_node:
+                raise RuntimeError(
+                    f"Only {get_device_count()} GPUs are available, but {parallel.world_size} are required."
+                )
         if get_device_count() == 0:  # the real one fails in CUDA initialisation; the message differs
             raise RuntimeError("CUDA error: no CUDA-capable device is detected")
         if SIMULATION.load_error is not None:
             raise RuntimeError(SIMULATION.load_error)
-        self._tokenizer: TokenizerBase | None = (
-            None if self.args.skip_tokenizer_init else TransformersTokenizer(ByteTokenizer())
-        )
-        self._executor = SimulatedExecutor(self.args, ByteTokenizer.eos_token_id)
+        tokenizer = TransformersTokenizer(ByteTokenizer())
+        self._tokenizer: TokenizerBase | None = None if self.args.skip_tokenizer_init else tokenizer
+        self._hf_model_config = _ModelConfig(SIMULATION.model_vocab_size or VOCAB_SIZE)
+        self._generation_config = _GenerationConfig([EOS, EOT])
+        self._executor = GenerationExecutorProxy(self.args, EOS, self._hf_model_config.vocab_size, tokenizer)
 
     @property
     def llm_id(self) -> str:
@@ -140,24 +165,15 @@ class BaseLLM:
         else:
             raise TypeError(f"The inputs must be type str or list of int, but got {type(inputs)}")
         self._check_arguments(len(token_ids), 0, sampling_params, is_gen_only=False)
-        executor = self._executor
-        request = GenerationRequest(
-            executor.new_request_id(),
+        result = self._executor.generate_async(
             token_ids,
-            sampling_params,
-            streaming,
-            trace_headers=dict(trace_headers) if trace_headers else None,
+            sampling_params=sampling_params,
+            streaming=streaming,
+            trace_headers=trace_headers,
+            postproc_params=_postproc_params,
+            cache_salt_id=get_cache_salt_id(cache_salt) if cache_salt is not None else None,
         )
-        result = GenerationResult(request, background_error_handler=self._handle_background_error, executor=executor)
-        output = RequestOutput._from_generation_result(result, prompt, self.tokenizer)
-        executor.submit(request, output)
-        return output
-
-    def _handle_background_error(self, error: str | Exception | None = None) -> None:
-        if isinstance(error, str):
-            raise RequestError(error)
-        if isinstance(error, Exception):
-            raise error
+        return RequestOutput._from_generation_result(result, prompt, self.tokenizer)
 
     def _require_tokenizer(self) -> TransformersTokenizer:
         tokenizer = self.tokenizer
@@ -175,7 +191,7 @@ class BaseLLM:
                         "tokenizer is required to reset end_id if it is None, or you can explicitly specify the "
                         "end_id for sampling_params"
                     )
-                sampling_params._setup(self.tokenizer, None, None)
+                sampling_params._setup(self.tokenizer, self._hf_model_config, self._generation_config)
         else:
             raise TypeError(f"The sampling_params must be type SamplingParams or None, but got {type(sampling_params)}")
         if sampling_params._stream_interval is None:

@@ -2,16 +2,20 @@
 
 `TorchLlmArgs` here carries a subset of the real fields (the ones FACTS.md lists, with the real defaults); the real
 class has many more. Like the real models these forbid unknown fields, and `BaseLLM.__init__` rejects a keyword that
-is not a field with ValueError("<class> got invalid argument: <key>").
+is not a field with ValueError("<class> got invalid argument: <key>"). `_ParallelConfig.world_size_per_node` and the
+`gpus_per_node` validator follow the real code line for line (TODO comment included).
 """
 
 from __future__ import annotations
 
 import enum
+import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from tensorrt_llm.llmapi.utils import get_device_count
 
 
 class StrictBaseModel(BaseModel):
@@ -56,13 +60,22 @@ class KvCacheConfig(StrictBaseModel):
     tokens_per_block: int = 32
 
 
+class SamplerType(enum.StrEnum):
+    """The sampler the PyTorch executor uses: `auto` picks TorchSampler unless beam search is asked for."""
+
+    TRTLLMSampler = "TRTLLMSampler"
+    TorchSampler = "TorchSampler"
+    auto = "auto"
+
+
 @dataclass(frozen=True)
 class _ParallelConfig:
-    """The part of the real `_ParallelConfig` BaseLLM reads."""
+    """The part of the real `_ParallelConfig` BaseLLM reads (`gpus_per_node` defaults to 8 there)."""
 
     tp_size: int
     pp_size: int
     cp_size: int = 1
+    gpus_per_node: int = 8
 
     @property
     def world_size(self) -> int:
@@ -70,7 +83,9 @@ class _ParallelConfig:
 
     @property
     def world_size_per_node(self) -> int:
-        return self.world_size
+        world_size = self.world_size
+        total_nodes = math.ceil(world_size / self.gpus_per_node)
+        return world_size // total_nodes  # TODO is this right?  (the real comment)
 
     @property
     def is_multi_gpu(self) -> bool:
@@ -93,7 +108,10 @@ class TorchLlmArgs(StrictBaseModel):
     tokenizer_revision: str | None = None
     pipeline_parallel_size: int = 1
     context_parallel_size: int = 1
-    gpus_per_node: int | None = None
+    gpus_per_node: int | None = Field(default=None, validate_default=True)  # the validator fills it from the GPUs
+    sampler_type: str | SamplerType = SamplerType.auto
+    otlp_traces_endpoint: str | None = None
+    perf_metrics_max_requests: int = 0
     enable_attention_dp: bool = False
     kv_cache_config: KvCacheConfig = Field(default_factory=KvCacheConfig)
     enable_chunked_prefill: bool = False
@@ -114,10 +132,30 @@ class TorchLlmArgs(StrictBaseModel):
     enable_iter_perf_stats: bool = False
     print_iter_log: bool = False
 
+    @field_validator("gpus_per_node", mode="before")
+    @classmethod
+    def validate_gpus_per_node(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if os.getenv("RAY_LOCAL_WORLD_SIZE") is not None:
+            tensor_parallel_size: int | None = info.data.get("tensor_parallel_size")
+            return tensor_parallel_size
+        if v is None:
+            v = get_device_count()  # the real one: torch.cuda.device_count()
+        return v
+
+    @field_validator("sampler_type", mode="before")
+    @classmethod
+    def validate_sampler_type(cls, v: str | SamplerType) -> SamplerType:
+        return SamplerType(v)  # ValueError for anything else
+
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> TorchLlmArgs:
         return cls(**kwargs)
 
     @property
     def parallel_config(self) -> _ParallelConfig:
-        return _ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size, self.context_parallel_size)
+        return _ParallelConfig(
+            self.tensor_parallel_size,
+            self.pipeline_parallel_size,
+            self.context_parallel_size,
+            self.gpus_per_node if self.gpus_per_node is not None else 8,
+        )

@@ -40,6 +40,27 @@ export enum FinishReason {
 }
 
 /**
+ * How urgently a request wants an engine slot. Batch requests hold at most a
+ * share of each engine's slots (the server's `batch_slot_share`, 3/4 by
+ * default), so interactive ones start at once under a saturating batch load.
+ * When requests wait for a slot, the interactive ones are admitted first;
+ * batch is never starved: while both classes wait, at least one freed slot in
+ * every few goes to the oldest batch request (`batch_every`, 4 by default), so
+ * a batch request's wait is bounded by its place in the batch queue, not by
+ * the interactive load. A tenant's share of each queue holds for both
+ * classes.
+ */
+export enum Priority {
+  /** PRIORITY_UNSPECIFIED - Interactive, the default. */
+  PRIORITY_UNSPECIFIED = 0,
+  /** PRIORITY_INTERACTIVE - A person or a live pipeline waits for the first output. */
+  PRIORITY_INTERACTIVE = 1,
+  /** PRIORITY_BATCH - Throughput work that may wait (offline jobs, evaluations, backfills). */
+  PRIORITY_BATCH = 2,
+  UNRECOGNIZED = -1,
+}
+
+/**
  * W3C trace context (https://www.w3.org/TR/trace-context/) for one request, so
  * requests multiplexed on one session can belong to different traces.
  */

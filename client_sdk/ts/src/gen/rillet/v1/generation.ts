@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { Priority } from "./common";
 
 export const protobufPackage = "rillet.v1";
 
@@ -196,6 +197,8 @@ export interface GenerateParams {
     /** The output is one JSON object (any keys and values). */
     { $case: "jsonObject"; value: JsonObject }
     | undefined;
+  /** The admission class; unset is interactive. */
+  priority: Priority;
 }
 
 /** A choice among strings, for GenerateParams.choice. */
@@ -569,6 +572,7 @@ function createBaseGenerateParams(): GenerateParams {
     stop: [],
     topLogprobs: undefined,
     constraint: undefined,
+    priority: 0,
   };
 }
 
@@ -616,6 +620,9 @@ export const GenerateParams: MessageFns<GenerateParams> = {
       case "jsonObject":
         JsonObject.encode(message.constraint.value, writer.uint32(106).fork()).join();
         break;
+    }
+    if (message.priority !== 0) {
+      writer.uint32(112).int32(message.priority);
     }
     return writer;
   },
@@ -737,6 +744,14 @@ export const GenerateParams: MessageFns<GenerateParams> = {
             message.constraint = { $case: "jsonObject", value: JsonObject.decode(reader, reader.uint32()) };
             continue;
           }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.priority = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -813,6 +828,7 @@ export const GenerateParams: MessageFns<GenerateParams> = {
         break;
       }
     }
+    message.priority = object.priority ?? 0;
     return message;
   },
 };

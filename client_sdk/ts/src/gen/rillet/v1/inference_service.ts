@@ -164,7 +164,16 @@ export interface SessionResponse {
 /** Request of the one-shot Generate RPC. */
 export interface GenerateRequest {
   /** What to generate. */
-  params: GenerateParams | undefined;
+  params:
+    | GenerateParams
+    | undefined;
+  /**
+   * An id by which ControlService.Abort finds this request from another call
+   * of the same tenant (at most the server's request-id limit, 128
+   * characters). Empty: the server names the request itself, and only an
+   * abort of all the tenant's requests reaches it.
+   */
+  requestId: string;
 }
 
 /** A message of the one-shot Generate RPC's response stream. */
@@ -185,7 +194,14 @@ export interface GenerateResponse {
 /** Request of the one-shot Synthesize RPC. */
 export interface SynthesizeRequest {
   /** What to synthesize and how; `params.text` must not be empty. */
-  params: SynthesizeParams | undefined;
+  params:
+    | SynthesizeParams
+    | undefined;
+  /**
+   * An id by which ControlService.Abort finds this request, as
+   * GenerateRequest.request_id.
+   */
+  requestId: string;
 }
 
 /** A message of the one-shot Synthesize RPC's response stream. */
@@ -960,13 +976,16 @@ export const SessionResponse: MessageFns<SessionResponse> = {
 };
 
 function createBaseGenerateRequest(): GenerateRequest {
-  return { params: undefined };
+  return { params: undefined, requestId: "" };
 }
 
 export const GenerateRequest: MessageFns<GenerateRequest> = {
   encode(message: GenerateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.params !== undefined) {
       GenerateParams.encode(message.params, writer.uint32(10).fork()).join();
+    }
+    if (message.requestId !== "") {
+      writer.uint32(18).string(message.requestId);
     }
     return writer;
   },
@@ -992,6 +1011,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.params = GenerateParams.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1012,6 +1039,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     message.params = (object.params !== undefined && object.params !== null)
       ? GenerateParams.fromPartial(object.params)
       : undefined;
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
@@ -1113,13 +1141,16 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
 };
 
 function createBaseSynthesizeRequest(): SynthesizeRequest {
-  return { params: undefined };
+  return { params: undefined, requestId: "" };
 }
 
 export const SynthesizeRequest: MessageFns<SynthesizeRequest> = {
   encode(message: SynthesizeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.params !== undefined) {
       SynthesizeParams.encode(message.params, writer.uint32(10).fork()).join();
+    }
+    if (message.requestId !== "") {
+      writer.uint32(18).string(message.requestId);
     }
     return writer;
   },
@@ -1145,6 +1176,14 @@ export const SynthesizeRequest: MessageFns<SynthesizeRequest> = {
             message.params = SynthesizeParams.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1165,6 +1204,7 @@ export const SynthesizeRequest: MessageFns<SynthesizeRequest> = {
     message.params = (object.params !== undefined && object.params !== null)
       ? SynthesizeParams.fromPartial(object.params)
       : undefined;
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
@@ -1719,6 +1759,8 @@ export const InferenceServiceDefinition = {
      *   and the server then ends the call with OK.
      * - Cancelling the call, or the client disconnecting, cancels every request
      *   of the session in the engine.
+     * - ControlService.Abort, from any call of the same tenant, ends a request
+     *   as Cancel does: `finished` with FINISH_REASON_CANCELLED.
      * - While the server drains, new starts fail with UNAVAILABLE; requests in
      *   flight finish within the server's grace period or fail with UNAVAILABLE,
      *   and the call then ends with UNAVAILABLE.
@@ -1733,7 +1775,8 @@ export const InferenceServiceDefinition = {
     },
     /**
      * One-shot text generation: token deltas, then one `finished`. Failures end
-     * the call with the request's status. Cancelling the call aborts the request.
+     * the call with the request's status. Cancelling the call aborts the request;
+     * ControlService.Abort ends it with `finished` (FINISH_REASON_CANCELLED).
      */
     generate: {
       name: "Generate",

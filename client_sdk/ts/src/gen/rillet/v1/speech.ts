@@ -7,6 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Duration } from "../../google/protobuf/duration";
+import { Priority } from "./common";
 
 export const protobufPackage = "rillet.v1";
 
@@ -71,6 +72,8 @@ export interface SynthesizeParams {
   maxChunkDuration:
     | Duration
     | undefined;
+  /** The admission class; unset is interactive. */
+  priority: Priority;
   /**
    * When true, each AudioChunk carries the words whose audio starts in it
    * (`AudioChunk.words`). Only voices whose ListModels entry says
@@ -140,7 +143,15 @@ export interface AudioChunk {
 }
 
 function createBaseSynthesizeParams(): SynthesizeParams {
-  return { voice: "", text: "", sampleRateHertz: 0, encoding: 0, maxChunkDuration: undefined, wordTimings: false };
+  return {
+    voice: "",
+    text: "",
+    sampleRateHertz: 0,
+    encoding: 0,
+    maxChunkDuration: undefined,
+    priority: 0,
+    wordTimings: false,
+  };
 }
 
 export const SynthesizeParams: MessageFns<SynthesizeParams> = {
@@ -160,8 +171,11 @@ export const SynthesizeParams: MessageFns<SynthesizeParams> = {
     if (message.maxChunkDuration !== undefined) {
       Duration.encode(message.maxChunkDuration, writer.uint32(42).fork()).join();
     }
+    if (message.priority !== 0) {
+      writer.uint32(48).int32(message.priority);
+    }
     if (message.wordTimings !== false) {
-      writer.uint32(48).bool(message.wordTimings);
+      writer.uint32(56).bool(message.wordTimings);
     }
     return writer;
   },
@@ -224,6 +238,14 @@ export const SynthesizeParams: MessageFns<SynthesizeParams> = {
               break;
             }
 
+            message.priority = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
             message.wordTimings = reader.bool();
             continue;
           }
@@ -251,6 +273,7 @@ export const SynthesizeParams: MessageFns<SynthesizeParams> = {
     message.maxChunkDuration = (object.maxChunkDuration !== undefined && object.maxChunkDuration !== null)
       ? Duration.fromPartial(object.maxChunkDuration)
       : undefined;
+    message.priority = object.priority ?? 0;
     message.wordTimings = object.wordTimings ?? false;
     return message;
   },

@@ -1,1 +1,0 @@
-"""`rillet bench`: a load generator for any Rillet server, over the generated rillet.v1 stubs only (a client tool)."""
