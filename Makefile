@@ -53,8 +53,10 @@ $(TS_DEPS): client_sdk/ts/package.json client_sdk/ts/package-lock.json
 proto-tools: install $(TS_DEPS) $(TOOLS)/stamps/$(subst /,+,$(PROTOC_GEN_GO)) $(TOOLS)/stamps/$(subst /,+,$(PROTOC_GEN_GO_GRPC))
 tools: proto-tools $(GO_TOOL_STAMPS)
 
-# Every language's generated code, from proto/buf.gen.yaml.
+# Every language's generated code, from proto/buf.gen.yaml (the reasons' enum and README table first, from the
+# catalogue in server/rillet/server/reasons.py).
 proto: proto-tools
+	$(PY) scripts/gen_reasons.py
 	$(PY) scripts/gen_protos.py
 	cd proto && ../$(BIN)/buf lint
 
@@ -87,6 +89,7 @@ lint: proto-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(PY) scripts/gen_reasons.py --check
 	$(PY) scripts/gen_protos.py --check
 	cd client_sdk/ts && npm run check:page
 	cd proto && ../$(BIN)/buf lint && ../$(BIN)/buf breaking --against baseline/rillet_v1.binpb

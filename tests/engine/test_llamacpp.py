@@ -329,7 +329,7 @@ async def test_aclose_ends_streams_in_flight_and_refuses_new_ones() -> None:
     engine = LlamaCppEngine(LlamaCppConfig(slots=2, context_length=256))
     with pytest.raises(Unavailable) as not_started:
         await anext(engine.stream(request(max_tokens=4)))
-    assert not_started.value.reason == "ENGINE_NOT_STARTED"
+    assert not_started.value.reason == "WARMING_UP"
     await engine.start()
     stream = engine.stream(request(max_tokens=200))
     assert isinstance(await anext(stream), TokenDelta)
@@ -339,7 +339,7 @@ async def test_aclose_ends_streams_in_flight_and_refuses_new_ones() -> None:
             pass
     with pytest.raises(Unavailable) as closed:
         await anext(engine.stream(request(max_tokens=4)))
-    assert closed.value.reason == "ENGINE_CLOSED"
+    assert closed.value.reason == "SHUTTING_DOWN"
     assert engine.active == 0
     assert not engine.healthy()
 

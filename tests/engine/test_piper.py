@@ -107,8 +107,8 @@ async def test_speech_is_contiguous_bounded_and_plausibly_long(engine: PiperEngi
     assert finished.reason is FinishReason.STOP
     assert finished.usage.input_characters == len(text)
     assert finished.usage.output_audio_seconds == pytest.approx(seconds)
-    assert finished.prefill_seconds is not None
-    assert finished.prefill_seconds > 0
+    assert finished.first_output_seconds is not None
+    assert finished.first_output_seconds > 0
     labelled = [c.text for c in chunks if c.text]
     assert chunks[0].text == labelled[0] == "The river runs quietly past the mill."
     assert " ".join(labelled).split() == text.split()
@@ -273,7 +273,7 @@ async def test_a_stream_cut_by_engine_shutdown_fails_unavailable() -> None:
     with pytest.raises(Unavailable) as error:
         async for _ in stream:
             pass
-    assert error.value.reason == "ENGINE_CLOSED"
+    assert error.value.reason == "SHUTTING_DOWN"
     assert engine.active == 0
 
 

@@ -89,7 +89,7 @@ async def test_closing_the_engine_ends_streams_in_flight_unavailable() -> None:
     await engine.aclose()
     with pytest.raises(Unavailable) as ended:
         await drain(stream)
-    assert ended.value.reason == "ENGINE_CLOSED"
+    assert ended.value.reason == "SHUTTING_DOWN"
     assert not engine.healthy()
     assert engine.active == 0
 

@@ -123,7 +123,7 @@ BAD_STARTS = [
      "TOO_MANY_STOPS"),
     (start("bad", GP(text="x", top_logprobs=21)), "error", code_pb2.INVALID_ARGUMENT, "TOP_LOGPROBS_OUT_OF_RANGE"),
     (start("bad", GP(token_ids=generation_pb2.TokenIds(ids=[-3]))), "error", code_pb2.INVALID_ARGUMENT,
-     "BAD_TOKEN_ID"),
+     "TOKEN_ID_OUT_OF_RANGE"),
     (start("bad", GP(token_ids=generation_pb2.TokenIds(ids=[10**6]))), "error", code_pb2.INVALID_ARGUMENT,
      "TOKEN_ID_OUT_OF_RANGE"),
     (start("bad", GP(text="x " * 7000, max_tokens=2000)), "error", code_pb2.INVALID_ARGUMENT, "PROMPT_TOO_LONG"),

@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,19 @@ async def test_sigterm_with_200_active_streams_completes_or_refuses_each_within_
             await process.wait()
     assert outcomes == {"completed": 100, "unavailable": 100}
     assert ended < 3 + 2  # every stream ended by the grace (plus the time to say so)
+
+
+async def test_a_misconfigured_voice_fails_the_start_with_status_2_and_says_why(tmp_path: Path) -> None:
+    """A configuration error is no engine death: the server never serves, says what to fix, and exits 2."""
+    missing = tmp_path / "nowhere.onnx"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rillet.server.cli", "serve", "--port", "0", "--text-engine", "synthetic",
+        "--speech-engine", "piper",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "RILLET_PIPER__BUNDLED_VOICE": "false", "RILLET_PIPER__VOICE_PATHS": f'["{missing}"]'},
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 2
+    assert b"invalid configuration" in stderr
+    assert b"piper voice 'nowhere' cannot be used" in stderr
+    assert b"Traceback" not in stderr

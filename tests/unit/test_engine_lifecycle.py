@@ -29,7 +29,7 @@ def assert_not_started(engine: EngineLifecycle) -> None:
     assert engine.healthy()
     error = refusal(engine)
     assert isinstance(error, Unavailable)
-    assert (error.reason, error.message) == ("ENGINE_NOT_STARTED", "the fake engine is not started")
+    assert (error.reason, error.message) == ("WARMING_UP", "the fake engine is not started")
 
 
 def test_a_started_engine_serves_and_is_healthy_until_it_closes() -> None:
@@ -45,7 +45,7 @@ def test_a_started_engine_serves_and_is_healthy_until_it_closes() -> None:
     assert not engine.healthy()
     error = refusal(engine)
     assert isinstance(error, Unavailable)
-    assert (error.reason, error.message) == ("ENGINE_CLOSED", "the fake engine is closed")
+    assert (error.reason, error.message) == ("SHUTTING_DOWN", "the fake engine is closed")
 
 
 def test_a_dead_engine_refuses_with_engine_dead() -> None:

@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
-from rillet.server.config import Settings, SpeechEngineKind, TextEngineKind
+from rillet.server.config import SchedulerConfig, Settings, SpeechEngineKind, SyntheticConfig, TextEngineKind
 from rillet.server.engine import registry
 from rillet.server.engine.synthetic import SyntheticEngine
+from rillet.server.errors import ConfigurationError
+from rillet.server.scheduler import Router
 from rillet.server.types import ModelKind
 
 
@@ -62,3 +64,9 @@ def test_selecting_the_synthetic_engine_imports_no_heavy_backend() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_two_engines_serving_one_model_name_is_a_configuration_error() -> None:
+    router = Router([SyntheticEngine(SyntheticConfig()), SyntheticEngine(SyntheticConfig())], SchedulerConfig())
+    with pytest.raises(ConfigurationError, match="served by two engines"):
+        await router.start()

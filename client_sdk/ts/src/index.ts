@@ -11,3 +11,6 @@ export {
   closeStatus, tokenSubprotocol, webSocketSession,
 } from "./websocket";
 export * from "./messages";
+// The reasons as constants (Node entry only: the page bundle would carry the whole enum): ErrorInfo.reason is a
+// value's name less its ERROR_REASON_ prefix, e.g. ErrorReason[ErrorReason.ERROR_REASON_QUEUE_FULL].slice(13).
+export { ErrorReason } from "./gen/rillet/v1/errors";

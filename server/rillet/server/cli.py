@@ -18,7 +18,7 @@ from rich.table import Table
 
 from rillet.bench.loadgen.cli import bench
 from rillet.server.config import LogFormat, Settings, SpeechEngineKind, TextEngineKind
-from rillet.server.errors import EngineDead
+from rillet.server.errors import ConfigurationError, EngineDead
 from rillet.server.telemetry.logs import configure_logging
 from rillet.server.telemetry.plan import Exports
 from rillet.server.telemetry.plan import exports as telemetry_exports
@@ -143,6 +143,9 @@ def serve(
     try:
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
             status = runner.run(_serve(settings, exports))
+    except ConfigurationError as error:  # a setting, or what one names, is wrong: as invalid settings, status 2
+        err.print(f"[red]invalid configuration:[/red] {escape(str(error))}", highlight=False)
+        raise typer.Exit(2) from None
     except EngineDead as error:  # an engine that cannot run here (no package, GPU or model): its message says why
         err.print(f"[red]cannot serve:[/red] {escape(error.message)}", highlight=False)
         raise typer.Exit(1) from None

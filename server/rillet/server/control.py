@@ -12,6 +12,7 @@ from rillet.server.config import LimitsConfig
 from rillet.server.engine.base import KvCacheReporting, Tokenizing
 from rillet.server.errors import InvalidArgument, NotFound, clip
 from rillet.server.load import LoadBoard, ServerLoad
+from rillet.server.reasons import Reason
 from rillet.server.scheduler import Router, TextRoute
 from rillet.server.session import Lifecycle
 from rillet.server.types import ChatMessage, ModelInfo, ModelKind
@@ -121,7 +122,7 @@ class Control:
         if not ended:
             raise NotFound(
                 f"no request {clip(request_id)!r} of yours is in flight on this server",
-                reason="REQUEST_NOT_FOUND",
+                reason=Reason.REQUEST_NOT_FOUND,
                 metadata={"request_id": clip(request_id)},
             )
         return ended
@@ -134,6 +135,6 @@ def _tokenizer(route: TextRoute) -> Tokenizing:
             f"the {engine.name} engine serving {route.model.name!r} does not tokenize for clients "
             "(GetServerInfo lists the engines that do)",
             field="model",
-            reason="TOKENIZER_UNSUPPORTED",
+            reason=Reason.TOKENIZER_UNSUPPORTED,
         )
     return engine

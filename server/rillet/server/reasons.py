@@ -11,9 +11,21 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from rillet.server.errors import Code
+__all__ = ["CATALOGUE", "Code", "Reason", "ReasonDoc"]
 
-__all__ = ["CATALOGUE", "Reason", "ReasonDoc"]
+
+class Code(enum.IntEnum):
+    """The canonical status codes Rillet uses (values are google.rpc.Code numbers)."""
+
+    CANCELLED = 1
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    RESOURCE_EXHAUSTED = 8
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 class Reason(enum.StrEnum):
@@ -27,7 +39,6 @@ class Reason(enum.StrEnum):
     EMPTY_PROMPT = enum.auto()
     PROMPT_TOO_LARGE = enum.auto()
     PROMPT_TOO_LONG = enum.auto()
-    BAD_TOKEN_ID = enum.auto()
     TOKEN_ID_OUT_OF_RANGE = enum.auto()
     CHAT_TEMPLATE_MISSING = enum.auto()
     CHAT_TEMPLATE_UNSUPPORTED = enum.auto()
@@ -98,15 +109,11 @@ class Reason(enum.StrEnum):
     INVALID_TOKEN = enum.auto()
     # Server and engine state
     WARMING_UP = enum.auto()
-    ENGINE_NOT_STARTED = enum.auto()
-    ENGINE_NOT_READY = enum.auto()
-    ENGINE_CLOSED = enum.auto()
+    SHUTTING_DOWN = enum.auto()
     ENGINE_DEAD = enum.auto()
     ENGINE_START_FAILED = enum.auto()
     ENGINE_CONFIG_INVALID = enum.auto()
     ENGINE_UNAVAILABLE = enum.auto()
-    VOICE_UNAVAILABLE = enum.auto()
-    DUPLICATE_VOICE = enum.auto()
     # Failures of one request
     KV_CACHE_FULL = enum.auto()
     LOGPROB_MISSING = enum.auto()
@@ -152,20 +159,25 @@ CATALOGUE: dict[Reason, ReasonDoc] = {
     Reason.PROMPT_TOO_LONG: ReasonDoc(
         _I, "prompt tokens plus max_tokens do not fit the model's context (metadata: the limits)", "shorten either"
     ),
-    Reason.BAD_TOKEN_ID: ReasonDoc(_I, "a token id is negative", _FIX),
-    Reason.TOKEN_ID_OUT_OF_RANGE: ReasonDoc(_I, "a token id is past the model's vocabulary", _FIX),
+    Reason.TOKEN_ID_OUT_OF_RANGE: ReasonDoc(
+        _I, "a token id is not one of the model's vocabulary (negative, or past its end)", _FIX
+    ),
     Reason.CHAT_TEMPLATE_MISSING: ReasonDoc(
         _I, "a chat prompt for a model without a chat template (ListModels: supports_chat)", "send text or token ids"
     ),
     Reason.CHAT_TEMPLATE_UNSUPPORTED: ReasonDoc(
         _I, "the model's chat template refuses the conversation (a role it lacks, turns that do not alternate)", _FIX
     ),
-    Reason.CHAT_ROLE_INVALID: ReasonDoc(_I, "a chat role the model's template does not know", _FIX),
+    Reason.CHAT_ROLE_INVALID: ReasonDoc(
+        _I, "a chat role holds the model's control-token text (it would forge a turn of the conversation)", _FIX
+    ),
     Reason.CHAT_ROLE_TOO_LONG: ReasonDoc(_I, "a chat role longer than the limit", _FIX),
     Reason.TOO_MANY_CHAT_MESSAGES: ReasonDoc(_I, "more chat messages than the limit", _FIX),
     Reason.MAX_TOKENS_OUT_OF_RANGE: ReasonDoc(_I, "max_tokens is 0 or above the model's max_tokens_limit", _FIX),
     Reason.SAMPLING_OUT_OF_RANGE: ReasonDoc(_I, "a sampling value outside its documented range (or NaN)", _FIX),
-    Reason.SAMPLING_REJECTED: ReasonDoc(_I, "the engine's library refused the sampling values", _FIX),
+    Reason.SAMPLING_REJECTED: ReasonDoc(
+        _I, "the engine's library refused sampling values the server's own checks let through", _FIX
+    ),
     Reason.TOP_LOGPROBS_OUT_OF_RANGE: ReasonDoc(_I, "top_logprobs above the server's limit", _FIX),
     Reason.FIELD_UNSUPPORTED: ReasonDoc(
         _I,
@@ -197,7 +209,9 @@ CATALOGUE: dict[Reason, ReasonDoc] = {
     Reason.CONFLICTING_TEXT_SOURCES: ReasonDoc(
         _I, "a synthesis given both text and text_from_request_id, or streaming input and a source", _FIX
     ),
-    Reason.REQUEST_REJECTED: ReasonDoc(_I, "the engine's library refused the request at submission", _FIX),
+    Reason.REQUEST_REJECTED: ReasonDoc(
+        _I, "the engine's library refused, at submission, a request the server's own checks let through", _FIX
+    ),
     Reason.UNKNOWN_PRIORITY: ReasonDoc(_I, "a priority value the server does not know", _FIX),
     Reason.UNDECODABLE_MESSAGE: ReasonDoc(
         _I, "a message that is not valid protobuf (or JSON) of its type, or has bad UTF-8", "fix the client's encoder"
@@ -261,33 +275,45 @@ CATALOGUE: dict[Reason, ReasonDoc] = {
     Reason.MISSING_TOKEN: ReasonDoc(_AU, "auth is on and the call has no bearer token", "send one"),
     Reason.INVALID_TOKEN: ReasonDoc(_AU, "the bearer token is not one the server knows", "send a valid one"),
     Reason.WARMING_UP: ReasonDoc(
-        _UN, "the server has not finished warming its engines", "retry shortly (the SDK does)"
+        _UN, "the server or its engine has not finished starting (loading, warming up)", "retry shortly (the SDK does)"
     ),
-    Reason.ENGINE_NOT_STARTED: ReasonDoc(_UN, "the engine has not started (called before start)", "retry shortly"),
-    Reason.ENGINE_NOT_READY: ReasonDoc(_UN, "the voice's workers are not ready", "retry shortly"),
-    Reason.ENGINE_CLOSED: ReasonDoc(_UN, "the engine is closing or closed (the server is stopping)", "retry elsewhere"),
+    Reason.SHUTTING_DOWN: ReasonDoc(
+        _UN,
+        "the server is draining or stopping: it takes no new requests and ends those still running past its grace",
+        "retry on another replica",
+    ),
     Reason.ENGINE_DEAD: ReasonDoc(
         _IN, "the engine failed for good; the server is draining and will exit", "retry on another replica"
     ),
     Reason.ENGINE_START_FAILED: ReasonDoc(
-        _IN, "the engine could not start (the server does not serve)", "see the logs"
+        _IN,
+        "never sent to a client: an engine failed while loading or warming up, and the server exits without serving",
+        "operators: see the server's log",
     ),
-    Reason.ENGINE_CONFIG_INVALID: ReasonDoc(_IN, "the engine's configuration is invalid at start", "fix the settings"),
+    Reason.ENGINE_CONFIG_INVALID: ReasonDoc(
+        _IN,
+        "never sent to a client: the trtllm engine's settings are invalid, and the server exits without serving",
+        "operators: fix the settings",
+    ),
     Reason.ENGINE_UNAVAILABLE: ReasonDoc(
-        _IN, "the engine's library or hardware is missing at start", "install it or serve another engine"
+        _IN,
+        "never sent to a client: the trtllm engine's library or GPUs are missing, and the server exits without serving",
+        "operators: install them or serve another engine",
     ),
-    Reason.VOICE_UNAVAILABLE: ReasonDoc(_IN, "a configured voice cannot be loaded at start", "fix the settings"),
-    Reason.DUPLICATE_VOICE: ReasonDoc(_IN, "two configured voices have one name", "fix the settings"),
     Reason.KV_CACHE_FULL: ReasonDoc(_IN, "the engine ran out of KV cache for this request", _BUG),
     Reason.LOGPROB_MISSING: ReasonDoc(
         _IN, "the engine's library did not report a logprob it was asked for (never invented)", _BUG
     ),
-    Reason.ENGINE_REQUEST_FAILED: ReasonDoc(_IN, "the engine's library failed this request", _BUG),
+    Reason.ENGINE_REQUEST_FAILED: ReasonDoc(
+        _IN, "the engine failed this request (its library's error, or an unexpected one, which is logged)", _BUG
+    ),
     Reason.ENGINE_STREAM_ENDED: ReasonDoc(_IN, "the engine's stream ended without finishing the request", _BUG),
     Reason.SYNTHESIS_FAILED: ReasonDoc(_IN, "the voice failed to render this request's text", _BUG),
     Reason.INVALID_ARGUMENT: ReasonDoc(_I, "a bad request with no more specific reason", _FIX),
     Reason.NOT_FOUND: ReasonDoc(_NF, "something named does not exist, with no more specific reason", _FIX),
-    Reason.UNAVAILABLE: ReasonDoc(_UN, "the server cannot take work now (draining), no more specific reason", _RETRY),
+    Reason.UNAVAILABLE: ReasonDoc(
+        _UN, "the server cannot take work now, no more specific reason", "retry shortly, or on another replica"
+    ),
     Reason.UNAUTHENTICATED: ReasonDoc(_AU, "credentials are wrong, no more specific reason", "send valid ones"),
     Reason.INTERNAL: ReasonDoc(_IN, "a failure that is the server's fault, no more specific reason", _BUG),
 }

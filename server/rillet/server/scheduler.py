@@ -13,7 +13,8 @@ from rillet.server.audio.output import speak
 from rillet.server.audio.transcript import Transcript
 from rillet.server.config import SchedulerConfig
 from rillet.server.engine.base import Engine, SpeechEngine, SpeechEvent, TextEngine, TextEvent
-from rillet.server.errors import NotFound, ResourceExhausted, Unavailable, clip
+from rillet.server.errors import ConfigurationError, NotFound, ResourceExhausted, Unavailable, clip
+from rillet.server.reasons import Reason
 from rillet.server.types import AudioOutput, GenerationRequest, ModelInfo, ModelKind, Priority, SynthesisRequest
 
 E = TypeVar("E", TextEngine, SpeechEngine)
@@ -118,7 +119,7 @@ class Admission:
             raise ResourceExhausted(
                 f"tenant {tenant!r} already has {self._tenant_share} requests queued for this engine, its share",
                 retry_after=self._retry_after_s,
-                reason="TENANT_QUEUE_SHARE",
+                reason=Reason.TENANT_QUEUE_SHARE,
                 metadata={"tenant": tenant, "share": str(self._tenant_share)},
             )
         waiters = self._batch if batch else self._interactive
@@ -291,7 +292,7 @@ class Router:
             queues.append(EngineQueue(engine, admission, throughput))
             for model in map(self._published, engine.models):
                 if model.name in text or model.name in speech:
-                    raise ValueError(f"model name {model.name!r} is served by two engines")
+                    raise ConfigurationError(f"model name {model.name!r} is served by two engines: rename one")
                 if model.kind is not engine.serves:
                     raise ValueError(
                         f"engine {engine.name!r} serves {engine.serves.value} but lists {model.name!r} as "
@@ -346,13 +347,13 @@ class Router:
         if not name:
             default = self._defaults.get(kind)
             if default is None:
-                raise NotFound(f"this server serves no {noun}", reason="NO_DEFAULT_MODEL")
+                raise NotFound(f"this server serves no {noun}", reason=Reason.NO_DEFAULT_MODEL)
             name = default
         route = routes.get(name)
         if route is None:
             raise NotFound(
                 f"unknown {noun} {clip(name)!r}; served: {', '.join(sorted(routes)) or 'none'}",
-                reason="MODEL_NOT_FOUND",
+                reason=Reason.MODEL_NOT_FOUND,
                 metadata={"model": clip(name)},
             )
         return route
@@ -364,7 +365,7 @@ class Router:
 
     def _check_started(self) -> None:
         if not self._started:
-            raise Unavailable("the server is warming up its engines; retry shortly", reason="WARMING_UP")
+            raise Unavailable("the server is warming up its engines; retry shortly", reason=Reason.WARMING_UP)
 
     def healthy(self) -> bool:
         return all(engine.healthy() for engine in self._engines)

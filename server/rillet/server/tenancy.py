@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rillet.server.errors import ResourceExhausted
+from rillet.server.reasons import Reason
 
 __all__ = [
     "TenantLedger",
@@ -76,7 +77,7 @@ class TenantQuota:
             raise ResourceExhausted(
                 f"tenant {self.tenant!r} has {limit} requests in flight, its limit; retry when one ends",
                 retry_after=self._ledger.retry_after_s,
-                reason="TENANT_REQUEST_LIMIT",
+                reason=Reason.TENANT_REQUEST_LIMIT,
                 metadata={"tenant": self.tenant, "limit": str(limit)},
             )
         self._counters.requests += 1
@@ -141,7 +142,7 @@ class TenantLedger:
             raise ResourceExhausted(
                 f"the server has {self._max_calls} calls open, its limit; retry later",
                 retry_after=self.retry_after_s,
-                reason="SERVER_SESSION_LIMIT",
+                reason=Reason.SERVER_SESSION_LIMIT,
                 metadata={"limit": str(self._max_calls)},
             )
         counters = self._tenants.get(tenant)
@@ -153,7 +154,7 @@ class TenantLedger:
             raise ResourceExhausted(
                 f"tenant {tenant!r} has {limit} calls open, its limit; retry when one ends",
                 retry_after=self.retry_after_s,
-                reason="TENANT_SESSION_LIMIT",
+                reason=Reason.TENANT_SESSION_LIMIT,
                 metadata={"tenant": tenant, "limit": str(limit)},
             )
         counters.sessions += 1

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from rillet.server.errors import InvalidArgument, RilletError
+from rillet.server.reasons import Reason
 
 
 class FinishReason(enum.Enum):
@@ -86,7 +87,7 @@ class TextCapabilities:
             return InvalidArgument(
                 f"this model does not enforce {constraint.kind.value} constraints (ListModels lists the kinds it does)",
                 field=f"params.{constraint.kind.value}",
-                reason="CONSTRAINT_UNSUPPORTED",
+                reason=Reason.CONSTRAINT_UNSUPPORTED,
             )
         for name in SAMPLING_FIELDS:
             value = getattr(sampling, name)
@@ -95,7 +96,7 @@ class TextCapabilities:
                     f"sampling.{name} = {value} is not honoured by this model; leave it unset "
                     "(ListModels lists what each model honours)",
                     field=f"params.sampling.{name}",
-                    reason="FIELD_UNSUPPORTED",
+                    reason=Reason.FIELD_UNSUPPORTED,
                 )
         if top_logprobs is not None:
             sampled = sampling.temperature >= GREEDY_BELOW_TEMPERATURE
@@ -105,7 +106,7 @@ class TextCapabilities:
                     f"top_logprobs is not honoured by this model{when}; leave it unset "
                     "(ListModels lists what each model honours)",
                     field="params.top_logprobs",
-                    reason="FIELD_UNSUPPORTED",
+                    reason=Reason.FIELD_UNSUPPORTED,
                 )
         return None
 
@@ -330,15 +331,16 @@ class EngineFinished:
     stop_sequence: str = ""
     prefill_seconds: float | None = None
     """Prefill alone: from the engine starting work on the request (after `engine_queue_seconds`) to its first
-    output; the prompt's forward passes for text, the first segment's synthesis for speech. None where the engine
-    cannot measure it apart from its own queueing (it sets `first_output_seconds` instead)."""
+    output, the prompt's forward passes. None where the engine cannot measure it apart from its own queueing, or has
+    no prefill (it sets `first_output_seconds` instead)."""
     engine_queue_seconds: float = 0.0
     """From `stream` to the engine starting work on the request: its wait inside the engine (for a slot, KV room)
     after the scheduler admitted it. 0 where the engine does not queue, or cannot tell (see `first_output_seconds`)."""
     first_output_seconds: float | None = None
     """From `stream` to the first output, whatever the engine did meanwhile (its own queueing included): set by an
     engine that cannot split it into `engine_queue_seconds` and `prefill_seconds`, e.g. TensorRT-LLM, which queues and
-    prefills inside its executor. Timings.prefill reports it when `prefill_seconds` is None."""
+    prefills inside its executor, or that has no prefill: piper's time to first audio. Timings.prefill reports it
+    when `prefill_seconds` is None."""
 
 
 EngineEvent = TokenDelta | AudioChunk | EngineFinished

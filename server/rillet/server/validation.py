@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from rillet.server.audio import OPUS_RATE
 from rillet.server.config import LimitsConfig
 from rillet.server.errors import InvalidArgument, clip
+from rillet.server.reasons import Reason
 from rillet.server.scheduler import Router, SpeechRoute, TextRoute
 from rillet.server.types import (
     AudioEncoding,
@@ -36,13 +37,13 @@ def check_id_length(request_id: str, limits: LimitsConfig, field: str = "request
         raise InvalidArgument(
             f"{field} has {len(request_id)} characters; the limit is {limits.max_request_id_chars}",
             field=field,
-            reason="REQUEST_ID_TOO_LONG",
+            reason=Reason.REQUEST_ID_TOO_LONG,
         )
 
 
 def validate_request_id(request_id: str, limits: LimitsConfig) -> None:
     if not request_id:
-        raise InvalidArgument("request_id must not be empty", field="request_id", reason="MISSING_REQUEST_ID")
+        raise InvalidArgument("request_id must not be empty", field="request_id", reason=Reason.MISSING_REQUEST_ID)
     check_id_length(request_id, limits)
 
 
@@ -52,14 +53,14 @@ def validate_text_piece(text: str, limits: LimitsConfig) -> None:
         raise InvalidArgument(
             f"the text piece has {len(text)} characters; the limit is {limits.max_text_piece_chars}",
             field="append_text.text",
-            reason="TEXT_PIECE_TOO_LARGE",
+            reason=Reason.TEXT_PIECE_TOO_LARGE,
         )
     _check_no_nul(text, "append_text.text")
 
 
 def _check_no_nul(text: str, field: str) -> None:
     if "\0" in text:
-        raise InvalidArgument(f"{field} contains a NUL character", field=field, reason="NUL_CHARACTER")
+        raise InvalidArgument(f"{field} contains a NUL character", field=field, reason=Reason.NUL_CHARACTER)
 
 
 def _check_name(name: str, field: str, limits: LimitsConfig) -> None:
@@ -67,7 +68,7 @@ def _check_name(name: str, field: str, limits: LimitsConfig) -> None:
         raise InvalidArgument(
             f"{field} {clip(name)!r} is longer than {limits.max_name_chars} characters",
             field=field,
-            reason="NAME_TOO_LONG",
+            reason=Reason.NAME_TOO_LONG,
         )
 
 
@@ -76,19 +77,19 @@ def _check_chat(messages: tuple[ChatMessage, ...], limits: LimitsConfig) -> None
         raise InvalidArgument(
             f"the chat prompt has more than {limits.max_chat_messages} messages",
             field="params.chat",
-            reason="TOO_MANY_CHAT_MESSAGES",
+            reason=Reason.TOO_MANY_CHAT_MESSAGES,
         )
     if any(len(m.role) > limits.max_chat_role_chars for m in messages):
         raise InvalidArgument(
             f"a chat role is longer than {limits.max_chat_role_chars} characters",
             field="params.chat.role",
-            reason="CHAT_ROLE_TOO_LONG",
+            reason=Reason.CHAT_ROLE_TOO_LONG,
         )
     if sum(len(m.content) + len(m.role) for m in messages) > limits.max_prompt_chars:
         raise InvalidArgument(
             f"the chat prompt exceeds {limits.max_prompt_chars} characters",
             field="params.chat",
-            reason="PROMPT_TOO_LARGE",
+            reason=Reason.PROMPT_TOO_LARGE,
         )
 
 
@@ -101,7 +102,7 @@ def _check_range(name: str, value: float | None, low: float, high: float, *, low
         raise InvalidArgument(
             f"sampling.{name} = {value} is outside {bracket}{low:g}, {high:g}]",
             field=f"params.sampling.{name}",
-            reason="SAMPLING_OUT_OF_RANGE",
+            reason=Reason.SAMPLING_OUT_OF_RANGE,
         )
 
 
@@ -110,25 +111,25 @@ def _check_constraint(constraint: Constraint, limits: LimitsConfig) -> None:
     field = f"params.{constraint.kind.value}"
     if constraint.kind is ConstraintKind.CHOICE:
         if not constraint.choices:
-            raise InvalidArgument("a choice needs at least one option", field=field, reason="CONSTRAINT_INVALID")
+            raise InvalidArgument("a choice needs at least one option", field=field, reason=Reason.CONSTRAINT_INVALID)
         if len(constraint.choices) > limits.max_choices:
             raise InvalidArgument(
-                f"a choice has more than {limits.max_choices} options", field=field, reason="CONSTRAINT_TOO_LARGE"
+                f"a choice has more than {limits.max_choices} options", field=field, reason=Reason.CONSTRAINT_TOO_LARGE
             )
         if not all(constraint.choices):
-            raise InvalidArgument("a choice's options must not be empty", field=field, reason="CONSTRAINT_INVALID")
+            raise InvalidArgument("a choice's options must not be empty", field=field, reason=Reason.CONSTRAINT_INVALID)
         size = sum(len(option) for option in constraint.choices)
     elif constraint.kind is ConstraintKind.JSON_OBJECT:
         return
     else:
         if not constraint.text:
-            raise InvalidArgument(f"{field} must not be empty", field=field, reason="CONSTRAINT_INVALID")
+            raise InvalidArgument(f"{field} must not be empty", field=field, reason=Reason.CONSTRAINT_INVALID)
         size = len(constraint.text)
     if size > limits.max_constraint_chars:
         raise InvalidArgument(
             f"{field} has {size} characters; the limit is {limits.max_constraint_chars}",
             field=field,
-            reason="CONSTRAINT_TOO_LARGE",
+            reason=Reason.CONSTRAINT_TOO_LARGE,
         )
 
 
@@ -138,30 +139,32 @@ def check_prompt(prompt: Prompt | None, limits: LimitsConfig, route: TextRoute) 
     Generation and the tokenizer RPCs (control.py) check prompts here alike, so they fail the same way.
     """
     if prompt is None or len(prompt) == 0:
-        raise InvalidArgument("the prompt must not be empty", field="params.prompt", reason="EMPTY_PROMPT")
+        raise InvalidArgument("the prompt must not be empty", field="params.prompt", reason=Reason.EMPTY_PROMPT)
     if isinstance(prompt, str):
         if len(prompt) > limits.max_prompt_chars:
             raise InvalidArgument(
                 f"the prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars}",
                 field="params.prompt",
-                reason="PROMPT_TOO_LARGE",
+                reason=Reason.PROMPT_TOO_LARGE,
             )
     elif isinstance(prompt[0], int):  # tuples are homogeneous (the converter builds them): O(1), not a scan
         if len(prompt) > limits.max_prompt_token_ids:
             raise InvalidArgument(
                 f"the prompt has more than {limits.max_prompt_token_ids} token ids",
                 field="params.token_ids",
-                reason="PROMPT_TOO_LARGE",
+                reason=Reason.PROMPT_TOO_LARGE,
             )
         if min(prompt) < 0:
-            raise InvalidArgument("token ids must not be negative", field="params.token_ids", reason="BAD_TOKEN_ID")
+            raise InvalidArgument(
+                "token ids must not be negative", field="params.token_ids", reason=Reason.TOKEN_ID_OUT_OF_RANGE
+            )
     else:
         _check_chat(prompt, limits)
         if not route.model.supports_chat:
             raise InvalidArgument(
                 f"model {route.model.name!r} has no chat template; send a text or token-id prompt",
                 field="params.chat",
-                reason="CHAT_TEMPLATE_MISSING",
+                reason=Reason.CHAT_TEMPLATE_MISSING,
             )
     return prompt
 
@@ -180,13 +183,13 @@ def validate_token_ids(model: str, token_ids: Sequence[int], limits: LimitsConfi
     _check_name(model, "model", limits)
     route = router.resolve(model, ModelKind.TEXT_GENERATION)
     if not token_ids:
-        raise InvalidArgument("token_ids must not be empty", field="token_ids", reason="EMPTY_PROMPT")
+        raise InvalidArgument("token_ids must not be empty", field="token_ids", reason=Reason.EMPTY_PROMPT)
     if len(token_ids) > limits.max_prompt_token_ids:
         raise InvalidArgument(
-            f"more than {limits.max_prompt_token_ids} token ids", field="token_ids", reason="PROMPT_TOO_LARGE"
+            f"more than {limits.max_prompt_token_ids} token ids", field="token_ids", reason=Reason.PROMPT_TOO_LARGE
         )
     if min(token_ids) < 0:
-        raise InvalidArgument("token ids must not be negative", field="token_ids", reason="BAD_TOKEN_ID")
+        raise InvalidArgument("token ids must not be negative", field="token_ids", reason=Reason.TOKEN_ID_OUT_OF_RANGE)
     return route
 
 
@@ -214,7 +217,7 @@ def validate_generate(
         raise InvalidArgument(
             f"max_tokens = {max_tokens} is outside [1, {limit}]",
             field="params.max_tokens",
-            reason="MAX_TOKENS_OUT_OF_RANGE",
+            reason=Reason.MAX_TOKENS_OUT_OF_RANGE,
         )
     _check_range("temperature", spec.temperature, 0.0, 2.0)
     _check_range("top_p", spec.top_p, 0.0, 1.0, low_open=True)
@@ -222,27 +225,29 @@ def validate_generate(
     _check_range("repetition_penalty", spec.repetition_penalty, 0.0, 2.0, low_open=True)
     if spec.top_k is not None and spec.top_k < 0:
         raise InvalidArgument(
-            f"sampling.top_k = {spec.top_k} must be ≥ 0", field="params.sampling.top_k", reason="SAMPLING_OUT_OF_RANGE"
+            f"sampling.top_k = {spec.top_k} must be ≥ 0",
+            field="params.sampling.top_k",
+            reason=Reason.SAMPLING_OUT_OF_RANGE,
         )
     if len(spec.stop) > limits.max_stop_strings:
         raise InvalidArgument(
             f"more than {limits.max_stop_strings} stop strings",
             field="params.stop",
-            reason="TOO_MANY_STOPS",
+            reason=Reason.TOO_MANY_STOPS,
         )
     if any(not s for s in spec.stop):
-        raise InvalidArgument("stop strings must not be empty", field="params.stop", reason="EMPTY_STOP")
+        raise InvalidArgument("stop strings must not be empty", field="params.stop", reason=Reason.EMPTY_STOP)
     if any(len(s) > limits.max_stop_chars for s in spec.stop):
         raise InvalidArgument(
             f"a stop string is longer than {limits.max_stop_chars} characters",
             field="params.stop",
-            reason="STOP_TOO_LONG",
+            reason=Reason.STOP_TOO_LONG,
         )
     if spec.top_logprobs is not None and spec.top_logprobs > limits.max_top_logprobs:
         raise InvalidArgument(
             f"top_logprobs = {spec.top_logprobs}; at most {limits.max_top_logprobs}",
             field="params.top_logprobs",
-            reason="TOP_LOGPROBS_OUT_OF_RANGE",
+            reason=Reason.TOP_LOGPROBS_OUT_OF_RANGE,
         )
     defaults = SamplingParams()
     sampling = SamplingParams(
@@ -298,7 +303,7 @@ def validate_synthesize(
         raise InvalidArgument(
             f"the text has {len(spec.text)} characters; the limit is {limits.max_synthesis_chars}",
             field="params.text",
-            reason="TEXT_TOO_LARGE",
+            reason=Reason.TEXT_TOO_LARGE,
         )
     _check_no_nul(spec.text, "params.text")
     check_id_length(spec.text_from_request_id, limits, "text_from_request_id")
@@ -308,32 +313,32 @@ def validate_synthesize(
             f"audio encoding {spec.unknown_encoding} is not supported; use one of "
             + ", ".join(f"AUDIO_ENCODING_{encoding.name}" for encoding in AudioEncoding),
             field="params.encoding",
-            reason="UNSUPPORTED_ENCODING",
+            reason=Reason.UNSUPPORTED_ENCODING,
         )
     if spec.word_timings and not route.model.word_timings:
         raise InvalidArgument(
             f"voice {route.model.name!r} gives no word timings (ListModels says which voices do)",
             field="params.word_timings",
-            reason="FIELD_UNSUPPORTED",
+            reason=Reason.FIELD_UNSUPPORTED,
         )
     chunk_s = limits.default_chunk_ms / 1000 if spec.max_chunk_seconds is None else spec.max_chunk_seconds
     if not 0.01 <= chunk_s <= 2.0:
         raise InvalidArgument(
             f"max_chunk_duration {chunk_s:g}s is outside [0.01s, 2s]",
             field="params.max_chunk_duration",
-            reason="CHUNK_DURATION_OUT_OF_RANGE",
+            reason=Reason.CHUNK_DURATION_OUT_OF_RANGE,
         )
     if spec.text_from_request_id:
         if spec.text or spec.streaming_input:
             raise InvalidArgument(
                 "text_from_request_id excludes params.text and streaming_input",
                 field="text_from_request_id",
-                reason="CONFLICTING_TEXT_SOURCES",
+                reason=Reason.CONFLICTING_TEXT_SOURCES,
             )
     elif spec.streaming_input:
         text = _something_to_speak(text)
     elif not spec.text.strip():
-        raise InvalidArgument("the text must not be empty", field="params.text", reason="EMPTY_TEXT")
+        raise InvalidArgument("the text must not be empty", field="params.text", reason=Reason.EMPTY_TEXT)
     encoding = spec.encoding or AudioEncoding.LINEAR16
     output = AudioOutput(
         encoding,
@@ -358,7 +363,7 @@ def _output_rate(asked: int, encoding: AudioEncoding, native: int) -> int:
             raise InvalidArgument(
                 f"Ogg Opus is produced at {OPUS_RATE} Hz, not {asked} Hz; leave sample_rate_hertz at 0",
                 field="params.sample_rate_hertz",
-                reason="UNSUPPORTED_SAMPLE_RATE",
+                reason=Reason.UNSUPPORTED_SAMPLE_RATE,
                 metadata={"supported_sample_rate_hertz": str(OPUS_RATE)},
             )
         return OPUS_RATE
@@ -368,7 +373,7 @@ def _output_rate(asked: int, encoding: AudioEncoding, native: int) -> int:
         raise InvalidArgument(
             f"sample_rate_hertz {asked} is outside [{MIN_SAMPLE_RATE_HERTZ}, {MAX_SAMPLE_RATE_HERTZ}]",
             field="params.sample_rate_hertz",
-            reason="UNSUPPORTED_SAMPLE_RATE",
+            reason=Reason.UNSUPPORTED_SAMPLE_RATE,
         )
     return asked
 
@@ -380,4 +385,4 @@ async def _something_to_speak(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
         speakable = speakable or bool(piece.strip())
         yield piece
     if not speakable:
-        raise InvalidArgument("the text to synthesize is empty", field="text", reason="EMPTY_TEXT")
+        raise InvalidArgument("the text to synthesize is empty", field="text", reason=Reason.EMPTY_TEXT)

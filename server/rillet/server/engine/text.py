@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rillet.server.errors import InvalidArgument
+from rillet.server.reasons import Reason
 from rillet.server.types import GenerationRequest, TextCapabilities
 
 __all__ = ["StopCheck", "StopMatcher", "TextDecoder", "check_request"]
@@ -38,19 +39,19 @@ def check_request(request: GenerationRequest, capabilities: TextCapabilities) ->
             raise InvalidArgument(
                 f"sampling.{name} = {value} cannot be honoured",
                 field=f"params.sampling.{name}",
-                reason="SAMPLING_OUT_OF_RANGE",
+                reason=Reason.SAMPLING_OUT_OF_RANGE,
             )
     if request.max_tokens < 1:
         raise InvalidArgument(
             f"max_tokens = {request.max_tokens} must be at least 1",
             field="params.max_tokens",
-            reason="MAX_TOKENS_OUT_OF_RANGE",
+            reason=Reason.MAX_TOKENS_OUT_OF_RANGE,
         )
     if request.top_logprobs is not None and request.top_logprobs < 0:
         raise InvalidArgument(
             f"top_logprobs = {request.top_logprobs} must not be negative",
             field="params.top_logprobs",
-            reason="TOP_LOGPROBS_OUT_OF_RANGE",
+            reason=Reason.TOP_LOGPROBS_OUT_OF_RANGE,
         )
     refusal = capabilities.refusal(sampling, request.top_logprobs, request.constraint)
     if refusal is not None:

@@ -9,6 +9,7 @@ import time
 from rillet.server.audio.transcript import Transcript
 from rillet.server.errors import DeadlineExceeded, RilletError, Unavailable
 from rillet.server.observer import RequestObserver
+from rillet.server.reasons import Reason
 from rillet.server.session.outbox import Outbox
 from rillet.server.session.text import TextChain, TextInput
 from rillet.server.types import (
@@ -153,13 +154,13 @@ class Request:
                 self.fail(
                     DeadlineExceeded(
                         "the client read nothing of this request's output within the stall limit",
-                        reason="CLIENT_STALLED",
+                        reason=Reason.CLIENT_STALLED,
                     )
                 )
             case CancelReason.INPUT_IDLE:
-                self.fail(DeadlineExceeded("no input text arrived within the idle limit", reason="INPUT_IDLE"))
+                self.fail(DeadlineExceeded("no input text arrived within the idle limit", reason=Reason.INPUT_IDLE))
             case _:
-                self.fail(Unavailable("the server shut down before the request finished"))
+                self.fail(Unavailable("the server shut down before the request finished", reason=Reason.SHUTTING_DOWN))
 
     def usage_so_far(self) -> Usage:
         """What was produced before a cancellation."""

@@ -21,6 +21,7 @@ from rillet.server.errors import (
     Unavailable,
 )
 from rillet.server.observer import NULL_OBSERVER, Observer
+from rillet.server.reasons import Reason
 from rillet.server.scheduler import Job, Router, SpeechJob, TextJob
 from rillet.server.session.lifecycle import Lifecycle
 from rillet.server.session.outbox import OutboundBudget, Outbox
@@ -180,7 +181,9 @@ class Session:
                     if self._input_closed:
                         break  # half-closed and all done: OK, even while draining (nothing was cut short)
                     if self._lifecycle.draining:
-                        raise Unavailable("the server is shutting down; reconnect to another instance")
+                        raise Unavailable(
+                            "the server is shutting down; reconnect to another instance", reason=Reason.SHUTTING_DOWN
+                        )
                 item = await self._ready.get()
                 if item is None:
                     if reader is not None and reader.done() and not reader.cancelled() and reader.exception():
@@ -251,7 +254,7 @@ class Session:
         request = self._requests.get(command.request_id)
         if request is None:
             return NotFound(
-                f"no request {command.request_id!r} is in flight in this session", reason="UNKNOWN_REQUEST_ID"
+                f"no request {command.request_id!r} is in flight in this session", reason=Reason.UNKNOWN_REQUEST_ID
             )
         if isinstance(command, Cancel):
             if command.played_samples is not None:
@@ -259,7 +262,7 @@ class Session:
                     return InvalidArgument(
                         "played_samples is for synthesize requests: cancel the synthesis that played",
                         field="cancel.played_samples",
-                        reason="NOT_A_SYNTHESIS",
+                        reason=Reason.NOT_A_SYNTHESIS,
                     )
                 request.hear(command.played_samples)
             request.cancel(CancelReason.CLIENT)  # a request already ending just sends its terminal output
@@ -271,11 +274,11 @@ class Session:
         if text_input is None or not text_input.streaming:
             return InvalidArgument(
                 f"request {command.request_id!r} is not a streaming-input synthesize request",
-                reason="NOT_STREAMING_INPUT",
+                reason=Reason.NOT_STREAMING_INPUT,
             )
         if text_input.ended:
             return InvalidArgument(
-                f"the input of request {command.request_id!r} has already ended", reason="INPUT_ENDED"
+                f"the input of request {command.request_id!r} has already ended", reason=Reason.INPUT_ENDED
             )
         if isinstance(command, EndInput):
             text_input.end()
@@ -287,7 +290,7 @@ class Session:
         if text_input.chars + len(command.text) > self._limits.max_synthesis_chars:
             return InvalidArgument(
                 f"request {command.request_id!r} would exceed {self._limits.max_synthesis_chars} characters",
-                reason="TEXT_TOO_LARGE",
+                reason=Reason.TEXT_TOO_LARGE,
             )
         else:
             text_input.feed(command.text)
@@ -305,12 +308,14 @@ class Session:
         self._requests[command.request_id] = request
         try:
             if self._lifecycle.draining:
-                raise Unavailable("the server is shutting down; send new requests to another instance")
+                raise Unavailable(
+                    "the server is shutting down; send new requests to another instance", reason=Reason.SHUTTING_DOWN
+                )
             if len(self._requests) > self._limits.max_requests_per_session:
                 raise ResourceExhausted(
                     f"more than {self._limits.max_requests_per_session} requests in flight on this session",
                     retry_after=1.0,
-                    reason="TOO_MANY_REQUESTS_IN_SESSION",
+                    reason=Reason.TOO_MANY_REQUESTS_IN_SESSION,
                 )
             job = self._prepare(command, request)
             if self._quota is not None:
@@ -354,18 +359,20 @@ class Session:
         if source is None:
             raise NotFound(
                 f"no request {request_id!r} is in flight in this session to take text from",
-                reason="UNKNOWN_SOURCE_REQUEST",
+                reason=Reason.UNKNOWN_SOURCE_REQUEST,
                 metadata={"source_request_id": request_id},
             )
         if source.chain is None:
             raise InvalidArgument(
                 f"request {request_id!r} is not a generation request",
                 field="text_from_request_id",
-                reason="SOURCE_NOT_GENERATE",
+                reason=Reason.SOURCE_NOT_GENERATE,
             )
         if source.chain.closed and not source.chain.complete:
             raise InvalidArgument(
-                f"request {request_id!r} was cancelled or failed", field="text_from_request_id", reason="SOURCE_ENDED"
+                f"request {request_id!r} was cancelled or failed",
+                field="text_from_request_id",
+                reason=Reason.SOURCE_ENDED,
             )
         return source
 
@@ -381,7 +388,9 @@ class Session:
                             request.finish(event)
                             return
                         await request.put(event)
-            raise Internal(f"engine {route.engine.name!r} ended a stream without finishing it")
+            raise Internal(
+                f"engine {route.engine.name!r} ended a stream without finishing it", reason=Reason.ENGINE_STREAM_ENDED
+            )
         except asyncio.CancelledError:
             if request.cancel_reason is None:
                 raise
@@ -398,7 +407,7 @@ class Session:
             request.fail(error)
         except Exception as error:  # a bug or engine failure: this request fails, the session goes on
             log.exception("request %s failed in engine %s", request.request_id, route.engine.name)
-            request.fail(Internal(f"the engine failed: {type(error).__name__}"))
+            request.fail(Internal(f"the engine failed: {type(error).__name__}", reason=Reason.ENGINE_REQUEST_FAILED))
         finally:
             route.throughput.ended(request.output_tokens, request.input.chars if request.input is not None else 0)
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from rillet.server.config import SecurityConfig, TenantConfig, TlsConfig
 from rillet.server.errors import ResourceExhausted, Unauthenticated
+from rillet.server.reasons import Reason
 from rillet.server.tenancy import TenantLedger, TenantQuota, use_quota, use_tenant
 from rillet.server.transport.handlers import behavior, with_behavior
 from rillet.server.transport.servicer import SERVICE_NAME, abort
@@ -187,9 +188,9 @@ class CallGate:
             return ""
         token = bearer_token(context.invocation_metadata())
         if token is None:
-            missing = Unauthenticated("this server needs `authorization: Bearer <token>`", reason="MISSING_TOKEN")
+            missing = Unauthenticated("this server needs `authorization: Bearer <token>`", reason=Reason.MISSING_TOKEN)
             await abort(context, missing)
         tenant = self._tokens.tenant(token)
         if tenant is None:
-            await abort(context, Unauthenticated("the bearer token is not valid", reason="INVALID_TOKEN"))
+            await abort(context, Unauthenticated("the bearer token is not valid", reason=Reason.INVALID_TOKEN))
         return tenant

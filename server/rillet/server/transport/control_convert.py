@@ -8,6 +8,7 @@ from rillet.server.config import Settings
 from rillet.server.control import EngineInfo, ServerInfo, TextOrChat
 from rillet.server.errors import InvalidArgument
 from rillet.server.load import EngineLoad, ServerLoad
+from rillet.server.reasons import Reason
 from rillet.server.transport import convert
 from rillet.server.types import ChatMessage, ModelKind
 from rillet.v1 import control_service_pb2 as pb
@@ -42,7 +43,7 @@ def watch_interval(message: pb.WatchLoadRequest, low_s: float, high_s: float) ->
         return min(max(DEFAULT_WATCH_INTERVAL_S, low_s), high_s)
     interval = message.interval
     if interval.seconds < 0 or interval.nanos < 0:
-        raise InvalidArgument("interval must not be negative", field="interval", reason="INVALID_DURATION")
+        raise InvalidArgument("interval must not be negative", field="interval", reason=Reason.INVALID_DURATION)
     return min(max(interval.seconds + interval.nanos / 1e9, low_s), high_s)
 
 
@@ -51,11 +52,13 @@ def abort_target(message: pb.AbortRequest) -> str | None:
     match message.WhichOneof("target"):
         case "request_id":
             if not message.request_id:
-                raise InvalidArgument("request_id must not be empty", field="request_id", reason="MISSING_REQUEST_ID")
+                raise InvalidArgument(
+                    "request_id must not be empty", field="request_id", reason=Reason.MISSING_REQUEST_ID
+                )
             return message.request_id
         case "all_requests":
             return None
-    raise InvalidArgument("set request_id or all_requests", field="target", reason="MISSING_TARGET")
+    raise InvalidArgument("set request_id or all_requests", field="target", reason=Reason.MISSING_TARGET)
 
 
 def server_info(info: ServerInfo, settings: Settings) -> pb.GetServerInfoResponse:

@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from rillet.server.config import LimitsConfig
 from rillet.server.errors import InvalidArgument, ResourceExhausted, RilletError, clip
+from rillet.server.reasons import Reason
 from rillet.server.types import (
     SAMPLING_FIELDS,
     AppendText,
@@ -98,7 +99,7 @@ def parse(data: bytes, message_type: type[M]) -> M:
         detail = str(error).rpartition(": ")[2]  # protobuf's own short cause, e.g. "String field had bad UTF-8"
         raise InvalidArgument(
             f"the message is not a valid {message_type.DESCRIPTOR.full_name}: {clip(detail)}",
-            reason="UNDECODABLE_MESSAGE",
+            reason=Reason.UNDECODABLE_MESSAGE,
         ) from None
     return message
 
@@ -113,7 +114,7 @@ def parse_json(text: str, message_type: type[M]) -> M:
     except (json_format.ParseError, RecursionError) as error:
         raise InvalidArgument(
             f"the message is not a valid {message_type.DESCRIPTOR.full_name} in JSON: {clip(str(error))}",
-            reason="UNDECODABLE_MESSAGE",
+            reason=Reason.UNDECODABLE_MESSAGE,
         ) from None
 
 
@@ -122,7 +123,7 @@ def _seconds(message: duration_pb2.Duration, field: str) -> float:
     seconds, nanos = message.seconds, message.nanos
     if abs(seconds) > MAX_DURATION_SECONDS or abs(nanos) >= 1_000_000_000 or seconds * nanos < 0:
         raise InvalidArgument(
-            f"{field} is not a valid google.protobuf.Duration", field=field, reason="INVALID_DURATION"
+            f"{field} is not a valid google.protobuf.Duration", field=field, reason=Reason.INVALID_DURATION
         )
     return seconds + nanos / 1e9
 
@@ -131,7 +132,7 @@ def priority(value: int, field: str) -> Priority:
     """The admission class a rillet.v1.Priority number names; InvalidArgument (UNKNOWN_PRIORITY) for any other."""
     found = _PRIORITIES.get(value)
     if found is None:
-        raise InvalidArgument(f"{field} = {value} is not a known priority", field=field, reason="UNKNOWN_PRIORITY")
+        raise InvalidArgument(f"{field} = {value} is not a known priority", field=field, reason=Reason.UNKNOWN_PRIORITY)
     return found
 
 
@@ -253,7 +254,7 @@ def _command(message: inference_service_pb2.SessionRequest, limits: LimitsConfig
             cancel = message.cancel
             return Cancel(request_id, cancel.played_samples if cancel.HasField("played_samples") else None)
         case _:
-            raise InvalidArgument("the message has no kind set", field="kind", reason="MISSING_KIND")
+            raise InvalidArgument("the message has no kind set", field="kind", reason=Reason.MISSING_KIND)
 
 
 # ---- domain → proto ------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from rillet.server.config import LoadConfig
 from rillet.server.errors import InvalidArgument, ResourceExhausted
 from rillet.server.load import LoadBoard, ServerLoad
+from rillet.server.reasons import Reason
 from rillet.server.transport.servicer import abort
 
 __all__ = ["SERVICE_NAME", "TRAILER", "OrcaService", "StreamSlots", "add_to_server", "report"]
@@ -88,7 +89,7 @@ class StreamSlots:
             raise ResourceExhausted(
                 f"{self._limit} load report streams are open, the server's limit; retry later",
                 retry_after=self._retry_after_s,
-                reason="LOAD_STREAM_LIMIT",
+                reason=Reason.LOAD_STREAM_LIMIT,
                 metadata={"limit": str(self._limit)},
             )
         self.open += 1
@@ -141,7 +142,7 @@ class OrcaService:
             message.ParseFromString(request)
         except DecodeError:
             raise InvalidArgument(
-                "the message is not a valid OrcaLoadReportRequest", reason="UNDECODABLE_MESSAGE"
+                "the message is not a valid OrcaLoadReportRequest", reason=Reason.UNDECODABLE_MESSAGE
             ) from None
         interval = message.report_interval
         asked = interval.seconds + interval.nanos / 1e9

@@ -53,6 +53,7 @@ from websockets.typing import Origin, Subprotocol
 from rillet.server.config import LimitsConfig, Settings
 from rillet.server.errors import InvalidArgument, ResourceExhausted, RilletError, Unauthenticated, Unavailable, clip
 from rillet.server.observer import NULL_OBSERVER, Observer
+from rillet.server.reasons import Reason
 from rillet.server.scheduler import Router
 from rillet.server.session import Lifecycle, Session
 from rillet.server.tenancy import TenantLedger, TenantQuota
@@ -94,7 +95,7 @@ class Codec:
             raise InvalidArgument(
                 f"a {kind} message on the {self.subprotocol} subprotocol, which carries "
                 f"{'binary' if self.binary else 'text'} messages",
-                reason="UNDECODABLE_MESSAGE",
+                reason=Reason.UNDECODABLE_MESSAGE,
             )
         if isinstance(frame, str):
             return convert.parse_json(frame, pb.SessionRequest)
@@ -133,7 +134,7 @@ def _token(headers: Headers, offered: Sequence[str]) -> str | None:
                 padded = encoded + "=" * (-len(encoded) % 4)
                 return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
-                raise Unauthenticated("the token subprotocol is not base64url", reason="INVALID_TOKEN") from None
+                raise Unauthenticated("the token subprotocol is not base64url", reason=Reason.INVALID_TOKEN) from None
     return None
 
 
@@ -410,11 +411,11 @@ class WebSocketEdge:
                 raise Unauthenticated(
                     f"this server needs a bearer token: the Authorization header or a {TOKEN_PREFIX}<base64url> "
                     "subprotocol",
-                    reason="MISSING_TOKEN",
+                    reason=Reason.MISSING_TOKEN,
                 )
             found = self._tokens.tenant(token)
             if found is None:
-                raise Unauthenticated("the bearer token is not valid", reason="INVALID_TOKEN")
+                raise Unauthenticated("the bearer token is not valid", reason=Reason.INVALID_TOKEN)
             tenant = found
         return self._ledger.open(tenant)
 
@@ -432,7 +433,7 @@ class WebSocketEdge:
                 if session.in_flight:
                     continue
                 raise Unavailable(
-                    f"the session sent nothing for {idle:g}s with nothing in flight", reason="SESSION_IDLE"
+                    f"the session sent nothing for {idle:g}s with nothing in flight", reason=Reason.SESSION_IDLE
                 ) from None
             if not frame:
                 tail.start(connection)
@@ -484,7 +485,7 @@ class _Tail:
             pass
         else:
             self.error = InvalidArgument(
-                "a message after the half-close (an empty message)", reason="MESSAGE_AFTER_HALF_CLOSE"
+                "a message after the half-close (an empty message)", reason=Reason.MESSAGE_AFTER_HALF_CLOSE
             )
         if self._serving is not None:
             self.fired = True
