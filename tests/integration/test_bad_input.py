@@ -237,6 +237,10 @@ async def test_bad_message_fails_alone_while_neighbour_streams(
     assert answer.ByteSize() < 512  # nothing a client sent is echoed unbounded
     if kind == "error":
         assert (answer.request_id, answer.seq) == ("bad", 0)
+        assert not answer.HasField("client_message_index")
+    else:  # it answers the second message, whatever its id (clipped, or none when undecodable)
+        assert answer.HasField("client_message_index")
+        assert answer.client_message_index == 1
     assert neighbour_end is not None
     assert neighbour_end.WhichOneof("kind") == "finished"
     assert text == synthetic_text("the neighbour", NEIGHBOUR_TOKENS)

@@ -214,6 +214,22 @@ async def test_a_start_the_server_refuses_raises_instead_of_waiting(client: Clie
         assert (await fine.collect()).text == synthetic_text("still fine", 3)
 
 
+async def test_a_refused_start_is_matched_by_its_message_index_not_its_clipped_id(make_server: ServerFactory) -> None:
+    """The server echoes an id over its limit clipped to 64 characters ("…" at the end), which a valid id can share:
+    the refusal names the message it answers, so it fails the request it refused and never its neighbour."""
+    server = await make_server(synthetic={"first_output_delay_s": 0.5})  # `valid` sends nothing for a while
+    prefix = "p" * 64
+    async with Client.connect(f"127.0.0.1:{server.port}") as client, client.session() as session:
+        valid = await session.generate("kept", request_id=prefix + "-valid", max_tokens=3)
+        refused = await session.generate("refused", request_id=prefix + "-" + "x" * 200, max_tokens=3)
+        with pytest.raises(InvalidArgumentError) as caught:
+            await asyncio.wait_for(refused.collect(), timeout=10)
+        assert (caught.value.reason, caught.value.client_message_index) == ("REQUEST_ID_TOO_LONG", 1)
+        assert caught.value.request_id == refused.request_id  # the SDK's own id, not the clipped echo
+        assert (await valid.collect()).text == synthetic_text("kept", 3)
+        assert [r.client_message_index for r in session.rejections] == [1]
+
+
 async def test_a_start_refused_for_an_out_of_range_timeout_raises(client: Client) -> None:
     async with client.session() as session:
         stream = await session.generate("forever", max_tokens=2, timeout=1e12)  # past Duration's range

@@ -148,6 +148,8 @@ async def test_the_json_subprotocol_speaks_the_protobuf_json_mapping(make_server
     assert [f.get("seq", "0") for f in own] == ["0", "1", "2", "3"]  # 64-bit integers are strings; 0 is omitted
     assert frames[-1] == {"requestId": "j", "seq": "3", "finished": frames[-1]["finished"]}
     rejected = [f["rejected"] for f in frames if "rejected" in f]
+    # each names the message it answers, counted as the client sent them (the half-close is no message)
+    assert [f["clientMessageIndex"] for f in frames if "rejected" in f] == ["1", "2", "3"]
     assert [r["code"] for r in rejected] == [6, 3, 3]  # duplicate id; unknown field; wrong frame type
     assert [r["details"][0]["reason"] for r in rejected] == [
         "DUPLICATE_REQUEST_ID",

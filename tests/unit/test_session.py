@@ -97,6 +97,7 @@ async def test_a_full_outbound_budget_stops_the_reader() -> None:
     assert held < limit // per_rejection + 2 < 1000
     rest = [output async for output in outputs]  # the client reads again: everything arrives, in order
     assert [o.request_id for o in [first, *rest]] == [f"unknown-{i:04d}" for i in range(1000)]
+    assert [o.payload.message_index for o in [first, *rest] if isinstance(o.payload, Rejected)] == list(range(1000))
     assert recorder.rejections == ["UNKNOWN_REQUEST_ID"] * 1000
 
 

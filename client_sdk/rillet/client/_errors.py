@@ -29,7 +29,12 @@ if TYPE_CHECKING:
 
 
 class RilletError(Exception):
-    """A failed request or call. `reason` and `metadata` come from the server's google.rpc.ErrorInfo."""
+    """A failed request or call. `reason` and `metadata` come from the server's google.rpc.ErrorInfo.
+
+    `client_message_index`, on a session's rejection (`Session.rejections`, or a refused start): which of the
+    session's messages the server could not apply, counting from 0 every message the session sent in order (its
+    starts, cancels, appended texts and ends of input). None on any other error.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
@@ -41,6 +46,7 @@ class RilletError(Exception):
         metadata: Mapping[str, str] | None = None,
         retry_after: float | None = None,
         request_id: str = "",
+        client_message_index: int | None = None,
     ) -> None:
         super().__init__(f"{self.code.name}: {message}" + (f" [{reason}]" if reason else ""))
         self.message = message
@@ -48,6 +54,7 @@ class RilletError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.retry_after = retry_after
         self.request_id = request_id
+        self.client_message_index = client_message_index
 
 
 class InvalidArgumentError(RilletError):
@@ -148,7 +155,9 @@ _BY_CODE: dict[grpc.StatusCode, type[RilletError]] = {
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def error_from_status(status: status_pb2.Status, *, request_id: str = "") -> RilletError:
+def error_from_status(
+    status: status_pb2.Status, *, request_id: str = "", client_message_index: int | None = None
+) -> RilletError:
     """The exception for a google.rpc.Status, with ErrorInfo and RetryInfo unpacked."""
     reason, metadata, retry_after = "", {}, None
     for detail in status.details:
@@ -161,7 +170,14 @@ def error_from_status(status: status_pb2.Status, *, request_id: str = "") -> Ril
             detail.Unpack(retry)
             retry_after = retry.retry_delay.ToTimedelta().total_seconds()
     cls = _BY_CODE.get(_CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN), UnknownError)
-    return cls(status.message, reason=reason, metadata=metadata, retry_after=retry_after, request_id=request_id)
+    return cls(
+        status.message,
+        reason=reason,
+        metadata=metadata,
+        retry_after=retry_after,
+        request_id=request_id,
+        client_message_index=client_message_index,
+    )
 
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> RilletError:

@@ -40,11 +40,6 @@ log = logging.getLogger(__name__)
 
 Metadata = tuple[tuple[str, str], ...]
 
-START_REJECTIONS = frozenset(
-    {"REQUEST_ID_TOO_LONG", "MISSING_REQUEST_ID", "DUPLICATE_REQUEST_ID", "INVALID_DURATION", "INTERNAL"}
-)
-"""Reasons with which the server refuses a start message: the request never began, so its stream raises."""
-
 S = TypeVar("S", GenerateStream, SynthesizeStream)
 
 _GENERATE = GenerateOptions()
@@ -53,10 +48,15 @@ _SYNTHESIZE = SynthesizeOptions()
 
 @dataclass(slots=True)
 class _Pending:
-    """A request the server has not ended: where its messages go, and the seq its next one must carry."""
+    """A request the server has not ended: where its messages go, the seq its next one must carry, and more.
+
+    `start_index` is the index of the session message that started it: a `rejected` naming that index refused the
+    start, and the request never ran.
+    """
 
     inbox: Inbox
     next_seq: int = 0
+    start_index: int = -1
 
 
 class Session(Closing):
@@ -73,7 +73,9 @@ class Session(Closing):
     `aclose()` the ones you will not read: a Rillet server fails a request whose output waits its stall timeout.
 
     `rejections` keeps the last server replies to client messages that could not be applied (e.g. a cancel that
-    raced with the request's end); they never affect a request.
+    raced with the request's end); they never affect a request, except a refused start, whose stream raises it.
+    Each names the message it answers by `client_message_index`: the session's messages are counted from 0 in the
+    order it sent them (starts, cancels, appended texts, ends of input), as the server counts them.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class Session(Closing):
         self._pending: dict[str, _Pending] = {}
         self._write_lock = asyncio.Lock()
         self._ids = itertools.count()
+        self._sent = 0  # client messages written: the next one's index, as the server counts them
         self._failure: RilletError | None = None  # set once the call ended: new sends fail with it
         self._call_error: RilletError | None = None  # how the call failed, None when it ended with OK
         self._loop = asyncio.get_running_loop()
@@ -131,9 +134,10 @@ class Session(Closing):
         """
         options = _with_current_trace(resolve(options, _GENERATE, fields))
         rid = request_id or self._new_id()
-        inbox = self._register(rid)
+        pending = self._register(rid)
         start = _convert.start_generate(prompt, options)
-        await self._send(inference_service_pb2.SessionRequest(request_id=rid, start_generate=start))
+        await self._send(inference_service_pb2.SessionRequest(request_id=rid, start_generate=start), pending)
+        inbox = pending.inbox
         stream = GenerateStream(rid, from_inbox(rid, inbox, TokenDelta), self._canceller(rid), inbox)
         return self._watch(stream, inbox)
 
@@ -155,12 +159,13 @@ class Session(Closing):
         """
         options = _with_current_trace(resolve(options, _SYNTHESIZE, fields))
         rid = request_id or self._new_id()
-        inbox = self._register(rid)
+        pending = self._register(rid)
+        inbox = pending.inbox
         source_id = text_from if isinstance(text_from, str) else text_from.request_id if text_from else ""
         start = _convert.start_synthesize(
             text, options, streaming_input=streaming_input, text_from_request_id=source_id
         )
-        await self._send(inference_service_pb2.SessionRequest(request_id=rid, start_synthesize=start))
+        await self._send(inference_service_pb2.SessionRequest(request_id=rid, start_synthesize=start), pending)
         spoken: str | Callable[[], str] = text
         if isinstance(text_from, GenerateStream):
             spoken = functools.partial(getattr, text_from, "text")
@@ -187,14 +192,13 @@ class Session(Closing):
     def _new_id(self) -> str:
         return f"r{next(self._ids)}"
 
-    def _register(self, request_id: str) -> Inbox:
+    def _register(self, request_id: str) -> _Pending:
         if self._failure is not None:
             raise self._failure
         if request_id in self._pending:
             raise ValueError(f"request id {request_id!r} is already in flight in this session")
-        inbox = Inbox(self._buffer_bytes)
-        self._pending[request_id] = _Pending(inbox)
-        return inbox
+        pending = self._pending[request_id] = _Pending(Inbox(self._buffer_bytes))
+        return pending
 
     def _watch(self, stream: S, inbox: Inbox) -> S:
         """A stream dropped unread must not hold the session: its inbox is discarded when the stream is collected."""
@@ -218,11 +222,15 @@ class Session(Closing):
 
         return cancel
 
-    async def _send(self, message: inference_service_pb2.SessionRequest) -> None:
+    async def _send(self, message: inference_service_pb2.SessionRequest, start: _Pending | None = None) -> None:
+        """Write one client message; `start`, the request it starts, learns the message's index."""
         if self._failure is not None:
             raise self._failure
         try:
             async with self._write_lock:
+                if start is not None:
+                    start.start_index = self._sent  # before the write: its rejection may come back at once
+                self._sent += 1
                 await self._call.write(message)
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error) from None
@@ -251,28 +259,22 @@ class Session(Closing):
             pending.inbox.put(failure or UnavailableError("the session ended before the request finished"))
         self._pending.clear()
 
-    def _refused_start(self, echoed_id: str) -> str | None:
-        """The pending request whose start a rejection refers to, or None (the rejection was of a cancel or append).
-
-        It has the echoed id (or, for the server's clipped echo of a long id, "prefix…", starts with the prefix) and
-        has received nothing yet.
-        """
-        if echoed_id.endswith("…"):
-            prefix = echoed_id[:-1]
-            matches = (rid for rid, p in self._pending.items() if p.next_seq == 0 and rid.startswith(prefix))
-            return next(matches, None)
-        pending = self._pending.get(echoed_id)
-        return echoed_id if pending is not None and pending.next_seq == 0 else None
+    def _refused_start(self, index: int) -> str | None:
+        """The pending request that session message `index` started, or None (it was no start, or not pending)."""
+        return next((rid for rid, pending in self._pending.items() if pending.start_index == index), None)
 
     def _dispatch(self, response: inference_service_pb2.SessionResponse) -> Inbox | None:
         """Deliver one message; the inbox of a request that is still running, else None."""
         rid = response.request_id
         kind = response.WhichOneof("kind")
         if kind == "rejected":
-            rejection = error_from_status(response.rejected, request_id=rid)
+            # Matched by the message's index, never by its echoed id (clipped when long, empty when undecodable).
+            index = response.client_message_index if response.HasField("client_message_index") else None
+            refused = self._refused_start(index) if index is not None else None
+            rejection = error_from_status(response.rejected, request_id=refused or rid, client_message_index=index)
             log.debug("server rejected a message: %s", rejection)
             self.rejections.append(rejection)
-            if rejection.reason in START_REJECTIONS and (refused := self._refused_start(rid)) is not None:
+            if refused is not None:
                 self._pending.pop(refused).inbox.put(rejection)  # its iterator raises instead of waiting
             return None
         pending = self._pending.get(rid)

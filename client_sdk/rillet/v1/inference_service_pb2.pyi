@@ -263,11 +263,22 @@ class SessionResponse(_message.Message):
     FINISHED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    CLIENT_MESSAGE_INDEX_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request this message belongs to."""
     seq: _builtins.int
     """Position of this message among the request's messages: 0, 1, 2, ... with
     no gap. Always 0 on `rejected`, which belongs to no request's sequence.
+    """
+    client_message_index: _builtins.int
+    """Set on `rejected` only: which client message it answers, as the 0-based
+    position of that SessionRequest among all those the call carried, in the
+    order the server received them (every message counts: applied, rejected
+    or undecodable; the WebSocket edge's empty half-close message is no
+    SessionRequest and does not). A client matches a rejection to the message
+    it sent by counting its own messages: `request_id` cannot always tell, as
+    the server echoes an id over its limit clipped ("…" at the end), and none
+    at all of a message it could not decode.
     """
     @_builtins.property
     def token_delta(self) -> _generation_pb2.TokenDelta:
@@ -289,7 +300,7 @@ class SessionResponse(_message.Message):
     def rejected(self) -> _status_pb2.Status:
         """A client message about `request_id` could not be applied. Not terminal
         and not part of any request's sequence: a request already in flight with
-        this id is unaffected.
+        this id is unaffected. `client_message_index` says which message it was.
         """
 
     def __init__(
@@ -302,13 +313,19 @@ class SessionResponse(_message.Message):
         finished: _common_pb2.Finished | None = ...,
         error: _status_pb2.Status | None = ...,
         rejected: _status_pb2.Status | None = ...,
+        client_message_index: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "error", b"error", "finished", b"finished", "kind", b"kind", "rejected", b"rejected", "token_delta", b"token_delta"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_client_message_index", b"_client_message_index", "audio_chunk", b"audio_chunk", "client_message_index", b"client_message_index", "error", b"error", "finished", b"finished", "kind", b"kind", "rejected", b"rejected", "token_delta", b"token_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "error", b"error", "finished", b"finished", "kind", b"kind", "rejected", b"rejected", "request_id", b"request_id", "seq", b"seq", "token_delta", b"token_delta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_message_index", b"_client_message_index", "audio_chunk", b"audio_chunk", "client_message_index", b"client_message_index", "error", b"error", "finished", b"finished", "kind", b"kind", "rejected", b"rejected", "request_id", b"request_id", "seq", b"seq", "token_delta", b"token_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__client_message_index: _TypeAlias = _typing.Literal["client_message_index"]  # noqa: Y015
+    _WhichOneofArgType__client_message_index: _TypeAlias = _typing.Literal["_client_message_index", b"_client_message_index"]  # noqa: Y015
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["token_delta", "audio_chunk", "finished", "error", "rejected"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__client_message_index) -> _WhichOneofReturnType__client_message_index | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015

@@ -56,6 +56,7 @@ class InferenceServiceStub:
       with no gap. Messages of different requests interleave freely.
     - A client message that cannot be applied (unknown request id, duplicate
       start, no kind set, ...) is answered by `rejected`; it changes no request.
+      Its `client_message_index` says which message it answers.
     - Cancel ends the request promptly with `finished` (FINISH_REASON_CANCELLED)
       unless its terminal message was already on its way.
     - Half-close (the client's end of stream) means "no new requests": requests
@@ -109,6 +110,7 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
       with no gap. Messages of different requests interleave freely.
     - A client message that cannot be applied (unknown request id, duplicate
       start, no kind set, ...) is answered by `rejected`; it changes no request.
+      Its `client_message_index` says which message it answers.
     - Cancel ends the request promptly with `finished` (FINISH_REASON_CANCELLED)
       unless its terminal message was already on its way.
     - Half-close (the client's end of stream) means "no new requests": requests
@@ -165,6 +167,7 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
           with no gap. Messages of different requests interleave freely.
         - A client message that cannot be applied (unknown request id, duplicate
           start, no kind set, ...) is answered by `rejected`; it changes no request.
+          Its `client_message_index` says which message it answers.
         - Cancel ends the request promptly with `finished` (FINISH_REASON_CANCELLED)
           unless its terminal message was already on its way.
         - Half-close (the client's end of stream) means "no new requests": requests

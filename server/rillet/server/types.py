@@ -457,6 +457,7 @@ class Malformed:
 
 
 Command = Start | AppendText | EndInput | Cancel | Malformed
+"""One client message on a session call, as the session applies it (the transport makes one of each message)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,9 +472,13 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """Non-terminal output: a client message about this request id could not be applied."""
+    """Non-terminal output: a client message about this request id could not be applied.
+
+    `message_index`: which of the call's client messages it answers, counting from 0 in the order they arrived.
+    """
 
     error: RilletError
+    message_index: int
 
     def __post_init__(self) -> None:
         _detach(self.error)

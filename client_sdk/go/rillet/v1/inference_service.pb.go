@@ -535,9 +535,18 @@ type SessionResponse struct {
 	//	*SessionResponse_Finished
 	//	*SessionResponse_Error
 	//	*SessionResponse_Rejected
-	Kind          isSessionResponse_Kind `protobuf_oneof:"kind"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Kind isSessionResponse_Kind `protobuf_oneof:"kind"`
+	// Set on `rejected` only: which client message it answers, as the 0-based
+	// position of that SessionRequest among all those the call carried, in the
+	// order the server received them (every message counts: applied, rejected
+	// or undecodable; the WebSocket edge's empty half-close message is no
+	// SessionRequest and does not). A client matches a rejection to the message
+	// it sent by counting its own messages: `request_id` cannot always tell, as
+	// the server echoes an id over its limit clipped ("…" at the end), and none
+	// at all of a message it could not decode.
+	ClientMessageIndex *uint64 `protobuf:"varint,8,opt,name=client_message_index,json=clientMessageIndex,proto3,oneof" json:"client_message_index,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *SessionResponse) Reset() {
@@ -636,6 +645,13 @@ func (x *SessionResponse) GetRejected() *status.Status {
 	return nil
 }
 
+func (x *SessionResponse) GetClientMessageIndex() uint64 {
+	if x != nil && x.ClientMessageIndex != nil {
+		return *x.ClientMessageIndex
+	}
+	return 0
+}
+
 type isSessionResponse_Kind interface {
 	isSessionResponse_Kind()
 }
@@ -663,7 +679,7 @@ type SessionResponse_Error struct {
 type SessionResponse_Rejected struct {
 	// A client message about `request_id` could not be applied. Not terminal
 	// and not part of any request's sequence: a request already in flight with
-	// this id is unaffected.
+	// this id is unaffected. `client_message_index` says which message it was.
 	Rejected *status.Status `protobuf:"bytes,7,opt,name=rejected,proto3,oneof"`
 }
 
@@ -1339,7 +1355,7 @@ const file_rillet_v1_inference_service_proto_rawDesc = "" +
 	"appendText\x122\n" +
 	"\tend_input\x18\x05 \x01(\v2\x13.rillet.v1.EndInputH\x00R\bendInput\x12+\n" +
 	"\x06cancel\x18\x06 \x01(\v2\x11.rillet.v1.CancelH\x00R\x06cancelB\x06\n" +
-	"\x04kind\"\xcf\x02\n" +
+	"\x04kind\"\x9f\x03\n" +
 	"\x0fSessionResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
@@ -1350,8 +1366,10 @@ const file_rillet_v1_inference_service_proto_rawDesc = "" +
 	"audioChunk\x121\n" +
 	"\bfinished\x18\x05 \x01(\v2\x13.rillet.v1.FinishedH\x00R\bfinished\x12*\n" +
 	"\x05error\x18\x06 \x01(\v2\x12.google.rpc.StatusH\x00R\x05error\x120\n" +
-	"\brejected\x18\a \x01(\v2\x12.google.rpc.StatusH\x00R\brejectedB\x06\n" +
-	"\x04kind\"c\n" +
+	"\brejected\x18\a \x01(\v2\x12.google.rpc.StatusH\x00R\brejected\x125\n" +
+	"\x14client_message_index\x18\b \x01(\x04H\x01R\x12clientMessageIndex\x88\x01\x01B\x06\n" +
+	"\x04kindB\x17\n" +
+	"\x15_client_message_index\"c\n" +
 	"\x0fGenerateRequest\x121\n" +
 	"\x06params\x18\x01 \x01(\v2\x19.rillet.v1.GenerateParamsR\x06params\x12\x1d\n" +
 	"\n" +

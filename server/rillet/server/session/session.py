@@ -98,6 +98,9 @@ class Session:
       can never interleave with the old one's messages.
     - When `run` exits for any reason, every request task is cancelled and awaited, which closes its engine
       stream and so frees what the engine held.
+    - A Rejected output names the client message it answers by its index among the commands `run` consumed: the
+      transports turn every client message into exactly one command (a message they cannot read into Malformed),
+      so the index is the client's own count of the messages it sent.
     """
 
     def __init__(
@@ -233,10 +236,12 @@ class Session:
         self._lifecycle.requests.release(self._tenant, request)
 
     async def _read(self, commands: AsyncIterator[Command]) -> None:
+        index = 0  # of the client message each command is (the transports make exactly one of each)
         async for command in commands:
             error = self._dispatch(command)
             if error is not None:
-                await self._reject(command.request_id, error)
+                await self._reject(command.request_id, index, error)
+            index += 1
 
     def _input_ended(self, reader: asyncio.Task[None]) -> None:
         self._input_closed = True
@@ -411,10 +416,10 @@ class Session:
         finally:
             route.throughput.ended(request.output_tokens, request.input.chars if request.input is not None else 0)
 
-    async def _reject(self, request_id: str, error: RilletError) -> None:
-        """Answer a client message with `rejected`; waits (and so stops reading) while the budget is full."""
+    async def _reject(self, request_id: str, message_index: int, error: RilletError) -> None:
+        """Answer client message `message_index` with `rejected`; waits (stops reading) while the budget is full."""
         self._observer.rejected(error)
-        output = Output(request_id, 0, Rejected(error))
+        output = Output(request_id, 0, Rejected(error, message_index))
         await self._budget.wait_for_space()
         self._budget.add(_rejection_size(output))
         self._ready.put_nowait(output)

@@ -370,6 +370,7 @@ def session_response(output: Output) -> inference_service_pb2.SessionResponse:
         message.error.CopyFrom(status(payload.error))
     else:
         message.rejected.CopyFrom(status(payload.error))
+        message.client_message_index = payload.message_index
     return message
 
 

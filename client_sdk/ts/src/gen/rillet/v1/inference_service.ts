@@ -155,10 +155,21 @@ export interface SessionResponse {
     /**
      * A client message about `request_id` could not be applied. Not terminal
      * and not part of any request's sequence: a request already in flight with
-     * this id is unaffected.
+     * this id is unaffected. `client_message_index` says which message it was.
      */
     { $case: "rejected"; value: Status }
     | undefined;
+  /**
+   * Set on `rejected` only: which client message it answers, as the 0-based
+   * position of that SessionRequest among all those the call carried, in the
+   * order the server received them (every message counts: applied, rejected
+   * or undecodable; the WebSocket edge's empty half-close message is no
+   * SessionRequest and does not). A client matches a rejection to the message
+   * it sent by counting its own messages: `request_id` cannot always tell, as
+   * the server echoes an id over its limit clipped ("…" at the end), and none
+   * at all of a message it could not decode.
+   */
+  clientMessageIndex?: bigint | undefined;
 }
 
 /** Request of the one-shot Generate RPC. */
@@ -817,7 +828,7 @@ export const SessionRequest: MessageFns<SessionRequest> = {
 };
 
 function createBaseSessionResponse(): SessionResponse {
-  return { requestId: "", seq: 0n, kind: undefined };
+  return { requestId: "", seq: 0n, kind: undefined, clientMessageIndex: undefined };
 }
 
 export const SessionResponse: MessageFns<SessionResponse> = {
@@ -847,6 +858,12 @@ export const SessionResponse: MessageFns<SessionResponse> = {
       case "rejected":
         Status.encode(message.kind.value, writer.uint32(58).fork()).join();
         break;
+    }
+    if (message.clientMessageIndex !== undefined) {
+      if (BigInt.asUintN(64, message.clientMessageIndex) !== message.clientMessageIndex) {
+        throw new globalThis.Error("value provided for field message.clientMessageIndex of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.clientMessageIndex);
     }
     return writer;
   },
@@ -920,6 +937,14 @@ export const SessionResponse: MessageFns<SessionResponse> = {
             message.kind = { $case: "rejected", value: Status.decode(reader, reader.uint32()) };
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.clientMessageIndex = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -971,6 +996,9 @@ export const SessionResponse: MessageFns<SessionResponse> = {
         break;
       }
     }
+    message.clientMessageIndex = (object.clientMessageIndex !== undefined && object.clientMessageIndex !== null)
+      ? BigInt(object.clientMessageIndex)
+      : undefined;
     return message;
   },
 };
@@ -1752,6 +1780,7 @@ export const InferenceServiceDefinition = {
      *   with no gap. Messages of different requests interleave freely.
      * - A client message that cannot be applied (unknown request id, duplicate
      *   start, no kind set, ...) is answered by `rejected`; it changes no request.
+     *   Its `client_message_index` says which message it answers.
      * - Cancel ends the request promptly with `finished` (FINISH_REASON_CANCELLED)
      *   unless its terminal message was already on its way.
      * - Half-close (the client's end of stream) means "no new requests": requests
