@@ -35,6 +35,9 @@ type Error struct {
 	// Rejected is true for a session message the server could not apply (SessionResponse.rejected): it changed
 	// no request.
 	Rejected bool
+	// ClientMessageIndex, on a rejection, is which of the session's messages it answers: counted from 0 in the
+	// order the session sent them (SessionResponse.client_message_index). Nil otherwise.
+	ClientMessageIndex *uint64
 
 	status *status.Status
 }

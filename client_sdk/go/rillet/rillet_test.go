@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,7 +53,7 @@ func (f *fakeServer) Generate(req *rilletv1.GenerateRequest, stream grpc.ServerS
 
 func (f *fakeServer) Session(stream grpc.BidiStreamingServer[rilletv1.SessionRequest, rilletv1.SessionResponse]) error {
 	hanging := map[string]bool{}
-	for {
+	for index := uint64(0); ; index++ {
 		msg, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -62,6 +63,14 @@ func (f *fakeServer) Session(stream grpc.BidiStreamingServer[rilletv1.SessionReq
 		}
 		id := msg.GetRequestId()
 		var out []*rilletv1.SessionResponse
+		if len(id) > 128 { // refused, echoed clipped as the real server does
+			st, _ := status.New(codes.InvalidArgument, "id too long").WithDetails(&errdetails.ErrorInfo{Reason: "REQUEST_ID_TOO_LONG", Domain: "rillet.dev"})
+			rejected := &rilletv1.SessionResponse{RequestId: id[:64] + "…", Kind: &rilletv1.SessionResponse_Rejected{Rejected: st.Proto()}, ClientMessageIndex: &index}
+			if err := stream.Send(rejected); err != nil {
+				return err
+			}
+			continue
+		}
 		switch kind := msg.GetKind().(type) {
 		case *rilletv1.SessionRequest_StartGenerate:
 			switch kind.StartGenerate.GetParams().GetText() {
@@ -79,7 +88,7 @@ func (f *fakeServer) Session(stream grpc.BidiStreamingServer[rilletv1.SessionReq
 			f.cancels <- id
 			if !hanging[id] {
 				st, _ := status.New(codes.NotFound, "no such request").WithDetails(&errdetails.ErrorInfo{Reason: "UNKNOWN_REQUEST_ID", Domain: "rillet.dev"})
-				out = append(out, &rilletv1.SessionResponse{RequestId: id, Kind: &rilletv1.SessionResponse_Rejected{Rejected: st.Proto()}})
+				out = append(out, &rilletv1.SessionResponse{RequestId: id, Kind: &rilletv1.SessionResponse_Rejected{Rejected: st.Proto()}, ClientMessageIndex: &index})
 			} else {
 				delete(hanging, id)
 				out = append(out, finished(id, 1, rilletv1.FinishReason_FINISH_REASON_CANCELLED))
@@ -238,6 +247,41 @@ func TestRejectionIsDeliveredAndEndsNoRequest(t *testing.T) {
 	}
 	rejection := <-session.Rejections()
 	if !rejection.Rejected || rejection.Code != codes.NotFound || rejection.Reason != "UNKNOWN_REQUEST_ID" || rejection.RequestID != "ghost" {
+		t.Fatalf("rejection: %+v", rejection)
+	}
+}
+
+func TestARefusedStartIsMatchedByItsMessageIndexNotItsClippedID(t *testing.T) {
+	client, _ := start(t)
+	session, err := client.Session(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	prefix := strings.Repeat("p", 64)
+	valid, err := session.Generate(context.Background(), prefix+"-valid", &rilletv1.StartGenerate{Params: text("hang")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused, err := session.Generate(context.Background(), prefix+strings.Repeat("x", 100), &rilletv1.StartGenerate{Params: text("hi")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for msg, err := range refused.Events() {
+		var e *rillet.Error
+		if msg != nil || !errors.As(err, &e) || !e.Rejected || e.Reason != "REQUEST_ID_TOO_LONG" || e.RequestID != refused.ID ||
+			e.ClientMessageIndex == nil || *e.ClientMessageIndex != 1 {
+			t.Fatalf("refused start: %v, %v", msg, err)
+		}
+	}
+	for msg, err := range valid.Events() { // its first output arrives: the rejection did not end it
+		if err != nil || msg.GetTokenDelta() == nil {
+			t.Fatalf("valid: %v, %v", msg, err)
+		}
+		break
+	}
+	rejection := <-session.Rejections()
+	if rejection.ClientMessageIndex == nil || *rejection.ClientMessageIndex != 1 {
 		t.Fatalf("rejection: %+v", rejection)
 	}
 }

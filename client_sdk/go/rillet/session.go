@@ -16,13 +16,6 @@ import (
 	rilletv1 "github.com/rillet-dev/rillet/client_sdk/go/rillet/v1"
 )
 
-// startRejections are the reasons with which the server refuses a start message: the request never began, so
-// its Events end with the rejection instead of waiting forever.
-var startRejections = map[string]bool{
-	"REQUEST_ID_TOO_LONG": true, "MISSING_REQUEST_ID": true, "DUPLICATE_REQUEST_ID": true,
-	"INVALID_DURATION": true, "INTERNAL": true,
-}
-
 // rejectionBuffer is how many unread rejections Rejections keeps; older ones are dropped.
 const rejectionBuffer = 64
 
@@ -33,6 +26,7 @@ type Session struct {
 	stream grpc.BidiStreamingClient[rilletv1.SessionRequest, rilletv1.SessionResponse]
 	cancel context.CancelFunc
 	sendMu sync.Mutex
+	sent   int64 // messages written, under sendMu: the next one's index, as the server counts them
 
 	mu       sync.Mutex
 	requests map[string]*Request // in flight: started, no terminal message yet
@@ -80,7 +74,7 @@ func (s *Session) start(ctx context.Context, id string, msg *rilletv1.SessionReq
 		id = fmt.Sprintf("r%d", s.ids.Add(1))
 	}
 	msg.RequestId = id
-	r := &Request{ID: id, session: s, notify: make(chan struct{}, 1)}
+	r := &Request{ID: id, session: s, notify: make(chan struct{}, 1), startIndex: -1}
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
@@ -92,7 +86,7 @@ func (s *Session) start(ctx context.Context, id string, msg *rilletv1.SessionReq
 	}
 	s.requests[id] = r
 	s.mu.Unlock()
-	if err := s.Send(msg); err != nil {
+	if err := s.send(msg, r); err != nil {
 		s.mu.Lock()
 		delete(s.requests, id)
 		s.mu.Unlock()
@@ -112,7 +106,19 @@ func (s *Session) start(ctx context.Context, id string, msg *rilletv1.SessionReq
 
 // Send writes one raw message: for what the helpers do not cover. Messages are written one at a time.
 func (s *Session) Send(msg *rilletv1.SessionRequest) error {
+	return s.send(msg, nil)
+}
+
+// send writes one message; `starts`, the request it starts, learns the message's index first (a rejection of it
+// may come back at once).
+func (s *Session) send(msg *rilletv1.SessionRequest, starts *Request) error {
 	s.sendMu.Lock()
+	if starts != nil {
+		s.mu.Lock()
+		starts.startIndex = s.sent
+		s.mu.Unlock()
+	}
+	s.sent++
 	err := s.stream.Send(msg)
 	s.sendMu.Unlock()
 	if errors.Is(err, io.EOF) { // the call has ended; Recv has its status
@@ -145,7 +151,9 @@ func (s *Session) Close() {
 
 // Rejections delivers the server's replies to messages it could not apply (a Cancel for an unknown request, a
 // duplicate start, ...): *Error values with Rejected set. They never end a request, except a refused start,
-// which also ends that request's Events. The latest unread ones are kept, older ones dropped.
+// which also ends that request's Events. Each names the message it answers by ClientMessageIndex: the session's
+// messages counted from 0 in the order it sent them (Send's included), as the server counts them. The latest
+// unread ones are kept, older ones dropped.
 func (s *Session) Rejections() <-chan *Error { return s.rejections }
 
 func (s *Session) endError() error {
@@ -197,18 +205,28 @@ func (s *Session) finish(err error) {
 func (s *Session) dispatch(msg *rilletv1.SessionResponse) error {
 	id := msg.GetRequestId()
 	if rejected := msg.GetRejected(); rejected != nil {
-		e := FromProto(rejected, id)
-		e.Rejected = true
-		s.reject(e)
+		// Matched by the message's index, never by its echoed id (clipped when long, empty when undecodable).
+		var refused *Request
 		s.mu.Lock()
-		r := s.requests[id]
-		refused := r != nil && r.nextSeq == 0 && startRejections[e.Reason]
-		if refused {
-			delete(s.requests, id)
+		if msg.ClientMessageIndex != nil {
+			for _, r := range s.requests {
+				if r.startIndex == int64(*msg.ClientMessageIndex) {
+					refused = r
+					delete(s.requests, r.ID)
+					break
+				}
+			}
 		}
 		s.mu.Unlock()
-		if refused {
-			r.push(nil, e, true)
+		if refused != nil {
+			id = refused.ID
+		}
+		e := FromProto(rejected, id)
+		e.Rejected = true
+		e.ClientMessageIndex = msg.ClientMessageIndex
+		s.reject(e)
+		if refused != nil {
+			refused.push(nil, e, true)
 		}
 		return nil
 	}
@@ -261,8 +279,9 @@ type Request struct {
 	// ID is the request's id in its session.
 	ID string
 
-	session *Session
-	nextSeq uint64 // only the session's reader touches it
+	session    *Session
+	nextSeq    uint64 // only the session's reader touches it
+	startIndex int64  // the index of the message that started it (under the session's mu): a rejection of it refused the start
 
 	mu         sync.Mutex
 	queue      []event

@@ -44,12 +44,14 @@ export class RilletError extends Error {
   readonly requestId: string;
   /** True for SessionResponse.rejected: a message that changed no request. */
   readonly rejected: boolean;
+  /** On a rejection: which of the session's messages it answers, counted from 0 in the order it sent them. */
+  readonly clientMessageIndex: bigint | undefined;
 
   constructor(
     code: Code,
     message: string,
     fields: { reason?: string; domain?: string; metadata?: Record<string, string>; retryDelayMs?: number;
-      requestId?: string; rejected?: boolean } = {},
+      requestId?: string; rejected?: boolean; clientMessageIndex?: bigint } = {},
   ) {
     super(`${Code[code] ?? code}: ${message}${fields.reason ? ` [${fields.reason}]` : ""}`);
     this.name = "RilletError";
@@ -60,6 +62,7 @@ export class RilletError extends Error {
     this.retryDelayMs = fields.retryDelayMs;
     this.requestId = fields.requestId ?? "";
     this.rejected = fields.rejected ?? false;
+    this.clientMessageIndex = fields.clientMessageIndex;
   }
 
   /** The code's name as the proto spells it: "INVALID_ARGUMENT", "UNAVAILABLE", ... */
@@ -82,7 +85,7 @@ export class ProtocolError extends RilletError {
 }
 
 /** An error from a google.rpc.Status (in-band `error` and `rejected`, or a call's decoded status). */
-export function fromStatus(s: Status, requestId = "", rejected = false): RilletError {
+export function fromStatus(s: Status, requestId = "", rejected = false, clientMessageIndex?: bigint): RilletError {
   let info: ErrorInfo | undefined;
   let retryDelayMs: number | undefined;
   for (const detail of s.details) {
@@ -95,5 +98,6 @@ export function fromStatus(s: Status, requestId = "", rejected = false): RilletE
   }
   return new RilletError(s.code as Code, s.message, {
     reason: info?.reason, domain: info?.domain, metadata: info?.metadata, retryDelayMs, requestId, rejected,
+    clientMessageIndex,
   });
 }

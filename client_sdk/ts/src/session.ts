@@ -21,11 +21,6 @@ export interface SessionEvents {
   end(error: RilletError | undefined): void;
 }
 
-/** Reasons with which the server refuses a start: the request never began, so its iterator throws. */
-const START_REJECTIONS = new Set([
-  "REQUEST_ID_TOO_LONG", "MISSING_REQUEST_ID", "DUPLICATE_REQUEST_ID", "INVALID_DURATION", "INTERNAL",
-]);
-
 /** Per-request options. */
 export interface RequestOptions {
   /** The request's id in the session; a fresh one when unset. */
@@ -43,6 +38,8 @@ type Item = { msg?: SessionResponse; error?: RilletError };
  */
 export class SessionRequestHandle implements AsyncIterable<SessionResponse> {
   /** @internal */ nextSeq = 0n;
+  /** @internal The index of the message that started it: a rejection of that message refused the start. */
+  startIndex = -1n;
   /** @internal */ ended = false;
   /** @internal */ readonly queue = new AsyncQueue<Item>();
   /** @internal */ detach: () => void = () => {};
@@ -91,6 +88,7 @@ export class Session {
   private readonly requests = new Map<string, SessionRequestHandle>();
   private readonly rejectionQueue = new AsyncQueue<RilletError>();
   private nextId = 0;
+  private sent = 0n; // messages written: the next one's index, as the server counts them
   private outcome: { error?: RilletError } | undefined;
   private readonly waiters: Array<() => void> = [];
 
@@ -124,6 +122,7 @@ export class Session {
     if (this.requests.has(id)) throw new Error(`request id ${JSON.stringify(id)} is already in flight`);
     const request = new SessionRequestHandle(id, this);
     this.requests.set(id, request);
+    request.startIndex = this.sent;
     this.send({ requestId: id, kind });
     const signal = options.signal;
     if (signal) {
@@ -141,11 +140,14 @@ export class Session {
   send(message: DeepPartial<SessionRequest>): void {
     if (this.outcome) throw this.outcome.error ?? new RilletError(Code.UNAVAILABLE, "the session has ended");
     this.call.write(SessionRequest.fromPartial(message));
+    this.sent++;
   }
 
   /**
    * The server's replies to messages it could not apply (a Cancel for an unknown request, a duplicate start):
    * RilletErrors with `rejected` set. They end no request, except a refused start, whose iterator also throws.
+   * Each names the message it answers by `clientMessageIndex`: the session's messages counted from 0 in the order
+   * it sent them (`send`'s included), as the server counts them.
    */
   rejections(): AsyncIterable<RilletError> {
     return this.rejectionQueue;
@@ -187,12 +189,12 @@ export class Session {
     const id = msg.requestId;
     const kind = msg.kind;
     if (kind?.$case === "rejected") {
-      const rejection = fromStatus(kind.value, id, true);
+      // Matched by the message's index, never by its echoed id (clipped when long, empty when undecodable).
+      const index = msg.clientMessageIndex;
+      const refused = index === undefined ? undefined : [...this.requests.values()].find((r) => r.startIndex === index);
+      const rejection = fromStatus(kind.value, refused?.id ?? id, true, index);
       this.rejectionQueue.push(rejection);
-      const request = this.requests.get(id);
-      if (request && request.nextSeq === 0n && START_REJECTIONS.has(rejection.reason)) {
-        this.end_(request, { error: rejection });
-      }
+      if (refused) this.end_(refused, { error: rejection });
       return undefined;
     }
     const request = this.requests.get(id);

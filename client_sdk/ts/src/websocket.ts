@@ -122,6 +122,8 @@ export function closeStatus(code: number, reason: string, opened: boolean): Rill
     return new RilletError(code - STATUS_CLOSE_BASE, `the call ended with close code ${code}`, { reason });
   }
   if (code === 1009) {
+    // MESSAGE_TOO_LARGE is this client's own label, not a server reason (rillet.v1.ErrorReason): the server's
+    // WebSocket library refuses the frame unread and closes 1009, with no ErrorInfo (gRPC's limit sends none either).
     return new RilletError(Code.RESOURCE_EXHAUSTED, "a message was larger than the server accepts",
       { reason: "MESSAGE_TOO_LARGE" });
   }

@@ -125,3 +125,20 @@ test("a token travels as an unpadded base64url subprotocol of its UTF-8 bytes", 
   const { socket } = open("secret");
   assert.deepEqual(socket.protocols, ["rillet.v1.proto", "rillet.bearer.c2VjcmV0"]);
 });
+
+test("a refused start is matched by its message index, never by its clipped id", async () => {
+  const { socket, session } = open();
+  socket.open();
+  const prefix = "p".repeat(64);
+  const prompt = { params: { prompt: { $case: "text" as const, value: "hi" } } };
+  const valid = session.generate(prompt, { id: `${prefix}-valid` });
+  const refused = session.generate(prompt, { id: `${prefix}${"x".repeat(100)}` });
+  const status = Status.fromPartial({ code: Code.INVALID_ARGUMENT, message: "id too long" });
+  socket.receive({ requestId: `${prefix}…`, kind: { $case: "rejected", value: status }, clientMessageIndex: 1n });
+  await assert.rejects(async () => { for await (const _ of refused) { /* nothing arrives */ } },
+    (e: RilletError) => e.rejected && e.requestId === refused.id && e.clientMessageIndex === 1n);
+  socket.receive({ requestId: valid.id, seq: 0n, kind: finished });
+  const kinds: string[] = [];
+  for await (const msg of valid) kinds.push(msg.kind?.$case ?? "?");
+  assert.deepEqual(kinds, ["finished"]);
+});

@@ -211,7 +211,10 @@ async def drain(call: Any, stream: Stream, stop: Callable[[Stream], bool] | None
 
 
 SESSION_ENDED = "SESSION_ENDED"
-"""The reason a request gets when it is started on a Session call that had already ended OK (client-side)."""
+"""The reason a request gets when it is started on a Session call that had already ended OK.
+
+A client-side label of the bench's own (its status is FAILED_PRECONDITION, a code the server never sends): no server
+sends it, so it is not among the server's reasons (rillet.server.reasons, rillet.v1.ErrorReason)."""
 
 
 @dataclass(eq=False)
