@@ -26,7 +26,7 @@ from rillet.client import (
     UnauthenticatedError,
 )
 from rillet.server.app import RilletServer
-from rillet.server.engine.synthetic import VOCABULARY, synthetic_text
+from rillet.server.engine.synthetic import VOCABULARY, VOCABULARY_SIZE, synthetic_text
 from rillet.server.transport import orca
 from tests.conftest import ServerFactory, eventually
 from tests.doubles import EchoSpeechEngine
@@ -80,7 +80,7 @@ async def test_tokenizer_counts_as_generation_does_and_refuses_as_it_does(make_s
             await client.tokenize("")
         assert empty.value.reason == "EMPTY_PROMPT"
         with pytest.raises(InvalidArgumentError) as outside:
-            await client.detokenize([len(VOCABULARY)])
+            await client.detokenize([VOCABULARY_SIZE])
         assert outside.value.reason == "TOKEN_ID_OUT_OF_RANGE"
         with pytest.raises(NotFoundError):
             await client.tokenize("hi", model="no-such-model")

@@ -280,9 +280,13 @@ class SyntheticEngine(EngineLifecycle):
         return [_WORD_IDS.get(word, zlib.crc32(word.encode()) % len(VOCABULARY)) for word in prompt.split()]
 
     def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
-        """base.Tokenizing: each id's word and a space, as the engine streams them (ids checked as a prompt's)."""
+        """base.Tokenizing: what the ids spell as the engine streams them; ids are checked as a prompt's.
+
+        A word id spells its word and a space, a byte id its byte, the end token nothing; bytes that form no
+        character are replaced.
+        """
         self._policy.check_ids(token_ids)
-        return "".join(VOCABULARY[token] + " " for token in token_ids)
+        return b"".join(token_bytes(token) for token in token_ids).decode("utf-8", errors="replace")
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         """The step loop runs on the event loop of the first caller (start, or a stream before it)."""
