@@ -75,9 +75,10 @@ async def test_the_engine_tokenizes_only_while_it_serves(sim: Any) -> None:
 
     engine = TrtllmEngine(double_config())
     assert isinstance(engine, Tokenizing)
-    with pytest.raises(Unavailable) as early:
-        engine.tokenize("tiny", "hi")
-    assert early.value.reason == "ENGINE_NOT_STARTED"
+    for call in (lambda: engine.tokenize("tiny", "hi"), lambda: engine.detokenize("tiny", [BOS])):
+        with pytest.raises(Unavailable) as early:
+            call()
+        assert early.value.reason == "ENGINE_NOT_STARTED"
     await engine.start()
     assert engine.tokenize("tiny", "hi") == [BOS, *piece_ids(b"hi")]
     assert engine.detokenize("tiny", [BOS, *piece_ids(b"hi")]) == "hi"

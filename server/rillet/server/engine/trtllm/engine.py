@@ -260,8 +260,9 @@ class TrtllmEngine(EngineLifecycle):
 
     def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
         """base.Tokenizing: the text a stream carries for the ids (special tokens skipped, as generation asks)."""
+        tokenizer = self._tokenizer()
         self._policy.check_ids(token_ids)
-        return self._tokenizer().decode(list(token_ids), skip_special_tokens=True)
+        return tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def _tokenizer(self) -> TokenizerBase:
         """The model's tokenizer while the engine serves (the tokenizer RPCs call from a worker thread)."""
