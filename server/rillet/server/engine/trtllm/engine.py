@@ -529,7 +529,8 @@ class KvReportingTrtllmEngine(TrtllmEngine):
     path, and keeps `kvCacheStats.usedNumBlocks / maxNumBlocks` of the latest (`api.kv_cache_usage`), which
     `kv_cache_utilization` returns. The reading is also what keeps that queue short: nothing else empties it.
     No stats for STATS_WAIT_SECONDS means the executor ran no iteration; with nothing of Rillet's in flight it then
-    holds no request's blocks (kept for reuse, they count as free), so the use is 0 whatever the last stats said.
+    holds no request's blocks, so the use is 0 whatever the last stats said (blocks kept for prefix reuse are on the
+    block manager's free list; FACTS.md lists what a GPU run has still to confirm).
     """
 
     _kv_cache = 0.0
