@@ -2,7 +2,9 @@
 
 1. Checks the host: a real TensorRT-LLM (the trtllm extra, or NVIDIA's container), a visible NVIDIA GPU, a model.
 2. Runs the engine contract suite (tests/contract) and the `gpu`-marked tests against the real package on that model,
-   once per sampler (each decides what the model honours), collecting pass/fail per case from pytest's JUnit XML.
+   once per sampler (each decides what the model honours), collecting pass/fail per case from pytest's JUnit XML: the
+   stream contract, the sampler facts, and the control plane's (Tokenize as generation reads a prompt, the KV cache
+   use from TensorRT-LLM's iteration stats rising under load and falling back).
 3. Runs bench/bench_gpu.py: Rillet beside `trtllm-serve` on the same model and settings, the side-by-side table.
 4. Writes `gpu_check_<date>.md` (for people) and `.json` (for tools) with the verdict, the environment, every case,
    the table, and what each failure means; exits 0 when all passed and every speed target was met, 1 when something
@@ -62,6 +64,8 @@ MEANINGS = {
     "test_the_real_engine_streams": "the engine cannot stream, cancel or stop on this GPU at all: see its log",
     "test_the_real_samplers_behave": "a sampler fact recorded as unverified in FACTS.md is false here: the "
     "capabilities in engine/trtllm/api.py must change",
+    "test_the_real_engine_tokenizes": "Tokenize/Detokenize disagree with what generation reads and streams, or the KV "
+    "cache use from TensorRT-LLM's iteration stats did not follow the load: CountTokens or load reports mislead",
 }
 """What a failing case means, by the start of its test name (README GPU section and deploy/gpu/README.md say more)."""
 

@@ -22,6 +22,7 @@ import pytest
 
 from rillet.client import Client, DeadlineExceededError, Finished, TokenDelta
 from rillet.server.config import TrtllmConfig, TrtllmSampler
+from rillet.server.engine.base import KvCacheReporting
 from rillet.server.engine.trtllm import INSTALL_HELP, TrtllmEngine, token_logprobs
 from rillet.server.errors import DeadlineExceeded, EngineDead, Internal, InvalidArgument
 from rillet.server.types import (
@@ -365,12 +366,18 @@ def _real_tensorrt_llm() -> str | None:
     return None
 
 
-@pytest.mark.gpu
-async def test_the_real_engine_streams_cancels_and_stops_on_a_gpu() -> None:
+def _real_config(**overrides: Any) -> TrtllmConfig:
+    """The settings the `gpu` tests run the real engine with; the test is skipped where there is no real one."""
     reason = _real_tensorrt_llm()
     if reason is not None:
         pytest.skip(reason)
-    config = TrtllmConfig(model=os.environ["RILLET_TRTLLM__MODEL"], max_batch_size=8, max_seq_len=1024)
+    settings: dict[str, Any] = {"model": os.environ["RILLET_TRTLLM__MODEL"], "max_batch_size": 8, "max_seq_len": 1024}
+    return TrtllmConfig(**(settings | overrides))
+
+
+@pytest.mark.gpu
+async def test_the_real_engine_streams_cancels_and_stops_on_a_gpu() -> None:
+    config = _real_config()
     try:
         engine = TrtllmEngine(config)
     except EngineDead as error:
@@ -395,10 +402,7 @@ async def test_the_real_engine_streams_cancels_and_stops_on_a_gpu() -> None:
 @pytest.mark.gpu
 async def test_the_real_samplers_behave_as_facts_md_records() -> None:
     """What FACTS.md could not verify in source, settled on a GPU: engine/trtllm/api.py's capabilities rest on it."""
-    reason = _real_tensorrt_llm()
-    if reason is not None:
-        pytest.skip(reason)
-    model = os.environ["RILLET_TRTLLM__MODEL"]
+    config = _real_config()
     story, count = "Once upon a time, in a city nobody remembers,", "Count with me: 1, 2, 3, 4,"
     seeded = {"temperature": 1.0, "top_k": 0, "seed": 7}  # an open prompt at temperature 1: runs differ unless seeded
 
@@ -410,15 +414,38 @@ async def test_the_real_samplers_behave_as_facts_md_records() -> None:
         result = llm.generate_async(inputs=prompt, sampling_params=TrtSamplingParams(max_tokens=24, **params))
         return list((await result.aresult()).outputs[0].token_ids)
 
-    async with running(TrtllmConfig(model=model, max_batch_size=8, max_seq_len=1024)) as torch:
+    async with running(config) as torch:
         deltas, _ = await run(torch, request("The capital of France is", max_tokens=8, top_logprobs=2))
         for lp in (lp for d in deltas for lp in d.logprobs):  # greedy: the emitted token is the top candidate
             assert lp.top[0].token_id == lp.token.token_id
         assert await tokens(torch, story, **seeded) != await tokens(torch, story, **seeded), "TorchSampler used a seed"
         plain = await tokens(torch, count, temperature=0.0)
         assert plain == await tokens(torch, count, temperature=0.0, repetition_penalty=2.0), "it applied a penalty"
-    config = TrtllmConfig(model=model, max_batch_size=8, max_seq_len=1024, sampler=TrtllmSampler.TRTLLM)
-    async with running(config) as trtllm:
+    async with running(_real_config(sampler=TrtllmSampler.TRTLLM)) as trtllm:
         assert await tokens(trtllm, story, **seeded) == await tokens(trtllm, story, **seeded), "it ignored the seed"
         plain = await tokens(trtllm, count, temperature=0.0)
         assert plain != await tokens(trtllm, count, temperature=0.0, repetition_penalty=2.0), "it ignored the penalty"
+
+
+@pytest.mark.gpu
+async def test_the_real_engine_tokenizes_as_it_generates_and_reports_its_kv_cache() -> None:
+    """The control plane on a GPU: Tokenize counts what generation reads, KV use rises under load and falls back."""
+    async with running(_real_config()) as engine:
+        assert isinstance(engine, KvCacheReporting)
+        prompt = "The capital of France is"
+        deltas, finished = await run(engine, request(prompt, max_tokens=16))
+        assert len(engine.tokenize("m", prompt)) == finished.usage.input_tokens
+        ids = [t for d in deltas for t in d.token_ids]
+        assert engine.detokenize("m", ids) == "".join(d.text for d in deltas)
+        if engine.models[0].supports_chat:
+            chat = (ChatMessage("user", "Name a colour."),)
+            _, finished = await run(engine, request(chat, max_tokens=4))
+            assert len(engine.tokenize("m", chat)) == finished.usage.input_tokens
+
+        streams = [engine.stream(request(f"Story {n}: once upon a time", max_tokens=600)) for n in range(6)]
+        for stream in streams:
+            await anext(stream)
+        await eventually(lambda: engine.kv_cache_utilization() > 0, timeout=30)
+        for stream in streams:
+            await stream.aclose()
+        await eventually(lambda: engine.kv_cache_utilization() == 0.0, timeout=30)

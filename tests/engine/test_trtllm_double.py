@@ -389,6 +389,48 @@ async def test_perf_metrics_and_cache_salt(sim: Any) -> None:
         assert other.cached_tokens == 0  # another salt never matches
 
 
+async def test_iteration_stats_come_only_when_enabled_and_end_at_a_quiet_spell_until_the_next_submission(
+    sim: Any,
+) -> None:
+    from tensorrt_llm import LLM, SamplingParams
+    from tensorrt_llm.executor.result import IterationResult
+
+    async def take(stats: Any, count: int) -> list[Any]:
+        taken = []
+        async for iteration in stats:
+            taken.append(iteration)
+            if len(taken) == count:
+                break
+        return taken
+
+    sim.step_seconds, sim.kv_cache_tokens = 0.002, 3200  # 100 blocks of 32 tokens
+    params = SamplingParams(max_tokens=40)
+    with LLM(model="double") as llm:
+        assert [s async for s in llm.get_stats_async(5)] == []  # no submission yet: an empty iterable
+        await llm.generate_async("1, 2, 3, " * 30, sampling_params=params).aresult()
+        assert [s async for s in llm.get_stats_async(0.3)] == []  # enable_iter_perf_stats is off by default
+        assert worker(llm).fetch_stats() == []  # the executor recorded none
+    with LLM(model="double", enable_iter_perf_stats=True) as llm:
+        await llm.generate_async("1, 2, 3, " * 30, sampling_params=params).aresult()  # 91 + 40 tokens: 5 blocks
+        stats = await take(llm.get_stats_async(5), 40)  # one per iteration, as JSON parsed
+        assert [s["iter"] for s in stats] == sorted(s["iter"] for s in stats)
+        assert {s["kvCacheStats"]["maxNumBlocks"] for s in stats} == {100}
+        used = [s["kvCacheStats"]["usedNumBlocks"] for s in stats]
+        assert used[0] == 3  # the prompt and its first token
+        assert max(used) == 5
+        assert used[-1] == 0  # the last iteration's stats come after its finished request freed its blocks
+
+        assert [s async for s in llm.get_stats_async(0.1)] == []  # a wait that times out ends it, and marks it done
+        done = llm.get_stats_async(5)
+        assert isinstance(done, IterationResult)
+        done.queue.put_nowait('{"iter": -1}')
+        assert [s async for s in done] == []  # done: it ends at once, whatever is queued
+        await llm.generate_async("4, 5, ", sampling_params=SamplingParams(max_tokens=2)).aresult()
+        queued, *new = await take(llm.get_stats_async(5), 3)  # the submission undid it: what was queued comes first
+        assert queued == {"iter": -1}
+        assert len(new) == 2
+
+
 def test_facts_name_only_real_files(sim: Any) -> None:
     text = FACTS.read_text(encoding="utf-8")
     assert "1.2.1" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,17 @@ def test_make_gpu_check_runs_its_whole_logic_against_the_double(tmp_path: Path) 
     markdown = report.with_suffix(".md").read_text()
     for section in ("**Verdict: PASS**", "## Environment", "## Contract suite", "## Side by side", "| 2 |"):
         assert section in markdown
+
+
+def test_every_gpu_test_has_a_meaning_and_every_meaning_a_test() -> None:
+    """What a GPU run checks is the `gpu` tests and the contract: each failure the report can show is explained."""
+    module = gpu_check()
+    sources = [*(REPO / "tests" / "contract").glob("*.py"), *(REPO / "tests" / "engine").glob("*.py")]
+    text = "\n".join(path.read_text(encoding="utf-8") for path in sources)
+    names = set(re.findall(r"^(?:async )?def (test_\w+)", text, re.M))
+    gpu = re.findall(r"^@pytest\.mark\.gpu\n(?:async )?def (test_\w+)", text, re.M)
+    assert "test_the_real_engine_tokenizes_as_it_generates_and_reports_its_kv_cache" in gpu
+    for name in gpu:
+        assert any(name.startswith(prefix) for prefix in module.MEANINGS), f"{name} has no meaning in gpu_check.py"
+    for prefix in module.MEANINGS:
+        assert any(name.startswith(prefix) for name in names), f"MEANINGS[{prefix!r}] names no test"

@@ -157,6 +157,12 @@ class TrtllmConfig(BaseModel, frozen=True, extra="forbid"):
         description="TensorRT-LLM times each request (arrival, first scheduled, first token): Rillet's engine queue "
         "and prefill timings come from there; off, prefill runs from submission to the first output, queue included",
     )
+    enable_iter_perf_stats: bool = Field(
+        True,
+        description="TensorRT-LLM records statistics for every executor iteration; Rillet reads the KV cache use from "
+        "them for the load reports (GetLoad, ORCA, the router gauges), at a small cost per iteration inside "
+        "TensorRT-LLM; off, the engine reports no KV cache use",
+    )
     stream_interval: int = Field(
         1,
         ge=1,

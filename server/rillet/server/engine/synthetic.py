@@ -252,7 +252,7 @@ class SyntheticEngine(EngineLifecycle):
         self._ensure_loop()
 
     async def aclose(self) -> None:
-        """Stop the step loop; streams still in flight end with UNAVAILABLE (ENGINE_CLOSED)."""
+        """Stop the step loop; streams still in flight end with UNAVAILABLE (SHUTTING_DOWN)."""
         self._mark_closed()
         task, self._task = self._task, None
         if task is not None:

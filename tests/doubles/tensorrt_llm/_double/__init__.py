@@ -45,6 +45,9 @@ class Simulation:
     cancel_steps: int = 3
     """Executor steps between `abort()` and the CANCELLED final response (the cancellation crosses the IPC queue and
     the PyExecutor acts on it at a later iteration); the request keeps generating meanwhile."""
+    iteration_stats_before_release: bool = False
+    """With `enable_iter_perf_stats`, take each iteration's stats before its finished requests free their KV blocks
+    (the last stats before the executor idles then still show them held: 1.2.1's overlap scheduler may order it so)."""
     worker_death: BaseException | None = None
     """Set it and the worker process dies with this error at its next step: no response follows for any request,
     and the error waits in the proxy's error queue for the next `submit` (as `mpi_done_callback` queues it)."""

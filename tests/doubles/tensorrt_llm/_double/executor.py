@@ -14,6 +14,13 @@ request queue (`submit`, `abort_request`, `stop`) and the dispatch callback. Eac
    (`PyExecutor._handle_responses`: `py_decoding_iter == 1 or is_finished or py_decoding_iter % stream_interval
    == 0`), with every token since its previous response; through simulated postprocess workers when
    `num_postprocess_workers > 0`; then the proxy wakes the event loops once per step.
+5. with `enable_iter_perf_stats`, records the iteration's stats as `IterationStats.to_json_str()` would (the real
+   JSON names, a subset of the fields), after the step's finished requests freed their blocks, as `_executor_loop`
+   runs `_handle_responses` before `_process_iter_stats`; `SIMULATION.iteration_stats_before_release` takes them
+   before instead. `fetch_stats` hands them over (what the worker's stats thread sends the proxy); without the
+   setting there are none (`get_latest_iteration_stats` returns []). KV blocks: a running sequence holds
+   ceil((prompt + generated tokens) / block_size) blocks of `kv_cache_tokens // block_size` (a prefix shared with
+   another sequence is counted for each, which the real block manager would share).
 Prompt prefixes are remembered block by block under the request's cache salt, so a repeated prefix with the same salt
 (or none) is reported as `cached_tokens` and skipped; another salt never matches.
 
@@ -44,6 +51,7 @@ from __future__ import annotations
 import collections
 import copy
 import datetime
+import json
 import math
 import random
 import threading
@@ -202,6 +210,7 @@ class SimulatedExecutor:
         self.tokens_produced = 0  # tokens handed to results (end tokens excluded)
         self.cancels = 0  # CancellingRequests received
         self.last_admitted = (0, 0)  # (prompt tokens it had to compute, prompt tokens) of the latest admission
+        self._stats: list[str] = []  # iteration stats not yet fetched, as JSON (guarded by _lock)
         SimulatedExecutor.instances.append(self)
         self._thread = threading.Thread(target=self._run, name="trtllm-double-worker", daemon=True)
         self._thread.start()
@@ -228,6 +237,12 @@ class SimulatedExecutor:
     def join(self) -> None:
         if self._thread is not threading.current_thread():
             self._thread.join()
+
+    def fetch_stats(self) -> list[str]:
+        """The iterations' stats recorded since the last call, oldest first (each `IterationStats` JSON)."""
+        with self._lock:
+            stats, self._stats = self._stats, []
+        return stats
 
     @property
     def in_flight(self) -> int:
@@ -258,13 +273,17 @@ class SimulatedExecutor:
                 cancels, self._cancel_requests = self._cancel_requests, set()
             if SIMULATION.worker_death is not None:
                 raise SIMULATION.worker_death
-            started = time.thread_time()
+            started, began = time.thread_time(), time.monotonic()
             out: list[tuple[_Sequence, Response]] = []
             self._arrive(arrivals)
             self._apply_cancellations(cancels, out)
             self._admit()
+            held = self._kv_blocks()
             self._step(out)
             self._deliver(out)
+            if self._args.enable_iter_perf_stats:
+                used = held if SIMULATION.iteration_stats_before_release else self._kv_blocks()
+                self._record_stats(used, began, out)
             self.cpu_seconds += time.thread_time() - started
             # Steps keep their schedule, as a GPU's do whatever its caller's process is busy with: a step that
             # started late (this thread waited for the GIL) is made up by the next ones starting at once, up to
@@ -275,6 +294,50 @@ class SimulatedExecutor:
                 time.sleep(delay)
             elif delay < -CATCH_UP_STEPS * SIMULATION.step_seconds:
                 next_step = time.monotonic()
+
+    def _kv_blocks(self) -> int:
+        """KV blocks the running sequences hold: their prompt and generated tokens, rounded up to whole blocks."""
+        block = SIMULATION.block_size
+        return sum(math.ceil((len(s.prompt) + max(map(len, s.generated), default=0)) / block) for s in self._running)
+
+    def _record_stats(self, used: int, began: float, out: list[tuple[_Sequence, Response]]) -> None:
+        """This iteration's `IterationStats`, with the names `to_json_str` gives them (`jsonSerialization.cpp`)."""
+        total = SIMULATION.kv_cache_tokens // SIMULATION.block_size
+        finished = sum(1 for _, r in out if r.result is None or r.result.is_final)
+        stats = {
+            "timestamp": datetime.datetime.now().strftime("%m-%d-%Y %H:%M:%S.%f"),
+            "iter": self.steps,
+            "iterLatencyMS": (time.monotonic() - began) * 1000,
+            "numActiveRequests": len(self._running),
+            "numQueuedRequests": len(self._waiting),
+            "numCompletedRequests": finished,
+            "maxNumActiveRequests": self.max_batch_size,
+            "gpuMemUsage": 0,
+            "cpuMemUsage": 0,
+            "pinnedMemUsage": 0,
+            "kvCacheStats": {
+                "maxNumBlocks": total,
+                "freeNumBlocks": total - used,
+                "usedNumBlocks": used,
+                "tokensPerBlock": SIMULATION.block_size,
+                "allocTotalBlocks": used,
+                "allocNewBlocks": used,
+                "reusedBlocks": 0,
+                "missedBlocks": 0,
+                "cacheHitRate": 0.0,
+            },
+            "inflightBatchingStats": {
+                "numScheduledRequests": len(self._running),
+                "numContextRequests": sum(1 for s in self._running if s.in_context),
+                "numGenRequests": sum(1 for s in self._running if not s.in_context),
+                "numPausedRequests": 0,
+                "numCtxTokens": 0,
+                "microBatchId": 0,
+                "avgNumDecodedTokensPerIter": 1.0,
+            },
+        }
+        with self._lock:
+            self._stats.append(json.dumps(stats))
 
     def _busy(self) -> bool:
         return bool(self._incoming or self._waiting or self._running or self._cancel_requests or self._cancelling)

@@ -16,6 +16,7 @@ The folding logic follows the real `_handle_sequence`/`_handle_response` step fo
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -38,9 +39,18 @@ __all__ = [
     "DetokenizedGenerationResultBase",
     "GenerationResult",
     "GenerationResultBase",
+    "IterationResult",
     "Logprob",
     "TokenLogprobs",
 ]
+
+
+def _queues() -> tuple[AsyncQueue | None, Any]:
+    """(aqueue, queue) as both result kinds make them: an AsyncQueue and its sync side when an event loop runs."""
+    if has_event_loop():
+        aqueue = AsyncQueue()
+        return aqueue, aqueue.sync_q
+    return None, Queue()
 
 
 @dataclass(slots=True)
@@ -116,14 +126,7 @@ class GenerationResultBase:
         self.metrics_dict: dict[str, float] = {}
         self.trace_headers: dict[str, str] | None = None
         self.use_trtllm_sampler = sampling_params.use_beam_search and (sampling_params.best_of or 1) > 1
-        self.aqueue: AsyncQueue | None
-        self.queue: Any
-        if has_event_loop():
-            self.aqueue = AsyncQueue()
-            self.queue = self.aqueue.sync_q
-        else:
-            self.queue = Queue()
-            self.aqueue = None
+        self.aqueue, self.queue = _queues()
         self._outputs: list[CompletionOutput] = [CompletionOutput(i) for i in range(sampling_params.best_of or 1)]
         self._background_error_handler: weakref.WeakMethod[Callable[..., None]] | None = None
         if background_error_handler is not None:
@@ -353,6 +356,44 @@ class GenerationResult(GenerationResultBase):
 
     def __hash__(self) -> int:
         return hash(self.request_id)
+
+
+class IterationResult:
+    """Runtime results for all available iterations: what `LLM.get_stats_async` returns (1.2.1 page, verbatim logic).
+
+    One per executor, made by its first `generate_async` (an AsyncQueue when an event loop runs there); the proxy's
+    stats thread puts each iteration's stats into `queue` as a JSON string. `async for` yields them parsed, waiting
+    up to the timeout (`set_timeout`, 2 s by default) for each; the first wait that times out marks the result done
+    and ends the iteration, and a done result ends at once until `mark_undone`, which every `generate_async` calls.
+    """
+
+    def __init__(self) -> None:
+        self._done = False
+        self._timeout: float | None = 2
+        self.aqueue, self.queue = _queues()
+
+    def set_timeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def mark_undone(self) -> None:
+        # should be called when new prompts are submitted
+        self._done = False
+
+    def __aiter__(self) -> IterationResult:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        assert self.aqueue is not None, (
+            "The asyncio event loop was not present during initialization, so async operations are not available."
+        )
+        try:
+            data = await self.aqueue.get(timeout=self._timeout)
+            return json.loads(data)
+        except TimeoutError:
+            self._done = True
+            raise StopAsyncIteration from None
 
 
 # Re-exported for the executor's error handler, as the real module imports it from .utils.

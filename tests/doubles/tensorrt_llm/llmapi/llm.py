@@ -8,14 +8,15 @@ signature (a sync method returning a RequestOutput at once; "LLM is shutting dow
 cache salt hashed to `cache_salt_id`), `_prepare_sampling_params` (`_setup` with the tokenizer, the model config and
 the generation config when end_id is unset, so the generation config's extra EOS ids become stop token ids),
 `_check_arguments` on the PyTorch backend (RequestError when the prompt exceeds max_num_tokens without chunked
-prefill; no max_seq_len check there), `tokenizer`, `shutdown`, `_check_health` (not shut down: a worker that died is
-not seen there until its error is handled) and the context manager. The model, the worker and the GPU are simulated.
+prefill; no max_seq_len check there), `get_stats_async` (the executor's `aget_stats`), `tokenizer`, `shutdown`,
+`_check_health` (not shut down: a worker that died is not seen there until its error is handled) and the context
+manager. The model, the worker and the GPU are simulated.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +26,7 @@ from tensorrt_llm._double import SIMULATION
 from tensorrt_llm._double.tokenizer import EOS, EOT, VOCAB_SIZE, ByteTokenizer
 from tensorrt_llm.executor.executor import get_cache_salt_id
 from tensorrt_llm.executor.proxy import GenerationExecutorProxy
-from tensorrt_llm.executor.result import DetokenizedGenerationResultBase, GenerationResult
+from tensorrt_llm.executor.result import DetokenizedGenerationResultBase, GenerationResult, IterationResult
 from tensorrt_llm.executor.utils import RequestError
 from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
 from tensorrt_llm.llmapi.tokenizer import TokenizerBase, TransformersTokenizer
@@ -174,6 +175,15 @@ class BaseLLM:
             cache_salt_id=get_cache_salt_id(cache_salt) if cache_salt is not None else None,
         )
         return RequestOutput._from_generation_result(result, prompt, self.tokenizer)
+
+    def get_stats_async(self, timeout: float | None = 2) -> IterationResult | AsyncIterator[Any]:
+        """Get iteration statistics from the runtime: an async iterable object containing runtime stats.
+
+        (The real one returns `self._executor.aget_stats(timeout=timeout)` and fails with AttributeError after
+        shutdown, its executor being None.)
+        """
+        assert self._executor is not None, "the LLM is shut down"
+        return self._executor.aget_stats(timeout=timeout)
 
     def _require_tokenizer(self) -> TransformersTokenizer:
         tokenizer = self.tokenizer

@@ -30,6 +30,10 @@ class AsyncQueue:
     def sync_q(self) -> _SyncQueue:
         return self._sync_q
 
+    def full(self) -> bool:
+        """Never: the deque has no maxlen (so a stats queue nobody reads grows without bound, as the real one does)."""
+        return len(self._q) == self._q.maxlen
+
     def empty(self) -> bool:
         return not self._q
 
@@ -40,9 +44,22 @@ class AsyncQueue:
         if self._q:
             self._event.set()
 
-    async def get(self) -> Any:
-        while not self._q:
-            await self._event.wait()
+    async def get(self, timeout: float | None = None) -> Any:
+        """The next item: waiting for ever (None), at most `timeout` seconds (asyncio.TimeoutError), or not at all
+        (`timeout` <= 0: asyncio.QueueEmpty when there is none), as the real `get` does."""
+        if timeout is None:
+            while not self._q:
+                await self._event.wait()
+        elif timeout > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while not self._q:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError()
+                await asyncio.wait_for(self._event.wait(), timeout=remaining)
+        elif not self._q:
+            raise asyncio.QueueEmpty()
         item = self._q.popleft()
         if not self._q:
             self._event.clear()

@@ -1,11 +1,11 @@
-"""What the trtllm engine takes from TensorRT-LLM: names, LLM keywords, GPUs per node, samplers, guides, health."""
+"""What the trtllm engine takes from TensorRT-LLM: names, LLM keywords, GPUs, samplers, guides, health, KV use."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from rillet.server.types import SAMPLING_FIELDS, Constraint, ConstraintKind, Tex
 
 if TYPE_CHECKING:  # the package is imported lazily: CPU installs never need it
     from tensorrt_llm import LLM
+    from tensorrt_llm.executor.result import IterationResult
     from tensorrt_llm.sampling_params import GuidedDecodingParams, SamplingParams
 
 CONTAINER = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
@@ -42,6 +43,7 @@ class Api:
     sampling_params: type[SamplingParams]
     guided_decoding_params: type[GuidedDecodingParams]
     request_error: type[Exception]
+    iteration_result: type[IterationResult]
     template_error: type[Exception]
     kv_cache_config: Callable[..., Any]
     scheduler_config: Callable[..., Any]
@@ -54,6 +56,7 @@ def import_api() -> Api:
     """Import TensorRT-LLM, or fail with the install paragraph (EngineDead: the server cannot start)."""
     try:
         import tensorrt_llm
+        from tensorrt_llm.executor.result import IterationResult
         from tensorrt_llm.executor.utils import RequestError
         from tensorrt_llm.llmapi import CapacitySchedulerPolicy, KvCacheConfig, SchedulerConfig
         from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
@@ -72,6 +75,7 @@ def import_api() -> Api:
         sampling_params=tensorrt_llm.SamplingParams,
         guided_decoding_params=GuidedDecodingParams,
         request_error=RequestError,
+        iteration_result=IterationResult,
         template_error=template_error,
         kv_cache_config=KvCacheConfig,
         scheduler_config=SchedulerConfig,
@@ -95,6 +99,7 @@ TYPED_LLM_ARGS = frozenset(
         "enable_chunked_prefill",
         "sampler_type",
         "return_perf_metrics",
+        "enable_iter_perf_stats",
         "stream_interval",
         "num_postprocess_workers",
         "postprocess_tokenizer_dir",
@@ -141,6 +146,7 @@ def llm_kwargs(config: TrtllmConfig, api: Api) -> dict[str, Any]:
         ),
         "sampler_type": config.sampler.value,
         "return_perf_metrics": config.return_perf_metrics,
+        "enable_iter_perf_stats": config.enable_iter_perf_stats,
         "stream_interval": config.stream_interval,
         "num_postprocess_workers": config.num_postprocess_workers,
         # None builds no GuidedDecoder, and TensorRT-LLM then ignores a request's guide: the capabilities refuse them
@@ -248,6 +254,21 @@ def guide(constraint: Constraint) -> dict[str, Any]:
     if kind is ConstraintKind.GRAMMAR:
         return {"grammar": constraint.text}
     return {"grammar": choice_lark(constraint.choices)}
+
+
+def kv_cache_usage(iteration: Mapping[str, Any]) -> float | None:
+    """The share of KV cache blocks in use after one executor iteration, from its stats, or None without them.
+
+    `LLM.get_stats_async` yields each iteration's `IterationStats` as `to_json_str` writes it: `kvCacheStats` holds the
+    block manager's `usedNumBlocks` and `maxNumBlocks` (null when the executor has no KV cache manager).
+    """
+    kv = iteration.get("kvCacheStats")
+    if not isinstance(kv, Mapping):
+        return None
+    used, total = kv.get("usedNumBlocks"), kv.get("maxNumBlocks")
+    if not isinstance(used, int) or not isinstance(total, int) or total <= 0:
+        return None
+    return min(1.0, max(0.0, used / total))
 
 
 def executor_failure(llm: LLM) -> str | None:

@@ -8,7 +8,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
@@ -26,6 +26,7 @@ from rillet.server.engine.trtllm.api import (
     guide,
     guided_decoding,
     import_api,
+    kv_cache_usage,
     llm_kwargs,
 )
 from rillet.server.engine.trtllm.stream import Deltas, engine_timings
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from tensorrt_llm import LLM
     from tensorrt_llm.executor.result import CompletionOutput
     from tensorrt_llm.llmapi.llm import RequestOutput
+    from tensorrt_llm.llmapi.tokenizer import TokenizerBase
     from tensorrt_llm.sampling_params import SamplingParams as TrtSamplingParams
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,10 @@ CLOSE_GRACE_SECONDS = 5.0
 
 SHUTDOWN_SECONDS = 30.0
 """How long `aclose` waits for `LLM.shutdown()`: with a dead worker it can wait on its IPC forever."""
+
+STATS_WAIT_SECONDS = 2.0
+"""How long the KV reader waits for the next iteration's stats (TensorRT-LLM's own default): none for that long, and
+the executor ran no iteration."""
 
 HEALTH_POLL_SECONDS = 0.5
 """While streams are in flight, how often the engine asks TensorRT-LLM whether its executor still lives."""
@@ -124,7 +130,15 @@ class TrtllmEngine(EngineLifecycle):
     submit, so while streams are in flight the engine asks every HEALTH_POLL_SECONDS (`executor_failure`);
     `healthy()` asks too. Once dead, every stream fails with EngineDead (those waiting on TensorRT-LLM at once), and so
     does every new one: the server drains and exits non-zero, as for the other engines.
+
+    Capabilities (engine/base.py): Tokenizing, through the prompt path generation takes (`_encode`); KvCacheReporting
+    only where TensorRT-LLM reports its KV cache (`enable_iter_perf_stats`): `TrtllmEngine(config)` is then a
+    KvReportingTrtllmEngine, and without the stats no engine has `kv_cache_utilization` to find.
     """
+
+    def __new__(cls, config: TrtllmConfig) -> TrtllmEngine:
+        kind = KvReportingTrtllmEngine if cls is TrtllmEngine and config.enable_iter_perf_stats else cls
+        return super().__new__(kind)
 
     def __init__(self, config: TrtllmConfig) -> None:
         """Check that TensorRT-LLM, enough GPUs and a model are there; raises EngineDead with what to do otherwise."""
@@ -239,6 +253,22 @@ class TrtllmEngine(EngineLifecycle):
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
         return self._generate(request)
+
+    def tokenize(self, model: str, prompt: str | tuple[ChatMessage, ...]) -> list[int]:
+        """base.Tokenizing: the ids a generation with this prompt reads (`_encode`, its own path), refused as there."""
+        return self._encode(self._tokenizer(), prompt)
+
+    def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
+        """base.Tokenizing: the text a stream carries for the ids (special tokens skipped, as generation asks)."""
+        tokenizer = self._tokenizer()
+        self._policy.check_ids(token_ids)
+        return tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def _tokenizer(self) -> TokenizerBase:
+        """The model's tokenizer while the engine serves (the tokenizer RPCs call from a worker thread)."""
+        tokenizer = self._running(warm_up=False).tokenizer
+        assert tokenizer is not None  # start() refuses a model without one
+        return tokenizer
 
     async def _generate(self, request: GenerationRequest, *, warm_up: bool = False) -> AsyncGenerator[TextEvent, None]:
         check_request(request, self._capabilities)
@@ -369,23 +399,32 @@ class TrtllmEngine(EngineLifecycle):
         return self._dead_error()
 
     async def _prompt_ids(self, llm: LLM, prompt: Prompt) -> list[int]:
-        """The prompt's token ids: text tokenized with special tokens, ids checked, chat through the template."""
+        """The prompt's token ids (`_encode`): off the loop for a chat template or a long text, on it otherwise."""
         tokenizer = llm.tokenizer
         assert tokenizer is not None  # start() refuses a model without one
         if isinstance(prompt, str):
-            if len(prompt) > LONG_PROMPT_CHARS:
-                ids = await asyncio.to_thread(tokenizer.encode, prompt, add_special_tokens=True)
-            else:
-                ids = tokenizer.encode(prompt, add_special_tokens=True)
+            quick = len(prompt) <= LONG_PROMPT_CHARS
+        else:
+            quick = bool(prompt) and isinstance(prompt[0], int)
+        if quick:  # a short text, or token ids: cheaper than the thread hop
+            return self._encode(tokenizer, prompt)
+        return await asyncio.to_thread(self._encode, tokenizer, prompt)
+
+    def _encode(self, tokenizer: TokenizerBase, prompt: Prompt) -> list[int]:
+        """The ids generation reads a prompt as: text with special tokens, ids checked, chat through the template.
+
+        Generation and Tokenize both come here, so a count agrees with `usage.input_tokens`. It may block (the chat
+        template, a long text): the caller picks the thread.
+        """
+        if isinstance(prompt, str):
+            ids = tokenizer.encode(prompt, add_special_tokens=True)
         elif prompt and isinstance(prompt[0], int):
             ids = [int(t) for t in prompt if isinstance(t, int)]
             self._policy.check_ids(ids)  # an id past the embedding table is a device-side fault on the GPU
         else:
             messages = [{"role": m.role, "content": m.content} for m in prompt if isinstance(m, ChatMessage)]
             try:
-                encoded = await asyncio.to_thread(
-                    tokenizer.apply_chat_template, messages, tokenize=True, add_generation_prompt=True
-                )
+                encoded = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
             except (ValueError, self._api.template_error) as exc:  # no template, or one that refuses these turns
                 raise InvalidArgument(str(exc), field="params.chat", reason="CHAT_TEMPLATE_UNSUPPORTED") from None
             ids = list(encoded)
@@ -479,6 +518,61 @@ class TrtllmEngine(EngineLifecycle):
             result.abort()
         except Exception:  # best effort: a failed abort must not mask why the stream ended
             log.exception("trtllm: abort failed")
+
+
+class KvReportingTrtllmEngine(TrtllmEngine):
+    """The trtllm engine with base.KvCacheReporting: its KV cache use, read from TensorRT-LLM's iteration stats.
+
+    With `enable_iter_perf_stats` the executor records statistics for every iteration it runs, and its proxy hands
+    them over about every 0.2 s (`LLM.get_stats_async`; FACTS.md "Iteration stats"). One task on the event loop reads
+    them as they come, awaiting TensorRT-LLM's own queue, so it never blocks the loop and adds nothing to a request's
+    path, and keeps `kvCacheStats.usedNumBlocks / maxNumBlocks` of the latest (`api.kv_cache_usage`), which
+    `kv_cache_utilization` returns. The reading is also what keeps that queue short: nothing else empties it.
+    No stats for STATS_WAIT_SECONDS means the executor ran no iteration; with nothing of Rillet's in flight it then
+    holds no request's blocks, so the use is 0 whatever the last stats said (blocks kept for prefix reuse are on the
+    block manager's free list; FACTS.md lists what a GPU run has still to confirm).
+    """
+
+    _kv_cache = 0.0
+    _stats_reader: asyncio.Task[None] | None = None
+
+    def kv_cache_utilization(self) -> float:
+        """base.KvCacheReporting: the share of KV cache blocks in use at the latest iteration TensorRT-LLM reported."""
+        return self._kv_cache
+
+    async def start(self) -> None:
+        """TrtllmEngine.start, then the stats reader (the warm-up's submission made TensorRT-LLM's stats queue)."""
+        await super().start()
+        assert self._llm is not None  # SERVING
+        self._stats_reader = asyncio.get_running_loop().create_task(self._read_stats(self._llm), name="trtllm-stats")
+
+    async def aclose(self) -> None:
+        if self._stats_reader is not None:
+            self._stats_reader.cancel()
+        await super().aclose()
+
+    async def _read_stats(self, llm: LLM) -> None:
+        """Keep `_kv_cache` current from the iteration stats, until the executor dies or the engine closes."""
+        loop = asyncio.get_running_loop()
+        failed = False
+        while self._death is None:
+            began = loop.time()
+            try:
+                stats = llm.get_stats_async(STATS_WAIT_SECONDS)
+                if isinstance(stats, self._api.iteration_result):  # else no submission yet: no stats queue either
+                    stats.mark_undone()  # it ends at its first quiet spell and stays ended until the next submission
+                    async for iteration in stats:  # ends once no stats came for STATS_WAIT_SECONDS
+                        usage = kv_cache_usage(iteration)
+                        if usage is not None:
+                            self._kv_cache = usage
+                    if not self._in_flight:
+                        self._kv_cache = 0.0
+                failed = False
+            except Exception:  # a reader that failed must not end the engine; the use it reports is then stale
+                if not failed:
+                    log.exception("trtllm: reading TensorRT-LLM's iteration stats failed; retrying")
+                failed = True
+            await asyncio.sleep(max(0.0, began + STATS_WAIT_SECONDS - loop.time()))  # a short pass must not spin
 
 
 def _vocabulary(llm: LLM, tokenizer: Any) -> int:
