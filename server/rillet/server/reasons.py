@@ -65,7 +65,6 @@ class Reason(enum.StrEnum):
     UNSUPPORTED_ENCODING = enum.auto()
     UNSUPPORTED_SAMPLE_RATE = enum.auto()
     CHUNK_DURATION_OUT_OF_RANGE = enum.auto()
-    INVALID_CHUNK_SIZE = enum.auto()
     CONFLICTING_TEXT_SOURCES = enum.auto()
     REQUEST_REJECTED = enum.auto()
     UNKNOWN_PRIORITY = enum.auto()
@@ -119,7 +118,6 @@ class Reason(enum.StrEnum):
     LOGPROB_MISSING = enum.auto()
     ENGINE_REQUEST_FAILED = enum.auto()
     ENGINE_STREAM_ENDED = enum.auto()
-    SYNTHESIS_FAILED = enum.auto()
     # The defaults of errors.py's classes, for an error raised without a reason of its own
     INVALID_ARGUMENT = enum.auto()
     NOT_FOUND = enum.auto()
@@ -204,8 +202,9 @@ CATALOGUE: dict[Reason, ReasonDoc] = {
     Reason.NAME_TOO_LONG: ReasonDoc(_I, "a model or voice name longer than the limit", _FIX),
     Reason.UNSUPPORTED_ENCODING: ReasonDoc(_I, "an audio encoding the server does not produce", _FIX),
     Reason.UNSUPPORTED_SAMPLE_RATE: ReasonDoc(_I, "an audio sample rate the voice cannot produce", _FIX),
-    Reason.CHUNK_DURATION_OUT_OF_RANGE: ReasonDoc(_I, "max_chunk_duration outside its range", _FIX),
-    Reason.INVALID_CHUNK_SIZE: ReasonDoc(_I, "an audio chunk bound of no samples", _FIX),
+    Reason.CHUNK_DURATION_OUT_OF_RANGE: ReasonDoc(
+        _I, "max_chunk_duration outside its range (0.01 s to 2 s), or a chunk bound of no samples", _FIX
+    ),
     Reason.CONFLICTING_TEXT_SOURCES: ReasonDoc(
         _I, "a synthesis given both text and text_from_request_id, or streaming input and a source", _FIX
     ),
@@ -305,10 +304,12 @@ CATALOGUE: dict[Reason, ReasonDoc] = {
         _IN, "the engine's library did not report a logprob it was asked for (never invented)", _BUG
     ),
     Reason.ENGINE_REQUEST_FAILED: ReasonDoc(
-        _IN, "the engine failed this request (its library's error, or an unexpected one, which is logged)", _BUG
+        _IN,
+        "the engine failed this request: its library's error, a voice that could not render the text, or an "
+        "unexpected error (logged)",
+        _BUG,
     ),
     Reason.ENGINE_STREAM_ENDED: ReasonDoc(_IN, "the engine's stream ended without finishing the request", _BUG),
-    Reason.SYNTHESIS_FAILED: ReasonDoc(_IN, "the voice failed to render this request's text", _BUG),
     Reason.INVALID_ARGUMENT: ReasonDoc(_I, "a bad request with no more specific reason", _FIX),
     Reason.NOT_FOUND: ReasonDoc(_NF, "something named does not exist, with no more specific reason", _FIX),
     Reason.UNAVAILABLE: ReasonDoc(

@@ -377,7 +377,9 @@ class PiperEngine(EngineLifecycle):
         native = self._files[request.voice].sample_rate_hertz
         if request.max_chunk_samples < 1:
             raise InvalidArgument(
-                f"max_chunk_samples must be positive, got {request.max_chunk_samples}", reason=Reason.INVALID_CHUNK_SIZE
+                f"max_chunk_samples must be positive, got {request.max_chunk_samples}",
+                field="params.max_chunk_duration",
+                reason=Reason.CHUNK_DURATION_OUT_OF_RANGE,
             )
         return self._synthesize(request, voice, native, pool)
 
@@ -419,7 +421,7 @@ class PiperEngine(EngineLifecycle):
                     raise item
                 if isinstance(item, BaseException):
                     raise Internal(
-                        f"speech synthesis failed: {type(item).__name__}", reason=Reason.SYNTHESIS_FAILED
+                        f"speech synthesis failed: {type(item).__name__}", reason=Reason.ENGINE_REQUEST_FAILED
                     ) from item
                 label = f"{unspoken} {item.text}" if unspoken else item.text
                 words += (_shifted(word, offset) for word in item.words)
