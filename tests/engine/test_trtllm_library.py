@@ -19,7 +19,7 @@ from rillet.client import Client, InternalError
 from rillet.server.app import RilletServer, serve
 from rillet.server.config import Settings
 from rillet.server.engine.trtllm import TrtllmEngine, token_logprobs
-from rillet.server.errors import EngineDead, Internal, InvalidArgument
+from rillet.server.errors import ConfigurationError, EngineDead, Internal, InvalidArgument
 from rillet.server.types import (
     ChatMessage,
     Constraint,
@@ -55,7 +55,7 @@ async def test_a_multi_node_launch_needs_only_this_nodes_share_of_the_gpus(sim: 
         _, finished = await run(engine, request(max_tokens=2))
         assert finished.reason is FinishReason.LENGTH
     sim.device_count = 4  # with gpus_per_node = 8 (two nodes of 8), 8 of the 16 must run here
-    with pytest.raises(EngineDead, match="8 on this node"):
+    with pytest.raises(ConfigurationError, match="8 on this node"):
         TrtllmEngine(double_config(tensor_parallel_size=16, extra_llm_args={"gpus_per_node": 8}))
 
 

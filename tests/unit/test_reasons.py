@@ -25,9 +25,9 @@ ERROR_CLASSES = {
     for name, cls in vars(errors).items()
     if isinstance(cls, type) and issubclass(cls, errors.RilletError) and cls is not errors.RilletError
 }
-LITERALS_ALLOWED_IN = ("engine/llamacpp", "engine/trtllm")
-"""TEMPORARY, and only these two packages: they are being changed on other branches, so their call sites still pass
-reasons as string literals. The lead converts them to Reason constants after those merges, then deletes this."""
+LITERALS_ALLOWED_IN = ("engine/llamacpp",)
+"""TEMPORARY, and only this package: it is being changed on another branch, so its call sites still pass
+reasons as string literals. The lead converts them to Reason constants after that merge, then deletes this."""
 STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode)
 """A status code's name is no reason when it is spelt as one (telemetry's sets of codes, say)."""
 

@@ -74,294 +74,279 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT. A sampling value outside its documented range (or NaN). A
     client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_SAMPLING_REJECTED: _ErrorReason.ValueType  # 12
-    """INVALID_ARGUMENT. The engine's library refused sampling values the server's
-    own checks let through. A client: fix the request; retrying it unchanged
-    fails again.
-    """
-    ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE: _ErrorReason.ValueType  # 13
+    ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE: _ErrorReason.ValueType  # 12
     """INVALID_ARGUMENT. Top_logprobs above the server's limit. A client: fix the
     request; retrying it unchanged fails again.
     """
-    ERROR_REASON_FIELD_UNSUPPORTED: _ErrorReason.ValueType  # 14
+    ERROR_REASON_FIELD_UNSUPPORTED: _ErrorReason.ValueType  # 13
     """INVALID_ARGUMENT. A field the model does not honour (metadata: field;
     ListModels: text_capabilities). A client: leave it unset or pick a model
     that lists it.
     """
-    ERROR_REASON_EMPTY_STOP: _ErrorReason.ValueType  # 15
+    ERROR_REASON_EMPTY_STOP: _ErrorReason.ValueType  # 14
     """INVALID_ARGUMENT. An empty stop string. A client: fix the request; retrying
     it unchanged fails again.
     """
-    ERROR_REASON_STOP_TOO_LONG: _ErrorReason.ValueType  # 16
+    ERROR_REASON_STOP_TOO_LONG: _ErrorReason.ValueType  # 15
     """INVALID_ARGUMENT. A stop string longer than the limit. A client: fix the
     request; retrying it unchanged fails again.
     """
-    ERROR_REASON_TOO_MANY_STOPS: _ErrorReason.ValueType  # 17
+    ERROR_REASON_TOO_MANY_STOPS: _ErrorReason.ValueType  # 16
     """INVALID_ARGUMENT. More stop strings than the limit. A client: fix the
     request; retrying it unchanged fails again.
     """
-    ERROR_REASON_CONSTRAINT_UNSUPPORTED: _ErrorReason.ValueType  # 18
+    ERROR_REASON_CONSTRAINT_UNSUPPORTED: _ErrorReason.ValueType  # 17
     """INVALID_ARGUMENT. An output constraint kind the model does not enforce
     (ListModels: constraint_kinds). A client: pick another model.
     """
-    ERROR_REASON_CONSTRAINT_INVALID: _ErrorReason.ValueType  # 19
+    ERROR_REASON_CONSTRAINT_INVALID: _ErrorReason.ValueType  # 18
     """INVALID_ARGUMENT. The schema, regex or grammar does not parse or uses what
     the compiler lacks (the message says where). A client: fix the request;
     retrying it unchanged fails again.
     """
-    ERROR_REASON_CONSTRAINT_TOO_LARGE: _ErrorReason.ValueType  # 20
+    ERROR_REASON_CONSTRAINT_TOO_LARGE: _ErrorReason.ValueType  # 19
     """INVALID_ARGUMENT. The constraint's text or choices are over the limits. A
     client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_CONSTRAINT_TOO_COMPLEX: _ErrorReason.ValueType  # 21
+    ERROR_REASON_CONSTRAINT_TOO_COMPLEX: _ErrorReason.ValueType  # 20
     """INVALID_ARGUMENT. The constraint's compilation exceeded the compiler's work
     or time bounds. A client: simplify the constraint.
     """
-    ERROR_REASON_EMPTY_TEXT: _ErrorReason.ValueType  # 22
+    ERROR_REASON_EMPTY_TEXT: _ErrorReason.ValueType  # 21
     """INVALID_ARGUMENT. A synthesis of empty or unspeakable text the client gave.
     A client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_TEXT_TOO_LARGE: _ErrorReason.ValueType  # 23
+    ERROR_REASON_TEXT_TOO_LARGE: _ErrorReason.ValueType  # 22
     """INVALID_ARGUMENT. A synthesis's text, in total, is over the limit. A
     client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_TEXT_PIECE_TOO_LARGE: _ErrorReason.ValueType  # 24
+    ERROR_REASON_TEXT_PIECE_TOO_LARGE: _ErrorReason.ValueType  # 23
     """INVALID_ARGUMENT. One AppendText piece is over the limit. A client: send
     smaller pieces.
     """
-    ERROR_REASON_NUL_CHARACTER: _ErrorReason.ValueType  # 25
+    ERROR_REASON_NUL_CHARACTER: _ErrorReason.ValueType  # 24
     """INVALID_ARGUMENT. A NUL character in text. A client: fix the request;
     retrying it unchanged fails again.
     """
-    ERROR_REASON_NAME_TOO_LONG: _ErrorReason.ValueType  # 26
+    ERROR_REASON_NAME_TOO_LONG: _ErrorReason.ValueType  # 25
     """INVALID_ARGUMENT. A model or voice name longer than the limit. A client:
     fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_UNSUPPORTED_ENCODING: _ErrorReason.ValueType  # 27
+    ERROR_REASON_UNSUPPORTED_ENCODING: _ErrorReason.ValueType  # 26
     """INVALID_ARGUMENT. An audio encoding the server does not produce. A client:
     fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_UNSUPPORTED_SAMPLE_RATE: _ErrorReason.ValueType  # 28
+    ERROR_REASON_UNSUPPORTED_SAMPLE_RATE: _ErrorReason.ValueType  # 27
     """INVALID_ARGUMENT. An audio sample rate the voice cannot produce. A client:
     fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE: _ErrorReason.ValueType  # 29
+    ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE: _ErrorReason.ValueType  # 28
     """INVALID_ARGUMENT. Max_chunk_duration outside its range (0.01 s to 2 s), or
     a chunk bound of no samples. A client: fix the request; retrying it
     unchanged fails again.
     """
-    ERROR_REASON_CONFLICTING_TEXT_SOURCES: _ErrorReason.ValueType  # 30
+    ERROR_REASON_CONFLICTING_TEXT_SOURCES: _ErrorReason.ValueType  # 29
     """INVALID_ARGUMENT. A synthesis given both text and text_from_request_id, or
     streaming input and a source. A client: fix the request; retrying it
     unchanged fails again.
     """
-    ERROR_REASON_REQUEST_REJECTED: _ErrorReason.ValueType  # 31
+    ERROR_REASON_REQUEST_REJECTED: _ErrorReason.ValueType  # 30
     """INVALID_ARGUMENT. The engine's library refused, at submission, a request
     the server's own checks let through. A client: fix the request; retrying it
     unchanged fails again.
     """
-    ERROR_REASON_UNKNOWN_PRIORITY: _ErrorReason.ValueType  # 32
+    ERROR_REASON_UNKNOWN_PRIORITY: _ErrorReason.ValueType  # 31
     """INVALID_ARGUMENT. A priority value the server does not know. A client: fix
     the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_UNDECODABLE_MESSAGE: _ErrorReason.ValueType  # 33
+    ERROR_REASON_UNDECODABLE_MESSAGE: _ErrorReason.ValueType  # 32
     """INVALID_ARGUMENT. A message that is not valid protobuf (or JSON) of its
     type, or has bad UTF-8. A client: fix the client's encoder.
     """
-    ERROR_REASON_INVALID_DURATION: _ErrorReason.ValueType  # 34
+    ERROR_REASON_INVALID_DURATION: _ErrorReason.ValueType  # 33
     """INVALID_ARGUMENT. A Duration outside google.protobuf.Duration's range. A
     client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_MISSING_KIND: _ErrorReason.ValueType  # 35
+    ERROR_REASON_MISSING_KIND: _ErrorReason.ValueType  # 34
     """INVALID_ARGUMENT. A session message with no kind set. A client: fix the
     request; retrying it unchanged fails again.
     """
-    ERROR_REASON_MISSING_REQUEST_ID: _ErrorReason.ValueType  # 36
+    ERROR_REASON_MISSING_REQUEST_ID: _ErrorReason.ValueType  # 35
     """INVALID_ARGUMENT. A session message with an empty request_id. A client: fix
     the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_REQUEST_ID_TOO_LONG: _ErrorReason.ValueType  # 37
+    ERROR_REASON_REQUEST_ID_TOO_LONG: _ErrorReason.ValueType  # 36
     """INVALID_ARGUMENT. A request id longer than the limit. A client: fix the
     request; retrying it unchanged fails again.
     """
-    ERROR_REASON_DUPLICATE_REQUEST_ID: _ErrorReason.ValueType  # 38
+    ERROR_REASON_DUPLICATE_REQUEST_ID: _ErrorReason.ValueType  # 37
     """ALREADY_EXISTS. A start for a request id already in flight in the session.
     A client: use a new id.
     """
-    ERROR_REASON_UNKNOWN_REQUEST_ID: _ErrorReason.ValueType  # 39
+    ERROR_REASON_UNKNOWN_REQUEST_ID: _ErrorReason.ValueType  # 38
     """NOT_FOUND. A cancel, append or end for an id not in flight (perhaps it just
     ended). A client: usually nothing.
     """
-    ERROR_REASON_NOT_STREAMING_INPUT: _ErrorReason.ValueType  # 40
+    ERROR_REASON_NOT_STREAMING_INPUT: _ErrorReason.ValueType  # 39
     """INVALID_ARGUMENT. AppendText or EndInput for a request that takes no
     streaming input. A client: fix the request; retrying it unchanged fails
     again.
     """
-    ERROR_REASON_INPUT_ENDED: _ErrorReason.ValueType  # 41
+    ERROR_REASON_INPUT_ENDED: _ErrorReason.ValueType  # 40
     """INVALID_ARGUMENT. AppendText after EndInput. A client: fix the request;
     retrying it unchanged fails again.
     """
-    ERROR_REASON_NOT_A_SYNTHESIS: _ErrorReason.ValueType  # 42
+    ERROR_REASON_NOT_A_SYNTHESIS: _ErrorReason.ValueType  # 41
     """INVALID_ARGUMENT. A Cancel with played_samples for a request that is not a
     synthesis (metadata: field). A client: cancel the synthesis that played
     with it, then its generation.
     """
-    ERROR_REASON_UNKNOWN_SOURCE_REQUEST: _ErrorReason.ValueType  # 43
+    ERROR_REASON_UNKNOWN_SOURCE_REQUEST: _ErrorReason.ValueType  # 42
     """NOT_FOUND. Text_from_request_id names no request of this session. A client:
     fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_SOURCE_NOT_GENERATE: _ErrorReason.ValueType  # 44
+    ERROR_REASON_SOURCE_NOT_GENERATE: _ErrorReason.ValueType  # 43
     """INVALID_ARGUMENT. Text_from_request_id names a request that is not a
     generation. A client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_SOURCE_ENDED: _ErrorReason.ValueType  # 45
+    ERROR_REASON_SOURCE_ENDED: _ErrorReason.ValueType  # 44
     """INVALID_ARGUMENT. Text_from_request_id names a generation whose text can no
     longer be followed. A client: start them together.
     """
-    ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE: _ErrorReason.ValueType  # 46
+    ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE: _ErrorReason.ValueType  # 45
     """INVALID_ARGUMENT. A WebSocket message after the client's half-close. A
     client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_MISSING_TARGET: _ErrorReason.ValueType  # 47
+    ERROR_REASON_MISSING_TARGET: _ErrorReason.ValueType  # 46
     """INVALID_ARGUMENT. An Abort naming neither a request id nor all requests. A
     client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_REQUEST_NOT_FOUND: _ErrorReason.ValueType  # 48
+    ERROR_REASON_REQUEST_NOT_FOUND: _ErrorReason.ValueType  # 47
     """NOT_FOUND. Abort: the caller's tenant has nothing in flight under that id
     (other tenants are never looked at). A client: usually nothing: it ended.
     """
-    ERROR_REASON_MODEL_NOT_FOUND: _ErrorReason.ValueType  # 49
+    ERROR_REASON_MODEL_NOT_FOUND: _ErrorReason.ValueType  # 48
     """NOT_FOUND. No model or voice of that name (ListModels lists them). A
     client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_NO_DEFAULT_MODEL: _ErrorReason.ValueType  # 50
+    ERROR_REASON_NO_DEFAULT_MODEL: _ErrorReason.ValueType  # 49
     """NOT_FOUND. No model was named and the server serves none of that kind. A
     client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_TOKENIZER_UNSUPPORTED: _ErrorReason.ValueType  # 51
+    ERROR_REASON_TOKENIZER_UNSUPPORTED: _ErrorReason.ValueType  # 50
     """INVALID_ARGUMENT. A tokenizer call for a model whose engine does not
     tokenize for clients (GetServerInfo says which). A client: tokenize
     elsewhere.
     """
-    ERROR_REASON_QUEUE_FULL: _ErrorReason.ValueType  # 52
+    ERROR_REASON_QUEUE_FULL: _ErrorReason.ValueType  # 51
     """RESOURCE_EXHAUSTED. The engine's admission queue is full. A client: retry
     after the RetryInfo delay, or elsewhere.
     """
-    ERROR_REASON_TENANT_QUEUE_SHARE: _ErrorReason.ValueType  # 53
+    ERROR_REASON_TENANT_QUEUE_SHARE: _ErrorReason.ValueType  # 52
     """RESOURCE_EXHAUSTED. The tenant's share of the engine's queue is full. A
     client: retry after the RetryInfo delay, or elsewhere.
     """
-    ERROR_REASON_TENANT_REQUEST_LIMIT: _ErrorReason.ValueType  # 54
+    ERROR_REASON_TENANT_REQUEST_LIMIT: _ErrorReason.ValueType  # 53
     """RESOURCE_EXHAUSTED. The tenant has its limit of requests in flight. A
     client: retry after the RetryInfo delay, or elsewhere.
     """
-    ERROR_REASON_TENANT_SESSION_LIMIT: _ErrorReason.ValueType  # 55
+    ERROR_REASON_TENANT_SESSION_LIMIT: _ErrorReason.ValueType  # 54
     """RESOURCE_EXHAUSTED. The tenant has its limit of calls open. A client: retry
     after the RetryInfo delay, or elsewhere.
     """
-    ERROR_REASON_SERVER_SESSION_LIMIT: _ErrorReason.ValueType  # 56
+    ERROR_REASON_SERVER_SESSION_LIMIT: _ErrorReason.ValueType  # 55
     """RESOURCE_EXHAUSTED. The server has its limit of calls open. A client: retry
     after the RetryInfo delay, or elsewhere.
     """
-    ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION: _ErrorReason.ValueType  # 57
+    ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION: _ErrorReason.ValueType  # 56
     """RESOURCE_EXHAUSTED. The session has its limit of requests in flight. A
     client: wait for one to end, or open another session.
     """
-    ERROR_REASON_LOAD_STREAM_LIMIT: _ErrorReason.ValueType  # 58
+    ERROR_REASON_LOAD_STREAM_LIMIT: _ErrorReason.ValueType  # 57
     """RESOURCE_EXHAUSTED. The server has its limit of load report streams open. A
     client: retry after the RetryInfo delay, or elsewhere.
     """
-    ERROR_REASON_REQUEST_TIMEOUT: _ErrorReason.ValueType  # 59
+    ERROR_REASON_REQUEST_TIMEOUT: _ErrorReason.ValueType  # 58
     """DEADLINE_EXCEEDED. The request's own timeout passed. A client: retry with a
     longer timeout.
     """
-    ERROR_REASON_CLIENT_STALLED: _ErrorReason.ValueType  # 60
+    ERROR_REASON_CLIENT_STALLED: _ErrorReason.ValueType  # 59
     """DEADLINE_EXCEEDED. The request's output waited stall_timeout_s for the
     client to read it. A client: read your streams.
     """
-    ERROR_REASON_INPUT_IDLE: _ErrorReason.ValueType  # 61
+    ERROR_REASON_INPUT_IDLE: _ErrorReason.ValueType  # 60
     """DEADLINE_EXCEEDED. A streaming-input synthesis waited input_idle_timeout_s
     for text. A client: send text or EndInput sooner.
     """
-    ERROR_REASON_SESSION_IDLE: _ErrorReason.ValueType  # 62
+    ERROR_REASON_SESSION_IDLE: _ErrorReason.ValueType  # 61
     """UNAVAILABLE. A WebSocket session had nothing in flight for its idle
     timeout. A client: reconnect.
     """
-    ERROR_REASON_ENGINE_TIMEOUT: _ErrorReason.ValueType  # 63
+    ERROR_REASON_ENGINE_TIMEOUT: _ErrorReason.ValueType  # 62
     """DEADLINE_EXCEEDED. The engine's library timed the request out. A client:
     retry later.
     """
-    ERROR_REASON_MISSING_TOKEN: _ErrorReason.ValueType  # 64
+    ERROR_REASON_MISSING_TOKEN: _ErrorReason.ValueType  # 63
     """UNAUTHENTICATED. Auth is on and the call has no bearer token. A client:
     send one.
     """
-    ERROR_REASON_INVALID_TOKEN: _ErrorReason.ValueType  # 65
+    ERROR_REASON_INVALID_TOKEN: _ErrorReason.ValueType  # 64
     """UNAUTHENTICATED. The bearer token is not one the server knows. A client:
     send a valid one.
     """
-    ERROR_REASON_WARMING_UP: _ErrorReason.ValueType  # 66
+    ERROR_REASON_WARMING_UP: _ErrorReason.ValueType  # 65
     """UNAVAILABLE. The server or its engine has not finished starting (loading,
     warming up). A client: retry shortly (the SDK does).
     """
-    ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 67
+    ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 66
     """UNAVAILABLE. The server is draining or stopping: it takes no new requests
     and ends those still running past its grace. A client: retry on another
     replica.
     """
-    ERROR_REASON_ENGINE_DEAD: _ErrorReason.ValueType  # 68
+    ERROR_REASON_ENGINE_DEAD: _ErrorReason.ValueType  # 67
     """INTERNAL. The engine failed for good; the server is draining and will exit.
     A client: retry on another replica.
     """
-    ERROR_REASON_ENGINE_START_FAILED: _ErrorReason.ValueType  # 69
+    ERROR_REASON_ENGINE_START_FAILED: _ErrorReason.ValueType  # 68
     """INTERNAL. Never sent to a client: an engine failed while loading or warming
     up, and the server exits without serving. A client: operators: see the
     server's log.
     """
-    ERROR_REASON_ENGINE_CONFIG_INVALID: _ErrorReason.ValueType  # 70
-    """INTERNAL. Never sent to a client: the trtllm engine's settings are invalid,
-    and the server exits without serving. A client: operators: fix the
-    settings.
-    """
-    ERROR_REASON_ENGINE_UNAVAILABLE: _ErrorReason.ValueType  # 71
-    """INTERNAL. Never sent to a client: the trtllm engine's library or GPUs are
-    missing, and the server exits without serving. A client: operators: install
-    them or serve another engine.
-    """
-    ERROR_REASON_KV_CACHE_FULL: _ErrorReason.ValueType  # 72
+    ERROR_REASON_KV_CACHE_FULL: _ErrorReason.ValueType  # 69
     """INTERNAL. The engine ran out of KV cache for this request. A client: report
     it with the request id; other requests are unaffected.
     """
-    ERROR_REASON_LOGPROB_MISSING: _ErrorReason.ValueType  # 73
+    ERROR_REASON_LOGPROB_MISSING: _ErrorReason.ValueType  # 70
     """INTERNAL. The engine's library did not report a logprob it was asked for
     (never invented). A client: report it with the request id; other requests
     are unaffected.
     """
-    ERROR_REASON_ENGINE_REQUEST_FAILED: _ErrorReason.ValueType  # 74
+    ERROR_REASON_ENGINE_REQUEST_FAILED: _ErrorReason.ValueType  # 71
     """INTERNAL. The engine failed this request: its library's error, a voice that
     could not render the text, or an unexpected error (logged). A client:
     report it with the request id; other requests are unaffected.
     """
-    ERROR_REASON_ENGINE_STREAM_ENDED: _ErrorReason.ValueType  # 75
+    ERROR_REASON_ENGINE_STREAM_ENDED: _ErrorReason.ValueType  # 72
     """INTERNAL. The engine's stream ended without finishing the request. A
     client: report it with the request id; other requests are unaffected.
     """
-    ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 76
+    ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 73
     """INVALID_ARGUMENT. A bad request with no more specific reason. A client: fix
     the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_NOT_FOUND: _ErrorReason.ValueType  # 77
+    ERROR_REASON_NOT_FOUND: _ErrorReason.ValueType  # 74
     """NOT_FOUND. Something named does not exist, with no more specific reason. A
     client: fix the request; retrying it unchanged fails again.
     """
-    ERROR_REASON_UNAVAILABLE: _ErrorReason.ValueType  # 78
+    ERROR_REASON_UNAVAILABLE: _ErrorReason.ValueType  # 75
     """UNAVAILABLE. The server cannot take work now, no more specific reason. A
     client: retry shortly, or on another replica.
     """
-    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 79
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 76
     """UNAUTHENTICATED. Credentials are wrong, no more specific reason. A client:
     send valid ones.
     """
-    ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 80
+    ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 77
     """INTERNAL. A failure that is the server's fault, no more specific reason. A
     client: report it with the request id; other requests are unaffected.
     """
@@ -429,294 +414,279 @@ ERROR_REASON_SAMPLING_OUT_OF_RANGE: ErrorReason.ValueType  # 11
 """INVALID_ARGUMENT. A sampling value outside its documented range (or NaN). A
 client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_SAMPLING_REJECTED: ErrorReason.ValueType  # 12
-"""INVALID_ARGUMENT. The engine's library refused sampling values the server's
-own checks let through. A client: fix the request; retrying it unchanged
-fails again.
-"""
-ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE: ErrorReason.ValueType  # 13
+ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE: ErrorReason.ValueType  # 12
 """INVALID_ARGUMENT. Top_logprobs above the server's limit. A client: fix the
 request; retrying it unchanged fails again.
 """
-ERROR_REASON_FIELD_UNSUPPORTED: ErrorReason.ValueType  # 14
+ERROR_REASON_FIELD_UNSUPPORTED: ErrorReason.ValueType  # 13
 """INVALID_ARGUMENT. A field the model does not honour (metadata: field;
 ListModels: text_capabilities). A client: leave it unset or pick a model
 that lists it.
 """
-ERROR_REASON_EMPTY_STOP: ErrorReason.ValueType  # 15
+ERROR_REASON_EMPTY_STOP: ErrorReason.ValueType  # 14
 """INVALID_ARGUMENT. An empty stop string. A client: fix the request; retrying
 it unchanged fails again.
 """
-ERROR_REASON_STOP_TOO_LONG: ErrorReason.ValueType  # 16
+ERROR_REASON_STOP_TOO_LONG: ErrorReason.ValueType  # 15
 """INVALID_ARGUMENT. A stop string longer than the limit. A client: fix the
 request; retrying it unchanged fails again.
 """
-ERROR_REASON_TOO_MANY_STOPS: ErrorReason.ValueType  # 17
+ERROR_REASON_TOO_MANY_STOPS: ErrorReason.ValueType  # 16
 """INVALID_ARGUMENT. More stop strings than the limit. A client: fix the
 request; retrying it unchanged fails again.
 """
-ERROR_REASON_CONSTRAINT_UNSUPPORTED: ErrorReason.ValueType  # 18
+ERROR_REASON_CONSTRAINT_UNSUPPORTED: ErrorReason.ValueType  # 17
 """INVALID_ARGUMENT. An output constraint kind the model does not enforce
 (ListModels: constraint_kinds). A client: pick another model.
 """
-ERROR_REASON_CONSTRAINT_INVALID: ErrorReason.ValueType  # 19
+ERROR_REASON_CONSTRAINT_INVALID: ErrorReason.ValueType  # 18
 """INVALID_ARGUMENT. The schema, regex or grammar does not parse or uses what
 the compiler lacks (the message says where). A client: fix the request;
 retrying it unchanged fails again.
 """
-ERROR_REASON_CONSTRAINT_TOO_LARGE: ErrorReason.ValueType  # 20
+ERROR_REASON_CONSTRAINT_TOO_LARGE: ErrorReason.ValueType  # 19
 """INVALID_ARGUMENT. The constraint's text or choices are over the limits. A
 client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_CONSTRAINT_TOO_COMPLEX: ErrorReason.ValueType  # 21
+ERROR_REASON_CONSTRAINT_TOO_COMPLEX: ErrorReason.ValueType  # 20
 """INVALID_ARGUMENT. The constraint's compilation exceeded the compiler's work
 or time bounds. A client: simplify the constraint.
 """
-ERROR_REASON_EMPTY_TEXT: ErrorReason.ValueType  # 22
+ERROR_REASON_EMPTY_TEXT: ErrorReason.ValueType  # 21
 """INVALID_ARGUMENT. A synthesis of empty or unspeakable text the client gave.
 A client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_TEXT_TOO_LARGE: ErrorReason.ValueType  # 23
+ERROR_REASON_TEXT_TOO_LARGE: ErrorReason.ValueType  # 22
 """INVALID_ARGUMENT. A synthesis's text, in total, is over the limit. A
 client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_TEXT_PIECE_TOO_LARGE: ErrorReason.ValueType  # 24
+ERROR_REASON_TEXT_PIECE_TOO_LARGE: ErrorReason.ValueType  # 23
 """INVALID_ARGUMENT. One AppendText piece is over the limit. A client: send
 smaller pieces.
 """
-ERROR_REASON_NUL_CHARACTER: ErrorReason.ValueType  # 25
+ERROR_REASON_NUL_CHARACTER: ErrorReason.ValueType  # 24
 """INVALID_ARGUMENT. A NUL character in text. A client: fix the request;
 retrying it unchanged fails again.
 """
-ERROR_REASON_NAME_TOO_LONG: ErrorReason.ValueType  # 26
+ERROR_REASON_NAME_TOO_LONG: ErrorReason.ValueType  # 25
 """INVALID_ARGUMENT. A model or voice name longer than the limit. A client:
 fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_UNSUPPORTED_ENCODING: ErrorReason.ValueType  # 27
+ERROR_REASON_UNSUPPORTED_ENCODING: ErrorReason.ValueType  # 26
 """INVALID_ARGUMENT. An audio encoding the server does not produce. A client:
 fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_UNSUPPORTED_SAMPLE_RATE: ErrorReason.ValueType  # 28
+ERROR_REASON_UNSUPPORTED_SAMPLE_RATE: ErrorReason.ValueType  # 27
 """INVALID_ARGUMENT. An audio sample rate the voice cannot produce. A client:
 fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE: ErrorReason.ValueType  # 29
+ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE: ErrorReason.ValueType  # 28
 """INVALID_ARGUMENT. Max_chunk_duration outside its range (0.01 s to 2 s), or
 a chunk bound of no samples. A client: fix the request; retrying it
 unchanged fails again.
 """
-ERROR_REASON_CONFLICTING_TEXT_SOURCES: ErrorReason.ValueType  # 30
+ERROR_REASON_CONFLICTING_TEXT_SOURCES: ErrorReason.ValueType  # 29
 """INVALID_ARGUMENT. A synthesis given both text and text_from_request_id, or
 streaming input and a source. A client: fix the request; retrying it
 unchanged fails again.
 """
-ERROR_REASON_REQUEST_REJECTED: ErrorReason.ValueType  # 31
+ERROR_REASON_REQUEST_REJECTED: ErrorReason.ValueType  # 30
 """INVALID_ARGUMENT. The engine's library refused, at submission, a request
 the server's own checks let through. A client: fix the request; retrying it
 unchanged fails again.
 """
-ERROR_REASON_UNKNOWN_PRIORITY: ErrorReason.ValueType  # 32
+ERROR_REASON_UNKNOWN_PRIORITY: ErrorReason.ValueType  # 31
 """INVALID_ARGUMENT. A priority value the server does not know. A client: fix
 the request; retrying it unchanged fails again.
 """
-ERROR_REASON_UNDECODABLE_MESSAGE: ErrorReason.ValueType  # 33
+ERROR_REASON_UNDECODABLE_MESSAGE: ErrorReason.ValueType  # 32
 """INVALID_ARGUMENT. A message that is not valid protobuf (or JSON) of its
 type, or has bad UTF-8. A client: fix the client's encoder.
 """
-ERROR_REASON_INVALID_DURATION: ErrorReason.ValueType  # 34
+ERROR_REASON_INVALID_DURATION: ErrorReason.ValueType  # 33
 """INVALID_ARGUMENT. A Duration outside google.protobuf.Duration's range. A
 client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_MISSING_KIND: ErrorReason.ValueType  # 35
+ERROR_REASON_MISSING_KIND: ErrorReason.ValueType  # 34
 """INVALID_ARGUMENT. A session message with no kind set. A client: fix the
 request; retrying it unchanged fails again.
 """
-ERROR_REASON_MISSING_REQUEST_ID: ErrorReason.ValueType  # 36
+ERROR_REASON_MISSING_REQUEST_ID: ErrorReason.ValueType  # 35
 """INVALID_ARGUMENT. A session message with an empty request_id. A client: fix
 the request; retrying it unchanged fails again.
 """
-ERROR_REASON_REQUEST_ID_TOO_LONG: ErrorReason.ValueType  # 37
+ERROR_REASON_REQUEST_ID_TOO_LONG: ErrorReason.ValueType  # 36
 """INVALID_ARGUMENT. A request id longer than the limit. A client: fix the
 request; retrying it unchanged fails again.
 """
-ERROR_REASON_DUPLICATE_REQUEST_ID: ErrorReason.ValueType  # 38
+ERROR_REASON_DUPLICATE_REQUEST_ID: ErrorReason.ValueType  # 37
 """ALREADY_EXISTS. A start for a request id already in flight in the session.
 A client: use a new id.
 """
-ERROR_REASON_UNKNOWN_REQUEST_ID: ErrorReason.ValueType  # 39
+ERROR_REASON_UNKNOWN_REQUEST_ID: ErrorReason.ValueType  # 38
 """NOT_FOUND. A cancel, append or end for an id not in flight (perhaps it just
 ended). A client: usually nothing.
 """
-ERROR_REASON_NOT_STREAMING_INPUT: ErrorReason.ValueType  # 40
+ERROR_REASON_NOT_STREAMING_INPUT: ErrorReason.ValueType  # 39
 """INVALID_ARGUMENT. AppendText or EndInput for a request that takes no
 streaming input. A client: fix the request; retrying it unchanged fails
 again.
 """
-ERROR_REASON_INPUT_ENDED: ErrorReason.ValueType  # 41
+ERROR_REASON_INPUT_ENDED: ErrorReason.ValueType  # 40
 """INVALID_ARGUMENT. AppendText after EndInput. A client: fix the request;
 retrying it unchanged fails again.
 """
-ERROR_REASON_NOT_A_SYNTHESIS: ErrorReason.ValueType  # 42
+ERROR_REASON_NOT_A_SYNTHESIS: ErrorReason.ValueType  # 41
 """INVALID_ARGUMENT. A Cancel with played_samples for a request that is not a
 synthesis (metadata: field). A client: cancel the synthesis that played
 with it, then its generation.
 """
-ERROR_REASON_UNKNOWN_SOURCE_REQUEST: ErrorReason.ValueType  # 43
+ERROR_REASON_UNKNOWN_SOURCE_REQUEST: ErrorReason.ValueType  # 42
 """NOT_FOUND. Text_from_request_id names no request of this session. A client:
 fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_SOURCE_NOT_GENERATE: ErrorReason.ValueType  # 44
+ERROR_REASON_SOURCE_NOT_GENERATE: ErrorReason.ValueType  # 43
 """INVALID_ARGUMENT. Text_from_request_id names a request that is not a
 generation. A client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_SOURCE_ENDED: ErrorReason.ValueType  # 45
+ERROR_REASON_SOURCE_ENDED: ErrorReason.ValueType  # 44
 """INVALID_ARGUMENT. Text_from_request_id names a generation whose text can no
 longer be followed. A client: start them together.
 """
-ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE: ErrorReason.ValueType  # 46
+ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE: ErrorReason.ValueType  # 45
 """INVALID_ARGUMENT. A WebSocket message after the client's half-close. A
 client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_MISSING_TARGET: ErrorReason.ValueType  # 47
+ERROR_REASON_MISSING_TARGET: ErrorReason.ValueType  # 46
 """INVALID_ARGUMENT. An Abort naming neither a request id nor all requests. A
 client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_REQUEST_NOT_FOUND: ErrorReason.ValueType  # 48
+ERROR_REASON_REQUEST_NOT_FOUND: ErrorReason.ValueType  # 47
 """NOT_FOUND. Abort: the caller's tenant has nothing in flight under that id
 (other tenants are never looked at). A client: usually nothing: it ended.
 """
-ERROR_REASON_MODEL_NOT_FOUND: ErrorReason.ValueType  # 49
+ERROR_REASON_MODEL_NOT_FOUND: ErrorReason.ValueType  # 48
 """NOT_FOUND. No model or voice of that name (ListModels lists them). A
 client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_NO_DEFAULT_MODEL: ErrorReason.ValueType  # 50
+ERROR_REASON_NO_DEFAULT_MODEL: ErrorReason.ValueType  # 49
 """NOT_FOUND. No model was named and the server serves none of that kind. A
 client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_TOKENIZER_UNSUPPORTED: ErrorReason.ValueType  # 51
+ERROR_REASON_TOKENIZER_UNSUPPORTED: ErrorReason.ValueType  # 50
 """INVALID_ARGUMENT. A tokenizer call for a model whose engine does not
 tokenize for clients (GetServerInfo says which). A client: tokenize
 elsewhere.
 """
-ERROR_REASON_QUEUE_FULL: ErrorReason.ValueType  # 52
+ERROR_REASON_QUEUE_FULL: ErrorReason.ValueType  # 51
 """RESOURCE_EXHAUSTED. The engine's admission queue is full. A client: retry
 after the RetryInfo delay, or elsewhere.
 """
-ERROR_REASON_TENANT_QUEUE_SHARE: ErrorReason.ValueType  # 53
+ERROR_REASON_TENANT_QUEUE_SHARE: ErrorReason.ValueType  # 52
 """RESOURCE_EXHAUSTED. The tenant's share of the engine's queue is full. A
 client: retry after the RetryInfo delay, or elsewhere.
 """
-ERROR_REASON_TENANT_REQUEST_LIMIT: ErrorReason.ValueType  # 54
+ERROR_REASON_TENANT_REQUEST_LIMIT: ErrorReason.ValueType  # 53
 """RESOURCE_EXHAUSTED. The tenant has its limit of requests in flight. A
 client: retry after the RetryInfo delay, or elsewhere.
 """
-ERROR_REASON_TENANT_SESSION_LIMIT: ErrorReason.ValueType  # 55
+ERROR_REASON_TENANT_SESSION_LIMIT: ErrorReason.ValueType  # 54
 """RESOURCE_EXHAUSTED. The tenant has its limit of calls open. A client: retry
 after the RetryInfo delay, or elsewhere.
 """
-ERROR_REASON_SERVER_SESSION_LIMIT: ErrorReason.ValueType  # 56
+ERROR_REASON_SERVER_SESSION_LIMIT: ErrorReason.ValueType  # 55
 """RESOURCE_EXHAUSTED. The server has its limit of calls open. A client: retry
 after the RetryInfo delay, or elsewhere.
 """
-ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION: ErrorReason.ValueType  # 57
+ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION: ErrorReason.ValueType  # 56
 """RESOURCE_EXHAUSTED. The session has its limit of requests in flight. A
 client: wait for one to end, or open another session.
 """
-ERROR_REASON_LOAD_STREAM_LIMIT: ErrorReason.ValueType  # 58
+ERROR_REASON_LOAD_STREAM_LIMIT: ErrorReason.ValueType  # 57
 """RESOURCE_EXHAUSTED. The server has its limit of load report streams open. A
 client: retry after the RetryInfo delay, or elsewhere.
 """
-ERROR_REASON_REQUEST_TIMEOUT: ErrorReason.ValueType  # 59
+ERROR_REASON_REQUEST_TIMEOUT: ErrorReason.ValueType  # 58
 """DEADLINE_EXCEEDED. The request's own timeout passed. A client: retry with a
 longer timeout.
 """
-ERROR_REASON_CLIENT_STALLED: ErrorReason.ValueType  # 60
+ERROR_REASON_CLIENT_STALLED: ErrorReason.ValueType  # 59
 """DEADLINE_EXCEEDED. The request's output waited stall_timeout_s for the
 client to read it. A client: read your streams.
 """
-ERROR_REASON_INPUT_IDLE: ErrorReason.ValueType  # 61
+ERROR_REASON_INPUT_IDLE: ErrorReason.ValueType  # 60
 """DEADLINE_EXCEEDED. A streaming-input synthesis waited input_idle_timeout_s
 for text. A client: send text or EndInput sooner.
 """
-ERROR_REASON_SESSION_IDLE: ErrorReason.ValueType  # 62
+ERROR_REASON_SESSION_IDLE: ErrorReason.ValueType  # 61
 """UNAVAILABLE. A WebSocket session had nothing in flight for its idle
 timeout. A client: reconnect.
 """
-ERROR_REASON_ENGINE_TIMEOUT: ErrorReason.ValueType  # 63
+ERROR_REASON_ENGINE_TIMEOUT: ErrorReason.ValueType  # 62
 """DEADLINE_EXCEEDED. The engine's library timed the request out. A client:
 retry later.
 """
-ERROR_REASON_MISSING_TOKEN: ErrorReason.ValueType  # 64
+ERROR_REASON_MISSING_TOKEN: ErrorReason.ValueType  # 63
 """UNAUTHENTICATED. Auth is on and the call has no bearer token. A client:
 send one.
 """
-ERROR_REASON_INVALID_TOKEN: ErrorReason.ValueType  # 65
+ERROR_REASON_INVALID_TOKEN: ErrorReason.ValueType  # 64
 """UNAUTHENTICATED. The bearer token is not one the server knows. A client:
 send a valid one.
 """
-ERROR_REASON_WARMING_UP: ErrorReason.ValueType  # 66
+ERROR_REASON_WARMING_UP: ErrorReason.ValueType  # 65
 """UNAVAILABLE. The server or its engine has not finished starting (loading,
 warming up). A client: retry shortly (the SDK does).
 """
-ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 67
+ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 66
 """UNAVAILABLE. The server is draining or stopping: it takes no new requests
 and ends those still running past its grace. A client: retry on another
 replica.
 """
-ERROR_REASON_ENGINE_DEAD: ErrorReason.ValueType  # 68
+ERROR_REASON_ENGINE_DEAD: ErrorReason.ValueType  # 67
 """INTERNAL. The engine failed for good; the server is draining and will exit.
 A client: retry on another replica.
 """
-ERROR_REASON_ENGINE_START_FAILED: ErrorReason.ValueType  # 69
+ERROR_REASON_ENGINE_START_FAILED: ErrorReason.ValueType  # 68
 """INTERNAL. Never sent to a client: an engine failed while loading or warming
 up, and the server exits without serving. A client: operators: see the
 server's log.
 """
-ERROR_REASON_ENGINE_CONFIG_INVALID: ErrorReason.ValueType  # 70
-"""INTERNAL. Never sent to a client: the trtllm engine's settings are invalid,
-and the server exits without serving. A client: operators: fix the
-settings.
-"""
-ERROR_REASON_ENGINE_UNAVAILABLE: ErrorReason.ValueType  # 71
-"""INTERNAL. Never sent to a client: the trtllm engine's library or GPUs are
-missing, and the server exits without serving. A client: operators: install
-them or serve another engine.
-"""
-ERROR_REASON_KV_CACHE_FULL: ErrorReason.ValueType  # 72
+ERROR_REASON_KV_CACHE_FULL: ErrorReason.ValueType  # 69
 """INTERNAL. The engine ran out of KV cache for this request. A client: report
 it with the request id; other requests are unaffected.
 """
-ERROR_REASON_LOGPROB_MISSING: ErrorReason.ValueType  # 73
+ERROR_REASON_LOGPROB_MISSING: ErrorReason.ValueType  # 70
 """INTERNAL. The engine's library did not report a logprob it was asked for
 (never invented). A client: report it with the request id; other requests
 are unaffected.
 """
-ERROR_REASON_ENGINE_REQUEST_FAILED: ErrorReason.ValueType  # 74
+ERROR_REASON_ENGINE_REQUEST_FAILED: ErrorReason.ValueType  # 71
 """INTERNAL. The engine failed this request: its library's error, a voice that
 could not render the text, or an unexpected error (logged). A client:
 report it with the request id; other requests are unaffected.
 """
-ERROR_REASON_ENGINE_STREAM_ENDED: ErrorReason.ValueType  # 75
+ERROR_REASON_ENGINE_STREAM_ENDED: ErrorReason.ValueType  # 72
 """INTERNAL. The engine's stream ended without finishing the request. A
 client: report it with the request id; other requests are unaffected.
 """
-ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 76
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 73
 """INVALID_ARGUMENT. A bad request with no more specific reason. A client: fix
 the request; retrying it unchanged fails again.
 """
-ERROR_REASON_NOT_FOUND: ErrorReason.ValueType  # 77
+ERROR_REASON_NOT_FOUND: ErrorReason.ValueType  # 74
 """NOT_FOUND. Something named does not exist, with no more specific reason. A
 client: fix the request; retrying it unchanged fails again.
 """
-ERROR_REASON_UNAVAILABLE: ErrorReason.ValueType  # 78
+ERROR_REASON_UNAVAILABLE: ErrorReason.ValueType  # 75
 """UNAVAILABLE. The server cannot take work now, no more specific reason. A
 client: retry shortly, or on another replica.
 """
-ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 79
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 76
 """UNAUTHENTICATED. Credentials are wrong, no more specific reason. A client:
 send valid ones.
 """
-ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 80
+ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 77
 """INTERNAL. A failure that is the server's fault, no more specific reason. A
 client: report it with the request id; other requests are unaffected.
 """

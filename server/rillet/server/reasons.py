@@ -47,7 +47,6 @@ class Reason(enum.StrEnum):
     TOO_MANY_CHAT_MESSAGES = enum.auto()
     MAX_TOKENS_OUT_OF_RANGE = enum.auto()
     SAMPLING_OUT_OF_RANGE = enum.auto()
-    SAMPLING_REJECTED = enum.auto()
     TOP_LOGPROBS_OUT_OF_RANGE = enum.auto()
     FIELD_UNSUPPORTED = enum.auto()
     EMPTY_STOP = enum.auto()
@@ -111,8 +110,6 @@ class Reason(enum.StrEnum):
     SHUTTING_DOWN = enum.auto()
     ENGINE_DEAD = enum.auto()
     ENGINE_START_FAILED = enum.auto()
-    ENGINE_CONFIG_INVALID = enum.auto()
-    ENGINE_UNAVAILABLE = enum.auto()
     # Failures of one request
     KV_CACHE_FULL = enum.auto()
     LOGPROB_MISSING = enum.auto()
@@ -173,9 +170,6 @@ CATALOGUE: dict[Reason, ReasonDoc] = {
     Reason.TOO_MANY_CHAT_MESSAGES: ReasonDoc(_I, "more chat messages than the limit", _FIX),
     Reason.MAX_TOKENS_OUT_OF_RANGE: ReasonDoc(_I, "max_tokens is 0 or above the model's max_tokens_limit", _FIX),
     Reason.SAMPLING_OUT_OF_RANGE: ReasonDoc(_I, "a sampling value outside its documented range (or NaN)", _FIX),
-    Reason.SAMPLING_REJECTED: ReasonDoc(
-        _I, "the engine's library refused sampling values the server's own checks let through", _FIX
-    ),
     Reason.TOP_LOGPROBS_OUT_OF_RANGE: ReasonDoc(_I, "top_logprobs above the server's limit", _FIX),
     Reason.FIELD_UNSUPPORTED: ReasonDoc(
         _I,
@@ -288,16 +282,6 @@ CATALOGUE: dict[Reason, ReasonDoc] = {
         _IN,
         "never sent to a client: an engine failed while loading or warming up, and the server exits without serving",
         "operators: see the server's log",
-    ),
-    Reason.ENGINE_CONFIG_INVALID: ReasonDoc(
-        _IN,
-        "never sent to a client: the trtllm engine's settings are invalid, and the server exits without serving",
-        "operators: fix the settings",
-    ),
-    Reason.ENGINE_UNAVAILABLE: ReasonDoc(
-        _IN,
-        "never sent to a client: the trtllm engine's library or GPUs are missing, and the server exits without serving",
-        "operators: install them or serve another engine",
     ),
     Reason.KV_CACHE_FULL: ReasonDoc(_IN, "the engine ran out of KV cache for this request", _BUG),
     Reason.LOGPROB_MISSING: ReasonDoc(

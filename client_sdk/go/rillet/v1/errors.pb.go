@@ -76,228 +76,216 @@ const (
 	// INVALID_ARGUMENT. A sampling value outside its documented range (or NaN). A
 	// client: fix the request; retrying it unchanged fails again.
 	ErrorReason_ERROR_REASON_SAMPLING_OUT_OF_RANGE ErrorReason = 11
-	// INVALID_ARGUMENT. The engine's library refused sampling values the server's
-	// own checks let through. A client: fix the request; retrying it unchanged
-	// fails again.
-	ErrorReason_ERROR_REASON_SAMPLING_REJECTED ErrorReason = 12
 	// INVALID_ARGUMENT. Top_logprobs above the server's limit. A client: fix the
 	// request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE ErrorReason = 13
+	ErrorReason_ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE ErrorReason = 12
 	// INVALID_ARGUMENT. A field the model does not honour (metadata: field;
 	// ListModels: text_capabilities). A client: leave it unset or pick a model
 	// that lists it.
-	ErrorReason_ERROR_REASON_FIELD_UNSUPPORTED ErrorReason = 14
+	ErrorReason_ERROR_REASON_FIELD_UNSUPPORTED ErrorReason = 13
 	// INVALID_ARGUMENT. An empty stop string. A client: fix the request; retrying
 	// it unchanged fails again.
-	ErrorReason_ERROR_REASON_EMPTY_STOP ErrorReason = 15
+	ErrorReason_ERROR_REASON_EMPTY_STOP ErrorReason = 14
 	// INVALID_ARGUMENT. A stop string longer than the limit. A client: fix the
 	// request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_STOP_TOO_LONG ErrorReason = 16
+	ErrorReason_ERROR_REASON_STOP_TOO_LONG ErrorReason = 15
 	// INVALID_ARGUMENT. More stop strings than the limit. A client: fix the
 	// request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_TOO_MANY_STOPS ErrorReason = 17
+	ErrorReason_ERROR_REASON_TOO_MANY_STOPS ErrorReason = 16
 	// INVALID_ARGUMENT. An output constraint kind the model does not enforce
 	// (ListModels: constraint_kinds). A client: pick another model.
-	ErrorReason_ERROR_REASON_CONSTRAINT_UNSUPPORTED ErrorReason = 18
+	ErrorReason_ERROR_REASON_CONSTRAINT_UNSUPPORTED ErrorReason = 17
 	// INVALID_ARGUMENT. The schema, regex or grammar does not parse or uses what
 	// the compiler lacks (the message says where). A client: fix the request;
 	// retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_CONSTRAINT_INVALID ErrorReason = 19
+	ErrorReason_ERROR_REASON_CONSTRAINT_INVALID ErrorReason = 18
 	// INVALID_ARGUMENT. The constraint's text or choices are over the limits. A
 	// client: fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_CONSTRAINT_TOO_LARGE ErrorReason = 20
+	ErrorReason_ERROR_REASON_CONSTRAINT_TOO_LARGE ErrorReason = 19
 	// INVALID_ARGUMENT. The constraint's compilation exceeded the compiler's work
 	// or time bounds. A client: simplify the constraint.
-	ErrorReason_ERROR_REASON_CONSTRAINT_TOO_COMPLEX ErrorReason = 21
+	ErrorReason_ERROR_REASON_CONSTRAINT_TOO_COMPLEX ErrorReason = 20
 	// INVALID_ARGUMENT. A synthesis of empty or unspeakable text the client gave.
 	// A client: fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_EMPTY_TEXT ErrorReason = 22
+	ErrorReason_ERROR_REASON_EMPTY_TEXT ErrorReason = 21
 	// INVALID_ARGUMENT. A synthesis's text, in total, is over the limit. A
 	// client: fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_TEXT_TOO_LARGE ErrorReason = 23
+	ErrorReason_ERROR_REASON_TEXT_TOO_LARGE ErrorReason = 22
 	// INVALID_ARGUMENT. One AppendText piece is over the limit. A client: send
 	// smaller pieces.
-	ErrorReason_ERROR_REASON_TEXT_PIECE_TOO_LARGE ErrorReason = 24
+	ErrorReason_ERROR_REASON_TEXT_PIECE_TOO_LARGE ErrorReason = 23
 	// INVALID_ARGUMENT. A NUL character in text. A client: fix the request;
 	// retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_NUL_CHARACTER ErrorReason = 25
+	ErrorReason_ERROR_REASON_NUL_CHARACTER ErrorReason = 24
 	// INVALID_ARGUMENT. A model or voice name longer than the limit. A client:
 	// fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_NAME_TOO_LONG ErrorReason = 26
+	ErrorReason_ERROR_REASON_NAME_TOO_LONG ErrorReason = 25
 	// INVALID_ARGUMENT. An audio encoding the server does not produce. A client:
 	// fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_UNSUPPORTED_ENCODING ErrorReason = 27
+	ErrorReason_ERROR_REASON_UNSUPPORTED_ENCODING ErrorReason = 26
 	// INVALID_ARGUMENT. An audio sample rate the voice cannot produce. A client:
 	// fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_UNSUPPORTED_SAMPLE_RATE ErrorReason = 28
+	ErrorReason_ERROR_REASON_UNSUPPORTED_SAMPLE_RATE ErrorReason = 27
 	// INVALID_ARGUMENT. Max_chunk_duration outside its range (0.01 s to 2 s), or
 	// a chunk bound of no samples. A client: fix the request; retrying it
 	// unchanged fails again.
-	ErrorReason_ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE ErrorReason = 29
+	ErrorReason_ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE ErrorReason = 28
 	// INVALID_ARGUMENT. A synthesis given both text and text_from_request_id, or
 	// streaming input and a source. A client: fix the request; retrying it
 	// unchanged fails again.
-	ErrorReason_ERROR_REASON_CONFLICTING_TEXT_SOURCES ErrorReason = 30
+	ErrorReason_ERROR_REASON_CONFLICTING_TEXT_SOURCES ErrorReason = 29
 	// INVALID_ARGUMENT. The engine's library refused, at submission, a request
 	// the server's own checks let through. A client: fix the request; retrying it
 	// unchanged fails again.
-	ErrorReason_ERROR_REASON_REQUEST_REJECTED ErrorReason = 31
+	ErrorReason_ERROR_REASON_REQUEST_REJECTED ErrorReason = 30
 	// INVALID_ARGUMENT. A priority value the server does not know. A client: fix
 	// the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_UNKNOWN_PRIORITY ErrorReason = 32
+	ErrorReason_ERROR_REASON_UNKNOWN_PRIORITY ErrorReason = 31
 	// INVALID_ARGUMENT. A message that is not valid protobuf (or JSON) of its
 	// type, or has bad UTF-8. A client: fix the client's encoder.
-	ErrorReason_ERROR_REASON_UNDECODABLE_MESSAGE ErrorReason = 33
+	ErrorReason_ERROR_REASON_UNDECODABLE_MESSAGE ErrorReason = 32
 	// INVALID_ARGUMENT. A Duration outside google.protobuf.Duration's range. A
 	// client: fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_INVALID_DURATION ErrorReason = 34
+	ErrorReason_ERROR_REASON_INVALID_DURATION ErrorReason = 33
 	// INVALID_ARGUMENT. A session message with no kind set. A client: fix the
 	// request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_MISSING_KIND ErrorReason = 35
+	ErrorReason_ERROR_REASON_MISSING_KIND ErrorReason = 34
 	// INVALID_ARGUMENT. A session message with an empty request_id. A client: fix
 	// the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_MISSING_REQUEST_ID ErrorReason = 36
+	ErrorReason_ERROR_REASON_MISSING_REQUEST_ID ErrorReason = 35
 	// INVALID_ARGUMENT. A request id longer than the limit. A client: fix the
 	// request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_REQUEST_ID_TOO_LONG ErrorReason = 37
+	ErrorReason_ERROR_REASON_REQUEST_ID_TOO_LONG ErrorReason = 36
 	// ALREADY_EXISTS. A start for a request id already in flight in the session.
 	// A client: use a new id.
-	ErrorReason_ERROR_REASON_DUPLICATE_REQUEST_ID ErrorReason = 38
+	ErrorReason_ERROR_REASON_DUPLICATE_REQUEST_ID ErrorReason = 37
 	// NOT_FOUND. A cancel, append or end for an id not in flight (perhaps it just
 	// ended). A client: usually nothing.
-	ErrorReason_ERROR_REASON_UNKNOWN_REQUEST_ID ErrorReason = 39
+	ErrorReason_ERROR_REASON_UNKNOWN_REQUEST_ID ErrorReason = 38
 	// INVALID_ARGUMENT. AppendText or EndInput for a request that takes no
 	// streaming input. A client: fix the request; retrying it unchanged fails
 	// again.
-	ErrorReason_ERROR_REASON_NOT_STREAMING_INPUT ErrorReason = 40
+	ErrorReason_ERROR_REASON_NOT_STREAMING_INPUT ErrorReason = 39
 	// INVALID_ARGUMENT. AppendText after EndInput. A client: fix the request;
 	// retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_INPUT_ENDED ErrorReason = 41
+	ErrorReason_ERROR_REASON_INPUT_ENDED ErrorReason = 40
 	// INVALID_ARGUMENT. A Cancel with played_samples for a request that is not a
 	// synthesis (metadata: field). A client: cancel the synthesis that played
 	// with it, then its generation.
-	ErrorReason_ERROR_REASON_NOT_A_SYNTHESIS ErrorReason = 42
+	ErrorReason_ERROR_REASON_NOT_A_SYNTHESIS ErrorReason = 41
 	// NOT_FOUND. Text_from_request_id names no request of this session. A client:
 	// fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_UNKNOWN_SOURCE_REQUEST ErrorReason = 43
+	ErrorReason_ERROR_REASON_UNKNOWN_SOURCE_REQUEST ErrorReason = 42
 	// INVALID_ARGUMENT. Text_from_request_id names a request that is not a
 	// generation. A client: fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_SOURCE_NOT_GENERATE ErrorReason = 44
+	ErrorReason_ERROR_REASON_SOURCE_NOT_GENERATE ErrorReason = 43
 	// INVALID_ARGUMENT. Text_from_request_id names a generation whose text can no
 	// longer be followed. A client: start them together.
-	ErrorReason_ERROR_REASON_SOURCE_ENDED ErrorReason = 45
+	ErrorReason_ERROR_REASON_SOURCE_ENDED ErrorReason = 44
 	// INVALID_ARGUMENT. A WebSocket message after the client's half-close. A
 	// client: fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE ErrorReason = 46
+	ErrorReason_ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE ErrorReason = 45
 	// INVALID_ARGUMENT. An Abort naming neither a request id nor all requests. A
 	// client: fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_MISSING_TARGET ErrorReason = 47
+	ErrorReason_ERROR_REASON_MISSING_TARGET ErrorReason = 46
 	// NOT_FOUND. Abort: the caller's tenant has nothing in flight under that id
 	// (other tenants are never looked at). A client: usually nothing: it ended.
-	ErrorReason_ERROR_REASON_REQUEST_NOT_FOUND ErrorReason = 48
+	ErrorReason_ERROR_REASON_REQUEST_NOT_FOUND ErrorReason = 47
 	// NOT_FOUND. No model or voice of that name (ListModels lists them). A
 	// client: fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_MODEL_NOT_FOUND ErrorReason = 49
+	ErrorReason_ERROR_REASON_MODEL_NOT_FOUND ErrorReason = 48
 	// NOT_FOUND. No model was named and the server serves none of that kind. A
 	// client: fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_NO_DEFAULT_MODEL ErrorReason = 50
+	ErrorReason_ERROR_REASON_NO_DEFAULT_MODEL ErrorReason = 49
 	// INVALID_ARGUMENT. A tokenizer call for a model whose engine does not
 	// tokenize for clients (GetServerInfo says which). A client: tokenize
 	// elsewhere.
-	ErrorReason_ERROR_REASON_TOKENIZER_UNSUPPORTED ErrorReason = 51
+	ErrorReason_ERROR_REASON_TOKENIZER_UNSUPPORTED ErrorReason = 50
 	// RESOURCE_EXHAUSTED. The engine's admission queue is full. A client: retry
 	// after the RetryInfo delay, or elsewhere.
-	ErrorReason_ERROR_REASON_QUEUE_FULL ErrorReason = 52
+	ErrorReason_ERROR_REASON_QUEUE_FULL ErrorReason = 51
 	// RESOURCE_EXHAUSTED. The tenant's share of the engine's queue is full. A
 	// client: retry after the RetryInfo delay, or elsewhere.
-	ErrorReason_ERROR_REASON_TENANT_QUEUE_SHARE ErrorReason = 53
+	ErrorReason_ERROR_REASON_TENANT_QUEUE_SHARE ErrorReason = 52
 	// RESOURCE_EXHAUSTED. The tenant has its limit of requests in flight. A
 	// client: retry after the RetryInfo delay, or elsewhere.
-	ErrorReason_ERROR_REASON_TENANT_REQUEST_LIMIT ErrorReason = 54
+	ErrorReason_ERROR_REASON_TENANT_REQUEST_LIMIT ErrorReason = 53
 	// RESOURCE_EXHAUSTED. The tenant has its limit of calls open. A client: retry
 	// after the RetryInfo delay, or elsewhere.
-	ErrorReason_ERROR_REASON_TENANT_SESSION_LIMIT ErrorReason = 55
+	ErrorReason_ERROR_REASON_TENANT_SESSION_LIMIT ErrorReason = 54
 	// RESOURCE_EXHAUSTED. The server has its limit of calls open. A client: retry
 	// after the RetryInfo delay, or elsewhere.
-	ErrorReason_ERROR_REASON_SERVER_SESSION_LIMIT ErrorReason = 56
+	ErrorReason_ERROR_REASON_SERVER_SESSION_LIMIT ErrorReason = 55
 	// RESOURCE_EXHAUSTED. The session has its limit of requests in flight. A
 	// client: wait for one to end, or open another session.
-	ErrorReason_ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION ErrorReason = 57
+	ErrorReason_ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION ErrorReason = 56
 	// RESOURCE_EXHAUSTED. The server has its limit of load report streams open. A
 	// client: retry after the RetryInfo delay, or elsewhere.
-	ErrorReason_ERROR_REASON_LOAD_STREAM_LIMIT ErrorReason = 58
+	ErrorReason_ERROR_REASON_LOAD_STREAM_LIMIT ErrorReason = 57
 	// DEADLINE_EXCEEDED. The request's own timeout passed. A client: retry with a
 	// longer timeout.
-	ErrorReason_ERROR_REASON_REQUEST_TIMEOUT ErrorReason = 59
+	ErrorReason_ERROR_REASON_REQUEST_TIMEOUT ErrorReason = 58
 	// DEADLINE_EXCEEDED. The request's output waited stall_timeout_s for the
 	// client to read it. A client: read your streams.
-	ErrorReason_ERROR_REASON_CLIENT_STALLED ErrorReason = 60
+	ErrorReason_ERROR_REASON_CLIENT_STALLED ErrorReason = 59
 	// DEADLINE_EXCEEDED. A streaming-input synthesis waited input_idle_timeout_s
 	// for text. A client: send text or EndInput sooner.
-	ErrorReason_ERROR_REASON_INPUT_IDLE ErrorReason = 61
+	ErrorReason_ERROR_REASON_INPUT_IDLE ErrorReason = 60
 	// UNAVAILABLE. A WebSocket session had nothing in flight for its idle
 	// timeout. A client: reconnect.
-	ErrorReason_ERROR_REASON_SESSION_IDLE ErrorReason = 62
+	ErrorReason_ERROR_REASON_SESSION_IDLE ErrorReason = 61
 	// DEADLINE_EXCEEDED. The engine's library timed the request out. A client:
 	// retry later.
-	ErrorReason_ERROR_REASON_ENGINE_TIMEOUT ErrorReason = 63
+	ErrorReason_ERROR_REASON_ENGINE_TIMEOUT ErrorReason = 62
 	// UNAUTHENTICATED. Auth is on and the call has no bearer token. A client:
 	// send one.
-	ErrorReason_ERROR_REASON_MISSING_TOKEN ErrorReason = 64
+	ErrorReason_ERROR_REASON_MISSING_TOKEN ErrorReason = 63
 	// UNAUTHENTICATED. The bearer token is not one the server knows. A client:
 	// send a valid one.
-	ErrorReason_ERROR_REASON_INVALID_TOKEN ErrorReason = 65
+	ErrorReason_ERROR_REASON_INVALID_TOKEN ErrorReason = 64
 	// UNAVAILABLE. The server or its engine has not finished starting (loading,
 	// warming up). A client: retry shortly (the SDK does).
-	ErrorReason_ERROR_REASON_WARMING_UP ErrorReason = 66
+	ErrorReason_ERROR_REASON_WARMING_UP ErrorReason = 65
 	// UNAVAILABLE. The server is draining or stopping: it takes no new requests
 	// and ends those still running past its grace. A client: retry on another
 	// replica.
-	ErrorReason_ERROR_REASON_SHUTTING_DOWN ErrorReason = 67
+	ErrorReason_ERROR_REASON_SHUTTING_DOWN ErrorReason = 66
 	// INTERNAL. The engine failed for good; the server is draining and will exit.
 	// A client: retry on another replica.
-	ErrorReason_ERROR_REASON_ENGINE_DEAD ErrorReason = 68
+	ErrorReason_ERROR_REASON_ENGINE_DEAD ErrorReason = 67
 	// INTERNAL. Never sent to a client: an engine failed while loading or warming
 	// up, and the server exits without serving. A client: operators: see the
 	// server's log.
-	ErrorReason_ERROR_REASON_ENGINE_START_FAILED ErrorReason = 69
-	// INTERNAL. Never sent to a client: the trtllm engine's settings are invalid,
-	// and the server exits without serving. A client: operators: fix the
-	// settings.
-	ErrorReason_ERROR_REASON_ENGINE_CONFIG_INVALID ErrorReason = 70
-	// INTERNAL. Never sent to a client: the trtllm engine's library or GPUs are
-	// missing, and the server exits without serving. A client: operators: install
-	// them or serve another engine.
-	ErrorReason_ERROR_REASON_ENGINE_UNAVAILABLE ErrorReason = 71
+	ErrorReason_ERROR_REASON_ENGINE_START_FAILED ErrorReason = 68
 	// INTERNAL. The engine ran out of KV cache for this request. A client: report
 	// it with the request id; other requests are unaffected.
-	ErrorReason_ERROR_REASON_KV_CACHE_FULL ErrorReason = 72
+	ErrorReason_ERROR_REASON_KV_CACHE_FULL ErrorReason = 69
 	// INTERNAL. The engine's library did not report a logprob it was asked for
 	// (never invented). A client: report it with the request id; other requests
 	// are unaffected.
-	ErrorReason_ERROR_REASON_LOGPROB_MISSING ErrorReason = 73
+	ErrorReason_ERROR_REASON_LOGPROB_MISSING ErrorReason = 70
 	// INTERNAL. The engine failed this request: its library's error, a voice that
 	// could not render the text, or an unexpected error (logged). A client:
 	// report it with the request id; other requests are unaffected.
-	ErrorReason_ERROR_REASON_ENGINE_REQUEST_FAILED ErrorReason = 74
+	ErrorReason_ERROR_REASON_ENGINE_REQUEST_FAILED ErrorReason = 71
 	// INTERNAL. The engine's stream ended without finishing the request. A
 	// client: report it with the request id; other requests are unaffected.
-	ErrorReason_ERROR_REASON_ENGINE_STREAM_ENDED ErrorReason = 75
+	ErrorReason_ERROR_REASON_ENGINE_STREAM_ENDED ErrorReason = 72
 	// INVALID_ARGUMENT. A bad request with no more specific reason. A client: fix
 	// the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_INVALID_ARGUMENT ErrorReason = 76
+	ErrorReason_ERROR_REASON_INVALID_ARGUMENT ErrorReason = 73
 	// NOT_FOUND. Something named does not exist, with no more specific reason. A
 	// client: fix the request; retrying it unchanged fails again.
-	ErrorReason_ERROR_REASON_NOT_FOUND ErrorReason = 77
+	ErrorReason_ERROR_REASON_NOT_FOUND ErrorReason = 74
 	// UNAVAILABLE. The server cannot take work now, no more specific reason. A
 	// client: retry shortly, or on another replica.
-	ErrorReason_ERROR_REASON_UNAVAILABLE ErrorReason = 78
+	ErrorReason_ERROR_REASON_UNAVAILABLE ErrorReason = 75
 	// UNAUTHENTICATED. Credentials are wrong, no more specific reason. A client:
 	// send valid ones.
-	ErrorReason_ERROR_REASON_UNAUTHENTICATED ErrorReason = 79
+	ErrorReason_ERROR_REASON_UNAUTHENTICATED ErrorReason = 76
 	// INTERNAL. A failure that is the server's fault, no more specific reason. A
 	// client: report it with the request id; other requests are unaffected.
-	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 80
+	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 77
 )
 
 // Enum value maps for ErrorReason.
@@ -315,75 +303,72 @@ var (
 		9:  "ERROR_REASON_TOO_MANY_CHAT_MESSAGES",
 		10: "ERROR_REASON_MAX_TOKENS_OUT_OF_RANGE",
 		11: "ERROR_REASON_SAMPLING_OUT_OF_RANGE",
-		12: "ERROR_REASON_SAMPLING_REJECTED",
-		13: "ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE",
-		14: "ERROR_REASON_FIELD_UNSUPPORTED",
-		15: "ERROR_REASON_EMPTY_STOP",
-		16: "ERROR_REASON_STOP_TOO_LONG",
-		17: "ERROR_REASON_TOO_MANY_STOPS",
-		18: "ERROR_REASON_CONSTRAINT_UNSUPPORTED",
-		19: "ERROR_REASON_CONSTRAINT_INVALID",
-		20: "ERROR_REASON_CONSTRAINT_TOO_LARGE",
-		21: "ERROR_REASON_CONSTRAINT_TOO_COMPLEX",
-		22: "ERROR_REASON_EMPTY_TEXT",
-		23: "ERROR_REASON_TEXT_TOO_LARGE",
-		24: "ERROR_REASON_TEXT_PIECE_TOO_LARGE",
-		25: "ERROR_REASON_NUL_CHARACTER",
-		26: "ERROR_REASON_NAME_TOO_LONG",
-		27: "ERROR_REASON_UNSUPPORTED_ENCODING",
-		28: "ERROR_REASON_UNSUPPORTED_SAMPLE_RATE",
-		29: "ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE",
-		30: "ERROR_REASON_CONFLICTING_TEXT_SOURCES",
-		31: "ERROR_REASON_REQUEST_REJECTED",
-		32: "ERROR_REASON_UNKNOWN_PRIORITY",
-		33: "ERROR_REASON_UNDECODABLE_MESSAGE",
-		34: "ERROR_REASON_INVALID_DURATION",
-		35: "ERROR_REASON_MISSING_KIND",
-		36: "ERROR_REASON_MISSING_REQUEST_ID",
-		37: "ERROR_REASON_REQUEST_ID_TOO_LONG",
-		38: "ERROR_REASON_DUPLICATE_REQUEST_ID",
-		39: "ERROR_REASON_UNKNOWN_REQUEST_ID",
-		40: "ERROR_REASON_NOT_STREAMING_INPUT",
-		41: "ERROR_REASON_INPUT_ENDED",
-		42: "ERROR_REASON_NOT_A_SYNTHESIS",
-		43: "ERROR_REASON_UNKNOWN_SOURCE_REQUEST",
-		44: "ERROR_REASON_SOURCE_NOT_GENERATE",
-		45: "ERROR_REASON_SOURCE_ENDED",
-		46: "ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE",
-		47: "ERROR_REASON_MISSING_TARGET",
-		48: "ERROR_REASON_REQUEST_NOT_FOUND",
-		49: "ERROR_REASON_MODEL_NOT_FOUND",
-		50: "ERROR_REASON_NO_DEFAULT_MODEL",
-		51: "ERROR_REASON_TOKENIZER_UNSUPPORTED",
-		52: "ERROR_REASON_QUEUE_FULL",
-		53: "ERROR_REASON_TENANT_QUEUE_SHARE",
-		54: "ERROR_REASON_TENANT_REQUEST_LIMIT",
-		55: "ERROR_REASON_TENANT_SESSION_LIMIT",
-		56: "ERROR_REASON_SERVER_SESSION_LIMIT",
-		57: "ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION",
-		58: "ERROR_REASON_LOAD_STREAM_LIMIT",
-		59: "ERROR_REASON_REQUEST_TIMEOUT",
-		60: "ERROR_REASON_CLIENT_STALLED",
-		61: "ERROR_REASON_INPUT_IDLE",
-		62: "ERROR_REASON_SESSION_IDLE",
-		63: "ERROR_REASON_ENGINE_TIMEOUT",
-		64: "ERROR_REASON_MISSING_TOKEN",
-		65: "ERROR_REASON_INVALID_TOKEN",
-		66: "ERROR_REASON_WARMING_UP",
-		67: "ERROR_REASON_SHUTTING_DOWN",
-		68: "ERROR_REASON_ENGINE_DEAD",
-		69: "ERROR_REASON_ENGINE_START_FAILED",
-		70: "ERROR_REASON_ENGINE_CONFIG_INVALID",
-		71: "ERROR_REASON_ENGINE_UNAVAILABLE",
-		72: "ERROR_REASON_KV_CACHE_FULL",
-		73: "ERROR_REASON_LOGPROB_MISSING",
-		74: "ERROR_REASON_ENGINE_REQUEST_FAILED",
-		75: "ERROR_REASON_ENGINE_STREAM_ENDED",
-		76: "ERROR_REASON_INVALID_ARGUMENT",
-		77: "ERROR_REASON_NOT_FOUND",
-		78: "ERROR_REASON_UNAVAILABLE",
-		79: "ERROR_REASON_UNAUTHENTICATED",
-		80: "ERROR_REASON_INTERNAL",
+		12: "ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE",
+		13: "ERROR_REASON_FIELD_UNSUPPORTED",
+		14: "ERROR_REASON_EMPTY_STOP",
+		15: "ERROR_REASON_STOP_TOO_LONG",
+		16: "ERROR_REASON_TOO_MANY_STOPS",
+		17: "ERROR_REASON_CONSTRAINT_UNSUPPORTED",
+		18: "ERROR_REASON_CONSTRAINT_INVALID",
+		19: "ERROR_REASON_CONSTRAINT_TOO_LARGE",
+		20: "ERROR_REASON_CONSTRAINT_TOO_COMPLEX",
+		21: "ERROR_REASON_EMPTY_TEXT",
+		22: "ERROR_REASON_TEXT_TOO_LARGE",
+		23: "ERROR_REASON_TEXT_PIECE_TOO_LARGE",
+		24: "ERROR_REASON_NUL_CHARACTER",
+		25: "ERROR_REASON_NAME_TOO_LONG",
+		26: "ERROR_REASON_UNSUPPORTED_ENCODING",
+		27: "ERROR_REASON_UNSUPPORTED_SAMPLE_RATE",
+		28: "ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE",
+		29: "ERROR_REASON_CONFLICTING_TEXT_SOURCES",
+		30: "ERROR_REASON_REQUEST_REJECTED",
+		31: "ERROR_REASON_UNKNOWN_PRIORITY",
+		32: "ERROR_REASON_UNDECODABLE_MESSAGE",
+		33: "ERROR_REASON_INVALID_DURATION",
+		34: "ERROR_REASON_MISSING_KIND",
+		35: "ERROR_REASON_MISSING_REQUEST_ID",
+		36: "ERROR_REASON_REQUEST_ID_TOO_LONG",
+		37: "ERROR_REASON_DUPLICATE_REQUEST_ID",
+		38: "ERROR_REASON_UNKNOWN_REQUEST_ID",
+		39: "ERROR_REASON_NOT_STREAMING_INPUT",
+		40: "ERROR_REASON_INPUT_ENDED",
+		41: "ERROR_REASON_NOT_A_SYNTHESIS",
+		42: "ERROR_REASON_UNKNOWN_SOURCE_REQUEST",
+		43: "ERROR_REASON_SOURCE_NOT_GENERATE",
+		44: "ERROR_REASON_SOURCE_ENDED",
+		45: "ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE",
+		46: "ERROR_REASON_MISSING_TARGET",
+		47: "ERROR_REASON_REQUEST_NOT_FOUND",
+		48: "ERROR_REASON_MODEL_NOT_FOUND",
+		49: "ERROR_REASON_NO_DEFAULT_MODEL",
+		50: "ERROR_REASON_TOKENIZER_UNSUPPORTED",
+		51: "ERROR_REASON_QUEUE_FULL",
+		52: "ERROR_REASON_TENANT_QUEUE_SHARE",
+		53: "ERROR_REASON_TENANT_REQUEST_LIMIT",
+		54: "ERROR_REASON_TENANT_SESSION_LIMIT",
+		55: "ERROR_REASON_SERVER_SESSION_LIMIT",
+		56: "ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION",
+		57: "ERROR_REASON_LOAD_STREAM_LIMIT",
+		58: "ERROR_REASON_REQUEST_TIMEOUT",
+		59: "ERROR_REASON_CLIENT_STALLED",
+		60: "ERROR_REASON_INPUT_IDLE",
+		61: "ERROR_REASON_SESSION_IDLE",
+		62: "ERROR_REASON_ENGINE_TIMEOUT",
+		63: "ERROR_REASON_MISSING_TOKEN",
+		64: "ERROR_REASON_INVALID_TOKEN",
+		65: "ERROR_REASON_WARMING_UP",
+		66: "ERROR_REASON_SHUTTING_DOWN",
+		67: "ERROR_REASON_ENGINE_DEAD",
+		68: "ERROR_REASON_ENGINE_START_FAILED",
+		69: "ERROR_REASON_KV_CACHE_FULL",
+		70: "ERROR_REASON_LOGPROB_MISSING",
+		71: "ERROR_REASON_ENGINE_REQUEST_FAILED",
+		72: "ERROR_REASON_ENGINE_STREAM_ENDED",
+		73: "ERROR_REASON_INVALID_ARGUMENT",
+		74: "ERROR_REASON_NOT_FOUND",
+		75: "ERROR_REASON_UNAVAILABLE",
+		76: "ERROR_REASON_UNAUTHENTICATED",
+		77: "ERROR_REASON_INTERNAL",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":                  0,
@@ -398,75 +383,72 @@ var (
 		"ERROR_REASON_TOO_MANY_CHAT_MESSAGES":       9,
 		"ERROR_REASON_MAX_TOKENS_OUT_OF_RANGE":      10,
 		"ERROR_REASON_SAMPLING_OUT_OF_RANGE":        11,
-		"ERROR_REASON_SAMPLING_REJECTED":            12,
-		"ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE":    13,
-		"ERROR_REASON_FIELD_UNSUPPORTED":            14,
-		"ERROR_REASON_EMPTY_STOP":                   15,
-		"ERROR_REASON_STOP_TOO_LONG":                16,
-		"ERROR_REASON_TOO_MANY_STOPS":               17,
-		"ERROR_REASON_CONSTRAINT_UNSUPPORTED":       18,
-		"ERROR_REASON_CONSTRAINT_INVALID":           19,
-		"ERROR_REASON_CONSTRAINT_TOO_LARGE":         20,
-		"ERROR_REASON_CONSTRAINT_TOO_COMPLEX":       21,
-		"ERROR_REASON_EMPTY_TEXT":                   22,
-		"ERROR_REASON_TEXT_TOO_LARGE":               23,
-		"ERROR_REASON_TEXT_PIECE_TOO_LARGE":         24,
-		"ERROR_REASON_NUL_CHARACTER":                25,
-		"ERROR_REASON_NAME_TOO_LONG":                26,
-		"ERROR_REASON_UNSUPPORTED_ENCODING":         27,
-		"ERROR_REASON_UNSUPPORTED_SAMPLE_RATE":      28,
-		"ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE":  29,
-		"ERROR_REASON_CONFLICTING_TEXT_SOURCES":     30,
-		"ERROR_REASON_REQUEST_REJECTED":             31,
-		"ERROR_REASON_UNKNOWN_PRIORITY":             32,
-		"ERROR_REASON_UNDECODABLE_MESSAGE":          33,
-		"ERROR_REASON_INVALID_DURATION":             34,
-		"ERROR_REASON_MISSING_KIND":                 35,
-		"ERROR_REASON_MISSING_REQUEST_ID":           36,
-		"ERROR_REASON_REQUEST_ID_TOO_LONG":          37,
-		"ERROR_REASON_DUPLICATE_REQUEST_ID":         38,
-		"ERROR_REASON_UNKNOWN_REQUEST_ID":           39,
-		"ERROR_REASON_NOT_STREAMING_INPUT":          40,
-		"ERROR_REASON_INPUT_ENDED":                  41,
-		"ERROR_REASON_NOT_A_SYNTHESIS":              42,
-		"ERROR_REASON_UNKNOWN_SOURCE_REQUEST":       43,
-		"ERROR_REASON_SOURCE_NOT_GENERATE":          44,
-		"ERROR_REASON_SOURCE_ENDED":                 45,
-		"ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE":     46,
-		"ERROR_REASON_MISSING_TARGET":               47,
-		"ERROR_REASON_REQUEST_NOT_FOUND":            48,
-		"ERROR_REASON_MODEL_NOT_FOUND":              49,
-		"ERROR_REASON_NO_DEFAULT_MODEL":             50,
-		"ERROR_REASON_TOKENIZER_UNSUPPORTED":        51,
-		"ERROR_REASON_QUEUE_FULL":                   52,
-		"ERROR_REASON_TENANT_QUEUE_SHARE":           53,
-		"ERROR_REASON_TENANT_REQUEST_LIMIT":         54,
-		"ERROR_REASON_TENANT_SESSION_LIMIT":         55,
-		"ERROR_REASON_SERVER_SESSION_LIMIT":         56,
-		"ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION": 57,
-		"ERROR_REASON_LOAD_STREAM_LIMIT":            58,
-		"ERROR_REASON_REQUEST_TIMEOUT":              59,
-		"ERROR_REASON_CLIENT_STALLED":               60,
-		"ERROR_REASON_INPUT_IDLE":                   61,
-		"ERROR_REASON_SESSION_IDLE":                 62,
-		"ERROR_REASON_ENGINE_TIMEOUT":               63,
-		"ERROR_REASON_MISSING_TOKEN":                64,
-		"ERROR_REASON_INVALID_TOKEN":                65,
-		"ERROR_REASON_WARMING_UP":                   66,
-		"ERROR_REASON_SHUTTING_DOWN":                67,
-		"ERROR_REASON_ENGINE_DEAD":                  68,
-		"ERROR_REASON_ENGINE_START_FAILED":          69,
-		"ERROR_REASON_ENGINE_CONFIG_INVALID":        70,
-		"ERROR_REASON_ENGINE_UNAVAILABLE":           71,
-		"ERROR_REASON_KV_CACHE_FULL":                72,
-		"ERROR_REASON_LOGPROB_MISSING":              73,
-		"ERROR_REASON_ENGINE_REQUEST_FAILED":        74,
-		"ERROR_REASON_ENGINE_STREAM_ENDED":          75,
-		"ERROR_REASON_INVALID_ARGUMENT":             76,
-		"ERROR_REASON_NOT_FOUND":                    77,
-		"ERROR_REASON_UNAVAILABLE":                  78,
-		"ERROR_REASON_UNAUTHENTICATED":              79,
-		"ERROR_REASON_INTERNAL":                     80,
+		"ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE":    12,
+		"ERROR_REASON_FIELD_UNSUPPORTED":            13,
+		"ERROR_REASON_EMPTY_STOP":                   14,
+		"ERROR_REASON_STOP_TOO_LONG":                15,
+		"ERROR_REASON_TOO_MANY_STOPS":               16,
+		"ERROR_REASON_CONSTRAINT_UNSUPPORTED":       17,
+		"ERROR_REASON_CONSTRAINT_INVALID":           18,
+		"ERROR_REASON_CONSTRAINT_TOO_LARGE":         19,
+		"ERROR_REASON_CONSTRAINT_TOO_COMPLEX":       20,
+		"ERROR_REASON_EMPTY_TEXT":                   21,
+		"ERROR_REASON_TEXT_TOO_LARGE":               22,
+		"ERROR_REASON_TEXT_PIECE_TOO_LARGE":         23,
+		"ERROR_REASON_NUL_CHARACTER":                24,
+		"ERROR_REASON_NAME_TOO_LONG":                25,
+		"ERROR_REASON_UNSUPPORTED_ENCODING":         26,
+		"ERROR_REASON_UNSUPPORTED_SAMPLE_RATE":      27,
+		"ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE":  28,
+		"ERROR_REASON_CONFLICTING_TEXT_SOURCES":     29,
+		"ERROR_REASON_REQUEST_REJECTED":             30,
+		"ERROR_REASON_UNKNOWN_PRIORITY":             31,
+		"ERROR_REASON_UNDECODABLE_MESSAGE":          32,
+		"ERROR_REASON_INVALID_DURATION":             33,
+		"ERROR_REASON_MISSING_KIND":                 34,
+		"ERROR_REASON_MISSING_REQUEST_ID":           35,
+		"ERROR_REASON_REQUEST_ID_TOO_LONG":          36,
+		"ERROR_REASON_DUPLICATE_REQUEST_ID":         37,
+		"ERROR_REASON_UNKNOWN_REQUEST_ID":           38,
+		"ERROR_REASON_NOT_STREAMING_INPUT":          39,
+		"ERROR_REASON_INPUT_ENDED":                  40,
+		"ERROR_REASON_NOT_A_SYNTHESIS":              41,
+		"ERROR_REASON_UNKNOWN_SOURCE_REQUEST":       42,
+		"ERROR_REASON_SOURCE_NOT_GENERATE":          43,
+		"ERROR_REASON_SOURCE_ENDED":                 44,
+		"ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE":     45,
+		"ERROR_REASON_MISSING_TARGET":               46,
+		"ERROR_REASON_REQUEST_NOT_FOUND":            47,
+		"ERROR_REASON_MODEL_NOT_FOUND":              48,
+		"ERROR_REASON_NO_DEFAULT_MODEL":             49,
+		"ERROR_REASON_TOKENIZER_UNSUPPORTED":        50,
+		"ERROR_REASON_QUEUE_FULL":                   51,
+		"ERROR_REASON_TENANT_QUEUE_SHARE":           52,
+		"ERROR_REASON_TENANT_REQUEST_LIMIT":         53,
+		"ERROR_REASON_TENANT_SESSION_LIMIT":         54,
+		"ERROR_REASON_SERVER_SESSION_LIMIT":         55,
+		"ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION": 56,
+		"ERROR_REASON_LOAD_STREAM_LIMIT":            57,
+		"ERROR_REASON_REQUEST_TIMEOUT":              58,
+		"ERROR_REASON_CLIENT_STALLED":               59,
+		"ERROR_REASON_INPUT_IDLE":                   60,
+		"ERROR_REASON_SESSION_IDLE":                 61,
+		"ERROR_REASON_ENGINE_TIMEOUT":               62,
+		"ERROR_REASON_MISSING_TOKEN":                63,
+		"ERROR_REASON_INVALID_TOKEN":                64,
+		"ERROR_REASON_WARMING_UP":                   65,
+		"ERROR_REASON_SHUTTING_DOWN":                66,
+		"ERROR_REASON_ENGINE_DEAD":                  67,
+		"ERROR_REASON_ENGINE_START_FAILED":          68,
+		"ERROR_REASON_KV_CACHE_FULL":                69,
+		"ERROR_REASON_LOGPROB_MISSING":              70,
+		"ERROR_REASON_ENGINE_REQUEST_FAILED":        71,
+		"ERROR_REASON_ENGINE_STREAM_ENDED":          72,
+		"ERROR_REASON_INVALID_ARGUMENT":             73,
+		"ERROR_REASON_NOT_FOUND":                    74,
+		"ERROR_REASON_UNAVAILABLE":                  75,
+		"ERROR_REASON_UNAUTHENTICATED":              76,
+		"ERROR_REASON_INTERNAL":                     77,
 	}
 )
 
@@ -501,7 +483,7 @@ var File_rillet_v1_errors_proto protoreflect.FileDescriptor
 
 const file_rillet_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x16rillet/v1/errors.proto\x12\trillet.v1*\xe6\x16\n" +
+	"\x16rillet/v1/errors.proto\x12\trillet.v1*\xf5\x15\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ERROR_REASON_EMPTY_PROMPT\x10\x01\x12!\n" +
@@ -515,76 +497,73 @@ const file_rillet_v1_errors_proto_rawDesc = "" +
 	"#ERROR_REASON_TOO_MANY_CHAT_MESSAGES\x10\t\x12(\n" +
 	"$ERROR_REASON_MAX_TOKENS_OUT_OF_RANGE\x10\n" +
 	"\x12&\n" +
-	"\"ERROR_REASON_SAMPLING_OUT_OF_RANGE\x10\v\x12\"\n" +
-	"\x1eERROR_REASON_SAMPLING_REJECTED\x10\f\x12*\n" +
-	"&ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE\x10\r\x12\"\n" +
-	"\x1eERROR_REASON_FIELD_UNSUPPORTED\x10\x0e\x12\x1b\n" +
-	"\x17ERROR_REASON_EMPTY_STOP\x10\x0f\x12\x1e\n" +
-	"\x1aERROR_REASON_STOP_TOO_LONG\x10\x10\x12\x1f\n" +
-	"\x1bERROR_REASON_TOO_MANY_STOPS\x10\x11\x12'\n" +
-	"#ERROR_REASON_CONSTRAINT_UNSUPPORTED\x10\x12\x12#\n" +
-	"\x1fERROR_REASON_CONSTRAINT_INVALID\x10\x13\x12%\n" +
-	"!ERROR_REASON_CONSTRAINT_TOO_LARGE\x10\x14\x12'\n" +
-	"#ERROR_REASON_CONSTRAINT_TOO_COMPLEX\x10\x15\x12\x1b\n" +
-	"\x17ERROR_REASON_EMPTY_TEXT\x10\x16\x12\x1f\n" +
-	"\x1bERROR_REASON_TEXT_TOO_LARGE\x10\x17\x12%\n" +
-	"!ERROR_REASON_TEXT_PIECE_TOO_LARGE\x10\x18\x12\x1e\n" +
-	"\x1aERROR_REASON_NUL_CHARACTER\x10\x19\x12\x1e\n" +
-	"\x1aERROR_REASON_NAME_TOO_LONG\x10\x1a\x12%\n" +
-	"!ERROR_REASON_UNSUPPORTED_ENCODING\x10\x1b\x12(\n" +
-	"$ERROR_REASON_UNSUPPORTED_SAMPLE_RATE\x10\x1c\x12,\n" +
-	"(ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE\x10\x1d\x12)\n" +
-	"%ERROR_REASON_CONFLICTING_TEXT_SOURCES\x10\x1e\x12!\n" +
-	"\x1dERROR_REASON_REQUEST_REJECTED\x10\x1f\x12!\n" +
-	"\x1dERROR_REASON_UNKNOWN_PRIORITY\x10 \x12$\n" +
-	" ERROR_REASON_UNDECODABLE_MESSAGE\x10!\x12!\n" +
-	"\x1dERROR_REASON_INVALID_DURATION\x10\"\x12\x1d\n" +
-	"\x19ERROR_REASON_MISSING_KIND\x10#\x12#\n" +
-	"\x1fERROR_REASON_MISSING_REQUEST_ID\x10$\x12$\n" +
-	" ERROR_REASON_REQUEST_ID_TOO_LONG\x10%\x12%\n" +
-	"!ERROR_REASON_DUPLICATE_REQUEST_ID\x10&\x12#\n" +
-	"\x1fERROR_REASON_UNKNOWN_REQUEST_ID\x10'\x12$\n" +
-	" ERROR_REASON_NOT_STREAMING_INPUT\x10(\x12\x1c\n" +
-	"\x18ERROR_REASON_INPUT_ENDED\x10)\x12 \n" +
-	"\x1cERROR_REASON_NOT_A_SYNTHESIS\x10*\x12'\n" +
-	"#ERROR_REASON_UNKNOWN_SOURCE_REQUEST\x10+\x12$\n" +
-	" ERROR_REASON_SOURCE_NOT_GENERATE\x10,\x12\x1d\n" +
-	"\x19ERROR_REASON_SOURCE_ENDED\x10-\x12)\n" +
-	"%ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE\x10.\x12\x1f\n" +
-	"\x1bERROR_REASON_MISSING_TARGET\x10/\x12\"\n" +
-	"\x1eERROR_REASON_REQUEST_NOT_FOUND\x100\x12 \n" +
-	"\x1cERROR_REASON_MODEL_NOT_FOUND\x101\x12!\n" +
-	"\x1dERROR_REASON_NO_DEFAULT_MODEL\x102\x12&\n" +
-	"\"ERROR_REASON_TOKENIZER_UNSUPPORTED\x103\x12\x1b\n" +
-	"\x17ERROR_REASON_QUEUE_FULL\x104\x12#\n" +
-	"\x1fERROR_REASON_TENANT_QUEUE_SHARE\x105\x12%\n" +
-	"!ERROR_REASON_TENANT_REQUEST_LIMIT\x106\x12%\n" +
-	"!ERROR_REASON_TENANT_SESSION_LIMIT\x107\x12%\n" +
-	"!ERROR_REASON_SERVER_SESSION_LIMIT\x108\x12-\n" +
-	")ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION\x109\x12\"\n" +
-	"\x1eERROR_REASON_LOAD_STREAM_LIMIT\x10:\x12 \n" +
-	"\x1cERROR_REASON_REQUEST_TIMEOUT\x10;\x12\x1f\n" +
-	"\x1bERROR_REASON_CLIENT_STALLED\x10<\x12\x1b\n" +
-	"\x17ERROR_REASON_INPUT_IDLE\x10=\x12\x1d\n" +
-	"\x19ERROR_REASON_SESSION_IDLE\x10>\x12\x1f\n" +
-	"\x1bERROR_REASON_ENGINE_TIMEOUT\x10?\x12\x1e\n" +
-	"\x1aERROR_REASON_MISSING_TOKEN\x10@\x12\x1e\n" +
-	"\x1aERROR_REASON_INVALID_TOKEN\x10A\x12\x1b\n" +
-	"\x17ERROR_REASON_WARMING_UP\x10B\x12\x1e\n" +
-	"\x1aERROR_REASON_SHUTTING_DOWN\x10C\x12\x1c\n" +
-	"\x18ERROR_REASON_ENGINE_DEAD\x10D\x12$\n" +
-	" ERROR_REASON_ENGINE_START_FAILED\x10E\x12&\n" +
-	"\"ERROR_REASON_ENGINE_CONFIG_INVALID\x10F\x12#\n" +
-	"\x1fERROR_REASON_ENGINE_UNAVAILABLE\x10G\x12\x1e\n" +
-	"\x1aERROR_REASON_KV_CACHE_FULL\x10H\x12 \n" +
-	"\x1cERROR_REASON_LOGPROB_MISSING\x10I\x12&\n" +
-	"\"ERROR_REASON_ENGINE_REQUEST_FAILED\x10J\x12$\n" +
-	" ERROR_REASON_ENGINE_STREAM_ENDED\x10K\x12!\n" +
-	"\x1dERROR_REASON_INVALID_ARGUMENT\x10L\x12\x1a\n" +
-	"\x16ERROR_REASON_NOT_FOUND\x10M\x12\x1c\n" +
-	"\x18ERROR_REASON_UNAVAILABLE\x10N\x12 \n" +
-	"\x1cERROR_REASON_UNAUTHENTICATED\x10O\x12\x19\n" +
-	"\x15ERROR_REASON_INTERNAL\x10PB]\n" +
+	"\"ERROR_REASON_SAMPLING_OUT_OF_RANGE\x10\v\x12*\n" +
+	"&ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE\x10\f\x12\"\n" +
+	"\x1eERROR_REASON_FIELD_UNSUPPORTED\x10\r\x12\x1b\n" +
+	"\x17ERROR_REASON_EMPTY_STOP\x10\x0e\x12\x1e\n" +
+	"\x1aERROR_REASON_STOP_TOO_LONG\x10\x0f\x12\x1f\n" +
+	"\x1bERROR_REASON_TOO_MANY_STOPS\x10\x10\x12'\n" +
+	"#ERROR_REASON_CONSTRAINT_UNSUPPORTED\x10\x11\x12#\n" +
+	"\x1fERROR_REASON_CONSTRAINT_INVALID\x10\x12\x12%\n" +
+	"!ERROR_REASON_CONSTRAINT_TOO_LARGE\x10\x13\x12'\n" +
+	"#ERROR_REASON_CONSTRAINT_TOO_COMPLEX\x10\x14\x12\x1b\n" +
+	"\x17ERROR_REASON_EMPTY_TEXT\x10\x15\x12\x1f\n" +
+	"\x1bERROR_REASON_TEXT_TOO_LARGE\x10\x16\x12%\n" +
+	"!ERROR_REASON_TEXT_PIECE_TOO_LARGE\x10\x17\x12\x1e\n" +
+	"\x1aERROR_REASON_NUL_CHARACTER\x10\x18\x12\x1e\n" +
+	"\x1aERROR_REASON_NAME_TOO_LONG\x10\x19\x12%\n" +
+	"!ERROR_REASON_UNSUPPORTED_ENCODING\x10\x1a\x12(\n" +
+	"$ERROR_REASON_UNSUPPORTED_SAMPLE_RATE\x10\x1b\x12,\n" +
+	"(ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE\x10\x1c\x12)\n" +
+	"%ERROR_REASON_CONFLICTING_TEXT_SOURCES\x10\x1d\x12!\n" +
+	"\x1dERROR_REASON_REQUEST_REJECTED\x10\x1e\x12!\n" +
+	"\x1dERROR_REASON_UNKNOWN_PRIORITY\x10\x1f\x12$\n" +
+	" ERROR_REASON_UNDECODABLE_MESSAGE\x10 \x12!\n" +
+	"\x1dERROR_REASON_INVALID_DURATION\x10!\x12\x1d\n" +
+	"\x19ERROR_REASON_MISSING_KIND\x10\"\x12#\n" +
+	"\x1fERROR_REASON_MISSING_REQUEST_ID\x10#\x12$\n" +
+	" ERROR_REASON_REQUEST_ID_TOO_LONG\x10$\x12%\n" +
+	"!ERROR_REASON_DUPLICATE_REQUEST_ID\x10%\x12#\n" +
+	"\x1fERROR_REASON_UNKNOWN_REQUEST_ID\x10&\x12$\n" +
+	" ERROR_REASON_NOT_STREAMING_INPUT\x10'\x12\x1c\n" +
+	"\x18ERROR_REASON_INPUT_ENDED\x10(\x12 \n" +
+	"\x1cERROR_REASON_NOT_A_SYNTHESIS\x10)\x12'\n" +
+	"#ERROR_REASON_UNKNOWN_SOURCE_REQUEST\x10*\x12$\n" +
+	" ERROR_REASON_SOURCE_NOT_GENERATE\x10+\x12\x1d\n" +
+	"\x19ERROR_REASON_SOURCE_ENDED\x10,\x12)\n" +
+	"%ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE\x10-\x12\x1f\n" +
+	"\x1bERROR_REASON_MISSING_TARGET\x10.\x12\"\n" +
+	"\x1eERROR_REASON_REQUEST_NOT_FOUND\x10/\x12 \n" +
+	"\x1cERROR_REASON_MODEL_NOT_FOUND\x100\x12!\n" +
+	"\x1dERROR_REASON_NO_DEFAULT_MODEL\x101\x12&\n" +
+	"\"ERROR_REASON_TOKENIZER_UNSUPPORTED\x102\x12\x1b\n" +
+	"\x17ERROR_REASON_QUEUE_FULL\x103\x12#\n" +
+	"\x1fERROR_REASON_TENANT_QUEUE_SHARE\x104\x12%\n" +
+	"!ERROR_REASON_TENANT_REQUEST_LIMIT\x105\x12%\n" +
+	"!ERROR_REASON_TENANT_SESSION_LIMIT\x106\x12%\n" +
+	"!ERROR_REASON_SERVER_SESSION_LIMIT\x107\x12-\n" +
+	")ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION\x108\x12\"\n" +
+	"\x1eERROR_REASON_LOAD_STREAM_LIMIT\x109\x12 \n" +
+	"\x1cERROR_REASON_REQUEST_TIMEOUT\x10:\x12\x1f\n" +
+	"\x1bERROR_REASON_CLIENT_STALLED\x10;\x12\x1b\n" +
+	"\x17ERROR_REASON_INPUT_IDLE\x10<\x12\x1d\n" +
+	"\x19ERROR_REASON_SESSION_IDLE\x10=\x12\x1f\n" +
+	"\x1bERROR_REASON_ENGINE_TIMEOUT\x10>\x12\x1e\n" +
+	"\x1aERROR_REASON_MISSING_TOKEN\x10?\x12\x1e\n" +
+	"\x1aERROR_REASON_INVALID_TOKEN\x10@\x12\x1b\n" +
+	"\x17ERROR_REASON_WARMING_UP\x10A\x12\x1e\n" +
+	"\x1aERROR_REASON_SHUTTING_DOWN\x10B\x12\x1c\n" +
+	"\x18ERROR_REASON_ENGINE_DEAD\x10C\x12$\n" +
+	" ERROR_REASON_ENGINE_START_FAILED\x10D\x12\x1e\n" +
+	"\x1aERROR_REASON_KV_CACHE_FULL\x10E\x12 \n" +
+	"\x1cERROR_REASON_LOGPROB_MISSING\x10F\x12&\n" +
+	"\"ERROR_REASON_ENGINE_REQUEST_FAILED\x10G\x12$\n" +
+	" ERROR_REASON_ENGINE_STREAM_ENDED\x10H\x12!\n" +
+	"\x1dERROR_REASON_INVALID_ARGUMENT\x10I\x12\x1a\n" +
+	"\x16ERROR_REASON_NOT_FOUND\x10J\x12\x1c\n" +
+	"\x18ERROR_REASON_UNAVAILABLE\x10K\x12 \n" +
+	"\x1cERROR_REASON_UNAUTHENTICATED\x10L\x12\x19\n" +
+	"\x15ERROR_REASON_INTERNAL\x10MB]\n" +
 	"\rdev.rillet.v1B\vErrorsProtoP\x01Z=github.com/rillet-dev/rillet/client_sdk/go/rillet/v1;rilletv1b\x06proto3"
 
 var (

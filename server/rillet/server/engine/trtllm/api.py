@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rillet.server.config import TrtllmConfig, TrtllmGuidedDecoding, TrtllmSampler
 from rillet.server.engine.constraints import Checker, choice_lark
-from rillet.server.errors import EngineDead
+from rillet.server.errors import ConfigurationError
 from rillet.server.types import SAMPLING_FIELDS, Constraint, ConstraintKind, TextCapabilities
 
 if TYPE_CHECKING:  # the package is imported lazily: CPU installs never need it
@@ -63,7 +63,7 @@ def import_api() -> Api:
         from tensorrt_llm.llmapi.utils import get_device_count
         from tensorrt_llm.sampling_params import GuidedDecodingParams
     except Exception as exc:  # ImportError, or the OSError/RuntimeError of a broken CUDA install
-        raise EngineDead(f"{INSTALL_HELP} (import tensorrt_llm failed: {exc})", reason="ENGINE_UNAVAILABLE") from exc
+        raise ConfigurationError(f"{INSTALL_HELP} (import tensorrt_llm failed: {exc})") from exc
     template_error: type[Exception] = _NoTemplateError
     with contextlib.suppress(ImportError):  # what Hugging Face chat templates raise; TensorRT-LLM brings jinja2
         import jinja2.exceptions
@@ -119,16 +119,14 @@ def llm_kwargs(config: TrtllmConfig, api: Api) -> dict[str, Any]:
     """
     unknown = sorted(set(config.extra_llm_args) - api.llm_fields)
     if unknown:
-        raise EngineDead(
+        raise ConfigurationError(
             f"trtllm.extra_llm_args has keys TensorRT-LLM {api.version}'s LLM does not take: {', '.join(unknown)} "
             "(see TorchLlmArgs in its LLM API reference)",
-            reason="ENGINE_CONFIG_INVALID",
         )
     owned = sorted(set(config.extra_llm_args) & TYPED_LLM_ARGS)
     if owned:
-        raise EngineDead(
+        raise ConfigurationError(
             f"trtllm.extra_llm_args sets {', '.join(owned)}, which the trtllm settings own: set trtllm.<field> instead",
-            reason="ENGINE_CONFIG_INVALID",
         )
     kwargs: dict[str, Any] = {
         "model": config.model,
@@ -171,16 +169,15 @@ def check_gpus(config: TrtllmConfig, devices: int) -> None:
     if os.getenv("RAY_LOCAL_WORLD_SIZE") is not None:
         return
     if devices == 0:
-        raise EngineDead(f"no CUDA GPU is visible. {INSTALL_HELP}", reason="ENGINE_UNAVAILABLE")
+        raise ConfigurationError(f"no CUDA GPU is visible. {INSTALL_HELP}")
     world = config.tensor_parallel_size * config.pipeline_parallel_size
     per_node = int(config.extra_llm_args.get("gpus_per_node") or devices)
     need = world // math.ceil(world / per_node)
     if devices < need:
         nodes = math.ceil(world / per_node)
-        raise EngineDead(
+        raise ConfigurationError(
             f"only {devices} CUDA GPUs are visible, and tensor_parallel_size * pipeline_parallel_size = {world} over "
             f"{nodes} nodes of {per_node} GPUs needs {need} on this node. {INSTALL_HELP}",
-            reason="ENGINE_UNAVAILABLE",
         )
 
 
@@ -229,10 +226,9 @@ def guided_decoding(config: TrtllmConfig) -> Checker | None:
     try:
         import llguidance  # noqa: F401
     except ImportError as exc:
-        raise EngineDead(
+        raise ConfigurationError(
             "trtllm.guided_decoding_backend=llguidance needs the llguidance package in Rillet's environment: "
             'pip install "llguidance>=0.7.29,<2" (the trtllm extra has it), or set it to none',
-            reason="ENGINE_CONFIG_INVALID",
         ) from exc
     return Checker()
 

@@ -30,7 +30,15 @@ from rillet.server.engine.trtllm.api import (
     llm_kwargs,
 )
 from rillet.server.engine.trtllm.stream import Deltas, engine_timings
-from rillet.server.errors import DeadlineExceeded, EngineDead, Internal, InvalidArgument, RilletError
+from rillet.server.errors import (
+    ConfigurationError,
+    DeadlineExceeded,
+    EngineDead,
+    Internal,
+    InvalidArgument,
+    RilletError,
+)
+from rillet.server.reasons import Reason
 from rillet.server.types import (
     GREEDY_BELOW_TEMPERATURE,
     ChatMessage,
@@ -126,7 +134,7 @@ class TrtllmEngine(EngineLifecycle):
     finish carries `first_output_seconds` (submission to the first output, TensorRT-LLM's queueing included).
 
     Lifecycle (EngineLifecycle): NEW → STARTING (loading, then a warm-up request) → SERVING; a stream asked before
-    then is refused ENGINE_NOT_STARTED. Death: a worker process that dies leaves 1.2.1's proxy unaware until its next
+    then is refused WARMING_UP. Death: a worker process that dies leaves 1.2.1's proxy unaware until its next
     submit, so while streams are in flight the engine asks every HEALTH_POLL_SECONDS (`executor_failure`);
     `healthy()` asks too. Once dead, every stream fails with EngineDead (those waiting on TensorRT-LLM at once), and so
     does every new one: the server drains and exits non-zero, as for the other engines.
@@ -146,10 +154,9 @@ class TrtllmEngine(EngineLifecycle):
         self._api = import_api()
         check_gpus(config, self._api.device_count())
         if not config.model:
-            raise EngineDead(
+            raise ConfigurationError(
                 "the trtllm engine needs a model: set trtllm.model (RILLET_TRTLLM__MODEL) to a Hugging Face model id "
                 "or a local checkpoint directory",
-                reason="ENGINE_CONFIG_INVALID",
             )
         self._kwargs = llm_kwargs(config, self._api)
         self._checker: Checker | None = guided_decoding(config)
@@ -197,7 +204,7 @@ class TrtllmEngine(EngineLifecycle):
         except Exception as exc:
             self._death = f"TensorRT-LLM could not load {self._config.model!r}: {exc}"
             self._mark_dead()
-            raise EngineDead(self._death, reason="ENGINE_START_FAILED") from exc
+            raise EngineDead(self._death, reason=Reason.ENGINE_START_FAILED) from exc
         self._llm = llm
         self._watchdog = asyncio.get_running_loop().create_task(self._watch(), name="trtllm-watchdog")
         tokenizer = llm.tokenizer
@@ -329,7 +336,9 @@ class TrtllmEngine(EngineLifecycle):
                     yield EngineFinished(reason, usage, matched or "", prefill, queue)
                 return
             ended = True
-            raise Internal("TensorRT-LLM ended the stream before the request finished", reason="ENGINE_STREAM_ENDED")
+            raise Internal(
+                "TensorRT-LLM ended the stream before the request finished", reason=Reason.ENGINE_STREAM_ENDED
+            )
         except RilletError:
             raise
         except Exception as exc:  # RequestError (a failed request), a dead worker's error, or a fault while folding
@@ -338,7 +347,7 @@ class TrtllmEngine(EngineLifecycle):
                 raise dead from exc
             ended = isinstance(exc, self._api.request_error)
             log.warning("trtllm: request %s failed: %r", request.request_id, exc)
-            raise Internal(f"TensorRT-LLM failed the request: {exc}", reason="ENGINE_REQUEST_FAILED") from exc
+            raise Internal(f"TensorRT-LLM failed the request: {exc}", reason=Reason.ENGINE_REQUEST_FAILED) from exc
         finally:
             # The one exit of every stream: finished, failed, closed by the client, cancelled by the deadline or a
             # disconnect (GeneratorExit or CancelledError at a yield above). Aborting frees the slot and KV now.
@@ -425,8 +434,10 @@ class TrtllmEngine(EngineLifecycle):
             messages = [{"role": m.role, "content": m.content} for m in prompt if isinstance(m, ChatMessage)]
             try:
                 encoded = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-            except (ValueError, self._api.template_error) as exc:  # no template, or one that refuses these turns
-                raise InvalidArgument(str(exc), field="params.chat", reason="CHAT_TEMPLATE_UNSUPPORTED") from None
+            except ValueError as exc:  # Hugging Face's answer when the tokenizer has no chat template
+                raise InvalidArgument(str(exc), field="params.chat", reason=Reason.CHAT_TEMPLATE_MISSING) from None
+            except self._api.template_error as exc:  # a template that refuses these turns or roles
+                raise InvalidArgument(str(exc), field="params.chat", reason=Reason.CHAT_TEMPLATE_UNSUPPORTED) from None
             ids = list(encoded)
         self._policy.check_not_empty(len(ids))
         return ids
@@ -463,7 +474,7 @@ class TrtllmEngine(EngineLifecycle):
             raise InvalidArgument(
                 f"TensorRT-LLM refused the sampling parameters: {exc}",
                 field="params.sampling",
-                reason="SAMPLING_REJECTED",
+                reason=Reason.REQUEST_REJECTED,
             ) from None
 
     def _submit(
@@ -484,8 +495,12 @@ class TrtllmEngine(EngineLifecycle):
             if dead is not None:
                 raise dead from exc
             if isinstance(exc, (self._api.request_error, ValueError)):  # TensorRT-LLM's own argument checks
-                raise InvalidArgument(f"TensorRT-LLM refused the request: {exc}", reason="REQUEST_REJECTED") from None
-            raise Internal(f"TensorRT-LLM could not take the request: {exc}", reason="ENGINE_REQUEST_FAILED") from exc
+                raise InvalidArgument(
+                    f"TensorRT-LLM refused the request: {exc}", reason=Reason.REQUEST_REJECTED
+                ) from None
+            raise Internal(
+                f"TensorRT-LLM could not take the request: {exc}", reason=Reason.ENGINE_REQUEST_FAILED
+            ) from exc
 
     @staticmethod
     def _finish_reason(completion: CompletionOutput) -> FinishReason:
@@ -497,7 +512,7 @@ class TrtllmEngine(EngineLifecycle):
         if reason == "cancelled":
             return FinishReason.CANCELLED
         if reason == "timeout":
-            raise DeadlineExceeded("TensorRT-LLM's own time limit for the request passed", reason="ENGINE_TIMEOUT")
+            raise DeadlineExceeded("TensorRT-LLM's own time limit for the request passed", reason=Reason.ENGINE_TIMEOUT)
         raise Internal(f"TensorRT-LLM finished the request without a known finish reason ({reason!r})")
 
     def _release(self, result: RequestOutput, *, abort: bool) -> None:

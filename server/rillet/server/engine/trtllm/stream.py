@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from rillet.server.engine.text import TextDecoder
 from rillet.server.errors import Internal
+from rillet.server.reasons import Reason
 from rillet.server.types import TokenDelta, TokenLogprob, TokenLogprobs
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def token_logprobs(
             if sampled is None:
                 raise Internal(
                     f"TensorRT-LLM reported no log-probability for the emitted token {token}",
-                    reason="LOGPROB_MISSING",
+                    reason=Reason.LOGPROB_MISSING,
                 )
             ranked = sorted((e for e in entry.items() if e[1].rank is not None), key=lambda e: e[1].rank)
             alternatives = tuple(TokenLogprob(t, clamp_logprob(lp.logprob)) for t, lp in ranked[:top])

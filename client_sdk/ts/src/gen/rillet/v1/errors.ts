@@ -90,364 +90,346 @@ export enum ErrorReason {
    */
   ERROR_REASON_SAMPLING_OUT_OF_RANGE = 11,
   /**
-   * ERROR_REASON_SAMPLING_REJECTED - INVALID_ARGUMENT. The engine's library refused sampling values the server's
-   * own checks let through. A client: fix the request; retrying it unchanged
-   * fails again.
-   */
-  ERROR_REASON_SAMPLING_REJECTED = 12,
-  /**
    * ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE - INVALID_ARGUMENT. Top_logprobs above the server's limit. A client: fix the
    * request; retrying it unchanged fails again.
    */
-  ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE = 13,
+  ERROR_REASON_TOP_LOGPROBS_OUT_OF_RANGE = 12,
   /**
    * ERROR_REASON_FIELD_UNSUPPORTED - INVALID_ARGUMENT. A field the model does not honour (metadata: field;
    * ListModels: text_capabilities). A client: leave it unset or pick a model
    * that lists it.
    */
-  ERROR_REASON_FIELD_UNSUPPORTED = 14,
+  ERROR_REASON_FIELD_UNSUPPORTED = 13,
   /**
    * ERROR_REASON_EMPTY_STOP - INVALID_ARGUMENT. An empty stop string. A client: fix the request; retrying
    * it unchanged fails again.
    */
-  ERROR_REASON_EMPTY_STOP = 15,
+  ERROR_REASON_EMPTY_STOP = 14,
   /**
    * ERROR_REASON_STOP_TOO_LONG - INVALID_ARGUMENT. A stop string longer than the limit. A client: fix the
    * request; retrying it unchanged fails again.
    */
-  ERROR_REASON_STOP_TOO_LONG = 16,
+  ERROR_REASON_STOP_TOO_LONG = 15,
   /**
    * ERROR_REASON_TOO_MANY_STOPS - INVALID_ARGUMENT. More stop strings than the limit. A client: fix the
    * request; retrying it unchanged fails again.
    */
-  ERROR_REASON_TOO_MANY_STOPS = 17,
+  ERROR_REASON_TOO_MANY_STOPS = 16,
   /**
    * ERROR_REASON_CONSTRAINT_UNSUPPORTED - INVALID_ARGUMENT. An output constraint kind the model does not enforce
    * (ListModels: constraint_kinds). A client: pick another model.
    */
-  ERROR_REASON_CONSTRAINT_UNSUPPORTED = 18,
+  ERROR_REASON_CONSTRAINT_UNSUPPORTED = 17,
   /**
    * ERROR_REASON_CONSTRAINT_INVALID - INVALID_ARGUMENT. The schema, regex or grammar does not parse or uses what
    * the compiler lacks (the message says where). A client: fix the request;
    * retrying it unchanged fails again.
    */
-  ERROR_REASON_CONSTRAINT_INVALID = 19,
+  ERROR_REASON_CONSTRAINT_INVALID = 18,
   /**
    * ERROR_REASON_CONSTRAINT_TOO_LARGE - INVALID_ARGUMENT. The constraint's text or choices are over the limits. A
    * client: fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_CONSTRAINT_TOO_LARGE = 20,
+  ERROR_REASON_CONSTRAINT_TOO_LARGE = 19,
   /**
    * ERROR_REASON_CONSTRAINT_TOO_COMPLEX - INVALID_ARGUMENT. The constraint's compilation exceeded the compiler's work
    * or time bounds. A client: simplify the constraint.
    */
-  ERROR_REASON_CONSTRAINT_TOO_COMPLEX = 21,
+  ERROR_REASON_CONSTRAINT_TOO_COMPLEX = 20,
   /**
    * ERROR_REASON_EMPTY_TEXT - INVALID_ARGUMENT. A synthesis of empty or unspeakable text the client gave.
    * A client: fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_EMPTY_TEXT = 22,
+  ERROR_REASON_EMPTY_TEXT = 21,
   /**
    * ERROR_REASON_TEXT_TOO_LARGE - INVALID_ARGUMENT. A synthesis's text, in total, is over the limit. A
    * client: fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_TEXT_TOO_LARGE = 23,
+  ERROR_REASON_TEXT_TOO_LARGE = 22,
   /**
    * ERROR_REASON_TEXT_PIECE_TOO_LARGE - INVALID_ARGUMENT. One AppendText piece is over the limit. A client: send
    * smaller pieces.
    */
-  ERROR_REASON_TEXT_PIECE_TOO_LARGE = 24,
+  ERROR_REASON_TEXT_PIECE_TOO_LARGE = 23,
   /**
    * ERROR_REASON_NUL_CHARACTER - INVALID_ARGUMENT. A NUL character in text. A client: fix the request;
    * retrying it unchanged fails again.
    */
-  ERROR_REASON_NUL_CHARACTER = 25,
+  ERROR_REASON_NUL_CHARACTER = 24,
   /**
    * ERROR_REASON_NAME_TOO_LONG - INVALID_ARGUMENT. A model or voice name longer than the limit. A client:
    * fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_NAME_TOO_LONG = 26,
+  ERROR_REASON_NAME_TOO_LONG = 25,
   /**
    * ERROR_REASON_UNSUPPORTED_ENCODING - INVALID_ARGUMENT. An audio encoding the server does not produce. A client:
    * fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_UNSUPPORTED_ENCODING = 27,
+  ERROR_REASON_UNSUPPORTED_ENCODING = 26,
   /**
    * ERROR_REASON_UNSUPPORTED_SAMPLE_RATE - INVALID_ARGUMENT. An audio sample rate the voice cannot produce. A client:
    * fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_UNSUPPORTED_SAMPLE_RATE = 28,
+  ERROR_REASON_UNSUPPORTED_SAMPLE_RATE = 27,
   /**
    * ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE - INVALID_ARGUMENT. Max_chunk_duration outside its range (0.01 s to 2 s), or
    * a chunk bound of no samples. A client: fix the request; retrying it
    * unchanged fails again.
    */
-  ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE = 29,
+  ERROR_REASON_CHUNK_DURATION_OUT_OF_RANGE = 28,
   /**
    * ERROR_REASON_CONFLICTING_TEXT_SOURCES - INVALID_ARGUMENT. A synthesis given both text and text_from_request_id, or
    * streaming input and a source. A client: fix the request; retrying it
    * unchanged fails again.
    */
-  ERROR_REASON_CONFLICTING_TEXT_SOURCES = 30,
+  ERROR_REASON_CONFLICTING_TEXT_SOURCES = 29,
   /**
    * ERROR_REASON_REQUEST_REJECTED - INVALID_ARGUMENT. The engine's library refused, at submission, a request
    * the server's own checks let through. A client: fix the request; retrying it
    * unchanged fails again.
    */
-  ERROR_REASON_REQUEST_REJECTED = 31,
+  ERROR_REASON_REQUEST_REJECTED = 30,
   /**
    * ERROR_REASON_UNKNOWN_PRIORITY - INVALID_ARGUMENT. A priority value the server does not know. A client: fix
    * the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_UNKNOWN_PRIORITY = 32,
+  ERROR_REASON_UNKNOWN_PRIORITY = 31,
   /**
    * ERROR_REASON_UNDECODABLE_MESSAGE - INVALID_ARGUMENT. A message that is not valid protobuf (or JSON) of its
    * type, or has bad UTF-8. A client: fix the client's encoder.
    */
-  ERROR_REASON_UNDECODABLE_MESSAGE = 33,
+  ERROR_REASON_UNDECODABLE_MESSAGE = 32,
   /**
    * ERROR_REASON_INVALID_DURATION - INVALID_ARGUMENT. A Duration outside google.protobuf.Duration's range. A
    * client: fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_INVALID_DURATION = 34,
+  ERROR_REASON_INVALID_DURATION = 33,
   /**
    * ERROR_REASON_MISSING_KIND - INVALID_ARGUMENT. A session message with no kind set. A client: fix the
    * request; retrying it unchanged fails again.
    */
-  ERROR_REASON_MISSING_KIND = 35,
+  ERROR_REASON_MISSING_KIND = 34,
   /**
    * ERROR_REASON_MISSING_REQUEST_ID - INVALID_ARGUMENT. A session message with an empty request_id. A client: fix
    * the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_MISSING_REQUEST_ID = 36,
+  ERROR_REASON_MISSING_REQUEST_ID = 35,
   /**
    * ERROR_REASON_REQUEST_ID_TOO_LONG - INVALID_ARGUMENT. A request id longer than the limit. A client: fix the
    * request; retrying it unchanged fails again.
    */
-  ERROR_REASON_REQUEST_ID_TOO_LONG = 37,
+  ERROR_REASON_REQUEST_ID_TOO_LONG = 36,
   /**
    * ERROR_REASON_DUPLICATE_REQUEST_ID - ALREADY_EXISTS. A start for a request id already in flight in the session.
    * A client: use a new id.
    */
-  ERROR_REASON_DUPLICATE_REQUEST_ID = 38,
+  ERROR_REASON_DUPLICATE_REQUEST_ID = 37,
   /**
    * ERROR_REASON_UNKNOWN_REQUEST_ID - NOT_FOUND. A cancel, append or end for an id not in flight (perhaps it just
    * ended). A client: usually nothing.
    */
-  ERROR_REASON_UNKNOWN_REQUEST_ID = 39,
+  ERROR_REASON_UNKNOWN_REQUEST_ID = 38,
   /**
    * ERROR_REASON_NOT_STREAMING_INPUT - INVALID_ARGUMENT. AppendText or EndInput for a request that takes no
    * streaming input. A client: fix the request; retrying it unchanged fails
    * again.
    */
-  ERROR_REASON_NOT_STREAMING_INPUT = 40,
+  ERROR_REASON_NOT_STREAMING_INPUT = 39,
   /**
    * ERROR_REASON_INPUT_ENDED - INVALID_ARGUMENT. AppendText after EndInput. A client: fix the request;
    * retrying it unchanged fails again.
    */
-  ERROR_REASON_INPUT_ENDED = 41,
+  ERROR_REASON_INPUT_ENDED = 40,
   /**
    * ERROR_REASON_NOT_A_SYNTHESIS - INVALID_ARGUMENT. A Cancel with played_samples for a request that is not a
    * synthesis (metadata: field). A client: cancel the synthesis that played
    * with it, then its generation.
    */
-  ERROR_REASON_NOT_A_SYNTHESIS = 42,
+  ERROR_REASON_NOT_A_SYNTHESIS = 41,
   /**
    * ERROR_REASON_UNKNOWN_SOURCE_REQUEST - NOT_FOUND. Text_from_request_id names no request of this session. A client:
    * fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_UNKNOWN_SOURCE_REQUEST = 43,
+  ERROR_REASON_UNKNOWN_SOURCE_REQUEST = 42,
   /**
    * ERROR_REASON_SOURCE_NOT_GENERATE - INVALID_ARGUMENT. Text_from_request_id names a request that is not a
    * generation. A client: fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_SOURCE_NOT_GENERATE = 44,
+  ERROR_REASON_SOURCE_NOT_GENERATE = 43,
   /**
    * ERROR_REASON_SOURCE_ENDED - INVALID_ARGUMENT. Text_from_request_id names a generation whose text can no
    * longer be followed. A client: start them together.
    */
-  ERROR_REASON_SOURCE_ENDED = 45,
+  ERROR_REASON_SOURCE_ENDED = 44,
   /**
    * ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE - INVALID_ARGUMENT. A WebSocket message after the client's half-close. A
    * client: fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE = 46,
+  ERROR_REASON_MESSAGE_AFTER_HALF_CLOSE = 45,
   /**
    * ERROR_REASON_MISSING_TARGET - INVALID_ARGUMENT. An Abort naming neither a request id nor all requests. A
    * client: fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_MISSING_TARGET = 47,
+  ERROR_REASON_MISSING_TARGET = 46,
   /**
    * ERROR_REASON_REQUEST_NOT_FOUND - NOT_FOUND. Abort: the caller's tenant has nothing in flight under that id
    * (other tenants are never looked at). A client: usually nothing: it ended.
    */
-  ERROR_REASON_REQUEST_NOT_FOUND = 48,
+  ERROR_REASON_REQUEST_NOT_FOUND = 47,
   /**
    * ERROR_REASON_MODEL_NOT_FOUND - NOT_FOUND. No model or voice of that name (ListModels lists them). A
    * client: fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_MODEL_NOT_FOUND = 49,
+  ERROR_REASON_MODEL_NOT_FOUND = 48,
   /**
    * ERROR_REASON_NO_DEFAULT_MODEL - NOT_FOUND. No model was named and the server serves none of that kind. A
    * client: fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_NO_DEFAULT_MODEL = 50,
+  ERROR_REASON_NO_DEFAULT_MODEL = 49,
   /**
    * ERROR_REASON_TOKENIZER_UNSUPPORTED - INVALID_ARGUMENT. A tokenizer call for a model whose engine does not
    * tokenize for clients (GetServerInfo says which). A client: tokenize
    * elsewhere.
    */
-  ERROR_REASON_TOKENIZER_UNSUPPORTED = 51,
+  ERROR_REASON_TOKENIZER_UNSUPPORTED = 50,
   /**
    * ERROR_REASON_QUEUE_FULL - RESOURCE_EXHAUSTED. The engine's admission queue is full. A client: retry
    * after the RetryInfo delay, or elsewhere.
    */
-  ERROR_REASON_QUEUE_FULL = 52,
+  ERROR_REASON_QUEUE_FULL = 51,
   /**
    * ERROR_REASON_TENANT_QUEUE_SHARE - RESOURCE_EXHAUSTED. The tenant's share of the engine's queue is full. A
    * client: retry after the RetryInfo delay, or elsewhere.
    */
-  ERROR_REASON_TENANT_QUEUE_SHARE = 53,
+  ERROR_REASON_TENANT_QUEUE_SHARE = 52,
   /**
    * ERROR_REASON_TENANT_REQUEST_LIMIT - RESOURCE_EXHAUSTED. The tenant has its limit of requests in flight. A
    * client: retry after the RetryInfo delay, or elsewhere.
    */
-  ERROR_REASON_TENANT_REQUEST_LIMIT = 54,
+  ERROR_REASON_TENANT_REQUEST_LIMIT = 53,
   /**
    * ERROR_REASON_TENANT_SESSION_LIMIT - RESOURCE_EXHAUSTED. The tenant has its limit of calls open. A client: retry
    * after the RetryInfo delay, or elsewhere.
    */
-  ERROR_REASON_TENANT_SESSION_LIMIT = 55,
+  ERROR_REASON_TENANT_SESSION_LIMIT = 54,
   /**
    * ERROR_REASON_SERVER_SESSION_LIMIT - RESOURCE_EXHAUSTED. The server has its limit of calls open. A client: retry
    * after the RetryInfo delay, or elsewhere.
    */
-  ERROR_REASON_SERVER_SESSION_LIMIT = 56,
+  ERROR_REASON_SERVER_SESSION_LIMIT = 55,
   /**
    * ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION - RESOURCE_EXHAUSTED. The session has its limit of requests in flight. A
    * client: wait for one to end, or open another session.
    */
-  ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION = 57,
+  ERROR_REASON_TOO_MANY_REQUESTS_IN_SESSION = 56,
   /**
    * ERROR_REASON_LOAD_STREAM_LIMIT - RESOURCE_EXHAUSTED. The server has its limit of load report streams open. A
    * client: retry after the RetryInfo delay, or elsewhere.
    */
-  ERROR_REASON_LOAD_STREAM_LIMIT = 58,
+  ERROR_REASON_LOAD_STREAM_LIMIT = 57,
   /**
    * ERROR_REASON_REQUEST_TIMEOUT - DEADLINE_EXCEEDED. The request's own timeout passed. A client: retry with a
    * longer timeout.
    */
-  ERROR_REASON_REQUEST_TIMEOUT = 59,
+  ERROR_REASON_REQUEST_TIMEOUT = 58,
   /**
    * ERROR_REASON_CLIENT_STALLED - DEADLINE_EXCEEDED. The request's output waited stall_timeout_s for the
    * client to read it. A client: read your streams.
    */
-  ERROR_REASON_CLIENT_STALLED = 60,
+  ERROR_REASON_CLIENT_STALLED = 59,
   /**
    * ERROR_REASON_INPUT_IDLE - DEADLINE_EXCEEDED. A streaming-input synthesis waited input_idle_timeout_s
    * for text. A client: send text or EndInput sooner.
    */
-  ERROR_REASON_INPUT_IDLE = 61,
+  ERROR_REASON_INPUT_IDLE = 60,
   /**
    * ERROR_REASON_SESSION_IDLE - UNAVAILABLE. A WebSocket session had nothing in flight for its idle
    * timeout. A client: reconnect.
    */
-  ERROR_REASON_SESSION_IDLE = 62,
+  ERROR_REASON_SESSION_IDLE = 61,
   /**
    * ERROR_REASON_ENGINE_TIMEOUT - DEADLINE_EXCEEDED. The engine's library timed the request out. A client:
    * retry later.
    */
-  ERROR_REASON_ENGINE_TIMEOUT = 63,
+  ERROR_REASON_ENGINE_TIMEOUT = 62,
   /**
    * ERROR_REASON_MISSING_TOKEN - UNAUTHENTICATED. Auth is on and the call has no bearer token. A client:
    * send one.
    */
-  ERROR_REASON_MISSING_TOKEN = 64,
+  ERROR_REASON_MISSING_TOKEN = 63,
   /**
    * ERROR_REASON_INVALID_TOKEN - UNAUTHENTICATED. The bearer token is not one the server knows. A client:
    * send a valid one.
    */
-  ERROR_REASON_INVALID_TOKEN = 65,
+  ERROR_REASON_INVALID_TOKEN = 64,
   /**
    * ERROR_REASON_WARMING_UP - UNAVAILABLE. The server or its engine has not finished starting (loading,
    * warming up). A client: retry shortly (the SDK does).
    */
-  ERROR_REASON_WARMING_UP = 66,
+  ERROR_REASON_WARMING_UP = 65,
   /**
    * ERROR_REASON_SHUTTING_DOWN - UNAVAILABLE. The server is draining or stopping: it takes no new requests
    * and ends those still running past its grace. A client: retry on another
    * replica.
    */
-  ERROR_REASON_SHUTTING_DOWN = 67,
+  ERROR_REASON_SHUTTING_DOWN = 66,
   /**
    * ERROR_REASON_ENGINE_DEAD - INTERNAL. The engine failed for good; the server is draining and will exit.
    * A client: retry on another replica.
    */
-  ERROR_REASON_ENGINE_DEAD = 68,
+  ERROR_REASON_ENGINE_DEAD = 67,
   /**
    * ERROR_REASON_ENGINE_START_FAILED - INTERNAL. Never sent to a client: an engine failed while loading or warming
    * up, and the server exits without serving. A client: operators: see the
    * server's log.
    */
-  ERROR_REASON_ENGINE_START_FAILED = 69,
-  /**
-   * ERROR_REASON_ENGINE_CONFIG_INVALID - INTERNAL. Never sent to a client: the trtllm engine's settings are invalid,
-   * and the server exits without serving. A client: operators: fix the
-   * settings.
-   */
-  ERROR_REASON_ENGINE_CONFIG_INVALID = 70,
-  /**
-   * ERROR_REASON_ENGINE_UNAVAILABLE - INTERNAL. Never sent to a client: the trtllm engine's library or GPUs are
-   * missing, and the server exits without serving. A client: operators: install
-   * them or serve another engine.
-   */
-  ERROR_REASON_ENGINE_UNAVAILABLE = 71,
+  ERROR_REASON_ENGINE_START_FAILED = 68,
   /**
    * ERROR_REASON_KV_CACHE_FULL - INTERNAL. The engine ran out of KV cache for this request. A client: report
    * it with the request id; other requests are unaffected.
    */
-  ERROR_REASON_KV_CACHE_FULL = 72,
+  ERROR_REASON_KV_CACHE_FULL = 69,
   /**
    * ERROR_REASON_LOGPROB_MISSING - INTERNAL. The engine's library did not report a logprob it was asked for
    * (never invented). A client: report it with the request id; other requests
    * are unaffected.
    */
-  ERROR_REASON_LOGPROB_MISSING = 73,
+  ERROR_REASON_LOGPROB_MISSING = 70,
   /**
    * ERROR_REASON_ENGINE_REQUEST_FAILED - INTERNAL. The engine failed this request: its library's error, a voice that
    * could not render the text, or an unexpected error (logged). A client:
    * report it with the request id; other requests are unaffected.
    */
-  ERROR_REASON_ENGINE_REQUEST_FAILED = 74,
+  ERROR_REASON_ENGINE_REQUEST_FAILED = 71,
   /**
    * ERROR_REASON_ENGINE_STREAM_ENDED - INTERNAL. The engine's stream ended without finishing the request. A
    * client: report it with the request id; other requests are unaffected.
    */
-  ERROR_REASON_ENGINE_STREAM_ENDED = 75,
+  ERROR_REASON_ENGINE_STREAM_ENDED = 72,
   /**
    * ERROR_REASON_INVALID_ARGUMENT - INVALID_ARGUMENT. A bad request with no more specific reason. A client: fix
    * the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_INVALID_ARGUMENT = 76,
+  ERROR_REASON_INVALID_ARGUMENT = 73,
   /**
    * ERROR_REASON_NOT_FOUND - NOT_FOUND. Something named does not exist, with no more specific reason. A
    * client: fix the request; retrying it unchanged fails again.
    */
-  ERROR_REASON_NOT_FOUND = 77,
+  ERROR_REASON_NOT_FOUND = 74,
   /**
    * ERROR_REASON_UNAVAILABLE - UNAVAILABLE. The server cannot take work now, no more specific reason. A
    * client: retry shortly, or on another replica.
    */
-  ERROR_REASON_UNAVAILABLE = 78,
+  ERROR_REASON_UNAVAILABLE = 75,
   /**
    * ERROR_REASON_UNAUTHENTICATED - UNAUTHENTICATED. Credentials are wrong, no more specific reason. A client:
    * send valid ones.
    */
-  ERROR_REASON_UNAUTHENTICATED = 79,
+  ERROR_REASON_UNAUTHENTICATED = 76,
   /**
    * ERROR_REASON_INTERNAL - INTERNAL. A failure that is the server's fault, no more specific reason. A
    * client: report it with the request id; other requests are unaffected.
    */
-  ERROR_REASON_INTERNAL = 80,
+  ERROR_REASON_INTERNAL = 77,
   UNRECOGNIZED = -1,
 }
