@@ -22,6 +22,7 @@ from rillet.client import (
     TokenDelta,
 )
 from rillet.server.app import RilletServer
+from rillet.server.session.session import ENDED_SOURCES
 from rillet.v1 import inference_service_pb2, inference_service_pb2_grpc, speech_pb2
 from tests.conftest import ServerFactory, eventually
 from tests.integration.test_voice import barge_in, heard
@@ -190,11 +191,27 @@ async def test_speech_errors_fail_only_their_request(client: Client) -> None:
         assert (await speech.collect()).finished.reason is FinishReason.STOP
         result = await neighbour.collect()
         assert result.finished.reason is FinishReason.LENGTH
-        finished_text = await session.synthesize(text_from=neighbour)
-        with pytest.raises(NotFoundError):
-            await finished_text.collect()
+        finished_text = await session.synthesize(text_from=neighbour)  # ended, so its whole text is spoken at once
+        spoken = await finished_text.collect()
+        assert spoken.finished.reason is FinishReason.STOP
+        assert spoken.audio
     reasons = [r.reason for r in session.rejections]
     assert reasons == ["INPUT_ENDED", "UNKNOWN_REQUEST_ID"]
+
+
+async def test_a_chained_synthesis_read_after_its_generation_ended_speaks_it_within_the_last_ended(
+    client: Client,
+) -> None:
+    async with client.session() as session:
+        generations = [await session.generate(f"short {i}", max_tokens=2) for i in range(ENDED_SOURCES + 1)]
+        for generation in generations:
+            assert (await generation.collect()).finished.reason is FinishReason.LENGTH
+        newest = await (await session.synthesize(text_from=generations[-1])).collect()
+        assert newest.finished.reason is FinishReason.STOP
+        assert newest.audio  # what a client sending both starts at once gets, whichever the session read first
+        with pytest.raises(NotFoundError) as gone:
+            await (await session.synthesize(text_from=generations[0])).collect()
+        assert gone.value.reason == "UNKNOWN_SOURCE_REQUEST"  # only the last ENDED_SOURCES are kept
 
 
 async def test_unsupported_encoding(speech_server: RilletServer) -> None:

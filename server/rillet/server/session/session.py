@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
@@ -49,6 +50,11 @@ from rillet.server.validation import (
 )
 
 log = logging.getLogger(__name__)
+
+ENDED_SOURCES = 16
+"""Ended generations a session keeps for `text_from_request_id`: a client sends a generation's start and its chained
+synthesis's together, and a short generation may end (and its Finished be sent) before the session reads the second
+one. The synthesis then speaks its whole text. The newest such generations are kept, each with the text it made."""
 
 
 class RequestQuota(Protocol):
@@ -120,6 +126,7 @@ class Session:
         self._tenant = quota.tenant if quota is not None else ""  # its share of each engine's queue is bounded
         self._cache_scope = quota.cache_scope if quota is not None else ""
         self._requests: dict[str, Request] = {}
+        self._ended_sources: collections.OrderedDict[str, Request] = collections.OrderedDict()  # see ENDED_SOURCES
         self._quota_holders: set[Request] = set()
         self._budget = OutboundBudget(limits.max_session_buffer_bytes)
         self._ready: asyncio.Queue[Outbox | Output | None] = asyncio.Queue()
@@ -230,6 +237,11 @@ class Session:
     def _forget(self, request: Request) -> None:
         if self._requests.get(request.request_id) is request:
             del self._requests[request.request_id]
+            if request.chain is not None and not self._input_closed:  # a chained start may still come for it
+                self._ended_sources[request.request_id] = request
+                self._ended_sources.move_to_end(request.request_id)
+                while len(self._ended_sources) > ENDED_SOURCES:
+                    self._ended_sources.popitem(last=False)
         if request in self._quota_holders and self._quota is not None:
             self._quota_holders.discard(request)
             self._quota.end_request()
@@ -359,11 +371,12 @@ class Session:
         return job
 
     def _source(self, request_id: str) -> Request:
-        """The generation request a synthesize request speaks; it must be in flight in this session."""
-        source = self._requests.get(request_id)
+        """The generation request a synthesize request speaks: in flight in this session, or one of its last ended."""
+        source = self._requests.get(request_id) or self._ended_sources.get(request_id)
         if source is None:
             raise NotFound(
-                f"no request {request_id!r} is in flight in this session to take text from",
+                f"no generation {request_id!r} is in flight in this session, nor among its last {ENDED_SOURCES} ended, "
+                "to take text from",
                 reason=Reason.UNKNOWN_SOURCE_REQUEST,
                 metadata={"source_request_id": request_id},
             )

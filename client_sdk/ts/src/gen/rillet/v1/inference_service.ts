@@ -59,7 +59,10 @@ export interface StartSynthesize {
   /**
    * When set, the text to speak is the output of this generation request of
    * the same session, streamed server-side as it is generated. The generate
-   * request must be in flight; cancelling it cancels this request too.
+   * request must be in flight or among the session's 16 most recently ended
+   * (a start sent together with its generation's may be read after a short
+   * generation ended: its whole text is then spoken); cancelling it cancels
+   * this request too, and one cancelled or failed is SOURCE_ENDED.
    * Mutually exclusive with `params.text` and `streaming_input`. A generation
    * whose output holds nothing to speak (stopped at once, or only whitespace)
    * makes this request finish normally (FINISH_REASON_STOP) with no audio;
