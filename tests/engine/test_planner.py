@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rillet.server.engine.llamacpp.kvshare import KvLedger, PrefixCache
+from rillet.server.engine.llamacpp.pacing import PrefillPacer
 from rillet.server.engine.llamacpp.planner import MIN_SHARED_TOKENS, KvPlanner, KvSequence, share_budget
 from rillet.server.types import GenerationRequest
 from tests.engine.kvsim import FakeMemory
@@ -15,11 +16,14 @@ Planner = KvPlanner[KvSequence]
 class Cache:
     """A planner over a simulated cache of `cells` cells, stepped as the worker steps it."""
 
-    def __init__(self, cells: int, *, slots: int = 4, budget: int = 16, entries: int = 8) -> None:
+    def __init__(
+        self, cells: int, *, slots: int = 4, budget: int = 16, entries: int = 8, pacer: PrefillPacer | None = None
+    ) -> None:
         self.memory = FakeMemory()
         self.ledger = KvLedger(self.memory, batch_ids=slots, seq_ids=64, pinned=True)
         self.cache = PrefixCache(self.ledger, entries) if entries else None
-        self.planner = Planner(self.ledger, self.cache, cells=cells, slots=slots, prefill_budget=budget)
+        self.pacer = pacer or PrefillPacer(batch=budget, floor=budget, stretch=2.0)  # `budget` tokens a step
+        self.planner = Planner(self.ledger, self.cache, cells=cells, slots=slots, pacer=self.pacer)
         self.planner_cells = cells
         self._next_token = 10_000
 
@@ -276,6 +280,90 @@ def test_the_prefill_budget_goes_shortest_first_with_a_floor_for_the_oldest(
 ) -> None:
     assert share_budget(wants, budget) == grants
     assert sum(grants) == min(budget, sum(wants))
+
+
+# -- the prefill policy (pacing.PrefillPacer): a large batch, a bounded chunk beside decodes, no starvation -----------
+
+
+def paced(*, batch: int = 512, floor: int = 8) -> PrefillPacer:
+    """A pacer that measured 1 decode alone at 40 ms and 100 prompt tokens adding 50 ms beside it (80 a step at 2x)."""
+    pacer = PrefillPacer(batch=batch, floor=floor, stretch=2.0, smoothing=1.0)
+    pacer.observe(1, 0, 0.040)
+    pacer.observe(1, 100, 0.090)
+    return pacer
+
+
+def test_with_nothing_decoding_one_step_prefills_several_waiting_prompts_up_to_the_batch() -> None:
+    sim = Cache(4096, slots=8, entries=0, pacer=paced(batch=512))
+    prompts = [sim.submit(prompt(1000 * i, 150)) for i in range(5)]
+    sim.planner.admit()
+    work = sim.step()
+    assert sum(count for _, count in work) == 512  # one llama_decode across the waiting prompts
+    assert [count for _, count in work] == [150, 150, 150, 62]  # the oldest whole first, arrival order on ties
+    assert all(seq.sampled for seq in prompts[:3])  # their first tokens come out of this step
+
+
+def test_beside_a_running_decode_the_prefill_chunk_is_what_the_gap_bound_leaves() -> None:
+    sim = Cache(4096, slots=8, entries=0, pacer=paced(batch=512))
+    decoding = sim.submit(prompt(0, 10))
+    sim.planner.admit()
+    sim.step()
+    assert decoding.sampled
+    waiting = [sim.submit(prompt(1000 * i, 300)) for i in (1, 2)]
+    sim.planner.admit()
+    work = sim.planner.plan()
+    assert work[0] == (decoding, 1)
+    assert sum(count for _, count in work[1:]) == 80  # 40 ms of room at 0.5 ms a token, not the 512 batch
+    assert [seq for seq, _ in work[1:]] == waiting[:1]  # equal prompts: the oldest takes it all, its token comes first
+    sim.planner.release(decoding)
+    assert sum(count for _, count in sim.planner.plan()) == 512  # the decode gone, the whole batch again
+
+
+def test_slower_steps_shrink_the_chunk_down_to_the_floor_but_never_below() -> None:
+    pacer = paced(floor=24)
+    sim = Cache(4096, slots=8, entries=0, pacer=pacer)
+    decoding = sim.submit(prompt(0, 10))
+    sim.planner.admit()
+    sim.step()
+    sim.submit(prompt(1000, 400))
+    sim.planner.admit()
+    chunks = []
+    for _ in range(4):
+        work = sim.step()
+        chunk = sum(count for seq, count in work if seq is not decoding)
+        chunks.append(chunk)
+        pacer.observe(1, chunk, 0.040 + chunk * 0.004)  # a prompt token costs 8 times what was measured
+    assert chunks[0] == 80
+    assert chunks == sorted(chunks, reverse=True)
+    assert chunks[-1] == 24  # 10 tokens would keep the bound; the floor keeps the prompt moving
+
+
+def test_a_long_prompt_is_not_starved_by_decodes_and_short_prompts_that_keep_coming() -> None:
+    pacer = PrefillPacer(batch=512, floor=8, stretch=2.0, smoothing=1.0)
+    pacer.observe(1, 0, 0.040)
+    pacer.observe(1, 100, 0.040 + 100 * 0.010)  # 10 ms a prompt token: the bound leaves 4 a step, the floor 8
+    sim = Cache(100_000, slots=5, entries=0, pacer=pacer)
+    chat = sim.submit(prompt(50_000, 5))  # decodes the whole time
+    sim.planner.admit()
+    sim.step()
+    long = sim.submit(prompt(0, 1000))
+    sim.planner.admit()
+    made = [sim.submit(prompt(10_000 + 100 * i, 30)) for i in range(3)]
+    sim.planner.admit()
+    steps, next_prompt, cached = 0, 100, long.cached
+    while not long.sampled:
+        sim.step()
+        steps += 1
+        assert long.cached > cached  # it advances every step, beside the decodes and the newer prompts
+        cached = long.cached
+        for seq in [seq for seq in sim.planner.running if seq not in (long, chat) and len(seq.tokens) >= 33]:
+            sim.planner.release(seq)  # three tokens each, then a new short prompt takes its slot
+            made.append(sim.submit(prompt(10_000 + 100 * next_prompt, 30)))
+            next_prompt += 1
+        sim.planner.admit()
+        assert steps <= 1000 // 2 + 1  # the oldest prompt's quarter of the floor at least: 2 tokens a step
+    assert steps > 100  # it took the slow way: 2-8 tokens a step
+    assert len(made) > 50  # while short requests came and went the whole time
 
 
 # -- cancellation and the end ----------------------------------------------------------------------------------------

@@ -69,11 +69,32 @@ class LlamaCppConfig(BaseModel, frozen=True):
         description="CPU threads; 0 adapts: every available core while other processes leave them free, one fewer "
         "per core they keep busy (llama.cpp's spinning threads collapse when the cores are oversubscribed)",
     )
-    prefill_budget: int = Field(
-        128,
+    prefill_batch: int = Field(
+        512,
         ge=16,
-        description="prompt tokens prefilled per step beside the decodes (a quarter at least to the oldest prompt in "
-        "prefill, the rest shortest first); bounds a long prompt's stall",
+        description="the most prompt tokens one step prefills (across waiting prompts, oldest first) while nothing "
+        "decodes; sizes llama.cpp's n_batch (with the slots). Larger: fewer steps, but every prompt in a step gets its "
+        "first token only at the step's end, and a request arriving meanwhile waits for it; past a few hundred tokens "
+        "the CPU's work per token hardly changes",
+    )
+    prefill_ubatch: int = Field(
+        512,
+        ge=16,
+        description="llama.cpp's physical batch (n_ubatch): a step of more tokens runs in parts of this size; the "
+        "compute buffer is sized for it (larger: more memory, no faster on CPU)",
+    )
+    decode_stretch: float = Field(
+        2.0,
+        ge=1.0,
+        description="beside running decodes, a step prefills only as many prompt tokens as keep it within this many "
+        "times the measured decode-only step: the bound on their inter-token gap while prompts wait (1 leaves the "
+        "prompts prefill_budget tokens a step; larger: earlier first tokens for waiting prompts, slower decodes)",
+    )
+    prefill_budget: int = Field(
+        32,
+        ge=1,
+        description="the least prompt tokens a step prefills beside running decodes, however slow the steps: a "
+        "waiting prompt's progress guarantee (the oldest gets a quarter at least); at most prefill_batch",
     )
     prefix_cache: int = Field(
         32,
@@ -88,6 +109,12 @@ class LlamaCppConfig(BaseModel, frozen=True):
         description="replaces the model's chat template: a template llama.cpp knows by name (gemma, chatml, llama3, "
         "...) or recognizes; unset uses the GGUF's own, and a model without one refuses chat prompts",
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LlamaCppConfig:
+        if self.prefill_budget > self.prefill_batch:
+            raise ValueError("prefill_budget (the least a step prefills) must not exceed prefill_batch (the most)")
+        return self
 
 
 class TrtllmCapacityPolicy(enum.StrEnum):

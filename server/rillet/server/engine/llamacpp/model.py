@@ -66,7 +66,8 @@ class LoadedModel:
             params = native.ContextParams(
                 n_ctx=n_ctx,
                 n_seq_max=slots,
-                n_batch=slots + config.prefill_budget,
+                n_batch=slots + config.prefill_batch,
+                n_ubatch=config.prefill_ubatch,
                 n_threads=threads,
                 kv_unified=config.kv_unified,
             )

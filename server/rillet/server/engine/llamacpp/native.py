@@ -232,12 +232,15 @@ class ContextParams:
     """How to size a context for continuous batching.
 
     `n_seq_max` is the most sequences one decode holds (it sizes the logits buffer, 1 MiB per row of a 262k
-    vocabulary); a unified cache accepts any sequence id below `max_sequence_ids()` beside them.
+    vocabulary); a unified cache accepts any sequence id below `max_sequence_ids()` beside them. `n_batch` is the
+    most tokens one decode takes; llama.cpp computes them in parts of `n_ubatch` (at most n_batch), for which it
+    sizes its compute buffer.
     """
 
     n_ctx: int
     n_seq_max: int
     n_batch: int
+    n_ubatch: int
     n_threads: int
     kv_unified: bool
 
@@ -253,7 +256,7 @@ class LlamaContext:
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = params.n_ctx
         cparams.n_batch = params.n_batch
-        cparams.n_ubatch = params.n_batch
+        cparams.n_ubatch = min(params.n_ubatch, params.n_batch)
         cparams.n_seq_max = params.n_seq_max
         cparams.n_outputs_max = params.n_seq_max
         cparams.n_outputs_max_per_seq = 1

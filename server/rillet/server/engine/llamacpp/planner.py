@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from rillet.server.engine.llamacpp.kvshare import Holder, KvLedger, PrefixCache, common_prefix
+from rillet.server.engine.llamacpp.pacing import PrefillPacer
 from rillet.server.types import GenerationRequest
 
 __all__ = ["MIN_SHARED_TOKENS", "OLDEST_PREFILL_SHARE", "KvPlanner", "KvSequence", "share_budget"]
@@ -112,13 +113,16 @@ class KvPlanner(Generic[S]):
       one whose prefix an older sequence is prefilling right now waits for those cells rather than computing them
       twice. All three only within the request's cache scope (GenerationRequest.cache_scope: a tenant's own unless
       the operator groups tenants), so no tenant's reuse, usage or timing tells it anything of another's prompts;
-    - every step decodes one token per running sequence that has sampled, plus at most `prefill_budget` prompt
-      tokens of the others (`share_budget`: a floor for the oldest, then shortest first).
+    - every step decodes one token per running sequence that has sampled, plus at most the pacer's budget of prompt
+      tokens of the others (`share_budget`: a floor for the oldest, then shortest first): its whole batch when
+      nothing decodes, beside decodes a chunk sized to keep their inter-token gap within its bound, never below its
+      floor (`pacing.PrefillPacer`). With FIFO admission and the oldest prompt's share, no prompt starves: each in
+      turn is the oldest and advances every step.
     Owned by the engine thread.
     """
 
     def __init__(
-        self, ledger: KvLedger, cache: PrefixCache | None, *, cells: int, slots: int, prefill_budget: int
+        self, ledger: KvLedger, cache: PrefixCache | None, *, cells: int, slots: int, pacer: PrefillPacer
     ) -> None:
         self.pending: collections.deque[S] = collections.deque()
         self.running: list[S] = []
@@ -126,7 +130,7 @@ class KvPlanner(Generic[S]):
         self._cache = cache
         self._cells = cells
         self._slots = slots
-        self._prefill_budget = prefill_budget
+        self._pacer = pacer
         self._arrivals = 0
 
     # Entry and exit --------------------------------------------------------------------------------------------------
@@ -257,7 +261,8 @@ class KvPlanner(Generic[S]):
             free = self._cells - self._ledger.used
             decodes = [seq for seq in self.running if not seq.prefilling]
             prefills = [seq for seq in self.running if seq.prefilling and seq not in waiting]
-            wanted = len(decodes) + min(self._prefill_budget, sum(seq.uncached for seq in prefills))
+            budget = self._pacer.budget(len(decodes))
+            wanted = len(decodes) + min(budget, sum(seq.uncached for seq in prefills))
             if wanted <= free:
                 break
             if self._cache is not None and self._cache.evict() is not None:
@@ -266,7 +271,7 @@ class KvPlanner(Generic[S]):
                 break
             self._preempt(self.running[-1])
         work = [(seq, 1) for seq in decodes]
-        budget = min(self._prefill_budget, free - len(decodes))
+        budget = min(budget, free - len(decodes))
         if budget > 0 and prefills:
             grants = share_budget([seq.uncached for seq in prefills], budget)
             work += [(seq, grant) for seq, grant in zip(prefills, grants, strict=True) if grant > 0]
