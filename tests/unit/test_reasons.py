@@ -25,9 +25,6 @@ ERROR_CLASSES = {
     for name, cls in vars(errors).items()
     if isinstance(cls, type) and issubclass(cls, errors.RilletError) and cls is not errors.RilletError
 }
-LITERALS_ALLOWED_IN = ("engine/llamacpp",)
-"""TEMPORARY, and only this package: it is being changed on another branch, so its call sites still pass
-reasons as string literals. The lead converts them to Reason constants after that merge, then deletes this."""
 STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode)
 """A status code's name is no reason when it is spelt as one (telemetry's sets of codes, say)."""
 
@@ -36,10 +33,6 @@ def modules() -> Iterator[tuple[str, ast.Module]]:
     """(path relative to the server package, syntax tree) of every module of the server package."""
     for path in sorted(SERVER.rglob("*.py")):
         yield path.relative_to(SERVER).as_posix(), ast.parse(path.read_text(encoding="utf-8"))
-
-
-def literals_allowed(where: str) -> bool:
-    return where.startswith(LITERALS_ALLOWED_IN)
 
 
 def _called(node: ast.Call) -> str:
@@ -92,7 +85,7 @@ def literal_reasons() -> list[str]:
     """Where a reason is spelt as a string: a `reason=` or `default_reason =` literal, or any string spelling one."""
     found = []
     for where, tree in modules():
-        if where == "reasons.py" or literals_allowed(where):
+        if where == "reasons.py":
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and node.value in Reason.__members__ and node.value not in STATUS_NAMES:

@@ -22,6 +22,7 @@ from rillet.server.engine.llamacpp.worker import Worker
 from rillet.server.engine.text import TextDecoder, check_request
 from rillet.server.errors import EngineDead, RilletError
 from rillet.server.observer import StepReporter
+from rillet.server.reasons import Reason
 from rillet.server.types import EngineFinished, GenerationRequest, ModelInfo, ModelKind, TextCapabilities
 
 __all__ = ["CAPABILITIES", "ENGINE_NAME", "LlamaCppEngine"]
@@ -102,7 +103,7 @@ class LlamaCppEngine(EngineLifecycle):
             loaded = await asyncio.wrap_future(ready)
         except Exception as exc:
             self._mark_dead()
-            raise EngineDead(f"the llamacpp engine could not start: {exc}", reason="ENGINE_START_FAILED") from exc
+            raise EngineDead(f"the llamacpp engine could not start: {exc}", reason=Reason.ENGINE_START_FAILED) from exc
         self._models = (self._model_info(self._config, loaded.context_limit, loaded.supports_chat),)
         self._mark_serving()
 

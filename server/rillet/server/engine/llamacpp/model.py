@@ -10,6 +10,7 @@ from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.llamacpp.settings import context_limit
 from rillet.server.engine.prompt import PromptPolicy
 from rillet.server.errors import InvalidArgument
+from rillet.server.reasons import Reason
 from rillet.server.types import ChatMessage, GenerationRequest
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class LoadedModel:
             raise InvalidArgument(
                 "this model has no chat template; send a text or token-id prompt",
                 field="params.chat",
-                reason="CHAT_TEMPLATE_MISSING",
+                reason=Reason.CHAT_TEMPLATE_MISSING,
             )
         for index, (role, _) in enumerate(messages):
             as_text = self.model.tokenize(role, add_special=False, parse_special=False)
@@ -116,9 +117,9 @@ class LoadedModel:
                 raise InvalidArgument(
                     f"the role of chat message {index} contains control-token text",
                     field=f"params.chat.messages[{index}].role",
-                    reason="CHAT_ROLE_INVALID",
+                    reason=Reason.CHAT_ROLE_INVALID,
                 )
         try:
             return self.model.tokenize_chat(messages)
         except ValueError as exc:
-            raise InvalidArgument(str(exc), field="params.chat", reason="CHAT_TEMPLATE_UNSUPPORTED") from None
+            raise InvalidArgument(str(exc), field="params.chat", reason=Reason.CHAT_TEMPLATE_UNSUPPORTED) from None

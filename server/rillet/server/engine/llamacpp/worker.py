@@ -19,6 +19,7 @@ from rillet.server.engine.llamacpp.sampling import new_sampler, token_logprobs
 from rillet.server.engine.llamacpp.settings import resolve_slots
 from rillet.server.engine.text import TextDecoder
 from rillet.server.errors import Internal, RilletError
+from rillet.server.reasons import Reason
 from rillet.server.types import (
     EngineFinished,
     FinishReason,
@@ -286,7 +287,7 @@ class Worker:
                 return 0
             for seq, _ in work:
                 self._release(seq, keep=False)
-                self._send(seq, Internal("the KV cache had no room for this request", reason="KV_CACHE_FULL"))
+                self._send(seq, Internal("the KV cache had no room for this request", reason=Reason.KV_CACHE_FULL))
             return 0
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")

@@ -1,0 +1,101 @@
+"""The prefill pacer: how many prompt tokens the next step takes, chosen from measured step times (pure)."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["PrefillPacer"]
+
+
+class PrefillPacer:
+    """Each step's prompt-token budget, from what is decoding and how long recent steps took.
+
+    Invariants:
+    - with nothing decoding, a step takes up to `batch` prompt tokens (across the waiting prompts): no running
+      sequence's inter-token gap depends on it;
+    - beside `d` running decodes, it takes the most prompt tokens whose predicted step time stays within `stretch`
+      times the decode-only step measured at `d` decodes (the decodes' inter-token gap bound, as Sarathi-Serve sizes
+      its chunks: from measured step time, not a constant), never fewer than `floor` (every waiting prompt's progress
+      guarantee, which the bound yields to) nor more than `batch`; until both a decode-only step and a step with
+      prompt tokens have been measured, it takes `floor`;
+    - it learns only from `observe` (durations the caller measured): it reads no clock, so its decisions are
+      tested without llama.cpp.
+
+    The model: a step of `d` decodes and `p` prompt tokens takes decode(d) + p * token. decode(d) is a moving
+    average of decode-only steps of `d` decodes (one measured at the nearest count, the smaller on a tie, stands in
+    for a count not measured yet); token is the ratio of moving averages of (time - decode(d)) and p over steps with
+    prompt tokens beside decodes (before any, over steps of prompt tokens alone). Averages move by `smoothing` per
+    step, so one slow step (another process took the core) moves the budget a little, not all the way.
+    Owned by the engine thread.
+    """
+
+    def __init__(self, *, batch: int, floor: int, stretch: float, smoothing: float = 0.25) -> None:
+        if not 0 < floor <= batch:
+            raise ValueError(f"the floor ({floor}) must be within 1..batch ({batch})")
+        if stretch < 1.0 or not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"stretch {stretch} must be at least 1 and smoothing {smoothing} within (0, 1]")
+        self.batch = batch
+        self.floor = floor
+        self.stretch = stretch
+        self._smoothing = smoothing
+        self._decode: dict[int, float] = {}
+        self._beside: tuple[float, float] | None = None  # (seconds, tokens) averages, prompt tokens beside decodes
+        self._alone: tuple[float, float] | None = None  # the same over steps of prompt tokens alone
+
+    def budget(self, decodes: int) -> int:
+        """Prompt tokens the next step may take beside `decodes` running decodes."""
+        if decodes <= 0:
+            return self.batch
+        decode = self.decode_seconds(decodes)
+        token = self.token_seconds()
+        if decode is None or token is None:
+            return self.floor
+        room = (self.stretch - 1.0) * decode
+        tokens = self.batch if token <= 0.0 else math.floor(room / token + 1e-9)
+        return max(self.floor, min(self.batch, tokens))
+
+    def observe(self, decodes: int, prefill: int, seconds: float) -> None:
+        """A step of `decodes` decodes and `prefill` prompt tokens took `seconds`, from its batch to its last output."""
+        if seconds < 0.0 or (decodes <= 0 and prefill <= 0):
+            return
+        if prefill <= 0:
+            last = self._decode.get(decodes)
+            self._decode[decodes] = seconds if last is None else self._mix(last, seconds)
+            return
+        if decodes <= 0:
+            self._alone = self._mix_pair(self._alone, seconds, prefill)
+            return
+        decode = self.decode_seconds(decodes)
+        if decode is not None:  # what the prompt tokens added to the decodes' own step
+            self._beside = self._mix_pair(self._beside, max(0.0, seconds - decode), prefill)
+
+    def decode_seconds(self, decodes: int) -> float | None:
+        """The measured decode-only step at `decodes` decodes, or at the nearest count measured; None before any."""
+        if decodes in self._decode:
+            return self._decode[decodes]
+        if not self._decode:
+            return None
+        nearest = min(self._decode, key=lambda count: (abs(count - decodes), count))
+        return self._decode[nearest]
+
+    def token_seconds(self) -> float | None:
+        """The measured cost of one prompt token beside decodes (or alone, before any beside them); None before any."""
+        pair = self._beside if self._beside is not None else self._alone
+        if pair is None:
+            return None
+        seconds, tokens = pair
+        return seconds / tokens
+
+    def clear(self) -> None:
+        """Forget every measurement (warm-up's steps pay first-use costs that say nothing about serving)."""
+        self._decode.clear()
+        self._beside = None
+        self._alone = None
+
+    def _mix(self, average: float, value: float) -> float:
+        return average + self._smoothing * (value - average)
+
+    def _mix_pair(self, pair: tuple[float, float] | None, seconds: float, tokens: int) -> tuple[float, float]:
+        if pair is None:
+            return seconds, float(tokens)
+        return self._mix(pair[0], seconds), self._mix(pair[1], float(tokens))
