@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rillet.server.engine.llamacpp.pacing import PrefillPacer
+from rillet.server.engine.llamacpp.pacing import OUTLIER_FACTOR, PrefillPacer
 
 
 def measured(*, batch: int = 512, floor: int = 16, stretch: float = 2.0) -> PrefillPacer:
@@ -58,8 +58,8 @@ def test_a_slow_step_moves_the_estimate_by_the_smoothing_only() -> None:
     pacer.observe(4, 0, 0.040)
     pacer.observe(4, 100, 0.090)
     assert pacer.budget(4) == 80
-    pacer.observe(4, 100, 0.540)  # another process took the core for one step: 5 ms a token, once
-    assert pacer.token_seconds() == pytest.approx((0.050 + 0.25 * 0.450) / 100)
+    pacer.observe(4, 100, 0.540)  # another process took the core for one step: counted as 3 x its 90 ms due
+    assert pacer.token_seconds() == pytest.approx((0.050 + 0.25 * (3 * 0.090 - 0.040 - 0.050)) / 100)
     assert 16 < pacer.budget(4) < 80
     for _ in range(60):
         pacer.observe(4, 100, 0.090)
@@ -89,3 +89,15 @@ def test_clear_forgets_the_measurements() -> None:
 def test_nonsense_settings_are_refused(floor: int, batch: int, stretch: float, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         PrefillPacer(batch=batch, floor=floor, stretch=stretch)
+
+
+def test_a_step_stalled_by_another_process_counts_as_at_most_a_few_times_its_prediction() -> None:
+    pacer = measured()
+    assert pacer.predict(4, 100) == pytest.approx(0.090)
+    pacer.observe(4, 0, 4.0)  # a decode step that took 100 times its due: counted as OUTLIER_FACTOR times
+    assert pacer.decode_seconds(4) == pytest.approx(OUTLIER_FACTOR * 0.040)
+    stalled = measured()
+    stalled.observe(4, 100, 9.0)  # 100 prompt tokens beside them stalled: counted as 3 x 90 ms, not 9 s
+    assert stalled.token_seconds() == pytest.approx((OUTLIER_FACTOR * 0.090 - 0.040) / 100)
+    assert stalled.budget(4) > stalled.floor  # one stall leaves room above the floor; unclipped it would be 16
+    assert PrefillPacer(batch=512, floor=16, stretch=2.0).predict(4, 0) is None  # nothing measured: nothing clipped

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["PrefillPacer"]
+__all__ = ["OUTLIER_FACTOR", "PrefillPacer"]
+
+OUTLIER_FACTOR = 3.0
+"""A step counts as at most this many times what the model predicted: on a shared machine a step now and then takes
+ten times its due (another process held a core while llama.cpp's threads waited for each other at a barrier), and
+one such step would otherwise shrink the chunk to the floor for many steps after."""
 
 
 class PrefillPacer:
@@ -25,7 +30,8 @@ class PrefillPacer:
     average of decode-only steps of `d` decodes (one measured at the nearest count, the smaller on a tie, stands in
     for a count not measured yet); token is the ratio of moving averages of (time - decode(d)) and p over steps with
     prompt tokens beside decodes (before any, over steps of prompt tokens alone). Averages move by `smoothing` per
-    step, so one slow step (another process took the core) moves the budget a little, not all the way.
+    step, and a step counts as at most OUTLIER_FACTOR times the model's prediction, so one slow step (another
+    process took the core) moves the budget a little, not all the way.
     Owned by the engine thread.
     """
 
@@ -58,6 +64,9 @@ class PrefillPacer:
         """A step of `decodes` decodes and `prefill` prompt tokens took `seconds`, from its batch to its last output."""
         if seconds < 0.0 or (decodes <= 0 and prefill <= 0):
             return
+        predicted = self.predict(decodes, prefill)
+        if predicted is not None:  # a step another process stalled says little about the next: bounded influence
+            seconds = min(seconds, OUTLIER_FACTOR * predicted)
         if prefill <= 0:
             last = self._decode.get(decodes)
             self._decode[decodes] = seconds if last is None else self._mix(last, seconds)
@@ -68,6 +77,22 @@ class PrefillPacer:
         decode = self.decode_seconds(decodes)
         if decode is not None:  # what the prompt tokens added to the decodes' own step
             self._beside = self._mix_pair(self._beside, max(0.0, seconds - decode), prefill)
+
+    def predict(self, decodes: int, prefill: int) -> float | None:
+        """The model's time for a step of `decodes` decodes and `prefill` prompt tokens; None before it can say."""
+        token = self.token_seconds() if decodes > 0 else self._alone_seconds()
+        if prefill > 0 and token is None:
+            return None
+        decode = self.decode_seconds(decodes) if decodes > 0 else 0.0
+        if decode is None:
+            return None
+        return decode + prefill * (token or 0.0)
+
+    def _alone_seconds(self) -> float | None:
+        if self._alone is None:
+            return None
+        seconds, tokens = self._alone
+        return seconds / tokens
 
     def decode_seconds(self, decodes: int) -> float | None:
         """The measured decode-only step at `decodes` decodes, or at the nearest count measured; None before any."""
