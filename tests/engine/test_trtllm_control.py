@@ -11,8 +11,7 @@ import pytest
 
 from rillet.client import ChatMessage, Client, InvalidArgumentError
 from rillet.server.engine.base import KvCacheReporting, Tokenizing
-from rillet.server.engine.trtllm import TrtllmEngine
-from rillet.server.engine.trtllm import engine as trtllm_engine
+from rillet.server.engine.trtllm import TrtllmEngine, kvstats
 from rillet.server.errors import ConfigurationError, InvalidArgument, Unavailable
 from rillet.server.types import FinishReason
 from tests.conftest import ServerFactory, eventually
@@ -130,7 +129,7 @@ async def test_stats_that_predate_the_last_release_are_not_reported_once_the_exe
     sim: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim.kv_cache_tokens, sim.iteration_stats_before_release = 1024, True  # the last stats still show blocks held
-    monkeypatch.setattr(trtllm_engine, "STATS_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(kvstats, "STATS_WAIT_SECONDS", 0.3)
     async with running() as engine:
         assert isinstance(engine, KvCacheReporting)
         _, finished = await run(engine, request("1, 2, 3, " * 20, max_tokens=40))
@@ -145,7 +144,7 @@ async def test_a_quiet_spell_during_a_request_does_not_stop_the_reading(
     """TensorRT-LLM's stats iteration ends at the first wait that times out and stays ended until the next submission;
     an iteration slower than that wait, with nothing new submitted, must not freeze the reported use."""
     sim.block_size, sim.kv_cache_tokens = 1, 1000  # a block per token: the use grows with every step
-    monkeypatch.setattr(trtllm_engine, "STATS_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr(kvstats, "STATS_WAIT_SECONDS", 0.1)
     async with running() as engine:
         assert isinstance(engine, KvCacheReporting)
         sim.step_seconds = 0.35  # slower than the reader's wait, and than the proxy's 0.2 s

@@ -1,4 +1,4 @@
-"""The trtllm engine: TensorRT-LLM 1.2's LLM API on NVIDIA GPUs (engine.py), what it takes from the library (api.py)."""
+"""The trtllm engine: TensorRT-LLM 1.2's LLM API on NVIDIA GPUs (engine.py, kvstats.py), what it takes (api.py)."""
 
 from rillet.server.engine.trtllm.api import CONTAINER, INSTALL_HELP, capabilities, llm_kwargs
 from rillet.server.engine.trtllm.engine import ENGINE_NAME, TrtllmEngine, served_name
