@@ -7,7 +7,6 @@ are few-shot so the base model closes what it opens within them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import logging
@@ -37,6 +36,7 @@ from rillet.server.types import (
     TokenDelta,
 )
 from tests.conftest import eventually
+from tests.contract.engines import started
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
@@ -63,19 +63,9 @@ PERSON_PROMPT = (
 )
 
 
-@contextlib.asynccontextmanager
-async def started(config: LlamaCppConfig) -> AsyncIterator[LlamaCppEngine]:
-    engine = LlamaCppEngine(config)
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        await engine.aclose()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine() -> AsyncIterator[LlamaCppEngine]:
-    async with started(CONFIG) as engine:
+    async with started(LlamaCppEngine(CONFIG)) as engine:
         yield engine
 
 
@@ -306,7 +296,7 @@ async def test_a_preempted_constrained_stream_resumes_where_its_matcher_was(capl
     pattern = r"#( [0-9]{1,3},){1,100}"
     prefix = re.compile(r"#( [0-9]{1,3},)*( [0-9]{0,3})?")  # what an output cut by max_tokens may be
     constraint = Constraint(ConstraintKind.REGEX, pattern)
-    async with started(SMALL) as small:
+    async with started(LlamaCppEngine(SMALL)) as small:
         streams = []
         for index, prompt in enumerate(COUNTING):  # 3 x (prompt + 80) > 256 cells
             stream = small.stream(request(prompt, constraint, 80, request_id=f"{index}"))
