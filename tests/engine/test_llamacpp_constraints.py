@@ -14,10 +14,11 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import jsonschema
 import pytest
 import pytest_asyncio
 
+from rillet.bench.constraints import corpus
+from rillet.bench.constraints.corpus import valid
 from rillet.server.config import LlamaCppConfig
 from rillet.server.engine import llamacpp as llamacpp_module
 from rillet.server.engine.llamacpp import LlamaCppEngine
@@ -101,15 +102,6 @@ async def run(stream: AsyncIterator[EngineEvent]) -> tuple[str, list[TokenDelta]
 
 def schema(document: dict[str, Any]) -> Constraint:
     return Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(document))
-
-
-def valid(document: dict[str, Any], text: str) -> bool:
-    """Whether `text` is JSON valid against `document`, formats checked (jsonschema, independent of llguidance)."""
-    validator = jsonschema.Draft202012Validator(document, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
-    try:
-        return validator.is_valid(json.loads(text))
-    except ValueError:
-        return False
 
 
 # -- each kind, enforced ----------------------------------------------------------------------------------------------
@@ -322,3 +314,24 @@ async def test_without_llguidance_the_engine_lists_no_constraint(monkeypatch: py
     (info,) = LlamaCppEngine(CONFIG).models  # not started: no model is loaded
     assert info.capabilities is not None
     assert info.capabilities.constraints == frozenset()
+
+
+# -- the validity corpus (a sample; bench/bench_constraints.py runs all of it) ---------------------------------------
+
+SAMPLE = (
+    "person", "quote", "tool_call", "http_response", "generated_002", "generated_007", "generated_017", "generated_032",
+)  # fmt: skip
+"""Schemas of the corpus the base model fills within 48 tokens from their prompts (realistic and generated)."""
+
+
+async def test_every_finished_output_of_a_corpus_sample_validates(engine: LlamaCppEngine) -> None:
+    entries = {entry.name: entry for entry in corpus.load()}
+    sample = [entries[name] for name in SAMPLE]
+    outputs = await asyncio.gather(
+        *(run(engine.stream(request(e.prompt, schema(e.schema), 48, request_id=e.name))) for e in sample)
+    )
+    finished = [
+        (entry, text) for entry, (text, _, end) in zip(sample, outputs, strict=True) if end.reason is FinishReason.STOP
+    ]
+    assert len(finished) >= len(sample) // 2, "most of the sample finishes within its tokens"
+    assert [entry.name for entry, text in finished if not valid(entry.schema, text)] == []

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from rillet.server.engine.llamacpp.native import LlamaContext, LlamaModel, Sampler
 
-__all__ = ["Guide", "guidance_tokenizer"]
+__all__ = ["Guide", "apply", "guidance_tokenizer"]
 
 SPARSE_WORDS = 8
 """A mask whose allowed tokens lie in at most 1/SPARSE_WORDS of its 32-token words is applied by keeping those
@@ -76,12 +76,12 @@ class Guide:
     def sample(self, sampler: Sampler, context: LlamaContext, index: int) -> int:
         """The sampler's token from batch row `index` among those the constraint allows now (the row is masked)."""
         logits = context.logits(index)
-        words = self._mask(logits.shape[0])
+        words = self.mask(logits.shape[0])
         if sampler.argmax:  # greedy: the best token stands if allowed (the masked argmax would pick it too)
             token = int(np.argmax(logits))
             if words[token >> 5] >> (token & 31) & 1:
                 return token
-        _apply(logits, words)
+        apply(logits, words)
         return sampler.sample(context, index)
 
     def consume(self, token: int) -> bool:
@@ -90,7 +90,8 @@ class Guide:
             raise self._failure()
         return self._matcher.is_stopped()
 
-    def _mask(self, vocabulary: int) -> npt.NDArray[np.int32]:
+    def mask(self, vocabulary: int) -> npt.NDArray[np.int32]:
+        """The tokens allowed now, one bit per token of a `vocabulary`-token row (the guide's buffer: use at once)."""
         if self._words is None:
             self._words = np.zeros((vocabulary + 31) // 32, dtype=np.int32)
         words = self._words
@@ -105,7 +106,7 @@ class Guide:
         )
 
 
-def _apply(logits: npt.NDArray[np.float32], words: npt.NDArray[np.int32]) -> None:
+def apply(logits: npt.NDArray[np.float32], words: npt.NDArray[np.int32]) -> None:
     """Set the logit of every token `words` does not allow to -inf, in place."""
     size = logits.shape[0]
     kept = np.flatnonzero(words)
