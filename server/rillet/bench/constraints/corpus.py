@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CORPUS", "Entry", "load", "prompt", "valid"]
+__all__ = ["CORPUS", "META", "Entry", "decode", "load", "prompt", "valid"]
 
 CORPUS = Path(__file__).with_name("corpus.json")
 GENERATED = 60
