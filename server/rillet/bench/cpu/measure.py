@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import resource
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from rich.console import Console
 
 from rillet.bench.cpu.clients import Generate, StreamResult, generator_for
 from rillet.bench.cpu.systems import Server
+from rillet.bench.cpu.workloads import PROMPTS, distinct, level_queue
 from rillet.bench.procs import RssSampler, cpu_seconds
 from rillet.bench.stats import median, percentile
 
@@ -38,17 +41,12 @@ class LevelResult:
     finishes: dict[str, int] = field(default_factory=dict)
 
 
-def requests_for(level: int, opts: argparse.Namespace) -> int:
-    return max(int(opts.min_requests), int(opts.requests_per_slot) * level)
-
-
 async def run_level(
-    generate: Generate, server: Server, level: int, sweep: int, opts: argparse.Namespace
+    generate: Generate, server: Server, index: int, sweep: int, opts: argparse.Namespace
 ) -> LevelResult:
-    """A closed loop: `level` workers take the level's requests in order until none is left."""
-    count = requests_for(level, opts)
-    prompts = opts.prompts
-    queue = [prompts[(sweep * 5 + i) % len(prompts)] for i in range(count)]
+    """A closed loop: the `index`-th level's workers take its requests in order until none is left."""
+    level = opts.levels[index]
+    queue = level_queue(opts, index, sweep)
     results: list[StreamResult] = []
 
     async def worker() -> None:
@@ -89,14 +87,22 @@ async def run_level(
     )
 
 
-async def measure_system(server: Server, sweep: int, opts: argparse.Namespace, console: Console) -> list[LevelResult]:
-    out: list[LevelResult] = []
+@contextlib.asynccontextmanager
+async def warmed(server: Server, opts: argparse.Namespace) -> AsyncIterator[Generate]:
+    """The system's client, after --warmup solo requests and one batch of --slots (never a distinct prompt)."""
+    warm = PROMPTS if distinct(opts.workload) else opts.prompts
     async with generator_for(server, opts) as generate:
         for i in range(opts.warmup):  # load pages, JIT-free paths, first-request allocations
-            await generate(opts.prompts[i % len(opts.prompts)])
-        await asyncio.gather(*(generate(p) for p in opts.prompts[: opts.slots]))
-        for level in opts.levels:
-            result = await run_level(generate, server, level, sweep, opts)
+            await generate(warm[i % len(warm)])
+        await asyncio.gather(*(generate(p) for p in warm[: opts.slots]))
+        yield generate
+
+
+async def measure_system(server: Server, sweep: int, opts: argparse.Namespace, console: Console) -> list[LevelResult]:
+    out: list[LevelResult] = []
+    async with warmed(server, opts) as generate:
+        for index, level in enumerate(opts.levels):
+            result = await run_level(generate, server, index, sweep, opts)
             console.print(
                 f"  sweep {sweep} {server.name:<16} c={level:<3} {result.tokens_per_s:7.1f} tok/s  "
                 f"TTFT p50 {result.ttft_p50_s * 1e3:7.1f} ms p99 {result.ttft_p99_s * 1e3:7.1f} ms  "

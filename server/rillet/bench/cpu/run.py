@@ -18,10 +18,11 @@ from typing import Any
 from rich.console import Console
 
 from rillet.bench.cpu import __doc__ as ABOUT
-from rillet.bench.cpu.clients import workload_prompts
 from rillet.bench.cpu.measure import LevelResult, measure_system
-from rillet.bench.cpu.report import ratios, render
-from rillet.bench.cpu.systems import SYSTEMS, base, cached, start_server
+from rillet.bench.cpu.mixed import MixedResult, measure_mixed
+from rillet.bench.cpu.report import mixed_ratios, ratios, render, render_mixed
+from rillet.bench.cpu.systems import SYSTEMS, base, cached, rillet_prefill, start_server
+from rillet.bench.cpu.workloads import WORKLOADS, with_defaults, workload_prompts
 from rillet.bench.results import BUILD, RESULTS, stamp
 
 
@@ -64,7 +65,8 @@ def parse_env(values: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def main() -> None:
+def options(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command's options, each flag left unset given its workload's value; exits 2 on a flag that does not apply."""
     parser = argparse.ArgumentParser(description=ABOUT, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=["rillet", "llama-server", "llama_cpp.server"])
     parser.add_argument(
@@ -73,9 +75,19 @@ def main() -> None:
         default="on",
         help="run rillet and llama-server with their prompt caches on, off (the -nocache variants) or both",
     )
-    parser.add_argument("--workload", choices=("standard", "shared-prefix"), default="standard")
-    parser.add_argument("--prefix-tokens", type=int, default=512, help="the shared system prompt's length")
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument(
+        "--workload",
+        choices=tuple(WORKLOADS),
+        default="standard",
+        help="each sets its own defaults for the flags below marked (workload); a flag given overrides them",
+    )
+    parser.add_argument("--prefix-tokens", type=int, help="shared-prefix: the system prompt's length (512)")
+    parser.add_argument("--prompt-tokens", type=int, help="distinct-long, long-prompt, mixed: each prompt's length")
+    parser.add_argument("--chat-streams", type=int, help="mixed: chat streams (4)")
+    parser.add_argument("--chat-requests", type=int, help="mixed: measured requests per chat stream alone (2)")
+    parser.add_argument("--chat-tokens", type=int, help="mixed: output tokens per chat request (128)")
+    parser.add_argument("--long-requests", type=int, help="mixed: long-prompt requests sent at once (4)")
+    parser.add_argument("--levels", type=int, nargs="+", help="concurrency levels (workload)")
     parser.add_argument("--sweeps", type=int, default=3, help="repetitions of the whole sweep (order rotated)")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads of every server")
     parser.add_argument(
@@ -83,10 +95,10 @@ def main() -> None:
         type=int,
         help="Rillet's n_threads when it should differ from --threads (0: its adaptive default)",
     )
-    parser.add_argument("--slots", type=int, default=8, help="llama-server -np (and the warm-up batch)")
-    parser.add_argument("--rillet-slots", type=int, default=0, help="Rillet's slots (0: its default, from the context)")
-    parser.add_argument("--context", type=int, default=4096, help="total KV cells (all slots together)")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--slots", type=int, help="llama-server -np, and the warm-up batch (workload)")
+    parser.add_argument("--rillet-slots", type=int, help="Rillet's slots (0: its default, from the context) (workload)")
+    parser.add_argument("--context", type=int, help="total KV cells, all slots together, of every server (workload)")
+    parser.add_argument("--max-tokens", type=int, help="output tokens per request; mixed: the long ones' (workload)")
     parser.add_argument("--min-requests", type=int, default=8, help="requests per level at least")
     parser.add_argument("--requests-per-slot", type=int, default=3, help="requests per level = this x concurrency")
     parser.add_argument("--warmup", type=int, default=2, help="solo requests before the levels (plus one batch)")
@@ -107,8 +119,16 @@ def main() -> None:
     parser.add_argument("--level-timeout", type=float, default=600.0)
     parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    opts = parser.parse_args()
+    try:
+        opts = with_defaults(parser.parse_args(argv))
+    except ValueError as error:
+        parser.error(str(error))
     opts.server_env = parse_env(opts.server_env)
+    return opts
+
+
+def main() -> None:
+    opts = options()
     console = Console(width=None if sys.stdout.isatty() else 160)
     gguf = resolve_gguf(opts.model)
     opts.prompts = workload_prompts(opts, gguf)
@@ -145,7 +165,13 @@ def main() -> None:
         "slots": opts.slots,
         "rillet_slots": opts.rillet_slots,
         "workload": opts.workload,
-        "prefix_tokens": opts.prefix_tokens if opts.workload == "shared-prefix" else 0,
+        "prefix_tokens": opts.prefix_tokens or 0,
+        "prompt_tokens": opts.prompt_tokens or 0,
+        **(
+            {k: getattr(opts, k) for k in ("chat_streams", "chat_requests", "chat_tokens", "long_requests")}
+            if opts.workload == "mixed"
+            else {}
+        ),
         "prompt_cache": opts.prompt_cache,
         "context": opts.context,
         "max_tokens": opts.max_tokens,
@@ -154,20 +180,29 @@ def main() -> None:
         "min_requests": opts.min_requests,
         "requests_per_level_factor": opts.requests_per_slot,
         "server_env": opts.server_env,
+        "rillet_prefill": rillet_prefill({**os.environ, **opts.server_env}),
         "peer_min_tokens": opts.peer_min_tokens,
         "peer_kv_unified": opts.peer_kv_unified,
         "skipped": skipped,
         "load_before": os.getloadavg()[0],
     }
     results: list[LevelResult] = []
+    mixed: list[MixedResult] = []
     for sweep in range(opts.sweeps):
         order = systems[sweep % len(systems) :] + systems[: sweep % len(systems)]
         for system in order:
             with start_server(system, opts, gguf, log) as server:
-                results += asyncio.run(measure_system(server, sweep, opts, console))
+                if opts.workload == "mixed":
+                    mixed.append(asyncio.run(measure_mixed(server, sweep, opts, console)))
+                else:
+                    results += asyncio.run(measure_system(server, sweep, opts, console))
     meta["load_after"] = os.getloadavg()[0]
-    report = render(results, meta, console)
-    payload = {"meta": meta, "results": [asdict(r) for r in results], "ratios": ratios(results)}
+    if opts.workload == "mixed":
+        report = render_mixed(mixed, meta, console)
+        payload = {"meta": meta, "mixed": [asdict(r) for r in mixed], "ratios": mixed_ratios(mixed)}
+    else:
+        report = render(results, meta, console)
+        payload = {"meta": meta, "results": [asdict(r) for r in results], "ratios": ratios(results, opts.workload)}
     (opts.out / f"cpu_{run}.json").write_text(json.dumps(payload, indent=2))
     (opts.out / f"cpu_{run}.md").write_text(report)
     console.print(f"wrote {opts.out / f'cpu_{run}.json'} and .md")

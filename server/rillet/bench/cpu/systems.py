@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import httpx
 
 from rillet.bench.procs import free_port, stop, wait_healthy
 from rillet.bench.results import BIN, BUILD
+from rillet.server.config import LlamaCppConfig
 
 SYSTEMS = ("rillet", "rillet-nocache", "llama-server", "llama-server-nocache", "llama_cpp.server")
 PEERS = {"rillet": "llama-server", "rillet-nocache": "llama-server-nocache"}
@@ -30,6 +31,16 @@ def base(system: str) -> str:
 def cached(system: str) -> bool:
     """Whether the variant runs with its prompt cache on."""
     return not system.endswith("-nocache")
+
+
+RILLET_PREFILL = ("prefill_batch", "prefill_ubatch", "decode_stretch", "prefill_budget")
+"""Rillet's prefill settings (LlamaCppConfig), recorded with every run: issue 26 compares them before and after."""
+
+
+def rillet_prefill(env: Mapping[str, str]) -> dict[str, str]:
+    """The prefill settings a Rillet server started with `env` runs with: each one's variable there, or its default."""
+    fields = LlamaCppConfig.model_fields
+    return {name: env.get(f"RILLET_LLAMACPP__{name.upper()}", str(fields[name].default)) for name in RILLET_PREFILL}
 
 
 def amx_offered() -> bool:
