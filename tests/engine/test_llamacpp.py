@@ -19,6 +19,7 @@ import pytest_asyncio
 from rillet.server.config import LlamaCppConfig
 from rillet.server.engine import llamacpp as llamacpp_module
 from rillet.server.engine.llamacpp import LlamaCppEngine, resolve_model_path
+from rillet.server.engine.llamacpp import guide as guide_module
 from rillet.server.engine.llamacpp import native as llamacpp_native
 from rillet.server.engine.llamacpp import worker as worker_module
 from rillet.server.engine.text import StopMatcher
@@ -510,11 +511,13 @@ async def test_start_warms_every_request_path_then_empties_the_cache(monkeypatch
     logprobs: list[int] = []
     stop_feeds: list[str] = []
     cleared_after: list[int] = []
+    guided: list[int] = []
     decode = llamacpp_native.LlamaContext.decode
     clear = llamacpp_native.LlamaContext.clear_memory
     sampler_init = llamacpp_native.Sampler.__init__
     feed = StopMatcher.feed
     token_logprobs = llamacpp_module.token_logprobs
+    guide_sample = guide_module.Guide.sample
 
     def spy_decode(self: llamacpp_native.LlamaContext) -> int:
         batches.append(self.batch_size)
@@ -536,11 +539,16 @@ async def test_start_warms_every_request_path_then_empties_the_cache(monkeypatch
         logprobs.append(1)
         return token_logprobs(*args)  # type: ignore[arg-type]
 
+    def spy_guide(self: guide_module.Guide, *args: object) -> int:
+        guided.append(1)
+        return guide_sample(self, *args)  # type: ignore[arg-type]
+
     monkeypatch.setattr(llamacpp_native.LlamaContext, "decode", spy_decode)
     monkeypatch.setattr(llamacpp_native.LlamaContext, "clear_memory", spy_clear)
     monkeypatch.setattr(llamacpp_native.Sampler, "__init__", spy_sampler)
     monkeypatch.setattr(StopMatcher, "feed", spy_feed)
     monkeypatch.setattr(worker_module, "token_logprobs", spy_logprobs)
+    monkeypatch.setattr(guide_module.Guide, "sample", spy_guide)
     async with started(LlamaCppConfig(slots=3, context_length=256, n_threads=1)) as engine:
         assert 3 in batches[1:]  # one decode ran every slot's next token together
         assert any(p.temperature == 0.0 and p.repetition_penalty == 1.0 for p in samplers)  # the argmax path
@@ -549,6 +557,7 @@ async def test_start_warms_every_request_path_then_empties_the_cache(monkeypatch
             for p in samplers
         )
         assert logprobs
+        assert guided  # a constrained sequence sampled through its guide
         assert any(stop_feeds)  # detokenized text went through stop matching
         assert cleared_after == [len(batches)]  # the KV cache was emptied after the last warm-up decode
         assert engine.active == 0

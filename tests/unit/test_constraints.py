@@ -65,6 +65,31 @@ async def test_each_kind_accepts_what_it_should_and_nothing_else(constraint: Con
     assert not accepts(await compiler.matcher(constraint), bad)
 
 
+@pytest.mark.parametrize(
+    ("text", "taken"),
+    [
+        ('{"name":"Ada","age":36}', True),
+        ('{ "name" : "Ada", "age": 36 }', True),
+        ('{\n  "name": "Ada",\n\n    "age": 36\n}', True),  # pretty-printed: line breaks and indentation
+        ('{"name": "Ada", "age":' + " " * 2 + "36}", False),  # one space at most on a line
+        ('{"name": "Ada",\n\n\n  "age": 36}', False),  # two line breaks at most
+        ('{"name": "Ada",\n' + " " * 21 + '"age": 36}', False),  # an indentation of 20 at most
+    ],
+)
+async def test_json_whitespace_is_bounded_so_a_model_cannot_fill_its_tokens_with_it(text: str, taken: bool) -> None:
+    for constraint in (
+        Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(SCHEMA)),
+        Constraint(ConstraintKind.JSON_OBJECT),
+    ):
+        assert accepts(await Compiler(byte_tokenizer).matcher(constraint), text) is taken
+
+
+async def test_a_schemas_own_x_guidance_options_override_the_bounded_whitespace() -> None:
+    flexible = {**SCHEMA, "x-guidance": {"whitespace_flexible": True, "whitespace_pattern": None}}
+    matcher = await Compiler(byte_tokenizer).matcher(Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(flexible)))
+    assert accepts(matcher, '{"name": "Ada", "age":' + " " * 30 + "36}")
+
+
 async def test_every_choice_is_matched_exactly_including_quotes_backslashes_and_newlines() -> None:
     choices = ('say "hi"', "back\\slash", "café 日本 🦩", "a|b\n", "/x/")
     compiler = Compiler(byte_tokenizer)

@@ -11,6 +11,7 @@ from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.llamacpp import (
     coalesce,
     context_limit,
+    guide,
     resolve_model_name,
     sampler_seed,
     token_logprobs,
@@ -74,3 +75,20 @@ def test_model_name_follows_the_file_unless_given() -> None:
 def test_context_limit_per_sequence() -> None:
     assert context_limit(LlamaCppConfig(context_length=4096, slots=8)) == 4096
     assert context_limit(LlamaCppConfig(context_length=4096, slots=8, kv_unified=False)) == 512
+
+
+@pytest.mark.parametrize("vocabulary", [262_144, 1000])  # a whole number of 32-token words, and a partial last one
+@pytest.mark.parametrize("allowed", [3, 120, 900])  # few (the row is filled, a few kept) to nearly all (copyto)
+def test_a_mask_keeps_exactly_the_allowed_logits(vocabulary: int, allowed: int) -> None:
+    rng = np.random.default_rng(allowed)
+    logits = rng.normal(size=vocabulary).astype(np.float32)
+    kept = rng.choice(vocabulary, allowed if allowed < 900 else vocabulary - 100, replace=False)
+    bits = np.zeros(32 * ((vocabulary + 31) // 32), dtype=np.uint8)
+    bits[kept] = 1
+    bits[vocabulary:] = 1  # bits past the vocabulary (llguidance may set them) never index the row
+    words = np.packbits(bits, bitorder="little").view(np.int32)
+    masked = logits.copy()
+    guide.apply(masked, words)
+    expected = np.full(vocabulary, -np.inf, dtype=np.float32)
+    expected[kept] = logits[kept]
+    assert np.array_equal(masked, expected)

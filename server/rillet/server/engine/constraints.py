@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -29,8 +30,18 @@ from rillet.server.types import Constraint, ConstraintKind
 
 if TYPE_CHECKING:  # imported lazily: a server without a constrained engine never loads it
     from llguidance import LLMatcher, LLParserLimits, LLTokenizer
+    from llguidance._lib import JsonCompileOptions
 
-__all__ = ["COMPILE_TIMEOUT_S", "Checker", "Compiler", "check", "choice_lark", "constraint_error", "grammar"]
+__all__ = [
+    "COMPILE_TIMEOUT_S",
+    "Checker",
+    "Compiler",
+    "check",
+    "choice_lark",
+    "constraint_error",
+    "enforceable",
+    "grammar",
+]
 
 T = TypeVar("T")
 
@@ -40,8 +51,21 @@ COMPILE_TIMEOUT_S = 5.0
 ERROR_CHARS = 400
 """How much of llguidance's error text (which quotes the client's grammar) a message repeats."""
 
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": r"(?: |\n{1,2}[ \t]{0,20})"}
+"""How JSON is spelled (llguidance's JsonCompileOptions, as defaults a schema's own "x-guidance" overrides): between
+tokens at most a space, or one or two line breaks and an indentation of up to 20 (llama.cpp's json-schema-to-grammar
+rule). Unbounded whitespace, llguidance's default, lets a small model that wanted a token the schema forbids fill
+its max_tokens with blank lines, a prefix that never closes."""
+
 _LIMIT_WORDS = ("fuel", "limit", "too many", "too large", "too big", "max_")
 """Words of llguidance's errors that mean a work limit was hit rather than a mistake in the constraint."""
+
+
+def enforceable() -> frozenset[ConstraintKind]:
+    """The kinds an engine that matches tokens with llguidance enforces: every kind where it is installed, else none."""
+    if importlib.util.find_spec("llguidance") is None:
+        return frozenset()
+    return frozenset(ConstraintKind)
 
 
 def grammar(constraint: Constraint) -> str:
@@ -62,9 +86,9 @@ def grammar(constraint: Constraint) -> str:
                 field="params.json_schema",
                 reason=Reason.CONSTRAINT_INVALID,
             )
-        return LLMatcher.grammar_from_json_schema(json.dumps(schema))
+        return LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_OPTIONS)
     if kind is ConstraintKind.JSON_OBJECT:
-        return LLMatcher.grammar_from_json_schema({"type": "object"})
+        return LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=JSON_OPTIONS)
     if kind is ConstraintKind.REGEX:
         return LLMatcher.grammar_from_regex(constraint.text)
     if kind is ConstraintKind.GRAMMAR:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
+import dataclasses
 import time
 import zlib
 from collections.abc import AsyncGenerator, Sequence
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from rillet.server.config import SyntheticConfig
 from rillet.server.engine.base import TextEvent
-from rillet.server.engine.constraints import Compiler
+from rillet.server.engine.constraints import Compiler, enforceable
 from rillet.server.engine.lifecycle import EngineLifecycle, State, closed_error
 from rillet.server.engine.prompt import PromptPolicy
 from rillet.server.engine.text import TextDecoder, check_request
@@ -23,7 +23,6 @@ from rillet.server.reasons import Reason
 from rillet.server.types import (
     GREEDY_BELOW_TEMPERATURE,
     ChatMessage,
-    ConstraintKind,
     EngineFinished,
     FinishReason,
     GenerationRequest,
@@ -79,11 +78,7 @@ _PREFERENCE = tuple(
 
 def capabilities() -> TextCapabilities:
     """CAPABILITIES, with every constraint kind where llguidance is installed (the cpu extra has it)."""
-    if importlib.util.find_spec("llguidance") is None:
-        return CAPABILITIES
-    return TextCapabilities(
-        sampling=CAPABILITIES.sampling, reproducible_seed=True, constraints=frozenset(ConstraintKind)
-    )
+    return dataclasses.replace(CAPABILITIES, constraints=enforceable())
 
 
 def token_bytes(token: int) -> bytes:

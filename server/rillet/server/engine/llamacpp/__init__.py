@@ -8,6 +8,7 @@ Its parts, each owning one invariant (docs/architecture.md draws the whole serve
 - `kvshare`: the ledger of KV cells shared between sequences, and the prefix cache;
 - `planner`: admission, KV room, prefix sharing, each step's batch and preemption, pure over the ledger;
 - `sampling`: a request's sampler, its seed, logprobs;
+- `guide`: output constraints: llguidance's tokenizer of the GGUF's vocabulary, a sequence's token mask;
 - `worker`: the engine thread's step loop (decode, sample, decode text, deliver);
 - `engine`: the TextEngine seam (start, streams, close, death);
 - `native`: typed ctypes wrappers over llama.cpp's C API.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -14,7 +15,9 @@ from typing import Literal
 
 from rillet.server.config import LlamaCppConfig
 from rillet.server.engine.base import TextEvent
+from rillet.server.engine.constraints import Compiler, enforceable
 from rillet.server.engine.lifecycle import EngineLifecycle, closed_error, dead_error, not_started_error
+from rillet.server.engine.llamacpp.guide import Guide
 from rillet.server.engine.llamacpp.handoff import Mailbox, Sink, SubmittedSequence
 from rillet.server.engine.llamacpp.model import Loaded
 from rillet.server.engine.llamacpp.settings import context_limit, resolve_model_name, resolve_slots
@@ -25,13 +28,19 @@ from rillet.server.observer import StepReporter
 from rillet.server.reasons import Reason
 from rillet.server.types import EngineFinished, GenerationRequest, ModelInfo, ModelKind, TextCapabilities
 
-__all__ = ["CAPABILITIES", "ENGINE_NAME", "LlamaCppEngine"]
+__all__ = ["CAPABILITIES", "ENGINE_NAME", "LlamaCppEngine", "capabilities"]
 
 log = logging.getLogger(__name__)
 
 ENGINE_NAME = "llamacpp"
 CAPABILITIES = TextCapabilities(reproducible_seed=True)
-"""Every sampling field and logprobs; a seeded request repeats run alone (a batch's layout changes the numerics)."""
+"""Every sampling field and logprobs; a seeded request repeats run alone (a batch's layout changes the numerics).
+Output constraints are added where llguidance is installed (`capabilities`)."""
+
+
+def capabilities() -> TextCapabilities:
+    """CAPABILITIES, with every constraint kind where llguidance is installed (the cpu extra has it)."""
+    return dataclasses.replace(CAPABILITIES, constraints=enforceable())
 
 
 def _closed_error() -> RilletError:
@@ -61,19 +70,32 @@ class LlamaCppEngine(EngineLifecycle):
     never sent; an end-of-generation token is neither sent nor counted), so the ids of all deltas together number
     `usage.output_tokens`. `engine_queue_seconds` runs from `stream` to the first scheduled prefill;
     `prefill_seconds` from there to the first sampled token. Logprobs are the raw model distribution (log-softmax of
-    the logits before temperature and filters). Temperatures below GREEDY_BELOW_TEMPERATURE decode greedily.
+    the logits before temperature, filters and a constraint's mask). Temperatures below GREEDY_BELOW_TEMPERATURE
+    decode greedily.
+
+    Output constraints (where llguidance is installed): each request's constraint is compiled in `stream`, off the
+    event loop, before submission (`constraints.Compiler` over llguidance's tokenizer of the model's own vocabulary,
+    built at `start`; cached by the constraint's text, so a repeated schema compiles once), so a bad one fails
+    INVALID_ARGUMENT before any output; the engine thread then masks that sequence's logits each step
+    (`guide.Guide`). Its output is a string the constraint accepts (STOP), or a prefix of one (LENGTH, or
+    STOP_SEQUENCE at a stop string).
     """
 
     def __init__(self, config: LlamaCppConfig) -> None:
+        self._capabilities = capabilities()
         # models: the configured context and no chat until `start` reads the model
-        super().__init__(ENGINE_NAME, (self._model_info(config, context_limit(config), False),), resolve_slots(config))
+        info = self._model_info(config, context_limit(config), False, self._capabilities)
+        super().__init__(ENGINE_NAME, (info,), resolve_slots(config))
         self._config = config
+        self.compiler: Compiler | None = None  # constraints, compiled and cached (made at `start` where enforced)
         self._mailbox = Mailbox(_not_started_error)
         self._thread: threading.Thread | None = None
         self.step_reporter = StepReporter()  # observer.Batching: every step's batch size, for telemetry
 
     @staticmethod
-    def _model_info(config: LlamaCppConfig, limit: int, supports_chat: bool) -> ModelInfo:
+    def _model_info(
+        config: LlamaCppConfig, limit: int, supports_chat: bool, capabilities: TextCapabilities
+    ) -> ModelInfo:
         if config.model_path is None:
             model = "Gemma 3 270M base model (Q4_K_M GGUF; completion prompts)"
         else:
@@ -86,7 +108,7 @@ class LlamaCppEngine(EngineLifecycle):
             context_length=limit,
             supports_chat=supports_chat,
             max_tokens_limit=limit - 1,
-            capabilities=CAPABILITIES,
+            capabilities=capabilities,
         )
 
     @property
@@ -104,7 +126,10 @@ class LlamaCppEngine(EngineLifecycle):
         except Exception as exc:
             self._mark_dead()
             raise EngineDead(f"the llamacpp engine could not start: {exc}", reason=Reason.ENGINE_START_FAILED) from exc
-        self._models = (self._model_info(self._config, loaded.context_limit, loaded.supports_chat),)
+        self._models = (self._model_info(self._config, loaded.context_limit, loaded.supports_chat, self._capabilities),)
+        tokenizer = loaded.tokenizer
+        if tokenizer is not None:
+            self.compiler = Compiler(lambda: tokenizer)
         self._mark_serving()
 
     async def aclose(self) -> None:
@@ -123,9 +148,17 @@ class LlamaCppEngine(EngineLifecycle):
         return self._generate(request)
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TextEvent, None]:
-        check_request(request, CAPABILITIES)
+        check_request(request, self._capabilities)
+        guide = None
+        if request.constraint is not None:
+            compiler = self.compiler
+            if compiler is None:  # made once the engine is ready: until then the mailbox refuses every stream
+                raise _not_started_error()
+            guide = Guide(await compiler.matcher(request.constraint))
         sink = Sink(asyncio.get_running_loop())
-        seq = SubmittedSequence(request, sink=sink, decoder=TextDecoder(request.stop), submitted_at=time.perf_counter())
+        seq = SubmittedSequence(
+            request, sink=sink, decoder=TextDecoder(request.stop), submitted_at=time.perf_counter(), guide=guide
+        )
         self._mailbox.submit(seq)
         ended = False
         try:
@@ -149,7 +182,13 @@ class LlamaCppEngine(EngineLifecycle):
         if not ready.set_running_or_notify_cancel():
             return
         try:
-            worker = Worker(self._config, self._mailbox, self._set_active, self.step_reporter.step)
+            worker = Worker(
+                self._config,
+                self._mailbox,
+                self._set_active,
+                self.step_reporter.step,
+                guided=bool(self._capabilities.constraints),
+            )
         except BaseException as exc:
             log.exception("llamacpp: loading failed")
             ready.set_exception(exc)

@@ -14,6 +14,7 @@ from rillet.server.errors import RilletError
 from rillet.server.types import EngineFinished, TokenDelta
 
 if TYPE_CHECKING:
+    from rillet.server.engine.llamacpp.guide import Guide
     from rillet.server.engine.llamacpp.native import Sampler
 
 __all__ = ["Item", "Mailbox", "Outbox", "Sink", "SubmittedSequence", "coalesce"]
@@ -66,6 +67,7 @@ class SubmittedSequence(KvSequence):
     sink: Sink | None
     decoder: TextDecoder
     submitted_at: float
+    guide: Guide | None = None  # a constrained sequence's matcher, compiled before submission
     output_tokens: int = 0
     sampler: Sampler | None = None
     admitted_at: float | None = None

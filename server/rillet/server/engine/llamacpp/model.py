@@ -14,6 +14,8 @@ from rillet.server.reasons import Reason
 from rillet.server.types import ChatMessage, GenerationRequest
 
 if TYPE_CHECKING:
+    from llguidance import LLTokenizer
+
     from rillet.server.engine.llamacpp.native import LlamaContext, LlamaModel
 
 __all__ = ["Loaded", "LoadedModel", "resolve_model_path"]
@@ -38,6 +40,7 @@ class Loaded:
 
     context_limit: int
     supports_chat: bool
+    tokenizer: LLTokenizer | None = None  # llguidance's view of the vocabulary, where constraints are enforced
 
 
 class LoadedModel:

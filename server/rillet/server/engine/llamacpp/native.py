@@ -135,6 +135,11 @@ class LlamaModel:
         self._pieces: dict[int, bytes] = {}
         self._piece_buffer = ctypes.create_string_buffer(256)
 
+    @property
+    def vocab(self) -> lib.llama_vocab_p:
+        """llama.cpp's vocabulary handle (valid until `free`)."""
+        return self._vocab
+
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """Token ids of `text`; `add_special` adds BOS where the model wants it, `parse_special` reads control text."""
         data = text.encode("utf-8")
@@ -404,6 +409,11 @@ class Sampler:
             self._add(lib.llama_sampler_init_min_p(params.min_p, 1))
         self._add(lib.llama_sampler_init_temp(params.temperature))
         self._add(lib.llama_sampler_init_dist(params.seed))
+
+    @property
+    def argmax(self) -> bool:
+        """Whether the pick is the logits row's first maximum alone (plain greedy: no penalties, no state)."""
+        return self._argmax
 
     def _add(self, sampler: lib.llama_sampler_p) -> None:
         lib.llama_sampler_chain_add(self._chain, sampler)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from rillet.server.config import LlamaCppConfig
+from rillet.server.engine.constraints import grammar
 from rillet.server.engine.cpu import available_cores
 from rillet.server.engine.llamacpp.governor import ThreadGovernor
+from rillet.server.engine.llamacpp.guide import Guide, guidance_tokenizer
 from rillet.server.engine.llamacpp.handoff import Item, Mailbox, Outbox, SubmittedSequence
 from rillet.server.engine.llamacpp.kvshare import KvLedger, PrefixCache
 from rillet.server.engine.llamacpp.model import Loaded, LoadedModel
@@ -21,6 +24,8 @@ from rillet.server.engine.text import TextDecoder
 from rillet.server.errors import Internal, RilletError
 from rillet.server.reasons import Reason
 from rillet.server.types import (
+    Constraint,
+    ConstraintKind,
     EngineFinished,
     FinishReason,
     GenerationRequest,
@@ -31,12 +36,17 @@ from rillet.server.types import (
 )
 
 if TYPE_CHECKING:
+    from llguidance import LLTokenizer
+
     from rillet.server.engine.llamacpp.native import LlamaContext
 
 __all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
 
+
+WARM_UP_CONSTRAINT = Constraint(ConstraintKind.REGEX, "[0-9][^0-9]+")
+"""Warm-up's constraint: a step that allows a few tokens, then steps that allow nearly all (both ways of masking)."""
 
 FLASH_ATTENTION_TILE_ROWS = 64
 """Decodes and prompt tokens share a llama_decode only below this many rows: llama.cpp's CPU flash attention
@@ -69,14 +79,18 @@ class Worker:
 
     Invariants (the planner's on KV cells and admission are in planner.KvPlanner):
     - a running sequence holds a sampler (kept across a preemption: penalties and draws go on), a pending one that
-      was never admitted none; ending a sequence frees its sampler with its slot;
+      was never admitted none; ending a sequence frees its sampler with its slot; a constrained one's guide is kept
+      across a preemption too (guide.Guide: its matcher has taken every token emitted);
     - every step decodes the planner's batch in one `llama_decode` (in two, the decodes first, once decodes and
       prompt tokens together reach FLASH_ATTENTION_TILE_ROWS rows), asking for logits only on the last row of each
       sequence whose tokens it completes, and samples exactly those sequences; the pacer hears every step's time;
     - every sequence seen gets exactly one terminal item (EngineFinished or an error) unless it was cancelled, and
       its items reach its stream in order, handed over once per step (handoff.Outbox);
     - a token's text goes through the sequence's TextDecoder (whole UTF-8 characters, stop strings held back); an
-      end-of-generation token is neither sent nor counted.
+      end-of-generation token is neither sent nor counted;
+    - a constrained sequence samples only what its guide allows and ends STOP once its constraint is complete (or at
+      an end-of-generation token, which the guide allows only where the constraint accepts); an unconstrained one
+      never touches the constraint path.
     """
 
     def __init__(
@@ -85,6 +99,8 @@ class Worker:
         mailbox: Mailbox,
         set_active: Callable[[int], None],
         on_step: Callable[[int], None] = lambda _: None,
+        *,
+        guided: bool = False,
     ) -> None:
         self._mailbox = mailbox
         self._set_active = set_active
@@ -100,6 +116,13 @@ class Worker:
         )
         self._planner, entries = _kv(config, self.context, self._slots, self._pacer)
         self._outbox = Outbox()
+        self._tokenizer: LLTokenizer | None = None  # llguidance's view of the vocabulary, where constraints are on
+        if guided:
+            try:
+                self._tokenizer = guidance_tokenizer(self._model.path)
+            except BaseException:
+                self._model.free()
+                raise
         log.info(
             "llamacpp: loaded %s (%s); %d slots, %d KV cells, %d tokens per sequence, %d thread(s)%s, prefix cache "
             "of %d entries",
@@ -115,7 +138,7 @@ class Worker:
 
     @property
     def loaded(self) -> Loaded:
-        return self._model.loaded
+        return dataclasses.replace(self._model.loaded, tokenizer=self._tokenizer)
 
     # The loop --------------------------------------------------------------------------------------------------
 
@@ -141,7 +164,8 @@ class Worker:
 
         One sequence per slot, so the decodes run as one full batch after a batched prefill; between them they use
         the plain argmax, a penalized greedy chain and the full sampler chain (penalties, top-k, top-p, min-p,
-        temperature, seeded draw), logprobs, the detokenizer and stop matching. Their items are dropped.
+        temperature, seeded draw), logprobs, the detokenizer and stop matching; where constraints are enforced, the
+        last is constrained (WARM_UP_CONSTRAINT). Their items are dropped.
         """
         kinds = (
             (SamplingParams(temperature=0.0), None, ()),
@@ -151,9 +175,12 @@ class Worker:
         for index in range(self._slots):
             sampling, top_logprobs, stop = kinds[index % len(kinds)]
             request = GenerationRequest("warm-up", "", "The quick brown fox", 3, sampling, stop, top_logprobs)
-            self._accept(
-                SubmittedSequence(request, sink=None, decoder=TextDecoder(stop), submitted_at=time.perf_counter())
-            )
+            seq = SubmittedSequence(request, sink=None, decoder=TextDecoder(stop), submitted_at=time.perf_counter())
+            if self._tokenizer is not None and index == self._slots - 1:
+                from llguidance import LLMatcher
+
+                seq.guide = Guide(LLMatcher(self._tokenizer, grammar(WARM_UP_CONSTRAINT), log_level=0))
+            self._accept(seq)
         while self._planner.pending:
             self._admit()
             while self._planner.running:
@@ -300,7 +327,21 @@ class Worker:
     def _emit(self, seq: SubmittedSequence, index: int, now: float) -> None:
         """Sample the next token of `seq` from batch row `index` and send what it adds to the stream."""
         assert seq.sampler is not None
-        token = seq.sampler.sample(self.context, index)
+        guide = seq.guide
+        raw = None  # a constrained sequence's logits before the mask, for its logprobs
+        complete = False
+        if guide is None:
+            token = seq.sampler.sample(self.context, index)
+        else:
+            if seq.request.top_logprobs is not None:
+                raw = self.context.logits(index).copy()
+            try:
+                token = guide.sample(seq.sampler, self.context, index)
+                complete = not self.model.is_end_of_generation(token) and guide.consume(token)
+            except RilletError as error:  # its matcher failed: this sequence alone ends
+                self._release(seq)
+                self._send(seq, error)
+                return
         if not seq.sampled:
             seq.sampled = True
             if seq.admitted_at is not None:
@@ -310,12 +351,15 @@ class Worker:
             return
         logprobs: tuple[TokenLogprobs, ...] = ()
         if seq.request.top_logprobs is not None:
-            logprobs = (token_logprobs(self.context.logits(index), token, seq.request.top_logprobs),)
+            row = self.context.logits(index) if raw is None else raw
+            logprobs = (token_logprobs(row, token, seq.request.top_logprobs),)
         seq.output_tokens += 1
         check = seq.decoder.feed_bytes(self.model.piece(token))
         self._send(seq, TokenDelta(check.emit, (token,), logprobs))
         if check.matched is not None:
             self._finish(seq, FinishReason.STOP_SEQUENCE, check.matched)
+        elif complete:
+            self._finish(seq, FinishReason.STOP)
         elif seq.output_tokens >= seq.request.max_tokens:
             self._finish(seq, FinishReason.LENGTH)
         else:
