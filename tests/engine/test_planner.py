@@ -7,7 +7,7 @@ import pytest
 from rillet.server.engine.llamacpp.kvshare import KvLedger, PrefixCache
 from rillet.server.engine.llamacpp.pacing import PrefillPacer
 from rillet.server.engine.llamacpp.planner import MIN_SHARED_TOKENS, KvPlanner, KvSequence, share_budget
-from rillet.server.types import GenerationRequest
+from rillet.server.types import GenerationRequest, Priority
 from tests.engine.kvsim import FakeMemory
 
 Planner = KvPlanner[KvSequence]
@@ -27,8 +27,8 @@ class Cache:
         self.planner_cells = cells
         self._next_token = 10_000
 
-    def submit(self, tokens: list[int], scope: str = "") -> KvSequence:
-        request = GenerationRequest("r", "m", "p", 4, cache_scope=scope)
+    def submit(self, tokens: list[int], scope: str = "", priority: Priority = Priority.INTERACTIVE) -> KvSequence:
+        request = GenerationRequest("r", "m", "p", 4, cache_scope=scope, priority=priority)
         seq = KvSequence(request, tokens=list(tokens))
         self.planner.enqueue(seq)
         return seq
@@ -143,6 +143,40 @@ def test_the_oldest_running_sequence_is_never_preempted_for_another() -> None:
     assert sim.planner.plan() == [(alone, 1)]  # no room, yet it keeps its place: the request limit makes it fit
     assert sim.planner.running == [alone]
     assert not sim.planner.no_room()  # were llama.cpp to find no room, nothing else could be freed for it
+
+
+def test_batch_work_is_preempted_before_newer_interactive_work_and_the_oldest_never() -> None:
+    sim = Cache(48, slots=3, budget=48, entries=0)
+    oldest = sim.submit(prompt(0, 12), priority=Priority.BATCH)
+    batch = sim.submit(prompt(100, 12), priority=Priority.BATCH)
+    chat = sim.submit(prompt(200, 12))
+    assert sim.planner.admit() == [oldest, batch, chat]
+    while batch in sim.planner.running:
+        sim.step()
+    assert list(sim.planner.pending) == [batch]  # the newest batch one, not the newer interactive one
+    assert sim.planner.running == [oldest, chat]
+    while chat in sim.planner.running:  # no batch left beside the oldest: the newest goes, the oldest stays
+        sim.step()
+    assert sim.planner.running == [oldest]
+    assert list(sim.planner.pending) == [chat, batch]
+
+
+def test_cells_in_use_leave_out_what_only_the_prefix_cache_keeps() -> None:
+    sim = Cache(200)
+    done = sim.submit(prompt(500, 20))
+    sim.planner.admit()
+    while not done.sampled:
+        sim.step()
+    assert sim.planner.cells_in_use() == sim.ledger.used == 20
+    sim.planner.release(done)  # kept whole as a cached prefix: room to a router
+    assert sim.ledger.used == 20
+    assert sim.planner.cells_in_use() == 0
+    reader = sim.submit([*prompt(500, 12), *prompt(900, 4)])  # shares 12 of the entry's cells
+    sim.planner.admit()
+    sim.step()
+    assert reader.reused == 12
+    assert sim.planner.cells_in_use() == sim.ledger.used == 24  # the entry it reads counts whole (errs high)
+    sim.planner.release(reader)
 
 
 def test_when_llama_cpp_finds_no_room_a_cached_prefix_goes_then_the_newest_is_preempted() -> None:

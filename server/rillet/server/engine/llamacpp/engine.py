@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -19,14 +19,21 @@ from rillet.server.engine.constraints import Compiler, enforceable
 from rillet.server.engine.lifecycle import EngineLifecycle, closed_error, dead_error, not_started_error
 from rillet.server.engine.llamacpp.guide import Guide
 from rillet.server.engine.llamacpp.handoff import Mailbox, Sink, SubmittedSequence
-from rillet.server.engine.llamacpp.model import Loaded
+from rillet.server.engine.llamacpp.model import Loaded, LoadedModel
 from rillet.server.engine.llamacpp.settings import context_limit, resolve_model_name, resolve_slots
 from rillet.server.engine.llamacpp.worker import Worker
 from rillet.server.engine.text import TextDecoder, check_request
 from rillet.server.errors import EngineDead, RilletError
 from rillet.server.observer import StepReporter
 from rillet.server.reasons import Reason
-from rillet.server.types import EngineFinished, GenerationRequest, ModelInfo, ModelKind, TextCapabilities
+from rillet.server.types import (
+    ChatMessage,
+    EngineFinished,
+    GenerationRequest,
+    ModelInfo,
+    ModelKind,
+    TextCapabilities,
+)
 
 __all__ = ["CAPABILITIES", "ENGINE_NAME", "LlamaCppEngine", "capabilities"]
 
@@ -91,6 +98,9 @@ class LlamaCppEngine(EngineLifecycle):
         self._mailbox = Mailbox(_not_started_error)
         self._thread: threading.Thread | None = None
         self.step_reporter = StepReporter()  # observer.Batching: every step's batch size, for telemetry
+        self._prompts: LoadedModel | None = None  # the engine thread's model, for Tokenize while it serves
+        self._prompts_lock = threading.Lock()  # held by a Tokenize call and by the engine thread before freeing it
+        self._kv_used = 0.0  # the engine thread's last word on KV cells in use (kv_cache_utilization)
 
     @staticmethod
     def _model_info(
@@ -178,6 +188,35 @@ class LlamaCppEngine(EngineLifecycle):
     def _set_active(self, count: int) -> None:
         self._active = count
 
+    def _set_kv_used(self, share: float) -> None:
+        self._kv_used = share
+
+    def kv_cache_utilization(self) -> float:
+        """base.KvCacheReporting: the share of KV cells running requests hold, as of the engine thread's last step.
+
+        Cells kept only for the prefix cache are not counted: they are evicted before any request waits or is
+        preempted, so to a router they are room (vLLM counts its cached, unreferenced blocks as free the same way).
+        A float the engine thread writes and the event loop reads: no lock, never stale by more than one step.
+        """
+        return self._kv_used
+
+    def tokenize(self, model: str, prompt: str | tuple[ChatMessage, ...]) -> list[int]:
+        """base.Tokenizing: the ids generation reads `prompt` as (LoadedModel.prompt_tokens, its own path)."""
+        with self._prompts_lock:
+            return self._prompts_or_refuse().prompt_tokens(prompt)
+
+    def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
+        """base.Tokenizing: the text a stream prints for `token_ids` (control tokens as nothing)."""
+        with self._prompts_lock:
+            return self._prompts_or_refuse().text(token_ids)
+
+    def _prompts_or_refuse(self) -> LoadedModel:
+        self.check_serving()
+        prompts = self._prompts
+        if prompts is None:  # between the lifecycle's SERVING and the engine thread's, or after its end
+            raise _not_started_error()
+        return prompts
+
     def _thread_main(self, ready: concurrent.futures.Future[Loaded]) -> None:
         if not ready.set_running_or_notify_cancel():
             return
@@ -187,6 +226,7 @@ class LlamaCppEngine(EngineLifecycle):
                 self._mailbox,
                 self._set_active,
                 self.step_reporter.step,
+                self._set_kv_used,
                 guided=bool(self._capabilities.constraints),
             )
         except BaseException as exc:
@@ -201,6 +241,8 @@ class LlamaCppEngine(EngineLifecycle):
             self._set_active(0)
             ready.set_exception(exc)
             return
+        with self._prompts_lock:
+            self._prompts = worker.prompts
         self._mailbox.open()
         ready.set_result(worker.loaded)
         try:
@@ -216,5 +258,8 @@ class LlamaCppEngine(EngineLifecycle):
             except BaseException:
                 log.exception("llamacpp: could not report the crash to every stream")
         finally:
+            with self._prompts_lock:  # a Tokenize in flight ends before the model is freed; later ones are refused
+                self._prompts = None
             worker.free()
             self._set_active(0)
+            self._kv_used = 0.0

@@ -237,6 +237,13 @@ class PrefixCache:
                 best, best_len = holder, shared
         return best, best_len
 
+    def idle_cells(self) -> int:
+        """Cells only the cache keeps: the own cells of entries no other holder shares from.
+
+        They are evicted before any request waits or is preempted, so to a router they are room.
+        """
+        return sum(holder.own for holder in self._entries if not holder.children)
+
     def touch(self, holder: Holder) -> None:
         """Mark an entry as just used."""
         if holder in self._entries:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +12,7 @@ from rillet.server.engine.llamacpp.settings import context_limit
 from rillet.server.engine.prompt import PromptPolicy
 from rillet.server.errors import InvalidArgument
 from rillet.server.reasons import Reason
-from rillet.server.types import ChatMessage, GenerationRequest
+from rillet.server.types import ChatMessage, GenerationRequest, Prompt
 
 if TYPE_CHECKING:
     from llguidance import LLTokenizer
@@ -95,7 +96,16 @@ class LoadedModel:
         text (a user typing "<end_of_turn>" gets those characters); only a chat template's own markers are control
         tokens. Send token ids to use control tokens in a completion prompt.
         """
-        prompt = request.prompt
+        tokens = self.prompt_tokens(request.prompt)
+        self._policy.check_length(len(tokens), request.max_tokens)
+        return tokens
+
+    def prompt_tokens(self, prompt: Prompt) -> list[int]:
+        """The prompt's token ids as generation reads them, refused as generation refuses the prompt itself.
+
+        Its length with max_tokens is not checked here. Safe beside the engine thread: llama.cpp's tokenizer and chat
+        template read the vocabulary only, into buffers of the call's own (base.Tokenizing calls from a worker thread).
+        """
         if isinstance(prompt, str):
             tokens = self.model.tokenize(prompt, add_special=True, parse_special=False)
         elif all(isinstance(part, int) for part in prompt):
@@ -104,8 +114,13 @@ class LoadedModel:
         else:
             tokens = self._tokenize_chat([(m.role, m.content) for m in prompt if isinstance(m, ChatMessage)])
         self._policy.check_not_empty(len(tokens))
-        self._policy.check_length(len(tokens), request.max_tokens)
         return tokens
+
+    def text(self, token_ids: Sequence[int]) -> str:
+        """What a stream would print for `token_ids` (control tokens as nothing); ids checked; thread-safe."""
+        ids = list(token_ids)
+        self._policy.check_ids(ids)
+        return self.model.text(ids).decode("utf-8", "replace")
 
     def _tokenize_chat(self, messages: list[tuple[str, str]]) -> list[int]:
         if self.model.chat_template is None:

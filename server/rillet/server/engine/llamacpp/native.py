@@ -165,6 +165,21 @@ class LlamaModel:
         self._pieces[token] = piece
         return piece
 
+    def text(self, tokens: Sequence[int]) -> bytes:
+        """The bytes `tokens` print as (control tokens as nothing), as `piece` gives them.
+
+        Safe from any thread (its own buffer, no cache), so a caller beside the engine thread may use it.
+        """
+        buffer = ctypes.create_string_buffer(256)
+        parts: list[bytes] = []
+        for token in tokens:
+            size = lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+            if size < 0:
+                buffer = ctypes.create_string_buffer(-size)
+                size = lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+            parts.append(buffer.raw[: max(size, 0)])
+        return b"".join(parts)
+
     def is_end_of_generation(self, token: int) -> bool:
         return bool(lib.llama_vocab_is_eog(self._vocab, token))
 

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 
 from rillet.server.engine.llamacpp.kvshare import Holder, KvLedger, PrefixCache, common_prefix
 from rillet.server.engine.llamacpp.pacing import PrefillPacer
-from rillet.server.types import GenerationRequest
+from rillet.server.types import GenerationRequest, Priority
 
 __all__ = ["MIN_SHARED_TOKENS", "OLDEST_PREFILL_SHARE", "KvPlanner", "KvSequence", "share_budget"]
 
@@ -104,10 +104,10 @@ class KvPlanner(Generic[S]):
       cached prefixes are evicted (least recently used first) to make that room;
     - `plan` keeps the cells in use plus each step's tokens within the context: it evicts cached prefixes first,
       and only when none is left and the next token of every decoding sequence would still not fit does it preempt
-      the newest running one (its cells are dropped, its tokens kept; at the head of `pending` it is prefilled
-      again, which resumes it where it stopped: clients see only a pause). The oldest running sequence is never
-      preempted for another one and fits alone (prompt + max_tokens ≤ the per-sequence limit ≤ the context), so
-      every admitted request finishes;
+      the newest running one of batch priority, else the newest (its cells are dropped, its tokens kept; at the head
+      of `pending` it is prefilled again, which resumes it where it stopped: clients see only a pause). The oldest
+      running sequence is never preempted for another one and fits alone (prompt + max_tokens ≤ the per-sequence
+      limit ≤ the context), so every admitted request finishes;
     - prefix reuse (with a prefix cache only): before its prefill a sequence takes the longest prefix of its tokens
       held by a cached entry or a running sequence as shared cells (never its last token, which must yield logits);
       one whose prefix an older sequence is prefilling right now waits for those cells rather than computing them
@@ -269,7 +269,7 @@ class KvPlanner(Generic[S]):
                 continue
             if len(self.running) == 1 or (len(decodes) <= free and free > 0):
                 break
-            self._preempt(self.running[-1])
+            self._preempt(self._victim())
         work = [(seq, 1) for seq in decodes]
         budget = min(budget, free - len(decodes))
         if budget > 0 and prefills:
@@ -292,7 +292,7 @@ class KvPlanner(Generic[S]):
         if len(self.running) <= 1:
             return False
         if self._cache is None or self._cache.evict() is None:
-            self._preempt(self.running[-1])
+            self._preempt(self._victim())
         return True
 
     def _share(self) -> set[S]:
@@ -317,12 +317,31 @@ class KvPlanner(Generic[S]):
                         break
         return waiting
 
+    def _victim(self) -> S:
+        """The running sequence to preempt: the newest of batch priority, else the newest; never the oldest.
+
+        The caller preempts only with two or more running.
+        """
+        for seq in reversed(self.running[1:]):
+            if seq.request.priority is Priority.BATCH:
+                return seq
+        return self.running[-1]
+
+    def cells_in_use(self) -> int:
+        """KV cells that running sequences hold or read: every held cell but those only the prefix cache keeps.
+
+        An entry some other holder shares from counts whole, so this errs high.
+        """
+        idle = self._cache.idle_cells() if self._cache is not None else 0
+        return self._ledger.used - idle
+
     def _preempt(self, seq: S) -> None:
         """Drop a running sequence's KV cells and slot; it waits at the head of `pending` to be prefilled again."""
         log.info(
-            "llamacpp: the KV cache is full: the newest of %d running requests gives up its %d cells and will be "
-            "prefilled again",
+            "llamacpp: the KV cache is full: one of %d running requests (%s priority) gives up its %d cells and will "
+            "be prefilled again",
             len(self.running),
+            seq.request.priority.name.lower(),
             seq.cached,
         )
         self.running.remove(seq)

@@ -99,12 +99,14 @@ class Worker:
         mailbox: Mailbox,
         set_active: Callable[[int], None],
         on_step: Callable[[int], None] = lambda _: None,
+        on_kv: Callable[[float], None] = lambda _: None,
         *,
         guided: bool = False,
     ) -> None:
         self._mailbox = mailbox
         self._set_active = set_active
         self._on_step = on_step  # hears each served step's batch size (not warm-up's)
+        self._on_kv = on_kv  # hears the share of KV cells running requests hold, after each pass of the loop
         self._slots = resolve_slots(config)
         self._governor = ThreadGovernor(available_cores()) if config.n_threads == 0 else None
         threads = self._governor.threads if self._governor is not None else config.n_threads
@@ -137,6 +139,11 @@ class Worker:
         )
 
     @property
+    def prompts(self) -> LoadedModel:
+        """The model's prompt reader (thread-safe parts: prompt_tokens, text), for the engine's Tokenize."""
+        return self._model
+
+    @property
     def loaded(self) -> Loaded:
         return dataclasses.replace(self._model.loaded, tokenizer=self._tokenizer)
 
@@ -157,6 +164,7 @@ class Worker:
                 self._govern()
                 if advanced := self._step():
                     self._on_step(advanced)
+            self._on_kv(planner.cells_in_use() / self.context.n_ctx)
             self._flush()
 
     def warm_up(self) -> None:
