@@ -197,6 +197,20 @@ def test_when_llama_cpp_finds_no_room_a_cached_prefix_goes_then_the_newest_is_pr
     assert not sim.planner.no_room()  # one sequence alone: nothing left to free for it
 
 
+def test_when_llama_cpp_finds_no_room_batch_work_goes_before_newer_interactive_work() -> None:
+    sim = Cache(200, slots=3, entries=0)
+    oldest = sim.submit(prompt(0, 10))
+    batch = sim.submit(prompt(100, 10), priority=Priority.BATCH)
+    chat = sim.submit(prompt(200, 10))
+    assert sim.planner.admit() == [oldest, batch, chat]
+    assert sim.planner.no_room()  # no cache to evict from: a running sequence goes, the batch one
+    assert sim.planner.running == [oldest, chat]
+    assert list(sim.planner.pending) == [batch]
+    assert sim.planner.no_room()  # no batch left: the newest
+    assert sim.planner.running == [oldest]
+    assert list(sim.planner.pending) == [chat, batch]
+
+
 # -- prefix sharing, within a cache scope -----------------------------------------------------------------------------
 
 MEMO = prompt(0, 20)
