@@ -331,7 +331,12 @@ async def test_aclose_ends_streams_in_flight_and_refuses_new_ones() -> None:
     with pytest.raises(Unavailable) as not_started:
         await anext(engine.stream(request(max_tokens=4)))
     assert not_started.value.reason == "WARMING_UP"
+    with pytest.raises(Unavailable) as tokenizing:  # Tokenize too: no model to read it with yet
+        engine.tokenize("gemma", "hi")
+    assert tokenizing.value.reason == "WARMING_UP"
     await engine.start()
+    _bos, *hi = engine.tokenize(engine.models[0].name, "hi")
+    assert engine.detokenize(engine.models[0].name, hi) == "hi"
     stream = engine.stream(request(max_tokens=200))
     assert isinstance(await anext(stream), TokenDelta)
     await engine.aclose()
@@ -341,6 +346,9 @@ async def test_aclose_ends_streams_in_flight_and_refuses_new_ones() -> None:
     with pytest.raises(Unavailable) as closed:
         await anext(engine.stream(request(max_tokens=4)))
     assert closed.value.reason == "SHUTTING_DOWN"
+    with pytest.raises(Unavailable) as tokenizing:  # the model is freed: refused, never read
+        engine.detokenize(engine.models[0].name, hi)
+    assert tokenizing.value.reason == "SHUTTING_DOWN"
     assert engine.active == 0
     assert not engine.healthy()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,6 +14,7 @@ from rillet.server.config import LlamaCppConfig, Settings
 from rillet.server.engine.base import KvCacheReporting, Tokenizing
 from rillet.server.engine.llamacpp import LlamaCppEngine
 from tests.conftest import eventually
+from tests.integration.test_control import orca_reports
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
@@ -74,5 +76,31 @@ async def test_kv_cache_use_rises_while_a_generation_runs_and_leaves_cached_pref
         load = await client.load()
         assert load.engines[0].kv_cache_utilization is not None
         assert load.engines[0].kv_cache_utilization > 0
+        (report,) = await orca_reports(server, 1)  # what a weighted_round_robin client balances on
+        assert report.named_metrics["llamacpp.kv_cache_utilization"] > 0
+        assert report.named_metrics["kv_cache_utilization"] == report.named_metrics["llamacpp.kv_cache_utilization"]
         await request.aclose()  # cancelled: its cells stay as a cached prefix, which a router may count as room
         await eventually(lambda: engine.kv_cache_utilization() == 0.0)
+
+
+async def test_tokenizer_calls_beside_running_generations_agree_with_each_other_and_with_them(
+    server: RilletServer,
+) -> None:
+    """Tokenize runs on worker threads while the engine thread decodes: every answer is the same, and generation's."""
+    prompt = "Thread after thread, the loom kept weaving the same cloth"
+    chat = (ChatMessage("user", prompt),)
+    async with Client.connect(f"127.0.0.1:{server.port}") as client:
+        requests = [client.generate(f"{prompt} {n}", max_tokens=200, temperature=0) for n in range(2)]
+        streams = [aiter(request) for request in requests]
+        for stream in streams:
+            assert isinstance(await anext(stream), TokenDelta)  # both decoding on the engine thread
+        ids, chat_ids = await client.tokenize(prompt), await client.tokenize(chat)
+        texts = await asyncio.gather(*(client.detokenize(ids[1:]) for _ in range(8)))
+        answers = await asyncio.gather(*(client.tokenize(prompt if n % 2 else chat) for n in range(16)))
+        assert ENGINE.active == 2  # still decoding: the calls ran beside the engine thread's steps
+        assert set(texts) == {prompt}
+        assert answers == [ids if n % 2 else chat_ids for n in range(16)]
+        for request in requests:
+            await request.aclose()
+        result = await client.generate(chat, max_tokens=1, temperature=0).collect()
+        assert result.finished.usage.input_tokens == len(chat_ids)

@@ -109,7 +109,10 @@ def _use_extra_buffer_types() -> bool:
 class LlamaModel:
     """A loaded GGUF model and its vocabulary.
 
-    Not thread-safe: the engine thread alone creates, uses and frees it.
+    The engine thread creates, uses and frees it. While it lives, other threads may call `tokenize`, `tokenize_chat`,
+    `apply_chat_template` and `text` beside it (base.Tokenizing): llama.cpp's vocabulary is read-only after the load,
+    its tokenizers keep their state in a per-call session, and these methods write only buffers of their own. `piece`
+    (its cache) and the rest are the engine thread's alone.
     """
 
     def __init__(self, path: str, *, vocab_only: bool = False) -> None:
