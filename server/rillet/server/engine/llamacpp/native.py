@@ -159,12 +159,7 @@ class LlamaModel:
         cached = self._pieces.get(token)
         if cached is not None:
             return cached
-        buffer = self._piece_buffer
-        size = lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
-        if size < 0:
-            buffer = ctypes.create_string_buffer(-size)
-            size = lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
-        piece = buffer.raw[: max(size, 0)]
+        piece = self._render(token, self._piece_buffer)
         self._pieces[token] = piece
         return piece
 
@@ -174,14 +169,15 @@ class LlamaModel:
         Safe from any thread (its own buffer, no cache), so a caller beside the engine thread may use it.
         """
         buffer = ctypes.create_string_buffer(256)
-        parts: list[bytes] = []
-        for token in tokens:
+        return b"".join(self._render(token, buffer) for token in tokens)
+
+    def _render(self, token: int, buffer: ctypes.Array[ctypes.c_char]) -> bytes:
+        """llama.cpp's bytes for `token`, written into `buffer` (a larger one of its own if they do not fit)."""
+        size = lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
             size = lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
-            if size < 0:
-                buffer = ctypes.create_string_buffer(-size)
-                size = lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
-            parts.append(buffer.raw[: max(size, 0)])
-        return b"".join(parts)
+        return buffer.raw[: max(size, 0)]
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(lib.llama_vocab_is_eog(self._vocab, token))

@@ -80,19 +80,13 @@ class PrefillPacer:
 
     def predict(self, decodes: int, prefill: int) -> float | None:
         """The model's time for a step of `decodes` decodes and `prefill` prompt tokens; None before it can say."""
-        token = self.token_seconds() if decodes > 0 else self._alone_seconds()
+        token = self.token_seconds() if decodes > 0 else _per_token(self._alone)
         if prefill > 0 and token is None:
             return None
         decode = self.decode_seconds(decodes) if decodes > 0 else 0.0
         if decode is None:
             return None
         return decode + prefill * (token or 0.0)
-
-    def _alone_seconds(self) -> float | None:
-        if self._alone is None:
-            return None
-        seconds, tokens = self._alone
-        return seconds / tokens
 
     def decode_seconds(self, decodes: int) -> float | None:
         """The measured decode-only step at `decodes` decodes, or at the nearest count measured; None before any."""
@@ -105,11 +99,7 @@ class PrefillPacer:
 
     def token_seconds(self) -> float | None:
         """The measured cost of one prompt token beside decodes (or alone, before any beside them); None before any."""
-        pair = self._beside if self._beside is not None else self._alone
-        if pair is None:
-            return None
-        seconds, tokens = pair
-        return seconds / tokens
+        return _per_token(self._beside if self._beside is not None else self._alone)
 
     def clear(self) -> None:
         """Forget every measurement (warm-up's steps pay first-use costs that say nothing about serving)."""
@@ -124,3 +114,11 @@ class PrefillPacer:
         if pair is None:
             return seconds, float(tokens)
         return self._mix(pair[0], seconds), self._mix(pair[1], float(tokens))
+
+
+def _per_token(pair: tuple[float, float] | None) -> float | None:
+    """Seconds per prompt token from a (seconds, tokens) pair of averages; None without one."""
+    if pair is None:
+        return None
+    seconds, tokens = pair
+    return seconds / tokens
