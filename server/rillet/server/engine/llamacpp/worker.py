@@ -290,7 +290,7 @@ class Worker:
         prompt_tokens = sum(count for _, count in work[split:])
         calls = (
             [work]
-            if not split or not prompt_tokens or len(work[:split]) + prompt_tokens < FLASH_ATTENTION_TILE_ROWS
+            if not split or not prompt_tokens or split + prompt_tokens < FLASH_ATTENTION_TILE_ROWS
             else [work[:split], work[split:]]
         )
         advanced = 0
