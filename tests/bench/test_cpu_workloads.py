@@ -224,9 +224,11 @@ def test_distinct_long_is_held_to_issue_26s_targets() -> None:
 # -- the mixed load's phases, with a stand-in server ------------------------------------------------------------------
 
 
-def recording(log: list[tuple[str, str, int | None]]) -> Generate:
-    async def generate(prompt: str, max_tokens: int | None = None) -> StreamResult:
+def recording(log: list[tuple[str, str, int | None]], batch_sent: list[str] | None = None) -> Generate:
+    async def generate(prompt: str, max_tokens: int | None = None, *, batch: bool = False) -> StreamResult:
         log.append(("sent", prompt, max_tokens))
+        if batch and batch_sent is not None:
+            batch_sent.append(prompt)
         for _ in range(3):
             await asyncio.sleep(0)
         log.append(("ended", prompt, max_tokens))
@@ -253,10 +255,13 @@ async def test_the_chat_streams_lead_in_then_go_on_until_told() -> None:
 
 async def test_the_long_requests_are_sent_once_every_chat_stream_decodes_and_the_chats_outlast_them() -> None:
     log: list[tuple[str, str, int | None]] = []
+    batch_sent: list[str] = []
     opts = argparse.Namespace(
         chat_streams=2, chat_requests=1, chat_tokens=4, max_tokens=2, level_timeout=10.0, prompts=("long a", "long b")
     )
-    result = await run_mixed(recording(log), "rillet", 0, opts)
+    opts.long_priority = "batch"
+    result = await run_mixed(recording(log, batch_sent), "rillet", 0, opts)
+    assert batch_sent == ["long a", "long b"]  # --long-priority batch: the long requests only, as batch work
     longs = [i for i, entry in enumerate(log) if entry[1].startswith("long")]
     sent_longs = [i for i in longs if log[i][0] == "sent"]
     assert [log[i][2] for i in sent_longs] == [None, None]  # the run's --max-tokens

@@ -35,6 +35,12 @@ def test_the_floor_and_the_batch_bound_the_chunk() -> None:
     assert measured(batch=64, floor=16, stretch=10.0).budget(4) == 64
 
 
+def test_without_the_floor_the_gap_bound_alone_sizes_the_chunk_at_least_one_token() -> None:
+    assert measured(floor=120).budget(4, floor=False) == 80  # the bound, not the floor
+    assert measured(stretch=1.0).budget(4, floor=False) == 1  # no room at all: one token, still progress
+    assert PrefillPacer(batch=512, floor=64, stretch=2.0).budget(4, floor=False) == 1  # not measured yet
+
+
 def test_before_anything_is_measured_beside_decodes_only_the_floor_is_taken() -> None:
     pacer = PrefillPacer(batch=512, floor=32, stretch=2.0)
     assert pacer.budget(3) == 32

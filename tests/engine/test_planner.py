@@ -386,6 +386,47 @@ def test_slower_steps_shrink_the_chunk_down_to_the_floor_but_never_below() -> No
     assert chunks[-1] == 24  # 10 tokens would keep the bound; the floor keeps the prompt moving
 
 
+def test_beside_batch_decodes_alone_a_step_prefills_the_whole_batch() -> None:
+    sim = Cache(4096, slots=8, entries=0, pacer=paced(batch=512))
+    decoding = sim.submit(prompt(0, 10), priority=Priority.BATCH)
+    sim.planner.admit()
+    sim.step()
+    assert decoding.sampled
+    waiting = sim.submit(prompt(1000, 600))
+    sim.planner.admit()
+    work = sim.planner.plan()
+    assert work == [(decoding, 1), (waiting, 512)]  # no latency-sensitive decode runs: the batch, not the 80 bound
+    interactive = sim.submit(prompt(2000, 10))
+    sim.planner.admit()
+    sim.planner.plan()
+    sim.step()  # the interactive prompt's whole prefill fits this step's prompt tokens: it decodes from now on
+    assert interactive.sampled
+    assert sum(count for seq, count in sim.planner.plan() if seq.prefilling) == 80  # its gaps are bounded again
+
+
+def test_batch_prompts_beside_interactive_decodes_get_the_gap_bound_without_the_floor() -> None:
+    pacer = paced(floor=24)
+    sim = Cache(4096, slots=8, entries=0, pacer=pacer)
+    sim.submit(prompt(0, 10))
+    sim.planner.admit()
+    sim.step()
+    batch = sim.submit(prompt(1000, 400), priority=Priority.BATCH)
+    sim.planner.admit()
+    pacer.observe(1, 80, 0.040 + 80 * 0.004)  # a prompt token costs 8 times what was measured: 10 keep the bound
+    assert sum(count for seq, count in sim.planner.plan() if seq is batch) < 24  # below the interactive floor
+    fed = 0
+    for _ in range(200):  # never starved: it advances every step until it decodes
+        fed += sum(count for seq, count in sim.step() if seq is batch)
+        if batch.sampled:
+            break
+        pacer.observe(1, 10, 0.040 + 10 * 0.004)
+    assert batch.sampled
+    assert fed == 400
+    interactive = sim.submit(prompt(2000, 400))
+    sim.planner.admit()
+    assert sum(count for seq, count in sim.planner.plan() if seq is interactive) == 24  # the floor holds for it
+
+
 def test_a_long_prompt_is_not_starved_by_decodes_and_short_prompts_that_keep_coming() -> None:
     pacer = PrefillPacer(batch=512, floor=8, stretch=2.0, smoothing=1.0)
     pacer.observe(1, 0, 0.040)

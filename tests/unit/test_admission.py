@@ -255,3 +255,81 @@ async def test_batch_holds_at_most_its_share_of_slots_and_interactive_starts_at_
     await asyncio.gather(*batch)
     assert started[-1] == "b2"
     assert (admission.running, admission.running_batch, admission.queued) == (0, 0, 0)
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_batch_leaves_free_half_again_the_recent_interactive_peak_and_one_until_it_decays() -> None:
+    clock = Clock()
+    admission = Admission(
+        slots=16, max_queue=32, retry_after_s=1.0, batch_slot_share=0.75, reserve_half_life_s=10.0, clock=clock
+    )
+    assert admission.batch_cap == 12  # no interactive demand yet: the share alone
+    release_i, release_b = asyncio.Event(), asyncio.Event()
+    started: list[str] = []
+    first = [asyncio.create_task(hold_class(admission, started, f"i{n}", release_i, INTERACTIVE)) for n in range(4)]
+    await asyncio.sleep(0)
+    assert admission.batch_cap == 9  # 16 slots less 1.5 x the peak of 4, and one
+    batch = [asyncio.create_task(hold_class(admission, started, f"b{n}", release_b, BATCH)) for n in range(12)]
+    await asyncio.sleep(0)
+    assert (admission.running_batch, admission.queued_batch) == (9, 3)
+    release_i.set()
+    await asyncio.gather(*first)
+    assert (admission.running, admission.running_batch) == (9, 9)  # the slots the burst used stay free
+
+    # a bigger burst comes: all of it (the reserve, 7) starts at once beside the saturating batch load
+    release_i = asyncio.Event()
+    burst = [asyncio.create_task(hold_class(admission, started, f"j{n}", release_i, INTERACTIVE)) for n in range(7)]
+    await asyncio.sleep(0)
+    assert {f"j{n}" for n in range(7)} <= set(started)
+    assert admission.batch_cap == 4  # the peak is 7 now: batch slots freed go to no batch request
+    release_i.set()
+    await asyncio.gather(*burst)
+
+    clock.now += 10.0  # one half-life: the peak of 7 is remembered as 3.5
+    assert admission.batch_cap == 9
+    clock.now += 100.0  # long after: the share alone again, and the next arrival refills from the waiting batch
+    assert admission.batch_cap == 12
+    late = asyncio.create_task(hold_class(admission, started, "b12", release_b, BATCH))
+    await asyncio.sleep(0)
+    assert (admission.running_batch, admission.queued_batch) == (12, 1)
+    assert "b12" not in started  # it queues behind the older batch requests
+    release_b.set()
+    await asyncio.gather(*batch, late)
+    assert (admission.running, admission.running_batch, admission.queued) == (0, 0, 0)
+    assert started[-1] == "b12"
+
+
+async def test_a_released_batch_slot_refills_every_slot_the_decayed_cap_allows() -> None:
+    clock = Clock()
+    admission = Admission(
+        slots=6, max_queue=16, retry_after_s=1.0, batch_slot_share=1.0, reserve_half_life_s=1.0, clock=clock
+    )
+    release_i = asyncio.Event()
+    started: list[str] = []
+    burst = [asyncio.create_task(hold_class(admission, started, f"i{n}", release_i, INTERACTIVE)) for n in range(4)]
+    await asyncio.sleep(0)
+    first = asyncio.Event()
+    batch_release = [first] + [asyncio.Event() for _ in range(4)]
+    batch = [asyncio.create_task(hold_class(admission, started, f"b{n}", batch_release[n], BATCH)) for n in range(5)]
+    await asyncio.sleep(0)
+    assert (admission.running_batch, admission.queued_batch) == (1, 4)  # cap: 6 - 4 - 1
+    release_i.set()
+    await asyncio.gather(*burst)
+    clock.now += 60.0  # the burst is long forgotten: batch may hold 6
+    first.set()
+    await batch[0]
+    await asyncio.sleep(0)
+    assert (admission.running_batch, admission.queued_batch) == (4, 0)  # one release filled four slots
+    for event in batch_release:
+        event.set()
+    await asyncio.gather(*batch)
+    assert (admission.running, admission.queued) == (0, 0)

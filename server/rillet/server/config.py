@@ -329,6 +329,13 @@ class SchedulerConfig(BaseModel, frozen=True):
         description="the part of each engine's slots batch requests may hold (at least one): the rest stay free for "
         "interactive requests, which then start at once under a saturating batch load",
     )
+    interactive_reserve_half_life_s: float = Field(
+        30.0,
+        ge=0,
+        description="batch requests leave free, beyond batch_slot_share, the slots recent interactive demand needed: "
+        "its peak (running and waiting) plus one, a peak that halves every this many seconds. Longer: interactive "
+        "bursts find a slot at once for longer after the last one, batch fills freed slots later; 0: the share alone",
+    )
     batch_queue_share: float = Field(
         0.75,
         gt=0,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import math
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, NamedTuple, TypeVar, overload
 
@@ -19,6 +21,11 @@ from rillet.server.types import AudioOutput, GenerationRequest, ModelInfo, Model
 
 E = TypeVar("E", TextEngine, SpeechEngine)
 
+RESERVE_HEADROOM = 1.5
+"""Batch requests leave free half again the recent interactive peak (and one): arrivals come in random bursts, and
+one that finds no free slot waits for a batch request to end (measured on bench/fleet_routing.py's priority phase:
+the peak plus one left the interactive TTFT p99 at 2.2x its own alone, this headroom within 1.5x)."""
+
 
 class Admission:
     """Admission by class: at most `slots` requests run at once, at most `max_queue` wait, the rest are refused.
@@ -26,11 +33,15 @@ class Admission:
     Invariants:
     - `running` never exceeds `slots`; a released slot passes directly to a waiter that may take it, so a newcomer
       can never overtake the queue of its class. Within a class, waiters are admitted oldest first.
-    - Batch requests hold at most `batch_slots` (`batch_slot_share` of the slots, at least 1): the others stay for
-      interactive requests, which under a saturating batch load find a free slot at once instead of waiting for a
-      batch request to end. A free slot therefore may have batch waiters (at their share), never interactive ones.
+    - Batch requests hold at most `batch_cap` slots: `batch_slot_share` of the slots, less what recent interactive
+      demand needs. Interactive demand (running plus waiting) is remembered as a peak that halves every
+      `reserve_half_life_s`; batch may hold only the slots beyond RESERVE_HEADROOM times that peak plus one, never
+      fewer than one. So under
+      a saturating batch load interactive requests find a free slot at once, in their bursts too, instead of waiting
+      for a batch request to end; batch requests over the cap are not preempted, their slots are just not refilled
+      with batch work. A free slot therefore may have batch waiters (at the cap), never interactive ones.
     - Interactive waiters go before batch ones, but batch is never starved: while both classes wait and batch is
-      below its share, every `batch_every`-th slot handed over goes to the oldest batch waiter. So the batch request
+      below its cap, every `batch_every`-th slot handed over goes to the oldest batch waiter. So the batch request
       at the head of its queue is admitted within `batch_every` hand-overs once a batch slot is free, whatever the
       interactive load; and every batch slot released goes to a batch waiter when interactive ones do not wait.
     - Batch waiters never fill more than `batch_queue_share` of the queue, so a saturating batch load leaves room
@@ -49,6 +60,8 @@ class Admission:
         batch_every: int = 4,
         batch_queue_share: float = 1.0,
         batch_slot_share: float = 1.0,
+        reserve_half_life_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._slots = slots
         self._max_queue = max_queue
@@ -57,6 +70,10 @@ class Admission:
         self._batch_every = batch_every
         self._batch_limit = max(1, int(max_queue * batch_queue_share)) if max_queue else 0
         self._batch_slots = max(1, int(slots * batch_slot_share))
+        self._half_life = reserve_half_life_s  # 0: no memory of demand (the cap is the share alone)
+        self._clock = clock
+        self._peak = 0.0  # interactive demand's decaying peak, as of `_peak_at`
+        self._peak_at = clock()
         self._running = 0
         self._batch_running = 0
         self._interactive: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -85,6 +102,26 @@ class Admission:
     def running_batch(self) -> int:
         return self._batch_running
 
+    @property
+    def batch_cap(self) -> int:
+        """The slots batch requests may hold now: their share, less the reserve for recent interactive demand."""
+        if not self._half_life:
+            return self._batch_slots
+        reserve = math.ceil(RESERVE_HEADROOM * self._decayed_peak() - 1e-9) + 1
+        return max(1, min(self._batch_slots, self._slots - reserve))
+
+    def _decayed_peak(self) -> float:
+        now = self._clock()
+        self._peak *= 0.5 ** ((now - self._peak_at) / self._half_life)
+        self._peak_at = now
+        return self._peak
+
+    def _note_interactive_demand(self) -> None:
+        """Raise the remembered peak to the interactive requests running and waiting now (the caller's included)."""
+        if self._half_life:
+            demand = self._running - self._batch_running + len(self._interactive)
+            self._peak = max(self._decayed_peak(), float(demand))
+
     def admit(self, tenant: str = "", priority: Priority = Priority.INTERACTIVE) -> _Slot:
         """Hold a slot for an `async with` block; ResourceExhausted when the queue or the tenant's share is full.
 
@@ -95,10 +132,11 @@ class Admission:
     async def _acquire(self, tenant: str, priority: Priority) -> None:
         batch = priority is Priority.BATCH
         if self._running < self._slots and not self._interactive:
-            if not batch:  # a free slot: batch waiters may be at their share, never ahead of an interactive request
+            if not batch:  # a free slot: batch waiters may be at their cap, never ahead of an interactive request
                 self._running += 1
+                self._note_interactive_demand()
                 return
-            if not self._batch and self._batch_running < self._batch_slots:
+            if not self._batch and self._batch_running < self.batch_cap:
                 self._running += 1
                 self._batch_running += 1
                 return
@@ -125,6 +163,9 @@ class Admission:
         waiters = self._batch if batch else self._interactive
         waiter = asyncio.get_running_loop().create_future()
         waiters.append(waiter)
+        if not batch:
+            self._note_interactive_demand()
+        self._fill()  # a slot the batch cap kept may be batch's again now that the remembered peak has decayed
         self._waiting[tenant] += 1
         try:
             await waiter
@@ -141,24 +182,32 @@ class Admission:
                 del self._waiting[tenant]
 
     def _release(self, was_batch: bool) -> None:
-        """A slot is free (a batch one when `was_batch`): hand it to the next waiter that may take it, or keep it."""
+        """A slot is free (a batch one when `was_batch`): hand it, and any other free slot, to waiters that may."""
+        self._running -= 1
         if was_batch:
             self._batch_running -= 1
+        self._fill()
+
+    def _fill(self) -> None:
+        """Hand free slots to waiters: interactive first, batch below its cap (one hand-over in `batch_every`)."""
         interactive, batch = self._interactive, self._batch
-        while interactive and interactive[0].done():
-            interactive.popleft()  # cancelled while waiting
-        while batch and batch[0].done():
-            batch.popleft()
-        batch_may = bool(batch) and self._batch_running < self._batch_slots
-        if batch_may and (not interactive or self._passed_over >= self._batch_every - 1):
-            self._passed_over = 0
-            self._batch_running += 1
-            batch.popleft().set_result(None)  # the slot moves to the waiter; `running` is unchanged
-        elif interactive:
-            self._passed_over = self._passed_over + 1 if batch_may else 0
-            interactive.popleft().set_result(None)
-        else:
-            self._running -= 1
+        while self._running < self._slots:
+            while interactive and interactive[0].done():
+                interactive.popleft()  # cancelled while waiting
+            while batch and batch[0].done():
+                batch.popleft()
+            batch_may = bool(batch) and self._batch_running < self.batch_cap
+            if batch_may and (not interactive or self._passed_over >= self._batch_every - 1):
+                self._passed_over = 0
+                self._batch_running += 1
+                waiter = batch.popleft()
+            elif interactive:
+                self._passed_over = self._passed_over + 1 if batch_may else 0
+                waiter = interactive.popleft()
+            else:
+                return
+            self._running += 1
+            waiter.set_result(None)
 
 
 class _Slot:
@@ -287,6 +336,7 @@ class Router:
                 batch_every=config.batch_every,
                 batch_queue_share=config.batch_queue_share,
                 batch_slot_share=config.batch_slot_share,
+                reserve_half_life_s=config.interactive_reserve_half_life_s,
             )
             throughput = Throughput()
             queues.append(EngineQueue(engine, admission, throughput))

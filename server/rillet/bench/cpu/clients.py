@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import httpx
 
 from rillet.bench.cpu.systems import Server, base, cached
-from rillet.client import Client, Finished, TokenDelta
+from rillet.client import Client, Finished, Priority, TokenDelta
 
 
 @dataclass
@@ -30,20 +30,27 @@ class StreamResult:
 
 
 class Generate(Protocol):
-    """One streamed request: its prompt, and its max_tokens where not the run's --max-tokens."""
+    """One streamed request: its prompt, its max_tokens where not the run's --max-tokens, and its class.
 
-    def __call__(self, prompt: str, max_tokens: int | None = None, /) -> Awaitable[StreamResult]: ...
+    `batch` sends Rillet's request as PRIORITY_BATCH; the OpenAI-compatible servers have no such class and get the
+    same request as any other.
+    """
+
+    def __call__(
+        self, prompt: str, max_tokens: int | None = None, /, *, batch: bool = False
+    ) -> Awaitable[StreamResult]: ...
 
 
 def rillet_generate(client: Client, default_max_tokens: int) -> Generate:
-    async def run(prompt: str, max_tokens: int | None = None) -> StreamResult:
+    async def run(prompt: str, max_tokens: int | None = None, *, batch: bool = False) -> StreamResult:
         limit = default_max_tokens if max_tokens is None else max_tokens
         started = time.perf_counter()
         first: float | None = None
         last = started
         gaps: list[float] = []
         tokens, finish = 0, "?"
-        async for event in client.generate(prompt, max_tokens=limit, temperature=0.0):
+        priority = Priority.BATCH if batch else Priority.INTERACTIVE
+        async for event in client.generate(prompt, max_tokens=limit, temperature=0.0, priority=priority):
             now = time.perf_counter()
             if isinstance(event, TokenDelta):
                 count = len(event.token_ids)
@@ -76,7 +83,8 @@ def openai_generate(http: httpx.AsyncClient, system: str, default_max_tokens: in
         body.update({"ignore_eos": True, "cache_prompt": cached(system)})
     suppress_eos = min_tokens and base(system) != "llama-server"
 
-    async def run(prompt: str, max_tokens: int | None = None) -> StreamResult:
+    async def run(prompt: str, max_tokens: int | None = None, *, batch: bool = False) -> StreamResult:
+        del batch  # no such class here: the same request as any other
         limit = default_max_tokens if max_tokens is None else max_tokens
         request = {**body, "prompt": prompt, "max_tokens": limit}
         if suppress_eos:

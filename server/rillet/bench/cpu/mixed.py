@@ -124,7 +124,8 @@ async def run_mixed(generate: Generate, system: str, sweep: int, opts: argparse.
         deadline = time.monotonic() + opts.level_timeout
         await asyncio.wait_for(decoding.wait(), opts.level_timeout)
         longs = await asyncio.wait_for(
-            asyncio.gather(*(generate(p) for p in opts.prompts)), deadline - time.monotonic()
+            asyncio.gather(*(generate(p, batch=opts.long_priority == "batch") for p in opts.prompts)),
+            deadline - time.monotonic(),
         )
         longs_done.set()
         beside = await asyncio.wait_for(chat, deadline - time.monotonic())

@@ -198,11 +198,13 @@ def render_mixed(results: Sequence[MixedResult], meta: dict[str, Any], console: 
     title = f"Mixed load, CPU ({meta['date']}; {meta['threads']} threads; median (min-max) of {sweeps} sweeps)"
     table = Table("system", *(m[1] for m in MIXED_METRICS), "gaps", "short", title=title)
     md = [f"# CPU text benchmark, mixed load {meta['date']}\n", *(f"- {k}: {v}" for k, v in meta.items()), ""]
+    batch_note = ", Rillet's as PRIORITY_BATCH" if meta.get("long_priority") == "batch" else ""
     md.append(
         f"{meta['chat_streams']} chat streams of {meta['chat_tokens']}-token requests from short prompts (after a "
         f"lead-in request each): {meta['chat_requests']} requests each alone; then again, going on until "
         f"{meta['long_requests']} requests with distinct {meta['prompt_tokens']}-token prompts "
-        f"({meta['max_tokens']} output tokens), sent at once, have all ended: the mixed gaps are those that ended "
+        f"({meta['max_tokens']} output tokens{batch_note}), "
+        f"sent at once, have all ended: the mixed gaps are those that ended "
         f"meanwhile. Median over {sweeps} sweeps, (min-max) across sweeps.\n"
     )
     md.append("| system | " + " | ".join(m[1] for m in MIXED_METRICS) + " | mixed gaps | short streams |")

@@ -87,6 +87,12 @@ def options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chat-requests", type=int, help="mixed: measured requests per chat stream alone (2)")
     parser.add_argument("--chat-tokens", type=int, help="mixed: output tokens per chat request (128)")
     parser.add_argument("--long-requests", type=int, help="mixed: long-prompt requests sent at once (4)")
+    parser.add_argument(
+        "--long-priority",
+        choices=["interactive", "batch"],
+        default="interactive",
+        help="mixed: the long requests' class at Rillet (batch: their prefill keeps to the chat decodes' gap bound)",
+    )
     parser.add_argument("--levels", type=int, nargs="+", help="concurrency levels (workload)")
     parser.add_argument("--sweeps", type=int, default=3, help="repetitions of the whole sweep (order rotated)")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads of every server")
@@ -168,7 +174,10 @@ def main() -> None:
         "prefix_tokens": opts.prefix_tokens or 0,
         "prompt_tokens": opts.prompt_tokens or 0,
         **(
-            {k: getattr(opts, k) for k in ("chat_streams", "chat_requests", "chat_tokens", "long_requests")}
+            {
+                k: getattr(opts, k)
+                for k in ("chat_streams", "chat_requests", "chat_tokens", "long_requests", "long_priority")
+            }
             if opts.workload == "mixed"
             else {}
         ),

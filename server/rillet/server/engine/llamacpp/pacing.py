@@ -48,17 +48,22 @@ class PrefillPacer:
         self._beside: tuple[float, float] | None = None  # (seconds, tokens) averages, prompt tokens beside decodes
         self._alone: tuple[float, float] | None = None  # the same over steps of prompt tokens alone
 
-    def budget(self, decodes: int) -> int:
-        """Prompt tokens the next step may take beside `decodes` running decodes."""
+    def budget(self, decodes: int, *, floor: bool = True) -> int:
+        """Prompt tokens the next step may take beside `decodes` running decodes.
+
+        `floor` False: no waiting prompt needs the floor's progress guarantee over the gap bound (batch prompts
+        beside interactive decodes), so the bound alone sizes the chunk, at least one token.
+        """
         if decodes <= 0:
             return self.batch
+        least = self.floor if floor else 1
         decode = self.decode_seconds(decodes)
         token = self.token_seconds()
         if decode is None or token is None:
-            return self.floor
+            return least
         room = (self.stretch - 1.0) * decode
         tokens = self.batch if token <= 0.0 else math.floor(room / token + 1e-9)
-        return max(self.floor, min(self.batch, tokens))
+        return max(least, min(self.batch, tokens))
 
     def observe(self, decodes: int, prefill: int, seconds: float) -> None:
         """A step of `decodes` decodes and `prefill` prompt tokens took `seconds`, from its batch to its last output."""

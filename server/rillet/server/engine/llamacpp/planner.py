@@ -115,9 +115,10 @@ class KvPlanner(Generic[S]):
       the operator groups tenants), so no tenant's reuse, usage or timing tells it anything of another's prompts;
     - every step decodes one token per running sequence that has sampled, plus at most the pacer's budget of prompt
       tokens of the others (`share_budget`: a floor for the oldest, then shortest first): its whole batch when
-      nothing decodes, beside decodes a chunk sized to keep their inter-token gap within its bound, never below its
-      floor (`pacing.PrefillPacer`). With FIFO admission and the oldest prompt's share, no prompt starves: each in
-      turn is the oldest and advances every step.
+      nothing decodes or only batch requests do, beside interactive decodes a chunk sized to keep their inter-token
+      gap within its bound, never below its floor while an interactive prompt waits (`pacing.PrefillPacer`). With
+      FIFO admission and the oldest prompt's share, no prompt starves: each in turn is the oldest and advances every
+      step (by a token at least).
     Owned by the engine thread.
     """
 
@@ -261,7 +262,7 @@ class KvPlanner(Generic[S]):
             free = self._cells - self._ledger.used
             decodes = [seq for seq in self.running if not seq.prefilling]
             prefills = [seq for seq in self.running if seq.prefilling and seq not in waiting]
-            budget = self._pacer.budget(len(decodes))
+            budget = self._prefill_budget(decodes, prefills)
             wanted = len(decodes) + min(budget, sum(seq.uncached for seq in prefills))
             if wanted <= free:
                 break
@@ -276,6 +277,18 @@ class KvPlanner(Generic[S]):
             grants = share_budget([seq.uncached for seq in prefills], budget)
             work += [(seq, grant) for seq, grant in zip(prefills, grants, strict=True) if grant > 0]
         return work
+
+    def _prefill_budget(self, decodes: Sequence[S], prefills: Sequence[S]) -> int:
+        """The pacer's budget: decodes of batch requests are not latency-sensitive, nor do batch prompts need the floor.
+
+        Only interactive decodes' inter-token gaps are bounded (beside batch decodes alone a step prefills its whole
+        batch), and the floor, which overrides that bound, is a guarantee for interactive prompts: batch prompts
+        beside interactive decodes get what the bound leaves (at least a token a step, so they never starve).
+        """
+        if all(seq.request.priority is Priority.BATCH for seq in decodes):
+            return self._pacer.budget(0)
+        floor = any(seq.request.priority is not Priority.BATCH for seq in prefills)
+        return self._pacer.budget(len(decodes), floor=floor)
 
     def decoded(self, work: Sequence[tuple[S, int]]) -> None:
         """Record that a step fed `work`: each sequence now holds the cells of the tokens it fed."""
