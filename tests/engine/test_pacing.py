@@ -35,6 +35,16 @@ def test_the_floor_and_the_batch_bound_the_chunk() -> None:
     assert measured(batch=64, floor=16, stretch=10.0).budget(4) == 64
 
 
+def test_decodes_that_are_not_latency_sensitive_use_up_the_room_first() -> None:
+    pacer = measured()
+    pacer.observe(2, 0, 0.025)  # 2 decodes alone: 25 ms; 4: 40 ms
+    assert pacer.budget(4, sensitive=2) == 20  # 2 x 25 ms less the 40 ms step leaves 10 ms: 20 tokens at 0.5 ms
+    assert pacer.budget(4, sensitive=4) == pacer.budget(4) == 80
+    pacer.observe(1, 0, 0.015)
+    assert pacer.budget(4, sensitive=1) == 16  # 30 ms is less than the 40 ms step: the floor
+    assert pacer.budget(4, sensitive=1, floor=False) == 1
+
+
 def test_without_the_floor_the_gap_bound_alone_sizes_the_chunk_at_least_one_token() -> None:
     assert measured(floor=120).budget(4, floor=False) == 80  # the bound, not the floor
     assert measured(stretch=1.0).budget(4, floor=False) == 1  # no room at all: one token, still progress

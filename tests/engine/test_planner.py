@@ -402,6 +402,8 @@ def test_beside_batch_decodes_alone_a_step_prefills_the_whole_batch() -> None:
     sim.step()  # the interactive prompt's whole prefill fits this step's prompt tokens: it decodes from now on
     assert interactive.sampled
     assert sum(count for seq, count in sim.planner.plan() if seq.prefilling) == 80  # its gaps are bounded again
+    sim.pacer.observe(2, 0, 0.060)  # two decodes take 60 ms, one 40: the batch decode's 20 ms count against the room
+    assert sum(count for seq, count in sim.planner.plan() if seq.prefilling) == 40  # 2 x 40 - 60 ms at 0.5 ms
 
 
 def test_batch_prompts_beside_interactive_decodes_get_the_gap_bound_without_the_floor() -> None:

@@ -19,7 +19,8 @@ class PrefillPacer:
     - with nothing decoding, a step takes up to `batch` prompt tokens (across the waiting prompts): no running
       sequence's inter-token gap depends on it;
     - beside `d` running decodes, it takes the most prompt tokens whose predicted step time stays within `stretch`
-      times the decode-only step measured at `d` decodes (the decodes' inter-token gap bound, as Sarathi-Serve sizes
+      times the decode-only step measured at `d` decodes, or at the latency-sensitive ones among them (the decodes'
+      inter-token gap bound, as Sarathi-Serve sizes
       its chunks: from measured step time, not a constant), never fewer than `floor` (every waiting prompt's progress
       guarantee, which the bound yields to) nor more than `batch`; until both a decode-only step and a step with
       prompt tokens have been measured, it takes `floor`;
@@ -48,20 +49,23 @@ class PrefillPacer:
         self._beside: tuple[float, float] | None = None  # (seconds, tokens) averages, prompt tokens beside decodes
         self._alone: tuple[float, float] | None = None  # the same over steps of prompt tokens alone
 
-    def budget(self, decodes: int, *, floor: bool = True) -> int:
+    def budget(self, decodes: int, *, sensitive: int | None = None, floor: bool = True) -> int:
         """Prompt tokens the next step may take beside `decodes` running decodes.
 
-        `floor` False: no waiting prompt needs the floor's progress guarantee over the gap bound (batch prompts
-        beside interactive decodes), so the bound alone sizes the chunk, at least one token.
+        `sensitive`: how many of them are latency-sensitive (all when None): the step is kept within `stretch` times
+        the decode-only step of those alone, so decodes that are not (batch work) use up the room before prompt
+        tokens do. `floor` False: no waiting prompt needs the floor's progress guarantee over the gap bound (batch
+        prompts beside interactive decodes), so the bound alone sizes the chunk, at least one token.
         """
         if decodes <= 0:
             return self.batch
         least = self.floor if floor else 1
         decode = self.decode_seconds(decodes)
+        bounded = decode if sensitive is None else self.decode_seconds(max(1, min(sensitive, decodes)))
         token = self.token_seconds()
-        if decode is None or token is None:
+        if decode is None or bounded is None or token is None:
             return least
-        room = (self.stretch - 1.0) * decode
+        room = self.stretch * bounded - decode
         tokens = self.batch if token <= 0.0 else math.floor(room / token + 1e-9)
         return max(least, min(self.batch, tokens))
 

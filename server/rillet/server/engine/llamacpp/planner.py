@@ -281,14 +281,16 @@ class KvPlanner(Generic[S]):
     def _prefill_budget(self, decodes: Sequence[S], prefills: Sequence[S]) -> int:
         """The pacer's budget: decodes of batch requests are not latency-sensitive, nor do batch prompts need the floor.
 
-        Only interactive decodes' inter-token gaps are bounded (beside batch decodes alone a step prefills its whole
-        batch), and the floor, which overrides that bound, is a guarantee for interactive prompts: batch prompts
+        Only interactive decodes' inter-token gaps are bounded, against their own decode-only step (beside batch
+        decodes alone a step prefills its whole batch; beside both, the batch decodes' rows count against the
+        room), and the floor, which overrides that bound, is a guarantee for interactive prompts: batch prompts
         beside interactive decodes get what the bound leaves (at least a token a step, so they never starve).
         """
-        if all(seq.request.priority is Priority.BATCH for seq in decodes):
+        sensitive = sum(1 for seq in decodes if seq.request.priority is not Priority.BATCH)
+        if not sensitive:
             return self._pacer.budget(0)
         floor = any(seq.request.priority is not Priority.BATCH for seq in prefills)
-        return self._pacer.budget(len(decodes), floor=floor)
+        return self._pacer.budget(len(decodes), sensitive=sensitive, floor=floor)
 
     def decoded(self, work: Sequence[tuple[S, int]]) -> None:
         """Record that a step fed `work`: each sequence now holds the cells of the tokens it fed."""
