@@ -429,6 +429,26 @@ def test_batch_prompts_beside_interactive_decodes_get_the_gap_bound_without_the_
     assert sum(count for seq, count in sim.planner.plan() if seq is interactive) == 24  # the floor holds for it
 
 
+def test_the_floor_is_granted_to_interactive_prompts_only_batch_ones_keep_to_what_the_bound_leaves() -> None:
+    pacer = paced(floor=24)
+    sim = Cache(4096, slots=8, entries=0, pacer=pacer)
+    sim.submit(prompt(0, 10))
+    sim.planner.admit()
+    sim.step()
+    batch = sim.submit(prompt(1000, 400), priority=Priority.BATCH)
+    sim.planner.admit()
+    sim.step()
+    pacer.observe(1, 10, 0.040 + 10 * 0.004)  # 4 ms a prompt token: the bound leaves 10 tokens a step
+    chat = sim.submit(prompt(2000, 20))  # an interactive prompt arrives while the batch one prefills
+    sim.planner.admit()
+    work = dict(sim.planner.plan())
+    assert work[chat] == 20  # all of it, within its floor of 24
+    assert work[batch] == 1  # the bound is spent: a token, not a share of the interactive floor
+    sim.step()
+    assert chat.sampled
+    assert dict(sim.planner.plan())[batch] == 10  # the bound alone again
+
+
 def test_a_long_prompt_is_not_starved_by_decodes_and_short_prompts_that_keep_coming() -> None:
     pacer = PrefillPacer(batch=512, floor=8, stretch=2.0, smoothing=1.0)
     pacer.observe(1, 0, 0.040)

@@ -86,19 +86,21 @@ class LlamaCppConfig(BaseModel, frozen=True):
     decode_stretch: float = Field(
         2.0,
         ge=1.0,
-        description="beside running decodes, a step prefills only as many prompt tokens as keep it within this many "
-        "times the measured decode-only step: the bound on their inter-token gap while prompts wait (1 leaves the "
+        description="beside running interactive decodes, a step prefills only as many prompt tokens as keep it within "
+        "this many times their measured decode-only step (batch decodes' rows count against that room; beside batch "
+        "decodes alone the whole prefill_batch): the bound on their inter-token gap while prompts wait (1 leaves the "
         "prompts prefill_budget tokens a step; larger: earlier first tokens for waiting prompts, slower decodes)",
     )
     prefill_budget: int = Field(
         128,
         ge=1,
-        description="the least prompt tokens a step prefills beside running decodes, however slow the steps: a "
-        "waiting prompt's progress guarantee (the oldest gets a quarter at least); at most prefill_batch. On a CPU a "
-        "prompt token costs about a fifth of a decode row, so this floor, not decode_stretch, usually sets the chunk. "
-        "Measured (bench_cpu --workload mixed, 1 thread): 128 gets long prompts their first token at 0.84x "
-        "llama-server's time while chat decodes' gaps grow 10x (llama-server's 35x); 16 keeps those gaps at 3.3x, "
-        "and long prompts wait 1.56x llama-server's time",
+        description="the least prompt tokens a step prefills beside running interactive decodes while an interactive "
+        "prompt waits, however slow the steps: its progress guarantee (the oldest gets a quarter at least); at most "
+        "prefill_batch. Batch prompts get no floor (the gap bound alone, a token a step at least). On a CPU a "
+        "prompt token costs about a fifth of a decode row, so this floor, not decode_stretch, usually sets the chunk "
+        "for interactive prompts. Measured (bench_cpu --workload mixed, 1 thread, quiet): 128 gets long prompts "
+        "their first token at 0.84x llama-server's time while chat decodes' gaps grow 9.7x (llama-server's 41x); "
+        "sending the long prompts as PRIORITY_BATCH instead keeps the chat gaps near 2x at about twice the wait",
     )
     prefix_cache: int = Field(
         32,
