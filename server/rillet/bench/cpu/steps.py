@@ -1,0 +1,136 @@
+"""The llamacpp engine in-process on distinct long prompts, every engine step's shape and time: where a run's CPU goes.
+
+Closed-loop streams (`--streams`) send `--requests` distinct prompts of `--prompt-tokens` tokens (bench_cpu's
+distinct-long prompts) straight to `LlamaCppEngine`, with no server and no client, and every step the worker times
+is recorded through the seam that already hears them all (`PrefillPacer.observe`: decodes, prompt tokens,
+seconds). It prints tokens/s, TTFT and the steps by kind (decode-only, prefill-only, both), to set beside
+`bench/cpu_bound.py`'s kernels-alone figures. `--set key=value` overrides an `RILLET_LLAMACPP__` setting.
+
+Run: .venv/bin/python bench/engine_steps.py [--threads 1] [--set prefill_budget=256 ...]
+Writes bench/results/engine_steps_<time>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from typing import Any
+
+from rillet.bench.cpu.run import resolve_gguf
+from rillet.bench.cpu.workloads import distinct_prompts, token_counter
+from rillet.bench.results import write_results
+from rillet.bench.stats import median, percentile
+
+KINDS = ("prefill-only", "both", "decode-only")
+
+
+async def run(opts: argparse.Namespace) -> dict[str, Any]:
+    from rillet.server.config import LlamaCppConfig
+    from rillet.server.engine.llamacpp import pacing
+    from rillet.server.engine.llamacpp.engine import LlamaCppEngine
+    from rillet.server.types import GenerationRequest, SamplingParams, TokenDelta
+
+    gguf = resolve_gguf(opts.model)
+    with token_counter(gguf) as count:
+        prompts = list(distinct_prompts(count, opts.prompt_tokens, opts.requests))
+    settings = dict(item.split("=", 1) for item in opts.set)
+    config = LlamaCppConfig.model_validate(
+        {"model_path": gguf, "context_length": opts.context, "n_threads": opts.threads, **settings}
+    )
+    steps: list[tuple[int, int, float]] = []
+    observe = pacing.PrefillPacer.observe
+
+    def recording(pacer: pacing.PrefillPacer, decodes: int, prefill: int, seconds: float) -> None:
+        steps.append((decodes, prefill, seconds))
+        observe(pacer, decodes, prefill, seconds)
+
+    engine = LlamaCppEngine(config)
+    await engine.start()
+    ttfts: list[float] = []
+
+    async def client(queue: list[str]) -> None:
+        while queue:
+            prompt = queue.pop(0)
+            started = time.perf_counter()
+            first: float | None = None
+            request = GenerationRequest(
+                "steps", engine.models[0].name, prompt, opts.max_tokens, SamplingParams(temperature=0.0)
+            )
+            async for event in engine.stream(request):
+                if first is None and isinstance(event, TokenDelta) and event.token_ids:
+                    first = time.perf_counter() - started
+            assert first is not None, "no token came"
+            ttfts.append(first)
+
+    pacing.PrefillPacer.observe = recording  # type: ignore[method-assign,assignment]
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(client(prompts) for _ in range(opts.streams)))
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        pacing.PrefillPacer.observe = observe  # type: ignore[method-assign]
+        await engine.aclose()
+    kinds: dict[str, dict[str, float]] = {}
+    for decodes, prefill, seconds in steps:
+        kind = "decode-only" if not prefill else "prefill-only" if not decodes else "both"
+        row = kinds.setdefault(kind, {"steps": 0, "seconds": 0.0, "decode_rows": 0, "prompt_tokens": 0})
+        row["steps"] += 1
+        row["seconds"] += seconds
+        row["decode_rows"] += decodes
+        row["prompt_tokens"] += prefill
+    return {
+        "args": vars(opts),
+        "tokens_per_s": round(opts.requests * opts.max_tokens / wall, 2),
+        "wall_s": round(wall, 2),
+        "process_cpu_s": round(cpu, 2),
+        "ttft_p50_s": round(median(ttfts), 3),
+        "ttft_p99_s": round(percentile(ttfts, 99), 3),
+        "steps": {kind: kinds[kind] for kind in KINDS if kind in kinds},
+        "load": os.getloadavg()[0],
+    }
+
+
+def report(results: dict[str, Any]) -> str:
+    args = results["args"]
+    total = sum(row["seconds"] for row in results["steps"].values()) or 1.0
+    lines = [
+        "# The llamacpp engine's steps (bench/engine_steps.py)",
+        "",
+        f"{args['requests']} distinct prompts of {args['prompt_tokens']} tokens, {args['max_tokens']} output tokens "
+        f"each, {args['streams']} streams, {args['threads']} thread(s), {args['context']} cells, settings "
+        f"{args['set'] or 'default'}; in-process, no server. Load average after: {results['load']:.2f}.",
+        "",
+        f"tokens/s {results['tokens_per_s']}, wall {results['wall_s']} s, process CPU {results['process_cpu_s']} s, "
+        f"TTFT p50 {results['ttft_p50_s']} s, p99 {results['ttft_p99_s']} s.",
+        "",
+        "| steps | count | seconds | share | ms a step | decode rows | prompt tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, row in results["steps"].items():
+        lines.append(
+            f"| {kind} | {row['steps']} | {row['seconds']:.2f} | {row['seconds'] / total:.0%} | "
+            f"{row['seconds'] / row['steps'] * 1e3:.1f} | {row['decode_rows']} | {row['prompt_tokens']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a GGUF (default: the packaged Gemma 3 270M)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--context", type=int, default=16384)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="llamacpp settings to override")
+    parser.add_argument("--tag", default="")
+    return parser.parse_args()
+
+
+def main() -> None:
+    opts = parse()
+    results = asyncio.run(run(opts))
+    write_results("engine_steps", results, report(results), *([opts.tag] if opts.tag else []))
