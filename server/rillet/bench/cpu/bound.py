@@ -4,7 +4,8 @@ In one process, with no server, no client and no sampling beyond argmax, it runs
 --workload distinct-long` (the same prompts) in llama-server's schedule: `--streams` prompts prefilled together in
 batches of `--batch` tokens (parts of `--ubatch`), then their `--max-tokens` decode steps of one row each, wave
 after wave, each sequence in its own KV stream (llama-server -np N) or all in one (`--unified`, Rillet's default).
-It also times one `--long-tokens` prompt alone (the long-prompt workload's TTFT). Tokens/s of this run is what
+It also times one `--long-tokens` prompt alone (the long-prompt workload's TTFT), and the prompts' prefill alone
+in chunks of each `--chunks` size (what a smaller chunk costs a token). Tokens/s of this run is what
 a server adds nothing to; a server measured at the same threads within a few percent of it is at the kernels'
 bound, and no scheduler on these kernels beats it by more than what overlapping client and server work saves.
 
@@ -109,6 +110,18 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                 row["long_prompt_ttft_s"] = round(decode_waves(context, [long_prompt], long_opts)[1], 3)
             finally:
                 context.free()
+            for chunk in opts.chunks:  # prefill alone in batches of `chunk` tokens: what a smaller chunk costs
+                params = native.ContextParams(
+                    n_ctx=opts.context, n_seq_max=opts.streams, n_batch=chunk, n_ubatch=min(chunk, opts.ubatch),
+                    n_threads=opts.threads, kv_unified=True,
+                )  # fmt: skip
+                context = native.LlamaContext(model, params)
+                try:
+                    chunk_opts = argparse.Namespace(**{**vars(opts), "batch": chunk, "max_tokens": 1})
+                    seconds = decode_waves(context, prompts, chunk_opts)[1]
+                finally:
+                    context.free()
+                row[f"prefill_ms_per_token_chunk_{chunk}"] = round(seconds / sum(map(len, prompts)) * 1e3, 3)
             results["rounds"].append(row)
             print(row, flush=True)
     finally:
@@ -117,6 +130,12 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "per-stream tokens/s": spread((r["per-stream"]["tokens_per_s"] for r in results["rounds"]), 2),
         "unified tokens/s": spread((r["unified"]["tokens_per_s"] for r in results["rounds"]), 2),
         "long prompt TTFT s": spread((r["long_prompt_ttft_s"] for r in results["rounds"]), 3),
+        **{
+            f"unified prefill ms a token, chunks of {chunk}": spread(
+                (r[f"prefill_ms_per_token_chunk_{chunk}"] for r in results["rounds"]), 3
+            )
+            for chunk in opts.chunks
+        },
     }
     results["args"] = {k: v for k, v in vars(opts).items()}
     results["load"] = os.getloadavg()[0]
@@ -156,6 +175,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--context", type=int, default=16384)
     parser.add_argument("--batch", type=int, default=2048, help="tokens a prefill decode takes (llama-server -b)")
     parser.add_argument("--ubatch", type=int, default=512, help="llama-server -ub")
+    parser.add_argument(
+        "--chunks", type=int, nargs="*", default=[128, 256, 512], help="prefill chunk sizes to time (unified cache)"
+    )
     parser.add_argument("--long-tokens", type=int, default=3500)
     parser.add_argument("--long-context", type=int, default=4096)
     parser.add_argument("--tag", default="")
