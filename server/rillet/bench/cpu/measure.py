@@ -51,7 +51,7 @@ async def run_level(
 
     async def worker() -> None:
         while queue:
-            results.append(await generate(queue.pop(0)))
+            results.append(await generate(queue.pop(0), batch=opts.priority == "batch"))
 
     cpu_before = cpu_seconds(server.pid)
     usage_before = resource.getrusage(resource.RUSAGE_SELF)

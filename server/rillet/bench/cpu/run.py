@@ -88,6 +88,12 @@ def options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chat-tokens", type=int, help="mixed: output tokens per chat request (128)")
     parser.add_argument("--long-requests", type=int, help="mixed: long-prompt requests sent at once (4)")
     parser.add_argument(
+        "--priority",
+        choices=["interactive", "batch"],
+        default="interactive",
+        help="the measured requests' class at Rillet, every workload but mixed (batch: prefill paced for throughput)",
+    )
+    parser.add_argument(
         "--long-priority",
         choices=["interactive", "batch"],
         default="interactive",
@@ -171,6 +177,7 @@ def main() -> None:
         "slots": opts.slots,
         "rillet_slots": opts.rillet_slots,
         "workload": opts.workload,
+        "priority": opts.priority,
         "prefix_tokens": opts.prefix_tokens or 0,
         "prompt_tokens": opts.prompt_tokens or 0,
         **(
