@@ -406,14 +406,20 @@ def test_beside_batch_decodes_alone_a_step_prefills_the_whole_batch() -> None:
     assert sum(count for seq, count in sim.planner.plan() if seq.prefilling) == 40  # 2 x 40 - 60 ms at 0.5 ms
 
 
-def test_batch_prompts_beside_interactive_decodes_get_the_gap_bound_without_the_floor() -> None:
-    pacer = paced(floor=24)
-    sim = Cache(4096, slots=8, entries=0, pacer=pacer)
+def batch_prompt_beside_a_decode() -> tuple[Cache, KvSequence]:
+    """An interactive request decoding (floor 24, 80 tokens a step within the bound) and a 400-token batch prompt."""
+    sim = Cache(4096, slots=8, entries=0, pacer=paced(floor=24))
     sim.submit(prompt(0, 10))
     sim.planner.admit()
     sim.step()
     batch = sim.submit(prompt(1000, 400), priority=Priority.BATCH)
     sim.planner.admit()
+    return sim, batch
+
+
+def test_batch_prompts_beside_interactive_decodes_get_the_gap_bound_without_the_floor() -> None:
+    sim, batch = batch_prompt_beside_a_decode()
+    pacer = sim.pacer
     pacer.observe(1, 80, 0.040 + 80 * 0.004)  # a prompt token costs 8 times what was measured: 10 keep the bound
     assert sum(count for seq, count in sim.planner.plan() if seq is batch) < 24  # below the interactive floor
     fed = 0
@@ -430,13 +436,8 @@ def test_batch_prompts_beside_interactive_decodes_get_the_gap_bound_without_the_
 
 
 def test_the_floor_is_granted_to_interactive_prompts_only_batch_ones_keep_to_what_the_bound_leaves() -> None:
-    pacer = paced(floor=24)
-    sim = Cache(4096, slots=8, entries=0, pacer=pacer)
-    sim.submit(prompt(0, 10))
-    sim.planner.admit()
-    sim.step()
-    batch = sim.submit(prompt(1000, 400), priority=Priority.BATCH)
-    sim.planner.admit()
+    sim, batch = batch_prompt_beside_a_decode()
+    pacer = sim.pacer
     sim.step()
     pacer.observe(1, 10, 0.040 + 10 * 0.004)  # 4 ms a prompt token: the bound leaves 10 tokens a step
     chat = sim.submit(prompt(2000, 20))  # an interactive prompt arrives while the batch one prefills

@@ -335,8 +335,9 @@ class SchedulerConfig(BaseModel, frozen=True):
         30.0,
         ge=0,
         description="batch requests leave free, beyond batch_slot_share, the slots recent interactive demand needed: "
-        "its peak (running and waiting) plus one, a peak that halves every this many seconds. Longer: interactive "
-        "bursts find a slot at once for longer after the last one, batch fills freed slots later; 0: the share alone",
+        "1.5x its peak (running and waiting) plus one, a peak that halves every this many seconds. Longer: "
+        "interactive bursts find a slot at once for longer after the last one, batch fills freed slots later; 0: the "
+        "share alone",
     )
     batch_queue_share: float = Field(
         0.75,

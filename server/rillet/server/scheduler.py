@@ -36,10 +36,10 @@ class Admission:
     - Batch requests hold at most `batch_cap` slots: `batch_slot_share` of the slots, less what recent interactive
       demand needs. Interactive demand (running plus waiting) is remembered as a peak that halves every
       `reserve_half_life_s`; batch may hold only the slots beyond RESERVE_HEADROOM times that peak plus one, never
-      fewer than one. So under
-      a saturating batch load interactive requests find a free slot at once, in their bursts too, instead of waiting
-      for a batch request to end; batch requests over the cap are not preempted, their slots are just not refilled
-      with batch work. A free slot therefore may have batch waiters (at the cap), never interactive ones.
+      fewer than one. So under a saturating batch load interactive requests find a free slot at once, in their
+      bursts too, instead of waiting for a batch request to end; batch requests over the cap are not preempted,
+      their slots are just not refilled with batch work. A free slot therefore may have batch waiters (at the cap),
+      never interactive ones.
     - Interactive waiters go before batch ones, but batch is never starved: while both classes wait and batch is
       below its cap, every `batch_every`-th slot handed over goes to the oldest batch waiter. So the batch request
       at the head of its queue is admitted within `batch_every` hand-overs once a batch slot is free, whatever the

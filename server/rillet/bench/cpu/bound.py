@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from rillet.bench.cpu.run import resolve_gguf
-from rillet.bench.cpu.workloads import distinct_prompts, token_counter
+from rillet.bench.cpu.workloads import distinct_prompts, in_process_parser, token_counter
 from rillet.bench.results import write_results
 from rillet.bench.stats import spread
 
@@ -164,15 +164,8 @@ def report(results: dict[str, Any]) -> str:
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a GGUF (default: the packaged Gemma 3 270M)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser = in_process_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--streams", type=int, default=8)
-    parser.add_argument("--prompt-tokens", type=int, default=512)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--context", type=int, default=16384)
     parser.add_argument("--batch", type=int, default=2048, help="tokens a prefill decode takes (llama-server -b)")
     parser.add_argument("--ubatch", type=int, default=512, help="llama-server -ub")
     parser.add_argument(
@@ -180,7 +173,6 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--long-tokens", type=int, default=3500)
     parser.add_argument("--long-context", type=int, default=4096)
-    parser.add_argument("--tag", default="")
     return parser.parse_args()
 
 

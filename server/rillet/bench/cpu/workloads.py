@@ -79,6 +79,23 @@ alone, then while --long-requests distinct --prompt-tokens prompts arrive at onc
 """
 
 
+def in_process_parser(description: str | None) -> argparse.ArgumentParser:
+    """The in-process tools' flags (cpu_bound, engine_steps): the distinct-long work, its defaults from WORKLOADS."""
+    load = WORKLOADS["distinct-long"]
+    assert load.levels is not None
+    assert load.prompt_tokens is not None
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a GGUF (default: the packaged Gemma 3 270M)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--streams", type=int, default=load.levels[0])
+    parser.add_argument("--prompt-tokens", type=int, default=load.prompt_tokens)
+    parser.add_argument("--max-tokens", type=int, default=load.max_tokens)
+    parser.add_argument("--context", type=int, default=load.context)
+    parser.add_argument("--tag", default="", help="suffix of the result files")
+    return parser
+
+
 def distinct(workload: str) -> bool:
     """Whether every request of the workload has a prompt of its own (no prefix beyond a few tokens shared)."""
     return WORKLOADS[workload].prompt_tokens is not None

@@ -20,10 +20,10 @@ class PrefillPacer:
       sequence's inter-token gap depends on it;
     - beside `d` running decodes, it takes the most prompt tokens whose predicted step time stays within `stretch`
       times the decode-only step measured at `d` decodes, or at the latency-sensitive ones among them (the decodes'
-      inter-token gap bound, as Sarathi-Serve sizes
-      its chunks: from measured step time, not a constant), never fewer than `floor` (every waiting prompt's progress
-      guarantee, which the bound yields to) nor more than `batch`; until both a decode-only step and a step with
-      prompt tokens have been measured, it takes `floor`;
+      inter-token gap bound, as Sarathi-Serve sizes its chunks: from measured step time, not a constant), never
+      fewer than `floor` (a waiting prompt's progress guarantee, which the bound yields to; 1 when the caller says
+      no prompt needs it) nor more than `batch`; until both a decode-only step and a step with prompt tokens have
+      been measured, it takes `floor`;
     - it learns only from `observe` (durations the caller measured): it reads no clock, so its decisions are
       tested without llama.cpp.
 

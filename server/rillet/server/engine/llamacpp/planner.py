@@ -262,8 +262,8 @@ class KvPlanner(Generic[S]):
             free = self._cells - self._ledger.used
             decodes = [seq for seq in self.running if not seq.prefilling]
             prefills = [seq for seq in self.running if seq.prefilling and seq not in waiting]
-            budgets = self._prefill_budgets(decodes, prefills)
-            wanted = len(decodes) + min(sum(budgets), sum(seq.uncached for seq in prefills))
+            groups = self._prefill_groups(decodes, prefills)
+            wanted = len(decodes) + min(sum(budget for _, budget in groups), sum(seq.uncached for seq in prefills))
             if wanted <= free:
                 break
             if self._cache is not None and self._cache.evict() is not None:
@@ -273,13 +273,6 @@ class KvPlanner(Generic[S]):
             self._preempt(self._victim())
         work = [(seq, 1) for seq in decodes]
         room = free - len(decodes)
-        interactive_budget, batch_budget = budgets
-        groups = [(prefills, interactive_budget)]
-        if batch_budget:  # beside interactive decodes: interactive prompts first, then batch ones in what is left
-            groups = [
-                ([seq for seq in prefills if seq.request.priority is not Priority.BATCH], interactive_budget),
-                ([seq for seq in prefills if seq.request.priority is Priority.BATCH], batch_budget),
-            ]
         for group, budget in groups:
             budget = min(budget, room)
             if budget > 0 and group:
@@ -288,28 +281,29 @@ class KvPlanner(Generic[S]):
                 room -= sum(grants)
         return work
 
-    def _prefill_budgets(self, decodes: Sequence[S], prefills: Sequence[S]) -> tuple[int, int]:
-        """Prompt tokens this step gives (interactive prompts, then batch prompts); (all prompts, 0) when shared.
+    def _prefill_groups(self, decodes: Sequence[S], prefills: Sequence[S]) -> list[tuple[list[S], int]]:
+        """The prompts in prefill in the order they are granted tokens, each group with this step's budget for it.
 
         Only interactive decodes are latency-sensitive: beside batch decodes alone (or none) every waiting prompt
         shares the pacer's whole batch. Beside interactive decodes their inter-token gap is bounded, against their
         own decode-only step (batch decodes' rows count against the room), and the floor, which overrides that
-        bound, is a guarantee for interactive prompts only: batch prompts get what the bound leaves after the
-        interactive prompts' grants, at least a token a step, so they never starve and never stretch the gap for
-        more than a token's cost.
+        bound, is a guarantee for interactive prompts only: they go first, and batch prompts get what the bound
+        leaves after the interactive prompts' grants, at least a token a step, so they never starve and never
+        stretch the gap for more than a token's cost.
         """
         sensitive = sum(1 for seq in decodes if seq.request.priority is not Priority.BATCH)
         if not sensitive:
-            return self._pacer.budget(0), 0
+            return [(list(prefills), self._pacer.budget(0))]
         interactive = [seq for seq in prefills if seq.request.priority is not Priority.BATCH]
-        bound = self._pacer.budget(len(decodes), sensitive=sensitive, floor=False)
+        batch = [seq for seq in prefills if seq.request.priority is Priority.BATCH]
         granted = 0
         if interactive:
             budget = self._pacer.budget(len(decodes), sensitive=sensitive)
             granted = min(budget, sum(seq.uncached for seq in interactive))
-        if len(interactive) == len(prefills):
-            return granted, 0
-        return granted, max(1, bound - granted)
+        if not batch:
+            return [(interactive, granted)]
+        bound = self._pacer.budget(len(decodes), sensitive=sensitive, floor=False)
+        return [(interactive, granted), (batch, max(1, bound - granted))]
 
     def decoded(self, work: Sequence[tuple[S, int]]) -> None:
         """Record that a step fed `work`: each sequence now holds the cells of the tokens it fed."""
