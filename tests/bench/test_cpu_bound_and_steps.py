@@ -53,6 +53,26 @@ def test_prompts_are_packed_into_batches_then_every_sequence_decodes_one_row_a_s
     assert len(decodes) == 2 + 1 + 2  # max_tokens - 1 decode steps a wave: the first token came from the prefill
 
 
+def test_decode_calls_hold_every_prompt_then_time_calls_of_each_row_count_one_row_a_sequence() -> None:
+    context = RecordingContext()
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    seconds = bound.decode_calls(context, prompts, [1, 3], repeats=2)
+    assert set(seconds) == {1, 3}
+    assert all(value >= 0.0 for value in seconds.values())
+    held, calls = context.batches[:3], context.batches[3:]
+    assert held == [[(0, 0, 3, True)], [(1, 0, 2, True)], [(2, 0, 4, True)]]
+    assert calls[:2] == [[(0, 3, 1, True)], [(0, 4, 1, True)]]  # each row one position past the last
+    assert calls[2] == [(0, 5, 1, True), (1, 2, 1, True), (2, 4, 1, True)]
+    assert len(calls) == 4
+
+
+def test_the_fit_recovers_a_calls_fixed_cost_and_a_rows() -> None:
+    fixed, per_row = bound.fixed_and_per_row({1: 0.034, 2: 0.042, 4: 0.058, 8: 0.090})
+    assert abs(fixed - 0.026) < 1e-9
+    assert abs(per_row - 0.008) < 1e-9
+    assert bound.fixed_and_per_row({4: 0.05}) == (0.05, 0.0)
+
+
 def test_the_reports_tabulate_what_was_measured() -> None:
     spread = {"median": 20.3, "p10": 20.2, "p90": 20.4, "min": 20.1, "max": 20.5}
     args = {
@@ -67,3 +87,19 @@ def test_the_reports_tabulate_what_was_measured() -> None:
         "load": 0.7, "steps": {"both": {"steps": 4, "seconds": 2.0, "decode_rows": 20, "prompt_tokens": 512}},
     }  # fmt: skip
     assert "| both | 4 | 2.00 | 100% | 500.0 | 20 | 512 |" in steps.report(results)
+    results["calls"] = {
+        "prompt": {"steps": 4, "seconds": 1.6, "decode_rows": 0, "prompt_tokens": 512},
+        "decode": {"steps": 4, "seconds": 0.4, "decode_rows": 20, "prompt_tokens": 0},
+    }
+    text = steps.report(results)
+    assert "| prompt | 4 | 1.60 | 400.0 | 0 | 512 | - | 3.12 |" in text
+    assert "| decode | 4 | 0.40 | 100.0 | 20 | 0 | 20.0 | - |" in text
+
+
+def test_steps_and_calls_are_tallied_by_kind_in_the_kinds_order() -> None:
+    rows = [(5, 0, 0.1), (0, 128, 0.4), (5, 0, 0.1), (2, 30, 0.2)]
+    table = steps.tally(rows, steps.CALL_KINDS)
+    assert list(table) == ["prompt", "fused", "decode"]
+    assert table["decode"] == {"steps": 2, "seconds": 0.2, "decode_rows": 10, "prompt_tokens": 0}
+    assert table["fused"]["prompt_tokens"] == 30
+    assert table["prompt"]["steps"] == 1

@@ -4,10 +4,12 @@ In one process, with no server, no client and no sampling beyond argmax, it runs
 --workload distinct-long` (the same prompts) in llama-server's schedule: `--streams` prompts prefilled together in
 batches of `--batch` tokens (parts of `--ubatch`), then their `--max-tokens` decode steps of one row each, wave
 after wave, each sequence in its own KV stream (llama-server -np N) or all in one (`--unified`, Rillet's default).
-It also times one `--long-tokens` prompt alone (the long-prompt workload's TTFT), and the prompts' prefill alone
-in chunks of each `--chunks` size (what a smaller chunk costs a token). Tokens/s of this run is what
-a server adds nothing to; a server measured at the same threads within a few percent of it is at the kernels'
-bound, and no scheduler on these kernels beats it by more than what overlapping client and server work saves.
+It also times one `--long-tokens` prompt alone (the long-prompt workload's TTFT), the prompts' prefill alone
+in chunks of each `--chunks` size (what a smaller chunk costs a token), and calls of each `--decode-rows` count of
+decode rows (each its own sequence holding a prompt): a call's fixed cost and a row's, fitted over them. Tokens/s
+of this run is what a server adds nothing to; a server measured at the same threads within a few percent of it is
+at the kernels' bound, and no scheduler on these kernels beats it by more than what overlapping client and server
+work saves.
 
 Run: .venv/bin/python bench/cpu_bound.py [--threads 1] [--rounds 3]
 Writes bench/results/cpu_bound_<time>.json and .md.
@@ -61,6 +63,40 @@ def decode_waves(context: Any, prompts: list[list[int]], opts: argparse.Namespac
             tokens = {seq: int(np.argmax(context.logits(index))) for seq, index in rows.items()}
         total += time.perf_counter() - started
     return total, prefill
+
+
+def decode_calls(context: Any, prompts: list[list[int]], counts: list[int], repeats: int = 3) -> dict[int, float]:
+    """Median seconds of one llama_decode of `count` decode rows (one a sequence, each holding its prompt)."""
+    context.clear_memory()
+    positions: dict[int, int] = {}
+    for seq, prompt in enumerate(prompts[: max(counts)]):
+        context.clear_batch()
+        context.add(prompt, 0, seq, output_last=True)
+        _decoded(context)
+        positions[seq] = len(prompt)
+    seconds: dict[int, float] = {}
+    for count in counts:
+        times: list[float] = []
+        for _ in range(repeats):
+            context.clear_batch()
+            for seq in range(count):
+                context.add([prompts[seq][0]], positions[seq], seq, output_last=True)
+                positions[seq] += 1
+            started = time.perf_counter()
+            _decoded(context)
+            times.append(time.perf_counter() - started)
+        seconds[count] = sorted(times)[len(times) // 2]
+    return seconds
+
+
+def fixed_and_per_row(seconds: dict[int, float]) -> tuple[float, float]:
+    """Least squares of a call's time on its rows: (fixed seconds, seconds a row)."""
+    rows = list(seconds)
+    mean_rows = sum(rows) / len(rows)
+    mean_time = sum(seconds.values()) / len(rows)
+    spread = sum((count - mean_rows) ** 2 for count in rows)
+    per_row = sum((count - mean_rows) * (seconds[count] - mean_time) for count in rows) / spread if spread else 0.0
+    return mean_time - per_row * mean_rows, per_row
 
 
 def _decoded(context: Any) -> None:
@@ -122,6 +158,19 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                 finally:
                     context.free()
                 row[f"prefill_ms_per_token_chunk_{chunk}"] = round(seconds / sum(map(len, prompts)) * 1e3, 3)
+            if opts.decode_rows:
+                params = native.ContextParams(
+                    n_ctx=opts.context, n_seq_max=max(opts.decode_rows), n_batch=opts.batch, n_ubatch=opts.ubatch,
+                    n_threads=opts.threads, kv_unified=True,
+                )  # fmt: skip
+                context = native.LlamaContext(model, params)
+                try:
+                    calls = decode_calls(context, prompts, opts.decode_rows)
+                finally:
+                    context.free()
+                row.update({f"decode_call_ms_rows_{count}": round(value * 1e3, 2) for count, value in calls.items()})
+                fixed, per_row = fixed_and_per_row(calls)
+                row["decode_call_fixed_ms"], row["decode_row_ms"] = round(fixed * 1e3, 2), round(per_row * 1e3, 2)
             results["rounds"].append(row)
             print(row, flush=True)
     finally:
@@ -136,6 +185,20 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             )
             for chunk in opts.chunks
         },
+        **{
+            f"unified decode call ms, {count} rows": spread(
+                (r[f"decode_call_ms_rows_{count}"] for r in results["rounds"]), 2
+            )
+            for count in opts.decode_rows
+        },
+        **(
+            {
+                "decode call fixed ms (fit)": spread((r["decode_call_fixed_ms"] for r in results["rounds"]), 2),
+                "decode row ms (fit)": spread((r["decode_row_ms"] for r in results["rounds"]), 2),
+            }
+            if opts.decode_rows
+            else {}
+        ),
     }
     results["args"] = {k: v for k, v in vars(opts).items()}
     results["load"] = os.getloadavg()[0]
@@ -171,9 +234,15 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--chunks", type=int, nargs="*", default=[128, 256, 512], help="prefill chunk sizes to time (unified cache)"
     )
+    parser.add_argument(
+        "--decode-rows", type=int, nargs="*", default=[1, 2, 4, 8, 16], help="decode calls of these many rows to time"
+    )
     parser.add_argument("--long-tokens", type=int, default=3500)
     parser.add_argument("--long-context", type=int, default=4096)
-    return parser.parse_args()
+    opts = parser.parse_args()
+    if opts.decode_rows and max(opts.decode_rows) > opts.requests:
+        parser.error(f"--decode-rows up to {max(opts.decode_rows)} needs as many --requests (prompts to hold)")
+    return opts
 
 
 def main() -> None:

@@ -3,8 +3,10 @@
 Closed-loop streams (`--streams`) send `--requests` distinct prompts of `--prompt-tokens` tokens (bench_cpu's
 distinct-long prompts) straight to `LlamaCppEngine`, with no server and no client, and every step the worker times
 is recorded through the seam that already hears them all (`PrefillPacer.observe`: decodes, prompt tokens,
-seconds). It prints tokens/s, TTFT and the steps by kind (decode-only, prefill-only, both), to set beside
-`bench/cpu_bound.py`'s kernels-alone figures. `--set key=value` overrides an `RILLET_LLAMACPP__` setting.
+seconds), and each of its `llama_decode` calls apart (a step of decodes beside prompt tokens makes two past 64
+rows). It prints tokens/s, TTFT, the steps by kind (decode-only, prefill-only, both) and the calls by kind (decodes,
+prompt tokens, both in one), to set beside `bench/cpu_bound.py`'s kernels-alone figures. `--set key=value`
+overrides an `RILLET_LLAMACPP__` setting.
 
 Run: .venv/bin/python bench/engine_steps.py [--threads 1] [--set prefill_budget=256 ...]
 Writes bench/results/engine_steps_<time>.json and .md.
@@ -24,11 +26,25 @@ from rillet.bench.results import write_results
 from rillet.bench.stats import median, percentile
 
 KINDS = ("prefill-only", "both", "decode-only")
+CALL_KINDS = ("prompt", "fused", "decode")
+
+
+def tally(rows: list[tuple[int, int, float]], kinds: tuple[str, str, str]) -> dict[str, dict[str, float]]:
+    """(decode rows, prompt tokens, seconds) by kind: prompt tokens alone, both, decode rows alone, in `kinds` order."""
+    table: dict[str, dict[str, float]] = {}
+    for decodes, prefill, seconds in rows:
+        kind = kinds[2] if not prefill else kinds[0] if not decodes else kinds[1]
+        row = table.setdefault(kind, {"steps": 0, "seconds": 0.0, "decode_rows": 0, "prompt_tokens": 0})
+        row["steps"] += 1
+        row["seconds"] += seconds
+        row["decode_rows"] += decodes
+        row["prompt_tokens"] += prefill
+    return {kind: table[kind] for kind in kinds if kind in table}
 
 
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
     from rillet.server.config import LlamaCppConfig
-    from rillet.server.engine.llamacpp import pacing
+    from rillet.server.engine.llamacpp import pacing, worker
     from rillet.server.engine.llamacpp.engine import LlamaCppEngine
     from rillet.server.types import GenerationRequest, SamplingParams, TokenDelta
 
@@ -40,11 +56,21 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         {"model_path": gguf, "context_length": opts.context, "n_threads": opts.threads, **settings}
     )
     steps: list[tuple[int, int, float]] = []
+    calls: list[tuple[int, int, float]] = []
     observe = pacing.PrefillPacer.observe
+    decode_call = worker.Worker._decode
 
     def recording(pacer: pacing.PrefillPacer, decodes: int, prefill: int, seconds: float) -> None:
         steps.append((decodes, prefill, seconds))
         observe(pacer, decodes, prefill, seconds)
+
+    def timed_call(self: worker.Worker, work: Any) -> int:
+        decodes = sum(1 for seq, _ in work if not seq.prefilling)  # before the call: it may complete a prompt
+        prefill = sum(count for seq, count in work if seq.prefilling)
+        started = time.perf_counter()
+        advanced = decode_call(self, work)
+        calls.append((decodes, prefill, time.perf_counter() - started))
+        return advanced
 
     engine = LlamaCppEngine(config)
     await engine.start()
@@ -65,21 +91,15 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             ttfts.append(first)
 
     pacing.PrefillPacer.observe = recording  # type: ignore[method-assign,assignment]
+    worker.Worker._decode = timed_call  # type: ignore[method-assign]
     try:
         started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client(prompts) for _ in range(opts.streams)))
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         pacing.PrefillPacer.observe = observe  # type: ignore[method-assign]
+        worker.Worker._decode = decode_call  # type: ignore[method-assign]
         await engine.aclose()
-    kinds: dict[str, dict[str, float]] = {}
-    for decodes, prefill, seconds in steps:
-        kind = "decode-only" if not prefill else "prefill-only" if not decodes else "both"
-        row = kinds.setdefault(kind, {"steps": 0, "seconds": 0.0, "decode_rows": 0, "prompt_tokens": 0})
-        row["steps"] += 1
-        row["seconds"] += seconds
-        row["decode_rows"] += decodes
-        row["prompt_tokens"] += prefill
     return {
         "args": vars(opts),
         "tokens_per_s": round(opts.requests * opts.max_tokens / wall, 2),
@@ -87,7 +107,8 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         "process_cpu_s": round(cpu, 2),
         "ttft_p50_s": round(median(ttfts), 3),
         "ttft_p99_s": round(percentile(ttfts, 99), 3),
-        "steps": {kind: kinds[kind] for kind in KINDS if kind in kinds},
+        "steps": tally(steps, KINDS),
+        "calls": tally(calls, CALL_KINDS),
         "load": os.getloadavg()[0],
     }
 
@@ -113,6 +134,23 @@ def report(results: dict[str, Any]) -> str:
             f"| {kind} | {row['steps']} | {row['seconds']:.2f} | {row['seconds'] / total:.0%} | "
             f"{row['seconds'] / row['steps'] * 1e3:.1f} | {row['decode_rows']} | {row['prompt_tokens']} |"
         )
+    if calls := results.get("calls"):
+        lines += [
+            "",
+            "Each `llama_decode` call apart (its sampling and sending included):",
+            "",
+            "| calls | count | seconds | ms a call | decode rows | prompt tokens | ms a decode row | ms a prompt "
+            "token |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for kind, row in calls.items():
+            rows, tokens, ms = row["decode_rows"], row["prompt_tokens"], row["seconds"] * 1e3
+            per_row = f"{ms / rows:.1f}" if rows and not tokens else "-"
+            per_token = f"{ms / tokens:.2f}" if tokens and not rows else "-"
+            lines.append(
+                f"| {kind} | {row['steps']} | {row['seconds']:.2f} | {ms / row['steps']:.1f} | {rows} | {tokens} | "
+                f"{per_row} | {per_token} |"
+            )
     return "\n".join(lines) + "\n"
 
 
