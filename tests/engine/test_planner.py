@@ -312,6 +312,23 @@ def test_a_step_decodes_every_sampled_sequence_and_splits_the_prefill_budget() -
     assert work[1:] == [(oldest, 4), (short, 5), (middle, 7)]  # a floor for the oldest, then shortest first
 
 
+def test_decodes_go_in_sequence_id_order_whatever_the_order_they_arrived_in() -> None:
+    sim = Cache(1000, slots=3, entries=0)
+    first, second, third = (sim.submit(prompt(100 * i, 4)) for i in range(3))
+    sim.planner.admit()
+    sim.step()
+    sim.planner.release(first)  # its id goes back to the ledger and the next arrival takes it
+    fourth = sim.submit(prompt(500, 4))
+    sim.planner.admit()
+    assert sim.planner.running == [second, third, fourth]
+    sim.step()
+    assert fourth.kv is not None
+    assert second.kv is not None
+    assert fourth.kv.seq_id < second.kv.seq_id  # arrival order and id order now differ
+    work = sim.step()
+    assert [seq for seq, _ in work] == sorted([second, third, fourth], key=lambda seq: seq.kv.seq_id)  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("wants", "budget", "grants"),
     [
