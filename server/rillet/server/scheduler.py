@@ -191,12 +191,13 @@ class Admission:
     def _fill(self) -> None:
         """Hand free slots to waiters: interactive first, batch below its cap (one hand-over in `batch_every`)."""
         interactive, batch = self._interactive, self._batch
+        cap = self.batch_cap  # one clock read: the loop changes what runs, not the remembered peak
         while self._running < self._slots:
             while interactive and interactive[0].done():
                 interactive.popleft()  # cancelled while waiting
             while batch and batch[0].done():
                 batch.popleft()
-            batch_may = bool(batch) and self._batch_running < self.batch_cap
+            batch_may = bool(batch) and self._batch_running < cap
             if batch_may and (not interactive or self._passed_over >= self._batch_every - 1):
                 self._passed_over = 0
                 self._batch_running += 1

@@ -18,14 +18,17 @@ Writes bench/results/cpu_bound_<time>.json and .md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rillet.bench.cpu.run import resolve_gguf
 from rillet.bench.cpu.workloads import distinct_prompts, in_process_parser, token_counter
 from rillet.bench.results import write_results
-from rillet.bench.stats import spread
+from rillet.bench.stats import median, spread
 
 
 def decode_waves(context: Any, prompts: list[list[int]], opts: argparse.Namespace) -> tuple[float, float]:
@@ -85,24 +88,34 @@ def decode_calls(context: Any, prompts: list[list[int]], counts: list[int], repe
             started = time.perf_counter()
             _decoded(context)
             times.append(time.perf_counter() - started)
-        seconds[count] = sorted(times)[len(times) // 2]
+        seconds[count] = median(times)
     return seconds
 
 
 def fixed_and_per_row(seconds: dict[int, float]) -> tuple[float, float]:
-    """Least squares of a call's time on its rows: (fixed seconds, seconds a row)."""
-    rows = list(seconds)
-    mean_rows = sum(rows) / len(rows)
-    mean_time = sum(seconds.values()) / len(rows)
-    spread = sum((count - mean_rows) ** 2 for count in rows)
-    per_row = sum((count - mean_rows) * (seconds[count] - mean_time) for count in rows) / spread if spread else 0.0
-    return mean_time - per_row * mean_rows, per_row
+    """Least squares of a call's time on its rows: (fixed seconds, seconds a row); one row count: its time, 0."""
+    if len(seconds) < 2:
+        return statistics.fmean(seconds.values()), 0.0
+    per_row, fixed = statistics.linear_regression(list(seconds), list(seconds.values()))
+    return fixed, per_row
 
 
 def _decoded(context: Any) -> None:
     status = context.decode()
     if status != 0:
         raise RuntimeError(f"llama_decode returned {status}")
+
+
+@contextlib.contextmanager
+def _context(model: Any, opts: argparse.Namespace, **params: Any) -> Iterator[Any]:
+    """A llama.cpp context over `model` at the run's threads, `params` the rest of its ContextParams; freed after."""
+    from rillet.server.engine.llamacpp import native
+
+    context = native.LlamaContext(model, native.ContextParams(n_threads=opts.threads, **params))
+    try:
+        yield context
+    finally:
+        context.free()
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
@@ -122,52 +135,36 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         for round_index in range(opts.rounds):
             row: dict[str, Any] = {"round": round_index}
             for name, unified in layouts if round_index % 2 == 0 else layouts[::-1]:
-                params = native.ContextParams(
-                    n_ctx=opts.context, n_seq_max=opts.streams, n_batch=opts.batch, n_ubatch=opts.ubatch,
-                    n_threads=opts.threads, kv_unified=unified,
-                )  # fmt: skip
-                context = native.LlamaContext(model, params)
-                try:
+                with _context(
+                    model, opts, n_ctx=opts.context, n_seq_max=opts.streams, n_batch=opts.batch, n_ubatch=opts.ubatch,
+                    kv_unified=unified,
+                ) as context:  # fmt: skip
                     seconds, prefill = decode_waves(context, prompts, opts)
-                finally:
-                    context.free()
                 row[name] = {
                     "seconds": round(seconds, 3),
                     "prefill_seconds": round(prefill, 3),
                     "tokens_per_s": round(opts.requests * opts.max_tokens / seconds, 2),
                 }
-            params = native.ContextParams(
-                n_ctx=opts.long_context, n_seq_max=1, n_batch=opts.batch, n_ubatch=opts.ubatch,
-                n_threads=opts.threads, kv_unified=False,
-            )  # fmt: skip
-            context = native.LlamaContext(model, params)
-            try:
+            with _context(
+                model, opts, n_ctx=opts.long_context, n_seq_max=1, n_batch=opts.batch, n_ubatch=opts.ubatch,
+                kv_unified=False,
+            ) as context:  # fmt: skip
                 long_opts = argparse.Namespace(**{**vars(opts), "streams": 1, "max_tokens": 1})
                 row["long_prompt_ttft_s"] = round(decode_waves(context, [long_prompt], long_opts)[1], 3)
-            finally:
-                context.free()
             for chunk in opts.chunks:  # prefill alone in batches of `chunk` tokens: what a smaller chunk costs
-                params = native.ContextParams(
-                    n_ctx=opts.context, n_seq_max=opts.streams, n_batch=chunk, n_ubatch=min(chunk, opts.ubatch),
-                    n_threads=opts.threads, kv_unified=True,
-                )  # fmt: skip
-                context = native.LlamaContext(model, params)
-                try:
+                with _context(
+                    model, opts, n_ctx=opts.context, n_seq_max=opts.streams, n_batch=chunk,
+                    n_ubatch=min(chunk, opts.ubatch), kv_unified=True,
+                ) as context:  # fmt: skip
                     chunk_opts = argparse.Namespace(**{**vars(opts), "batch": chunk, "max_tokens": 1})
                     seconds = decode_waves(context, prompts, chunk_opts)[1]
-                finally:
-                    context.free()
                 row[f"prefill_ms_per_token_chunk_{chunk}"] = round(seconds / sum(map(len, prompts)) * 1e3, 3)
             if opts.decode_rows:
-                params = native.ContextParams(
-                    n_ctx=opts.context, n_seq_max=max(opts.decode_rows), n_batch=opts.batch, n_ubatch=opts.ubatch,
-                    n_threads=opts.threads, kv_unified=True,
-                )  # fmt: skip
-                context = native.LlamaContext(model, params)
-                try:
+                with _context(
+                    model, opts, n_ctx=opts.context, n_seq_max=max(opts.decode_rows), n_batch=opts.batch,
+                    n_ubatch=opts.ubatch, kv_unified=True,
+                ) as context:  # fmt: skip
                     calls = decode_calls(context, prompts, opts.decode_rows)
-                finally:
-                    context.free()
                 row.update({f"decode_call_ms_rows_{count}": round(value * 1e3, 2) for count, value in calls.items()})
                 fixed, per_row = fixed_and_per_row(calls)
                 row["decode_call_fixed_ms"], row["decode_row_ms"] = round(fixed * 1e3, 2), round(per_row * 1e3, 2)
